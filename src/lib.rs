@@ -1,0 +1,27 @@
+//! cuirass: a continuous-integration daemon for GNU Guix.
+//!
+//! Codemap, in the order data flows through the program:
+//!
+//! - `cli`: command-line options, their documentation, and defaults.
+//! - `sexp`: the S-expression reader and writer (pure; no I/O).
+//! - `spec`: specification files turned into [`spec::Specification`]s.
+//! - `drv`: the ATerm `.drv` file parser (pure).
+//! - `wire`: the guix-daemon worker protocol, as a sans-I/O client.
+//! - `trace`: build-trace lines (`@ build-started …`) parsed (pure).
+//! - `db`: the SQLite database: schema migrations and every query.
+//! - `job`: evaluator output lines turned into jobs.
+//! - `fetch`: git checkouts, run in a child process of this binary.
+//! - `child`: subprocesses whose pipes the event loop watches.
+//! - `build`: one batch of derivations handed to the daemon, and its statuses.
+//! - `scheduler`: the per-specification state machine.
+//! - `event_loop`: the single-threaded mio loop that moves bytes.
+//!
+//! Invariants: codecs (`sexp`, `drv`, `wire`, `trace`) do no I/O; nothing
+//! below `event_loop` reads the clock, it is handed `now`.
+
+pub mod cli;
+pub mod drv;
+pub mod sexp;
+pub mod spec;
+pub mod trace;
+pub mod wire;
