@@ -14,14 +14,23 @@
 //! - `child`: subprocesses whose pipes the event loop watches.
 //! - `build`: one batch of derivations handed to the daemon, and its statuses.
 //! - `scheduler`: the per-specification state machine.
+//! - `signals`: signals turned into a readable pipe for the loop.
 //! - `event_loop`: the single-threaded mio loop that moves bytes.
 //!
 //! Invariants: codecs (`sexp`, `drv`, `wire`, `trace`) do no I/O; nothing
 //! below `event_loop` reads the clock, it is handed `now`.
 
+pub mod build;
+pub mod child;
 pub mod cli;
+pub mod db;
 pub mod drv;
+pub mod event_loop;
+pub mod fetch;
+pub mod job;
+pub mod scheduler;
 pub mod sexp;
+pub mod signals;
 pub mod spec;
 pub mod trace;
 pub mod wire;

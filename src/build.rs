@@ -1,0 +1,302 @@
+//! One batch of derivations built over one daemon connection: what to send,
+//! and what the daemon's answers mean for each build's status.  Sans-I/O:
+//! the event loop moves the bytes of [`Batch::client`].
+
+use crate::db::status;
+use crate::trace::{self, LineSplitter, Piece};
+use crate::wire::{BuildOptions, Client, Event, Reply, Request};
+use std::collections::HashMap;
+
+/// The original handed the daemon at most this many derivations at once.
+pub const BATCH_SIZE: usize = 200;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub derivation: String,
+    pub outputs: Vec<String>,
+    /// Input derivations, from the `.drv` file.
+    pub inputs: Vec<String>,
+}
+
+/// A change of a build's status, for the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    Started { derivation: String, log: String },
+    Finished { derivation: String, status: i64, log: Option<String> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the reply to set-options, then to build-paths.
+    Building,
+    /// Asking which outputs are valid, for the derivations without an event.
+    Checking,
+    Done,
+}
+
+#[derive(Debug, Default, Clone)]
+struct ItemState {
+    status: Option<i64>,
+    log: Option<String>,
+    dependencies_failed: bool,
+}
+
+pub struct Batch {
+    pub client: Client,
+    items: Vec<Item>,
+    index: HashMap<String, usize>,
+    states: Vec<ItemState>,
+    phase: Phase,
+    replies_before_build: usize,
+    lines: LineSplitter,
+    updates: Vec<Update>,
+    /// Items whose outputs are being checked, in request order.
+    checking: Vec<usize>,
+    daemon_error: Option<String>,
+}
+
+pub fn build_options(use_substitutes: bool, fallback: bool) -> BuildOptions {
+    BuildOptions {
+        keep_going: true,
+        fallback,
+        use_substitutes,
+        print_build_trace: true,
+        // Builder output goes to the log files, not through our socket.
+        verbosity: 0,
+        build_verbosity: 0,
+        ..BuildOptions::default()
+    }
+}
+
+impl Batch {
+    pub fn new(items: Vec<Item>, options: BuildOptions) -> Batch {
+        let mut client = Client::new();
+        client.request(Request::SetOptions(options));
+        client.request(Request::BuildPaths(
+            items.iter().map(|i| i.derivation.clone()).collect(),
+            0,
+        ));
+        let index = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (item.derivation.clone(), i))
+            .collect();
+        Batch {
+            client,
+            states: vec![ItemState::default(); items.len()],
+            items,
+            index,
+            phase: Phase::Building,
+            replies_before_build: 1,
+            lines: LineSplitter::with_options(trace::MAX_LINE, false),
+            updates: Vec::new(),
+            checking: Vec::new(),
+            daemon_error: None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    pub fn derivations(&self) -> impl Iterator<Item = &str> {
+        self.items.iter().map(|i| i.derivation.as_str())
+    }
+
+    /// Derivations the daemon reported started and not yet finished.
+    pub fn running(&self) -> usize {
+        self.states
+            .iter()
+            .filter(|s| s.status.is_none() && s.log.is_some())
+            .count()
+    }
+
+    pub fn take_updates(&mut self) -> Vec<Update> {
+        std::mem::take(&mut self.updates)
+    }
+
+    /// The error the daemon ended build-paths with, if any (with
+    /// keep-going, "some builds failed" is the usual one).
+    pub fn daemon_error(&self) -> Option<&str> {
+        self.daemon_error.as_deref()
+    }
+
+    /// Feeds bytes read from the daemon socket.
+    pub fn receive(&mut self, bytes: &[u8], now_label: &str) -> Result<(), String> {
+        self.client.receive(bytes).map_err(|e| e.to_string())?;
+        while let Some(event) = self.client.poll_event() {
+            self.handle(event, now_label);
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, event: Event, label: &str) {
+        match (self.phase, event) {
+            (_, Event::Connected { daemon_version }) => {
+                log::debug!("{label}: daemon protocol {daemon_version:#x}");
+            }
+            (_, Event::Log(bytes)) => self.log_text(&bytes, label),
+            // The reply to set-options.
+            (Phase::Building, Event::Reply(_)) if self.replies_before_build > 0 => {
+                self.replies_before_build -= 1;
+            }
+            (Phase::Building, Event::Failed { message, status })
+                if self.replies_before_build > 0 =>
+            {
+                self.replies_before_build -= 1;
+                log::warn!("{label}: set-options refused ({status}): {message}");
+            }
+            // build-paths is over: with keep-going, every buildable
+            // derivation was tried before this arrives.
+            (Phase::Building, Event::Reply(_)) => self.check_outputs(),
+            (Phase::Building, Event::Failed { message, status }) => {
+                log::info!("{label}: daemon says ({status}): {}", message.trim_end());
+                self.daemon_error = Some(message);
+                self.check_outputs();
+            }
+            (Phase::Checking, Event::Reply(Reply::Strings(valid))) => self.decide(&valid),
+            (Phase::Checking, other) => {
+                log::warn!("{label}: unexpected answer to the validity check: {other:?}");
+                self.decide(&[]);
+            }
+            (phase, other) => log::warn!("{label}: unexpected daemon event in {phase:?}: {other:?}"),
+        }
+    }
+
+    fn log_text(&mut self, bytes: &[u8], label: &str) {
+        self.lines.feed(bytes);
+        let mut events = Vec::new();
+        while let Some(piece) = self.lines.next_piece() {
+            if let Piece::Line { line, .. } = piece {
+                match trace::parse_line(line) {
+                    trace::Line::Event(e) => events.push(e),
+                    trace::Line::Bogus(why) => {
+                        log::warn!("{label}: ignoring bogus trace line ({why})")
+                    }
+                    trace::Line::Text => {}
+                }
+            }
+        }
+        for e in events {
+            self.apply(e, label);
+        }
+    }
+
+    /// Only events naming a derivation of this batch change a status: the
+    /// daemon also reports dependencies it builds on the way.
+    fn apply(&mut self, event: trace::Event, label: &str) {
+        use trace::Event as T;
+        let (drv, update) = match &event {
+            T::BuildStarted { drv, log, .. } => (drv, Some((None, Some(log.clone())))),
+            T::BuildSucceeded { drv } => (drv, Some((Some(status::SUCCEEDED), None))),
+            T::BuildFailed { drv, .. } => (drv, Some((Some(status::FAILED), None))),
+            T::DependenciesFailed { drv, .. } => (drv, None),
+            _ => return,
+        };
+        let Some(&i) = self.index.get(drv.as_str()) else {
+            log::debug!("{label}: event for {drv}, outside this batch");
+            return;
+        };
+        let state = &mut self.states[i];
+        if state.status.is_some() {
+            return;
+        }
+        match update {
+            None => state.dependencies_failed = true,
+            Some((None, Some(log))) => {
+                log::info!("{label}: build started: {drv}");
+                state.log = Some(log.clone());
+                self.updates.push(Update::Started {
+                    derivation: drv.clone(),
+                    log,
+                });
+            }
+            Some((Some(st), _)) => {
+                log::info!(
+                    "{label}: build {}: {drv}",
+                    if st == status::SUCCEEDED { "succeeded" } else { "failed" }
+                );
+                state.status = Some(st);
+                self.updates.push(Update::Finished {
+                    derivation: drv.clone(),
+                    status: st,
+                    log: state.log.clone(),
+                });
+            }
+            Some((None, None)) => {}
+        }
+    }
+
+    fn check_outputs(&mut self) {
+        self.checking = (0..self.items.len())
+            .filter(|&i| self.states[i].status.is_none())
+            .collect();
+        if self.checking.is_empty() {
+            self.phase = Phase::Done;
+            return;
+        }
+        let paths = self
+            .checking
+            .iter()
+            .flat_map(|&i| self.items[i].outputs.iter().cloned())
+            .collect();
+        self.client.request(Request::QueryValidPaths(paths));
+        self.phase = Phase::Checking;
+    }
+
+    /// Settles every derivation the daemon said nothing about: valid
+    /// outputs mean it was built (now or before); otherwise it failed
+    /// because an input failed, or for a reason the daemon did not trace.
+    fn decide(&mut self, valid: &[String]) {
+        let valid: std::collections::HashSet<&str> = valid.iter().map(String::as_str).collect();
+        let mut undecided = Vec::new();
+        for &i in &self.checking {
+            if self.items[i].outputs.iter().all(|o| valid.contains(o.as_str())) {
+                self.states[i].status = Some(status::SUCCEEDED);
+            } else {
+                undecided.push(i);
+            }
+        }
+        // Failure flows from inputs to dependents; repeat until it stops
+        // spreading, so chains of any depth in any order are settled.
+        loop {
+            let mut changed = false;
+            for &i in &undecided {
+                if self.states[i].status.is_some() {
+                    continue;
+                }
+                let input_failed = self.items[i].inputs.iter().any(|input| {
+                    self.index
+                        .get(input.as_str())
+                        .and_then(|&j| self.states[j].status)
+                        .is_some_and(|s| s > status::SUCCEEDED)
+                });
+                if self.states[i].dependencies_failed || input_failed {
+                    self.states[i].status = Some(status::FAILED_DEPENDENCY);
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        for &i in &self.checking {
+            let st = *self.states[i].status.get_or_insert(status::FAILED_OTHER);
+            self.updates.push(Update::Finished {
+                derivation: self.items[i].derivation.clone(),
+                status: st,
+                log: self.states[i].log.clone(),
+            });
+        }
+        self.checking.clear();
+        self.phase = Phase::Done;
+    }
+}

@@ -1,0 +1,183 @@
+//! Subprocesses whose standard output and error the event loop watches:
+//! the fetch child, the compile step and the evaluator.  Each runs in its
+//! own process group so a timeout kills whatever it spawned as well.
+
+use mio::unix::pipe::Receiver;
+use mio::{Interest, Registry, Token};
+use std::io::{self, Read};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+
+/// Bytes one turn of the loop reads from one pipe at most, so a chatty
+/// child cannot starve everything else.
+const READ_CAP: usize = 256 * 1024;
+
+/// stderr lines longer than this are cut when logged.
+const MAX_LOG_LINE: usize = 4096;
+
+pub struct Proc {
+    pub child: Child,
+    pub stdout: Option<Receiver>,
+    pub stderr: Option<Receiver>,
+    stdout_buf: Vec<u8>,
+    stderr_buf: Vec<u8>,
+    /// The last few stderr lines, kept to explain a failure.
+    pub stderr_tail: Vec<String>,
+    pub status: Option<ExitStatus>,
+}
+
+pub fn spawn(mut cmd: Command, registry: &Registry, out: Token, err: Token) -> io::Result<Proc> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn()?;
+    let mut stdout = Receiver::from(child.stdout.take().expect("piped stdout"));
+    let mut stderr = Receiver::from(child.stderr.take().expect("piped stderr"));
+    stdout.set_nonblocking(true)?;
+    stderr.set_nonblocking(true)?;
+    registry.register(&mut stdout, out, Interest::READABLE)?;
+    registry.register(&mut stderr, err, Interest::READABLE)?;
+    Ok(Proc {
+        child,
+        stdout: Some(stdout),
+        stderr: Some(stderr),
+        stdout_buf: Vec::new(),
+        stderr_buf: Vec::new(),
+        stderr_tail: Vec::new(),
+        status: None,
+    })
+}
+
+/// Reads what is available; returns false once the pipe is closed.
+fn drain(pipe: &mut Receiver, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 16 * 1024];
+    let mut total = 0;
+    loop {
+        match pipe.read(&mut chunk) {
+            Ok(0) => return false,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                total += n;
+                if total >= READ_CAP {
+                    return true;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+fn take_lines(buf: &mut Vec<u8>, mut each: impl FnMut(&[u8])) {
+    let mut start = 0;
+    while let Some(i) = buf[start..].iter().position(|&b| b == b'\n') {
+        each(&buf[start..start + i]);
+        start += i + 1;
+    }
+    buf.drain(..start);
+}
+
+impl Proc {
+    /// Reads stdout; complete lines are handed to `line`.  A partial line
+    /// stays buffered until its end arrives or the pipe closes.
+    pub fn read_stdout(&mut self, registry: &Registry, mut line: impl FnMut(&[u8])) {
+        let Some(pipe) = self.stdout.as_mut() else {
+            return;
+        };
+        let open = drain(pipe, &mut self.stdout_buf);
+        take_lines(&mut self.stdout_buf, &mut line);
+        if !open {
+            if !self.stdout_buf.is_empty() {
+                line(&std::mem::take(&mut self.stdout_buf));
+            }
+            let mut pipe = self.stdout.take().unwrap();
+            let _ = registry.deregister(&mut pipe);
+        }
+    }
+
+    /// Logs stderr line by line with `label` (the spec name and step).
+    pub fn read_stderr(&mut self, registry: &Registry, label: &str) {
+        let Some(pipe) = self.stderr.as_mut() else {
+            return;
+        };
+        let open = drain(pipe, &mut self.stderr_buf);
+        if !open && !self.stderr_buf.is_empty() && self.stderr_buf.last() != Some(&b'\n') {
+            self.stderr_buf.push(b'\n');
+        }
+        let tail = &mut self.stderr_tail;
+        take_lines(&mut self.stderr_buf, |l| {
+            let text = String::from_utf8_lossy(&l[..l.len().min(MAX_LOG_LINE)]);
+            log::info!("{label}: {text}");
+            if tail.len() == 20 {
+                tail.remove(0);
+            }
+            tail.push(text.into_owned());
+        });
+        // A child printing megabytes without a newline must not grow us.
+        if self.stderr_buf.len() > MAX_LOG_LINE {
+            self.stderr_buf.clear();
+        }
+        if !open {
+            let mut pipe = self.stderr.take().unwrap();
+            let _ = registry.deregister(&mut pipe);
+        }
+    }
+
+    pub fn pipes_closed(&self) -> bool {
+        self.stdout.is_none() && self.stderr.is_none()
+    }
+
+    /// Non-blocking check for the child's exit.
+    pub fn poll_exit(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    /// Kills the whole process group (timeouts, shutdown).
+    pub fn kill(&mut self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: plain syscall; a stale pid group at worst gets ESRCH.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+        let _ = self.child.kill();
+    }
+
+    pub fn failure_reason(&self) -> String {
+        let status = match self.status {
+            Some(s) => describe(s),
+            None => "did not exit".into(),
+        };
+        match self.stderr_tail.last() {
+            Some(last) => format!("{status}: {last}"),
+            None => status,
+        }
+    }
+}
+
+pub fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => "ended".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_split_and_partial_lines_kept() {
+        let mut buf = b"a\nbc\npartial".to_vec();
+        let mut seen = Vec::new();
+        take_lines(&mut buf, |l| seen.push(l.to_vec()));
+        assert_eq!(seen, vec![b"a".to_vec(), b"bc".to_vec()]);
+        assert_eq!(buf, b"partial");
+    }
+}

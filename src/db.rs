@@ -1,0 +1,459 @@
+//! The SQLite database: the 2018 Cuirass tables, numbered migrations, and
+//! every query cuirass makes.  Only this module writes SQL.
+
+use crate::spec::Specification;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use std::path::Path;
+
+pub type EvalId = i64;
+pub type BuildId = i64;
+
+/// Build statuses: Hydra's, plus two of Cuirass's own.
+pub mod status {
+    pub const SCHEDULED: i64 = -2;
+    pub const STARTED: i64 = -1;
+    pub const SUCCEEDED: i64 = 0;
+    pub const FAILED: i64 = 1;
+    pub const FAILED_DEPENDENCY: i64 = 2;
+    pub const FAILED_OTHER: i64 = 3;
+    pub const CANCELED: i64 = 4;
+
+    pub fn is_final(status: i64) -> bool {
+        status >= 0
+    }
+}
+
+/// Evaluation outcomes, in the column migration 2 adds.
+pub mod eval_status {
+    pub const SUCCEEDED: i64 = 0;
+    pub const FAILED: i64 = 1;
+}
+
+/// The schema is append-only: an old database replays the migrations it
+/// has not seen, in order, each in the transaction that bumps
+/// `user_version`.  Migration 1 is the schema of Cuirass as of March 2018,
+/// with `IF NOT EXISTS` so that a database written by the original passes
+/// through it untouched.
+const MIGRATIONS: &[&str] = &[
+    // 1: the original tables.
+    "CREATE TABLE IF NOT EXISTS Specifications (
+       repo_name     TEXT NOT NULL PRIMARY KEY,
+       url           TEXT NOT NULL,
+       load_path     TEXT NOT NULL,
+       file          TEXT NOT NULL,
+       proc          TEXT NOT NULL,
+       arguments     TEXT NOT NULL,
+       branch        TEXT,
+       tag           TEXT,
+       revision      TEXT,
+       no_compile_p  INTEGER);
+     CREATE TABLE IF NOT EXISTS Stamps (
+       specification TEXT NOT NULL PRIMARY KEY,
+       stamp         TEXT NOT NULL,
+       FOREIGN KEY (specification) REFERENCES Specifications (repo_name));
+     CREATE TABLE IF NOT EXISTS Evaluations (
+       id            INTEGER PRIMARY KEY AUTOINCREMENT,
+       specification TEXT NOT NULL,
+       revision      TEXT NOT NULL,
+       FOREIGN KEY (specification) REFERENCES Specifications (repo_name));
+     CREATE TABLE IF NOT EXISTS Derivations (
+       derivation    TEXT NOT NULL,
+       evaluation    INTEGER NOT NULL,
+       job_name      TEXT NOT NULL,
+       system        TEXT NOT NULL,
+       nix_name      TEXT NOT NULL,
+       PRIMARY KEY (derivation, evaluation),
+       FOREIGN KEY (evaluation) REFERENCES Evaluations (id));
+     CREATE TABLE IF NOT EXISTS Builds (
+       id            INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
+       derivation    TEXT NOT NULL,
+       evaluation    INTEGER NOT NULL,
+       log           TEXT NOT NULL,
+       status        INTEGER NOT NULL,
+       timestamp     INTEGER NOT NULL DEFAULT 0,
+       starttime     INTEGER NOT NULL DEFAULT 0,
+       stoptime      INTEGER NOT NULL DEFAULT 0,
+       FOREIGN KEY (derivation, evaluation) REFERENCES Derivations (derivation, evaluation));
+     CREATE TABLE IF NOT EXISTS Outputs (
+       build INTEGER NOT NULL,
+       name  TEXT NOT NULL,
+       path  TEXT NOT NULL,
+       PRIMARY KEY (build, name),
+       FOREIGN KEY (build) REFERENCES Builds (id));",
+    // 2: evaluation outcomes and the indexes the scheduler and API need.
+    "ALTER TABLE Evaluations ADD COLUMN status INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE Evaluations ADD COLUMN error TEXT;
+     ALTER TABLE Evaluations ADD COLUMN timestamp INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX IF NOT EXISTS Builds_status_stoptime ON Builds (status, stoptime DESC);
+     CREATE INDEX IF NOT EXISTS Builds_derivation ON Builds (derivation);
+     CREATE INDEX IF NOT EXISTS Builds_evaluation ON Builds (evaluation, status);
+     CREATE INDEX IF NOT EXISTS Derivations_evaluation ON Derivations (evaluation);
+     CREATE INDEX IF NOT EXISTS Evaluations_specification ON Evaluations (specification, id);",
+];
+
+pub fn schema_version() -> usize {
+    MIGRATIONS.len()
+}
+
+#[derive(Debug)]
+pub struct Error(pub String);
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Error {
+        Error(format!("database: {e}"))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// One job of an evaluation, as registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRecord {
+    pub job_name: String,
+    pub derivation: String,
+    pub system: String,
+    pub nix_name: String,
+    /// (output name, store path), from the `.drv` file.
+    pub outputs: Vec<(String, String)>,
+}
+
+/// A build that has not reached a final status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingBuild {
+    pub id: BuildId,
+    pub derivation: String,
+    pub evaluation: EvalId,
+    pub specification: String,
+}
+
+pub struct Db {
+    conn: Connection,
+}
+
+impl Db {
+    pub fn open(path: &Path) -> Result<Db> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path)
+            .map_err(|e| Error(format!("cannot open database {}: {e}", path.display())))?;
+        Db::setup(conn).map_err(|e| Error(format!("{}: {}", path.display(), e.0)))
+    }
+
+    pub fn open_in_memory() -> Result<Db> {
+        Db::setup(Connection::open_in_memory()?)
+    }
+
+    fn setup(conn: Connection) -> Result<Db> {
+        // WAL lets HTTP readers and the writer coexist; a busy timeout
+        // rides out another process (sqlite3 CLI, a backup) holding a lock.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mut db = Db { conn };
+        db.migrate()?;
+        Ok(db)
+    }
+
+    pub fn user_version(&self) -> Result<usize> {
+        let v: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        Ok(v as usize)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let current = self.user_version()?;
+        if current > MIGRATIONS.len() {
+            return Err(Error(format!(
+                "schema version {current} is newer than this cuirass knows ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)
+                .map_err(|e| Error(format!("migration {}: {e}", i + 1)))?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+            log::info!("database migrated to schema version {}", i + 1);
+        }
+        Ok(())
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Adds or updates specifications, all or none.
+    pub fn add_specifications(&mut self, specs: &[Specification]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO Specifications
+                   (repo_name, url, load_path, file, proc, arguments, branch, tag, revision, no_compile_p)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT (repo_name) DO UPDATE SET
+                   url = excluded.url, load_path = excluded.load_path, file = excluded.file,
+                   proc = excluded.proc, arguments = excluded.arguments, branch = excluded.branch,
+                   tag = excluded.tag, revision = excluded.revision,
+                   no_compile_p = excluded.no_compile_p",
+            )?;
+            for s in specs {
+                stmt.execute(params![
+                    s.name,
+                    s.url,
+                    s.load_path,
+                    s.file,
+                    s.proc_name,
+                    s.arguments,
+                    s.branch,
+                    s.tag,
+                    s.commit,
+                    s.no_compile as i64
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn specifications(&self) -> Result<Vec<Specification>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT repo_name, url, load_path, file, proc, arguments, branch, tag, revision,
+                    no_compile_p
+             FROM Specifications ORDER BY repo_name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Specification {
+                name: r.get(0)?,
+                url: r.get(1)?,
+                load_path: r.get(2)?,
+                file: r.get(3)?,
+                proc_name: r.get(4)?,
+                arguments: r.get(5)?,
+                branch: r.get(6)?,
+                tag: r.get(7)?,
+                commit: r.get(8)?,
+                no_compile: r.get::<_, Option<i64>>(9)?.unwrap_or(0) != 0,
+            })
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    pub fn stamp(&self, spec: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT stamp FROM Stamps WHERE specification = ?1")?
+            .query_row([spec], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn set_stamp(tx: &Transaction, spec: &str, commit: &str) -> Result<()> {
+        tx.prepare_cached(
+            "INSERT INTO Stamps (specification, stamp) VALUES (?1, ?2)
+             ON CONFLICT (specification) DO UPDATE SET stamp = excluded.stamp",
+        )?
+        .execute(params![spec, commit])?;
+        Ok(())
+    }
+
+    /// Records an evaluation with all its jobs, one scheduled build per
+    /// job, and the new stamp: one transaction, so a crash leaves either
+    /// the whole evaluation or nothing.
+    pub fn register_evaluation(
+        &mut self,
+        spec: &str,
+        commit: &str,
+        jobs: &[JobRecord],
+        now: i64,
+    ) -> Result<EvalId> {
+        let tx = self.conn.transaction()?;
+        tx.prepare_cached(
+            "INSERT INTO Evaluations (specification, revision, status, timestamp)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![spec, commit, eval_status::SUCCEEDED, now])?;
+        let eval = tx.last_insert_rowid();
+        {
+            let mut drv_stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO Derivations (derivation, evaluation, job_name, system, nix_name)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut build_stmt = tx.prepare_cached(
+                "INSERT INTO Builds (derivation, evaluation, log, status, timestamp, starttime, stoptime)
+                 VALUES (?1, ?2, '', ?3, ?4, 0, 0)",
+            )?;
+            let mut output_stmt =
+                tx.prepare_cached("INSERT INTO Outputs (build, name, path) VALUES (?1, ?2, ?3)")?;
+            for job in jobs {
+                // Two jobs of one evaluation may share a derivation; the
+                // 2018 primary key allows one row, and one build of it.
+                if drv_stmt.execute(params![
+                    job.derivation,
+                    eval,
+                    job.job_name,
+                    job.system,
+                    job.nix_name
+                ])? == 0
+                {
+                    continue;
+                }
+                build_stmt.execute(params![job.derivation, eval, status::SCHEDULED, now])?;
+                let build = tx.last_insert_rowid();
+                for (name, path) in &job.outputs {
+                    output_stmt.execute(params![build, name, path])?;
+                }
+            }
+        }
+        Db::set_stamp(&tx, spec, commit)?;
+        tx.commit()?;
+        Ok(eval)
+    }
+
+    /// Records an evaluation that produced no jobs because the evaluator
+    /// failed, and moves the stamp so the same commit is not retried
+    /// forever: the next commit gets a new chance.
+    pub fn record_failed_evaluation(
+        &mut self,
+        spec: &str,
+        commit: &str,
+        error: &str,
+        now: i64,
+    ) -> Result<EvalId> {
+        let tx = self.conn.transaction()?;
+        tx.prepare_cached(
+            "INSERT INTO Evaluations (specification, revision, status, error, timestamp)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![spec, commit, eval_status::FAILED, error, now])?;
+        let eval = tx.last_insert_rowid();
+        Db::set_stamp(&tx, spec, commit)?;
+        tx.commit()?;
+        Ok(eval)
+    }
+
+    /// Builds not yet in a final status, oldest first.
+    pub fn pending_builds(&self, spec: Option<&str>) -> Result<Vec<PendingBuild>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT b.id, b.derivation, b.evaluation, e.specification
+             FROM Builds b JOIN Evaluations e ON e.id = b.evaluation
+             WHERE b.status < 0 AND (?1 IS NULL OR e.specification = ?1)
+             ORDER BY b.id",
+        )?;
+        let rows = stmt.query_map(params![spec], |r| {
+            Ok(PendingBuild {
+                id: r.get(0)?,
+                derivation: r.get(1)?,
+                evaluation: r.get(2)?,
+                specification: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    pub fn build_started(&mut self, derivation: &str, log: &str, now: i64) -> Result<usize> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE Builds SET status = ?2, starttime = ?3, log = ?4
+                 WHERE derivation = ?1 AND status < 0",
+            )?
+            .execute(params![derivation, status::STARTED, now, log])?)
+    }
+
+    /// Gives every unfinished build of `derivation` its final status.  A
+    /// build never seen starting gets `now` as its start time too, so
+    /// finished builds always have both times.
+    pub fn build_finished(
+        &mut self,
+        derivation: &str,
+        final_status: i64,
+        log: Option<&str>,
+        now: i64,
+    ) -> Result<usize> {
+        debug_assert!(status::is_final(final_status));
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE Builds SET status = ?2, stoptime = ?3,
+                   starttime = CASE WHEN starttime = 0 THEN ?3 ELSE starttime END,
+                   log = CASE WHEN ?4 IS NULL THEN log ELSE ?4 END
+                 WHERE derivation = ?1 AND status < 0",
+            )?
+            .execute(params![derivation, final_status, now, log])?)
+    }
+
+    /// Applies many build updates in one transaction (a batch's outcome).
+    pub fn finish_builds(&mut self, updates: &[(String, i64, Option<String>)], now: i64) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE Builds SET status = ?2, stoptime = ?3,
+                   starttime = CASE WHEN starttime = 0 THEN ?3 ELSE starttime END,
+                   log = CASE WHEN ?4 IS NULL THEN log ELSE ?4 END
+                 WHERE derivation = ?1 AND status < 0",
+            )?;
+            for (drv, st, log) in updates {
+                stmt.execute(params![drv, st, now, log])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// At start-up, builds left `started` by a previous process go back to
+    /// `scheduled`: the daemon forgot them when our connection closed.
+    pub fn reset_started_builds(&mut self) -> Result<usize> {
+        Ok(self.conn.execute(
+            "UPDATE Builds SET status = ?1, starttime = 0 WHERE status = ?2",
+            params![status::SCHEDULED, status::STARTED],
+        )?)
+    }
+
+    /// Puts builds of these derivations that were `started` back to
+    /// `scheduled` (their daemon connection was lost).
+    pub fn reschedule(&mut self, derivations: &[String]) -> Result<usize> {
+        let tx = self.conn.transaction()?;
+        let mut changed = 0;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE Builds SET status = ?2, starttime = 0 WHERE derivation = ?1 AND status = ?3",
+            )?;
+            for drv in derivations {
+                changed += stmt.execute(params![drv, status::SCHEDULED, status::STARTED])?;
+            }
+        }
+        tx.commit()?;
+        Ok(changed)
+    }
+
+    pub fn evaluations_since(&self, since: i64) -> Result<i64> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM Evaluations WHERE timestamp >= ?1")?
+            .query_row([since], |r| r.get(0))?)
+    }
+
+    pub fn outputs_of_derivation(&self, derivation: &str) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT DISTINCT o.path FROM Outputs o JOIN Builds b ON b.id = o.build
+             WHERE b.derivation = ?1 ORDER BY o.path",
+        )?;
+        let rows = stmt.query_map([derivation], |r| r.get(0))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,179 @@
+use super::*;
+
+fn spec(name: &str) -> Specification {
+    Specification {
+        name: name.into(),
+        url: format!("file:///srv/{name}.git"),
+        branch: Some("master".into()),
+        commit: None,
+        tag: None,
+        no_compile: true,
+        load_path: ".".into(),
+        file: "ci.scm".into(),
+        proc_name: "jobs".into(),
+        arguments: "((nonce . \"x\"))".into(),
+    }
+}
+
+fn job(name: &str) -> JobRecord {
+    JobRecord {
+        job_name: name.into(),
+        derivation: format!("/gnu/store/{name:a<32}-{name}.drv"),
+        system: "x86_64-linux".into(),
+        nix_name: name.into(),
+        outputs: vec![("out".into(), format!("/gnu/store/{name:b<32}-{name}"))],
+    }
+}
+
+fn count(db: &Db, sql: &str) -> i64 {
+    db.connection().query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn migrations_are_idempotent() {
+    let dir = std::env::temp_dir().join(format!("cuirass-db-{}", std::process::id()));
+    let path = dir.join("twice.db");
+    let _ = std::fs::remove_file(&path);
+    drop(Db::open(&path).unwrap());
+    let db = Db::open(&path).unwrap();
+    assert_eq!(db.user_version().unwrap(), schema_version());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn specifications_are_upserted_by_name() {
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("a"), spec("b")]).unwrap();
+    let mut changed = spec("a");
+    changed.url = "https://example.org/a.git".into();
+    changed.no_compile = false;
+    db.add_specifications(&[changed.clone()]).unwrap();
+    let specs = db.specifications().unwrap();
+    assert_eq!(specs, vec![changed, spec("b")]);
+}
+
+#[test]
+fn evaluation_registers_every_job_in_one_go() {
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("a")]).unwrap();
+    let jobs = vec![job("one"), job("two"), job("one")];
+    let eval = db.register_evaluation("a", "c0ffee", &jobs, 1000).unwrap();
+    assert_eq!(db.stamp("a").unwrap().as_deref(), Some("c0ffee"));
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM Derivations"), 2);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM Builds WHERE status = -2"), 2);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM Outputs"), 2);
+    let pending = db.pending_builds(Some("a")).unwrap();
+    assert_eq!(pending.len(), 2);
+    assert!(pending.iter().all(|p| p.evaluation == eval));
+    assert!(db.pending_builds(Some("other")).unwrap().is_empty());
+}
+
+#[test]
+fn build_times_are_always_set_when_finished() {
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("a")]).unwrap();
+    db.register_evaluation("a", "c1", &[job("one"), job("two")], 10)
+        .unwrap();
+    let one = job("one").derivation;
+    let two = job("two").derivation;
+    db.build_started(&one, "/var/log/guix/drvs/x.bz2", 20).unwrap();
+    db.finish_builds(
+        &[
+            (one.clone(), status::SUCCEEDED, None),
+            (two.clone(), status::FAILED_DEPENDENCY, None),
+        ],
+        30,
+    )
+    .unwrap();
+    let rows: Vec<(String, i64, i64, i64, String)> = db
+        .connection()
+        .prepare("SELECT derivation, status, starttime, stoptime, log FROM Builds ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (one, 0, 20, 30, "/var/log/guix/drvs/x.bz2".into()),
+            (two, 2, 30, 30, String::new())
+        ]
+    );
+    // A final status is never overwritten by a late event.
+    assert_eq!(db.build_finished(&job("one").derivation, 1, None, 40).unwrap(), 0);
+}
+
+#[test]
+fn started_builds_are_rescheduled_on_restart() {
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("a")]).unwrap();
+    db.register_evaluation("a", "c1", &[job("one")], 10).unwrap();
+    db.build_started(&job("one").derivation, "log", 20).unwrap();
+    assert_eq!(db.reset_started_builds().unwrap(), 1);
+    assert_eq!(count(&db, "SELECT status FROM Builds"), status::SCHEDULED);
+}
+
+#[test]
+fn failed_evaluation_moves_the_stamp_and_keeps_the_reason() {
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("a")]).unwrap();
+    db.record_failed_evaluation("a", "bad", "evaluator exited with status 1", 5)
+        .unwrap();
+    assert_eq!(db.stamp("a").unwrap().as_deref(), Some("bad"));
+    assert_eq!(count(&db, "SELECT status FROM Evaluations"), eval_status::FAILED);
+}
+
+#[test]
+fn a_2018_database_is_upgraded_in_place() {
+    let dir = std::env::temp_dir().join(format!("cuirass-db2018-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cuirass.db");
+    let _ = std::fs::remove_file(&path);
+    {
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(include_str!("../../fixtures/schema-2018.sql"))
+            .unwrap();
+        old.execute_batch(
+            "INSERT INTO Specifications VALUES
+               ('guix', 'https://git.savannah.gnu.org/git/guix.git', '.', 'build-aux/cuirass/gnu-system.scm',
+                'cuirass-jobs', '((subset . \"hello\"))', 'master', NULL, NULL, 1);
+             INSERT INTO Stamps VALUES ('guix', 'abc123');
+             INSERT INTO Evaluations (specification, revision) VALUES ('guix', 'abc123');
+             INSERT INTO Derivations VALUES ('/gnu/store/aaa-hello-2.10.drv', 1, 'hello-2.10.x86_64-linux', 'x86_64-linux', 'hello-2.10');
+             INSERT INTO Builds VALUES (1, '/gnu/store/aaa-hello-2.10.drv', 1, '/var/log/guix/drvs/aa/a.bz2', 0, 100, 110, 120);
+             INSERT INTO Outputs VALUES (1, 'out', '/gnu/store/bbb-hello-2.10');",
+        )
+        .unwrap();
+    }
+    let mut db = Db::open(&path).unwrap();
+    assert_eq!(db.user_version().unwrap(), schema_version());
+    let specs = db.specifications().unwrap();
+    assert_eq!(specs.len(), 1);
+    assert_eq!(specs[0].proc_name, "cuirass-jobs");
+    assert_eq!(specs[0].arguments, "((subset . \"hello\"))");
+    assert!(specs[0].no_compile);
+    assert_eq!(db.stamp("guix").unwrap().as_deref(), Some("abc123"));
+    let (status, stop, eval_status): (i64, i64, i64) = db
+        .connection()
+        .query_row(
+            "SELECT b.status, b.stoptime, e.status FROM Builds b JOIN Evaluations e ON e.id = b.evaluation",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((status, stop, eval_status), (0, 120, eval_status::SUCCEEDED));
+    assert_eq!(
+        db.outputs_of_derivation("/gnu/store/aaa-hello-2.10.drv").unwrap(),
+        vec!["/gnu/store/bbb-hello-2.10".to_string()]
+    );
+    // New evaluations go on from the old ids.
+    let eval = db.register_evaluation("guix", "def456", &[job("new")], 200).unwrap();
+    assert_eq!(eval, 2);
+    let ok: String = db
+        .connection()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    let _ = std::fs::remove_dir_all(dir);
+}

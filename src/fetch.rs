@@ -1,0 +1,232 @@
+//! Git checkouts with git2.  libgit2 blocks, so the event loop never calls
+//! this directly: it runs `cuirass internal-fetch …` as a child process
+//! (see [`child_args`]) and reads the commit from its standard output.
+
+use git2::{FetchOptions, Oid, Repository};
+use std::path::Path;
+
+/// What to check out, from the specification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Branch(String),
+    Tag(String),
+    Commit(String),
+}
+
+impl Target {
+    pub fn of(spec: &crate::spec::Specification) -> Target {
+        if let Some(c) = &spec.commit {
+            Target::Commit(c.clone())
+        } else if let Some(t) = &spec.tag {
+            Target::Tag(t.clone())
+        } else {
+            Target::Branch(spec.branch.clone().unwrap_or_else(|| "master".into()))
+        }
+    }
+
+    fn kind_and_value(&self) -> (&'static str, &str) {
+        match self {
+            Target::Branch(b) => ("branch", b),
+            Target::Tag(t) => ("tag", t),
+            Target::Commit(c) => ("commit", c),
+        }
+    }
+}
+
+pub const SUBCOMMAND: &str = "internal-fetch";
+
+/// Arguments for the fetch child: `cuirass internal-fetch URL DIR KIND VALUE`.
+pub fn child_args(url: &str, dir: &Path, target: &Target) -> Vec<String> {
+    let (kind, value) = target.kind_and_value();
+    vec![
+        SUBCOMMAND.into(),
+        url.into(),
+        dir.to_string_lossy().into_owned(),
+        kind.into(),
+        value.into(),
+    ]
+}
+
+/// Entry point of the fetch child; prints `commit SHA` on success.
+pub fn child_main(args: &[String]) -> i32 {
+    let target = match args {
+        [_, _, _, kind, value] => match kind.as_str() {
+            "branch" => Target::Branch(value.clone()),
+            "tag" => Target::Tag(value.clone()),
+            "commit" => Target::Commit(value.clone()),
+            _ => {
+                eprintln!("internal-fetch: unknown target kind '{kind}'");
+                return 2;
+            }
+        },
+        _ => {
+            eprintln!("usage: cuirass internal-fetch URL DIR branch|tag|commit VALUE");
+            return 2;
+        }
+    };
+    match fetch(&args[1], Path::new(&args[2]), &target) {
+        Ok(oid) => {
+            println!("commit {oid}");
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
+/// Reads the commit the fetch child printed.
+pub fn parse_child_output(stdout: &str) -> Option<String> {
+    stdout.lines().find_map(|l| {
+        let sha = l.strip_prefix("commit ")?.trim();
+        (sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit())).then(|| sha.to_string())
+    })
+}
+
+fn open_or_init(url: &str, dir: &Path) -> Result<Repository, String> {
+    let ctx = |e: git2::Error| format!("{}: {}", dir.display(), e.message());
+    let repo = match Repository::open(dir) {
+        Ok(r) => r,
+        Err(_) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            Repository::init(dir).map_err(ctx)?
+        }
+    };
+    let same_url = repo
+        .find_remote("origin")
+        .ok()
+        .and_then(|r| r.url().map(|u| u == url));
+    match same_url {
+        Some(true) => {}
+        Some(false) => repo.remote_set_url("origin", url).map_err(ctx)?,
+        None => {
+            repo.remote("origin", url).map_err(ctx)?;
+        }
+    }
+    Ok(repo)
+}
+
+/// Fetches `target` from `url` into the repository at `dir` and checks it
+/// out (detached), returning the commit.  Refspecs are forced so that a
+/// rewritten history (a force-push) simply moves to the new tip.
+pub fn fetch(url: &str, dir: &Path, target: &Target) -> Result<Oid, String> {
+    let repo = open_or_init(url, dir)?;
+    let mut remote = repo
+        .find_remote("origin")
+        .map_err(|e| format!("{url}: {}", e.message()))?;
+    let refspecs: Vec<String> = match target {
+        Target::Branch(b) => vec![format!("+refs/heads/{b}:refs/remotes/origin/{b}")],
+        Target::Tag(t) => vec![format!("+refs/tags/{t}:refs/tags/{t}")],
+        Target::Commit(_) => vec![
+            "+refs/heads/*:refs/remotes/origin/*".into(),
+            "+refs/tags/*:refs/tags/*".into(),
+        ],
+    };
+    let mut opts = FetchOptions::new();
+    opts.download_tags(git2::AutotagOption::None);
+    remote
+        .fetch(&refspecs, Some(&mut opts), None)
+        .map_err(|e| format!("fetching {url}: {}", e.message()))?;
+    let oid = match target {
+        Target::Branch(b) => repo
+            .refname_to_id(&format!("refs/remotes/origin/{b}"))
+            .map_err(|_| format!("{url}: no branch '{b}'"))?,
+        Target::Tag(t) => repo
+            .revparse_single(&format!("refs/tags/{t}"))
+            .and_then(|o| o.peel_to_commit())
+            .map(|c| c.id())
+            .map_err(|_| format!("{url}: no tag '{t}'"))?,
+        Target::Commit(c) => repo
+            .revparse_single(c)
+            .and_then(|o| o.peel_to_commit())
+            .map(|c| c.id())
+            .map_err(|_| format!("{url}: no commit '{c}'"))?,
+    };
+    let commit = repo
+        .find_commit(oid)
+        .map_err(|e| format!("{url}: {}", e.message()))?;
+    // Forced checkout restores tracked files but leaves untracked ones
+    // (build products of a previous `make`) so compilation stays incremental.
+    let mut checkout = git2::build::CheckoutBuilder::new();
+    checkout.force();
+    repo.checkout_tree(commit.as_object(), Some(&mut checkout))
+        .map_err(|e| format!("checking out {oid}: {}", e.message()))?;
+    repo.set_head_detached(oid)
+        .map_err(|e| format!("checking out {oid}: {}", e.message()))?;
+    Ok(oid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {:?}", out);
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    fn commit_file(repo: &Path, name: &str, text: &str) -> String {
+        std::fs::write(repo.join(name), text).unwrap();
+        git(repo, &["add", name]);
+        git(repo, &["commit", "-q", "-m", name]);
+        git(repo, &["rev-parse", "HEAD"])
+    }
+
+    #[test]
+    fn fetches_branches_tags_commits_and_force_pushes() {
+        let base = std::env::temp_dir().join(format!("cuirass-fetch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let upstream = base.join("up");
+        std::fs::create_dir_all(&upstream).unwrap();
+        git(&upstream, &["init", "-q", "-b", "main"]);
+        let first = commit_file(&upstream, "a", "1");
+        git(&upstream, &["tag", "v1"]);
+        let second = commit_file(&upstream, "a", "2");
+        let url = format!("file://{}", upstream.display());
+        let work = base.join("cache/spec");
+
+        let oid = fetch(&url, &work, &Target::Branch("main".into())).unwrap();
+        assert_eq!(oid.to_string(), second);
+        assert_eq!(std::fs::read_to_string(work.join("a")).unwrap(), "2");
+
+        let oid = fetch(&url, &work, &Target::Tag("v1".into())).unwrap();
+        assert_eq!(oid.to_string(), first);
+        assert_eq!(std::fs::read_to_string(work.join("a")).unwrap(), "1");
+
+        let oid = fetch(&url, &work, &Target::Commit(second.clone())).unwrap();
+        assert_eq!(oid.to_string(), second);
+
+        git(&upstream, &["reset", "-q", "--hard", &first]);
+        let rewritten = commit_file(&upstream, "b", "3");
+        let oid = fetch(&url, &work, &Target::Branch("main".into())).unwrap();
+        assert_eq!(oid.to_string(), rewritten);
+        assert!(work.join("b").exists());
+
+        let err = fetch(&url, &work, &Target::Branch("nope".into())).unwrap_err();
+        assert!(err.contains("nope"), "{err}");
+        let err = fetch("file:///nonexistent/repo", &base.join("c2"), &Target::Branch("x".into()))
+            .unwrap_err();
+        assert!(err.contains("/nonexistent/repo"), "{err}");
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn child_output_is_checked() {
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(parse_child_output(&format!("commit {sha}\n")), Some(sha.into()));
+        assert_eq!(parse_child_output("commit xyz\n"), None);
+        assert_eq!(parse_child_output(""), None);
+    }
+}

@@ -1,0 +1,138 @@
+//! The evaluator's output, one S-expression per line, turned into jobs.
+//!
+//! The evaluator (src/evaluate.scm) prints, as each job is computed,
+//! `(job (name . "hello") (derivation . "/gnu/store/…drv") (system . …) …)`,
+//! `(job-error (name . "x") (message . "…"))` for a job whose thunk failed,
+//! and `(done N)` at the end.  Nothing here trusts that output: every line
+//! is checked, and the `.drv` file decides the system, name and outputs.
+
+use crate::db::JobRecord;
+use crate::drv::Derivation;
+use crate::sexp::{Datum, Kind, parse_all};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Line {
+    Job { name: String, derivation: String },
+    JobError { name: String, message: String },
+    Done(u64),
+}
+
+fn field<'a>(items: &'a [Datum], key: &str) -> Option<&'a Datum> {
+    items.iter().find_map(|item| match &item.kind {
+        Kind::Dotted(head, tail) if head.len() == 1 => match &head[0].kind {
+            Kind::Symbol(k) if k == key => Some(&**tail),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+fn string_field(items: &[Datum], key: &str) -> Result<String, String> {
+    match field(items, key).map(|d| &d.kind) {
+        Some(Kind::Str(s)) => Ok(s.clone()),
+        Some(_) => Err(format!("field '{key}' is not a string")),
+        None => Err(format!("missing field '{key}'")),
+    }
+}
+
+/// Parses one line of evaluator output.
+pub fn parse_line(line: &[u8]) -> Result<Line, String> {
+    let text = std::str::from_utf8(line).map_err(|_| "output is not UTF-8".to_string())?;
+    let data = parse_all(text).map_err(|e| format!("unreadable output ({e})"))?;
+    let [datum] = data.as_slice() else {
+        return Err(format!("expected one S-expression, found {}", data.len()));
+    };
+    let Kind::List(items) = &datum.kind else {
+        return Err("output is not a list".into());
+    };
+    let (head, rest) = match items.split_first() {
+        Some((Datum { kind: Kind::Symbol(h), .. }, rest)) => (h.as_str(), rest),
+        _ => return Err("output does not start with a symbol".into()),
+    };
+    match head {
+        "job" => {
+            let derivation = string_field(rest, "derivation")?;
+            if !crate::trace::is_store_drv(&derivation) {
+                return Err(format!("'{derivation}' is not a store .drv file"));
+            }
+            Ok(Line::Job {
+                name: string_field(rest, "name")?,
+                derivation,
+            })
+        }
+        "job-error" => Ok(Line::JobError {
+            name: string_field(rest, "name")?,
+            message: string_field(rest, "message").unwrap_or_default(),
+        }),
+        "done" => match rest {
+            [Datum { kind: Kind::Int(n), .. }] if *n >= 0 => Ok(Line::Done(*n as u64)),
+            _ => Err("malformed (done N)".into()),
+        },
+        other => Err(format!("unknown output '{other}'")),
+    }
+}
+
+/// Builds the database record of a job from its `.drv` file's contents.
+pub fn job_record(name: &str, derivation: &str, drv_bytes: &[u8]) -> Result<JobRecord, String> {
+    let drv =
+        Derivation::parse(drv_bytes).map_err(|e| format!("{derivation}: bad derivation: {e}"))?;
+    let nix_name = drv
+        .name()
+        .ok_or_else(|| format!("{derivation}: no 'name' in its environment"))?
+        .to_string();
+    Ok(JobRecord {
+        job_name: name.to_string(),
+        derivation: derivation.to_string(),
+        system: drv.system.clone(),
+        nix_name,
+        outputs: drv
+            .outputs
+            .iter()
+            .map(|o| (o.name.clone(), o.path.clone()))
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DRV: &str = "/gnu/store/0123456789abcdfghijklmnpqrsvwxyz-ok-1.drv";
+
+    #[test]
+    fn reads_jobs_errors_and_done() {
+        let line = format!(r#"(job (name . "ok-1") (derivation . "{DRV}") (system . "x86_64-linux"))"#);
+        assert_eq!(
+            parse_line(line.as_bytes()).unwrap(),
+            Line::Job {
+                name: "ok-1".into(),
+                derivation: DRV.into()
+            }
+        );
+        assert_eq!(
+            parse_line(br#"(job-error (name . "bad") (message . "boom"))"#).unwrap(),
+            Line::JobError {
+                name: "bad".into(),
+                message: "boom".into()
+            }
+        );
+        assert_eq!(parse_line(b"(done 5)").unwrap(), Line::Done(5));
+    }
+
+    #[test]
+    fn rejects_garbage_with_a_reason() {
+        for (input, needle) in [
+            (&b"hello world"[..], "expected one"),
+            (b"(job (name . \"x\"))", "derivation"),
+            (b"(job (name . \"x\") (derivation . \"/tmp/x.drv\"))", "not a store"),
+            (b"(job (name . 1) (derivation . \"/gnu/store/0123456789abcdfghijklmnpqrsvwxyz-a.drv\"))", "not a string"),
+            (b"(done -1)", "done"),
+            (b"(frobnicate)", "unknown"),
+            (b"\xff\xfe", "UTF-8"),
+            (b"(job (name . \"x\"", "unreadable"),
+        ] {
+            let err = parse_line(input).unwrap_err();
+            assert!(err.contains(needle), "{err:?} should contain {needle:?}");
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! The `cuirass` binary: parse options, load specifications, run the loop.
+
+use cuirass::cli::{self, Command, Config};
+use cuirass::{db::Db, event_loop::EventLoop, fetch, spec};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // The fetch child: git2 blocks, so the loop runs it as a subprocess.
+    if args.first().map(String::as_str) == Some(fetch::SUBCOMMAND) {
+        return ExitCode::from(fetch::child_main(&args) as u8);
+    }
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_secs()
+        .init();
+    match cli::parse(&args, &cli::ProcessEnv) {
+        Ok(Command::Help(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Version(v)) => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Run(config)) => match run(*config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cuirass: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Err(e) => {
+            eprintln!("cuirass: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(config: Config) -> Result<(), String> {
+    // Read specifications before touching the database, so that a broken
+    // file writes nothing at all.
+    let specs = match &config.specifications {
+        Some(path) => Some(spec::read_spec_file(path, &config.evaluator).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let mut db = Db::open(&config.database).map_err(|e| e.to_string())?;
+    if let Some(specs) = specs {
+        db.add_specifications(&specs).map_err(|e| e.to_string())?;
+        log::info!(
+            "{} specification(s) added from {}",
+            specs.len(),
+            config.specifications.as_ref().unwrap().display()
+        );
+    }
+    if let Err(e) = std::os::unix::net::UnixStream::connect(&config.daemon_socket) {
+        let msg = format!(
+            "cannot connect to guix-daemon at {}: {e} (is guix-daemon running? GUIX_DAEMON_SOCKET selects another socket)",
+            config.daemon_socket.display()
+        );
+        if config.one_shot {
+            return Err(msg);
+        }
+        log::error!("{msg}; will keep retrying");
+    }
+    EventLoop::new(config, db)?.run()
+}
