@@ -1,0 +1,6 @@
+//! Integration tests: the real binary, real git repositories, the real
+//! guix-daemon and the real Guix evaluator.
+
+mod cli;
+mod one_shot;
+mod support;

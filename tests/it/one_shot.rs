@@ -1,0 +1,200 @@
+//! `cuirass --one-shot` end to end against the real guix-daemon.
+
+use crate::support::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Debug)]
+struct BuildRow {
+    status: i64,
+    starttime: i64,
+    stoptime: i64,
+    log: String,
+    system: String,
+    nix_name: String,
+    derivation: String,
+}
+
+fn builds_by_job(conn: &rusqlite::Connection, eval: i64) -> BTreeMap<String, BuildRow> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT d.job_name, b.status, b.starttime, b.stoptime, b.log, d.system, d.nix_name, b.derivation
+             FROM Builds b JOIN Derivations d
+               ON d.derivation = b.derivation AND d.evaluation = b.evaluation
+             WHERE b.evaluation = ?1",
+        )
+        .unwrap();
+    stmt.query_map([eval], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            BuildRow {
+                status: r.get(1)?,
+                starttime: r.get(2)?,
+                stoptime: r.get(3)?,
+                log: r.get(4)?,
+                system: r.get(5)?,
+                nix_name: r.get(6)?,
+                derivation: r.get(7)?,
+            },
+        ))
+    })
+    .unwrap()
+    .map(|r| r.unwrap())
+    .collect()
+}
+
+fn outputs_of(conn: &rusqlite::Connection, drv: &str) -> Vec<String> {
+    query_rows::<String>(
+        conn,
+        &format!(
+            "SELECT o.path FROM Outputs o JOIN Builds b ON b.id = o.build WHERE b.derivation = '{drv}'"
+        ),
+    )
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+#[test]
+fn keyword_jobs_build_end_to_end_and_new_commits_make_new_evaluations() {
+    require_daemon();
+    let setup = Setup::new("oneshot");
+    let nonce = nonce();
+    let repo = Repo::new(setup.tmp.path(), &[("ci.scm", "jobs/keyword-jobs.scm")]);
+    let head = crate::support::git(&repo.dir, &["rev-parse", "HEAD"]);
+    let name = format!("kw-{nonce}");
+    let spec = setup.write_spec(&spec_text(&name, &repo.url(), "ci.scm", "cuirass-jobs", &nonce));
+    let spec_arg = spec.to_str().unwrap();
+
+    let out = setup.one_shot(&["-S", spec_arg]);
+    assert!(out.status.success(), "one-shot failed");
+    let conn = setup.db();
+    let evals = query_rows::<String>(&conn, "SELECT specification, revision FROM Evaluations");
+    assert_eq!(evals, vec![vec![name.clone(), head.clone()]]);
+    let eval = count(&conn, "SELECT id FROM Evaluations");
+
+    let builds = builds_by_job(&conn, eval);
+    let expected = [
+        ("ok-1", 0),
+        ("ok-2", 0),
+        ("fail", 1),
+        ("dep-on-fail", 2),
+        ("dep-on-ok", 0),
+    ];
+    assert_eq!(builds.len(), expected.len(), "{builds:#?}");
+    for (job, status) in expected {
+        let b = &builds[job];
+        assert_eq!(b.status, status, "{job}: {b:?}");
+        assert_eq!(b.system, "x86_64-linux", "{job}");
+        assert_eq!(b.nix_name, format!("{job}-{nonce}"), "{job}");
+        assert!(b.derivation.ends_with(&format!("-{job}-{nonce}.drv")), "{job}");
+        assert!(b.starttime > 0 && b.stoptime >= b.starttime, "{job}: {b:?}");
+        let outputs = outputs_of(&conn, &b.derivation);
+        assert_eq!(outputs.len(), 1, "{job}");
+        if status == 0 {
+            assert!(Path::new(&outputs[0]).exists(), "{job}: output missing from the store");
+        } else {
+            assert!(!Path::new(&outputs[0]).exists(), "{job}: failed output exists");
+        }
+        // Everything the daemon started has its log file.
+        if job != "dep-on-fail" {
+            assert!(b.log.ends_with(".bz2"), "{job}: log {:?}", b.log);
+            assert!(Path::new(&b.log).exists(), "{job}: {} missing", b.log);
+        }
+    }
+    assert_eq!(count(&conn, "SELECT COUNT(*) FROM Builds"), 5);
+    assert_eq!(
+        query_rows::<String>(&conn, "SELECT stamp FROM Stamps"),
+        vec![vec![head.clone()]]
+    );
+
+    // The same commit again: nothing new.
+    let out = setup.one_shot(&[]);
+    assert!(out.status.success());
+    assert_eq!(count(&conn, "SELECT COUNT(*) FROM Evaluations"), 1);
+    assert_eq!(count(&conn, "SELECT COUNT(*) FROM Builds"), 5);
+
+    // A new commit: a new evaluation, whose builds all reach a final status.
+    std::fs::write(repo.dir.join("README"), "new commit\n").unwrap();
+    let second = repo.commit("second");
+    let out = setup.one_shot(&[]);
+    assert!(out.status.success());
+    let evals = query_rows::<String>(&conn, "SELECT revision FROM Evaluations ORDER BY id");
+    assert_eq!(evals, vec![vec![head], vec![second]]);
+    assert_eq!(count(&conn, "SELECT COUNT(*) FROM Builds"), 10);
+    assert_eq!(count(&conn, "SELECT COUNT(*) FROM Builds WHERE status < 0"), 0);
+    let eval2 = count(&conn, "SELECT MAX(id) FROM Evaluations");
+    let statuses: Vec<(String, i64)> = builds_by_job(&conn, eval2)
+        .into_iter()
+        .map(|(k, v)| (k, v.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            ("dep-on-fail".into(), 2),
+            ("dep-on-ok".into(), 0),
+            ("fail".into(), 1),
+            ("ok-1".into(), 0),
+            ("ok-2".into(), 0)
+        ]
+    );
+}
+
+#[test]
+fn pair_jobs_with_symbol_keys_are_evaluated() {
+    require_daemon();
+    let setup = Setup::new("pairs");
+    let nonce = nonce();
+    let repo = Repo::new(setup.tmp.path(), &[("jobs.scm", "jobs/pair-jobs.scm")]);
+    let name = format!("pairs-{nonce}");
+    let spec = setup.write_spec(&spec_text(&name, &repo.url(), "jobs.scm", "hydra-jobs", &nonce));
+    let out = setup.one_shot(&["-S", spec.to_str().unwrap()]);
+    assert!(out.status.success());
+    let conn = setup.db();
+    let eval = count(&conn, "SELECT id FROM Evaluations");
+    let builds = builds_by_job(&conn, eval);
+    // The two broken jobs are reported and skipped; the rest build.
+    let jobs: Vec<(&str, i64, &str)> = builds
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.status, v.nix_name.as_str()))
+        .collect();
+    let expect_a = format!("pair-a-{nonce}");
+    let expect_b = format!("pair-b-{nonce}");
+    let expect_c = format!("pair-c-{nonce}");
+    assert_eq!(
+        jobs,
+        vec![
+            ("pair-a", 0, expect_a.as_str()),
+            ("pair-b", 0, expect_b.as_str()),
+            ("pair-c", 0, expect_c.as_str())
+        ]
+    );
+}
+
+#[test]
+fn an_unreachable_daemon_is_a_clear_error() {
+    let setup = Setup::new("nodaemon");
+    let repo = Repo::new(setup.tmp.path(), &[("ci.scm", "jobs/keyword-jobs.scm")]);
+    let spec = setup.write_spec(&spec_text("x", &repo.url(), "ci.scm", "cuirass-jobs", "n"));
+    let out = setup
+        .command()
+        .args(["--one-shot", "-S", spec.to_str().unwrap()])
+        .env("GUIX_DAEMON_SOCKET", setup.tmp.path().join("no-such-socket"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot connect to guix-daemon"), "{stderr}");
+    assert!(stderr.contains("no-such-socket"), "{stderr}");
+}
+
+#[test]
+fn a_broken_specification_file_writes_nothing() {
+    let setup = Setup::new("badspec");
+    let spec = setup.write_spec("(list `((#:name . \"x\")\n  (#:url . \"file:///nowhere\")\n  (#:file . \"ci.scm\") (#:proc . jobs))\n");
+    let out = setup.one_shot(&["-S", spec.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("specs.scm:1:"), "error should name file and line: {stderr}");
+    assert!(!setup.db.exists(), "a broken spec file must not create the database");
+}

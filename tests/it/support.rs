@@ -1,0 +1,190 @@
+//! Shared helpers: temporary directories, real git repositories, running
+//! the cuirass binary, and reading its database.
+
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub const DAEMON_SOCKET: &str = "/var/guix/daemon-socket/socket";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A unique token for derivation names, so every test run builds fresh
+/// derivations on the shared daemon.
+pub fn nonce() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "t{}x{}x{}",
+        nanos % 1_000_000_000_000,
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn daemon_socket() -> PathBuf {
+    PathBuf::from(std::env::var("GUIX_DAEMON_SOCKET").unwrap_or_else(|_| DAEMON_SOCKET.into()))
+}
+
+/// Tests of the real pipeline need the real daemon; say how to get it.
+pub fn require_daemon() {
+    let socket = daemon_socket();
+    assert!(
+        std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+        "guix-daemon is not answering on {}: run `sudo .ci/setup-guix.sh` first",
+        socket.display()
+    );
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("cuirass-it-{label}-{}", nonce()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "cuirass tests")
+        .env("GIT_AUTHOR_EMAIL", "tests@cuirass")
+        .env("GIT_COMMITTER_NAME", "cuirass tests")
+        .env("GIT_COMMITTER_EMAIL", "tests@cuirass")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+pub fn fixture(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(path)
+}
+
+/// A real git repository (branch master) whose files are copied from
+/// fixtures: `(name in repo, fixture path)`.
+pub struct Repo {
+    pub dir: PathBuf,
+}
+
+impl Repo {
+    pub fn new(parent: &Path, files: &[(&str, &str)]) -> Repo {
+        let dir = parent.join("repo");
+        std::fs::create_dir_all(&dir).unwrap();
+        git(&dir, &["init", "-q", "-b", "master"]);
+        for (name, fixture_path) in files {
+            std::fs::copy(fixture(fixture_path), dir.join(name)).unwrap();
+        }
+        let repo = Repo { dir };
+        repo.commit("initial");
+        repo
+    }
+
+    pub fn url(&self) -> String {
+        format!("file://{}", self.dir.display())
+    }
+
+    pub fn commit(&self, message: &str) -> String {
+        git(&self.dir, &["add", "-A"]);
+        git(&self.dir, &["commit", "-q", "--allow-empty", "-m", message]);
+        git(&self.dir, &["rev-parse", "HEAD"])
+    }
+}
+
+/// A test's own database, cache and specification file.
+pub struct Setup {
+    pub tmp: TempDir,
+    pub db: PathBuf,
+    pub cache: PathBuf,
+}
+
+impl Setup {
+    pub fn new(label: &str) -> Setup {
+        let tmp = TempDir::new(label);
+        Setup {
+            db: tmp.path().join("cuirass.db"),
+            cache: tmp.path().join("cache"),
+            tmp,
+        }
+    }
+
+    pub fn write_spec(&self, text: &str) -> PathBuf {
+        let path = self.tmp.path().join("specs.scm");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cuirass"));
+        cmd.arg("--database")
+            .arg(&self.db)
+            .arg("--cache-directory")
+            .arg(&self.cache)
+            .env("RUST_LOG", "info");
+        cmd
+    }
+
+    pub fn one_shot(&self, extra: &[&str]) -> Output {
+        let out = self
+            .command()
+            .arg("--one-shot")
+            .args(extra)
+            .output()
+            .unwrap();
+        eprintln!(
+            "cuirass --one-shot {extra:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    pub fn db(&self) -> Connection {
+        Connection::open(&self.db).unwrap()
+    }
+}
+
+/// A specification in the 2018 file format for a test repository.
+pub fn spec_text(name: &str, url: &str, file: &str, proc_name: &str, nonce: &str) -> String {
+    format!(
+        "(list `((#:name . \"{name}\")\n\
+         (#:url . \"{url}\")\n\
+         (#:branch . \"master\")\n\
+         (#:no-compile? . #t)\n\
+         (#:load-path . \".\")\n\
+         (#:file . \"{file}\")\n\
+         (#:proc . {proc_name})\n\
+         (#:arguments (nonce . \"{nonce}\"))))\n"
+    )
+}
+
+pub fn query_rows<T: rusqlite::types::FromSql>(conn: &Connection, sql: &str) -> Vec<Vec<T>> {
+    let mut stmt = conn.prepare(sql).unwrap();
+    let n = stmt.column_count();
+    stmt.query_map([], |r| (0..n).map(|i| r.get(i)).collect())
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+pub fn count(conn: &Connection, sql: &str) -> i64 {
+    conn.query_row(sql, [], |r| r.get(0)).unwrap()
+}
