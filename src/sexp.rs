@@ -1097,10 +1097,11 @@ mod tests {
         let ok = format!("{}{}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
         let d = &parse_all(&ok).unwrap()[0];
         assert_eq!(d.to_string(), ok);
-        let quoted = format!("'{ok}");
-        assert_eq!(eval_data(&parse_all(&quoted).unwrap()[0]).unwrap(), *d);
-        let qq = format!("`{}{}", "(".repeat(MAX_DEPTH - 1), ")".repeat(MAX_DEPTH - 1));
-        assert!(eval_data(&parse_all(&qq).unwrap()[0]).is_ok());
+        let inner = format!("{}{}", "(".repeat(MAX_DEPTH - 1), ")".repeat(MAX_DEPTH - 1));
+        let quoted = eval_data(&parse_all(&format!("'{inner}")).unwrap()[0]).unwrap();
+        assert_eq!(quoted.to_string(), inner);
+        let qq = eval_data(&parse_all(&format!("`{inner}")).unwrap()[0]).unwrap();
+        assert_eq!(qq.to_string(), inner);
         let deep = format!("{}{}", "(".repeat(MAX_DEPTH + 1), ")".repeat(MAX_DEPTH + 1));
         assert_eq!(parse_all(&deep).unwrap_err().kind, ErrorKind::TooDeep);
         assert_eq!(parse_all(&"'".repeat(100_000)).unwrap_err().kind, ErrorKind::TooDeep);
