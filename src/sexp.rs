@@ -1,1 +1,1254 @@
-//! TODO
+//! S-expressions as Guile 2.2 writes and reads them: a reader, a writer, and
+//! an evaluator for the few data-building forms found in specification files.
+//!
+//! Pure: no I/O. The reader never panics and never recurses deeper than
+//! [`MAX_DEPTH`], because it reads files and subprocess output that nobody
+//! has vetted. Rationals, bignums, bytevectors and `|sym|` are not supported:
+//! `1/2` reads as a symbol, an integer outside `i64` is an error.
+
+use std::fmt;
+
+/// Nesting deeper than this is refused rather than risking a stack overflow.
+/// A debug build's quasiquote expansion takes about 5 KiB of stack per level,
+/// so 256 levels stay inside a test thread's 2 MiB; real files nest ~10 deep.
+pub const MAX_DEPTH: usize = 256;
+
+/// A place in the text; both numbers start at 1 and count characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pos {
+    pub line: u32,
+    pub column: u32,
+}
+
+impl fmt::Display for Pos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}, column {}", self.line, self.column)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Datum {
+    pub pos: Pos,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    /// A proper list; `()` is `List(vec![])`.
+    List(Vec<Datum>),
+    /// `(a b . c)`: the head is never empty and the tail is never a list.
+    Dotted(Vec<Datum>, Box<Datum>),
+    Vector(Vec<Datum>),
+    Symbol(String),
+    /// `#:name`, holding `"name"`.
+    Keyword(String),
+    Str(String),
+    Int(i64),
+    Real(f64),
+    Bool(bool),
+    Char(char),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Error {
+    pub pos: Pos,
+    pub kind: ErrorKind,
+}
+
+/// What went wrong. Things left open (lists, strings, comments) are reported
+/// where they were opened, everything else where the offending text starts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ErrorKind {
+    /// A `)` or `]` with no list open.
+    UnbalancedClose,
+    /// A `)` closing a `[`, or a `]` closing a `(`.
+    MismatchedClose,
+    /// The text ended inside a list or vector.
+    UnterminatedList,
+    UnterminatedString,
+    /// The text ended inside `#|...|#` or `#!...!#`.
+    UnterminatedBlockComment,
+    /// The text ended inside `#{...}#`.
+    UnterminatedSymbol,
+    /// An unknown or malformed `\` escape in a string.
+    BadEscape,
+    /// `#` followed by something this reader does not know.
+    BadHash,
+    /// `#\name` with an unknown name.
+    BadChar,
+    /// A number that does not fit (integers are 64-bit).
+    BadNumber,
+    /// A `.` outside a list, first in a list, or not followed by one datum and `)`.
+    BadDot,
+    /// A quote, `#;` or `#:` with nothing to apply to.
+    MissingDatum,
+    /// Nesting deeper than [`MAX_DEPTH`].
+    TooDeep,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let msg = match self.kind {
+            ErrorKind::UnbalancedClose => "unbalanced closing parenthesis",
+            ErrorKind::MismatchedClose => "closing bracket does not match the opening one",
+            ErrorKind::UnterminatedList => "list opened here is never closed",
+            ErrorKind::UnterminatedString => "string opened here is never closed",
+            ErrorKind::UnterminatedBlockComment => "block comment opened here is never closed",
+            ErrorKind::UnterminatedSymbol => "#{ symbol opened here is never closed",
+            ErrorKind::BadEscape => "invalid escape sequence in string",
+            ErrorKind::BadHash => "unknown # syntax",
+            ErrorKind::BadChar => "unknown character name",
+            ErrorKind::BadNumber => "number out of range",
+            ErrorKind::BadDot => "misplaced dot",
+            ErrorKind::MissingDatum => "expected a datum",
+            ErrorKind::TooDeep => "nesting too deep",
+        };
+        write!(f, "{}: {}", self.pos, msg)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Reads every top-level datum of `text`.
+pub fn parse_all(text: &str) -> Result<Vec<Datum>, Error> {
+    let mut r = Reader {
+        chars: text.chars().collect(),
+        i: 0,
+        line: 1,
+        column: 1,
+    };
+    let mut out = Vec::new();
+    loop {
+        r.skip_atmosphere(0)?;
+        if r.peek().is_none() {
+            return Ok(out);
+        }
+        out.push(r.datum(0)?);
+    }
+}
+
+// Guile 2.2 writes control characters by their ASCII names (index = code).
+const C0_NAMES: &str = "nul soh stx etx eot enq ack alarm backspace tab newline vtab page return \
+    so si dle dc1 dc2 dc3 dc4 nak syn etb can em sub esc fs gs rs us space";
+
+// Other names Guile and R7RS accept when reading.
+const CHAR_ALIASES: [(&str, char); 11] = [
+    ("delete", '\x7f'),
+    ("del", '\x7f'),
+    ("null", '\0'),
+    ("linefeed", '\n'),
+    ("escape", '\x1b'),
+    ("bel", '\x07'),
+    ("bs", '\x08'),
+    ("ht", '\t'),
+    ("lf", '\n'),
+    ("vt", '\x0b'),
+    ("ff", '\x0c'),
+];
+
+fn char_by_name(name: &str) -> Option<char> {
+    if let Some(i) = C0_NAMES.split_whitespace().position(|n| n == name) {
+        return char::from_u32(i as u32);
+    }
+    CHAR_ALIASES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|&(_, c)| c)
+}
+
+fn char_name(c: char) -> Option<&'static str> {
+    match c {
+        '\x7f' => Some("delete"),
+        c => C0_NAMES.split_whitespace().nth(c as usize),
+    }
+}
+
+struct Reader {
+    chars: Vec<char>,
+    i: usize,
+    line: u32,
+    column: u32,
+}
+
+fn is_delimiter(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '(' | ')' | '[' | ']' | '"' | ';')
+}
+
+impl Reader {
+    fn pos(&self) -> Pos {
+        Pos {
+            line: self.line,
+            column: self.column,
+        }
+    }
+
+    fn peek(&self) -> Option<char> {
+        self.chars.get(self.i).copied()
+    }
+
+    fn peek2(&self) -> Option<char> {
+        self.chars.get(self.i + 1).copied()
+    }
+
+    fn next(&mut self) -> Option<char> {
+        let c = self.peek()?;
+        self.i += 1;
+        if c == '\n' {
+            self.line = self.line.saturating_add(1);
+            self.column = 1;
+        } else {
+            self.column = self.column.saturating_add(1);
+        }
+        Some(c)
+    }
+
+    fn err<T>(pos: Pos, kind: ErrorKind) -> Result<T, Error> {
+        Err(Error { pos, kind })
+    }
+
+    /// Skips whitespace and all three kinds of comments. `#;` reads (and
+    /// drops) a datum, so this needs the depth too.
+    fn skip_atmosphere(&mut self, depth: usize) -> Result<(), Error> {
+        while let Some(c) = self.peek() {
+            if c.is_whitespace() {
+                self.next();
+            } else if c == ';' {
+                while let Some(c) = self.next() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+            } else if c == '#' && matches!(self.peek2(), Some('|') | Some('!')) {
+                self.block_comment()?;
+            } else if c == '#' && self.peek2() == Some(';') {
+                let start = self.pos();
+                self.next();
+                self.next();
+                self.required(depth + 1, start)?;
+            } else {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// `#|...|#` nests; Guile's `#!...!#` (script headers) does not.
+    fn block_comment(&mut self) -> Result<(), Error> {
+        let start = self.pos();
+        self.next();
+        let bar = self.next() == Some('|');
+        let close = if bar { '|' } else { '!' };
+        let mut level = 1;
+        loop {
+            match self.next() {
+                None => return Self::err(start, ErrorKind::UnterminatedBlockComment),
+                Some(c) if c == close && self.peek() == Some('#') => {
+                    self.next();
+                    level -= 1;
+                    if level == 0 {
+                        return Ok(());
+                    }
+                }
+                Some('#') if bar && self.peek() == Some('|') => {
+                    self.next();
+                    level += 1;
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// A datum that must be there: after a quote or `#;`.
+    fn required(&mut self, depth: usize, start: Pos) -> Result<Datum, Error> {
+        // `#;` recurses here without passing through `datum`, so check too.
+        if depth >= MAX_DEPTH {
+            return Self::err(start, ErrorKind::TooDeep);
+        }
+        self.skip_atmosphere(depth)?;
+        match self.peek() {
+            None | Some(')') | Some(']') => Self::err(start, ErrorKind::MissingDatum),
+            Some(_) => self.datum(depth),
+        }
+    }
+
+    fn token(&mut self) -> String {
+        let mut s = String::new();
+        while let Some(c) = self.peek() {
+            if is_delimiter(c) {
+                break;
+            }
+            s.push(c);
+            self.next();
+        }
+        s
+    }
+
+    /// Reads one datum; the caller has skipped the atmosphere before it.
+    fn datum(&mut self, depth: usize) -> Result<Datum, Error> {
+        let pos = self.pos();
+        if depth >= MAX_DEPTH {
+            return Self::err(pos, ErrorKind::TooDeep);
+        }
+        let kind = match self.peek() {
+            None => return Self::err(pos, ErrorKind::MissingDatum),
+            Some(')') | Some(']') => return Self::err(pos, ErrorKind::UnbalancedClose),
+            Some('(') | Some('[') => self.list(depth, pos)?,
+            Some('"') => {
+                self.next();
+                Kind::Str(self.string(pos)?)
+            }
+            Some(q @ ('\'' | '`' | ',')) => {
+                self.next();
+                let name = match q {
+                    '\'' => "quote",
+                    '`' => "quasiquote",
+                    _ if self.peek() == Some('@') => {
+                        self.next();
+                        "unquote-splicing"
+                    }
+                    _ => "unquote",
+                };
+                let inner = self.required(depth + 1, pos)?;
+                let head = Datum::new(pos, Kind::Symbol(name.into()));
+                Kind::List(vec![head, inner])
+            }
+            Some('#') => self.hash(depth, pos)?,
+            Some(_) => {
+                let tok = self.token();
+                atom(&tok).ok_or(Error {
+                    pos,
+                    kind: if tok == "." {
+                        ErrorKind::BadDot
+                    } else {
+                        ErrorKind::BadNumber
+                    },
+                })?
+            }
+        };
+        Ok(Datum { pos, kind })
+    }
+
+    fn list(&mut self, depth: usize, open: Pos) -> Result<Kind, Error> {
+        let close = if self.next() == Some('[') { ']' } else { ')' };
+        let mut items = Vec::new();
+        loop {
+            self.skip_atmosphere(depth + 1)?;
+            let here = self.pos();
+            match self.peek() {
+                None => return Self::err(open, ErrorKind::UnterminatedList),
+                Some(c @ (')' | ']')) => {
+                    self.next();
+                    if c != close {
+                        return Self::err(here, ErrorKind::MismatchedClose);
+                    }
+                    return Ok(Kind::List(items));
+                }
+                Some('.') if self.peek2().is_none_or(is_delimiter) => {
+                    self.next();
+                    if items.is_empty() {
+                        return Self::err(here, ErrorKind::BadDot);
+                    }
+                    self.skip_atmosphere(depth + 1)?;
+                    if matches!(self.peek(), Some(')') | Some(']')) {
+                        return Self::err(here, ErrorKind::BadDot);
+                    }
+                    if self.peek().is_none() {
+                        return Self::err(open, ErrorKind::UnterminatedList);
+                    }
+                    let tail = self.datum(depth + 1)?;
+                    self.skip_atmosphere(depth + 1)?;
+                    match self.next() {
+                        None => return Self::err(open, ErrorKind::UnterminatedList),
+                        Some(c) if c == close => return Ok(cons_list(items, tail).kind),
+                        Some(_) => return Self::err(here, ErrorKind::BadDot),
+                    }
+                }
+                Some(_) => items.push(self.datum(depth + 1)?),
+            }
+        }
+    }
+
+    fn hex_digits(&mut self, count: usize, pos: Pos) -> Result<char, Error> {
+        let mut n = 0u32;
+        for _ in 0..count {
+            let d = self.next().and_then(|c| c.to_digit(16));
+            n = n * 16
+                + d.ok_or(Error {
+                    pos,
+                    kind: ErrorKind::BadEscape,
+                })?;
+        }
+        char::from_u32(n).ok_or(Error {
+            pos,
+            kind: ErrorKind::BadEscape,
+        })
+    }
+
+    /// The rest of a string after its opening quote. `\xHH` takes exactly two
+    /// digits, as in Guile 2.2 (so `"\x41;"` is `A;`), and a backslash-newline
+    /// drops only the newline, keeping the next line's indentation as Guile does.
+    fn string(&mut self, open: Pos) -> Result<String, Error> {
+        let mut s = String::new();
+        loop {
+            let here = self.pos();
+            match self.next() {
+                None => return Self::err(open, ErrorKind::UnterminatedString),
+                Some('"') => return Ok(s),
+                Some('\\') => {
+                    let c = match self.next() {
+                        None => return Self::err(open, ErrorKind::UnterminatedString),
+                        Some('\n') => continue,
+                        Some(c @ ('"' | '\\')) => c,
+                        Some('n') => '\n',
+                        Some('t') => '\t',
+                        Some('r') => '\r',
+                        Some('a') => '\x07',
+                        Some('0') => '\0',
+                        Some('v') => '\x0b',
+                        Some('f') => '\x0c',
+                        Some('b') => '\x08',
+                        Some('x') => self.hex_digits(2, here)?,
+                        Some('u') => self.hex_digits(4, here)?,
+                        Some('U') => self.hex_digits(6, here)?,
+                        Some(_) => return Self::err(here, ErrorKind::BadEscape),
+                    };
+                    s.push(c);
+                }
+                Some(c) => s.push(c),
+            }
+        }
+    }
+
+    fn hash(&mut self, depth: usize, pos: Pos) -> Result<Kind, Error> {
+        self.next();
+        match self.peek() {
+            Some('(') => {
+                let Kind::List(items) = self.list(depth, pos)? else {
+                    return Self::err(pos, ErrorKind::BadDot);
+                };
+                Ok(Kind::Vector(items))
+            }
+            Some(':') => {
+                self.next();
+                let name = self.token();
+                if name.is_empty() {
+                    return Self::err(pos, ErrorKind::MissingDatum);
+                }
+                Ok(Kind::Keyword(name))
+            }
+            Some('\\') => {
+                self.next();
+                let Some(first) = self.next() else {
+                    return Self::err(pos, ErrorKind::BadChar);
+                };
+                let rest = self.token();
+                if rest.is_empty() {
+                    return Ok(Kind::Char(first));
+                }
+                let name = format!("{first}{rest}");
+                let code = if let Some(c) = char_by_name(&name) {
+                    Some(c)
+                } else if let Some(hex) = name.strip_prefix('x') {
+                    u32::from_str_radix(hex, 16).ok().and_then(char::from_u32)
+                } else if name.chars().all(|c| c.is_digit(8)) {
+                    // Guile writes non-graphic characters in octal: #\240.
+                    u32::from_str_radix(&name, 8).ok().and_then(char::from_u32)
+                } else {
+                    None
+                };
+                code.map(Kind::Char).ok_or(Error {
+                    pos,
+                    kind: ErrorKind::BadChar,
+                })
+            }
+            Some('{') => {
+                self.next();
+                self.braced_symbol(pos).map(Kind::Symbol)
+            }
+            _ => {
+                let tok = self.token();
+                let radix = match tok.chars().next() {
+                    Some('x' | 'X') => 16,
+                    Some('o' | 'O') => 8,
+                    Some('b' | 'B') => 2,
+                    Some('d' | 'D') => 10,
+                    _ => 0,
+                };
+                match tok.as_str() {
+                    "t" | "true" => Ok(Kind::Bool(true)),
+                    "f" | "false" => Ok(Kind::Bool(false)),
+                    _ if radix != 0 && tok.len() > 1 => i64::from_str_radix(&tok[1..], radix)
+                        .map(Kind::Int)
+                        .map_err(|_| Error {
+                            pos,
+                            kind: ErrorKind::BadNumber,
+                        }),
+                    _ => Self::err(pos, ErrorKind::BadHash),
+                }
+            }
+        }
+    }
+
+    /// Guile's `#{...}#` symbols, which it writes for names that would not
+    /// read back as symbols (`#{1}#`, `#{a b}#`); `\xHH;` escapes inside.
+    fn braced_symbol(&mut self, open: Pos) -> Result<String, Error> {
+        let mut s = String::new();
+        loop {
+            let here = self.pos();
+            match self.next() {
+                None => return Self::err(open, ErrorKind::UnterminatedSymbol),
+                Some('}') if self.peek() == Some('#') => {
+                    self.next();
+                    return Ok(s);
+                }
+                Some('\\') => match self.next() {
+                    None => return Self::err(open, ErrorKind::UnterminatedSymbol),
+                    Some('x') => {
+                        let mut hex = String::new();
+                        while let Some(c) = self.next() {
+                            if c == ';' {
+                                break;
+                            }
+                            hex.push(c);
+                        }
+                        let c = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32);
+                        s.push(c.ok_or(Error {
+                            pos: here,
+                            kind: ErrorKind::BadEscape,
+                        })?);
+                    }
+                    Some(c) => s.push(c),
+                },
+                Some(c) => s.push(c),
+            }
+        }
+    }
+}
+
+/// Classifies a bare token; `None` means it looked numeric but does not fit
+/// (or is a lone dot).
+fn atom(tok: &str) -> Option<Kind> {
+    if tok == "." {
+        return None;
+    }
+    let digits = tok.strip_prefix(['+', '-']).unwrap_or(tok);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return tok.parse().ok().map(Kind::Int);
+    }
+    match tok {
+        "+inf.0" => return Some(Kind::Real(f64::INFINITY)),
+        "-inf.0" => return Some(Kind::Real(f64::NEG_INFINITY)),
+        "+nan.0" | "-nan.0" => return Some(Kind::Real(f64::NAN)),
+        _ => {}
+    }
+    // Rust's float syntax accepts "inf" and "NaN", which are symbols to Scheme.
+    let real_chars = tok
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b));
+    if real_chars && tok.bytes().any(|b| b.is_ascii_digit()) {
+        if let Ok(x) = tok.parse::<f64>() {
+            return Some(Kind::Real(x));
+        }
+    }
+    Some(Kind::Symbol(tok.to_string()))
+}
+
+/// Joins a head and a tail as `cons*` would, keeping the invariants of
+/// [`Kind::Dotted`]; the result takes the position of the first element.
+fn cons_list(mut head: Vec<Datum>, tail: Datum) -> Datum {
+    let pos = head.first().map_or(tail.pos, |d| d.pos);
+    let kind = match tail.kind {
+        Kind::List(rest) => {
+            head.extend(rest);
+            Kind::List(head)
+        }
+        Kind::Dotted(rest, t) => {
+            head.extend(rest);
+            Kind::Dotted(head, t)
+        }
+        _ if head.is_empty() => return tail,
+        _ => Kind::Dotted(head, Box::new(tail)),
+    };
+    Datum { pos, kind }
+}
+
+impl Datum {
+    pub fn new(pos: Pos, kind: Kind) -> Datum {
+        Datum { pos, kind }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_symbol(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Symbol(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_keyword(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Keyword(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The elements of a proper list.
+    pub fn as_list(&self) -> Option<&[Datum]> {
+        match &self.kind {
+            Kind::List(items) => Some(items),
+            _ => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match self.kind {
+            Kind::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    pub fn as_int(&self) -> Option<i64> {
+        match self.kind {
+            Kind::Int(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// The car and cdr of a pair, as Scheme sees it: `(a b)` is `a` and `(b)`.
+    pub fn as_pair(&self) -> Option<(&Datum, Datum)> {
+        match &self.kind {
+            Kind::List(items) if !items.is_empty() => {
+                let pos = items.get(1).map_or(self.pos, |d| d.pos);
+                Some((&items[0], Datum::new(pos, Kind::List(items[1..].to_vec()))))
+            }
+            Kind::Dotted(head, tail) => {
+                Some((&head[0], cons_list(head[1..].to_vec(), (**tail).clone())))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn write_seq(f: &mut fmt::Formatter<'_>, items: &[Datum]) -> fmt::Result {
+    for (i, d) in items.iter().enumerate() {
+        if i > 0 {
+            f.write_str(" ")?;
+        }
+        write!(f, "{d}")?;
+    }
+    Ok(())
+}
+
+/// Writes a string or symbol body's character the way Guile's reader wants it.
+fn write_string_char(f: &mut fmt::Formatter<'_>, c: char) -> fmt::Result {
+    match c {
+        '"' => f.write_str("\\\""),
+        '\\' => f.write_str("\\\\"),
+        '\n' => f.write_str("\\n"),
+        '\t' => f.write_str("\\t"),
+        '\r' => f.write_str("\\r"),
+        c if c.is_control() && (c as u32) < 0x100 => write!(f, "\\x{:02x}", c as u32),
+        c if c.is_control() => write!(f, "\\U{:06x}", c as u32),
+        c => write!(f, "{c}"),
+    }
+}
+
+/// Whether a symbol must be written as `#{...}#` to read back as itself.
+fn needs_braces(s: &str) -> bool {
+    s.is_empty()
+        || s.starts_with(['#', '\'', '`', ','])
+        || s.chars()
+            .any(|c| is_delimiter(c) || c.is_control() || c == '{' || c == '}')
+        || !matches!(atom(s), Some(Kind::Symbol(_)))
+}
+
+impl fmt::Display for Datum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::List(items) => {
+                f.write_str("(")?;
+                write_seq(f, items)?;
+                f.write_str(")")
+            }
+            Kind::Dotted(items, tail) => {
+                f.write_str("(")?;
+                write_seq(f, items)?;
+                write!(f, " . {tail})")
+            }
+            Kind::Vector(items) => {
+                f.write_str("#(")?;
+                write_seq(f, items)?;
+                f.write_str(")")
+            }
+            Kind::Symbol(s) if needs_braces(s) => {
+                f.write_str("#{")?;
+                for c in s.chars() {
+                    if c.is_alphanumeric() || "-_+*/<>=!?.:$%&^~@".contains(c) {
+                        write!(f, "{c}")?;
+                    } else {
+                        write!(f, "\\x{:x};", c as u32)?;
+                    }
+                }
+                f.write_str("}#")
+            }
+            Kind::Symbol(s) => f.write_str(s),
+            Kind::Keyword(s) => write!(f, "#:{s}"),
+            Kind::Str(s) => {
+                f.write_str("\"")?;
+                for c in s.chars() {
+                    write_string_char(f, c)?;
+                }
+                f.write_str("\"")
+            }
+            Kind::Int(n) => write!(f, "{n}"),
+            Kind::Real(x) if x.is_nan() => f.write_str("+nan.0"),
+            Kind::Real(x) if x.is_infinite() => {
+                f.write_str(if *x > 0.0 { "+inf.0" } else { "-inf.0" })
+            }
+            // Debug always keeps a '.' or an exponent, so the text reads back as a real.
+            Kind::Real(x) => write!(f, "{x:?}"),
+            Kind::Bool(b) => f.write_str(if *b { "#t" } else { "#f" }),
+            Kind::Char(c) => match char_name(*c) {
+                Some(name) => write!(f, "#\\{name}"),
+                None if c.is_control() || c.is_whitespace() => write!(f, "#\\x{:x}", *c as u32),
+                None => write!(f, "#\\{c}"),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum EvalError {
+    /// The expression is real code (a variable, a call to something other
+    /// than the list builders, a special form); only Guile can evaluate it.
+    NeedsScheme { pos: Pos, what: String },
+    /// A data form used wrongly, e.g. `(quote)` or `(cons 1)`: Guile would
+    /// fail on it too.
+    Bad { pos: Pos, message: String },
+}
+
+impl fmt::Display for EvalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EvalError::NeedsScheme { pos, what } => {
+                write!(f, "{pos}: needs Guile to evaluate {what}")
+            }
+            EvalError::Bad { pos, message } => write!(f, "{pos}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for EvalError {}
+
+fn bad<T>(pos: Pos, message: impl Into<String>) -> Result<T, EvalError> {
+    Err(EvalError::Bad {
+        pos,
+        message: message.into(),
+    })
+}
+
+/// Evaluates the data-building subset of Scheme: literals, `quote`,
+/// `quasiquote`, `list`, `cons`, `cons*` and `append`. These names cannot
+/// have been rebound, because any form that could rebind them is itself
+/// reported as [`EvalError::NeedsScheme`].
+pub fn eval_data(d: &Datum) -> Result<Datum, EvalError> {
+    let items = match &d.kind {
+        Kind::List(items) => items,
+        Kind::Symbol(s) => {
+            return Err(EvalError::NeedsScheme {
+                pos: d.pos,
+                what: format!("the variable `{s}`"),
+            });
+        }
+        Kind::Dotted(..) => return bad(d.pos, "an improper list cannot be evaluated"),
+        _ => return Ok(d.clone()),
+    };
+    let Some((head, args)) = items.split_first() else {
+        return bad(d.pos, "the empty combination () cannot be evaluated");
+    };
+    let name = match &head.kind {
+        Kind::Symbol(s) => s.as_str(),
+        Kind::List(_) => {
+            return Err(EvalError::NeedsScheme {
+                pos: d.pos,
+                what: "a computed procedure call".into(),
+            });
+        }
+        _ => return bad(d.pos, format!("wrong type to apply: {head}")),
+    };
+    let arity = |n: usize| -> Result<(), EvalError> {
+        if args.len() == n {
+            Ok(())
+        } else {
+            bad(
+                d.pos,
+                format!("{name} takes {n} argument(s), not {}", args.len()),
+            )
+        }
+    };
+    let evaluated = || args.iter().map(eval_data).collect::<Result<Vec<_>, _>>();
+    match name {
+        "quote" => {
+            arity(1)?;
+            Ok(args[0].clone())
+        }
+        "quasiquote" => {
+            arity(1)?;
+            quasi(&args[0], 1)
+        }
+        "list" => Ok(Datum::new(d.pos, Kind::List(evaluated()?))),
+        "cons" => {
+            arity(2)?;
+            let mut v = evaluated()?;
+            let tail = v.pop().expect("arity checked");
+            Ok(with_pos(cons_list(v, tail), d.pos))
+        }
+        "cons*" => {
+            if args.is_empty() {
+                return bad(d.pos, "cons* needs at least one argument");
+            }
+            let mut v = evaluated()?;
+            let tail = v.pop().expect("not empty");
+            Ok(with_pos(cons_list(v, tail), d.pos))
+        }
+        "append" => {
+            let mut v = evaluated()?;
+            let Some(tail) = v.pop() else {
+                return Ok(Datum::new(d.pos, Kind::List(vec![])));
+            };
+            let mut head = Vec::new();
+            for l in v {
+                match l.kind {
+                    Kind::List(items) => head.extend(items),
+                    _ => return bad(l.pos, format!("append: not a proper list: {l}")),
+                }
+            }
+            Ok(with_pos(cons_list(head, tail), d.pos))
+        }
+        "unquote" | "unquote-splicing" => bad(d.pos, format!("{name} outside of quasiquote")),
+        _ => Err(EvalError::NeedsScheme {
+            pos: d.pos,
+            what: format!("a call to `{name}`"),
+        }),
+    }
+}
+
+fn with_pos(mut d: Datum, pos: Pos) -> Datum {
+    d.pos = pos;
+    d
+}
+
+/// `(name x)` when `d` is exactly that form.
+fn form<'a>(d: &'a Datum, name: &str) -> Option<Result<&'a Datum, EvalError>> {
+    let items = d.as_list()?;
+    if items.first()?.as_symbol()? != name {
+        return None;
+    }
+    Some(match items {
+        [_, x] => Ok(x),
+        _ => bad(d.pos, format!("{name} takes exactly one operand")),
+    })
+}
+
+/// Expands a quasiquoted template at nesting `level` (1 = outermost).
+fn quasi(d: &Datum, level: usize) -> Result<Datum, EvalError> {
+    if let Some(x) = form(d, "unquote") {
+        let x = x?;
+        return if level == 1 {
+            eval_data(x)
+        } else {
+            rewrap(d, "unquote", quasi(x, level - 1)?)
+        };
+    }
+    if let Some(x) = form(d, "quasiquote") {
+        return rewrap(d, "quasiquote", quasi(x?, level + 1)?);
+    }
+    match &d.kind {
+        Kind::List(items) => quasi_seq(d.pos, items, None, level),
+        Kind::Dotted(items, tail) => quasi_seq(d.pos, items, Some(tail), level),
+        Kind::Vector(items) => match quasi_seq(d.pos, items, None, level)?.kind {
+            Kind::List(v) => Ok(Datum::new(d.pos, Kind::Vector(v))),
+            _ => bad(d.pos, "unquote-splicing of a non-list inside a vector"),
+        },
+        _ => Ok(d.clone()),
+    }
+}
+
+fn rewrap(d: &Datum, name: &str, inner: Datum) -> Result<Datum, EvalError> {
+    let head = Datum::new(d.pos, Kind::Symbol(name.into()));
+    Ok(Datum::new(d.pos, Kind::List(vec![head, inner])))
+}
+
+fn quasi_seq(
+    pos: Pos,
+    items: &[Datum],
+    tail: Option<&Datum>,
+    level: usize,
+) -> Result<Datum, EvalError> {
+    let mut out = Vec::new();
+    let mut rest = None;
+    for (i, item) in items.iter().enumerate() {
+        // `(a . ,b)` reads as `(a unquote b)`: the unquote is in tail position.
+        if i > 0 && item.as_symbol() == Some("unquote") && items.len() - i == 2 && tail.is_none() {
+            let tail_form = Datum::new(item.pos, Kind::List(items[i..].to_vec()));
+            rest = Some(quasi(&tail_form, level)?);
+            break;
+        }
+        match form(item, "unquote-splicing") {
+            Some(x) if level == 1 => {
+                let v = eval_data(x?)?;
+                match v.kind {
+                    Kind::List(vs) => out.extend(vs),
+                    _ if i + 1 == items.len() && tail.is_none() => rest = Some(v),
+                    _ => return bad(v.pos, format!("unquote-splicing of a non-list: {v}")),
+                }
+            }
+            Some(x) => out.push(rewrap(item, "unquote-splicing", quasi(x?, level - 1)?)?),
+            None => out.push(quasi(item, level)?),
+        }
+    }
+    let rest = match (rest, tail) {
+        (Some(r), _) => r,
+        (None, Some(t)) => quasi(t, level)?,
+        (None, None) => Datum::new(pos, Kind::List(vec![])),
+    };
+    Ok(with_pos(cons_list(out, rest), pos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads `input` (one datum) and compares its written form.
+    fn check(input: &str, expect: &str) {
+        let ds = parse_all(input).unwrap_or_else(|e| panic!("{input:?}: {e}"));
+        assert_eq!(ds.len(), 1, "{input:?}");
+        assert_eq!(ds[0].to_string(), expect, "{input:?}");
+        let again = parse_all(expect).unwrap();
+        assert_eq!(again[0].to_string(), expect, "written form must read back");
+    }
+
+    /// Evaluates `input` with eval_data and compares the written result.
+    fn check_eval(input: &str, expect: &str) {
+        let d = &parse_all(input).unwrap()[0];
+        let v = eval_data(d).unwrap_or_else(|e| panic!("{input:?}: {e}"));
+        assert_eq!(v.to_string(), expect, "{input:?}");
+    }
+
+    fn error(input: &str) -> (u32, u32, ErrorKind) {
+        let e = parse_all(input).expect_err(input);
+        (e.pos.line, e.pos.column, e.kind)
+    }
+
+    fn eval_error(input: &str) -> EvalError {
+        eval_data(&parse_all(input).unwrap()[0]).expect_err(input)
+    }
+
+    #[test]
+    fn atoms() {
+        check("hello", "hello");
+        check("hydra-jobs", "hydra-jobs");
+        check("->", "->");
+        check("1+", "1+");
+        check("-", "-");
+        check("...", "...");
+        check("a.b", "a.b");
+        check("42", "42");
+        check("-17", "-17");
+        check("+5", "5");
+        check("1.5", "1.5");
+        check("-0.25", "-0.25");
+        check("1e3", "1000.0");
+        check(".5", "0.5");
+        check("+inf.0", "+inf.0");
+        check("-inf.0", "-inf.0");
+        check("+nan.0", "+nan.0");
+        check("inf", "inf");
+        check("nan", "nan");
+        check("#t", "#t");
+        check("#true", "#t");
+        check("#f", "#f");
+        check("#false", "#f");
+        check("#:name", "#:name");
+        check("#:no-compile?", "#:no-compile?");
+        check("#xff", "255");
+        check("#b101", "5");
+        check("1/2", "1/2");
+    }
+
+    #[test]
+    fn chars() {
+        check(r"#\a", r"#\a");
+        check(r"#\space", r"#\space");
+        check(r"#\newline", r"#\newline");
+        check(r"#\(", r"#\(");
+        check(r"#\x", r"#\x");
+        check(r"#\x41", r"#\A");
+        check(r"#\240", r"#\xa0");
+        check(r"#\nul", r"#\nul");
+        check(r"#\null", r"#\nul");
+        check(r"#\delete", r"#\delete");
+        check(r"#\esc", r"#\esc");
+        check(r"#\λ", r"#\λ");
+        check(r"#\0", r"#\0");
+        check("(#\\) 1)", "(#\\) 1)");
+    }
+
+    #[test]
+    fn strings() {
+        check(r#""plain""#, r#""plain""#);
+        check(r#""q\"b\\s""#, r#""q\"b\\s""#);
+        check(r#""\n\t\r""#, r#""\n\t\r""#);
+        check(r#""\a\0\v\f\b""#, r#""\x07\x00\x0b\x0c\x08""#);
+        check(r#""\x41;""#, r#""A;""#);
+        check(r#""\u03bb\U01F600""#, r#""λ😀""#);
+        check("\"a\\\n  b\"", r#""a  b""#);
+        check("\"two\nlines\"", r#""two\nlines""#);
+        check(r#""é""#, r#""é""#);
+    }
+
+    #[test]
+    fn lists_and_quotes() {
+        check("()", "()");
+        check("[a b]", "(a b)");
+        check("(a (b c) d)", "(a (b c) d)");
+        check("(a . b)", "(a . b)");
+        check("(a b . c)", "(a b . c)");
+        check("(a . (b c))", "(a b c)");
+        check("(a . (b . c))", "(a b . c)");
+        check("(a . ())", "(a)");
+        check("(#:name . \"x\")", "(#:name . \"x\")");
+        check("#(1 \"a\" #(b))", "#(1 \"a\" #(b))");
+        check("#()", "#()");
+        check("'x", "(quote x)");
+        check("`(a ,b ,@c)", "(quasiquote (a (unquote b) (unquote-splicing c)))");
+        check("' x", "(quote x)");
+        check("(a .b)", "(a .b)");
+    }
+
+    #[test]
+    fn symbols_that_need_braces_round_trip() {
+        for name in ["1", "+1", "#a", "", "a b", "a(b", "1.5", ".", "'x", "a;b", "x}#y"] {
+            let d = Datum::new(Pos { line: 1, column: 1 }, Kind::Symbol(name.into()));
+            let text = d.to_string();
+            let back = parse_all(&text).unwrap();
+            assert_eq!(back[0].as_symbol(), Some(name), "{text}");
+        }
+        check("#{a\\x28;b}#", "#{a\\x28;b}#");
+        check("#{1}#", "#{1}#");
+    }
+
+    #[test]
+    fn comments() {
+        check("; c\n(a ; inner\n b)", "(a b)");
+        check("#| block #| nested |# |# x", "x");
+        check("#!/usr/bin/guile\n!# x", "x");
+        check("(a #;(ignored (deep)) b)", "(a b)");
+        check("#; #;a b c", "c");
+        check("(a #;b)", "(a)");
+        assert_eq!(parse_all("; only a comment\n").unwrap(), vec![]);
+        assert_eq!(parse_all("1 2 x").unwrap().len(), 3);
+    }
+
+    #[test]
+    fn positions() {
+        let ds = parse_all("a\n  (b\n\tc)").unwrap();
+        assert_eq!(ds[0].pos, Pos { line: 1, column: 1 });
+        assert_eq!(ds[1].pos, Pos { line: 2, column: 3 });
+        let items = ds[1].as_list().unwrap();
+        assert_eq!(items[0].pos, Pos { line: 2, column: 4 });
+        assert_eq!(items[1].pos, Pos { line: 3, column: 2 });
+    }
+
+    #[test]
+    fn errors_point_at_the_problem() {
+        use ErrorKind::*;
+        assert_eq!(error("(a b"), (1, 1, UnterminatedList));
+        assert_eq!(error("x\n  (a (b)"), (2, 3, UnterminatedList));
+        assert_eq!(error("a )"), (1, 3, UnbalancedClose));
+        assert_eq!(error("(a ]"), (1, 4, MismatchedClose));
+        assert_eq!(error("  \"abc"), (1, 3, UnterminatedString));
+        assert_eq!(error(r#""a\qb""#), (1, 3, BadEscape));
+        assert_eq!(error(r#""\x4""#), (1, 2, BadEscape));
+        assert_eq!(error("#| never"), (1, 1, UnterminatedBlockComment));
+        assert_eq!(error("#| #| |#"), (1, 1, UnterminatedBlockComment));
+        assert_eq!(error("#{abc"), (1, 1, UnterminatedSymbol));
+        assert_eq!(error("#<procedure>"), (1, 1, BadHash));
+        assert_eq!(error("#vu8(1)"), (1, 1, BadHash));
+        assert_eq!(error(r"#\bogus"), (1, 1, BadChar));
+        assert_eq!(error("99999999999999999999"), (1, 1, BadNumber));
+        assert_eq!(error("."), (1, 1, BadDot));
+        assert_eq!(error("( . a)"), (1, 3, BadDot));
+        assert_eq!(error("(a . b c)"), (1, 4, BadDot));
+        assert_eq!(error("(a . )"), (1, 4, BadDot));
+        assert_eq!(error("#(a . b)"), (1, 1, BadDot));
+        assert_eq!(error("'"), (1, 1, MissingDatum));
+        assert_eq!(error("(a ')"), (1, 4, MissingDatum));
+        assert_eq!(error("#;"), (1, 1, MissingDatum));
+        assert_eq!(error("#:"), (1, 1, MissingDatum));
+    }
+
+    #[test]
+    fn depth_is_limited() {
+        let ok = format!("{}{}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
+        let d = &parse_all(&ok).unwrap()[0];
+        assert_eq!(d.to_string(), ok);
+        let inner = format!("{}{}", "(".repeat(MAX_DEPTH - 1), ")".repeat(MAX_DEPTH - 1));
+        let quoted = eval_data(&parse_all(&format!("'{inner}")).unwrap()[0]).unwrap();
+        assert_eq!(quoted.to_string(), inner);
+        let qq = eval_data(&parse_all(&format!("`{inner}")).unwrap()[0]).unwrap();
+        assert_eq!(qq.to_string(), inner);
+        let deep = format!("{}{}", "(".repeat(MAX_DEPTH + 1), ")".repeat(MAX_DEPTH + 1));
+        assert_eq!(parse_all(&deep).unwrap_err().kind, ErrorKind::TooDeep);
+        assert_eq!(parse_all(&"'".repeat(100_000)).unwrap_err().kind, ErrorKind::TooDeep);
+        assert_eq!(parse_all(&"#(".repeat(100_000)).unwrap_err().kind, ErrorKind::TooDeep);
+        assert_eq!(parse_all(&"#;".repeat(100_000)).unwrap_err().kind, ErrorKind::TooDeep);
+    }
+
+    #[test]
+    fn never_panics_on_truncated_or_garbled_input() {
+        let samples = [
+            "(list `((#:name . \"hello\") (#:url . \"https://x\") (#:arguments (subset . \"hi\"))))",
+            "#(a #\\x41 #\\space #{a b}# #| c |# #;(d) 1.5e3 -7 #:k \"\\x41\\u03bb\\\n\")",
+            "'(a . b) `(,@c . ,d) [x] #t #false #xff #!x!#",
+        ];
+        let garbage = ['(', ')', '"', '\\', '#', '|', ';', '.', '\'', ',', '@', '{', '}', 'x', '\n'];
+        let mut count = 0;
+        for s in samples {
+            let chars: Vec<char> = s.chars().collect();
+            for cut in 0..=chars.len() {
+                let prefix: String = chars[..cut].iter().collect();
+                let _ = parse_all(&prefix);
+                for (i, g) in garbage.iter().enumerate() {
+                    let mut t = chars.clone();
+                    let at = cut.min(t.len() - 1);
+                    t[at] = *g;
+                    t.insert((cut * 7 + i) % t.len(), garbage[(i + cut) % garbage.len()]);
+                    let text: String = t.iter().collect();
+                    if let Ok(ds) = parse_all(&text) {
+                        // Whatever reads must write back to something that reads equal.
+                        for d in ds {
+                            let again = parse_all(&d.to_string()).unwrap();
+                            assert_eq!(again[0].to_string(), d.to_string());
+                            let _ = eval_data(&d);
+                        }
+                    }
+                    count += 1;
+                }
+            }
+        }
+        assert!(count > 1000);
+    }
+
+    #[test]
+    fn eval_literals_and_quote() {
+        check_eval("\"s\"", "\"s\"");
+        check_eval("42", "42");
+        check_eval("#:k", "#:k");
+        check_eval("#(a b)", "#(a b)");
+        check_eval(r"#\a", r"#\a");
+        check_eval("'sym", "sym");
+        check_eval("'(a . b)", "(a . b)");
+        check_eval("''a", "(quote a)");
+    }
+
+    #[test]
+    fn eval_list_builders() {
+        check_eval("(list 1 \"a\" 'b)", "(1 \"a\" b)");
+        check_eval("(list)", "()");
+        check_eval("(list (list 1) '(2))", "((1) (2))");
+        check_eval("(cons 1 '(2 3))", "(1 2 3)");
+        check_eval("(cons 1 2)", "(1 . 2)");
+        check_eval("(cons 1 '(2 . 3))", "(1 2 . 3)");
+        check_eval("(cons* 1 2 '(3))", "(1 2 3)");
+        check_eval("(cons* 1 2 3)", "(1 2 . 3)");
+        check_eval("(cons* 1)", "1");
+        check_eval("(append '(1) (list 2) '())", "(1 2)");
+        check_eval("(append '(1) 2)", "(1 . 2)");
+        check_eval("(append)", "()");
+    }
+
+    #[test]
+    fn eval_quasiquote() {
+        check_eval("`(a ,(list 1 2) ,\"s\")", "(a (1 2) \"s\")");
+        check_eval("`(a ,@(list 1 2) b)", "(a 1 2 b)");
+        check_eval("`(a ,@'())", "(a)");
+        check_eval("`(a . ,(list 1))", "(a 1)");
+        check_eval("`(a . ,'b)", "(a . b)");
+        check_eval("`(a ,@'b)", "(a . b)");
+        check_eval("`(x . y)", "(x . y)");
+        check_eval("`#(1 ,@(list 2 3))", "#(1 2 3)");
+        check_eval("`(1 `(2 ,(3 ,(list 4))))", "(1 (quasiquote (2 (unquote (3 (4))))))");
+        check_eval("`,'x", "x");
+        check_eval(
+            "`((#:name . \"hello\") (#:arguments (subset . ,(cons \"a\" '()))))",
+            "((#:name . \"hello\") (#:arguments (subset \"a\")))",
+        );
+    }
+
+    #[test]
+    fn eval_needs_scheme() {
+        for (input, what) in [
+            ("x", "the variable `x`"),
+            ("(string-append \"a\" \"b\")", "a call to `string-append`"),
+            ("(let ((x 1)) x)", "a call to `let`"),
+            ("`(a ,(getenv \"HOME\"))", "a call to `getenv`"),
+            ("(list (current-filename))", "a call to `current-filename`"),
+            ("((lambda () 1))", "a computed procedure call"),
+            ("`(a ,@x)", "the variable `x`"),
+        ] {
+            match eval_error(input) {
+                EvalError::NeedsScheme { what: w, .. } => assert_eq!(w, what, "{input}"),
+                e => panic!("{input}: {e:?}"),
+            }
+        }
+        let EvalError::NeedsScheme { pos, .. } = eval_error("(list 1\n  (f))") else {
+            panic!()
+        };
+        assert_eq!(pos, Pos { line: 2, column: 3 });
+    }
+
+    #[test]
+    fn eval_bad_forms() {
+        for input in [
+            "(quote)",
+            "(quote a b)",
+            "(cons 1)",
+            "(cons* )",
+            "()",
+            "(1 2)",
+            "(list . x)",
+            "(append 1 '(2))",
+            "`(a ,@'b c)",
+            "`(,@1 . x)",
+            "`(unquote)",
+            "`#(,@'a)",
+            ",x",
+        ] {
+            assert!(matches!(eval_error(input), EvalError::Bad { .. }), "{input}");
+        }
+    }
+
+    #[test]
+    fn accessors_and_error_display() {
+        let d = &parse_all("(#:arguments (subset . \"hello\"))").unwrap()[0];
+        let (car, cdr) = d.as_pair().unwrap();
+        assert_eq!(car.as_keyword(), Some("arguments"));
+        assert_eq!(cdr.to_string(), "((subset . \"hello\"))");
+        let d = &parse_all("(#:name . \"x\")").unwrap()[0];
+        assert_eq!(d.as_pair().unwrap().1.as_str(), Some("x"));
+        let d = &parse_all("(a b . c)").unwrap()[0];
+        assert_eq!(d.as_pair().unwrap().1.to_string(), "(b . c)");
+        assert_eq!(parse_all("#t").unwrap()[0].as_bool(), Some(true));
+        assert_eq!(parse_all("7").unwrap()[0].as_int(), Some(7));
+        assert!(parse_all("7").unwrap()[0].as_pair().is_none());
+        let e = parse_all("\n  (a").unwrap_err();
+        assert_eq!(e.to_string(), "line 2, column 3: list opened here is never closed");
+    }
+}
