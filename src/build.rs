@@ -212,7 +212,7 @@ impl Batch {
         match update {
             None => state.dependencies_failed = true,
             Some((None, Some(log))) => {
-                log::info!("{label}: build started: {drv}");
+                log::info!("{label}: started {drv}");
                 state.log = Some(log.clone());
                 self.updates.push(Update::Started {
                     derivation: drv.clone(),
@@ -221,7 +221,7 @@ impl Batch {
             }
             Some((Some(st), _)) => {
                 log::info!(
-                    "{label}: build {}: {drv}",
+                    "{label}: {} {drv}",
                     if st == status::SUCCEEDED { "succeeded" } else { "failed" }
                 );
                 state.status = Some(st);

@@ -218,7 +218,7 @@ impl EventLoop {
             Some((Step::Fetch, ..)) => "fetch",
             Some((Step::Compile, ..)) => "compile",
             Some((Step::Evaluate, ..)) => "evaluator",
-            None => "build",
+            None => "builds",
         };
         format!("spec={} {step}", self.specs[index].spec.name)
     }

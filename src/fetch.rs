@@ -97,7 +97,7 @@ fn open_or_init(url: &str, dir: &Path) -> Result<Repository, String> {
     let same_url = repo
         .find_remote("origin")
         .ok()
-        .and_then(|r| r.url().map(|u| u == url));
+        .map(|r| r.url().is_ok_and(|u| u == url));
     match same_url {
         Some(true) => {}
         Some(false) => repo.remote_set_url("origin", url).map_err(ctx)?,

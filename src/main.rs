@@ -36,7 +36,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config) -> Result<(), String> {
+fn run(mut config: Config) -> Result<(), String> {
+    // Children run in checkouts; every path they are given must be absolute.
+    config.cache_dir = std::path::absolute(&config.cache_dir)
+        .map_err(|e| format!("{}: {e}", config.cache_dir.display()))?;
     // Read specifications before touching the database, so that a broken
     // file writes nothing at all.
     let specs = match &config.specifications {
