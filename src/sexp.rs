@@ -545,10 +545,11 @@ fn atom(tok: &str) -> Option<Kind> {
     let real_chars = tok
         .bytes()
         .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b));
-    if real_chars && tok.bytes().any(|b| b.is_ascii_digit()) {
-        if let Ok(x) = tok.parse::<f64>() {
-            return Some(Kind::Real(x));
-        }
+    if real_chars
+        && tok.bytes().any(|b| b.is_ascii_digit())
+        && let Ok(x) = tok.parse::<f64>()
+    {
+        return Some(Kind::Real(x));
     }
     Some(Kind::Symbol(tok.to_string()))
 }
@@ -628,7 +629,8 @@ impl Datum {
                 Some((&items[0], Datum::new(pos, Kind::List(items[1..].to_vec()))))
             }
             Kind::Dotted(head, tail) => {
-                Some((&head[0], cons_list(head[1..].to_vec(), (**tail).clone())))
+                let (first, rest) = head.split_first()?;
+                Some((first, cons_list(rest.to_vec(), (**tail).clone())))
             }
             _ => None,
         }

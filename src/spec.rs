@@ -328,6 +328,9 @@ pub fn read_spec_file(
         };
         return Err(err(msg));
     }
+    if !stderr.trim().is_empty() {
+        log::info!("{file}: Guile said: {}", stderr.trim());
+    }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let not_data = |detail: String| {
         err(format!(
@@ -606,6 +609,17 @@ mod tests {
             s[0].arguments,
             r#"((base . "https://git.example.org/") (home-set . #t))"#
         );
+    }
+
+    #[test]
+    fn non_ascii_through_guix_in_c_locale() {
+        if !have_guix() {
+            return;
+        }
+        // In the C locale Guile writes "\xe9" and "\u03bb" escapes.
+        let command = ["env", "LC_ALL=C", "LANG=", "guix", "repl", "--"].map(String::from);
+        let s = read_spec_file(&fixture("unicode.scm"), &command).unwrap();
+        assert_eq!(s[0].name, "caf\u{e9}-\u{3bb}");
     }
 
     #[test]
