@@ -545,10 +545,11 @@ fn atom(tok: &str) -> Option<Kind> {
     let real_chars = tok
         .bytes()
         .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b));
-    if real_chars && tok.bytes().any(|b| b.is_ascii_digit()) {
-        if let Ok(x) = tok.parse::<f64>() {
-            return Some(Kind::Real(x));
-        }
+    if real_chars
+        && tok.bytes().any(|b| b.is_ascii_digit())
+        && let Ok(x) = tok.parse::<f64>()
+    {
+        return Some(Kind::Real(x));
     }
     Some(Kind::Symbol(tok.to_string()))
 }
@@ -628,7 +629,8 @@ impl Datum {
                 Some((&items[0], Datum::new(pos, Kind::List(items[1..].to_vec()))))
             }
             Kind::Dotted(head, tail) => {
-                Some((&head[0], cons_list(head[1..].to_vec(), (**tail).clone())))
+                let (first, rest) = head.split_first()?;
+                Some((first, cons_list(rest.to_vec(), (**tail).clone())))
             }
             _ => None,
         }
@@ -1027,14 +1029,19 @@ mod tests {
         check("#(1 \"a\" #(b))", "#(1 \"a\" #(b))");
         check("#()", "#()");
         check("'x", "(quote x)");
-        check("`(a ,b ,@c)", "(quasiquote (a (unquote b) (unquote-splicing c)))");
+        check(
+            "`(a ,b ,@c)",
+            "(quasiquote (a (unquote b) (unquote-splicing c)))",
+        );
         check("' x", "(quote x)");
         check("(a .b)", "(a .b)");
     }
 
     #[test]
     fn symbols_that_need_braces_round_trip() {
-        for name in ["1", "+1", "#a", "", "a b", "a(b", "1.5", ".", "'x", "a;b", "x}#y"] {
+        for name in [
+            "1", "+1", "#a", "", "a b", "a(b", "1.5", ".", "'x", "a;b", "x}#y",
+        ] {
             let d = Datum::new(Pos { line: 1, column: 1 }, Kind::Symbol(name.into()));
             let text = d.to_string();
             let back = parse_all(&text).unwrap();
@@ -1106,9 +1113,18 @@ mod tests {
         assert_eq!(qq.to_string(), inner);
         let deep = format!("{}{}", "(".repeat(MAX_DEPTH + 1), ")".repeat(MAX_DEPTH + 1));
         assert_eq!(parse_all(&deep).unwrap_err().kind, ErrorKind::TooDeep);
-        assert_eq!(parse_all(&"'".repeat(100_000)).unwrap_err().kind, ErrorKind::TooDeep);
-        assert_eq!(parse_all(&"#(".repeat(100_000)).unwrap_err().kind, ErrorKind::TooDeep);
-        assert_eq!(parse_all(&"#;".repeat(100_000)).unwrap_err().kind, ErrorKind::TooDeep);
+        assert_eq!(
+            parse_all(&"'".repeat(100_000)).unwrap_err().kind,
+            ErrorKind::TooDeep
+        );
+        assert_eq!(
+            parse_all(&"#(".repeat(100_000)).unwrap_err().kind,
+            ErrorKind::TooDeep
+        );
+        assert_eq!(
+            parse_all(&"#;".repeat(100_000)).unwrap_err().kind,
+            ErrorKind::TooDeep
+        );
     }
 
     #[test]
@@ -1118,7 +1134,9 @@ mod tests {
             "#(a #\\x41 #\\space #{a b}# #| c |# #;(d) 1.5e3 -7 #:k \"\\x41\\u03bb\\\n\")",
             "'(a . b) `(,@c . ,d) [x] #t #false #xff #!x!#",
         ];
-        let garbage = ['(', ')', '"', '\\', '#', '|', ';', '.', '\'', ',', '@', '{', '}', 'x', '\n'];
+        let garbage = [
+            '(', ')', '"', '\\', '#', '|', ';', '.', '\'', ',', '@', '{', '}', 'x', '\n',
+        ];
         let mut count = 0;
         for s in samples {
             let chars: Vec<char> = s.chars().collect();
@@ -1184,7 +1202,10 @@ mod tests {
         check_eval("`(a ,@'b)", "(a . b)");
         check_eval("`(x . y)", "(x . y)");
         check_eval("`#(1 ,@(list 2 3))", "#(1 2 3)");
-        check_eval("`(1 `(2 ,(3 ,(list 4))))", "(1 (quasiquote (2 (unquote (3 (4))))))");
+        check_eval(
+            "`(1 `(2 ,(3 ,(list 4))))",
+            "(1 (quasiquote (2 (unquote (3 (4))))))",
+        );
         check_eval("`,'x", "x");
         check_eval(
             "`((#:name . \"hello\") (#:arguments (subset . ,(cons \"a\" '()))))",
@@ -1231,7 +1252,10 @@ mod tests {
             "`#(,@'a)",
             ",x",
         ] {
-            assert!(matches!(eval_error(input), EvalError::Bad { .. }), "{input}");
+            assert!(
+                matches!(eval_error(input), EvalError::Bad { .. }),
+                "{input}"
+            );
         }
     }
 
@@ -1249,6 +1273,9 @@ mod tests {
         assert_eq!(parse_all("7").unwrap()[0].as_int(), Some(7));
         assert!(parse_all("7").unwrap()[0].as_pair().is_none());
         let e = parse_all("\n  (a").unwrap_err();
-        assert_eq!(e.to_string(), "line 2, column 3: list opened here is never closed");
+        assert_eq!(
+            e.to_string(),
+            "line 2, column 3: list opened here is never closed"
+        );
     }
 }
