@@ -21,8 +21,15 @@ pub struct Item {
 /// A change of a build's status, for the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Update {
-    Started { derivation: String, log: String },
-    Finished { derivation: String, status: i64, log: Option<String> },
+    Started {
+        derivation: String,
+        log: String,
+    },
+    Finished {
+        derivation: String,
+        status: i64,
+        log: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,7 +174,9 @@ impl Batch {
                 log::warn!("{label}: unexpected answer to the validity check: {other:?}");
                 self.decide(&[]);
             }
-            (phase, other) => log::warn!("{label}: unexpected daemon event in {phase:?}: {other:?}"),
+            (phase, other) => {
+                log::warn!("{label}: unexpected daemon event in {phase:?}: {other:?}")
+            }
         }
     }
 
@@ -222,7 +231,11 @@ impl Batch {
             Some((Some(st), _)) => {
                 log::info!(
                     "{label}: {} {drv}",
-                    if st == status::SUCCEEDED { "succeeded" } else { "failed" }
+                    if st == status::SUCCEEDED {
+                        "succeeded"
+                    } else {
+                        "failed"
+                    }
                 );
                 state.status = Some(st);
                 self.updates.push(Update::Finished {
@@ -259,7 +272,11 @@ impl Batch {
         let valid: std::collections::HashSet<&str> = valid.iter().map(String::as_str).collect();
         let mut undecided = Vec::new();
         for &i in &self.checking {
-            if self.items[i].outputs.iter().all(|o| valid.contains(o.as_str())) {
+            if self.items[i]
+                .outputs
+                .iter()
+                .all(|o| valid.contains(o.as_str()))
+            {
                 self.states[i].status = Some(status::SUCCEEDED);
             } else {
                 undecided.push(i);

@@ -395,7 +395,11 @@ impl Db {
     }
 
     /// Applies many build updates in one transaction (a batch's outcome).
-    pub fn finish_builds(&mut self, updates: &[(String, i64, Option<String>)], now: i64) -> Result<()> {
+    pub fn finish_builds(
+        &mut self,
+        updates: &[(String, i64, Option<String>)],
+        now: i64,
+    ) -> Result<()> {
         let tx = self.conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(

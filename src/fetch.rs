@@ -216,8 +216,12 @@ mod tests {
 
         let err = fetch(&url, &work, &Target::Branch("nope".into())).unwrap_err();
         assert!(err.contains("nope"), "{err}");
-        let err = fetch("file:///nonexistent/repo", &base.join("c2"), &Target::Branch("x".into()))
-            .unwrap_err();
+        let err = fetch(
+            "file:///nonexistent/repo",
+            &base.join("c2"),
+            &Target::Branch("x".into()),
+        )
+        .unwrap_err();
         assert!(err.contains("/nonexistent/repo"), "{err}");
         let _ = std::fs::remove_dir_all(&base);
     }
@@ -225,7 +229,10 @@ mod tests {
     #[test]
     fn child_output_is_checked() {
         let sha = "0123456789abcdef0123456789abcdef01234567";
-        assert_eq!(parse_child_output(&format!("commit {sha}\n")), Some(sha.into()));
+        assert_eq!(
+            parse_child_output(&format!("commit {sha}\n")),
+            Some(sha.into())
+        );
         assert_eq!(parse_child_output("commit xyz\n"), None);
         assert_eq!(parse_child_output(""), None);
     }

@@ -46,7 +46,13 @@ pub fn parse_line(line: &[u8]) -> Result<Line, String> {
         return Err("output is not a list".into());
     };
     let (head, rest) = match items.split_first() {
-        Some((Datum { kind: Kind::Symbol(h), .. }, rest)) => (h.as_str(), rest),
+        Some((
+            Datum {
+                kind: Kind::Symbol(h),
+                ..
+            },
+            rest,
+        )) => (h.as_str(), rest),
         _ => return Err("output does not start with a symbol".into()),
     };
     match head {
@@ -65,7 +71,11 @@ pub fn parse_line(line: &[u8]) -> Result<Line, String> {
             message: string_field(rest, "message").unwrap_or_default(),
         }),
         "done" => match rest {
-            [Datum { kind: Kind::Int(n), .. }] if *n >= 0 => Ok(Line::Done(*n as u64)),
+            [
+                Datum {
+                    kind: Kind::Int(n), ..
+                },
+            ] if *n >= 0 => Ok(Line::Done(*n as u64)),
             _ => Err("malformed (done N)".into()),
         },
         other => Err(format!("unknown output '{other}'")),
@@ -101,7 +111,8 @@ mod tests {
 
     #[test]
     fn reads_jobs_errors_and_done() {
-        let line = format!(r#"(job (name . "ok-1") (derivation . "{DRV}") (system . "x86_64-linux"))"#);
+        let line =
+            format!(r#"(job (name . "ok-1") (derivation . "{DRV}") (system . "x86_64-linux"))"#);
         assert_eq!(
             parse_line(line.as_bytes()).unwrap(),
             Line::Job {

@@ -43,7 +43,9 @@ fn run(mut config: Config) -> Result<(), String> {
     // Read specifications before touching the database, so that a broken
     // file writes nothing at all.
     let specs = match &config.specifications {
-        Some(path) => Some(spec::read_spec_file(path, &config.evaluator).map_err(|e| e.to_string())?),
+        Some(path) => {
+            Some(spec::read_spec_file(path, &config.evaluator).map_err(|e| e.to_string())?)
+        }
         None => None,
     };
     let mut db = Db::open(&config.database).map_err(|e| e.to_string())?;

@@ -60,7 +60,10 @@ fn evaluation_registers_every_job_in_one_go() {
     let eval = db.register_evaluation("a", "c0ffee", &jobs, 1000).unwrap();
     assert_eq!(db.stamp("a").unwrap().as_deref(), Some("c0ffee"));
     assert_eq!(count(&db, "SELECT COUNT(*) FROM Derivations"), 2);
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM Builds WHERE status = -2"), 2);
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM Builds WHERE status = -2"),
+        2
+    );
     assert_eq!(count(&db, "SELECT COUNT(*) FROM Outputs"), 2);
     let pending = db.pending_builds(Some("a")).unwrap();
     assert_eq!(pending.len(), 2);
@@ -76,7 +79,8 @@ fn build_times_are_always_set_when_finished() {
         .unwrap();
     let one = job("one").derivation;
     let two = job("two").derivation;
-    db.build_started(&one, "/var/log/guix/drvs/x.bz2", 20).unwrap();
+    db.build_started(&one, "/var/log/guix/drvs/x.bz2", 20)
+        .unwrap();
     db.finish_builds(
         &[
             (one.clone(), status::SUCCEEDED, None),
@@ -89,7 +93,9 @@ fn build_times_are_always_set_when_finished() {
         .connection()
         .prepare("SELECT derivation, status, starttime, stoptime, log FROM Builds ORDER BY id")
         .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
         .unwrap()
         .map(|r| r.unwrap())
         .collect();
@@ -101,14 +107,19 @@ fn build_times_are_always_set_when_finished() {
         ]
     );
     // A final status is never overwritten by a late event.
-    assert_eq!(db.build_finished(&job("one").derivation, 1, None, 40).unwrap(), 0);
+    assert_eq!(
+        db.build_finished(&job("one").derivation, 1, None, 40)
+            .unwrap(),
+        0
+    );
 }
 
 #[test]
 fn started_builds_are_rescheduled_on_restart() {
     let mut db = Db::open_in_memory().unwrap();
     db.add_specifications(&[spec("a")]).unwrap();
-    db.register_evaluation("a", "c1", &[job("one")], 10).unwrap();
+    db.register_evaluation("a", "c1", &[job("one")], 10)
+        .unwrap();
     db.build_started(&job("one").derivation, "log", 20).unwrap();
     assert_eq!(db.reset_started_builds().unwrap(), 1);
     assert_eq!(count(&db, "SELECT status FROM Builds"), status::SCHEDULED);
@@ -121,7 +132,10 @@ fn failed_evaluation_moves_the_stamp_and_keeps_the_reason() {
     db.record_failed_evaluation("a", "bad", "evaluator exited with status 1", 5)
         .unwrap();
     assert_eq!(db.stamp("a").unwrap().as_deref(), Some("bad"));
-    assert_eq!(count(&db, "SELECT status FROM Evaluations"), eval_status::FAILED);
+    assert_eq!(
+        count(&db, "SELECT status FROM Evaluations"),
+        eval_status::FAILED
+    );
 }
 
 #[test]
@@ -162,13 +176,19 @@ fn a_2018_database_is_upgraded_in_place() {
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .unwrap();
-    assert_eq!((status, stop, eval_status), (0, 120, eval_status::SUCCEEDED));
     assert_eq!(
-        db.outputs_of_derivation("/gnu/store/aaa-hello-2.10.drv").unwrap(),
+        (status, stop, eval_status),
+        (0, 120, eval_status::SUCCEEDED)
+    );
+    assert_eq!(
+        db.outputs_of_derivation("/gnu/store/aaa-hello-2.10.drv")
+            .unwrap(),
         vec!["/gnu/store/bbb-hello-2.10".to_string()]
     );
     // New evaluations go on from the old ids.
-    let eval = db.register_evaluation("guix", "def456", &[job("new")], 200).unwrap();
+    let eval = db
+        .register_evaluation("guix", "def456", &[job("new")], 200)
+        .unwrap();
     assert_eq!(eval, 2);
     let ok: String = db
         .connection()

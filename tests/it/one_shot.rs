@@ -63,7 +63,13 @@ fn keyword_jobs_build_end_to_end_and_new_commits_make_new_evaluations() {
     let repo = Repo::new(setup.tmp.path(), &[("ci.scm", "jobs/keyword-jobs.scm")]);
     let head = crate::support::git(&repo.dir, &["rev-parse", "HEAD"]);
     let name = format!("kw-{nonce}");
-    let spec = setup.write_spec(&spec_text(&name, &repo.url(), "ci.scm", "cuirass-jobs", &nonce));
+    let spec = setup.write_spec(&spec_text(
+        &name,
+        &repo.url(),
+        "ci.scm",
+        "cuirass-jobs",
+        &nonce,
+    ));
     let spec_arg = spec.to_str().unwrap();
 
     let out = setup.one_shot(&["-S", spec_arg]);
@@ -87,14 +93,23 @@ fn keyword_jobs_build_end_to_end_and_new_commits_make_new_evaluations() {
         assert_eq!(b.status, status, "{job}: {b:?}");
         assert_eq!(b.system, "x86_64-linux", "{job}");
         assert_eq!(b.nix_name, format!("{job}-{nonce}"), "{job}");
-        assert!(b.derivation.ends_with(&format!("-{job}-{nonce}.drv")), "{job}");
+        assert!(
+            b.derivation.ends_with(&format!("-{job}-{nonce}.drv")),
+            "{job}"
+        );
         assert!(b.starttime > 0 && b.stoptime >= b.starttime, "{job}: {b:?}");
         let outputs = outputs_of(&conn, &b.derivation);
         assert_eq!(outputs.len(), 1, "{job}");
         if status == 0 {
-            assert!(Path::new(&outputs[0]).exists(), "{job}: output missing from the store");
+            assert!(
+                Path::new(&outputs[0]).exists(),
+                "{job}: output missing from the store"
+            );
         } else {
-            assert!(!Path::new(&outputs[0]).exists(), "{job}: failed output exists");
+            assert!(
+                !Path::new(&outputs[0]).exists(),
+                "{job}: failed output exists"
+            );
         }
         // Everything the daemon started has its log file.
         if job != "dep-on-fail" {
@@ -122,7 +137,10 @@ fn keyword_jobs_build_end_to_end_and_new_commits_make_new_evaluations() {
     let evals = query_rows::<String>(&conn, "SELECT revision FROM Evaluations ORDER BY id");
     assert_eq!(evals, vec![vec![head], vec![second]]);
     assert_eq!(count(&conn, "SELECT COUNT(*) FROM Builds"), 10);
-    assert_eq!(count(&conn, "SELECT COUNT(*) FROM Builds WHERE status < 0"), 0);
+    assert_eq!(
+        count(&conn, "SELECT COUNT(*) FROM Builds WHERE status < 0"),
+        0
+    );
     let eval2 = count(&conn, "SELECT MAX(id) FROM Evaluations");
     let statuses: Vec<(String, i64)> = builds_by_job(&conn, eval2)
         .into_iter()
@@ -147,7 +165,13 @@ fn pair_jobs_with_symbol_keys_are_evaluated() {
     let nonce = nonce();
     let repo = Repo::new(setup.tmp.path(), &[("jobs.scm", "jobs/pair-jobs.scm")]);
     let name = format!("pairs-{nonce}");
-    let spec = setup.write_spec(&spec_text(&name, &repo.url(), "jobs.scm", "hydra-jobs", &nonce));
+    let spec = setup.write_spec(&spec_text(
+        &name,
+        &repo.url(),
+        "jobs.scm",
+        "hydra-jobs",
+        &nonce,
+    ));
     let out = setup.one_shot(&["-S", spec.to_str().unwrap()]);
     assert!(out.status.success());
     let conn = setup.db();
@@ -179,7 +203,10 @@ fn an_unreachable_daemon_is_a_clear_error() {
     let out = setup
         .command()
         .args(["--one-shot", "-S", spec.to_str().unwrap()])
-        .env("GUIX_DAEMON_SOCKET", setup.tmp.path().join("no-such-socket"))
+        .env(
+            "GUIX_DAEMON_SOCKET",
+            setup.tmp.path().join("no-such-socket"),
+        )
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -195,6 +222,12 @@ fn a_broken_specification_file_writes_nothing() {
     let out = setup.one_shot(&["-S", spec.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("specs.scm:1:"), "error should name file and line: {stderr}");
-    assert!(!setup.db.exists(), "a broken spec file must not create the database");
+    assert!(
+        stderr.contains("specs.scm:1:"),
+        "error should name file and line: {stderr}"
+    );
+    assert!(
+        !setup.db.exists(),
+        "a broken spec file must not create the database"
+    );
 }

@@ -76,7 +76,9 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 pub fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(path)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(path)
 }
 
 /// A real git repository (branch master) whose files are copied from
