@@ -69,7 +69,11 @@ struct Work {
     proc: Option<(Step, Proc, Instant)>,
     fetch_stdout: String,
     commit: Option<String>,
+    /// Jobs read since the last flush to the database.
     jobs: Vec<JobRecord>,
+    /// The evaluation being registered, while the evaluator runs.
+    evaluation: Option<db::EvalId>,
+    jobs_registered: usize,
     done_line: Option<u64>,
     eval_error: Option<String>,
     conn: Option<Conn>,
@@ -160,9 +164,18 @@ impl EventLoop {
         }
     }
 
-    /// Start-up recovery, as the original did: builds left `started` by a
-    /// previous process are scheduled again (the daemon forgot them).
+    /// Start-up recovery, as the original did: evaluations interrupted
+    /// half-way are rolled back (their commit is evaluated again), and
+    /// builds left `started` by a previous process are scheduled again
+    /// (the daemon forgot them when our connection closed).
     fn recover(&mut self) -> Result<(), Fatal> {
+        let rolled_back = self
+            .db
+            .roll_back_interrupted_evaluations()
+            .map_err(|e| e.to_string())?;
+        if rolled_back > 0 {
+            log::info!("recovery: {rolled_back} interrupted evaluation(s) rolled back");
+        }
         let reset = self.db.reset_started_builds().map_err(|e| e.to_string())?;
         if reset > 0 {
             log::info!("recovery: {reset} interrupted build(s) rescheduled");
@@ -283,6 +296,12 @@ impl EventLoop {
             match run.state() {
                 State::Idle if fresh_cycle && run.poll_due(now) => self.start_fetch(index, now),
                 State::Building => self.continue_building(index, now),
+                // Jobs registered so far build while the evaluator runs.
+                State::Evaluating => {
+                    if self.settle_finished_batch(index) {
+                        self.submit_next_batch(index, now);
+                    }
+                }
                 _ => {}
             }
         }
@@ -340,9 +359,8 @@ impl EventLoop {
         self.config.cache_dir.join(&self.specs[index].spec.name)
     }
 
-    fn end_cycle(&mut self, index: usize, now: Instant) {
-        let interval = Duration::from_secs(self.config.interval_secs);
-        self.specs[index].cycle_done(now, interval);
+    fn end_cycle(&mut self, index: usize) {
+        self.specs[index].cycle_done();
     }
 
     /// Stops children, drops daemon connections (the daemon then stops

@@ -106,10 +106,15 @@ impl SpecRun {
         self.state = to;
     }
 
-    /// Called when a cycle ends, whatever its outcome.
-    pub fn cycle_done(&mut self, now: Instant, interval: Duration) {
-        self.cycles += 1;
+    /// Polls are due every interval from the start of the previous one,
+    /// however long its cycle took.
+    pub fn polled(&mut self, now: Instant, interval: Duration) {
         self.next_poll = now + interval;
+    }
+
+    /// Called when a cycle ends, whatever its outcome.
+    pub fn cycle_done(&mut self) {
+        self.cycles += 1;
         self.set_state(State::Idle);
     }
 

@@ -231,3 +231,43 @@ fn a_broken_specification_file_writes_nothing() {
         "a broken spec file must not create the database"
     );
 }
+
+#[test]
+fn builds_start_while_the_evaluator_is_still_running() {
+    require_daemon();
+    let setup = Setup::new("stream");
+    let nonce = nonce();
+    let repo = Repo::new(setup.tmp.path(), &[("ci.scm", "jobs/keyword-jobs.scm")]);
+    // The last job's thunk sleeps 4 s: the first four are printed long
+    // before the evaluation ends.
+    let spec = setup.write_spec(&format!(
+        "(list {})\n",
+        spec_entry(
+            "stream",
+            &repo.url(),
+            "ci.scm",
+            "cuirass-jobs",
+            &format!("(nonce . \"{nonce}\") (delay . 4)")
+        )
+    ));
+    let out = setup.one_shot(&["-S", spec.to_str().unwrap()]);
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    let started = log
+        .find(&format!("-ok-1-{nonce}.drv"))
+        .expect("ok-1 was built");
+    let done = log
+        .find("evaluation 1 of")
+        .and_then(|_| log.find(" done: 5 jobs"))
+        .expect("evaluation done");
+    assert!(
+        started < done,
+        "ok-1 should start building before the evaluation is done:\n{log}"
+    );
+    let conn = setup.db();
+    assert_eq!(
+        count(&conn, "SELECT COUNT(*) FROM Builds WHERE status >= 0"),
+        5
+    );
+    assert_eq!(count(&conn, "SELECT status FROM Evaluations"), 0);
+}
