@@ -430,3 +430,46 @@ fn builds_finish_when_the_daemon_is_restarted_mid_batch() {
     );
     assert_eq!(query_i64(&setup, "SELECT COUNT(*) FROM Builds"), 2);
 }
+
+#[test]
+fn sighup_rereads_the_specification_file() {
+    require_daemon();
+    let setup = Setup::new("sighup");
+    let nonce = nonce();
+    let first = Repo::named(
+        setup.tmp.path(),
+        "first",
+        &[("ci.scm", "jobs/keyword-jobs.scm")],
+    );
+    let second = Repo::named(
+        setup.tmp.path(),
+        "second",
+        &[("ci.scm", "jobs/pair-jobs.scm")],
+    );
+    let args = nonce_args(&nonce);
+    let one = spec_entry("first", &first.url(), "ci.scm", "cuirass-jobs", &args);
+    let spec = setup.write_spec(&spec_file(std::slice::from_ref(&one)));
+    let daemon = Running::start(
+        &setup,
+        &["-S", spec.to_str().unwrap(), "--interval", "600"],
+        &[],
+    );
+    wait_until(Duration::from_secs(60), "the first spec's builds", || {
+        finished_builds_of(&setup, "first") == 5
+    });
+    // A broken file is rejected as a whole; the daemon keeps going.
+    std::fs::write(&spec, "(list `((#:name . \"oops\")").unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(10), "the rejection", || {
+        daemon
+            .log_text()
+            .contains("keeping the current specifications")
+    });
+    let two = spec_entry("second", &second.url(), "ci.scm", "hydra-jobs", &args);
+    setup.write_spec(&spec_file(&[one, two]));
+    daemon.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(60), "the added spec's builds", || {
+        finished_builds_of(&setup, "second") == 3
+    });
+    assert_eq!(query_i64(&setup, "SELECT COUNT(*) FROM Specifications"), 2);
+}
