@@ -297,10 +297,8 @@ impl EventLoop {
                 State::Idle if fresh_cycle && run.poll_due(now) => self.start_fetch(index, now),
                 State::Building => self.continue_building(index, now),
                 // Jobs registered so far build while the evaluator runs.
-                State::Evaluating => {
-                    if self.settle_finished_batch(index) {
-                        self.submit_next_batch(index, now);
-                    }
+                State::Evaluating if self.settle_finished_batch(index) => {
+                    self.submit_next_batch(index, now)
                 }
                 _ => {}
             }
