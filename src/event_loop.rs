@@ -150,7 +150,7 @@ impl EventLoop {
             }
             let turn = Instant::now();
             for event in events.iter() {
-                self.dispatch(event.token(), event.is_writable());
+                self.dispatch(event.token());
             }
             let took = turn.elapsed();
             if took > SLOW_TURN {
@@ -195,8 +195,11 @@ impl EventLoop {
             if run.state() == State::Idle && !(self.config.one_shot && run.cycles >= 1) {
                 next = next.min(run.next_poll);
             }
-            if let Some((_, _, deadline)) = &work.proc {
+            if let Some((_, proc, deadline)) = &work.proc {
                 next = next.min(*deadline);
+                if proc.wants_read() != (false, false) {
+                    return now;
+                }
             }
             if let Some(at) = work.retry_at {
                 next = next.min(at);
@@ -205,7 +208,7 @@ impl EventLoop {
         next.max(now)
     }
 
-    fn dispatch(&mut self, token: Token, writable: bool) {
+    fn dispatch(&mut self, token: Token) {
         if token == SIGNAL {
             for sig in self.signals.drain() {
                 self.on_signal(sig);
@@ -227,7 +230,7 @@ impl EventLoop {
                     proc.read_stderr(self.poll.registry(), &label);
                 }
             }
-            DAEMON => self.daemon_io(index, writable),
+            DAEMON => self.daemon_io(index),
             _ => {}
         }
     }
@@ -287,6 +290,7 @@ impl EventLoop {
     /// Starts whatever is due and settles whatever finished.
     fn advance(&mut self, now: Instant) {
         for index in 0..self.specs.len() {
+            self.read_leftovers(index);
             self.reap_child(index, now);
             if self.stopping {
                 continue;
@@ -306,6 +310,20 @@ impl EventLoop {
         if now >= self.next_status_log {
             self.next_status_log = now + STATUS_EVERY;
             self.log_status();
+        }
+    }
+
+    /// Reads again from pipes whose last read stopped at the cap.
+    fn read_leftovers(&mut self, index: usize) {
+        let Some((_, proc, _)) = self.work[index].proc.as_ref() else {
+            return;
+        };
+        let (stdout, stderr) = proc.wants_read();
+        if stdout {
+            self.child_stdout(index);
+        }
+        if stderr {
+            self.dispatch(spec_token(index, CHILD_STDERR));
         }
     }
 

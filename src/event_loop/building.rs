@@ -174,7 +174,9 @@ impl EventLoop {
         work.retry_at = Some(now + delay);
     }
 
-    pub(super) fn daemon_io(&mut self, index: usize, writable: bool) {
+    /// Reads until WouldBlock (mio is edge-triggered) and writes what is
+    /// queued.  No cap: with verbosity 0 the daemon sends only trace lines.
+    pub(super) fn daemon_io(&mut self, index: usize) {
         let label = self.label(index);
         let Some(conn) = self.work[index].conn.as_mut() else {
             return;
@@ -203,7 +205,6 @@ impl EventLoop {
                 }
             }
         }
-        let _ = writable;
         if failure.is_none() {
             failure = flush(conn, self.poll.registry(), spec_token(index, DAEMON)).err();
         }

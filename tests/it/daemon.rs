@@ -473,3 +473,70 @@ fn sighup_rereads_the_specification_file() {
     });
     assert_eq!(query_i64(&setup, "SELECT COUNT(*) FROM Specifications"), 2);
 }
+
+/// A "git server" that accepts connections and never answers, like a
+/// remote stuck behind a dead link.
+fn stalling_server() -> (u16, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        listener.set_nonblocking(true).unwrap();
+        let mut held = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if let Ok((stream, _)) = listener.accept() {
+                held.push(stream);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    (port, handle)
+}
+
+#[test]
+fn a_stalled_fetch_does_not_block_other_specs_and_times_out() {
+    require_daemon();
+    let setup = Setup::new("stall");
+    let nonce = nonce();
+    let (port, _server) = stalling_server();
+    let good = Repo::named(
+        setup.tmp.path(),
+        "good",
+        &[("ci.scm", "jobs/keyword-jobs.scm")],
+    );
+    let args = nonce_args(&nonce);
+    let spec = setup.write_spec(&spec_file(&[
+        spec_entry(
+            "stalled",
+            &format!("http://127.0.0.1:{port}/repo.git"),
+            "ci.scm",
+            "cuirass-jobs",
+            &args,
+        ),
+        spec_entry("good", &good.url(), "ci.scm", "cuirass-jobs", &args),
+    ]));
+    let daemon = Running::start(
+        &setup,
+        &["-S", spec.to_str().unwrap(), "--fetch-timeout", "15"],
+        &[],
+    );
+    wait_until(Duration::from_secs(60), "the good spec's builds", || {
+        finished_builds_of(&setup, "good") == 5
+    });
+    let log = daemon.log_text();
+    assert!(log.contains("spec=stalled Idle=>Fetching"), "{log}");
+    assert!(
+        !log.contains("spec=stalled Fetch timed out"),
+        "finished too late to prove anything"
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the stalled fetch's timeout",
+        || daemon.log_text().contains("spec=stalled Fetch timed out"),
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the stalled spec back to Idle",
+        || daemon.log_text().contains("spec=stalled Fetching=>Idle"),
+    );
+}
