@@ -30,11 +30,14 @@ pub fn allowed(from: State, to: State) -> bool {
         | (Fetching, Compiling)
         // A new commit of a `#:no-compile?` spec.
         | (Fetching, Evaluating)
-        // Same commit as last time: build whatever is still pending.
+        // Same commit as last time, or the fetch failed: build whatever
+        // is still pending from earlier evaluations.
         | (Fetching, Building)
-        // Fetch failed: try again at the next poll.
         | (Fetching, Idle)
         | (Compiling, Evaluating)
+        // Compilation failed: the same, and the commit is tried again at
+        // the next poll.
+        | (Compiling, Building)
         | (Compiling, Idle)
         // Jobs registered (or the evaluation failed): build what is pending.
         | (Evaluating, Building)
@@ -143,8 +146,8 @@ mod tests {
         for (a, b) in [
             (Idle, Building),
             (Idle, Evaluating),
-            (Compiling, Building),
             (Building, Evaluating),
+            (Building, Compiling),
         ] {
             assert!(!allowed(a, b), "{a:?} => {b:?}");
         }

@@ -140,7 +140,7 @@ impl EventLoop {
                         self.specs[index].spec.name,
                         proc.failure_reason()
                     );
-                    self.end_cycle(index);
+                    self.start_building(index);
                 }
             }
             Step::Evaluate => self.evaluation_done(index, ok, &proc),
@@ -155,8 +155,9 @@ impl EventLoop {
             None
         };
         let Some(commit) = commit else {
+            // Builds still pending from earlier evaluations need no fetch.
             log::error!("spec={name} fetch failed: {}", proc.failure_reason());
-            self.end_cycle(index);
+            self.start_building(index);
             return;
         };
         let stamp = match self.db.stamp(&name) {
