@@ -283,11 +283,11 @@ fn compilation_runs_bootstrap_configure_and_make_and_a_failure_stops_only_its_sp
         "good",
         &[
             ("bootstrap", "compile/bootstrap"),
-            ("template.scm", "compile/template.scm"),
+            ("template.scm", "jobs/keyword-jobs.scm"),
         ],
     );
     // A project whose build is broken: make fails, nothing is evaluated.
-    let broken = Repo::named(tmp, "broken", &[("template.scm", "compile/template.scm")]);
+    let broken = Repo::named(tmp, "broken", &[("template.scm", "jobs/keyword-jobs.scm")]);
     std::fs::write(
         broken.dir.join("configure"),
         "#!/bin/sh\necho 'all:; exit 3' > Makefile\n",
