@@ -1,0 +1,122 @@
+//! `cuirass-bench`: the figures of README.md's Performance section.
+//!
+//!     cargo run --release --bin cuirass-bench -- [NAME...]
+//!
+//! NAME is one of `registration`, `trace-replay`, `bookkeeping`,
+//! `restart`; none runs them all.  Needs the real guix-daemon and Guix
+//! (see /work/shared/GUIX.md); the first run makes and builds the
+//! benchmark's derivations once and caches their evaluator output under
+//! /var/tmp/cuirass-bench/.
+
+#[path = "cuirass-bench/bookkeeping.rs"]
+mod bookkeeping;
+#[path = "cuirass-bench/common.rs"]
+mod common;
+#[path = "cuirass-bench/registration.rs"]
+mod registration;
+#[path = "cuirass-bench/restart.rs"]
+mod restart;
+#[path = "cuirass-bench/trace_replay.rs"]
+mod trace_replay;
+
+use common::Figure;
+use std::process::ExitCode;
+
+type Bench = fn() -> Result<Vec<Figure>, String>;
+
+const BENCHES: &[(&str, Bench)] = &[
+    ("registration", registration::run),
+    ("trace-replay", trace_replay::run),
+    ("bookkeeping", bookkeeping::run),
+    ("restart", restart::run),
+];
+
+fn main() -> ExitCode {
+    // Cuirass logs every build event at info level; the daemon writes that
+    // to stderr, so the benchmarks pay for the formatting too.
+    env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Info)
+        .target(env_logger::Target::Pipe(Box::new(std::io::sink())))
+        .init();
+    let names: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(bad) = names
+        .iter()
+        .find(|n| !BENCHES.iter().any(|(name, _)| name == n))
+    {
+        let known: Vec<&str> = BENCHES.iter().map(|(n, _)| *n).collect();
+        eprintln!(
+            "cuirass-bench: unknown benchmark {bad:?} (known: {})",
+            known.join(", ")
+        );
+        return ExitCode::from(2);
+    }
+    let mut failed = false;
+    let mut figures = Vec::new();
+    for (name, bench) in BENCHES {
+        if !names.is_empty() && !names.iter().any(|n| n == name) {
+            continue;
+        }
+        eprintln!("{name}…");
+        let start = std::time::Instant::now();
+        match bench() {
+            Ok(fs) => {
+                for f in &fs {
+                    print_figure(f);
+                }
+                figures.extend(fs);
+            }
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                failed = true;
+            }
+        }
+        eprintln!("  ({name} took {:.0} s)", start.elapsed().as_secs_f64());
+    }
+    println!();
+    println!("| figure | value | target | met |");
+    println!("|---|---|---|---|");
+    for f in &figures {
+        let target = match f.target {
+            Some(common::Target::AtMost(x)) => format!("≤ {}", fmt(x, f.unit)),
+            Some(common::Target::AtLeast(x)) => format!("≥ {}", fmt(x, f.unit)),
+            None => "—".into(),
+        };
+        let met = match f.met() {
+            Some(true) => "met",
+            Some(false) => "not met",
+            None => "",
+        };
+        println!(
+            "| {} | {} | {target} | {met} |",
+            f.name,
+            fmt(f.value, f.unit)
+        );
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn fmt(x: f64, unit: &str) -> String {
+    let n = if x >= 1000.0 {
+        format!("{x:.0}")
+    } else if x >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.3}")
+    };
+    if unit.is_empty() {
+        n
+    } else {
+        format!("{n} {unit}")
+    }
+}
+
+fn print_figure(f: &Figure) {
+    println!("{}: {}", f.name, fmt(f.value, f.unit));
+    if !f.note.is_empty() {
+        println!("    {}", f.note);
+    }
+}
