@@ -161,6 +161,10 @@ impl Db {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Up to 16 MiB of page cache (the default is 2 MiB): it grows only
+        // as pages are used, and keeps status updates and API queries on a
+        // large database from re-reading index pages.
+        conn.pragma_update(None, "cache_size", -16 * 1024)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let mut db = Db { conn };
         db.migrate()?;
@@ -532,15 +536,65 @@ impl Db {
         now: i64,
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "UPDATE Builds SET status = ?2, stoptime = ?3,
-                   starttime = CASE WHEN starttime = 0 THEN ?3 ELSE starttime END,
-                   log = CASE WHEN ?4 IS NULL THEN log ELSE ?4 END
-                 WHERE derivation = ?1 AND status < 0",
-            )?;
-            for (drv, st, log) in updates {
-                stmt.execute(params![drv, st, now, log])?;
+        for (drv, st, log) in updates {
+            Db::finish(&tx, drv, *st, log.as_deref(), now)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn finish(tx: &Transaction, drv: &str, st: i64, log: Option<&str>, now: i64) -> Result<()> {
+        tx.prepare_cached(
+            "UPDATE Builds SET status = ?2, stoptime = ?3,
+               starttime = CASE WHEN starttime = 0 THEN ?3 ELSE starttime END,
+               log = CASE WHEN ?4 IS NULL THEN log ELSE ?4 END
+             WHERE derivation = ?1 AND status < 0",
+        )?
+        .execute(params![drv, st, now, log])?;
+        Ok(())
+    }
+
+    /// Records what the daemon said in one read, in one transaction.  A
+    /// build that started and finished within the same read is written
+    /// once, with both times.
+    pub fn apply_build_updates(
+        &mut self,
+        updates: &[crate::build::Update],
+        now: i64,
+    ) -> Result<()> {
+        use crate::build::Update;
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let finished_here: std::collections::HashSet<&str> = updates
+            .iter()
+            .filter_map(|u| match u {
+                Update::Finished { derivation, .. } => Some(derivation.as_str()),
+                Update::Started { .. } => None,
+            })
+            .collect();
+        let tx = self.conn.transaction()?;
+        for u in updates {
+            match u {
+                Update::Started { derivation, log } => {
+                    if !finished_here.contains(derivation.as_str()) {
+                        tx.prepare_cached(
+                            "UPDATE Builds SET status = ?2, starttime = ?3, log = ?4
+                             WHERE derivation = ?1 AND status < 0",
+                        )?
+                        .execute(params![
+                            derivation,
+                            status::STARTED,
+                            now,
+                            log
+                        ])?;
+                    }
+                }
+                Update::Finished {
+                    derivation,
+                    status,
+                    log,
+                } => Db::finish(&tx, derivation, *status, log.as_deref(), now)?,
             }
         }
         tx.commit()?;

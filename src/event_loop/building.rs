@@ -215,32 +215,20 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn apply_updates(&mut self, index: usize, updates: Vec<Update>) {
-        if updates.is_empty() {
-            return;
-        }
-        let now = unix_now();
-        let mut finished = Vec::new();
-        for u in updates {
-            match u {
-                Update::Started { derivation, log } => {
-                    if let Err(e) = self.db.build_started(&derivation, &log, now) {
-                        log::error!("spec={} {e}", self.specs[index].spec.name);
-                    }
-                }
-                Update::Finished {
-                    derivation,
-                    status,
-                    log,
-                } => {
-                    let log = log.or_else(|| existing_log_file(&derivation));
-                    finished.push((derivation, status, log));
-                }
+    pub(super) fn apply_updates(&mut self, index: usize, mut updates: Vec<Update>) {
+        // Settled without a trace event, a build may still have a log from
+        // an earlier attempt.
+        for u in &mut updates {
+            if let Update::Finished {
+                derivation,
+                log: log @ None,
+                ..
+            } = u
+            {
+                *log = existing_log_file(derivation);
             }
         }
-        if !finished.is_empty()
-            && let Err(e) = self.db.finish_builds(&finished, now)
-        {
+        if let Err(e) = self.db.apply_build_updates(&updates, unix_now()) {
             log::error!("spec={} {e}", self.specs[index].spec.name);
         }
     }
