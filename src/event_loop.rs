@@ -9,6 +9,7 @@ use crate::cli::Config;
 use crate::db::{self, Db, JobRecord, status};
 use crate::drv::Derivation;
 use crate::fetch;
+use crate::http_server::HttpServer;
 use crate::job;
 use crate::scheduler::{Backoff, SpecRun, State};
 use crate::signals::SignalPipe;
@@ -24,6 +25,9 @@ mod building;
 mod steps;
 
 const SIGNAL: Token = Token(0);
+const HTTP_LISTENER: Token = Token(1);
+/// HTTP connections take tokens from here up, far above the specs'.
+const HTTP_CONN_BASE: usize = 1 << 20;
 const SPEC_TOKEN_BASE: usize = 16;
 const TOKENS_PER_SPEC: usize = 4;
 const CHILD_STDOUT: usize = 0;
@@ -92,6 +96,7 @@ pub struct EventLoop {
     stopping: bool,
     exit_error: Option<String>,
     next_status_log: Instant,
+    http: Option<HttpServer>,
 }
 
 /// Ends cuirass with an error message (one-shot) or is logged (daemon).
@@ -111,6 +116,16 @@ impl EventLoop {
             .map(|s| SpecRun::new(s, now))
             .collect();
         let work = specs.iter().map(|_| Work::default()).collect();
+        let http = match config.one_shot {
+            true => None,
+            false => Some(HttpServer::bind(
+                &config.listen,
+                config.port,
+                poll.registry(),
+                HTTP_LISTENER,
+                HTTP_CONN_BASE,
+            )?),
+        };
         Ok(EventLoop {
             config,
             db,
@@ -122,6 +137,7 @@ impl EventLoop {
             stopping: false,
             exit_error: None,
             next_status_log: now + STATUS_EVERY,
+            http,
         })
     }
 
@@ -146,7 +162,7 @@ impl EventLoop {
             }
             let turn = Instant::now();
             for event in events.iter() {
-                self.dispatch(event.token(), event.is_writable());
+                self.dispatch(event);
             }
             let took = turn.elapsed();
             if took > SLOW_TURN {
@@ -189,10 +205,18 @@ impl EventLoop {
                 next = next.min(at);
             }
         }
+        if let Some(at) = self.http.as_ref().and_then(HttpServer::poll_at) {
+            next = next.min(at);
+        }
         next.max(now)
     }
 
-    fn dispatch(&mut self, token: Token, writable: bool) {
+    fn dispatch(&mut self, event: &mio::event::Event) {
+        let (token, writable) = (event.token(), event.is_writable());
+        if let Some(http) = self.http.as_mut().filter(|h| h.owns(token)) {
+            http.handle(self.poll.registry(), event, &self.db, Instant::now());
+            return;
+        }
         if token == SIGNAL {
             for sig in self.signals.drain() {
                 self.on_signal(sig);
@@ -273,6 +297,9 @@ impl EventLoop {
 
     /// Starts whatever is due and settles whatever finished.
     fn advance(&mut self, now: Instant) {
+        if let Some(http) = self.http.as_mut() {
+            http.tick(self.poll.registry(), &self.db, now);
+        }
         for index in 0..self.specs.len() {
             self.reap_child(index, now);
             if self.stopping {
