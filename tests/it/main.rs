@@ -2,5 +2,6 @@
 //! guix-daemon and the real Guix evaluator.
 
 mod cli;
+mod http;
 mod one_shot;
 mod support;
