@@ -309,33 +309,88 @@ fn unknown_paths_and_methods() {
 }
 
 #[test]
-fn queries_use_indexes() {
+fn latest_builds_walk_an_index_even_with_statistics() {
+    use crate::db::read::latest_builds_sql;
     let (db, _) = fixture();
-    let plan = |sql: &str| -> String {
-        let mut stmt = db
-            .connection()
-            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-            .unwrap();
+    let conn = db.connection();
+    // Many builds of few evaluations, analyzed: the statistics that once
+    // led the planner to sort every finished build.
+    conn.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+         INSERT INTO Derivations SELECT 'drv' || i, 1 + i % 2, 'job' || (i % 50), 'x', 'n' FROM n;
+         INSERT INTO Builds (derivation, evaluation, log, status, timestamp, starttime, stoptime)
+           SELECT derivation, evaluation, '', rowid % 3, rowid, rowid, rowid
+           FROM Derivations WHERE derivation LIKE 'drv%';
+         ANALYZE;",
+    )
+    .unwrap();
+    let plan = |filter: &BuildFilter| -> String {
+        let sql = format!("EXPLAIN QUERY PLAN {}", latest_builds_sql(filter));
+        let mut stmt = conn.prepare(&sql).unwrap();
+        let (lo, hi) = filter.status.unzip();
+        let p = rusqlite::params![
+            filter.specification,
+            filter.branch,
+            filter.job,
+            filter.system,
+            filter.evaluation,
+            lo,
+            hi,
+            10
+        ];
         let rows: Vec<String> = stmt
-            .query_map([], |r| r.get::<_, String>(3))
+            .query_map(p, |r| r.get::<_, String>(3))
             .unwrap()
             .map(|r| r.unwrap())
             .collect();
-        rows.join("\n")
+        rows.join("; ")
     };
-    let latest = plan(
-        "SELECT b.id FROM Builds b
-         JOIN Derivations d ON d.derivation = b.derivation AND d.evaluation = b.evaluation
-         JOIN Evaluations e ON e.id = b.evaluation
-         LEFT JOIN Specifications s ON s.repo_name = e.specification
-         WHERE b.status >= 0 ORDER BY b.stoptime DESC, b.id DESC LIMIT 10",
+    for filter in [
+        BuildFilter::default(),
+        BuildFilter {
+            specification: Some("hello".into()),
+            ..Default::default()
+        },
+        BuildFilter {
+            branch: Some("master".into()),
+            ..Default::default()
+        },
+        BuildFilter {
+            status: Some((1, 9)),
+            system: Some("x".into()),
+            ..Default::default()
+        },
+    ] {
+        let p = plan(&filter);
+        assert!(
+            p.starts_with("SCAN b USING INDEX Builds_finished"),
+            "{filter:?}: {p}"
+        );
+        assert!(!p.contains("TEMP B-TREE"), "{filter:?}: {p}");
+    }
+    let p = plan(&BuildFilter {
+        job: Some("job7".into()),
+        ..Default::default()
+    });
+    assert!(p.contains("Derivations_job_name"), "{p}");
+    let p = plan(&BuildFilter {
+        evaluation: Some(2),
+        ..Default::default()
+    });
+    assert!(p.contains("Builds_evaluation"), "{p}");
+    let queue = {
+        let mut stmt = conn
+            .prepare("EXPLAIN QUERY PLAN SELECT id FROM Builds WHERE status < 0 ORDER BY status DESC, timestamp, id LIMIT 10")
+            .unwrap();
+        let rows: Vec<String> = stmt
+            .query_map([], |r| r.get(3))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        rows.join("; ")
+    };
+    assert!(
+        queue.contains("Builds_queue") && !queue.contains("TEMP B-TREE"),
+        "{queue}"
     );
-    assert!(latest.contains("Builds_finished"), "{latest}");
-    assert!(!latest.contains("TEMP B-TREE"), "{latest}");
-    let queue = plan(
-        "SELECT b.id FROM Builds b WHERE b.status < 0
-         ORDER BY b.status DESC, b.timestamp, b.id LIMIT 10",
-    );
-    assert!(queue.contains("Builds_queue"), "{queue}");
-    assert!(!queue.contains("TEMP B-TREE"), "{queue}");
 }
