@@ -24,6 +24,10 @@ pub struct Proc {
     /// The last few stderr lines, kept to explain a failure.
     pub stderr_tail: Vec<String>,
     pub status: Option<ExitStatus>,
+    /// A read stopped at READ_CAP with bytes left: mio is edge-triggered,
+    /// so no new event will come for them and the loop must read again.
+    stdout_more: bool,
+    stderr_more: bool,
 }
 
 pub fn spawn(mut cmd: Command, registry: &Registry, out: Token, err: Token) -> io::Result<Proc> {
@@ -46,26 +50,37 @@ pub fn spawn(mut cmd: Command, registry: &Registry, out: Token, err: Token) -> i
         stderr_buf: Vec::new(),
         stderr_tail: Vec::new(),
         status: None,
+        stdout_more: false,
+        stderr_more: false,
     })
 }
 
-/// Reads what is available; returns false once the pipe is closed.
-fn drain(pipe: &mut Receiver, buf: &mut Vec<u8>) -> bool {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    /// Everything available was read.
+    Empty,
+    /// READ_CAP bytes were read and more may be waiting.
+    Capped,
+    Closed,
+}
+
+/// Reads what is available, at most READ_CAP bytes.
+fn drain(pipe: &mut Receiver, buf: &mut Vec<u8>) -> Drained {
     let mut chunk = [0u8; 16 * 1024];
     let mut total = 0;
     loop {
         match pipe.read(&mut chunk) {
-            Ok(0) => return false,
+            Ok(0) => return Drained::Closed,
             Ok(n) => {
                 buf.extend_from_slice(&chunk[..n]);
                 total += n;
                 if total >= READ_CAP {
-                    return true;
+                    return Drained::Capped;
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Drained::Empty,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return false,
+            Err(_) => return Drained::Closed,
         }
     }
 }
@@ -86,7 +101,9 @@ impl Proc {
         let Some(pipe) = self.stdout.as_mut() else {
             return;
         };
-        let open = drain(pipe, &mut self.stdout_buf);
+        let drained = drain(pipe, &mut self.stdout_buf);
+        self.stdout_more = drained == Drained::Capped;
+        let open = drained != Drained::Closed;
         take_lines(&mut self.stdout_buf, &mut line);
         if !open {
             if !self.stdout_buf.is_empty() {
@@ -102,7 +119,9 @@ impl Proc {
         let Some(pipe) = self.stderr.as_mut() else {
             return;
         };
-        let open = drain(pipe, &mut self.stderr_buf);
+        let drained = drain(pipe, &mut self.stderr_buf);
+        self.stderr_more = drained == Drained::Capped;
+        let open = drained != Drained::Closed;
         if !open && !self.stderr_buf.is_empty() && self.stderr_buf.last() != Some(&b'\n') {
             self.stderr_buf.push(b'\n');
         }
@@ -123,6 +142,11 @@ impl Proc {
             let mut pipe = self.stderr.take().unwrap();
             let _ = registry.deregister(&mut pipe);
         }
+    }
+
+    /// Whether a pipe has bytes left over from a capped read.
+    pub fn wants_read(&self) -> (bool, bool) {
+        (self.stdout_more, self.stderr_more)
     }
 
     pub fn pipes_closed(&self) -> bool {

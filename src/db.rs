@@ -25,6 +25,8 @@ pub mod status {
 
 /// Evaluation outcomes, in the column migration 2 adds.
 pub mod eval_status {
+    /// Jobs are still being registered as the evaluator prints them.
+    pub const IN_PROGRESS: i64 = -1;
     pub const SUCCEEDED: i64 = 0;
     pub const FAILED: i64 = 1;
 }
@@ -284,46 +286,175 @@ impl Db {
         now: i64,
     ) -> Result<EvalId> {
         let tx = self.conn.transaction()?;
+        let eval = Db::insert_evaluation(&tx, spec, commit, eval_status::SUCCEEDED, now)?;
+        Db::insert_jobs(&tx, eval, jobs, now, |_, _| {})?;
+        Db::set_stamp(&tx, spec, commit)?;
+        tx.commit()?;
+        Ok(eval)
+    }
+
+    fn insert_evaluation(
+        tx: &Transaction,
+        spec: &str,
+        commit: &str,
+        status: i64,
+        now: i64,
+    ) -> Result<EvalId> {
         tx.prepare_cached(
             "INSERT INTO Evaluations (specification, revision, status, timestamp)
              VALUES (?1, ?2, ?3, ?4)",
         )?
-        .execute(params![spec, commit, eval_status::SUCCEEDED, now])?;
-        let eval = tx.last_insert_rowid();
-        {
-            let mut drv_stmt = tx.prepare_cached(
-                "INSERT OR IGNORE INTO Derivations (derivation, evaluation, job_name, system, nix_name)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            let mut build_stmt = tx.prepare_cached(
-                "INSERT INTO Builds (derivation, evaluation, log, status, timestamp, starttime, stoptime)
-                 VALUES (?1, ?2, '', ?3, ?4, 0, 0)",
-            )?;
-            let mut output_stmt =
-                tx.prepare_cached("INSERT INTO Outputs (build, name, path) VALUES (?1, ?2, ?3)")?;
-            for job in jobs {
-                // Two jobs of one evaluation may share a derivation; the
-                // 2018 primary key allows one row, and one build of it.
-                if drv_stmt.execute(params![
-                    job.derivation,
-                    eval,
-                    job.job_name,
-                    job.system,
-                    job.nix_name
-                ])? == 0
-                {
-                    continue;
-                }
-                build_stmt.execute(params![job.derivation, eval, status::SCHEDULED, now])?;
-                let build = tx.last_insert_rowid();
-                for (name, path) in &job.outputs {
-                    output_stmt.execute(params![build, name, path])?;
-                }
+        .execute(params![spec, commit, status, now])?;
+        Ok(tx.last_insert_rowid())
+    }
+
+    /// Inserts jobs' derivations, builds and outputs; `added` hears of
+    /// each new build.
+    fn insert_jobs(
+        tx: &Transaction,
+        eval: EvalId,
+        jobs: &[JobRecord],
+        now: i64,
+        mut added: impl FnMut(BuildId, &JobRecord),
+    ) -> Result<()> {
+        let mut drv_stmt = tx.prepare_cached(
+            "INSERT OR IGNORE INTO Derivations (derivation, evaluation, job_name, system, nix_name)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let mut build_stmt = tx.prepare_cached(
+            "INSERT INTO Builds (derivation, evaluation, log, status, timestamp, starttime, stoptime)
+             VALUES (?1, ?2, '', ?3, ?4, 0, 0)",
+        )?;
+        let mut output_stmt =
+            tx.prepare_cached("INSERT INTO Outputs (build, name, path) VALUES (?1, ?2, ?3)")?;
+        for job in jobs {
+            // Two jobs of one evaluation may share a derivation; the 2018
+            // primary key allows one row, and one build of it.
+            if drv_stmt.execute(params![
+                job.derivation,
+                eval,
+                job.job_name,
+                job.system,
+                job.nix_name
+            ])? == 0
+            {
+                continue;
             }
+            build_stmt.execute(params![job.derivation, eval, status::SCHEDULED, now])?;
+            let build = tx.last_insert_rowid();
+            for (name, path) in &job.outputs {
+                output_stmt.execute(params![build, name, path])?;
+            }
+            added(build, job);
         }
-        Db::set_stamp(&tx, spec, commit)?;
+        Ok(())
+    }
+
+    /// Opens an evaluation whose jobs arrive while the evaluator runs.
+    pub fn begin_evaluation(&mut self, spec: &str, commit: &str, now: i64) -> Result<EvalId> {
+        let tx = self.conn.transaction()?;
+        let eval = Db::insert_evaluation(&tx, spec, commit, eval_status::IN_PROGRESS, now)?;
         tx.commit()?;
         Ok(eval)
+    }
+
+    /// Registers a chunk of an in-progress evaluation's jobs in one
+    /// transaction and returns their new builds, ready to be built.
+    pub fn add_jobs(
+        &mut self,
+        spec: &str,
+        eval: EvalId,
+        jobs: &[JobRecord],
+        now: i64,
+    ) -> Result<Vec<PendingBuild>> {
+        let tx = self.conn.transaction()?;
+        let mut added = Vec::with_capacity(jobs.len());
+        Db::insert_jobs(&tx, eval, jobs, now, |id, job| {
+            added.push(PendingBuild {
+                id,
+                derivation: job.derivation.clone(),
+                evaluation: eval,
+                specification: spec.to_string(),
+            })
+        })?;
+        tx.commit()?;
+        Ok(added)
+    }
+
+    /// Closes an evaluation whose jobs are all registered, moves the stamp,
+    /// and cancels the builds it supersedes: scheduled builds of older
+    /// evaluations of the same specification for a job that this
+    /// evaluation has with another derivation.  Nobody wants them built
+    /// any more, and on a busy farm they would otherwise pile up.
+    pub fn complete_evaluation(
+        &mut self,
+        spec: &str,
+        eval: EvalId,
+        commit: &str,
+        now: i64,
+    ) -> Result<usize> {
+        let tx = self.conn.transaction()?;
+        tx.prepare_cached("UPDATE Evaluations SET status = ?2 WHERE id = ?1")?
+            .execute(params![eval, eval_status::SUCCEEDED])?;
+        Db::set_stamp(&tx, spec, commit)?;
+        let canceled = tx
+            .prepare_cached(
+                "UPDATE Builds SET status = ?4, stoptime = ?3
+                 WHERE status = ?5
+                   AND evaluation IN (SELECT id FROM Evaluations WHERE specification = ?1 AND id < ?2)
+                   AND derivation NOT IN (SELECT derivation FROM Derivations WHERE evaluation = ?2)
+                   AND EXISTS (SELECT 1 FROM Derivations old JOIN Derivations new
+                                 ON new.job_name = old.job_name AND new.evaluation = ?2
+                               WHERE old.derivation = Builds.derivation
+                                 AND old.evaluation = Builds.evaluation)",
+            )?
+            .execute(params![spec, eval, now, status::CANCELED, status::SCHEDULED])?;
+        tx.commit()?;
+        Ok(canceled)
+    }
+
+    /// Closes an evaluation that failed part-way: it is recorded as failed
+    /// with its reason, its builds not yet started are canceled, and the
+    /// stamp moves on so the next commit gets a new chance.
+    pub fn fail_evaluation(
+        &mut self,
+        spec: &str,
+        eval: EvalId,
+        commit: &str,
+        error: &str,
+        now: i64,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.prepare_cached("UPDATE Evaluations SET status = ?2, error = ?3 WHERE id = ?1")?
+            .execute(params![eval, eval_status::FAILED, error])?;
+        tx.prepare_cached(
+            "UPDATE Builds SET status = ?2, stoptime = ?3 WHERE evaluation = ?1 AND status = ?4",
+        )?
+        .execute(params![eval, status::CANCELED, now, status::SCHEDULED])?;
+        Db::set_stamp(&tx, spec, commit)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// At start-up, evaluations a previous process left in progress are
+    /// rolled back entirely, so their commit is evaluated again.
+    pub fn roll_back_interrupted_evaluations(&mut self) -> Result<usize> {
+        let tx = self.conn.transaction()?;
+        let evals: Vec<EvalId> = tx
+            .prepare("SELECT id FROM Evaluations WHERE status = ?1")?
+            .query_map([eval_status::IN_PROGRESS], |r| r.get(0))?
+            .collect::<std::result::Result<_, _>>()?;
+        for eval in &evals {
+            tx.execute(
+                "DELETE FROM Outputs WHERE build IN (SELECT id FROM Builds WHERE evaluation = ?1)",
+                [eval],
+            )?;
+            tx.execute("DELETE FROM Builds WHERE evaluation = ?1", [eval])?;
+            tx.execute("DELETE FROM Derivations WHERE evaluation = ?1", [eval])?;
+            tx.execute("DELETE FROM Evaluations WHERE id = ?1", [eval])?;
+        }
+        tx.commit()?;
+        Ok(evals.len())
     }
 
     /// Records an evaluation that produced no jobs because the evaluator

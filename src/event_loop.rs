@@ -73,7 +73,11 @@ struct Work {
     proc: Option<(Step, Proc, Instant)>,
     fetch_stdout: String,
     commit: Option<String>,
+    /// Jobs read since the last flush to the database.
     jobs: Vec<JobRecord>,
+    /// The evaluation being registered, while the evaluator runs.
+    evaluation: Option<db::EvalId>,
+    jobs_registered: usize,
     done_line: Option<u64>,
     eval_error: Option<String>,
     conn: Option<Conn>,
@@ -162,7 +166,7 @@ impl EventLoop {
             }
             let turn = Instant::now();
             for event in events.iter() {
-                self.dispatch(event);
+                self.dispatch_event(event);
             }
             let took = turn.elapsed();
             if took > SLOW_TURN {
@@ -176,9 +180,18 @@ impl EventLoop {
         }
     }
 
-    /// Start-up recovery, as the original did: builds left `started` by a
-    /// previous process are scheduled again (the daemon forgot them).
+    /// Start-up recovery, as the original did: evaluations interrupted
+    /// half-way are rolled back (their commit is evaluated again), and
+    /// builds left `started` by a previous process are scheduled again
+    /// (the daemon forgot them when our connection closed).
     fn recover(&mut self) -> Result<(), Fatal> {
+        let rolled_back = self
+            .db
+            .roll_back_interrupted_evaluations()
+            .map_err(|e| e.to_string())?;
+        if rolled_back > 0 {
+            log::info!("recovery: {rolled_back} interrupted evaluation(s) rolled back");
+        }
         let reset = self.db.reset_started_builds().map_err(|e| e.to_string())?;
         if reset > 0 {
             log::info!("recovery: {reset} interrupted build(s) rescheduled");
@@ -198,8 +211,11 @@ impl EventLoop {
             if run.state() == State::Idle && !(self.config.one_shot && run.cycles >= 1) {
                 next = next.min(run.next_poll);
             }
-            if let Some((_, _, deadline)) = &work.proc {
+            if let Some((_, proc, deadline)) = &work.proc {
                 next = next.min(*deadline);
+                if proc.wants_read() != (false, false) {
+                    return now;
+                }
             }
             if let Some(at) = work.retry_at {
                 next = next.min(at);
@@ -211,12 +227,16 @@ impl EventLoop {
         next.max(now)
     }
 
-    fn dispatch(&mut self, event: &mio::event::Event) {
-        let (token, writable) = (event.token(), event.is_writable());
-        if let Some(http) = self.http.as_mut().filter(|h| h.owns(token)) {
+    /// HTTP events carry their readiness to the server; the rest go by token.
+    fn dispatch_event(&mut self, event: &mio::event::Event) {
+        if let Some(http) = self.http.as_mut().filter(|h| h.owns(event.token())) {
             http.handle(self.poll.registry(), event, &self.db, Instant::now());
             return;
         }
+        self.dispatch(event.token());
+    }
+
+    fn dispatch(&mut self, token: Token) {
         if token == SIGNAL {
             for sig in self.signals.drain() {
                 self.on_signal(sig);
@@ -238,7 +258,7 @@ impl EventLoop {
                     proc.read_stderr(self.poll.registry(), &label);
                 }
             }
-            DAEMON => self.daemon_io(index, writable),
+            DAEMON => self.daemon_io(index),
             _ => {}
         }
     }
@@ -301,6 +321,7 @@ impl EventLoop {
             http.tick(self.poll.registry(), &self.db, now);
         }
         for index in 0..self.specs.len() {
+            self.read_leftovers(index);
             self.reap_child(index, now);
             if self.stopping {
                 continue;
@@ -310,12 +331,30 @@ impl EventLoop {
             match run.state() {
                 State::Idle if fresh_cycle && run.poll_due(now) => self.start_fetch(index, now),
                 State::Building => self.continue_building(index, now),
+                // Jobs registered so far build while the evaluator runs.
+                State::Evaluating if self.settle_finished_batch(index) => {
+                    self.submit_next_batch(index, now)
+                }
                 _ => {}
             }
         }
         if now >= self.next_status_log {
             self.next_status_log = now + STATUS_EVERY;
             self.log_status();
+        }
+    }
+
+    /// Reads again from pipes whose last read stopped at the cap.
+    fn read_leftovers(&mut self, index: usize) {
+        let Some((_, proc, _)) = self.work[index].proc.as_ref() else {
+            return;
+        };
+        let (stdout, stderr) = proc.wants_read();
+        if stdout {
+            self.child_stdout(index);
+        }
+        if stderr {
+            self.dispatch(spec_token(index, CHILD_STDERR));
         }
     }
 
@@ -367,9 +406,8 @@ impl EventLoop {
         self.config.cache_dir.join(&self.specs[index].spec.name)
     }
 
-    fn end_cycle(&mut self, index: usize, now: Instant) {
-        let interval = Duration::from_secs(self.config.interval_secs);
-        self.specs[index].cycle_done(now, interval);
+    fn end_cycle(&mut self, index: usize) {
+        self.specs[index].cycle_done();
     }
 
     /// Stops children, drops daemon connections (the daemon then stops

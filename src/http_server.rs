@@ -111,7 +111,8 @@ impl HttpServer {
                     registry
                         .register(&mut l, listener, Interest::READABLE)
                         .map_err(|e| format!("cannot watch the HTTP listener: {e}"))?;
-                    log::info!("HTTP API listening on http://{name}/ ({a})");
+                    let bound = l.local_addr().map_or(a, |b| b);
+                    log::info!("HTTP API listening on http://{name}/ ({bound})");
                     return Ok(HttpServer {
                         listener: l,
                         listener_token: listener,

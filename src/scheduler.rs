@@ -30,11 +30,14 @@ pub fn allowed(from: State, to: State) -> bool {
         | (Fetching, Compiling)
         // A new commit of a `#:no-compile?` spec.
         | (Fetching, Evaluating)
-        // Same commit as last time: build whatever is still pending.
+        // Same commit as last time, or the fetch failed: build whatever
+        // is still pending from earlier evaluations.
         | (Fetching, Building)
-        // Fetch failed: try again at the next poll.
         | (Fetching, Idle)
         | (Compiling, Evaluating)
+        // Compilation failed: the same, and the commit is tried again at
+        // the next poll.
+        | (Compiling, Building)
         | (Compiling, Idle)
         // Jobs registered (or the evaluation failed): build what is pending.
         | (Evaluating, Building)
@@ -106,10 +109,15 @@ impl SpecRun {
         self.state = to;
     }
 
-    /// Called when a cycle ends, whatever its outcome.
-    pub fn cycle_done(&mut self, now: Instant, interval: Duration) {
-        self.cycles += 1;
+    /// Polls are due every interval from the start of the previous one,
+    /// however long its cycle took.
+    pub fn polled(&mut self, now: Instant, interval: Duration) {
         self.next_poll = now + interval;
+    }
+
+    /// Called when a cycle ends, whatever its outcome.
+    pub fn cycle_done(&mut self) {
+        self.cycles += 1;
         self.set_state(State::Idle);
     }
 
@@ -138,8 +146,8 @@ mod tests {
         for (a, b) in [
             (Idle, Building),
             (Idle, Evaluating),
-            (Compiling, Building),
             (Building, Evaluating),
+            (Building, Compiling),
         ] {
             assert!(!allowed(a, b), "{a:?} => {b:?}");
         }

@@ -197,3 +197,97 @@ fn a_2018_database_is_upgraded_in_place() {
     assert_eq!(ok, "ok");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+fn job_with(name: &str, drv_tag: &str) -> JobRecord {
+    let mut j = job(&format!("{name}{drv_tag}"));
+    j.job_name = name.into();
+    j
+}
+
+#[test]
+fn a_completed_evaluation_cancels_the_scheduled_builds_it_supersedes() {
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("a"), spec("b")]).unwrap();
+    // Evaluation 1: jobs x, y (scheduled), z (already started).
+    let e1 = db.begin_evaluation("a", "c1", 1).unwrap();
+    db.add_jobs(
+        "a",
+        e1,
+        &[job_with("x", "1"), job_with("y", "1"), job_with("z", "1")],
+        1,
+    )
+    .unwrap();
+    db.complete_evaluation("a", e1, "c1", 1).unwrap();
+    db.build_started(&job_with("z", "1").derivation, "log", 2)
+        .unwrap();
+    // Another spec's build of a job with the same name is not touched.
+    let other = db
+        .register_evaluation("b", "c9", &[job_with("x", "b")], 1)
+        .unwrap();
+    // Evaluation 2: x changed, y unchanged (same derivation), z changed.
+    let e2 = db.begin_evaluation("a", "c2", 3).unwrap();
+    let added = db
+        .add_jobs(
+            "a",
+            e2,
+            &[job_with("x", "2"), job_with("y", "1"), job_with("z", "2")],
+            3,
+        )
+        .unwrap();
+    assert_eq!(added.len(), 3);
+    assert_eq!(db.complete_evaluation("a", e2, "c2", 4).unwrap(), 1);
+    let status_of = |eval: EvalId, drv: &str| -> i64 {
+        db.connection()
+            .query_row(
+                "SELECT status FROM Builds WHERE evaluation = ?1 AND derivation = ?2",
+                params![eval, drv],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(
+        status_of(e1, &job_with("x", "1").derivation),
+        status::CANCELED
+    );
+    assert_eq!(
+        status_of(e1, &job_with("y", "1").derivation),
+        status::SCHEDULED
+    );
+    assert_eq!(
+        status_of(e1, &job_with("z", "1").derivation),
+        status::STARTED
+    );
+    assert_eq!(
+        status_of(other, &job_with("x", "b").derivation),
+        status::SCHEDULED
+    );
+    assert_eq!(db.stamp("a").unwrap().as_deref(), Some("c2"));
+}
+
+#[test]
+fn interrupted_evaluations_are_rolled_back_and_failed_ones_cancel_their_builds() {
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("a")]).unwrap();
+    let e1 = db.begin_evaluation("a", "c1", 1).unwrap();
+    db.add_jobs("a", e1, &[job("one"), job("two")], 1).unwrap();
+    db.build_started(&job("one").derivation, "log", 2).unwrap();
+    db.fail_evaluation("a", e1, "c1", "evaluator killed by signal 9", 3)
+        .unwrap();
+    assert_eq!(
+        count(&db, "SELECT status FROM Evaluations WHERE id = 1"),
+        eval_status::FAILED
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM Builds WHERE status = 4"),
+        1,
+        "the scheduled build is canceled, the started one goes on"
+    );
+    let e2 = db.begin_evaluation("a", "c2", 4).unwrap();
+    db.add_jobs("a", e2, &[job("three")], 4).unwrap();
+    assert_eq!(db.roll_back_interrupted_evaluations().unwrap(), 1);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM Evaluations"), 1);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM Builds"), 2);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM Derivations"), 2);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM Outputs"), 2);
+    assert_eq!(db.stamp("a").unwrap().as_deref(), Some("c1"));
+}

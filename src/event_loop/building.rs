@@ -4,51 +4,73 @@
 use super::*;
 
 impl EventLoop {
+    /// Loads every pending build of the spec (older evaluations' too),
+    /// leaving out those already submitted this cycle.
     pub(super) fn start_building(&mut self, index: usize) {
         let name = self.specs[index].spec.name.clone();
         match self.db.pending_builds(Some(&name)) {
             Ok(pending) => {
-                log::info!("spec={name} {} build(s) pending", pending.len());
-                self.work[index].queue = pending.into();
-                self.work[index].submitted.clear();
+                let work = &mut self.work[index];
+                work.queue = pending
+                    .into_iter()
+                    .filter(|p| !work.submitted.contains(&p.derivation))
+                    .collect();
+                log::info!("spec={name} {} build(s) to submit", work.queue.len());
             }
             Err(e) => log::error!("spec={name} {e}"),
         }
         self.specs[index].set_state(State::Building);
     }
 
-    /// Called every turn while Building: submits the next batch when the
-    /// previous one is done, and ends the cycle when the queue is empty.
+    /// Called every turn while Building: ends the cycle once nothing is
+    /// left, and fetches between two batches when a poll is due so that a
+    /// long queue never holds back a new commit.
     pub(super) fn continue_building(&mut self, index: usize, now: Instant) {
+        if !self.settle_finished_batch(index) {
+            return;
+        }
         let work = &mut self.work[index];
-        if let Some(conn) = &work.conn {
-            if !conn.batch.is_done() {
-                return;
-            }
-            let conn = work.conn.take().unwrap();
-            work.backoff.succeeded();
-            self.finish_batch(index, conn);
-            if self.specs[index].poll_due(now) && !self.config.one_shot {
-                // Let a new commit in between two batches.
-                self.work[index].queue.clear();
-                self.start_fetch(index, now);
-                return;
+        if work.queue.is_empty() && work.retry_at.is_none() {
+            self.end_cycle(index);
+        } else if self.specs[index].poll_due(now) && !self.config.one_shot {
+            // The rest of the queue is reloaded after the evaluation.
+            work.queue.clear();
+            self.start_fetch(index, now);
+        } else {
+            self.submit_next_batch(index, now);
+        }
+    }
+
+    /// Takes the outcome of the batch in flight once it is done; returns
+    /// whether no batch is in flight any more.
+    pub(super) fn settle_finished_batch(&mut self, index: usize) -> bool {
+        let work = &mut self.work[index];
+        match &work.conn {
+            None => true,
+            Some(conn) if !conn.batch.is_done() => false,
+            Some(_) => {
+                let conn = work.conn.take().unwrap();
+                work.backoff.succeeded();
+                self.finish_batch(index, conn);
+                true
             }
         }
+    }
+
+    /// Opens a connection for the next batch, unless a retry delay runs.
+    pub(super) fn submit_next_batch(&mut self, index: usize, now: Instant) {
         let work = &mut self.work[index];
         if work.retry_at.is_some_and(|at| now < at) {
             return;
         }
         work.retry_at = None;
-        if work.queue.is_empty() {
-            self.end_cycle(index, now);
-            return;
+        while !self.work[index].queue.is_empty() {
+            let items = self.next_items(index);
+            if !items.is_empty() {
+                self.open_batch(index, items, now);
+                return;
+            }
         }
-        let items = self.next_items(index);
-        if items.is_empty() {
-            return;
-        }
-        self.open_batch(index, items, now);
     }
 
     /// Takes up to BATCH_SIZE builds off the queue, cancelling those whose
@@ -152,7 +174,9 @@ impl EventLoop {
         work.retry_at = Some(now + delay);
     }
 
-    pub(super) fn daemon_io(&mut self, index: usize, writable: bool) {
+    /// Reads until WouldBlock (mio is edge-triggered) and writes what is
+    /// queued.  No cap: with verbosity 0 the daemon sends only trace lines.
+    pub(super) fn daemon_io(&mut self, index: usize) {
         let label = self.label(index);
         let Some(conn) = self.work[index].conn.as_mut() else {
             return;
@@ -181,7 +205,6 @@ impl EventLoop {
                 }
             }
         }
-        let _ = writable;
         if failure.is_none() {
             failure = flush(conn, self.poll.registry(), spec_token(index, DAEMON)).err();
         }

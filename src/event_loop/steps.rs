@@ -19,9 +19,12 @@ impl EventLoop {
         let work = &mut self.work[index];
         work.fetch_stdout.clear();
         work.commit = None;
+        work.submitted.clear();
+        let interval = Duration::from_secs(self.config.interval_secs);
+        self.specs[index].polled(now, interval);
         self.specs[index].set_state(State::Fetching);
         if !self.spawn(index, Step::Fetch, cmd, self.config.fetch_timeout_secs) {
-            self.end_cycle(index, now);
+            self.end_cycle(index);
         }
     }
 
@@ -50,6 +53,7 @@ impl EventLoop {
                 for l in lines {
                     self.evaluator_line(index, &l);
                 }
+                self.flush_jobs(index);
             }
         }
     }
@@ -99,8 +103,8 @@ impl EventLoop {
             return;
         };
         let step = *step;
-        let timed_out = now >= *deadline && proc.poll_exit().is_none();
-        if timed_out {
+        let past_deadline = now >= *deadline;
+        if past_deadline && proc.poll_exit().is_none() {
             log::error!(
                 "spec={} {step:?} timed out; killing it",
                 self.specs[index].spec.name
@@ -114,38 +118,36 @@ impl EventLoop {
         let Some((_, proc, _)) = self.work[index].proc.as_mut() else {
             return;
         };
-        // Read what is left before deciding: the last lines may be there.
-        if !proc.pipes_closed() {
-            if timed_out {
-                // A killed child's pipes close promptly; wait for EOF.
-                return;
-            }
-            return;
-        }
         let Some(exit) = proc.poll_exit() else {
             return;
         };
+        // Read what is left before deciding: the last lines may be there.
+        // Past the deadline an exit is enough, since a grandchild that left
+        // the process group could hold the pipes open forever.
+        if !proc.pipes_closed() && !past_deadline {
+            return;
+        }
         let (_, proc, _) = self.work[index].proc.take().unwrap();
         let ok = exit.success();
         match step {
-            Step::Fetch => self.fetch_done(index, ok, &proc, now),
+            Step::Fetch => self.fetch_done(index, ok, &proc),
             Step::Compile => {
                 if ok {
-                    self.start_evaluation(index, now);
+                    self.start_evaluation(index);
                 } else {
                     log::error!(
                         "spec={} compilation failed: {}",
                         self.specs[index].spec.name,
                         proc.failure_reason()
                     );
-                    self.end_cycle(index, now);
+                    self.start_building(index);
                 }
             }
-            Step::Evaluate => self.evaluation_done(index, ok, &proc, now),
+            Step::Evaluate => self.evaluation_done(index, ok, &proc),
         }
     }
 
-    pub(super) fn fetch_done(&mut self, index: usize, ok: bool, proc: &Proc, now: Instant) {
+    pub(super) fn fetch_done(&mut self, index: usize, ok: bool, proc: &Proc) {
         let name = self.specs[index].spec.name.clone();
         let commit = if ok {
             fetch::parse_child_output(&self.work[index].fetch_stdout)
@@ -153,15 +155,16 @@ impl EventLoop {
             None
         };
         let Some(commit) = commit else {
+            // Builds still pending from earlier evaluations need no fetch.
             log::error!("spec={name} fetch failed: {}", proc.failure_reason());
-            self.end_cycle(index, now);
+            self.start_building(index);
             return;
         };
         let stamp = match self.db.stamp(&name) {
             Ok(s) => s,
             Err(e) => {
                 log::error!("spec={name} {e}");
-                self.end_cycle(index, now);
+                self.end_cycle(index);
                 return;
             }
         };
@@ -173,13 +176,13 @@ impl EventLoop {
         log::info!("spec={name} new commit {commit}");
         self.work[index].commit = Some(commit);
         if self.specs[index].spec.no_compile {
-            self.start_evaluation(index, now);
+            self.start_evaluation(index);
         } else {
-            self.start_compile(index, now);
+            self.start_compile(index);
         }
     }
 
-    pub(super) fn start_compile(&mut self, index: usize, now: Instant) {
+    pub(super) fn start_compile(&mut self, index: usize) {
         let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
@@ -190,12 +193,13 @@ impl EventLoop {
             .current_dir(self.checkout_dir(index));
         self.specs[index].set_state(State::Compiling);
         if !self.spawn(index, Step::Compile, cmd, self.config.fetch_timeout_secs) {
-            self.end_cycle(index, now);
+            self.end_cycle(index);
         }
     }
 
-    pub(super) fn start_evaluation(&mut self, index: usize, now: Instant) {
+    pub(super) fn start_evaluation(&mut self, index: usize) {
         let spec = &self.specs[index].spec;
+        let name = spec.name.clone();
         let checkout = self.checkout_dir(index);
         let mut load_path = vec![checkout.join(&spec.load_path)];
         load_path.extend(self.config.load_path.iter().cloned());
@@ -212,67 +216,111 @@ impl EventLoop {
             .arg(args)
             .current_dir(&checkout)
             .env("GUIX_DAEMON_SOCKET", &self.config.daemon_socket);
+        let commit = self.work[index].commit.clone().unwrap_or_default();
+        let eval = match self.db.begin_evaluation(&name, &commit, unix_now()) {
+            Ok(eval) => eval,
+            Err(e) => {
+                // Nothing recorded, no stamp: the next poll tries again.
+                log::error!("spec={name} cannot start an evaluation: {e}");
+                self.end_cycle(index);
+                return;
+            }
+        };
         let work = &mut self.work[index];
         work.jobs.clear();
+        work.jobs_registered = 0;
         work.done_line = None;
         work.eval_error = None;
+        work.evaluation = Some(eval);
         self.specs[index].set_state(State::Evaluating);
+        log::info!("spec={name} evaluation {eval} of {commit} started");
         if !self.spawn(
             index,
             Step::Evaluate,
             cmd,
             self.config.evaluation_timeout_secs,
         ) {
-            let commit = self.work[index].commit.clone().unwrap_or_default();
-            let name = self.specs[index].spec.name.clone();
-            let _ = self.db.record_failed_evaluation(
-                &name,
-                &commit,
-                "cannot start the evaluator",
-                unix_now(),
-            );
-            self.end_cycle(index, now);
+            self.work[index].eval_error = Some("cannot start the evaluator".into());
+            self.close_evaluation(index);
         }
     }
 
-    pub(super) fn evaluation_done(&mut self, index: usize, ok: bool, proc: &Proc, now: Instant) {
+    /// Registers the jobs read so far (one transaction per chunk) and
+    /// queues their builds, so building starts before the evaluation ends.
+    pub(super) fn flush_jobs(&mut self, index: usize) {
+        let name = &self.specs[index].spec.name;
+        let work = &mut self.work[index];
+        let Some(eval) = work.evaluation else {
+            return;
+        };
+        if work.jobs.is_empty() || work.eval_error.is_some() {
+            return;
+        }
+        match self.db.add_jobs(name, eval, &work.jobs, unix_now()) {
+            Ok(added) => {
+                work.jobs_registered += work.jobs.len();
+                log::debug!(
+                    "spec={name} evaluation {eval}: {} jobs registered so far",
+                    work.jobs_registered
+                );
+                work.queue.extend(added);
+                work.jobs.clear();
+            }
+            Err(e) => {
+                log::error!("spec={name} evaluation {eval}: {e}");
+                work.eval_error = Some(format!("cannot register jobs: {e}"));
+                if let Some((_, proc, _)) = work.proc.as_mut() {
+                    proc.kill();
+                }
+            }
+        }
+    }
+
+    pub(super) fn evaluation_done(&mut self, index: usize, ok: bool, proc: &Proc) {
+        self.flush_jobs(index);
+        let work = &mut self.work[index];
+        if work.eval_error.is_none() {
+            if !ok {
+                work.eval_error = Some(format!("evaluator {}", proc.failure_reason()));
+            } else if work.done_line.is_none() {
+                work.eval_error = Some("evaluator output ended without (done N)".into());
+            }
+        }
+        self.close_evaluation(index);
+    }
+
+    /// Records the evaluation's outcome and moves on to building.
+    fn close_evaluation(&mut self, index: usize) {
         let name = self.specs[index].spec.name.clone();
         let work = &mut self.work[index];
         let commit = work.commit.clone().unwrap_or_default();
-        let error = work.eval_error.take().or_else(|| {
-            if !ok {
-                Some(format!("evaluator {}", proc.failure_reason()))
-            } else if work.done_line.is_none() {
-                Some("evaluator output ended without (done N)".into())
-            } else {
-                None
-            }
-        });
-        let jobs = std::mem::take(&mut work.jobs);
-        let result = match &error {
-            Some(e) => {
-                log::error!("spec={name} evaluation of {commit} failed: {e}");
-                self.db
-                    .record_failed_evaluation(&name, &commit, e, unix_now())
+        let Some(eval) = work.evaluation.take() else {
+            return;
+        };
+        let now = unix_now();
+        let result = match work.eval_error.take() {
+            Some(error) => {
+                log::error!("spec={name} evaluation {eval} of {commit} failed: {error}");
+                self.db.fail_evaluation(&name, eval, &commit, &error, now)
             }
             None => self
                 .db
-                .register_evaluation(&name, &commit, &jobs, unix_now()),
+                .complete_evaluation(&name, eval, &commit, now)
+                .map(|canceled| {
+                    log::info!(
+                        "spec={name} evaluation {eval} of {commit} done: {} jobs{}",
+                        work.jobs_registered,
+                        if canceled > 0 {
+                            format!(", {canceled} superseded build(s) canceled")
+                        } else {
+                            String::new()
+                        }
+                    )
+                }),
         };
-        match result {
-            Ok(eval) if error.is_none() => {
-                log::info!(
-                    "spec={name} evaluation {eval} of {commit}: {} jobs registered",
-                    jobs.len()
-                )
-            }
-            Ok(_) => {}
-            Err(e) => {
-                // The commit stays unstamped, so the next poll tries again.
-                log::error!("spec={name} cannot record the evaluation: {e}");
-                self.end_cycle(index, now);
-                return;
-            }
+        if let Err(e) = result {
+            // The stamp did not move, so the next poll evaluates again.
+            log::error!("spec={name} cannot record evaluation {eval}: {e}");
         }
         self.start_building(index);
     }

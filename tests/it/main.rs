@@ -2,6 +2,7 @@
 //! guix-daemon and the real Guix evaluator.
 
 mod cli;
+mod daemon;
 mod http;
 mod one_shot;
 mod support;

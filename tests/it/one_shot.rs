@@ -231,3 +231,114 @@ fn a_broken_specification_file_writes_nothing() {
         "a broken spec file must not create the database"
     );
 }
+
+#[test]
+fn builds_start_while_the_evaluator_is_still_running() {
+    require_daemon();
+    let setup = Setup::new("stream");
+    let nonce = nonce();
+    let repo = Repo::new(setup.tmp.path(), &[("ci.scm", "jobs/keyword-jobs.scm")]);
+    // The last job's thunk sleeps 4 s: the first four are printed long
+    // before the evaluation ends.
+    let spec = setup.write_spec(&format!(
+        "(list {})\n",
+        spec_entry(
+            "stream",
+            &repo.url(),
+            "ci.scm",
+            "cuirass-jobs",
+            &format!("(nonce . \"{nonce}\") (delay . 4)")
+        )
+    ));
+    let out = setup.one_shot(&["-S", spec.to_str().unwrap()]);
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    let started = log
+        .find(&format!("-ok-1-{nonce}.drv"))
+        .expect("ok-1 was built");
+    let done = log
+        .find("evaluation 1 of")
+        .and_then(|_| log.find(" done: 5 jobs"))
+        .expect("evaluation done");
+    assert!(
+        started < done,
+        "ok-1 should start building before the evaluation is done:\n{log}"
+    );
+    let conn = setup.db();
+    assert_eq!(
+        count(&conn, "SELECT COUNT(*) FROM Builds WHERE status >= 0"),
+        5
+    );
+    assert_eq!(count(&conn, "SELECT status FROM Evaluations"), 0);
+}
+
+#[test]
+fn compilation_runs_bootstrap_configure_and_make_and_a_failure_stops_only_its_spec() {
+    require_daemon();
+    let setup = Setup::new("compile");
+    let nonce = nonce();
+    let tmp = setup.tmp.path();
+    let good = Repo::named(
+        tmp,
+        "good",
+        &[
+            ("bootstrap", "compile/bootstrap"),
+            ("template.scm", "jobs/keyword-jobs.scm"),
+        ],
+    );
+    // A project whose build is broken: make fails, nothing is evaluated.
+    let broken = Repo::named(tmp, "broken", &[("template.scm", "jobs/keyword-jobs.scm")]);
+    std::fs::write(
+        broken.dir.join("configure"),
+        "#!/bin/sh\necho 'all:; exit 3' > Makefile\n",
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(broken.dir.join("configure"))
+        .status()
+        .unwrap();
+    broken.commit("broken build");
+    let entry = |name: &str, url: &str| {
+        spec_entry(
+            name,
+            url,
+            "generated.scm",
+            "cuirass-jobs",
+            &format!("(nonce . \"{nonce}\")"),
+        )
+        .replace("(#:no-compile? . #t)", "(#:no-compile? . #f)")
+    };
+    let spec = setup.write_spec(&format!(
+        "(list {}\n{})\n",
+        entry("good", &good.url()),
+        entry("broken", &broken.url())
+    ));
+    let out = setup.one_shot(&["-S", spec.to_str().unwrap()]);
+    assert!(out.status.success());
+    let checkout = setup.cache.join("good");
+    assert!(checkout.join("generated.scm").exists(), "make did not run");
+    assert_eq!(
+        std::fs::read_to_string(checkout.join("configure-args"))
+            .unwrap()
+            .trim(),
+        "--localstatedir=/var"
+    );
+    let conn = setup.db();
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT COUNT(*) FROM Builds b JOIN Evaluations e ON e.id = b.evaluation WHERE e.specification = 'good' AND b.status >= 0"
+        ),
+        5
+    );
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT COUNT(*) FROM Evaluations WHERE specification = 'broken'"
+        ),
+        0
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("spec=broken compilation failed"), "{log}");
+}

@@ -5,7 +5,7 @@ use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const DAEMON_SOCKET: &str = "/var/guix/daemon-socket/socket";
 
@@ -89,7 +89,11 @@ pub struct Repo {
 
 impl Repo {
     pub fn new(parent: &Path, files: &[(&str, &str)]) -> Repo {
-        let dir = parent.join("repo");
+        Repo::named(parent, "repo", files)
+    }
+
+    pub fn named(parent: &Path, name: &str, files: &[(&str, &str)]) -> Repo {
+        let dir = parent.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         git(&dir, &["init", "-q", "-b", "master"]);
         for (name, fixture_path) in files {
@@ -167,15 +171,104 @@ impl Setup {
 /// A specification in the 2018 file format for a test repository.
 pub fn spec_text(name: &str, url: &str, file: &str, proc_name: &str, nonce: &str) -> String {
     format!(
-        "(list `((#:name . \"{name}\")\n\
+        "(list {})\n",
+        spec_entry(
+            name,
+            url,
+            file,
+            proc_name,
+            &format!("(nonce . \"{nonce}\")")
+        )
+    )
+}
+
+/// One specification alist; `arguments` is the body of `#:arguments`.
+pub fn spec_entry(name: &str, url: &str, file: &str, proc_name: &str, arguments: &str) -> String {
+    format!(
+        "`((#:name . \"{name}\")\n\
          (#:url . \"{url}\")\n\
          (#:branch . \"master\")\n\
          (#:no-compile? . #t)\n\
          (#:load-path . \".\")\n\
          (#:file . \"{file}\")\n\
          (#:proc . {proc_name})\n\
-         (#:arguments (nonce . \"{nonce}\"))))\n"
+         (#:arguments {arguments}))"
     )
+}
+
+/// A cuirass process in daemon mode, killed when dropped; its log goes to
+/// a file so a failing test can show it.
+pub struct Running {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Running {
+    pub fn start(setup: &Setup, args: &[&str], env: &[(&str, &str)]) -> Running {
+        let log = setup.tmp.path().join(format!("cuirass-{}.log", nonce()));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = setup.command();
+        // Daemons serve HTTP: a port the kernel picks keeps parallel tests
+        // (and anything on 8080) apart.
+        if !args.iter().any(|a| a.starts_with("--port")) {
+            cmd.args(["--listen", "127.0.0.1", "--port", "0"]);
+        }
+        cmd.args(args)
+            .stderr(file)
+            .stdout(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Running {
+            child: cmd.spawn().unwrap(),
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits for exit, up to `limit`; None if still running.
+    pub fn wait_for_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- cuirass log ----\n{}", self.log_text());
+        }
+    }
+}
+
+/// Polls `condition` every 100 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
 }
 
 pub fn query_rows<T: rusqlite::types::FromSql>(conn: &Connection, sql: &str) -> Vec<Vec<T>> {
