@@ -91,6 +91,11 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX IF NOT EXISTS Builds_evaluation ON Builds (evaluation, status);
      CREATE INDEX IF NOT EXISTS Derivations_evaluation ON Derivations (evaluation);
      CREATE INDEX IF NOT EXISTS Evaluations_specification ON Evaluations (specification, id);",
+    // 3: the HTTP API's orders (finished builds by stop time, the queue)
+    // and its one selective filter, the job name.
+    "CREATE INDEX IF NOT EXISTS Builds_finished ON Builds (stoptime DESC, id DESC) WHERE status >= 0;
+     CREATE INDEX IF NOT EXISTS Builds_queue ON Builds (status DESC, timestamp, id) WHERE status < 0;
+     CREATE INDEX IF NOT EXISTS Derivations_job_name ON Derivations (job_name);",
 ];
 
 pub fn schema_version() -> usize {
@@ -643,6 +648,8 @@ impl Db {
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 }
+
+pub mod read;
 
 #[cfg(test)]
 mod tests;

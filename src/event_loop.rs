@@ -9,6 +9,7 @@ use crate::cli::Config;
 use crate::db::{self, Db, JobRecord, status};
 use crate::drv::Derivation;
 use crate::fetch;
+use crate::http_server::HttpServer;
 use crate::job;
 use crate::scheduler::{Backoff, SpecRun, State};
 use crate::signals::SignalPipe;
@@ -24,6 +25,9 @@ mod building;
 mod steps;
 
 const SIGNAL: Token = Token(0);
+const HTTP_LISTENER: Token = Token(1);
+/// HTTP connections take tokens from here up, far above the specs'.
+const HTTP_CONN_BASE: usize = 1 << 20;
 const SPEC_TOKEN_BASE: usize = 16;
 const TOKENS_PER_SPEC: usize = 4;
 const CHILD_STDOUT: usize = 0;
@@ -96,6 +100,7 @@ pub struct EventLoop {
     stopping: bool,
     exit_error: Option<String>,
     next_status_log: Instant,
+    http: Option<HttpServer>,
 }
 
 /// Ends cuirass with an error message (one-shot) or is logged (daemon).
@@ -115,6 +120,16 @@ impl EventLoop {
             .map(|s| SpecRun::new(s, now))
             .collect();
         let work = specs.iter().map(|_| Work::default()).collect();
+        let http = match config.one_shot {
+            true => None,
+            false => Some(HttpServer::bind(
+                &config.listen,
+                config.port,
+                poll.registry(),
+                HTTP_LISTENER,
+                HTTP_CONN_BASE,
+            )?),
+        };
         Ok(EventLoop {
             config,
             db,
@@ -126,6 +141,7 @@ impl EventLoop {
             stopping: false,
             exit_error: None,
             next_status_log: now + STATUS_EVERY,
+            http,
         })
     }
 
@@ -150,7 +166,7 @@ impl EventLoop {
             }
             let turn = Instant::now();
             for event in events.iter() {
-                self.dispatch(event.token());
+                self.dispatch_event(event);
             }
             let took = turn.elapsed();
             if took > SLOW_TURN {
@@ -205,7 +221,19 @@ impl EventLoop {
                 next = next.min(at);
             }
         }
+        if let Some(at) = self.http.as_ref().and_then(HttpServer::poll_at) {
+            next = next.min(at);
+        }
         next.max(now)
+    }
+
+    /// HTTP events carry their readiness to the server; the rest go by token.
+    fn dispatch_event(&mut self, event: &mio::event::Event) {
+        if let Some(http) = self.http.as_mut().filter(|h| h.owns(event.token())) {
+            http.handle(self.poll.registry(), event, &self.db, Instant::now());
+            return;
+        }
+        self.dispatch(event.token());
     }
 
     fn dispatch(&mut self, token: Token) {
@@ -289,6 +317,9 @@ impl EventLoop {
 
     /// Starts whatever is due and settles whatever finished.
     fn advance(&mut self, now: Instant) {
+        if let Some(http) = self.http.as_mut() {
+            http.tick(self.poll.registry(), &self.db, now);
+        }
         for index in 0..self.specs.len() {
             self.read_leftovers(index);
             self.reap_child(index, now);

@@ -8,18 +8,22 @@
 //! - `drv`: the ATerm `.drv` file parser (pure).
 //! - `wire`: the guix-daemon worker protocol, as a sans-I/O client.
 //! - `trace`: build-trace lines (`@ build-started …`) parsed (pure).
+//! - `http`: HTTP/1.1 requests parsed and responses written (pure).
 //! - `db`: the SQLite database: schema migrations and every query.
 //! - `job`: evaluator output lines turned into jobs.
 //! - `fetch`: git checkouts, run in a child process of this binary.
 //! - `child`: subprocesses whose pipes the event loop watches.
 //! - `build`: one batch of derivations handed to the daemon, and its statuses.
 //! - `scheduler`: the per-specification state machine.
+//! - `api`: the HTTP routes over the database; the only JSON serializer.
+//! - `http_server`: the listener and connections the loop drives.
 //! - `signals`: signals turned into a readable pipe for the loop.
 //! - `event_loop`: the single-threaded mio loop that moves bytes.
 //!
-//! Invariants: codecs (`sexp`, `drv`, `wire`, `trace`) do no I/O; nothing
+//! Invariants: codecs (`sexp`, `drv`, `wire`, `trace`, `http`) do no I/O; nothing
 //! below `event_loop` reads the clock, it is handed `now`.
 
+pub mod api;
 pub mod build;
 pub mod child;
 pub mod cli;
@@ -27,6 +31,8 @@ pub mod db;
 pub mod drv;
 pub mod event_loop;
 pub mod fetch;
+pub mod http;
+pub mod http_server;
 pub mod job;
 pub mod scheduler;
 pub mod sexp;

@@ -3,5 +3,6 @@
 
 mod cli;
 mod daemon;
+mod http;
 mod one_shot;
 mod support;

@@ -208,6 +208,11 @@ impl Running {
         let log = setup.tmp.path().join(format!("cuirass-{}.log", nonce()));
         let file = std::fs::File::create(&log).unwrap();
         let mut cmd = setup.command();
+        // Daemons serve HTTP: a port the kernel picks keeps parallel tests
+        // (and anything on 8080) apart.
+        if !args.iter().any(|a| a.starts_with("--port")) {
+            cmd.args(["--listen", "127.0.0.1", "--port", "0"]);
+        }
         cmd.args(args)
             .stderr(file)
             .stdout(std::process::Stdio::null());

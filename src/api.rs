@@ -1,0 +1,297 @@
+//! The HTTP API's routes: a [`Request`] and the database in, a
+//! [`Response`] out.  The only module that serializes JSON; field names
+//! and types are those of Cuirass and Hydra, which clients such as Guix's
+//! `(guix ci)` read.
+
+use crate::db::read::{BuildFilter, BuildView, EvaluationView};
+use crate::db::{Db, status};
+use crate::http::{Request, Response};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use std::io::Read;
+use std::path::{Component, Path};
+
+/// Where guix-daemon writes build logs; no other file is ever served.
+pub const LOG_ROOT: &str = "/var/log/guix/drvs";
+/// The most items one request returns, whatever `nr` says.
+pub const MAX_NR: u32 = 1000;
+/// The most log bytes served: decompression runs in the loop's thread.
+pub const MAX_LOG: u64 = 64 * 1024 * 1024;
+
+const JSON: &str = "application/json";
+
+pub fn respond(db: &Db, req: &Request) -> Response {
+    respond_with_logs(db, req, Path::new(LOG_ROOT))
+}
+
+/// [`respond`] with logs looked for under `log_root`, so tests need not
+/// write to /var/log.
+pub fn respond_with_logs(db: &Db, req: &Request, log_root: &Path) -> Response {
+    if req.method != "GET" && req.method != "HEAD" {
+        let mut r = error(405, &format!("Method {} not allowed.", req.method));
+        r.headers.push(("Allow", "GET, HEAD".into()));
+        return r;
+    }
+    let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
+    let result = match segs.as_slice() {
+        ["jobsets"] | ["specifications"] => specifications(db),
+        ["build", id] => build(db, id),
+        ["build", id, "log", "raw"] => build_log(db, id, log_root),
+        ["api", "latestbuilds"] => latest_builds(db, req),
+        ["api", "queue"] => queue(db, req),
+        ["api", "evaluations"] => evaluations(db, req),
+        _ => Err(error(404, &format!("Resource {} not found.", req.path))),
+    };
+    result.unwrap_or_else(|r| r)
+}
+
+/// A JSON error object, `{"error": message}`.
+pub fn error(code: u16, message: &str) -> Response {
+    json_response(code, &json!({ "error": message }))
+}
+
+fn json_response<T: Serialize>(code: u16, value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => Response::new(code, JSON, body),
+        Err(e) => Response::new(500, "text/plain", e.to_string().into_bytes()),
+    }
+}
+
+type Reply = Result<Response, Response>;
+
+fn db_error(e: crate::db::Error) -> Response {
+    log::error!("http: {e}");
+    error(500, "Database error.")
+}
+
+#[derive(Serialize)]
+struct SpecJson<'a> {
+    name: &'a str,
+    url: &'a str,
+    #[serde(rename = "load-path")]
+    load_path: &'a str,
+    file: &'a str,
+    proc: &'a str,
+    arguments: &'a str,
+    branch: Option<&'a str>,
+    tag: Option<&'a str>,
+    commit: Option<&'a str>,
+    #[serde(rename = "no-compile?")]
+    no_compile: bool,
+}
+
+fn specifications(db: &Db) -> Reply {
+    let specs = db.specifications().map_err(db_error)?;
+    let out: Vec<SpecJson> = specs
+        .iter()
+        .map(|s| SpecJson {
+            name: &s.name,
+            url: &s.url,
+            load_path: &s.load_path,
+            file: &s.file,
+            proc: &s.proc_name,
+            arguments: &s.arguments,
+            branch: s.branch.as_deref(),
+            tag: s.tag.as_deref(),
+            commit: s.commit.as_deref(),
+            no_compile: s.no_compile,
+        })
+        .collect();
+    Ok(json_response(200, &out))
+}
+
+/// Hydra's build object, as Cuirass serves it.
+#[derive(Serialize)]
+struct BuildJson<'a> {
+    id: i64,
+    project: &'a str,
+    jobset: Option<&'a str>,
+    job: &'a str,
+    timestamp: i64,
+    starttime: i64,
+    stoptime: i64,
+    derivation: &'a str,
+    buildoutputs: Map<String, Value>,
+    system: &'a str,
+    nixname: &'a str,
+    buildstatus: i64,
+    busy: i64,
+    priority: i64,
+    finished: i64,
+    buildproducts: Option<()>,
+    releasename: Option<()>,
+    buildinputs_builds: Option<()>,
+}
+
+fn build_json(b: &BuildView) -> BuildJson<'_> {
+    let finished = status::is_final(b.status);
+    BuildJson {
+        id: b.id,
+        project: &b.specification,
+        jobset: b.branch.as_deref(),
+        job: &b.job_name,
+        timestamp: if finished { b.stoptime } else { b.timestamp },
+        starttime: b.starttime,
+        stoptime: b.stoptime,
+        derivation: &b.derivation,
+        buildoutputs: b
+            .outputs
+            .iter()
+            .map(|(name, path)| (name.clone(), json!({ "path": path })))
+            .collect(),
+        system: &b.system,
+        nixname: &b.nix_name,
+        buildstatus: b.status,
+        busy: (b.status == status::STARTED) as i64,
+        priority: 0,
+        finished: finished as i64,
+        buildproducts: None,
+        releasename: None,
+        buildinputs_builds: None,
+    }
+}
+
+fn builds_response(builds: &[BuildView]) -> Response {
+    let out: Vec<BuildJson> = builds.iter().map(build_json).collect();
+    json_response(200, &out)
+}
+
+fn parse_id(id: &str) -> Result<i64, Response> {
+    match id.parse::<i64>() {
+        Ok(n) if n > 0 && id.bytes().all(|c| c.is_ascii_digit()) => Ok(n),
+        _ => Err(error(400, &format!("Invalid build ID: {id}."))),
+    }
+}
+
+fn find_build(db: &Db, id: &str) -> Result<BuildView, Response> {
+    let id = parse_id(id)?;
+    db.build(id)
+        .map_err(db_error)?
+        .ok_or_else(|| error(404, &format!("Build with ID {id} doesn't exist.")))
+}
+
+fn build(db: &Db, id: &str) -> Reply {
+    Ok(json_response(200, &build_json(&find_build(db, id)?)))
+}
+
+fn build_log(db: &Db, id: &str, log_root: &Path) -> Reply {
+    let b = find_build(db, id)?;
+    let missing = || error(404, &format!("No log for build {}.", b.id));
+    // Only the file the database names, and only under the daemon's log
+    // directory, even if the database was written by someone else.
+    let path = Path::new(&b.log);
+    if b.log.is_empty()
+        || !path.starts_with(log_root)
+        || path
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::RootDir))
+    {
+        return Err(missing());
+    }
+    let file = std::fs::File::open(path).map_err(|_| missing())?;
+    let mut text = Vec::new();
+    let read = if b.log.ends_with(".bz2") {
+        bzip2::read::BzDecoder::new(file)
+            .take(MAX_LOG)
+            .read_to_end(&mut text)
+    } else {
+        file.take(MAX_LOG).read_to_end(&mut text)
+    };
+    if let Err(e) = read {
+        log::warn!("http: build {}: log {}: {e}", b.id, b.log);
+        return Err(error(500, "Unreadable log."));
+    }
+    Ok(Response::new(200, "text/plain; charset=utf-8", text))
+}
+
+/// `nr`, required, capped so that a huge value is merely the cap.
+fn limit(req: &Request) -> Result<u32, Response> {
+    let bad = || error(400, "Parameter nr: a number is required.");
+    let nr = req.param("nr").ok_or_else(bad)?;
+    if nr.is_empty() || !nr.bytes().all(|c| c.is_ascii_digit()) {
+        return Err(bad());
+    }
+    Ok(nr.parse::<u64>().unwrap_or(u64::MAX).min(MAX_NR as u64) as u32)
+}
+
+/// Status filter values: a number, or Cuirass's names for ranges.
+fn status_range(value: &str) -> Option<(i64, i64)> {
+    match value {
+        "succeeded" => Some((0, 0)),
+        "failed" => Some((1, i64::MAX)),
+        "done" => Some((0, i64::MAX)),
+        n => n.parse().ok().map(|n| (n, n)),
+    }
+}
+
+fn latest_builds(db: &Db, req: &Request) -> Reply {
+    let nr = limit(req)?;
+    let text = |k: &str| req.param(k).map(str::to_string);
+    let evaluation = match req.param("evaluation") {
+        None => None,
+        Some(v) => Some(
+            v.parse::<i64>()
+                .map_err(|_| error(400, "Parameter evaluation: a number is required."))?,
+        ),
+    };
+    let status = match req.param("status") {
+        None => None,
+        Some(v) => Some(status_range(v).ok_or_else(|| {
+            error(
+                400,
+                "Parameter status: a number, succeeded, failed or done is required.",
+            )
+        })?),
+    };
+    let filter = BuildFilter {
+        specification: text("project"),
+        branch: text("jobset"),
+        job: text("job"),
+        system: text("system"),
+        evaluation,
+        status,
+    };
+    let builds = db.latest_builds(&filter, nr).map_err(db_error)?;
+    Ok(builds_response(&builds))
+}
+
+fn queue(db: &Db, req: &Request) -> Reply {
+    let builds = db.queued_builds(limit(req)?).map_err(db_error)?;
+    Ok(builds_response(&builds))
+}
+
+#[derive(Serialize)]
+struct CheckoutJson<'a> {
+    commit: &'a str,
+    input: &'a str,
+}
+
+#[derive(Serialize)]
+struct EvaluationJson<'a> {
+    id: i64,
+    specification: &'a str,
+    /// Always 0: an evaluation is recorded only once it is complete.
+    #[serde(rename = "in-progress")]
+    in_progress: i64,
+    checkouts: [CheckoutJson<'a>; 1],
+}
+
+fn evaluations(db: &Db, req: &Request) -> Reply {
+    let evals: Vec<EvaluationView> = db.latest_evaluations(limit(req)?).map_err(db_error)?;
+    let out: Vec<EvaluationJson> = evals
+        .iter()
+        .map(|e| EvaluationJson {
+            id: e.id,
+            specification: &e.specification,
+            in_progress: 0,
+            checkouts: [CheckoutJson {
+                commit: &e.revision,
+                input: &e.specification,
+            }],
+        })
+        .collect();
+    Ok(json_response(200, &out))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,396 @@
+use super::*;
+use crate::db::JobRecord;
+use crate::http::{Parsed, parse_request};
+use crate::spec::Specification;
+use serde_json::Value;
+use std::io::Write;
+use std::path::PathBuf;
+
+fn spec(name: &str, branch: Option<&str>) -> Specification {
+    Specification {
+        name: name.into(),
+        url: format!("file:///srv/{name}.git"),
+        branch: branch.map(Into::into),
+        commit: None,
+        tag: None,
+        no_compile: true,
+        load_path: ".".into(),
+        file: "ci.scm".into(),
+        proc_name: "jobs".into(),
+        arguments: "((nonce . \"x\"))".into(),
+    }
+}
+
+fn job(name: &str) -> JobRecord {
+    JobRecord {
+        job_name: name.into(),
+        derivation: format!("/gnu/store/{name:a<32}-{name}.drv"),
+        system: "x86_64-linux".into(),
+        nix_name: format!("{name}-1.0"),
+        outputs: vec![
+            ("out".into(), format!("/gnu/store/{name:b<32}-{name}")),
+            ("doc".into(), format!("/gnu/store/{name:c<32}-{name}-doc")),
+        ],
+    }
+}
+
+/// A database with two specifications: `hello` (evaluation 1: ok
+/// succeeded at 200 with a log, bad failed at 300, wip started, waiting
+/// scheduled) and `other` (evaluation 2: its own `ok`, scheduled).
+fn fixture() -> (Db, PathBuf) {
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("hello", Some("master")), spec("other", None)])
+        .unwrap();
+    let jobs: Vec<JobRecord> = ["ok", "bad", "wip", "waiting"]
+        .iter()
+        .map(|n| job(n))
+        .collect();
+    db.register_evaluation("hello", "abc123", &jobs, 100)
+        .unwrap();
+    let mut other = job("ok2");
+    other.job_name = "ok".into();
+    db.register_evaluation("other", "def456", &[other], 150)
+        .unwrap();
+    let root = std::env::temp_dir().join(format!(
+        "cuirass-api-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let dir = root.join("ab");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("cdef-ok.drv.bz2");
+    let mut enc = bzip2::write::BzEncoder::new(
+        std::fs::File::create(&log).unwrap(),
+        bzip2::Compression::default(),
+    );
+    enc.write_all(b"building ok\nfailing? no\n").unwrap();
+    enc.finish().unwrap();
+    let ok = &jobs[0].derivation;
+    db.build_started(ok, log.to_str().unwrap(), 150).unwrap();
+    db.build_finished(ok, 0, None, 200).unwrap();
+    db.build_finished(&jobs[1].derivation, 1, Some("/etc/passwd"), 300)
+        .unwrap();
+    db.build_started(&jobs[2].derivation, "", 250).unwrap();
+    (db, root)
+}
+
+fn request(target: &str, method: &str) -> Request {
+    let text = format!("{method} {target} HTTP/1.1\r\n\r\n");
+    match parse_request(text.as_bytes()) {
+        Ok(Parsed::Complete(req, _)) => req,
+        other => panic!("{target}: {other:?}"),
+    }
+}
+
+fn get(db: &Db, root: &Path, target: &str) -> (u16, Value) {
+    let r = respond_with_logs(db, &request(target, "GET"), root);
+    assert_eq!(r.content_type, JSON, "{target}");
+    (r.status, serde_json::from_slice(&r.body).unwrap())
+}
+
+fn ids(v: &Value) -> Vec<i64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn specifications_and_jobsets() {
+    let (db, root) = fixture();
+    for path in ["/jobsets", "/specifications"] {
+        let (code, v) = get(&db, &root, path);
+        assert_eq!(code, 200);
+        let names: Vec<&str> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["hello", "other"]);
+        assert_eq!(v[0]["branch"], "master");
+        assert_eq!(v[1]["branch"], Value::Null);
+        assert_eq!(v[0]["load-path"], ".");
+        assert_eq!(v[0]["no-compile?"], true);
+    }
+}
+
+#[test]
+fn a_build_is_a_hydra_object() {
+    let (db, root) = fixture();
+    let (code, b) = get(&db, &root, "/build/1");
+    assert_eq!(code, 200);
+    let expect = serde_json::json!({
+        "id": 1, "project": "hello", "jobset": "master", "job": "ok",
+        "timestamp": 200, "starttime": 150, "stoptime": 200,
+        "derivation": job("ok").derivation,
+        "buildoutputs": {
+            "doc": {"path": job("ok").outputs[1].1},
+            "out": {"path": job("ok").outputs[0].1}
+        },
+        "system": "x86_64-linux", "nixname": "ok-1.0", "buildstatus": 0,
+        "busy": 0, "priority": 0, "finished": 1, "buildproducts": null,
+        "releasename": null, "buildinputs_builds": null
+    });
+    assert_eq!(b, expect);
+    // Unfinished: the creation time, busy while started.
+    let (_, wip) = get(&db, &root, "/build/3");
+    assert_eq!(
+        (
+            &wip["timestamp"],
+            &wip["busy"],
+            &wip["finished"],
+            &wip["buildstatus"]
+        ),
+        (
+            &Value::from(100),
+            &Value::from(1),
+            &Value::from(0),
+            &Value::from(-1)
+        )
+    );
+    let (_, waiting) = get(&db, &root, "/build/4");
+    assert_eq!(
+        (&waiting["busy"], &waiting["finished"]),
+        (&Value::from(0), &Value::from(0))
+    );
+    let (_, other) = get(&db, &root, "/build/5");
+    assert_eq!(other["jobset"], Value::Null);
+}
+
+#[test]
+fn missing_and_bad_build_ids() {
+    let (db, root) = fixture();
+    assert_eq!(
+        get(&db, &root, "/build/99"),
+        (
+            404,
+            serde_json::json!({"error": "Build with ID 99 doesn't exist."})
+        )
+    );
+    for bad in [
+        "/build/x",
+        "/build/-1",
+        "/build/0",
+        "/build/99999999999999999999",
+        "/build/+1",
+    ] {
+        assert_eq!(get(&db, &root, bad).0, 400, "{bad}");
+    }
+}
+
+#[test]
+fn build_logs() {
+    let (db, root) = fixture();
+    let r = respond_with_logs(&db, &request("/build/1/log/raw", "GET"), &root);
+    assert_eq!(
+        (r.status, r.content_type),
+        (200, "text/plain; charset=utf-8")
+    );
+    assert_eq!(r.body, b"building ok\nfailing? no\n");
+    // Build 2's log names a file outside the log directory; 3 has none.
+    assert_eq!(get(&db, &root, "/build/2/log/raw").0, 404);
+    assert_eq!(get(&db, &root, "/build/3/log/raw").0, 404);
+    assert_eq!(get(&db, &root, "/build/99/log/raw").0, 404);
+    // A `..` in the database's path is refused too.
+    let sneaky = format!("{}/ab/../../../etc/passwd", root.display());
+    db.connection()
+        .execute("UPDATE Builds SET log = ?1 WHERE id = 4", [sneaky])
+        .unwrap();
+    assert_eq!(get(&db, &root, "/build/4/log/raw").0, 404);
+    // The real route looks only under the daemon's directory.
+    let r = respond(&db, &request("/build/1/log/raw", "GET"));
+    assert_eq!(r.status, 404);
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn latest_builds_and_filters() {
+    let (db, root) = fixture();
+    let q = |t: &str| {
+        let (code, v) = get(&db, &root, t);
+        assert_eq!(code, 200, "{t}: {v}");
+        ids(&v)
+    };
+    assert_eq!(q("/api/latestbuilds?nr=10"), [2, 1]);
+    assert_eq!(q("/api/latestbuilds?nr=1"), [2]);
+    assert_eq!(q("/api/latestbuilds?nr=0"), Vec::<i64>::new());
+    assert_eq!(q("/api/latestbuilds?nr=1000000000000"), [2, 1]);
+    assert_eq!(q("/api/latestbuilds?nr=10&job=ok"), [1]);
+    assert_eq!(
+        q("/api/latestbuilds?nr=10&project=hello&jobset=master"),
+        [2, 1]
+    );
+    assert_eq!(
+        q("/api/latestbuilds?nr=10&project=other"),
+        Vec::<i64>::new()
+    );
+    assert_eq!(q("/api/latestbuilds?nr=10&jobset=nope"), Vec::<i64>::new());
+    assert_eq!(
+        q("/api/latestbuilds?nr=10&system=x86_64-linux&evaluation=1"),
+        [2, 1]
+    );
+    assert_eq!(q("/api/latestbuilds?nr=10&evaluation=2"), Vec::<i64>::new());
+    assert_eq!(q("/api/latestbuilds?nr=10&status=0"), [1]);
+    assert_eq!(q("/api/latestbuilds?nr=10&status=failed"), [2]);
+    assert_eq!(q("/api/latestbuilds?nr=10&status=succeeded"), [1]);
+    // Percent-encoded values, and an injection attempt that is just a value.
+    assert_eq!(q("/api/latestbuilds?nr=10&project=hel%6co"), [2, 1]);
+    assert_eq!(
+        q("/api/latestbuilds?nr=10&job=ok%27%20OR%201=1%20--"),
+        Vec::<i64>::new()
+    );
+    for bad in [
+        "/api/latestbuilds",
+        "/api/latestbuilds?nr=",
+        "/api/latestbuilds?nr=ten",
+        "/api/latestbuilds?nr=-1",
+        "/api/latestbuilds?nr=10&evaluation=x",
+        "/api/latestbuilds?nr=10&status=maybe",
+    ] {
+        let (code, v) = get(&db, &root, bad);
+        assert_eq!(code, 400, "{bad}");
+        assert!(v["error"].is_string(), "{bad}");
+    }
+}
+
+#[test]
+fn the_queue_puts_started_builds_first() {
+    let (db, root) = fixture();
+    let (code, v) = get(&db, &root, "/api/queue?nr=10");
+    assert_eq!(code, 200);
+    assert_eq!(ids(&v), [3, 4, 5]);
+    assert_eq!(ids(&get(&db, &root, "/api/queue?nr=2").1), [3, 4]);
+    assert_eq!(get(&db, &root, "/api/queue").0, 400);
+}
+
+#[test]
+fn evaluations_newest_first() {
+    let (db, root) = fixture();
+    let (code, v) = get(&db, &root, "/api/evaluations?nr=10");
+    assert_eq!(code, 200);
+    assert_eq!(
+        v,
+        serde_json::json!([
+            {"id": 2, "specification": "other", "in-progress": 0,
+             "checkouts": [{"commit": "def456", "input": "other"}]},
+            {"id": 1, "specification": "hello", "in-progress": 0,
+             "checkouts": [{"commit": "abc123", "input": "hello"}]}
+        ])
+    );
+    assert_eq!(ids(&get(&db, &root, "/api/evaluations?nr=1").1), [2]);
+    assert_eq!(get(&db, &root, "/api/evaluations?nr=x").0, 400);
+}
+
+#[test]
+fn unknown_paths_and_methods() {
+    let (db, root) = fixture();
+    for path in [
+        "/",
+        "/nope",
+        "/build",
+        "/build/1/log",
+        "/api",
+        "/api/latestbuilds/x",
+    ] {
+        let (code, v) = get(&db, &root, path);
+        assert_eq!(code, 404, "{path}");
+        assert!(v["error"].is_string());
+    }
+    for method in ["POST", "PUT", "DELETE"] {
+        let r = respond_with_logs(&db, &request("/jobsets", method), &root);
+        assert_eq!(r.status, 405, "{method}");
+        assert!(r.headers.contains(&("Allow", "GET, HEAD".into())));
+    }
+    // HEAD answers like GET; the server leaves out the body.
+    let r = respond_with_logs(&db, &request("/jobsets", "HEAD"), &root);
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn latest_builds_walk_an_index_even_with_statistics() {
+    use crate::db::read::latest_builds_sql;
+    let (db, _) = fixture();
+    let conn = db.connection();
+    // Many builds of few evaluations, analyzed: the statistics that once
+    // led the planner to sort every finished build.
+    conn.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+         INSERT INTO Derivations SELECT 'drv' || i, 1 + i % 2, 'job' || (i % 50), 'x', 'n' FROM n;
+         INSERT INTO Builds (derivation, evaluation, log, status, timestamp, starttime, stoptime)
+           SELECT derivation, evaluation, '', rowid % 3, rowid, rowid, rowid
+           FROM Derivations WHERE derivation LIKE 'drv%';
+         ANALYZE;",
+    )
+    .unwrap();
+    let plan = |filter: &BuildFilter| -> String {
+        let sql = format!("EXPLAIN QUERY PLAN {}", latest_builds_sql(filter));
+        let mut stmt = conn.prepare(&sql).unwrap();
+        let (lo, hi) = filter.status.unzip();
+        let p = rusqlite::params![
+            filter.specification,
+            filter.branch,
+            filter.job,
+            filter.system,
+            filter.evaluation,
+            lo,
+            hi,
+            10
+        ];
+        let rows: Vec<String> = stmt
+            .query_map(p, |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        rows.join("; ")
+    };
+    for filter in [
+        BuildFilter::default(),
+        BuildFilter {
+            specification: Some("hello".into()),
+            ..Default::default()
+        },
+        BuildFilter {
+            branch: Some("master".into()),
+            ..Default::default()
+        },
+        BuildFilter {
+            status: Some((1, 9)),
+            system: Some("x".into()),
+            ..Default::default()
+        },
+    ] {
+        let p = plan(&filter);
+        assert!(
+            p.starts_with("SCAN b USING INDEX Builds_finished"),
+            "{filter:?}: {p}"
+        );
+        assert!(!p.contains("TEMP B-TREE"), "{filter:?}: {p}");
+    }
+    let p = plan(&BuildFilter {
+        job: Some("job7".into()),
+        ..Default::default()
+    });
+    assert!(p.contains("Derivations_job_name"), "{p}");
+    let p = plan(&BuildFilter {
+        evaluation: Some(2),
+        ..Default::default()
+    });
+    assert!(p.contains("Builds_evaluation"), "{p}");
+    let queue = {
+        let mut stmt = conn
+            .prepare("EXPLAIN QUERY PLAN SELECT id FROM Builds WHERE status < 0 ORDER BY status DESC, timestamp, id LIMIT 10")
+            .unwrap();
+        let rows: Vec<String> = stmt
+            .query_map([], |r| r.get(3))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        rows.join("; ")
+    };
+    assert!(
+        queue.contains("Builds_queue") && !queue.contains("TEMP B-TREE"),
+        "{queue}"
+    );
+}

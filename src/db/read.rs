@@ -1,0 +1,200 @@
+//! The read queries behind the HTTP API.  Each is bounded by a limit and
+//! walks an index (migration 3), so a route stays fast on a database with
+//! millions of builds.
+
+use super::{BuildId, Db, EvalId, Result};
+use rusqlite::{OptionalExtension, Row, params};
+
+/// A build joined with its derivation, evaluation and specification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildView {
+    pub id: BuildId,
+    pub evaluation: EvalId,
+    pub specification: String,
+    pub branch: Option<String>,
+    pub job_name: String,
+    pub system: String,
+    pub nix_name: String,
+    pub derivation: String,
+    pub log: String,
+    pub status: i64,
+    pub timestamp: i64,
+    pub starttime: i64,
+    pub stoptime: i64,
+    /// (output name, store path), by name.
+    pub outputs: Vec<(String, String)>,
+}
+
+/// Filters of `/api/latestbuilds`; `None` matches everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuildFilter {
+    pub specification: Option<String>,
+    pub branch: Option<String>,
+    pub job: Option<String>,
+    pub system: Option<String>,
+    pub evaluation: Option<EvalId>,
+    /// Inclusive range of statuses.
+    pub status: Option<(i64, i64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvaluationView {
+    pub id: EvalId,
+    pub specification: String,
+    pub revision: String,
+}
+
+const BUILD_COLUMNS: &str = "SELECT b.id, b.evaluation, e.specification, s.branch, d.job_name,
+        d.system, d.nix_name, b.derivation, b.log, b.status, b.timestamp, b.starttime, b.stoptime";
+
+/// The joins from a build to its derivation, evaluation and specification.
+/// `CROSS JOIN` pins Builds as the outer table: SQLite's planner otherwise
+/// starts from Evaluations, sorts every finished build and takes seconds
+/// on a million builds, where walking the stop-time index takes a
+/// millisecond.
+fn build_joins(join: &str) -> String {
+    format!(
+        "FROM Builds b
+         {join} Derivations d ON d.derivation = b.derivation AND d.evaluation = b.evaluation
+         {join} Evaluations e ON e.id = b.evaluation
+         LEFT JOIN Specifications s ON s.repo_name = e.specification"
+    )
+}
+
+fn build_row(r: &Row) -> rusqlite::Result<BuildView> {
+    Ok(BuildView {
+        id: r.get(0)?,
+        evaluation: r.get(1)?,
+        specification: r.get(2)?,
+        branch: r.get(3)?,
+        job_name: r.get(4)?,
+        system: r.get(5)?,
+        nix_name: r.get(6)?,
+        derivation: r.get(7)?,
+        log: r.get(8)?,
+        status: r.get(9)?,
+        timestamp: r.get(10)?,
+        starttime: r.get(11)?,
+        stoptime: r.get(12)?,
+        outputs: Vec::new(),
+    })
+}
+
+/// The SQL of [`Db::latest_builds`], which depends on which filters are set.
+pub(crate) fn latest_builds_sql(filter: &BuildFilter) -> String {
+    // A job or an evaluation names few builds: their indexes should
+    // drive the query, so those filters are plain equalities and the
+    // planner is free.  Otherwise the walk down the partial index
+    // Builds_finished (`b.status >= 0` verbatim) stops after `limit`
+    // matches; the other filters are checked along it, the status one
+    // with `+` so that it does not tempt the planner away.
+    let selective = filter.job.is_some() || filter.evaluation.is_some();
+    let job = match filter.job {
+        Some(_) => "d.job_name = ?3",
+        None => "?3 IS NULL",
+    };
+    let evaluation = match filter.evaluation {
+        Some(_) => "b.evaluation = ?5",
+        None => "?5 IS NULL",
+    };
+    format!(
+        "{BUILD_COLUMNS} {}
+         WHERE b.status >= 0
+           AND (?1 IS NULL OR e.specification = ?1)
+           AND (?2 IS NULL OR e.specification IN
+                  (SELECT repo_name FROM Specifications WHERE branch = ?2))
+           AND {job}
+           AND (?4 IS NULL OR d.system = ?4)
+           AND {evaluation}
+           AND (?6 IS NULL OR +b.status BETWEEN ?6 AND ?7)
+         ORDER BY b.stoptime DESC, b.id DESC
+         LIMIT ?8",
+        build_joins(if selective { "JOIN" } else { "CROSS JOIN" })
+    )
+}
+
+impl Db {
+    pub fn build(&self, id: BuildId) -> Result<Option<BuildView>> {
+        let sql = format!("{BUILD_COLUMNS} {} WHERE b.id = ?1", build_joins("JOIN"));
+        let build = self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row([id], build_row)
+            .optional()?;
+        match build {
+            Some(b) => Ok(self.with_outputs(vec![b])?.pop()),
+            None => Ok(None),
+        }
+    }
+
+    /// Finished builds, most recently finished first.
+    pub fn latest_builds(&self, filter: &BuildFilter, limit: u32) -> Result<Vec<BuildView>> {
+        let sql = latest_builds_sql(filter);
+        let (lo, hi) = filter.status.unzip();
+        let builds = self
+            .conn
+            .prepare_cached(&sql)?
+            .query_map(
+                params![
+                    filter.specification,
+                    filter.branch,
+                    filter.job,
+                    filter.system,
+                    filter.evaluation,
+                    lo,
+                    hi,
+                    limit
+                ],
+                build_row,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        self.with_outputs(builds)
+    }
+
+    /// Unfinished builds: started ones first, then by submission time.
+    pub fn queued_builds(&self, limit: u32) -> Result<Vec<BuildView>> {
+        let sql = format!(
+            "{BUILD_COLUMNS} {}
+             WHERE b.status < 0
+             ORDER BY b.status DESC, b.timestamp, b.id
+             LIMIT ?1",
+            build_joins("CROSS JOIN")
+        );
+        let builds = self
+            .conn
+            .prepare_cached(&sql)?
+            .query_map([limit], build_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        self.with_outputs(builds)
+    }
+
+    /// The latest evaluations, newest first.
+    pub fn latest_evaluations(&self, limit: u32) -> Result<Vec<EvaluationView>> {
+        let rows = self
+            .conn
+            .prepare_cached(
+                "SELECT id, specification, revision FROM Evaluations ORDER BY id DESC LIMIT ?1",
+            )?
+            .query_map([limit], |r| {
+                Ok(EvaluationView {
+                    id: r.get(0)?,
+                    specification: r.get(1)?,
+                    revision: r.get(2)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    fn with_outputs(&self, mut builds: Vec<BuildView>) -> Result<Vec<BuildView>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name, path FROM Outputs WHERE build = ?1 ORDER BY name")?;
+        for b in &mut builds {
+            b.outputs = stmt
+                .query_map([b.id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+        }
+        Ok(builds)
+    }
+}

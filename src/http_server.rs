@@ -1,0 +1,412 @@
+//! The HTTP server's shell: a listener and its connections inside the one
+//! mio loop.  It moves bytes between sockets and the codec (`http`) and
+//! the routes (`api`).  Nothing here waits: a slow or idle client costs a
+//! buffer and a timer, never a turn of the loop.
+
+use crate::api;
+use crate::db::Db;
+use crate::http::{self, Parsed, Response};
+use mio::event::Event;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+/// Beyond this many connections, new ones are accepted and closed at once,
+/// which tells the client to come back instead of letting it wait.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Time allowed from a request's first byte to its last.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time an idle keep-alive connection is kept.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time allowed for a client to take any of the bytes we queued.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time given to a refused client to stop sending before we close, so the
+/// error response is not lost to a TCP reset.
+const LINGER: Duration = Duration::from_secs(2);
+/// Bytes read from one connection per turn; the rest waits a turn.
+const READ_CAP: usize = 64 * 1024;
+/// Requests answered on one connection per turn.
+const REQUESTS_PER_TURN: usize = 16;
+/// While this much is queued for a client, its further requests wait.
+const MAX_QUEUED: usize = 256 * 1024;
+
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    input: Vec<u8>,
+    /// Bytes queued for the peer; `output[sent..]` is still to go.
+    output: Vec<u8>,
+    sent: usize,
+    /// Set by a readable event, cleared by `WouldBlock`: mio's events are
+    /// edge-triggered, so unread bytes must be remembered here.
+    readable: bool,
+    writable_interest: bool,
+    /// The peer sent EOF; answer what is buffered, then close.
+    eof: bool,
+    /// Close once `output` is flushed.
+    close_after_write: bool,
+    /// Refused: output flushed and write side shut; drain until EOF.
+    lingering: Option<Instant>,
+    /// When the request now being received began, if one is.
+    request_started: Option<Instant>,
+    /// The last time a byte moved either way.
+    last_progress: Instant,
+}
+
+impl Conn {
+    fn queued(&self) -> usize {
+        self.output.len() - self.sent
+    }
+
+    fn deadline(&self) -> Instant {
+        if let Some(t) = self.lingering {
+            return t + LINGER;
+        }
+        if self.queued() > 0 {
+            return self.last_progress + WRITE_TIMEOUT;
+        }
+        match self.request_started {
+            Some(t) => t + REQUEST_TIMEOUT,
+            None => self.last_progress + IDLE_TIMEOUT,
+        }
+    }
+}
+
+pub struct HttpServer {
+    listener: TcpListener,
+    listener_token: Token,
+    first_conn_token: usize,
+    /// Connections by token offset; freed slots are reused.
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    open: usize,
+    /// Connections with work left after their turn's cap.
+    again: Vec<usize>,
+    /// The loop's latest `now`: this layer does not read the clock.
+    now: Instant,
+}
+
+impl HttpServer {
+    pub fn bind(
+        addr: &str,
+        port: u16,
+        registry: &Registry,
+        listener: Token,
+        first_conn_token: usize,
+    ) -> Result<HttpServer, String> {
+        let name = format!("{addr}:{port}");
+        let mut addrs: Vec<SocketAddr> = (addr, port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve HTTP listen address {name}: {e}"))?
+            .collect();
+        // `localhost` usually resolves to ::1 and 127.0.0.1; IPv4 is what
+        // every client tries.
+        addrs.sort_by_key(|a| !a.is_ipv4());
+        let mut last = None;
+        for a in addrs {
+            match TcpListener::bind(a) {
+                Ok(mut l) => {
+                    registry
+                        .register(&mut l, listener, Interest::READABLE)
+                        .map_err(|e| format!("cannot watch the HTTP listener: {e}"))?;
+                    let bound = l.local_addr().map_or(a, |b| b);
+                    log::info!("HTTP API listening on http://{name}/ ({bound})");
+                    return Ok(HttpServer {
+                        listener: l,
+                        listener_token: listener,
+                        first_conn_token,
+                        conns: Vec::new(),
+                        free: Vec::new(),
+                        open: 0,
+                        again: Vec::new(),
+                        now: Instant::now(),
+                    });
+                }
+                Err(e) => last = Some(format!("cannot listen on {name} ({a}): {e}")),
+            }
+        }
+        Err(last.unwrap_or_else(|| format!("cannot listen on {name}: no address")))
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn owns(&self, token: Token) -> bool {
+        token == self.listener_token
+            || (token.0 >= self.first_conn_token
+                && token.0 - self.first_conn_token < self.conns.len())
+    }
+
+    pub fn handle(&mut self, registry: &Registry, event: &Event, db: &Db, now: Instant) {
+        self.now = now;
+        if event.token() == self.listener_token {
+            self.accept(registry, now);
+            return;
+        }
+        let slot = event.token().0 - self.first_conn_token;
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            conn.readable = true;
+        }
+        self.service(registry, slot, db, now);
+    }
+
+    /// The next time a connection times out, or now if one has work left.
+    pub fn poll_at(&self) -> Option<Instant> {
+        let next = self.conns.iter().flatten().map(Conn::deadline).min();
+        if self.again.is_empty() {
+            next
+        } else {
+            Some(self.now)
+        }
+    }
+
+    /// Closes connections past their deadline; continues capped work.
+    pub fn tick(&mut self, registry: &Registry, db: &Db, now: Instant) {
+        self.now = now;
+        for slot in std::mem::take(&mut self.again) {
+            if self.conns.get(slot).is_some_and(Option::is_some) {
+                self.service(registry, slot, db, now);
+            }
+        }
+        for slot in 0..self.conns.len() {
+            let Some(conn) = &self.conns[slot] else {
+                continue;
+            };
+            if now >= conn.deadline() {
+                log::debug!("http: {} timed out", conn.peer);
+                self.close(registry, slot);
+            }
+        }
+    }
+
+    fn accept(&mut self, registry: &Registry, now: Instant) {
+        loop {
+            let (mut stream, peer) = match self.listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // EMFILE and the like: the next event retries.
+                    log::warn!("http: accept: {e}");
+                    return;
+                }
+            };
+            if self.open >= MAX_CONNECTIONS {
+                log::warn!("http: {MAX_CONNECTIONS} connections open, refusing {peer}");
+                continue;
+            }
+            let slot = self.free.pop().unwrap_or_else(|| {
+                self.conns.push(None);
+                self.conns.len() - 1
+            });
+            let token = Token(self.first_conn_token + slot);
+            if let Err(e) = registry.register(&mut stream, token, Interest::READABLE) {
+                log::warn!("http: cannot watch {peer}: {e}");
+                self.free.push(slot);
+                continue;
+            }
+            self.conns[slot] = Some(Conn {
+                stream,
+                peer,
+                input: Vec::new(),
+                output: Vec::new(),
+                sent: 0,
+                // Bytes may have arrived before registration.
+                readable: true,
+                writable_interest: false,
+                eof: false,
+                close_after_write: false,
+                lingering: None,
+                request_started: None,
+                last_progress: now,
+            });
+            self.open += 1;
+            self.again.push(slot);
+        }
+    }
+
+    /// One connection's turn: flush, read (capped), answer (capped), flush.
+    fn service(&mut self, registry: &Registry, slot: usize, db: &Db, now: Instant) {
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return;
+        };
+        let outcome = step(conn, db, now);
+        match outcome {
+            Step::Close => self.close(registry, slot),
+            Step::Wait { more } => {
+                if more && !self.again.contains(&slot) {
+                    self.again.push(slot);
+                }
+                let conn = self.conns[slot].as_mut().unwrap();
+                let want = conn.queued() > 0;
+                if want != conn.writable_interest {
+                    let interest = if want {
+                        Interest::READABLE | Interest::WRITABLE
+                    } else {
+                        Interest::READABLE
+                    };
+                    let token = Token(self.first_conn_token + slot);
+                    if registry
+                        .reregister(&mut conn.stream, token, interest)
+                        .is_err()
+                    {
+                        self.close(registry, slot);
+                        return;
+                    }
+                    conn.writable_interest = want;
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, registry: &Registry, slot: usize) {
+        if let Some(mut conn) = self.conns[slot].take() {
+            let _ = registry.deregister(&mut conn.stream);
+            self.free.push(slot);
+            self.open -= 1;
+        }
+    }
+}
+
+enum Step {
+    Close,
+    /// Keep the connection; `more` when the turn's cap left work undone.
+    Wait {
+        more: bool,
+    },
+}
+
+fn step(conn: &mut Conn, db: &Db, now: Instant) -> Step {
+    if flush(conn, now).is_err() {
+        return Step::Close;
+    }
+    if conn.lingering.is_some() {
+        return linger(conn);
+    }
+    let mut read = 0;
+    let mut answered = 0;
+    loop {
+        // Answer what is buffered before reading more, so a pipelining
+        // client cannot make us buffer without bound.
+        while answered < REQUESTS_PER_TURN
+            && conn.queued() < MAX_QUEUED
+            && !conn.close_after_write
+            && !conn.input.is_empty()
+        {
+            match http::parse_request(&conn.input) {
+                Ok(Parsed::Partial) => break,
+                Ok(Parsed::Complete(req, used)) => {
+                    conn.input.drain(..used);
+                    let response = api::respond(db, &req);
+                    log::debug!(
+                        "http: {} {} {} -> {}",
+                        conn.peer,
+                        req.method,
+                        req.path,
+                        response.status
+                    );
+                    let keep = req.keep_alive && !conn.eof;
+                    conn.output
+                        .extend_from_slice(&response.encode(req.is_head(), keep));
+                    conn.close_after_write = !keep;
+                    answered += 1;
+                }
+                Err(e) => {
+                    log::debug!("http: {} refused: {} {}", conn.peer, e.status, e.message);
+                    let response: Response = api::error(e.status, e.message);
+                    conn.output
+                        .extend_from_slice(&response.encode(false, false));
+                    conn.close_after_write = true;
+                    conn.input.clear();
+                    answered += 1;
+                }
+            }
+        }
+        conn.request_started = match conn.input.is_empty() {
+            true => None,
+            false => conn.request_started.or(Some(now)),
+        };
+        let blocked = answered >= REQUESTS_PER_TURN || conn.queued() >= MAX_QUEUED;
+        if blocked || conn.close_after_write || !conn.readable || conn.eof {
+            break;
+        }
+        if read >= READ_CAP {
+            return match flush(conn, now) {
+                Ok(()) => Step::Wait { more: true },
+                Err(()) => Step::Close,
+            };
+        }
+        let mut buf = [0u8; 16 * 1024];
+        match conn.stream.read(&mut buf) {
+            Ok(0) => conn.eof = true,
+            Ok(n) => {
+                read += n;
+                conn.input.extend_from_slice(&buf[..n]);
+                conn.last_progress = now;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.readable = false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Step::Close,
+        }
+    }
+    if flush(conn, now).is_err() {
+        return Step::Close;
+    }
+    if conn.queued() == 0 {
+        if conn.close_after_write {
+            if conn.input.is_empty() && conn.eof {
+                return Step::Close;
+            }
+            // Refused mid-stream: shut our side and drain theirs a while.
+            let _ = conn.stream.shutdown(Shutdown::Write);
+            conn.lingering = Some(now);
+            return linger(conn);
+        }
+        if conn.eof {
+            return Step::Close;
+        }
+    }
+    let more =
+        answered >= REQUESTS_PER_TURN && conn.queued() < MAX_QUEUED && !conn.input.is_empty();
+    Step::Wait { more }
+}
+
+fn linger(conn: &mut Conn) -> Step {
+    let mut buf = [0u8; 16 * 1024];
+    for _ in 0..(READ_CAP / buf.len()) {
+        match conn.stream.read(&mut buf) {
+            Ok(0) => return Step::Close,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                conn.readable = false;
+                return Step::Wait { more: false };
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Step::Close,
+        }
+    }
+    Step::Wait { more: true }
+}
+
+fn flush(conn: &mut Conn, now: Instant) -> Result<(), ()> {
+    while conn.sent < conn.output.len() {
+        match conn.stream.write(&conn.output[conn.sent..]) {
+            Ok(0) => return Err(()),
+            Ok(n) => {
+                conn.sent += n;
+                conn.last_progress = now;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(()),
+        }
+    }
+    conn.output.clear();
+    conn.sent = 0;
+    Ok(())
+}
