@@ -270,7 +270,7 @@ struct CheckoutJson<'a> {
 struct EvaluationJson<'a> {
     id: i64,
     specification: &'a str,
-    /// Always 0: an evaluation is recorded only once it is complete.
+    /// 1 while the evaluator is still registering jobs.
     #[serde(rename = "in-progress")]
     in_progress: i64,
     checkouts: [CheckoutJson<'a>; 1],
@@ -283,7 +283,7 @@ fn evaluations(db: &Db, req: &Request) -> Reply {
         .map(|e| EvaluationJson {
             id: e.id,
             specification: &e.specification,
-            in_progress: 0,
+            in_progress: i64::from(e.in_progress),
             checkouts: [CheckoutJson {
                 commit: &e.revision,
                 input: &e.specification,

@@ -28,6 +28,8 @@ pub struct Proc {
     /// so no new event will come for them and the loop must read again.
     stdout_more: bool,
     stderr_more: bool,
+    /// Set once killed: the exit is then enough, pipes or not.
+    pub killed: bool,
 }
 
 pub fn spawn(mut cmd: Command, registry: &Registry, out: Token, err: Token) -> io::Result<Proc> {
@@ -52,6 +54,7 @@ pub fn spawn(mut cmd: Command, registry: &Registry, out: Token, err: Token) -> i
         status: None,
         stdout_more: false,
         stderr_more: false,
+        killed: false,
     })
 }
 
@@ -163,6 +166,7 @@ impl Proc {
 
     /// Kills the whole process group (timeouts, shutdown).
     pub fn kill(&mut self) {
+        self.killed = true;
         let pid = self.child.id() as libc::pid_t;
         // SAFETY: plain syscall; a stale pid group at worst gets ESRCH.
         unsafe {

@@ -212,7 +212,10 @@ impl EventLoop {
                 next = next.min(run.next_poll);
             }
             if let Some((_, proc, deadline)) = &work.proc {
-                next = next.min(*deadline);
+                // A killed child's exit arrives as SIGCHLD.
+                if !proc.killed {
+                    next = next.min(*deadline);
+                }
                 if proc.wants_read() != (false, false) {
                     return now;
                 }

@@ -284,6 +284,20 @@ fn evaluations_newest_first() {
 }
 
 #[test]
+fn an_evaluation_still_running_is_in_progress() {
+    let (mut db, root) = fixture();
+    let eval = db.begin_evaluation("hello", "fedcba", 50).unwrap();
+    let (_, v) = get(&db, &root, "/api/evaluations?nr=1");
+    assert_eq!(v[0]["id"], eval);
+    assert_eq!(v[0]["in-progress"], 1);
+    db.complete_evaluation("hello", eval, "fedcba", 60).unwrap();
+    assert_eq!(
+        get(&db, &root, "/api/evaluations?nr=1").1[0]["in-progress"],
+        0
+    );
+}
+
+#[test]
 fn unknown_paths_and_methods() {
     let (db, root) = fixture();
     for path in [

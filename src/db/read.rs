@@ -42,6 +42,8 @@ pub struct EvaluationView {
     pub id: EvalId,
     pub specification: String,
     pub revision: String,
+    /// Whether the evaluator is still registering its jobs.
+    pub in_progress: bool,
 }
 
 const BUILD_COLUMNS: &str = "SELECT b.id, b.evaluation, e.specification, s.branch, d.job_name,
@@ -173,13 +175,15 @@ impl Db {
         let rows = self
             .conn
             .prepare_cached(
-                "SELECT id, specification, revision FROM Evaluations ORDER BY id DESC LIMIT ?1",
+                "SELECT id, specification, revision, status FROM Evaluations
+                 ORDER BY id DESC LIMIT ?1",
             )?
             .query_map([limit], |r| {
                 Ok(EvaluationView {
                     id: r.get(0)?,
                     specification: r.get(1)?,
                     revision: r.get(2)?,
+                    in_progress: r.get::<_, i64>(3)? == crate::db::eval_status::IN_PROGRESS,
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;

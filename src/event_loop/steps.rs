@@ -103,8 +103,7 @@ impl EventLoop {
             return;
         };
         let step = *step;
-        let past_deadline = now >= *deadline;
-        if past_deadline && proc.poll_exit().is_none() {
+        if now >= *deadline && !proc.killed && proc.poll_exit().is_none() {
             log::error!(
                 "spec={} {step:?} timed out; killing it",
                 self.specs[index].spec.name
@@ -122,9 +121,9 @@ impl EventLoop {
             return;
         };
         // Read what is left before deciding: the last lines may be there.
-        // Past the deadline an exit is enough, since a grandchild that left
-        // the process group could hold the pipes open forever.
-        if !proc.pipes_closed() && !past_deadline {
+        // Once killed an exit is enough, since a grandchild that left the
+        // process group could hold the pipes open forever.
+        if !proc.pipes_closed() && !proc.killed {
             return;
         }
         let (_, proc, _) = self.work[index].proc.take().unwrap();

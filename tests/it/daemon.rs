@@ -515,9 +515,19 @@ fn a_stalled_fetch_does_not_block_other_specs_and_times_out() {
         ),
         spec_entry("good", &good.url(), "ci.scm", "cuirass-jobs", &args),
     ]));
+    let port = free_port().to_string();
     let daemon = Running::start(
         &setup,
-        &["-S", spec.to_str().unwrap(), "--fetch-timeout", "15"],
+        &[
+            "-S",
+            spec.to_str().unwrap(),
+            "--fetch-timeout",
+            "15",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            &port,
+        ],
         &[],
     );
     wait_until(Duration::from_secs(60), "the good spec's builds", || {
@@ -525,6 +535,19 @@ fn a_stalled_fetch_does_not_block_other_specs_and_times_out() {
     });
     let log = daemon.log_text();
     assert!(log.contains("spec=stalled Idle=>Fetching"), "{log}");
+    // The HTTP server answers promptly while the fetch hangs.
+    for _ in 0..10 {
+        let asked = std::time::Instant::now();
+        assert_eq!(
+            http_status(port.parse().unwrap(), "/api/queue?nr=10"),
+            Some(200)
+        );
+        assert!(
+            asked.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            asked.elapsed()
+        );
+    }
     assert!(
         !log.contains("spec=stalled Fetch timed out"),
         "finished too late to prove anything"
@@ -534,9 +557,16 @@ fn a_stalled_fetch_does_not_block_other_specs_and_times_out() {
         "the stalled fetch's timeout",
         || daemon.log_text().contains("spec=stalled Fetch timed out"),
     );
+    // Nothing was ever evaluated for it, so nothing is pending either.
     wait_until(
         Duration::from_secs(10),
         "the stalled spec back to Idle",
-        || daemon.log_text().contains("spec=stalled Fetching=>Idle"),
+        || daemon.log_text().contains("spec=stalled Building=>Idle"),
+    );
+    let log = daemon.log_text();
+    assert_eq!(
+        log.matches("spec=stalled Fetch timed out").count(),
+        1,
+        "{log}"
     );
 }
