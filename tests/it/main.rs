@@ -4,5 +4,6 @@
 mod cli;
 mod daemon;
 mod http;
+mod http_hostile;
 mod one_shot;
 mod support;
