@@ -74,8 +74,12 @@ struct Work {
     /// The evaluation being registered, while the evaluator runs.
     evaluation: Option<db::EvalId>,
     jobs_registered: usize,
-    done_line: Option<u64>,
+    /// The evaluator's output so far, checked as a whole.
+    tally: job::Tally,
     eval_error: Option<String>,
+    /// The failure was ours (the database refused the jobs), not the
+    /// commit's: the evaluation is rolled back, not recorded as failed.
+    eval_retry: bool,
     conn: Option<Conn>,
     queue: VecDeque<db::PendingBuild>,
     /// Derivations already handed to the daemon this cycle: builds of the

@@ -1,7 +1,10 @@
 //! Integration tests: the real binary, real git repositories, the real
 //! guix-daemon and the real Guix evaluator.
 
+mod chaos;
 mod cli;
 mod daemon;
+mod faults;
+mod hostile;
 mod one_shot;
 mod support;

@@ -278,3 +278,34 @@ pub fn query_rows<T: rusqlite::types::FromSql>(conn: &Connection, sql: &str) -> 
 pub fn count(conn: &Connection, sql: &str) -> i64 {
     conn.query_row(sql, [], |r| r.get(0)).unwrap()
 }
+
+/// What every fault test ends with: the database passes SQLite's own
+/// check, and no evaluation is left in progress (status -1).
+pub fn assert_sound(db: &Path) {
+    let conn = Connection::open(db).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let fk: i64 = conn
+        .query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(fk, 0, "foreign key violations");
+    assert_eq!(
+        count(&conn, "SELECT COUNT(*) FROM Evaluations WHERE status = -1"),
+        0,
+        "an evaluation was left in progress"
+    );
+}
+
+/// A shell script written into `dir`, to stand in for the evaluator with
+/// `--evaluator "/bin/sh SCRIPT"`: it is still a real process whose output
+/// cuirass reads through a pipe.
+pub fn fake_evaluator(dir: &Path, name: &str, body: &str) -> String {
+    let path = dir.join(format!("{name}.sh"));
+    std::fs::write(&path, format!("# Fake evaluator: {name}\n{body}\n")).unwrap();
+    format!("/bin/sh {}", path.display())
+}
