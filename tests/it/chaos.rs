@@ -1,7 +1,9 @@
 //! Chaos: cuirass is killed with SIGKILL at random moments of a 100-job
-//! evaluation-and-build cycle, twenty times, and restarted each time.  A
-//! last one-shot run must then leave every job with exactly one build, in
-//! a final status, one completed evaluation, and a sound database.
+//! evaluation-and-build cycle, twenty times, and restarted each time;
+//! whenever a cycle has been completed, a new commit starts another.  A
+//! last one-shot run must then leave every evaluation completed, every job
+//! of each with exactly one build, in a final status, the last commit
+//! evaluated, and a sound database.
 
 use crate::support::*;
 use std::time::Duration;
@@ -62,7 +64,14 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         conn.busy_timeout(Duration::from_secs(5)).unwrap();
         let builds = count(&conn, "SELECT COUNT(*) FROM Builds");
         let done = count(&conn, "SELECT COUNT(*) FROM Builds WHERE status >= 0");
-        eprintln!("round {round}: killed after {delay:?}; builds {builds}, finished {done}");
+        let evals = count(&conn, "SELECT COUNT(*) FROM Evaluations WHERE status = 0");
+        eprintln!(
+            "round {round}: killed after {delay:?}; evaluations {evals}, builds {builds}, finished {done}"
+        );
+        if builds > 0 && done == builds {
+            std::fs::write(repo.dir.join("round"), round.to_string()).unwrap();
+            repo.commit(&format!("round {round}"));
+        }
         let check: String = conn
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap();
@@ -72,23 +81,33 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     assert!(out.status.success());
     assert_sound(&setup.db);
     let conn = setup.db();
+    let evals = count(&conn, "SELECT COUNT(*) FROM Evaluations");
+    assert!(evals >= 1);
     assert_eq!(
         count(&conn, "SELECT COUNT(*) FROM Evaluations WHERE status = 0"),
+        evals
+    );
+    let last = git(&repo.dir, &["rev-parse", "HEAD"]);
+    assert_eq!(
+        count(
+            &conn,
+            &format!("SELECT COUNT(*) FROM Evaluations WHERE revision = '{last}'")
+        ),
         1
     );
-    assert_eq!(count(&conn, "SELECT COUNT(*) FROM Evaluations"), 1);
-    assert_eq!(count(&conn, "SELECT COUNT(*) FROM Builds"), JOBS);
+    assert_eq!(count(&conn, "SELECT COUNT(*) FROM Builds"), JOBS * evals);
     assert_eq!(
         count(&conn, "SELECT COUNT(*) FROM Builds WHERE status = 0"),
-        JOBS
+        JOBS * evals
     );
-    // Exactly one build per job name.
+    // Exactly one build per job of each evaluation.
     let per_job: Vec<Vec<i64>> = query_rows(
         &conn,
         "SELECT COUNT(*) FROM Builds b JOIN Derivations d
            ON d.derivation = b.derivation AND d.evaluation = b.evaluation
-         GROUP BY d.job_name",
+         GROUP BY d.evaluation, d.job_name",
     );
-    assert_eq!(per_job.len() as i64, JOBS);
+    assert_eq!(per_job.len() as i64, JOBS * evals);
     assert!(per_job.iter().all(|c| c[0] == 1), "{per_job:?}");
+    eprintln!("{evals} evaluation(s) completed across the kills");
 }

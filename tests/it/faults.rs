@@ -15,13 +15,20 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Finished builds of completed evaluations of `commit` (of any spec:
+/// two repositories with the same files have the same commits).
 fn finished_builds_at(setup: &Setup, commit: &str) -> i64 {
+    finished_builds_of(setup, "%", commit)
+}
+
+fn finished_builds_of(setup: &Setup, spec: &str, commit: &str) -> i64 {
     let conn = setup.db();
     conn.busy_timeout(Duration::from_secs(5)).unwrap();
     conn.query_row(
         "SELECT COUNT(*) FROM Builds b JOIN Evaluations e ON e.id = b.evaluation
-         WHERE e.revision = ?1 AND e.status = 0 AND b.status >= 0",
-        [commit],
+         WHERE e.revision = ?1 AND e.specification LIKE ?2 AND e.status = 0
+           AND b.status >= 0",
+        [commit, spec],
         |r| r.get(0),
     )
     .unwrap_or(-1)
@@ -116,14 +123,15 @@ impl SmallDisk {
         ok.then(|| SmallDisk(dir.to_path_buf()))
     }
 
-    /// Writes a file until the disk is full.
-    fn fill(&self) -> PathBuf {
+    /// Writes a file until the disk is full, then frees `room` bytes.
+    fn fill(&self, room: u64) -> PathBuf {
         use std::io::Write;
         let path = self.0.join("filler");
         let mut f = std::fs::File::create(&path).unwrap();
         let block = vec![0u8; 4096];
         while f.write_all(&block).is_ok() {}
-        let _ = f.sync_all();
+        let len = f.metadata().unwrap().len();
+        f.set_len(len.saturating_sub(room)).unwrap();
         path
     }
 }
@@ -156,7 +164,7 @@ fn a_full_disk_is_logged_and_the_commit_is_evaluated_once_there_is_room() {
     let spec = setup.write_spec(&format!(
         "(list {})\n",
         spec_entry(
-            "full",
+            "disk",
             &url,
             "ci.scm",
             "sleepy-jobs",
@@ -171,10 +179,12 @@ fn a_full_disk_is_logged_and_the_commit_is_evaluated_once_there_is_room() {
     wait_until(Duration::from_secs(30), "a failed fetch", || {
         cuirass.log_text().contains("fetch failed")
     });
-    let filler = disk.fill();
+    // Room for the evaluation to begin, not for its 150 jobs: the disk
+    // fills up half-way through registering them.
+    let filler = disk.fill(48 * 1024);
     let repo = Repo::new(setup.tmp.path(), &[("ci.scm", "jobs/sleepy-jobs.scm")]);
     wait_until(Duration::from_secs(60), "the full-disk error", || {
-        cuirass.log_text().contains("full")
+        cuirass.log_text().contains("database or disk is full")
     });
     assert!(cuirass.child.try_wait().unwrap().is_none(), "cuirass died");
     std::fs::remove_file(filler).unwrap();
@@ -216,7 +226,7 @@ fn an_unusable_cache_directory_fails_that_spec_only() {
         stderr.contains(&setup.cache.join("a").display().to_string()),
         "{stderr}"
     );
-    assert_eq!(finished_builds_at(&setup, &head(&b)), 5);
+    assert_eq!(finished_builds_of(&setup, "b", &head(&b)), 5);
     assert_eq!(
         count(
             &setup.db(),
@@ -227,7 +237,7 @@ fn an_unusable_cache_directory_fails_that_spec_only() {
     assert_sound(&setup.db);
     std::fs::remove_file(setup.cache.join("a")).unwrap();
     assert!(setup.one_shot(&[]).status.success());
-    assert_eq!(finished_builds_at(&setup, &head(&a)), 5);
+    assert_eq!(finished_builds_of(&setup, "a", &head(&a)), 5);
     assert_sound(&setup.db);
 }
 
