@@ -15,11 +15,19 @@ const READ_CAP: usize = 256 * 1024;
 /// stderr lines longer than this are cut when logged.
 const MAX_LOG_LINE: usize = 4096;
 
+/// The longest stdout line kept.  The evaluator prints one short
+/// S-expression per job, so a longer line is broken output; without a cap a
+/// child printing megabytes without a newline would grow our buffer
+/// without bound.
+pub const MAX_STDOUT_LINE: usize = 1 << 20;
+
 pub struct Proc {
     pub child: Child,
     pub stdout: Option<Receiver>,
     pub stderr: Option<Receiver>,
     stdout_buf: Vec<u8>,
+    /// Dropping the rest of an over-long stdout line up to its newline.
+    stdout_skipping: bool,
     stderr_buf: Vec<u8>,
     /// The last few stderr lines, kept to explain a failure.
     pub stderr_tail: Vec<String>,
@@ -49,6 +57,7 @@ pub fn spawn(mut cmd: Command, registry: &Registry, out: Token, err: Token) -> i
         stdout: Some(stdout),
         stderr: Some(stderr),
         stdout_buf: Vec::new(),
+        stdout_skipping: false,
         stderr_buf: Vec::new(),
         stderr_tail: Vec::new(),
         status: None,
@@ -97,24 +106,74 @@ fn take_lines(buf: &mut Vec<u8>, mut each: impl FnMut(&[u8])) {
     buf.drain(..start);
 }
 
+/// Hands out the complete lines of `buf` and keeps a partial one, unless
+/// it is over `cap`: then it is dropped, and so is the rest of that line as
+/// it arrives (`skipping`).  Returns whether a line went over the cap.
+fn split_capped(
+    buf: &mut Vec<u8>,
+    skipping: &mut bool,
+    cap: usize,
+    mut each: impl FnMut(&[u8]),
+) -> bool {
+    let mut too_long = false;
+    if *skipping {
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                buf.drain(..=i);
+                *skipping = false;
+            }
+            None => {
+                buf.clear();
+                return false;
+            }
+        }
+    }
+    let mut start = 0;
+    while let Some(i) = buf[start..].iter().position(|&b| b == b'\n') {
+        if i > cap {
+            too_long = true;
+        } else {
+            each(&buf[start..start + i]);
+        }
+        start += i + 1;
+    }
+    buf.drain(..start);
+    if buf.len() > cap {
+        buf.clear();
+        *skipping = true;
+        too_long = true;
+    }
+    too_long
+}
+
 impl Proc {
     /// Reads stdout; complete lines are handed to `line`.  A partial line
-    /// stays buffered until its end arrives or the pipe closes.
-    pub fn read_stdout(&mut self, registry: &Registry, mut line: impl FnMut(&[u8])) {
-        let Some(pipe) = self.stdout.as_mut() else {
-            return;
-        };
+    /// stays buffered until its end arrives or the pipe closes.  A line
+    /// longer than [`MAX_STDOUT_LINE`] is dropped and reported by returning
+    /// `Some(MAX_STDOUT_LINE)`, once per such line.
+    pub fn read_stdout(
+        &mut self,
+        registry: &Registry,
+        mut line: impl FnMut(&[u8]),
+    ) -> Option<usize> {
+        let pipe = self.stdout.as_mut()?;
         let drained = drain(pipe, &mut self.stdout_buf);
         self.stdout_more = drained == Drained::Capped;
         let open = drained != Drained::Closed;
-        take_lines(&mut self.stdout_buf, &mut line);
+        let too_long = split_capped(
+            &mut self.stdout_buf,
+            &mut self.stdout_skipping,
+            MAX_STDOUT_LINE,
+            &mut line,
+        );
         if !open {
-            if !self.stdout_buf.is_empty() {
+            if !self.stdout_buf.is_empty() && !self.stdout_skipping {
                 line(&std::mem::take(&mut self.stdout_buf));
             }
             let mut pipe = self.stdout.take().unwrap();
             let _ = registry.deregister(&mut pipe);
         }
+        too_long.then_some(MAX_STDOUT_LINE)
     }
 
     /// Logs stderr line by line with `label` (the spec name and step).
@@ -207,5 +266,24 @@ mod tests {
         take_lines(&mut buf, |l| seen.push(l.to_vec()));
         assert_eq!(seen, vec![b"a".to_vec(), b"bc".to_vec()]);
         assert_eq!(buf, b"partial");
+    }
+
+    #[test]
+    fn stdout_lines_over_the_cap_are_dropped_and_reported() {
+        let (mut buf, mut skipping) = (b"ok\n0123456789".to_vec(), false);
+        let mut seen = Vec::new();
+        assert!(split_capped(&mut buf, &mut skipping, 4, |l| seen.push(l.to_vec())));
+        assert_eq!(
+            (seen.clone(), buf.len(), skipping),
+            (vec![b"ok".to_vec()], 0, true)
+        );
+        // The rest of the long line goes too; the next line is kept.
+        buf.extend_from_slice(b"more\nnext\n");
+        assert!(!split_capped(&mut buf, &mut skipping, 4, |l| seen.push(l.to_vec())));
+        assert_eq!(seen.last().unwrap(), b"next");
+        // A complete line over the cap, arriving at once.
+        buf.extend_from_slice(b"0123456789\nx\n");
+        assert!(split_capped(&mut buf, &mut skipping, 4, |l| seen.push(l.to_vec())));
+        assert_eq!(seen.last().unwrap(), b"x");
     }
 }

@@ -355,8 +355,22 @@ impl Db {
     }
 
     /// Opens an evaluation whose jobs arrive while the evaluator runs.
+    ///
+    /// A specification runs one evaluation at a time, so one of its
+    /// evaluations still in progress here is a leftover: its outcome could
+    /// not be recorded (a full disk, a read-only file) and the stamp did not
+    /// move.  It is rolled back in the same transaction, so the commit's new
+    /// evaluation replaces it instead of leaving it in progress forever.
     pub fn begin_evaluation(&mut self, spec: &str, commit: &str, now: i64) -> Result<EvalId> {
         let tx = self.conn.transaction()?;
+        let leftovers: Vec<EvalId> = tx
+            .prepare_cached("SELECT id FROM Evaluations WHERE specification = ?1 AND status = ?2")?
+            .query_map(params![spec, eval_status::IN_PROGRESS], |r| r.get(0))?
+            .collect::<std::result::Result<_, _>>()?;
+        for eval in leftovers {
+            log::warn!("spec={spec} evaluation {eval} was left in progress; rolled back");
+            Db::delete_evaluation(&tx, eval)?;
+        }
         let eval = Db::insert_evaluation(&tx, spec, commit, eval_status::IN_PROGRESS, now)?;
         tx.commit()?;
         Ok(eval)
@@ -440,6 +454,15 @@ impl Db {
         Ok(())
     }
 
+    /// Rolls back an evaluation whose jobs could not all be registered;
+    /// the stamp stays, so its commit is evaluated again.
+    pub fn abandon_evaluation(&mut self, eval: EvalId) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        Db::delete_evaluation(&tx, eval)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// At start-up, evaluations a previous process left in progress are
     /// rolled back entirely, so their commit is evaluated again.
     pub fn roll_back_interrupted_evaluations(&mut self) -> Result<usize> {
@@ -449,16 +472,23 @@ impl Db {
             .query_map([eval_status::IN_PROGRESS], |r| r.get(0))?
             .collect::<std::result::Result<_, _>>()?;
         for eval in &evals {
-            tx.execute(
-                "DELETE FROM Outputs WHERE build IN (SELECT id FROM Builds WHERE evaluation = ?1)",
-                [eval],
-            )?;
-            tx.execute("DELETE FROM Builds WHERE evaluation = ?1", [eval])?;
-            tx.execute("DELETE FROM Derivations WHERE evaluation = ?1", [eval])?;
-            tx.execute("DELETE FROM Evaluations WHERE id = ?1", [eval])?;
+            Db::delete_evaluation(&tx, *eval)?;
         }
         tx.commit()?;
         Ok(evals.len())
+    }
+
+    /// Deletes an evaluation and everything registered for it, children
+    /// first (foreign keys are on).
+    fn delete_evaluation(tx: &Transaction, eval: EvalId) -> Result<()> {
+        tx.execute(
+            "DELETE FROM Outputs WHERE build IN (SELECT id FROM Builds WHERE evaluation = ?1)",
+            [eval],
+        )?;
+        tx.execute("DELETE FROM Builds WHERE evaluation = ?1", [eval])?;
+        tx.execute("DELETE FROM Derivations WHERE evaluation = ?1", [eval])?;
+        tx.execute("DELETE FROM Evaluations WHERE id = ?1", [eval])?;
+        Ok(())
     }
 
     /// Records an evaluation that produced no jobs because the evaluator

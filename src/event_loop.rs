@@ -78,8 +78,12 @@ struct Work {
     /// The evaluation being registered, while the evaluator runs.
     evaluation: Option<db::EvalId>,
     jobs_registered: usize,
-    done_line: Option<u64>,
+    /// The evaluator's output so far, checked as a whole.
+    tally: job::Tally,
     eval_error: Option<String>,
+    /// The failure was ours (the database refused the jobs), not the
+    /// commit's: the evaluation is rolled back, not recorded as failed.
+    eval_retry: bool,
     conn: Option<Conn>,
     queue: VecDeque<db::PendingBuild>,
     /// Derivations already handed to the daemon this cycle: builds of the
@@ -185,14 +189,20 @@ impl EventLoop {
     /// builds left `started` by a previous process are scheduled again
     /// (the daemon forgot them when our connection closed).
     fn recover(&mut self) -> Result<(), Fatal> {
+        // These are the first writes: a read-only database fails here, and
+        // the message should name it.
+        let db = self.config.database.display().to_string();
         let rolled_back = self
             .db
             .roll_back_interrupted_evaluations()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("{db}: {e}"))?;
         if rolled_back > 0 {
             log::info!("recovery: {rolled_back} interrupted evaluation(s) rolled back");
         }
-        let reset = self.db.reset_started_builds().map_err(|e| e.to_string())?;
+        let reset = self
+            .db
+            .reset_started_builds()
+            .map_err(|e| format!("{db}: {e}"))?;
         if reset > 0 {
             log::info!("recovery: {reset} interrupted build(s) rescheduled");
         }

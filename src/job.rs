@@ -82,6 +82,54 @@ pub fn parse_line(line: &[u8]) -> Result<Line, String> {
     }
 }
 
+/// What one evaluation's output has said so far, to check it as a whole:
+/// every job name once, nothing after `(done N)`, and N the number of jobs.
+///
+/// A job name that appears twice fails the evaluation rather than being
+/// ignored: the name is how people and the HTTP API find a job's builds
+/// (`/api/latestbuilds?job=…`), so keeping either derivation silently
+/// would hide a bug in the job file behind builds of the wrong thing.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Job name to its derivation.
+    names: std::collections::HashMap<String, String>,
+    done: Option<u64>,
+}
+
+impl Tally {
+    /// Checks a line against what came before it and counts it.
+    pub fn accept(&mut self, line: &Line) -> Result<(), String> {
+        if let Some(n) = self.done {
+            return Err(format!("output after (done {n})"));
+        }
+        match line {
+            Line::Job { name, derivation } => {
+                if let Some(first) = self.names.get(name) {
+                    return Err(format!(
+                        "job name '{name}' appears twice ({first} and {derivation})"
+                    ));
+                }
+                self.names.insert(name.clone(), derivation.clone());
+            }
+            Line::JobError { .. } => {}
+            Line::Done(n) => self.done = Some(*n),
+        }
+        Ok(())
+    }
+
+    /// Whether the output, now ended, was complete.
+    pub fn finish(&self) -> Result<(), String> {
+        match self.done {
+            None => Err("evaluator output ended without (done N)".into()),
+            Some(n) if n != self.names.len() as u64 => Err(format!(
+                "evaluator announced {n} jobs but printed {} (output lost?)",
+                self.names.len()
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
 /// Builds the database record of a job from its `.drv` file's contents.
 pub fn job_record(name: &str, derivation: &str, drv_bytes: &[u8]) -> Result<JobRecord, String> {
     let drv =
@@ -128,6 +176,53 @@ mod tests {
             }
         );
         assert_eq!(parse_line(b"(done 5)").unwrap(), Line::Done(5));
+    }
+
+    fn job(name: &str, drv: &str) -> Line {
+        Line::Job {
+            name: name.into(),
+            derivation: drv.into(),
+        }
+    }
+
+    #[test]
+    fn duplicate_job_names_are_an_error() {
+        let mut tally = Tally::default();
+        tally.accept(&job("a", DRV)).unwrap();
+        let err = tally
+            .accept(&job("a", "/gnu/store/x-other.drv"))
+            .unwrap_err();
+        assert!(err.contains("'a' appears twice"), "{err}");
+    }
+
+    #[test]
+    fn done_must_be_last_and_count_the_jobs() {
+        let mut tally = Tally::default();
+        assert!(tally.finish().unwrap_err().contains("without (done N)"));
+        tally.accept(&job("a", DRV)).unwrap();
+        tally.accept(&Line::Done(2)).unwrap();
+        assert!(
+            tally
+                .finish()
+                .unwrap_err()
+                .contains("announced 2 jobs but printed 1")
+        );
+        assert!(
+            tally
+                .accept(&Line::Done(1))
+                .unwrap_err()
+                .contains("after (done 2)")
+        );
+        let mut tally = Tally::default();
+        tally.accept(&job("a", DRV)).unwrap();
+        tally
+            .accept(&Line::JobError {
+                name: "b".into(),
+                message: String::new(),
+            })
+            .unwrap();
+        tally.accept(&Line::Done(1)).unwrap();
+        tally.finish().unwrap();
     }
 
     #[test]

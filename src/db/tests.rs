@@ -291,3 +291,37 @@ fn interrupted_evaluations_are_rolled_back_and_failed_ones_cancel_their_builds()
     assert_eq!(count(&db, "SELECT COUNT(*) FROM Outputs"), 2);
     assert_eq!(db.stamp("a").unwrap().as_deref(), Some("c1"));
 }
+
+/// Issue 6: an evaluation whose outcome could not be recorded (disk full)
+/// stayed in progress forever while the same commit was evaluated again.
+#[test]
+fn an_evaluation_left_in_progress_is_replaced_by_the_next_one_of_its_spec() {
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("a"), spec("b")]).unwrap();
+    let lost = db.begin_evaluation("a", "c1", 1).unwrap();
+    db.add_jobs("a", lost, &[job("one")], 1).unwrap();
+    // Another spec's evaluation in progress is none of a's business.
+    let other = db.begin_evaluation("b", "c9", 1).unwrap();
+    let again = db.begin_evaluation("a", "c1", 2).unwrap();
+    assert_ne!(again, lost);
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM Evaluations WHERE status = -1"),
+        2
+    );
+    assert_eq!(
+        count(
+            &db,
+            &format!("SELECT COUNT(*) FROM Evaluations WHERE id = {lost}")
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &db,
+            &format!("SELECT COUNT(*) FROM Evaluations WHERE id = {other}")
+        ),
+        1
+    );
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM Builds"), 0);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM Outputs"), 0);
+}

@@ -34,7 +34,7 @@ impl EventLoop {
         };
         let step = *step;
         let mut lines: Vec<Vec<u8>> = Vec::new();
-        proc.read_stdout(self.poll.registry(), |l| lines.push(l.to_vec()));
+        let too_long = proc.read_stdout(self.poll.registry(), |l| lines.push(l.to_vec()));
         match step {
             Step::Fetch => {
                 for l in lines {
@@ -48,10 +48,16 @@ impl EventLoop {
                 for l in lines {
                     log::info!("{label}: {}", String::from_utf8_lossy(&l));
                 }
+                if let Some(n) = too_long {
+                    log::warn!("{label}: an output line over {n} bytes was dropped");
+                }
             }
             Step::Evaluate => {
                 for l in lines {
                     self.evaluator_line(index, &l);
+                }
+                if let Some(n) = too_long {
+                    self.evaluator_failed(index, format!("an output line is over {n} bytes"));
                 }
                 self.flush_jobs(index);
             }
@@ -65,35 +71,45 @@ impl EventLoop {
         if work.eval_error.is_some() || line.iter().all(u8::is_ascii_whitespace) {
             return;
         }
-        let parsed = job::parse_line(line).and_then(|l| match l {
-            job::Line::Job {
-                name: job_name,
-                derivation,
-            } => {
-                let bytes = std::fs::read(&derivation)
-                    .map_err(|e| format!("job {job_name}: cannot read {derivation}: {e}"))?;
-                work.jobs
-                    .push(job::job_record(&job_name, &derivation, &bytes)?);
-                Ok(())
+        let parsed = job::parse_line(line).and_then(|l| {
+            work.tally.accept(&l)?;
+            match l {
+                job::Line::Job {
+                    name: job_name,
+                    derivation,
+                } => {
+                    let bytes = std::fs::read(&derivation)
+                        .map_err(|e| format!("job {job_name}: cannot read {derivation}: {e}"))?;
+                    work.jobs
+                        .push(job::job_record(&job_name, &derivation, &bytes)?);
+                }
+                job::Line::JobError {
+                    name: job_name,
+                    message,
+                } => log::warn!("spec={name} job {job_name} failed to evaluate: {message}"),
+                job::Line::Done(_) => {}
             }
-            job::Line::JobError {
-                name: job_name,
-                message,
-            } => {
-                log::warn!("spec={name} job {job_name} failed to evaluate: {message}");
-                Ok(())
-            }
-            job::Line::Done(n) => {
-                work.done_line = Some(n);
-                Ok(())
-            }
+            Ok(())
         });
         if let Err(e) = parsed {
-            log::error!("spec={name} bad evaluator output: {e}");
-            work.eval_error = Some(format!("bad evaluator output: {e}"));
-            if let Some((_, proc, _)) = work.proc.as_mut() {
-                proc.kill();
-            }
+            self.evaluator_failed(index, e);
+        }
+    }
+
+    /// Bad output ends the evaluation: the first reason is the one kept,
+    /// and the evaluator is killed since nothing more it says is used.
+    fn evaluator_failed(&mut self, index: usize, reason: String) {
+        let work = &mut self.work[index];
+        if work.eval_error.is_some() {
+            return;
+        }
+        log::error!(
+            "spec={} bad evaluator output: {reason}",
+            self.specs[index].spec.name
+        );
+        work.eval_error = Some(format!("bad evaluator output: {reason}"));
+        if let Some((_, proc, _)) = work.proc.as_mut() {
+            proc.kill();
         }
     }
 
@@ -216,6 +232,18 @@ impl EventLoop {
             .current_dir(&checkout)
             .env("GUIX_DAEMON_SOCKET", &self.config.daemon_socket);
         let commit = self.work[index].commit.clone().unwrap_or_default();
+        // The evaluator needs the daemon; without it every evaluation would
+        // fail and its commit be marked done.  Postponed instead, with no
+        // stamp, so the next poll tries the same commit again.  (Connecting
+        // to a Unix socket does not block.)
+        if let Err(e) = std::os::unix::net::UnixStream::connect(&self.config.daemon_socket) {
+            log::error!(
+                "spec={name} evaluation of {commit} postponed: cannot connect to guix-daemon at {}: {e}",
+                self.config.daemon_socket.display()
+            );
+            self.end_cycle(index);
+            return;
+        }
         let eval = match self.db.begin_evaluation(&name, &commit, unix_now()) {
             Ok(eval) => eval,
             Err(e) => {
@@ -228,8 +256,9 @@ impl EventLoop {
         let work = &mut self.work[index];
         work.jobs.clear();
         work.jobs_registered = 0;
-        work.done_line = None;
+        work.tally = job::Tally::default();
         work.eval_error = None;
+        work.eval_retry = false;
         work.evaluation = Some(eval);
         self.specs[index].set_state(State::Evaluating);
         log::info!("spec={name} evaluation {eval} of {commit} started");
@@ -268,6 +297,7 @@ impl EventLoop {
             Err(e) => {
                 log::error!("spec={name} evaluation {eval}: {e}");
                 work.eval_error = Some(format!("cannot register jobs: {e}"));
+                work.eval_retry = true;
                 if let Some((_, proc, _)) = work.proc.as_mut() {
                     proc.kill();
                 }
@@ -281,8 +311,8 @@ impl EventLoop {
         if work.eval_error.is_none() {
             if !ok {
                 work.eval_error = Some(format!("evaluator {}", proc.failure_reason()));
-            } else if work.done_line.is_none() {
-                work.eval_error = Some("evaluator output ended without (done N)".into());
+            } else if let Err(e) = work.tally.finish() {
+                work.eval_error = Some(format!("bad evaluator output: {e}"));
             }
         }
         self.close_evaluation(index);
@@ -297,6 +327,21 @@ impl EventLoop {
             return;
         };
         let now = unix_now();
+        if std::mem::take(&mut work.eval_retry) {
+            // A full disk or a read-only file says nothing about the
+            // commit: forget the evaluation and keep the stamp, so the
+            // next poll evaluates the commit again.  Should this write
+            // fail too, the next `begin_evaluation` rolls it back.
+            let error = work.eval_error.take().unwrap_or_default();
+            log::error!(
+                "spec={name} evaluation {eval} of {commit} abandoned, to be retried: {error}"
+            );
+            if let Err(e) = self.db.abandon_evaluation(eval) {
+                log::error!("spec={name} cannot roll back evaluation {eval}: {e}");
+            }
+            self.start_building(index);
+            return;
+        }
         let result = match work.eval_error.take() {
             Some(error) => {
                 log::error!("spec={name} evaluation {eval} of {commit} failed: {error}");

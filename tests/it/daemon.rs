@@ -301,13 +301,13 @@ fn kill_9_during_builds_then_restart_finishes_every_job_once() {
 
 /// A guix-daemon of the test's own, on a private socket, so that killing
 /// it does not disturb the tests sharing the main one.
-struct PrivateDaemon {
+pub struct PrivateDaemon {
     socket: std::path::PathBuf,
     child: Option<std::process::Child>,
 }
 
 impl PrivateDaemon {
-    fn start(socket: &std::path::Path) -> PrivateDaemon {
+    pub fn start(socket: &std::path::Path) -> PrivateDaemon {
         use std::os::unix::process::CommandExt;
         let _ = std::fs::remove_file(socket);
         let child = std::process::Command::new("guix-daemon")
@@ -332,7 +332,7 @@ impl PrivateDaemon {
     /// Kills the daemon and every process it forked: the per-connection
     /// workers leave the daemon's process group, so they are found by
     /// their parent.
-    fn kill(&mut self) {
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let mut victims = descendants(child.id() as i32);
             victims.push(child.id() as i32);

@@ -1,9 +1,12 @@
 //! Integration tests: the real binary, real git repositories, the real
 //! guix-daemon and the real Guix evaluator.
 
+mod chaos;
 mod cli;
 mod daemon;
 mod http;
 mod http_hostile;
+mod faults;
+mod hostile;
 mod one_shot;
 mod support;

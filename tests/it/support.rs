@@ -309,3 +309,34 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     let head = String::from_utf8_lossy(&reply[..reply.len().min(12)]).into_owned();
     head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
+
+/// What every fault test ends with: the database passes SQLite's own
+/// check, and no evaluation is left in progress (status -1).
+pub fn assert_sound(db: &Path) {
+    let conn = Connection::open(db).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let fk: i64 = conn
+        .query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(fk, 0, "foreign key violations");
+    assert_eq!(
+        count(&conn, "SELECT COUNT(*) FROM Evaluations WHERE status = -1"),
+        0,
+        "an evaluation was left in progress"
+    );
+}
+
+/// A shell script written into `dir`, to stand in for the evaluator with
+/// `--evaluator "/bin/sh SCRIPT"`: it is still a real process whose output
+/// cuirass reads through a pipe.
+pub fn fake_evaluator(dir: &Path, name: &str, body: &str) -> String {
+    let path = dir.join(format!("{name}.sh"));
+    std::fs::write(&path, format!("# Fake evaluator: {name}\n{body}\n")).unwrap();
+    format!("/bin/sh {}", path.display())
+}
