@@ -31,7 +31,7 @@ const MAX_LEN: usize = 64 * 1024;
 /// Inputs that parse are kept as new starting points, up to this many.
 const MAX_CORPUS: usize = 4096;
 
-const TARGETS: &[&str] = &["sexp", "spec", "drv", "trace", "wire", "job"];
+const TARGETS: &[&str] = &["sexp", "spec", "drv", "trace", "wire", "job", "http"];
 
 /// xorshift64*: small, fast, and the same on every machine for a seed.
 struct Rng(u64);
@@ -233,6 +233,7 @@ fn run_target(target: &str, input: &[u8], rng_seed: u64) -> Outcome {
         "trace" => fuzz_trace(input, rng_seed),
         "wire" => fuzz_wire(input, rng_seed),
         "job" => Ok(job::parse_line(input).is_ok()),
+        "http" => fuzz_http(input),
         other => Err(format!("unknown target {other}")),
     }
 }
@@ -255,8 +256,76 @@ fn parse_only(target: &str, input: &[u8]) {
         }
         "wire" => drop(decode(input, &[])),
         "job" => drop(job::parse_line(input)),
+        "http" => drop(cuirass::http::parse_request(input)),
         _ => {}
     }
+}
+
+thread_local! {
+    /// One small database for every HTTP execution: routes run real queries.
+    static API_DB: cuirass::db::Db = {
+        let mut db = cuirass::db::Db::open_in_memory().expect("in-memory database");
+        let spec = spec::Specification {
+            name: "hello".into(),
+            url: "file:///nowhere".into(),
+            branch: Some("master".into()),
+            commit: None,
+            tag: None,
+            no_compile: true,
+            load_path: ".".into(),
+            file: "ci.scm".into(),
+            proc_name: "jobs".into(),
+            arguments: "()".into(),
+        };
+        db.add_specifications(&[spec]).expect("spec");
+        let job = cuirass::db::JobRecord {
+            job_name: "hello".into(),
+            derivation: "/gnu/store/0123456789abcdfghijklmnpqrsvwxyz-hello.drv".into(),
+            system: "x86_64-linux".into(),
+            nix_name: "hello".into(),
+            outputs: vec![("out".into(), "/gnu/store/0123456789abcdfghijklmnpqrsvwxyz-hello".into())],
+        };
+        db.register_evaluation("hello", "c0ffee", &[job], 1).expect("evaluation");
+        db
+    };
+}
+
+/// An HTTP request head: whatever is accepted has a clean path (no `.`,
+/// `..` or NUL segment), a length within the input, the same answer for
+/// every prefix that holds it, and a route answer that is a real status.
+fn fuzz_http(input: &[u8]) -> Outcome {
+    use cuirass::http::{Parsed, parse_request};
+    let Ok(Parsed::Complete(req, used)) = parse_request(input) else {
+        return Ok(false);
+    };
+    if used == 0 || used > input.len() {
+        return Err(format!("consumed {used} of {} bytes", input.len()));
+    }
+    if !req.path.starts_with('/') || req.path.contains('\0') {
+        return Err(format!("unclean path {:?}", req.path));
+    }
+    if let Some(bad) = req
+        .segments
+        .iter()
+        .find(|s| *s == "." || *s == ".." || s.contains('\0'))
+    {
+        return Err(format!("segment {bad:?} let through"));
+    }
+    match parse_request(&input[..used]) {
+        Ok(Parsed::Complete(again, n)) if n == used && again.path == req.path => {}
+        other => {
+            return Err(format!(
+                "the request's own bytes parse differently: {other:?}"
+            ));
+        }
+    }
+    let status = API_DB.with(|db| {
+        cuirass::api::respond_with_logs(db, &req, Path::new("/nonexistent/log/root")).status
+    });
+    if !(200..600).contains(&status) || status == 500 {
+        return Err(format!("{} {} answered {status}", req.method, req.path));
+    }
+    Ok(true)
 }
 
 /// Prints, reads back and prints again: the two texts must be equal.
@@ -463,6 +532,17 @@ fn seeds(target: &str, fixtures: &Path) -> Vec<Vec<u8>> {
             s
         }
         "drv" => read_dir_files(&fixtures.join("drv"), ext("drv")),
+        "http" => [
+            "GET /build/1 HTTP/1.1\r\nHost: t\r\n\r\n",
+            "GET /api/latestbuilds?nr=10&job=hello&status=0 HTTP/1.1\r\nHost: t\r\n\r\n",
+            "HEAD /api/queue?nr=5 HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "GET /build/1/log/raw HTTP/1.0\r\n\r\n",
+            "GET /api/evaluations?nr=1 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            "GET /jobsets%2F..%2F HTTP/1.1\r\n\r\n",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect(),
         "trace" => read_dir_files(&fixtures.join("trace"), ext("txt")),
         "wire" => read_dir_files(&fixtures.join("wire"), ext("bin"))
             .into_iter()

@@ -4,9 +4,9 @@
 mod chaos;
 mod cli;
 mod daemon;
-mod http;
-mod http_hostile;
 mod faults;
 mod hostile;
+mod http;
+mod http_hostile;
 mod one_shot;
 mod support;
