@@ -29,6 +29,26 @@ pub struct Specification {
     pub arguments: String,
 }
 
+impl Specification {
+    /// A specification with the defaults a file would get for the keys it
+    /// leaves out: branch master, load path ".", no arguments, no
+    /// compilation step.
+    pub fn new(name: &str, url: &str, file: &str, proc_name: &str) -> Specification {
+        Specification {
+            name: name.into(),
+            url: url.into(),
+            branch: Some("master".into()),
+            commit: None,
+            tag: None,
+            no_compile: true,
+            load_path: ".".into(),
+            file: file.into(),
+            proc_name: proc_name.into(),
+            arguments: "()".into(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct SpecError {
     pub file: String,

@@ -8,16 +8,9 @@ use std::path::PathBuf;
 
 fn spec(name: &str, branch: Option<&str>) -> Specification {
     Specification {
-        name: name.into(),
-        url: format!("file:///srv/{name}.git"),
         branch: branch.map(Into::into),
-        commit: None,
-        tag: None,
-        no_compile: true,
-        load_path: ".".into(),
-        file: "ci.scm".into(),
-        proc_name: "jobs".into(),
         arguments: "((nonce . \"x\"))".into(),
+        ..Specification::new(name, &format!("file:///srv/{name}.git"), "ci.scm", "jobs")
     }
 }
 

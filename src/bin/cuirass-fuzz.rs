@@ -265,18 +265,7 @@ thread_local! {
     /// One small database for every HTTP execution: routes run real queries.
     static API_DB: cuirass::db::Db = {
         let mut db = cuirass::db::Db::open_in_memory().expect("in-memory database");
-        let spec = spec::Specification {
-            name: "hello".into(),
-            url: "file:///nowhere".into(),
-            branch: Some("master".into()),
-            commit: None,
-            tag: None,
-            no_compile: true,
-            load_path: ".".into(),
-            file: "ci.scm".into(),
-            proc_name: "jobs".into(),
-            arguments: "()".into(),
-        };
+        let spec = spec::Specification::new("hello", "file:///nowhere", "ci.scm", "jobs");
         db.add_specifications(&[spec]).expect("spec");
         let job = cuirass::db::JobRecord {
             job_name: "hello".into(),

@@ -2,16 +2,8 @@ use super::*;
 
 fn spec(name: &str) -> Specification {
     Specification {
-        name: name.into(),
-        url: format!("file:///srv/{name}.git"),
-        branch: Some("master".into()),
-        commit: None,
-        tag: None,
-        no_compile: true,
-        load_path: ".".into(),
-        file: "ci.scm".into(),
-        proc_name: "jobs".into(),
         arguments: "((nonce . \"x\"))".into(),
+        ..Specification::new(name, &format!("file:///srv/{name}.git"), "ci.scm", "jobs")
     }
 }
 

@@ -46,18 +46,7 @@ fn vm_rss_kib(pid: u32) -> u64 {
 /// directory, as a corrupted or malicious database might.
 fn hostile_database(setup: &Setup) {
     let mut db = Db::open(&setup.db).unwrap();
-    let spec = cuirass::spec::Specification {
-        name: "evil".into(),
-        url: "file:///nowhere".into(),
-        branch: Some("master".into()),
-        commit: None,
-        tag: None,
-        no_compile: true,
-        load_path: ".".into(),
-        file: "ci.scm".into(),
-        proc_name: "jobs".into(),
-        arguments: "()".into(),
-    };
+    let spec = cuirass::spec::Specification::new("evil", "file:///nowhere", "ci.scm", "jobs");
     db.add_specifications(&[spec]).unwrap();
     let job = |n: &str| JobRecord {
         job_name: n.into(),

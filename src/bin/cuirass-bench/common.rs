@@ -212,18 +212,7 @@ pub const SPEC: &str = "bench";
 
 /// A database holding the benchmark's specification, for `url`.
 pub fn open_db(path: &Path, url: &str) -> Result<Db, String> {
-    let spec = Specification {
-        name: SPEC.into(),
-        url: url.into(),
-        branch: Some("master".into()),
-        commit: None,
-        tag: None,
-        no_compile: true,
-        load_path: ".".into(),
-        file: "jobs.scm".into(),
-        proc_name: "jobs".into(),
-        arguments: "()".into(),
-    };
+    let spec = Specification::new(SPEC, url, "jobs.scm", "jobs");
     let mut db = Db::open(path).map_err(|e| e.to_string())?;
     db.add_specifications(&[spec]).map_err(|e| e.to_string())?;
     Ok(db)
