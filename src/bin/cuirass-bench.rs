@@ -2,8 +2,8 @@
 //!
 //!     cargo run --release --bin cuirass-bench -- [NAME...]
 //!
-//! NAME is one of `registration`, `trace-replay`, `bookkeeping`,
-//! `restart`; none runs them all.  Needs the real guix-daemon and Guix
+//! NAME is one of `registration`, `streaming`, `trace-replay`,
+//! `bookkeeping`, `restart`; none runs them all.  Needs the real guix-daemon and Guix
 //! (see /work/shared/GUIX.md); the first run makes and builds the
 //! benchmark's derivations once and caches their evaluator output under
 //! /var/tmp/cuirass-bench/.
@@ -16,6 +16,8 @@ mod common;
 mod registration;
 #[path = "cuirass-bench/restart.rs"]
 mod restart;
+#[path = "cuirass-bench/streaming.rs"]
+mod streaming;
 #[path = "cuirass-bench/trace_replay.rs"]
 mod trace_replay;
 
@@ -26,6 +28,7 @@ type Bench = fn() -> Result<Vec<Figure>, String>;
 
 const BENCHES: &[(&str, Bench)] = &[
     ("registration", registration::run),
+    ("streaming", streaming::run),
     ("trace-replay", trace_replay::run),
     ("bookkeeping", bookkeeping::run),
     ("restart", restart::run),
