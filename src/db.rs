@@ -96,6 +96,11 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS Builds_finished ON Builds (stoptime DESC, id DESC) WHERE status >= 0;
      CREATE INDEX IF NOT EXISTS Builds_queue ON Builds (status DESC, timestamp, id) WHERE status < 0;
      CREATE INDEX IF NOT EXISTS Derivations_job_name ON Derivations (job_name);",
+    // 4: when an evaluation ended, for its duration on /metrics, and the
+    // finished builds' durations, which /metrics reads without the table.
+    "ALTER TABLE Evaluations ADD COLUMN evaltime INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX IF NOT EXISTS Builds_duration ON Builds (stoptime - starttime)
+       WHERE status >= 0 AND starttime > 0;",
 ];
 
 pub fn schema_version() -> usize {
@@ -398,8 +403,8 @@ impl Db {
         now: i64,
     ) -> Result<usize> {
         let tx = self.conn.transaction()?;
-        tx.prepare_cached("UPDATE Evaluations SET status = ?2 WHERE id = ?1")?
-            .execute(params![eval, eval_status::SUCCEEDED])?;
+        tx.prepare_cached("UPDATE Evaluations SET status = ?2, evaltime = ?3 WHERE id = ?1")?
+            .execute(params![eval, eval_status::SUCCEEDED, now])?;
         Db::set_stamp(&tx, spec, commit)?;
         let canceled = tx
             .prepare_cached(
@@ -429,8 +434,10 @@ impl Db {
         now: i64,
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
-        tx.prepare_cached("UPDATE Evaluations SET status = ?2, error = ?3 WHERE id = ?1")?
-            .execute(params![eval, eval_status::FAILED, error])?;
+        tx.prepare_cached(
+            "UPDATE Evaluations SET status = ?2, error = ?3, evaltime = ?4 WHERE id = ?1",
+        )?
+        .execute(params![eval, eval_status::FAILED, error, now])?;
         tx.prepare_cached(
             "UPDATE Builds SET status = ?2, stoptime = ?3 WHERE evaluation = ?1 AND status = ?4",
         )?
@@ -649,6 +656,7 @@ impl Db {
     }
 }
 
+pub mod dashboard;
 pub mod read;
 
 #[cfg(test)]
