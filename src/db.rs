@@ -96,11 +96,12 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS Builds_finished ON Builds (stoptime DESC, id DESC) WHERE status >= 0;
      CREATE INDEX IF NOT EXISTS Builds_queue ON Builds (status DESC, timestamp, id) WHERE status < 0;
      CREATE INDEX IF NOT EXISTS Derivations_job_name ON Derivations (job_name);",
-    // 4: when an evaluation ended, for its duration on /metrics, and the
-    // finished builds' durations, which /metrics reads without the table.
+    // 4: when an evaluation ended, for its duration on /metrics, and an
+    // index that holds what /metrics reads of finished builds, so that a
+    // scrape does not read the table.
     "ALTER TABLE Evaluations ADD COLUMN evaltime INTEGER NOT NULL DEFAULT 0;
-     CREATE INDEX IF NOT EXISTS Builds_duration ON Builds (stoptime - starttime)
-       WHERE status >= 0 AND starttime > 0;",
+     CREATE INDEX IF NOT EXISTS Builds_duration ON Builds (status, starttime, stoptime)
+       WHERE status >= 0;",
 ];
 
 pub fn schema_version() -> usize {

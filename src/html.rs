@@ -67,7 +67,13 @@ pub fn ago(now: i64, t: i64) -> String {
         return "in the future".into();
     }
     let (n, unit) = match d {
-        0..=59 => return if d < 5 { "just now".into() } else { format!("{d} seconds ago") },
+        0..=59 => {
+            return if d < 5 {
+                "just now".into()
+            } else {
+                format!("{d} seconds ago")
+            };
+        }
         60..=3599 => (d / 60, "minute"),
         3600..=86_399 => (d / 3600, "hour"),
         86_400..=2_591_999 => (d / 86_400, "day"),
@@ -148,7 +154,10 @@ pub fn table(head: &[&str], rows: &[String], empty: &str) -> String {
     if rows.is_empty() {
         return format!("<p class=\"empty\">{}</p>", esc(empty));
     }
-    let th: String = head.iter().map(|h| format!("<th>{}</th>", esc(h))).collect();
+    let th: String = head
+        .iter()
+        .map(|h| format!("<th>{}</th>", esc(h)))
+        .collect();
     format!(
         "<div class=\"scroll\"><table><thead><tr>{th}</tr></thead><tbody>\n{}</tbody></table></div>",
         rows.concat()
@@ -159,11 +168,17 @@ pub fn table(head: &[&str], rows: &[String], empty: &str) -> String {
 /// a page number.
 pub fn pager(page: u32, has_next: bool, href: impl Fn(u32) -> String) -> String {
     let prev = match page > 1 {
-        true => format!("<a rel=\"prev\" href=\"{}\">← newer</a>", esc(&href(page - 1))),
+        true => format!(
+            "<a rel=\"prev\" href=\"{}\">← newer</a>",
+            esc(&href(page - 1))
+        ),
         false => "<span class=\"dim\">← newer</span>".into(),
     };
     let next = match has_next {
-        true => format!("<a rel=\"next\" href=\"{}\">older →</a>", esc(&href(page + 1))),
+        true => format!(
+            "<a rel=\"next\" href=\"{}\">older →</a>",
+            esc(&href(page + 1))
+        ),
         false => "<span class=\"dim\">older →</span>".into(),
     };
     format!("<p class=\"pager\">{prev} <span>page {page}</span> {next}</p>")

@@ -4,9 +4,9 @@
 //! buffer and a timer, never a turn of the loop.
 
 use crate::api;
-use crate::web::{self, HttpCounters};
 use crate::db::Db;
 use crate::http::{self, Parsed, Response};
+use crate::web::{self, HttpCounters};
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};

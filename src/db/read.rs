@@ -46,7 +46,8 @@ pub struct EvaluationView {
     pub in_progress: bool,
 }
 
-pub(super) const BUILD_COLUMNS: &str = "SELECT b.id, b.evaluation, e.specification, s.branch, d.job_name,
+pub(super) const BUILD_COLUMNS: &str =
+    "SELECT b.id, b.evaluation, e.specification, s.branch, d.job_name,
         d.system, d.nix_name, b.derivation, b.log, b.status, b.timestamp, b.starttime, b.stoptime";
 
 /// The joins from a build to its derivation, evaluation and specification.

@@ -65,9 +65,19 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
 /// a dashboard's query does not vanish with the last failed build.
 pub fn render(m: &DbMetrics, counters: &HttpCounters) -> String {
     let mut out = String::new();
-    header(&mut out, "cuirass_builds", "gauge", "Builds in the database, by status.");
+    header(
+        &mut out,
+        "cuirass_builds",
+        "gauge",
+        "Builds in the database, by status.",
+    );
     for &s in STATUSES {
-        let n: i64 = m.builds.iter().filter(|(st, _)| *st == s).map(|(_, n)| n).sum();
+        let n: i64 = m
+            .builds
+            .iter()
+            .filter(|(st, _)| *st == s)
+            .map(|(_, n)| n)
+            .sum();
         let _ = writeln!(out, "cuirass_builds{{status=\"{}\"}} {n}", status_name(s));
     }
     let odd: i64 = m
@@ -103,7 +113,10 @@ pub fn render(m: &DbMetrics, counters: &HttpCounters) -> String {
             .filter(|(st, _)| *st == s)
             .map(|(_, n)| n)
             .sum();
-        let _ = writeln!(out, "cuirass_evaluations_total{{outcome=\"{outcome}\"}} {n}");
+        let _ = writeln!(
+            out,
+            "cuirass_evaluations_total{{outcome=\"{outcome}\"}} {n}"
+        );
     }
     histogram(
         &mut out,

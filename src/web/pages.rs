@@ -74,7 +74,9 @@ pub fn index(db: &Db, now: i64) -> Page {
                 esc(s.branch.as_deref().unwrap_or("—"))
             );
             match &s.latest {
-                None => format!("<tr>{name}<td colspan=\"6\" class=\"dim\">no evaluation yet</td></tr>\n"),
+                None => format!(
+                    "<tr>{name}<td colspan=\"6\" class=\"dim\">no evaluation yet</td></tr>\n"
+                ),
                 Some(e) => format!(
                     "<tr>{name}<td><a href=\"/eval/{id}\">#{id}</a> {}</td>\
                      <td><code>{}</code></td>{}<td>{}</td></tr>\n",
@@ -351,8 +353,14 @@ pub fn build_details(db: &Db, id: &str, ctx: &Ctx) -> Page {
         e = b.evaluation,
     );
     let crumbs = [
-        crumb(format!("/jobset/{}", url(&b.specification)), &b.specification),
-        crumb(format!("/eval/{}", b.evaluation), format!("Evaluation {}", b.evaluation)),
+        crumb(
+            format!("/jobset/{}", url(&b.specification)),
+            &b.specification,
+        ),
+        crumb(
+            format!("/eval/{}", b.evaluation),
+            format!("Evaluation {}", b.evaluation),
+        ),
     ];
     Ok(html(
         200,
@@ -380,7 +388,16 @@ pub fn search(db: &Db, req: &Request, now: i64) -> Page {
     let body = format!(
         "{form}{note}{}",
         html::table(
-            &["Build", "Job", "Specification", "Evaluation", "Status", "System", "When", "Took"],
+            &[
+                "Build",
+                "Job",
+                "Specification",
+                "Evaluation",
+                "Status",
+                "System",
+                "When",
+                "Took"
+            ],
             &rows,
             "No job matches."
         )
