@@ -77,6 +77,9 @@ pub struct Histogram {
     pub sum: f64,
 }
 
+/// (evaluation, build, status) of one job in one evaluation.
+pub type HistoryPoint = (EvalId, i64, i64);
+
 /// Everything `/metrics` reads from the database.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DbMetrics {
@@ -266,7 +269,7 @@ impl Db {
         spec: &str,
         names: &[String],
         nr: u32,
-    ) -> Result<Vec<(String, Vec<(EvalId, i64, i64)>)>> {
+    ) -> Result<Vec<(String, Vec<HistoryPoint>)>> {
         let evals: Vec<EvalId> = self
             .conn
             .prepare_cached(

@@ -395,7 +395,9 @@ fn badges_count_the_latest_evaluation() {
 
 /// A Prometheus text-format parser, strict enough to catch a malformed
 /// line: (name, labels, value) samples, and the HELP/TYPE of each family.
-pub fn parse_prometheus(text: &str) -> (Vec<(String, Vec<(String, String)>, f64)>, Vec<String>) {
+type Sample = (String, Vec<(String, String)>, f64);
+
+pub fn parse_prometheus(text: &str) -> (Vec<Sample>, Vec<String>) {
     let mut samples = Vec::new();
     let mut typed = Vec::new();
     for line in text.lines() {

@@ -6,3 +6,4 @@ mod daemon;
 mod http;
 mod one_shot;
 mod support;
+mod web;
