@@ -149,14 +149,18 @@ pub fn page(title: &str, crumbs: &[(String, String)], body: &str) -> String {
     )
 }
 
-/// A table, or a sentence when there are no rows.
+/// A table, or a sentence when there are no rows.  A heading that starts
+/// with `~` names a column hidden on a phone (its cells say `hide-s`).
 pub fn table(head: &[&str], rows: &[String], empty: &str) -> String {
     if rows.is_empty() {
         return format!("<p class=\"empty\">{}</p>", esc(empty));
     }
     let th: String = head
         .iter()
-        .map(|h| format!("<th>{}</th>", esc(h)))
+        .map(|h| match h.strip_prefix('~') {
+            Some(h) => format!("<th class=\"hide-s\">{}</th>", esc(h)),
+            None => format!("<th>{}</th>", esc(h)),
+        })
         .collect();
     format!(
         "<div class=\"scroll\"><table><thead><tr>{th}</tr></thead><tbody>\n{}</tbody></table></div>",

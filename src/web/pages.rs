@@ -92,7 +92,7 @@ pub fn index(db: &Db, now: i64) -> Page {
     let body = html::table(
         &[
             "Specification",
-            "Branch",
+            "~Branch",
             "Latest evaluation",
             "Commit",
             "Succeeded",
@@ -151,7 +151,7 @@ pub fn jobset(db: &Db, req: &Request, name: &str, now: i64) -> Page {
                 "Failed",
                 "Pending",
                 "When",
-                "Took"
+                "~Took"
             ],
             &rows,
             "No evaluations on this page."
@@ -253,7 +253,7 @@ pub fn evaluation(db: &Db, req: &Request, id: &str, now: i64) -> Page {
     let body = format!(
         "<dl><dt>Specification</dt><dd><a href=\"/jobset/{}\">{}</a></dd>\
          <dt>Commit</dt><dd><code>{}</code></dd><dt>Status</dt><dd>{}</dd>\
-         <dt>Started</dt><dd>{}</dd></dl>{error}\
+         <dt>Started</dt><dd>{}</dd><dt>Took</dt><dd>{}</dd></dl>{error}\
          <form class=\"filters\" action=\"/eval/{id}\" method=\"get\">{filters}\
          <input type=\"hidden\" name=\"status\" value=\"{}\">\
          <input type=\"search\" name=\"job\" value=\"{}\" placeholder=\"job name contains\" \
@@ -264,11 +264,15 @@ pub fn evaluation(db: &Db, req: &Request, id: &str, now: i64) -> Page {
         esc(&eval.revision),
         eval_status_label(&eval),
         html::time(now, eval.timestamp),
+        match eval.evaltime > 0 {
+            true => html::duration(eval.evaltime - eval.timestamp),
+            false => "—".into(),
+        },
         esc(chosen),
         esc(job.unwrap_or("")),
         if total == 1 { "" } else { "s" },
         html::table(
-            &["Build", "Job", "Status", "System", "When", "Took"],
+            &["Build", "Job", "Status", "~System", "When", "~Took"],
             &rows,
             "No builds match."
         ),
@@ -394,9 +398,9 @@ pub fn search(db: &Db, req: &Request, now: i64) -> Page {
                 "Specification",
                 "Evaluation",
                 "Status",
-                "System",
+                "~System",
                 "When",
-                "Took"
+                "~Took"
             ],
             &rows,
             "No job matches."
