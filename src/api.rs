@@ -40,6 +40,7 @@ pub fn respond_with_logs(db: &Db, req: &Request, log_root: &Path) -> Response {
         ["api", "latestbuilds"] => latest_builds(db, req),
         ["api", "queue"] => queue(db, req),
         ["api", "evaluations"] => evaluations(db, req),
+        ["api", "jobs", "history"] => history::jobs_history(db, req),
         _ => Err(error(404, &format!("Resource {} not found.", req.path))),
     };
     result.unwrap_or_else(|r| r)
@@ -175,7 +176,13 @@ fn build(db: &Db, id: &str) -> Reply {
 }
 
 fn build_log(db: &Db, id: &str, log_root: &Path) -> Reply {
-    let b = find_build(db, id)?;
+    let text = read_log(&find_build(db, id)?, log_root)?;
+    Ok(Response::new(200, "text/plain; charset=utf-8", text))
+}
+
+/// A build's log, decompressed and capped at [`MAX_LOG`]; the error is the
+/// answer `/build/ID/log/raw` gives (404 when there is none).
+pub fn read_log(b: &BuildView, log_root: &Path) -> Result<Vec<u8>, Response> {
     let missing = || error(404, &format!("No log for build {}.", b.id));
     // Only the file the database names, and only under the daemon's log
     // directory, even if the database was written by someone else.
@@ -201,7 +208,7 @@ fn build_log(db: &Db, id: &str, log_root: &Path) -> Reply {
         log::warn!("http: build {}: log {}: {e}", b.id, b.log);
         return Err(error(500, "Unreadable log."));
     }
-    Ok(Response::new(200, "text/plain; charset=utf-8", text))
+    Ok(text)
 }
 
 /// `nr`, required, capped so that a huge value is merely the cap.
@@ -293,5 +300,6 @@ fn evaluations(db: &Db, req: &Request) -> Reply {
     Ok(json_response(200, &out))
 }
 
+mod history;
 #[cfg(test)]
 mod tests;

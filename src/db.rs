@@ -96,6 +96,12 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS Builds_finished ON Builds (stoptime DESC, id DESC) WHERE status >= 0;
      CREATE INDEX IF NOT EXISTS Builds_queue ON Builds (status DESC, timestamp, id) WHERE status < 0;
      CREATE INDEX IF NOT EXISTS Derivations_job_name ON Derivations (job_name);",
+    // 4: when an evaluation ended, for its duration on /metrics, and an
+    // index that holds what /metrics reads of finished builds, so that a
+    // scrape does not read the table.
+    "ALTER TABLE Evaluations ADD COLUMN evaltime INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX IF NOT EXISTS Builds_duration ON Builds (status, starttime, stoptime)
+       WHERE status >= 0;",
 ];
 
 pub fn schema_version() -> usize {
@@ -412,8 +418,8 @@ impl Db {
         now: i64,
     ) -> Result<usize> {
         let tx = self.conn.transaction()?;
-        tx.prepare_cached("UPDATE Evaluations SET status = ?2 WHERE id = ?1")?
-            .execute(params![eval, eval_status::SUCCEEDED])?;
+        tx.prepare_cached("UPDATE Evaluations SET status = ?2, evaltime = ?3 WHERE id = ?1")?
+            .execute(params![eval, eval_status::SUCCEEDED, now])?;
         Db::set_stamp(&tx, spec, commit)?;
         let canceled = tx
             .prepare_cached(
@@ -443,8 +449,10 @@ impl Db {
         now: i64,
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
-        tx.prepare_cached("UPDATE Evaluations SET status = ?2, error = ?3 WHERE id = ?1")?
-            .execute(params![eval, eval_status::FAILED, error])?;
+        tx.prepare_cached(
+            "UPDATE Evaluations SET status = ?2, error = ?3, evaltime = ?4 WHERE id = ?1",
+        )?
+        .execute(params![eval, eval_status::FAILED, error, now])?;
         tx.prepare_cached(
             "UPDATE Builds SET status = ?2, stoptime = ?3 WHERE evaluation = ?1 AND status = ?4",
         )?
@@ -679,6 +687,7 @@ impl Db {
     }
 }
 
+pub mod dashboard;
 pub mod read;
 
 #[cfg(test)]

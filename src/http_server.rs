@@ -6,6 +6,7 @@
 use crate::api;
 use crate::db::Db;
 use crate::http::{self, Parsed, Response};
+use crate::web::{self, HttpCounters};
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
@@ -86,6 +87,8 @@ pub struct HttpServer {
     again: Vec<usize>,
     /// The loop's latest `now`: this layer does not read the clock.
     now: Instant,
+    /// Requests answered, for `/metrics`.
+    counters: HttpCounters,
 }
 
 impl HttpServer {
@@ -122,6 +125,7 @@ impl HttpServer {
                         open: 0,
                         again: Vec::new(),
                         now: Instant::now(),
+                        counters: HttpCounters::default(),
                     });
                 }
                 Err(e) => last = Some(format!("cannot listen on {name} ({a}): {e}")),
@@ -235,7 +239,7 @@ impl HttpServer {
         let Some(conn) = self.conns[slot].as_mut() else {
             return;
         };
-        let outcome = step(conn, db, now);
+        let outcome = step(conn, db, now, &mut self.counters);
         match outcome {
             Step::Close => self.close(registry, slot),
             Step::Wait { more } => {
@@ -281,7 +285,7 @@ enum Step {
     },
 }
 
-fn step(conn: &mut Conn, db: &Db, now: Instant) -> Step {
+fn step(conn: &mut Conn, db: &Db, now: Instant, counters: &mut HttpCounters) -> Step {
     if flush(conn, now).is_err() {
         return Step::Close;
     }
@@ -302,7 +306,16 @@ fn step(conn: &mut Conn, db: &Db, now: Instant) -> Step {
                 Ok(Parsed::Partial) => break,
                 Ok(Parsed::Complete(req, used)) => {
                     conn.input.drain(..used);
-                    let response = api::respond(db, &req);
+                    let response = web::respond(
+                        db,
+                        &req,
+                        &web::Ctx {
+                            now: wall_clock(),
+                            log_root: std::path::Path::new(api::LOG_ROOT),
+                            counters,
+                        },
+                    );
+                    counters.record(web::route_pattern(&req), response.status);
                     log::debug!(
                         "http: {} {} {} -> {}",
                         conn.peer,
@@ -319,6 +332,7 @@ fn step(conn: &mut Conn, db: &Db, now: Instant) -> Step {
                 Err(e) => {
                     log::debug!("http: {} refused: {} {}", conn.peer, e.status, e.message);
                     let response: Response = api::error(e.status, e.message);
+                    counters.record("invalid", e.status);
                     conn.output
                         .extend_from_slice(&response.encode(false, false));
                     conn.close_after_write = true;
@@ -374,6 +388,15 @@ fn step(conn: &mut Conn, db: &Db, now: Instant) -> Step {
     let more =
         answered >= REQUESTS_PER_TURN && conn.queued() < MAX_QUEUED && !conn.input.is_empty();
     Step::Wait { more }
+}
+
+/// The pages' "3 minutes ago" needs calendar time, which the monotonic
+/// `now` the loop hands down cannot give; read here, in the shell, it
+/// reaches the pages as a plain number.
+fn wall_clock() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn linger(conn: &mut Conn) -> Step {

@@ -16,6 +16,8 @@
 //! - `build`: one batch of derivations handed to the daemon, and its statuses.
 //! - `scheduler`: the per-specification state machine.
 //! - `api`: the HTTP routes over the database; the only JSON serializer.
+//! - `html`: escaping, the page layout and formatters for the dashboard (pure).
+//! - `web`: the dashboard's pages, `/metrics` and badges; then `api`.
 //! - `http_server`: the listener and connections the loop drives.
 //! - `signals`: signals turned into a readable pipe for the loop.
 //! - `event_loop`: the single-threaded mio loop that moves bytes.
@@ -31,6 +33,7 @@ pub mod db;
 pub mod drv;
 pub mod event_loop;
 pub mod fetch;
+pub mod html;
 pub mod http;
 pub mod http_server;
 pub mod job;
@@ -39,4 +42,5 @@ pub mod sexp;
 pub mod signals;
 pub mod spec;
 pub mod trace;
+pub mod web;
 pub mod wire;

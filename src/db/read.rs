@@ -46,7 +46,8 @@ pub struct EvaluationView {
     pub in_progress: bool,
 }
 
-const BUILD_COLUMNS: &str = "SELECT b.id, b.evaluation, e.specification, s.branch, d.job_name,
+pub(super) const BUILD_COLUMNS: &str =
+    "SELECT b.id, b.evaluation, e.specification, s.branch, d.job_name,
         d.system, d.nix_name, b.derivation, b.log, b.status, b.timestamp, b.starttime, b.stoptime";
 
 /// The joins from a build to its derivation, evaluation and specification.
@@ -54,7 +55,7 @@ const BUILD_COLUMNS: &str = "SELECT b.id, b.evaluation, e.specification, s.branc
 /// starts from Evaluations, sorts every finished build and takes seconds
 /// on a million builds, where walking the stop-time index takes a
 /// millisecond.
-fn build_joins(join: &str) -> String {
+pub(super) fn build_joins(join: &str) -> String {
     format!(
         "FROM Builds b
          {join} Derivations d ON d.derivation = b.derivation AND d.evaluation = b.evaluation
@@ -63,7 +64,7 @@ fn build_joins(join: &str) -> String {
     )
 }
 
-fn build_row(r: &Row) -> rusqlite::Result<BuildView> {
+pub(super) fn build_row(r: &Row) -> rusqlite::Result<BuildView> {
     Ok(BuildView {
         id: r.get(0)?,
         evaluation: r.get(1)?,

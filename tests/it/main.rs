@@ -10,3 +10,4 @@ mod http;
 mod http_hostile;
 mod one_shot;
 mod support;
+mod web;
