@@ -123,6 +123,34 @@ fn eval_row(r: &Row) -> rusqlite::Result<EvalSummary> {
     })
 }
 
+/// How many of the most recent builds a job-name search looks at.
+pub const SEARCH_WINDOW: i64 = 50_000;
+
+/// The builds a search found, and whether older builds were left out.
+#[derive(Debug, Default)]
+pub struct Search {
+    pub builds: Vec<BuildView>,
+    pub stopped_early: bool,
+}
+
+/// Prometheus buckets count everything up to their bound; `per_bucket`
+/// has one more entry than `bounds`, for what is above the last.
+fn cumulative(bounds: impl Iterator<Item = f64>, per_bucket: &[i64], sum: f64) -> Histogram {
+    let mut total = 0;
+    let buckets = bounds
+        .zip(per_bucket)
+        .map(|(b, n)| {
+            total += n;
+            (b, total)
+        })
+        .collect();
+    Histogram {
+        buckets,
+        count: per_bucket.iter().sum(),
+        sum,
+    }
+}
+
 impl Db {
     /// Counts one evaluation's builds through `Builds_evaluation`
     /// (evaluation, status): an index-only walk of its builds.
@@ -248,16 +276,33 @@ impl Db {
     /// goes down the build ids and stops after `limit` matches, so a
     /// common name is quick; a name that matches nothing reads every
     /// build once.
-    pub fn search_builds(&self, needle: &str, limit: u32) -> Result<Vec<BuildView>> {
+    pub fn search_builds(&self, needle: &str, limit: u32) -> Result<Search> {
+        // A substring search walks builds newest first and can meet few
+        // matches in a million rows, all in the loop's thread: it looks at
+        // the SEARCH_WINDOW most recent builds only, and says so.
         let sql = format!(
-            "{BUILD_COLUMNS} {} WHERE d.job_name LIKE ?1 ESCAPE '\\' ORDER BY b.id DESC LIMIT ?2",
+            "{BUILD_COLUMNS} {}
+             WHERE d.job_name LIKE ?1 ESCAPE '\\'
+               AND b.id > (SELECT COALESCE(MAX(id), 0) FROM Builds) - ?3
+             ORDER BY b.id DESC LIMIT ?2",
             build_joins("CROSS JOIN")
         );
-        Ok(self
+        let builds = self
             .conn
             .prepare_cached(&sql)?
-            .query_map(params![like_substring(needle), limit], build_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?)
+            .query_map(
+                params![like_substring(needle), limit, SEARCH_WINDOW],
+                build_row,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let total: i64 = self
+            .conn
+            .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM Builds")?
+            .query_row([], |r| r.get(0))?;
+        Ok(Search {
+            stopped_early: (builds.len() as u32) < limit && total > SEARCH_WINDOW,
+            builds,
+        })
     }
 
     /// For each job name, (evaluation, build, status) across the
@@ -301,13 +346,12 @@ impl Db {
             .collect()
     }
 
-    /// What `/metrics` shows.  Build counts and durations are index-only
-    /// passes over every build (`Builds_status_stoptime`, and the partial
-    /// `Builds_duration` of migration 4 over finished ones); the rest reads
-    /// small tables or the queue's partial index.  Measured on a million
-    /// builds: about 45 ms for the counts and 60 ms plus some 25 ms per
-    /// bucket for the histogram, in the loop's thread, per scrape.
-    pub fn metrics(&self, build_buckets: &[f64], eval_buckets: &[f64]) -> Result<DbMetrics> {
+    /// What `/metrics` shows.  Build counts are an index-only pass over
+    /// every build (`Builds_status_stoptime`, about 45 ms on a million);
+    /// build durations come from the histogram kept as builds finish
+    /// (`BuildDurations`); the rest reads small tables or the queue's
+    /// partial index.
+    pub fn metrics(&self, eval_buckets: &[f64]) -> Result<DbMetrics> {
         let builds: Vec<(i64, i64)> = self
             .conn
             .prepare_cached("SELECT status, COUNT(*) FROM Builds GROUP BY status ORDER BY status")?
@@ -324,14 +368,7 @@ impl Db {
             )?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
-        // Builds_duration holds every column this reads and its WHERE is
-        // the query's, so SQLite reads the index alone; the hint keeps the
-        // planner from preferring the wider Builds_status_stoptime.
-        let build_duration = self.histogram(
-            "SELECT stoptime - starttime AS v FROM Builds INDEXED BY Builds_duration
-             WHERE status >= 0 AND starttime > 0",
-            build_buckets,
-        )?;
+        let build_duration = self.build_durations()?;
         let evaluation_duration = self.histogram(
             "SELECT evaltime - timestamp AS v FROM Evaluations WHERE evaltime > 0 AND timestamp > 0",
             eval_buckets,
@@ -352,27 +389,46 @@ impl Db {
         })
     }
 
-    /// One pass over `values` (a query of one numeric column `v`) counting
-    /// every bucket at once.
-    fn histogram(&self, values: &str, bounds: &[f64]) -> Result<Histogram> {
-        let mut sql = String::from("SELECT COUNT(*), TOTAL(v)");
-        for b in bounds {
-            sql.push_str(&format!(", TOTAL(v <= {b:?})"));
+    /// The build-duration histogram, cumulative, as Prometheus wants it.
+    fn build_durations(&self) -> Result<Histogram> {
+        let bounds = super::BUILD_DURATION_BOUNDS;
+        let mut per_bucket = vec![0i64; bounds.len() + 1];
+        let mut sum = 0.0;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT bucket, count, sum FROM BuildDurations")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let k = r.get::<_, i64>(0)?.clamp(0, bounds.len() as i64) as usize;
+            per_bucket[k] += r.get::<_, i64>(1)?;
+            sum += r.get::<_, f64>(2)?;
         }
-        sql.push_str(&format!(" FROM ({values})"));
-        self.conn
-            .prepare_cached(&sql)?
-            .query_row([], |r| {
-                let mut buckets = Vec::with_capacity(bounds.len());
-                for (i, b) in bounds.iter().enumerate() {
-                    buckets.push((*b, r.get::<_, f64>(2 + i)? as i64));
-                }
-                Ok(Histogram {
-                    buckets,
-                    count: r.get(0)?,
-                    sum: r.get(1)?,
-                })
-            })
-            .map_err(Into::into)
+        Ok(cumulative(
+            bounds.iter().map(|&b| b as f64),
+            &per_bucket,
+            sum,
+        ))
+    }
+
+    /// One pass over `values` (a query of one numeric column `v`): each
+    /// row is given its bucket by one CASE and counted by GROUP BY, which
+    /// costs a third of comparing every row with every bound.
+    fn histogram(&self, values: &str, bounds: &[f64]) -> Result<Histogram> {
+        let mut case = String::from("CASE WHEN 0 THEN 0");
+        for (k, b) in bounds.iter().enumerate() {
+            case.push_str(&format!(" WHEN v <= {b:?} THEN {k}"));
+        }
+        case.push_str(&format!(" ELSE {} END", bounds.len()));
+        let sql = format!("SELECT {case} AS k, COUNT(*), TOTAL(v) FROM ({values}) GROUP BY k");
+        let mut per_bucket = vec![0i64; bounds.len() + 1];
+        let mut sum = 0.0;
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let k: usize = r.get::<_, i64>(0)? as usize;
+            per_bucket[k.min(bounds.len())] += r.get::<_, i64>(1)?;
+            sum += r.get::<_, f64>(2)?;
+        }
+        Ok(cumulative(bounds.iter().copied(), &per_bucket, sum))
     }
 }

@@ -177,6 +177,9 @@ fn a_2018_database_is_upgraded_in_place() {
             .unwrap(),
         vec!["/gnu/store/bbb-hello-2.10".to_string()]
     );
+    // The duration histogram was filled from the old finished build (10 s).
+    let h = db.metrics(&[]).unwrap().build_duration;
+    assert_eq!((h.count, h.sum), (1, 10.0));
     // New evaluations go on from the old ids.
     let eval = db
         .register_evaluation("guix", "def456", &[job("new")], 200)
@@ -316,4 +319,56 @@ fn an_evaluation_left_in_progress_is_replaced_by_the_next_one_of_its_spec() {
     );
     assert_eq!(count(&db, "SELECT COUNT(*) FROM Builds"), 0);
     assert_eq!(count(&db, "SELECT COUNT(*) FROM Outputs"), 0);
+}
+
+#[test]
+fn the_duration_histogram_migration_uses_the_same_bounds_as_the_code() {
+    let migration = MIGRATIONS[4];
+    for (k, b) in BUILD_DURATION_BOUNDS.iter().enumerate() {
+        assert!(
+            migration.contains(&format!("WHEN v <= {b} THEN {k} ")),
+            "bound {b}"
+        );
+    }
+    assert!(migration.contains(&format!("ELSE {} END", BUILD_DURATION_BOUNDS.len())));
+    assert_eq!(duration_bucket(0), 0);
+    assert_eq!(duration_bucket(60), 4);
+    assert_eq!(duration_bucket(61), 5);
+    assert_eq!(duration_bucket(1_000_000), BUILD_DURATION_BOUNDS.len());
+}
+
+#[test]
+fn the_duration_histogram_follows_finished_builds() {
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("a")]).unwrap();
+    db.register_evaluation("a", "c1", &[job("one"), job("two"), job("three")], 1)
+        .unwrap();
+    db.build_started(&job("one").derivation, "log", 10).unwrap();
+    db.apply_build_updates(
+        &[crate::build::Update::Finished {
+            derivation: job("one").derivation,
+            status: status::SUCCEEDED,
+            log: None,
+        }],
+        70,
+    )
+    .unwrap();
+    db.build_finished(&job("two").derivation, status::FAILED_DEPENDENCY, None, 80)
+        .unwrap();
+    let m = db.metrics(&[]).unwrap();
+    assert_eq!(m.build_duration.count, 2);
+    assert_eq!(m.build_duration.sum, 60.0);
+    let at = |le: f64| {
+        m.build_duration
+            .buckets
+            .iter()
+            .find(|(b, _)| *b == le)
+            .unwrap()
+            .1
+    };
+    assert_eq!((at(1.0), at(30.0), at(60.0), at(86400.0)), (1, 1, 2, 2));
+    // A final status is not counted twice.
+    db.build_finished(&job("one").derivation, status::FAILED, None, 90)
+        .unwrap();
+    assert_eq!(db.metrics(&[]).unwrap().build_duration.count, 2);
 }

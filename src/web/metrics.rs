@@ -10,11 +10,6 @@ use std::fmt::Write;
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Upper bounds of the build-duration buckets, in seconds: from a trivial
-/// derivation to a day-long toolchain build.
-pub const BUILD_BUCKETS: &[f64] = &[
-    1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0,
-];
 /// Upper bounds of the evaluation-duration buckets, in seconds.
 pub const EVAL_BUCKETS: &[f64] = &[
     1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
@@ -31,7 +26,7 @@ const STATUSES: &[i64] = &[
 ];
 
 pub fn metrics(db: &Db, counters: &HttpCounters) -> Response {
-    match db.metrics(BUILD_BUCKETS, EVAL_BUCKETS) {
+    match db.metrics(EVAL_BUCKETS) {
         Ok(m) => Response::new(200, CONTENT_TYPE, render(&m, counters).into_bytes()),
         Err(e) => {
             log::error!("http: {e}");

@@ -383,11 +383,18 @@ pub fn search(db: &Db, req: &Request, now: i64) -> Page {
     if query.is_empty() {
         return Ok(html(200, html::page("Search", &[], &form)));
     }
-    let builds = db.search_builds(query, MAX_SEARCH).map_err(db_error)?;
+    let found = db.search_builds(query, MAX_SEARCH).map_err(db_error)?;
+    let builds = &found.builds;
     let rows: Vec<String> = builds.iter().map(|b| build_row(b, now, true)).collect();
-    let note = match builds.len() as u32 >= MAX_SEARCH {
-        true => format!("<p class=\"dim\">The {MAX_SEARCH} most recent builds shown.</p>"),
-        false => String::new(),
+    let note = if found.stopped_early {
+        format!(
+            "<p class=\"dim\">Only the {} most recent builds were searched.</p>",
+            crate::db::dashboard::SEARCH_WINDOW
+        )
+    } else if builds.len() as u32 >= MAX_SEARCH {
+        format!("<p class=\"dim\">The {MAX_SEARCH} most recent builds shown.</p>")
+    } else {
+        String::new()
     };
     let body = format!(
         "{form}{note}{}",
