@@ -20,6 +20,9 @@ const HOL_TRIALS: usize = 50;
 /// arrives while the large one is being served.
 const HOL_DELAY: Duration = Duration::from_micros(200);
 
+/// The path of the `i`th request of a run.
+type PathOf = fn(u64) -> String;
+
 /// `/build/ID` for a pseudo-random ID spread over the whole table.
 fn build_path(i: u64) -> String {
     format!("/build/{}", 1 + Rng(i).next() % BUILDS as u64)
@@ -180,7 +183,7 @@ pub fn run() -> Result<Vec<Figure>, String> {
     ));
 
     let mut client = Client::connect(port)?;
-    let routes: [(&str, fn(u64) -> String); 4] = [
+    let routes: [(&str, PathOf); 4] = [
         ("/api/latestbuilds?nr=100", |_| {
             "/api/latestbuilds?nr=100".into()
         }),
