@@ -152,7 +152,11 @@ fn one_start(cuirass: &Path, setup: &OneShotSetup, ready: Ready) -> Result<(f64,
                 if matches!(ready, Ready::LogLine) && ready_at.is_none() && is_ready_line(&line) {
                     ready_at = Some(at);
                 }
-                if queue_at.is_none() && line.contains("build(s) pending") {
+                // The count of builds loaded from the database, as the
+                // loop has worded it over time.
+                if queue_at.is_none()
+                    && (line.contains("build(s) pending") || line.contains("build(s) to submit"))
+                {
                     queue_at = Some(at);
                 }
                 log.push(line);
@@ -166,7 +170,9 @@ fn one_start(cuirass: &Path, setup: &OneShotSetup, ready: Ready) -> Result<(f64,
     match (ready_at, queue_at) {
         (Some(r), Some(q)) => Ok((secs(r - start), secs(q - start))),
         _ => Err(format!(
-            "cuirass was not ready within {} s; its log:\n{}",
+            "cuirass was not ready ({}) or did not load its queue ({}) within {} s; its log:\n{}",
+            ready_at.is_some(),
+            queue_at.is_some(),
             GIVE_UP.as_secs(),
             log.join("\n")
         )),
