@@ -3,15 +3,22 @@
 //!     cargo run --release --bin cuirass-bench -- [NAME...]
 //!
 //! NAME is one of `registration`, `streaming`, `trace-replay`,
-//! `bookkeeping`, `restart`; none runs them all.  Needs the real guix-daemon and Guix
-//! (see /work/shared/GUIX.md); the first run makes and builds the
+//! `bookkeeping`, `restart`, `api`; none runs them all.  Needs the real guix-daemon and
+//! Guix (see /work/shared/GUIX.md); the first run makes and builds the
 //! benchmark's derivations once and caches their evaluator output under
-//! /var/tmp/cuirass-bench/.
+//! /var/tmp/cuirass-bench/, and `api` generates its database of 1,000,000
+//! builds there once.
 
+#[path = "cuirass-bench/api.rs"]
+mod api;
+#[path = "cuirass-bench/api_db.rs"]
+mod api_db;
 #[path = "cuirass-bench/bookkeeping.rs"]
 mod bookkeeping;
 #[path = "cuirass-bench/common.rs"]
 mod common;
+#[path = "cuirass-bench/http_client.rs"]
+mod http_client;
 #[path = "cuirass-bench/registration.rs"]
 mod registration;
 #[path = "cuirass-bench/restart.rs"]
@@ -32,6 +39,7 @@ const BENCHES: &[(&str, Bench)] = &[
     ("trace-replay", trace_replay::run),
     ("bookkeeping", bookkeeping::run),
     ("restart", restart::run),
+    ("api", api::run),
 ];
 
 fn main() -> ExitCode {

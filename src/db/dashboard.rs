@@ -235,7 +235,7 @@ impl Db {
             "{} WHERE b.evaluation = ?1
                AND (?2 IS NULL OR +b.status BETWEEN ?2 AND ?3)
                AND {}",
-            build_joins("JOIN"),
+            build_joins("Builds b", "JOIN"),
             match filter.job {
                 Some(_) => "d.job_name LIKE ?4 ESCAPE '\\'",
                 None => "?4 IS NULL",
@@ -285,7 +285,7 @@ impl Db {
              WHERE d.job_name LIKE ?1 ESCAPE '\\'
                AND b.id > (SELECT COALESCE(MAX(id), 0) FROM Builds) - ?3
              ORDER BY b.id DESC LIMIT ?2",
-            build_joins("CROSS JOIN")
+            build_joins("Builds b", "CROSS JOIN")
         );
         let builds = self
             .conn

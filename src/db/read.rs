@@ -50,19 +50,27 @@ pub(super) const BUILD_COLUMNS: &str =
     "SELECT b.id, b.evaluation, e.specification, s.branch, d.job_name,
         d.system, d.nix_name, b.derivation, b.log, b.status, b.timestamp, b.starttime, b.stoptime";
 
-/// The joins from a build to its derivation, evaluation and specification.
-/// `CROSS JOIN` pins Builds as the outer table: SQLite's planner otherwise
-/// starts from Evaluations, sorts every finished build and takes seconds
-/// on a million builds, where walking the stop-time index takes a
-/// millisecond.
-pub(super) fn build_joins(join: &str) -> String {
+/// The joins from `builds` (Builds as `b`, perhaps with an index named)
+/// to its derivation, evaluation and specification.  `CROSS JOIN` pins
+/// Builds as the outer table: SQLite's planner otherwise starts from
+/// Evaluations, sorts every finished build and takes seconds on a million
+/// builds, where walking the stop-time index takes a millisecond.
+pub(super) fn build_joins(builds: &str, join: &str) -> String {
     format!(
-        "FROM Builds b
+        "FROM {builds}
          {join} Derivations d ON d.derivation = b.derivation AND d.evaluation = b.evaluation
          {join} Evaluations e ON e.id = b.evaluation
          LEFT JOIN Specifications s ON s.repo_name = e.specification"
     )
 }
+
+/// The unselective walks name their index: on a million builds over 100
+/// evaluations, `ANALYZE` statistics make the planner prefer a skip-scan
+/// of `Builds_evaluation` plus a sort of every finished build (3 s, where
+/// the walk takes a millisecond).  Migration 3 creates both indexes, and
+/// each query's WHERE clause implies its partial index's condition.
+const FINISHED_WALK: &str = "Builds b INDEXED BY Builds_finished";
+const QUEUE_WALK: &str = "Builds b INDEXED BY Builds_queue";
 
 pub(super) fn build_row(r: &Row) -> rusqlite::Result<BuildView> {
     Ok(BuildView {
@@ -113,23 +121,42 @@ pub(crate) fn latest_builds_sql(filter: &BuildFilter) -> String {
          ORDER BY b.stoptime DESC, b.id DESC
          LIMIT ?8",
         if selective {
-            build_joins("JOIN")
+            build_joins("Builds b", "JOIN")
         } else {
-            // Named, not left to the planner: other indexes on finished
-            // builds (Builds_duration) look cheaper to it on a fresh
-            // database and cost a sort of every finished build.
-            build_joins("CROSS JOIN").replacen(
-                "FROM Builds b",
-                "FROM Builds b INDEXED BY Builds_finished",
-                1,
-            )
+            build_joins(FINISHED_WALK, "CROSS JOIN")
         }
+    )
+}
+
+/// Parameter `n`, an integer ID compared for equality.  Written as a
+/// CAST because SQLite 3.54 re-prepares (parses and plans again) a
+/// statement at every new value bound to a bare `?n` that it could use
+/// for constant propagation, here `b.id = ?1` beside the joins and
+/// `build = ?1 ... ORDER BY name`: three quarters of the cost of a
+/// `/build/ID` request, which the cast removes (STMTSTATUS_REPREPARE
+/// goes from one per call to none).
+fn bound_id(n: u8) -> String {
+    format!("CAST(?{n} AS INTEGER)")
+}
+
+/// The SQL of [`Db::queued_builds`].
+pub(crate) fn queued_builds_sql() -> String {
+    format!(
+        "{BUILD_COLUMNS} {}
+         WHERE b.status < 0
+         ORDER BY b.status DESC, b.timestamp, b.id
+         LIMIT ?1",
+        build_joins(QUEUE_WALK, "CROSS JOIN")
     )
 }
 
 impl Db {
     pub fn build(&self, id: BuildId) -> Result<Option<BuildView>> {
-        let sql = format!("{BUILD_COLUMNS} {} WHERE b.id = ?1", build_joins("JOIN"));
+        let sql = format!(
+            "{BUILD_COLUMNS} {} WHERE b.id = {}",
+            build_joins("Builds b", "JOIN"),
+            bound_id(1)
+        );
         let build = self
             .conn
             .prepare_cached(&sql)?
@@ -167,16 +194,9 @@ impl Db {
 
     /// Unfinished builds: started ones first, then by submission time.
     pub fn queued_builds(&self, limit: u32) -> Result<Vec<BuildView>> {
-        let sql = format!(
-            "{BUILD_COLUMNS} {}
-             WHERE b.status < 0
-             ORDER BY b.status DESC, b.timestamp, b.id
-             LIMIT ?1",
-            build_joins("CROSS JOIN")
-        );
         let builds = self
             .conn
-            .prepare_cached(&sql)?
+            .prepare_cached(&queued_builds_sql())?
             .query_map([limit], build_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         self.with_outputs(builds)
@@ -203,9 +223,10 @@ impl Db {
     }
 
     fn with_outputs(&self, mut builds: Vec<BuildView>) -> Result<Vec<BuildView>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT name, path FROM Outputs WHERE build = ?1 ORDER BY name")?;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT name, path FROM Outputs WHERE build = {} ORDER BY name",
+            bound_id(1)
+        ))?;
         for b in &mut builds {
             b.outputs = stmt
                 .query_map([b.id], |r| Ok((r.get(0)?, r.get(1)?)))?

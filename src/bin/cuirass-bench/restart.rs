@@ -15,27 +15,28 @@ const EVALUATIONS: usize = 2;
 const INTERRUPTED: usize = 200;
 const GIVE_UP: Duration = Duration::from_secs(60);
 
-/// What "ready" means.  Until cuirass serves HTTP it is the first log line
-/// of start-up recovery or of a state transition; with the HTTP server it
-/// is the first answer to `/api/queue?nr=1`, as a client would see it.
+/// What "ready" means: the first answer to `/api/queue?nr=1`, as a
+/// client would see it.  `CUIRASS_BENCH_READY=log` selects the measure
+/// used before cuirass served HTTP, the first log line of start-up
+/// recovery or of a state transition, for comparison with old figures.
 #[derive(Clone, Copy)]
 enum Ready {
     LogLine,
-    Http { port: u16 },
+    Http,
 }
 
 impl Ready {
     fn from_env() -> Ready {
         match std::env::var("CUIRASS_BENCH_READY").as_deref() {
-            Ok("http") => Ready::Http { port: 18_080 },
-            _ => Ready::LogLine,
+            Ok("log") => Ready::LogLine,
+            _ => Ready::Http,
         }
     }
 
     fn describe(self) -> &'static str {
         match self {
             Ready::LogLine => "first recovery or state-transition log line",
-            Ready::Http { .. } => "first answer to /api/queue?nr=1",
+            Ready::Http => "first answer to /api/queue?nr=1",
         }
     }
 }
@@ -122,9 +123,12 @@ pub fn run() -> Result<Vec<Figure>, String> {
 fn one_start(cuirass: &Path, setup: &OneShotSetup, ready: Ready) -> Result<(f64, f64), String> {
     let mut cmd = setup.command(cuirass);
     cmd.args(["--interval", "86400"]).stderr(Stdio::piped());
-    if let Ready::Http { port } = ready {
-        cmd.args(["--port", &port.to_string()]);
-    }
+    // A port free now, so that runs beside other daemons do not collide.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        l.local_addr().map_err(|e| e.to_string())?.port()
+    };
+    cmd.args(["--listen", "127.0.0.1", "--port", &port.to_string()]);
     let start = Instant::now();
     let mut child = cmd.spawn().map_err(|e| e.to_string())?;
     let stderr = child.stderr.take().unwrap();
@@ -140,10 +144,7 @@ fn one_start(cuirass: &Path, setup: &OneShotSetup, ready: Ready) -> Result<(f64,
     let mut queue_at = None;
     let mut log = Vec::new();
     while (ready_at.is_none() || queue_at.is_none()) && start.elapsed() < GIVE_UP {
-        if let Ready::Http { port } = ready
-            && ready_at.is_none()
-            && http_answers(port)
-        {
+        if matches!(ready, Ready::Http) && ready_at.is_none() && http_answers(port) {
             ready_at = Some(Instant::now());
         }
         match rx.recv_timeout(Duration::from_millis(2)) {
@@ -151,7 +152,11 @@ fn one_start(cuirass: &Path, setup: &OneShotSetup, ready: Ready) -> Result<(f64,
                 if matches!(ready, Ready::LogLine) && ready_at.is_none() && is_ready_line(&line) {
                     ready_at = Some(at);
                 }
-                if queue_at.is_none() && line.contains("build(s) pending") {
+                // The count of builds loaded from the database, as the
+                // loop has worded it over time.
+                if queue_at.is_none()
+                    && (line.contains("build(s) pending") || line.contains("build(s) to submit"))
+                {
                     queue_at = Some(at);
                 }
                 log.push(line);
@@ -165,7 +170,9 @@ fn one_start(cuirass: &Path, setup: &OneShotSetup, ready: Ready) -> Result<(f64,
     match (ready_at, queue_at) {
         (Some(r), Some(q)) => Ok((secs(r - start), secs(q - start))),
         _ => Err(format!(
-            "cuirass was not ready within {} s; its log:\n{}",
+            "cuirass was not ready ({}) or did not load its queue ({}) within {} s; its log:\n{}",
+            ready_at.is_some(),
+            queue_at.is_some(),
             GIVE_UP.as_secs(),
             log.join("\n")
         )),

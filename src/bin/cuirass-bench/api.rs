@@ -1,0 +1,284 @@
+//! The HTTP API under load: the real `cuirass` daemon over a database of
+//! 1,000,000 builds, driven by the blocking clients of `http_client`.
+
+use crate::api_db::{self, BUILDS, Rng};
+use crate::common::*;
+use crate::http_client::{Client, closed_loop, quantile_ms};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SEQUENTIAL: usize = 2_000;
+const WARM_UP: usize = 200;
+const CONNECTIONS: usize = 50;
+const LOAD_REQUESTS: u64 = 1_000_000;
+/// 1,000,000 requests take ~50 s at the target rate; a loaded machine
+/// gets this long and the figure says how many were done.
+const LOAD_LIMIT: Duration = Duration::from_secs(90);
+const HOL_TRIALS: usize = 50;
+/// How long after the large request the small one is sent, so that it
+/// arrives while the large one is being served.
+const HOL_DELAY: Duration = Duration::from_micros(200);
+
+/// The path of the `i`th request of a run.
+type PathOf = fn(u64) -> String;
+
+/// `/build/ID` for a pseudo-random ID spread over the whole table.
+fn build_path(i: u64) -> String {
+    format!("/build/{}", 1 + Rng(i).next() % BUILDS as u64)
+}
+
+/// The CPUs to pin the daemon and the load generator to, if there are two
+/// and `taskset` (util-linux) exists.
+fn cpus() -> Option<(usize, usize)> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let taskset = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("taskset").is_file()));
+    (n >= 2 && taskset).then_some((0, 1))
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+struct Daemon {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+fn start_daemon(
+    cuirass: &Path,
+    dir: &Path,
+    db: &Path,
+    cpu: Option<usize>,
+) -> Result<Daemon, String> {
+    let port = free_port()?;
+    let mut cmd = match cpu {
+        Some(c) => {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", &c.to_string()]).arg(cuirass);
+            cmd
+        }
+        None => Command::new(cuirass),
+    };
+    let log = std::fs::File::create(dir.join("cuirass.log")).map_err(|e| e.to_string())?;
+    cmd.arg("--database")
+        .arg(db)
+        .arg("--cache-directory")
+        .arg(dir.join("cache"))
+        .args(["--listen", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--interval", "100000"])
+        // No daemon is needed: there is nothing to build.
+        .env("GUIX_DAEMON_SOCKET", dir.join("no-daemon"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log);
+    let child = cmd.spawn().map_err(|e| format!("cuirass: {e}"))?;
+    Ok(Daemon { child, port })
+}
+
+fn wait_ready(daemon: &mut Daemon, start: Instant) -> Result<f64, String> {
+    while start.elapsed() < Duration::from_secs(120) {
+        if let Ok(Some(status)) = daemon.child.try_wait() {
+            return Err(format!("cuirass exited at start-up: {status}"));
+        }
+        if let Ok(mut c) = Client::connect(daemon.port)
+            && c.get("/api/queue?nr=1").is_ok()
+        {
+            return Ok(secs(start.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Err("cuirass did not answer within 120 s".into())
+}
+
+fn rss_mib(pid: u32) -> Result<f64, String> {
+    proc_status_kib(pid, "VmRSS")
+        .map(|k| k as f64 / 1024.0)
+        .ok_or_else(|| format!("no VmRSS for {pid}"))
+}
+
+/// Median and p99 of `SEQUENTIAL` requests on one connection, in ms.
+fn sequential(client: &mut Client, path: impl Fn(u64) -> String) -> Result<(f64, f64), String> {
+    for i in 0..WARM_UP {
+        client.get(&path(i as u64 + 1_000_000))?;
+    }
+    let mut lat: Vec<u32> = (0..SEQUENTIAL)
+        .map(|i| client.get(&path(i as u64)).map(|d| d.as_micros() as u32))
+        .collect::<Result<_, _>>()?;
+    lat.sort_unstable();
+    Ok((quantile_ms(&lat, 0.5), quantile_ms(&lat, 0.99)))
+}
+
+/// The small request's extra wait while a large one is served, in ms
+/// (median over trials), and the large one's own time alone.
+fn head_of_line(port: u16, small_alone: f64) -> Result<(f64, f64), String> {
+    const LARGE: &str = "/api/latestbuilds?nr=1000";
+    let mut large = Client::connect(port)?;
+    let mut small = Client::connect(port)?;
+    let mut alone: Vec<f64> = (0..20)
+        .map(|_| large.get(LARGE).map(secs))
+        .collect::<Result<_, _>>()?;
+    alone.sort_by(f64::total_cmp);
+    let mut waits = Vec::new();
+    for i in 0..HOL_TRIALS {
+        large.send(LARGE)?;
+        let sent = Instant::now();
+        while sent.elapsed() < HOL_DELAY {
+            std::hint::spin_loop();
+        }
+        let d = small.get(&build_path(i as u64))?;
+        large.receive()?;
+        waits.push(secs(d) * 1e3);
+    }
+    Ok((
+        (median(waits) - small_alone).max(0.0),
+        alone[alone.len() / 2] * 1e3,
+    ))
+}
+
+pub fn run() -> Result<Vec<Figure>, String> {
+    let cuirass = cuirass_binary()?;
+    let template = api_db::template()?;
+    let tmp = TempDir::new("api");
+    let db = tmp.path().join("cuirass.db");
+    std::fs::copy(&template, &db).map_err(|e| format!("copying {}: {e}", template.display()))?;
+    let mut figures = api_db::side_by_side(&db)?;
+    let pin = cpus();
+    let (daemon_cpu, load_cpu) = (pin.map(|p| p.0), pin.map(|p| p.1));
+    // This thread sends the sequential requests; the later benchmarks,
+    // and the daemon (which taskset re-pins), must not inherit the pin.
+    let _pinned = load_cpu.map(crate::http_client::Pinned::to);
+    let start = Instant::now();
+    let mut daemon = start_daemon(&cuirass, tmp.path(), &db, daemon_cpu)?;
+    let ready = wait_ready(&mut daemon, start)?;
+    let (port, pid) = (daemon.port, daemon.child.id());
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_rss = rss_mib(pid)?;
+    let pinning = match pin {
+        Some((d, l)) => format!("cuirass pinned to CPU {d} (taskset), load generator to CPU {l}"),
+        None => "no pinning (one CPU or no taskset)".into(),
+    };
+    figures.push(
+        Figure::new(
+            "API: daemon start-up over 1,000,000 builds until /api/queue?nr=1 answers",
+            ready,
+            "s",
+            None,
+        )
+        .note(pinning.clone()),
+    );
+    figures.push(Figure::new(
+        "API: daemon VmRSS idle after start-up",
+        idle_rss,
+        "MiB",
+        Some(Target::AtMost(16.0)),
+    ));
+
+    let mut client = Client::connect(port)?;
+    let routes: [(&str, PathOf); 4] = [
+        ("/api/latestbuilds?nr=100", |_| {
+            "/api/latestbuilds?nr=100".into()
+        }),
+        ("/api/queue?nr=100", |_| "/api/queue?nr=100".into()),
+        ("/build/ID (random ID)", build_path),
+        ("/api/evaluations?nr=20", |_| {
+            "/api/evaluations?nr=20".into()
+        }),
+    ];
+    let mut build_median = 0.0;
+    for (name, path) in routes {
+        let (p50, p99) = sequential(&mut client, path)?;
+        if name.starts_with("/build") {
+            build_median = p50;
+        }
+        let what = format!("{SEQUENTIAL} sequential keep-alive requests");
+        figures.push(
+            Figure::new(
+                &format!("API latency {name}: median"),
+                p50,
+                "ms",
+                Some(Target::AtMost(2.0)),
+            )
+            .note(what),
+        );
+        figures.push(Figure::new(
+            &format!("API latency {name}: p99"),
+            p99,
+            "ms",
+            Some(Target::AtMost(10.0)),
+        ));
+    }
+    drop(client);
+
+    let (extra, large_alone) = head_of_line(port, build_median)?;
+    figures.push(
+        Figure::new(
+            "API head-of-line: extra wait of /build/ID behind /api/latestbuilds?nr=1000",
+            extra,
+            "ms",
+            Some(Target::AtMost(1.0)),
+        )
+        .note(format!(
+            "median of {HOL_TRIALS}, sent {} µs after the large one, which takes {large_alone:.2} ms alone",
+            HOL_DELAY.as_micros()
+        )),
+    );
+
+    // Warm-up at full concurrency, so that the RSS baseline includes the
+    // connections' buffers and SQLite's page cache after random reads.
+    closed_loop(port, CONNECTIONS, 50_000, LOAD_LIMIT, load_cpu, build_path)?;
+    let before = rss_mib(pid)?;
+    let load = closed_loop(
+        port,
+        CONNECTIONS,
+        LOAD_REQUESTS,
+        LOAD_LIMIT,
+        load_cpu,
+        build_path,
+    )?;
+    let after = rss_mib(pid)?;
+    let rate = load.requests as f64 / secs(load.elapsed);
+    figures.push(
+        Figure::new(
+            &format!("API throughput: /build/ID over {CONNECTIONS} keep-alive connections"),
+            rate,
+            "req/s",
+            Some(Target::AtLeast(20_000.0)),
+        )
+        .note(format!(
+            "{} requests in {:.1} s; median {:.2} ms; {pinning}",
+            load.requests,
+            secs(load.elapsed),
+            quantile_ms(&load.latencies, 0.5)
+        )),
+    );
+    figures.push(Figure::new(
+        "API throughput: p99 latency under that load",
+        quantile_ms(&load.latencies, 0.99),
+        "ms",
+        Some(Target::AtMost(10.0)),
+    ));
+    figures.push(
+        Figure::new(
+            &format!("API: daemon VmRSS growth over {} requests", load.requests),
+            after - before,
+            "MiB",
+            Some(Target::AtMost(0.0)),
+        )
+        .note(format!(
+            "VmRSS {before:.1} MiB after warm-up (50,000 requests), {after:.1} MiB after"
+        )),
+    );
+    if let Ok(Some(status)) = daemon.child.try_wait() {
+        return Err(format!("cuirass exited during the run: {status}"));
+    }
+    Ok(figures)
+}

@@ -1,0 +1,359 @@
+//! The API benchmark's database: 1,000,000 builds over 100 evaluations,
+//! generated once with plain SQL and cached, and the original Cuirass's
+//! queries timed beside ours on it.
+
+use crate::common::*;
+use rusqlite::{Connection, params};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Bump whenever the generated rows change: the cached file is keyed by it.
+pub const DB_VERSION: &str = "api-v1";
+pub const EVALUATIONS: i64 = 100;
+pub const JOBS_PER_EVALUATION: i64 = 10_000;
+pub const BUILDS: i64 = EVALUATIONS * JOBS_PER_EVALUATION;
+
+const SYSTEMS: [&str; 3] = ["x86_64-linux", "i686-linux", "aarch64-linux"];
+const SPECS: [(&str, &str); 2] = [
+    ("guix-master", "master"),
+    ("guix-core-updates", "core-updates"),
+];
+/// One evaluation every six hours, ending in 2018.
+const FIRST_EVALUATION: i64 = 1_500_000_000;
+const EVALUATION_EVERY: i64 = 6 * 3600;
+
+/// The 2018 Cuirass tables exactly as migration 1 creates them (no
+/// secondary index): generating into these and letting `Db::open` run
+/// migrations 2 and 3 builds the indexes in one sorted pass each, which
+/// is much faster than keeping them up to date row by row.
+const SCHEMA_2018: &str = "
+CREATE TABLE Specifications (repo_name TEXT NOT NULL PRIMARY KEY, url TEXT NOT NULL,
+  load_path TEXT NOT NULL, file TEXT NOT NULL, proc TEXT NOT NULL, arguments TEXT NOT NULL,
+  branch TEXT, tag TEXT, revision TEXT, no_compile_p INTEGER);
+CREATE TABLE Stamps (specification TEXT NOT NULL PRIMARY KEY, stamp TEXT NOT NULL,
+  FOREIGN KEY (specification) REFERENCES Specifications (repo_name));
+CREATE TABLE Evaluations (id INTEGER PRIMARY KEY AUTOINCREMENT, specification TEXT NOT NULL,
+  revision TEXT NOT NULL, FOREIGN KEY (specification) REFERENCES Specifications (repo_name));
+CREATE TABLE Derivations (derivation TEXT NOT NULL, evaluation INTEGER NOT NULL,
+  job_name TEXT NOT NULL, system TEXT NOT NULL, nix_name TEXT NOT NULL,
+  PRIMARY KEY (derivation, evaluation), FOREIGN KEY (evaluation) REFERENCES Evaluations (id));
+CREATE TABLE Builds (id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, derivation TEXT NOT NULL,
+  evaluation INTEGER NOT NULL, log TEXT NOT NULL, status INTEGER NOT NULL,
+  timestamp INTEGER NOT NULL DEFAULT 0, starttime INTEGER NOT NULL DEFAULT 0,
+  stoptime INTEGER NOT NULL DEFAULT 0,
+  FOREIGN KEY (derivation, evaluation) REFERENCES Derivations (derivation, evaluation));
+CREATE TABLE Outputs (build INTEGER NOT NULL, name TEXT NOT NULL, path TEXT NOT NULL,
+  PRIMARY KEY (build, name), FOREIGN KEY (build) REFERENCES Builds (id));";
+
+/// splitmix64: reproducible without a dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A store hash: 32 characters of Nix's base-32 alphabet.
+fn store_hash(rng: &mut Rng) -> String {
+    const ALPHABET: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+    (0..32)
+        .map(|_| ALPHABET[rng.below(32) as usize] as char)
+        .collect()
+}
+
+/// The status of a build of evaluation `eval`: older evaluations are
+/// done (mostly succeeded, Hydra-like failure rates); the last three are
+/// still being built, so the queue holds about 18,000 builds, two of
+/// them started.
+fn build_status(rng: &mut Rng, eval: i64, job: i64) -> i64 {
+    let done_share = match EVALUATIONS - eval {
+        0 => 0,
+        1 => 40,
+        2 => 80,
+        _ => 100,
+    };
+    if (rng.below(100) as i64) >= done_share {
+        return if eval == EVALUATIONS - 1 && job < 2 {
+            -1
+        } else {
+            -2
+        };
+    }
+    match rng.below(100) {
+        0..88 => 0,
+        88..93 => 1,
+        93..97 => 2,
+        97 => 3,
+        _ => 4,
+    }
+}
+
+fn outputs_of(package: i64) -> &'static [&'static str] {
+    match package % 13 {
+        0 => &["out", "doc"],
+        1 => &["out", "debug"],
+        2 => &["out", "lib", "static"],
+        _ => &["out"],
+    }
+}
+
+fn generate(path: &Path) -> Result<(), String> {
+    let e = |e: rusqlite::Error| format!("generating {}: {e}", path.display());
+    let mut conn = Connection::open(path).map_err(e)?;
+    conn.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
+        .map_err(e)?;
+    conn.execute_batch(SCHEMA_2018).map_err(e)?;
+    let tx = conn.transaction().map_err(e)?;
+    let mut rng = Rng(42);
+    for (name, branch) in SPECS {
+        tx.execute(
+            "INSERT INTO Specifications VALUES (?1, 'https://git.savannah.gnu.org/git/guix.git',
+               '.', 'build-aux/cuirass/gnu-system.scm', 'cuirass-jobs',
+               '((subset . \"all\"))', ?2, NULL, NULL, 1)",
+            params![name, branch],
+        )
+        .map_err(e)?;
+    }
+    // Each job's derivation changes in about a fifth of the evaluations,
+    // as packages are updated; the rest is the same derivation again.
+    let mut drvs: Vec<String> = (0..JOBS_PER_EVALUATION)
+        .map(|_| store_hash(&mut rng))
+        .collect();
+    {
+        let mut eval_stmt = tx
+            .prepare("INSERT INTO Evaluations (id, specification, revision) VALUES (?1, ?2, ?3)")
+            .map_err(e)?;
+        let mut drv_stmt = tx
+            .prepare("INSERT INTO Derivations VALUES (?1, ?2, ?3, ?4, ?5)")
+            .map_err(e)?;
+        let mut build_stmt = tx
+            .prepare(
+                "INSERT INTO Builds (id, derivation, evaluation, log, status, timestamp, starttime, stoptime)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .map_err(e)?;
+        let mut out_stmt = tx
+            .prepare("INSERT INTO Outputs VALUES (?1, ?2, ?3)")
+            .map_err(e)?;
+        let mut id = 0i64;
+        for eval in 1..=EVALUATIONS {
+            let spec = SPECS[(eval % 4 == 0) as usize].0;
+            let revision: String = (0..40)
+                .map(|_| char::from_digit(rng.below(16) as u32, 16).unwrap())
+                .collect();
+            eval_stmt
+                .execute(params![eval, spec, revision])
+                .map_err(e)?;
+            let created = FIRST_EVALUATION + eval * EVALUATION_EVERY;
+            for job in 0..JOBS_PER_EVALUATION {
+                id += 1;
+                let package = job / SYSTEMS.len() as i64;
+                let system = SYSTEMS[(job % SYSTEMS.len() as i64) as usize];
+                if rng.below(5) == 0 {
+                    drvs[job as usize] = store_hash(&mut rng);
+                }
+                let version = format!("{}.{}", 1 + package % 9, eval / 7);
+                let pkg = format!("package-{package}");
+                let nix_name = format!("{pkg}-{version}");
+                let hash = &drvs[job as usize];
+                let derivation = format!("/gnu/store/{hash}-{nix_name}.drv");
+                drv_stmt
+                    .execute(params![
+                        derivation,
+                        eval,
+                        format!("{pkg}.{system}"),
+                        system,
+                        nix_name
+                    ])
+                    .map_err(e)?;
+                let status = build_status(&mut rng, eval, job);
+                let timestamp = created + rng.below(600) as i64;
+                let (log, start, stop) = match status {
+                    -2 => (String::new(), 0, 0),
+                    -1 => (String::new(), timestamp + 3600, 0),
+                    4 => (String::new(), 0, timestamp + rng.below(4 * 3600) as i64),
+                    _ => {
+                        let start = timestamp + rng.below(4 * 3600) as i64;
+                        // Most builds take seconds to minutes, a few hours.
+                        let scale = 1 << rng.below(14);
+                        let took = 5 + rng.below(scale) as i64;
+                        let log = format!(
+                            "/var/log/guix/drvs/{}/{}-{nix_name}.drv.bz2",
+                            &hash[..2],
+                            &hash[2..]
+                        );
+                        (log, start, start + took)
+                    }
+                };
+                build_stmt
+                    .execute(params![
+                        id, derivation, eval, log, status, timestamp, start, stop
+                    ])
+                    .map_err(e)?;
+                let out_hash = store_hash(&mut rng);
+                for name in outputs_of(package) {
+                    let path = match *name {
+                        "out" => format!("/gnu/store/{out_hash}-{nix_name}"),
+                        n => format!("/gnu/store/{out_hash}-{nix_name}-{n}"),
+                    };
+                    out_stmt.execute(params![id, name, path]).map_err(e)?;
+                }
+            }
+            if eval == EVALUATIONS {
+                tx.execute(
+                    "INSERT INTO Stamps VALUES (?1, ?2)",
+                    params![spec, revision],
+                )
+                .map_err(e)?;
+            }
+        }
+    }
+    tx.commit().map_err(e)?;
+    drop(conn);
+    // Migrations 2 and 3, their indexes, WAL: as cuirass itself opens it.
+    let db = cuirass::db::Db::open(path).map_err(|e| e.to_string())?;
+    db.connection()
+        .execute_batch("ANALYZE; PRAGMA wal_checkpoint(TRUNCATE);")
+        .map_err(e)?;
+    Ok(())
+}
+
+/// The cached database, generated on first use (about a minute).
+pub fn template() -> Result<PathBuf, String> {
+    let dir = PathBuf::from("/var/tmp/cuirass-bench").join(DB_VERSION);
+    let path = dir.join("builds.db");
+    if path.exists() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tmp = dir.join(format!("builds.db.{}", std::process::id()));
+    eprintln!("  generating {BUILDS} builds into {}…", path.display());
+    let start = Instant::now();
+    generate(&tmp)?;
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", tmp.display()));
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    eprintln!("  generated in {:.0} s", start.elapsed().as_secs_f64());
+    Ok(path)
+}
+
+/// The original's `db-build-request`: one statement compiled per call,
+/// and then one more per build for its outputs (`db-get-outputs`).
+const ORIGINAL_BUILDS: &str = "SELECT Builds.id, Builds.timestamp, Builds.starttime,
+  Builds.stoptime, Builds.log, Builds.status, Builds.derivation, Derivations.job_name,
+  Derivations.system, Derivations.nix_name, Specifications.repo_name, Specifications.branch
+FROM Builds
+INNER JOIN Derivations ON Builds.derivation = Derivations.derivation
+  AND Builds.evaluation = Derivations.evaluation
+INNER JOIN Evaluations ON Derivations.evaluation = Evaluations.id
+INNER JOIN Specifications ON Evaluations.specification = Specifications.repo_name";
+
+fn original_query(conn: &Connection, clauses: &str) -> rusqlite::Result<usize> {
+    let sql = format!("{ORIGINAL_BUILDS} {clauses}");
+    let mut stmt = conn.prepare(&sql)?;
+    let ids: Vec<i64> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut outputs = 0;
+    for id in &ids {
+        let mut o = conn.prepare("SELECT name, path FROM Outputs WHERE build = ?1")?;
+        outputs += o
+            .query_map([id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?
+            .count();
+    }
+    Ok(ids.len() + outputs)
+}
+
+const LATEST_ORIGINAL: &str = "WHERE Builds.status >= 0 ORDER BY Builds.stoptime DESC LIMIT 100";
+const QUEUE_ORIGINAL: &str =
+    "WHERE Builds.status < 0 ORDER BY Builds.status DESC, Builds.timestamp DESC LIMIT 100";
+const MIGRATION_3_INDEXES: [&str; 3] = ["Builds_finished", "Builds_queue", "Derivations_job_name"];
+
+/// Median seconds of `f` over `runs` calls.
+fn time<T>(runs: usize, mut f: impl FnMut() -> Result<T, String>) -> Result<f64, String> {
+    let mut xs = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        f()?;
+        xs.push(secs(t.elapsed()));
+    }
+    Ok(median(xs))
+}
+
+/// Our queries beside the original's, on `path` (the per-run copy,
+/// before the daemon opens it): ours, then the original's with every
+/// index, then the original's without migration 3's indexes, dropped
+/// inside a transaction that is rolled back.  (Ours names those indexes,
+/// so it cannot run without them.)
+pub fn side_by_side(path: &Path) -> Result<Vec<Figure>, String> {
+    let db = cuirass::db::Db::open(path).map_err(|e| e.to_string())?;
+    let s = |e: rusqlite::Error| e.to_string();
+    let d = |e: cuirass::db::Error| e.to_string();
+    let filter = cuirass::db::read::BuildFilter::default();
+    let ours_latest = time(50, || db.latest_builds(&filter, 100).map_err(d))?;
+    let ours_queue = time(50, || db.queued_builds(100).map_err(d))?;
+    let conn = db.connection();
+    let orig_latest = time(10, || original_query(conn, LATEST_ORIGINAL).map_err(s))?;
+    let orig_queue = time(10, || original_query(conn, QUEUE_ORIGINAL).map_err(s))?;
+    conn.execute_batch("BEGIN").map_err(s)?;
+    for index in MIGRATION_3_INDEXES {
+        conn.execute_batch(&format!("DROP INDEX {index}"))
+            .map_err(s)?;
+    }
+    let bare = (|| -> Result<_, String> {
+        Ok((
+            time(3, || original_query(conn, LATEST_ORIGINAL).map_err(s))?,
+            time(3, || original_query(conn, QUEUE_ORIGINAL).map_err(s))?,
+        ))
+    })();
+    conn.execute_batch("ROLLBACK").map_err(s)?;
+    let (bare_latest, bare_queue) = bare?;
+    let ms = |x: f64| format!("{:.2} ms", x * 1e3);
+    let figure = |name: &str, ours: f64, orig: f64, bare: f64| {
+        Figure::new(name, orig / ours, "×", None).note(format!(
+            "in-process medians: ours {}; the original's SQL, compiled per call, and a \
+             statement per build for its outputs: {} with our indexes, {} ({:.0}× ours) \
+             without migration 3's",
+            ms(ours),
+            ms(orig),
+            ms(bare),
+            bare / ours
+        ))
+    };
+    // Keep the daemon idle: with no specification it neither fetches nor
+    // cancels the generated pending builds (their .drv files do not
+    // exist).  Builds keep their project; `jobset` becomes null.
+    db.connection()
+        .execute_batch(
+            "PRAGMA foreign_keys = OFF; DELETE FROM Stamps; DELETE FROM Specifications;
+             PRAGMA wal_checkpoint(TRUNCATE);",
+        )
+        .map_err(s)?;
+    Ok(vec![
+        figure(
+            "latestbuilds nr=100 SQL: original approach / ours",
+            ours_latest,
+            orig_latest,
+            bare_latest,
+        ),
+        figure(
+            "queue nr=100 SQL: original approach / ours",
+            ours_queue,
+            orig_queue,
+            bare_queue,
+        ),
+    ])
+}
