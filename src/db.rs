@@ -117,12 +117,39 @@ const MIGRATIONS: &[&str] = &[
        FROM (SELECT stoptime - starttime AS v FROM Builds WHERE status >= 0 AND starttime > 0)
        GROUP BY k;
      DROP INDEX IF EXISTS Builds_duration;",
+    // 6: Builds_status_stoptime is covered by the partial indexes of
+    // migration 3 for every query but the count by status, which
+    // Builds_evaluation covers as well; every build insert and status
+    // change paid for it.
+    "DROP INDEX IF EXISTS Builds_status_stoptime;",
 ];
 
 /// Upper bounds of the build-duration histogram's buckets, in seconds:
 /// from a trivial derivation to a day-long toolchain build.
 pub const BUILD_DURATION_BOUNDS: &[i64] =
     &[1, 5, 10, 30, 60, 300, 600, 1800, 3600, 7200, 21600, 86400];
+
+/// Build durations gathered in one transaction: (count, sum) per bucket.
+#[derive(Debug)]
+struct Durations {
+    buckets: [(i64, f64); BUILD_DURATION_BOUNDS.len() + 1],
+}
+
+impl Default for Durations {
+    fn default() -> Durations {
+        Durations {
+            buckets: [(0, 0.0); BUILD_DURATION_BOUNDS.len() + 1],
+        }
+    }
+}
+
+impl Durations {
+    fn add(&mut self, secs: i64) {
+        let b = &mut self.buckets[duration_bucket(secs)];
+        b.0 += 1;
+        b.1 += secs as f64;
+    }
+}
 
 /// The bucket of a build that took `secs`: the first bound it fits, or
 /// one past the last.
@@ -591,7 +618,9 @@ impl Db {
     ) -> Result<usize> {
         debug_assert!(status::is_final(final_status));
         let tx = self.conn.transaction()?;
-        let changed = Db::finish(&tx, derivation, final_status, log, now)?;
+        let mut durations = Durations::default();
+        let changed = Db::finish(&tx, derivation, final_status, log, now, &mut durations)?;
+        Db::add_durations(&tx, &durations)?;
         tx.commit()?;
         Ok(changed)
     }
@@ -603,16 +632,27 @@ impl Db {
         now: i64,
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
+        let mut durations = Durations::default();
         for (drv, st, log) in updates {
-            Db::finish(&tx, drv, *st, log.as_deref(), now)?;
+            Db::finish(&tx, drv, *st, log.as_deref(), now, &mut durations)?;
         }
+        Db::add_durations(&tx, &durations)?;
         tx.commit()?;
         Ok(())
     }
 
     /// Every build reaches a final status with a start time here, so this
-    /// is where the duration histogram is kept.
-    fn finish(tx: &Transaction, drv: &str, st: i64, log: Option<&str>, now: i64) -> Result<usize> {
+    /// is where the duration histogram is fed; `durations` collects one
+    /// entry per build, written by [`Db::add_durations`] once per
+    /// transaction rather than once per build.
+    fn finish(
+        tx: &Transaction,
+        drv: &str,
+        st: i64,
+        log: Option<&str>,
+        now: i64,
+        durations: &mut Durations,
+    ) -> Result<usize> {
         let mut update = tx.prepare_cached(
             "UPDATE Builds SET status = ?2, stoptime = ?3,
                starttime = CASE WHEN starttime = 0 THEN ?3 ELSE starttime END,
@@ -620,18 +660,27 @@ impl Db {
              WHERE derivation = ?1 AND status < 0
              RETURNING stoptime - starttime",
         )?;
-        let mut durations = update.query(params![drv, st, now, log])?;
-        let mut bump = tx.prepare_cached(
-            "INSERT INTO BuildDurations (bucket, count, sum) VALUES (?1, 1, ?2)
-             ON CONFLICT (bucket) DO UPDATE SET count = count + 1, sum = sum + excluded.sum",
-        )?;
+        let mut rows = update.query(params![drv, st, now, log])?;
         let mut changed = 0;
-        while let Some(row) = durations.next()? {
-            let secs: i64 = row.get(0)?;
-            bump.execute(params![duration_bucket(secs) as i64, secs as f64])?;
+        while let Some(row) = rows.next()? {
+            durations.add(row.get(0)?);
             changed += 1;
         }
         Ok(changed)
+    }
+
+    fn add_durations(tx: &Transaction, durations: &Durations) -> Result<()> {
+        let mut bump = tx.prepare_cached(
+            "INSERT INTO BuildDurations (bucket, count, sum) VALUES (?1, ?2, ?3)
+             ON CONFLICT (bucket) DO UPDATE
+               SET count = count + excluded.count, sum = sum + excluded.sum",
+        )?;
+        for (bucket, &(count, sum)) in durations.buckets.iter().enumerate() {
+            if count > 0 {
+                bump.execute(params![bucket as i64, count, sum])?;
+            }
+        }
+        Ok(())
     }
 
     /// Records what the daemon said in one read, in one transaction.  A
@@ -653,6 +702,7 @@ impl Db {
                 Update::Started { .. } => None,
             })
             .collect();
+        let mut durations = Durations::default();
         let tx = self.conn.transaction()?;
         for u in updates {
             match u {
@@ -675,10 +725,18 @@ impl Db {
                     status,
                     log,
                 } => {
-                    Db::finish(&tx, derivation, *status, log.as_deref(), now)?;
+                    Db::finish(
+                        &tx,
+                        derivation,
+                        *status,
+                        log.as_deref(),
+                        now,
+                        &mut durations,
+                    )?;
                 }
             }
         }
+        Db::add_durations(&tx, &durations)?;
         tx.commit()?;
         Ok(())
     }
@@ -686,9 +744,11 @@ impl Db {
     /// At start-up, builds left `started` by a previous process go back to
     /// `scheduled`: the daemon forgot them when our connection closed.
     pub fn reset_started_builds(&mut self) -> Result<usize> {
+        // Literal statuses, so that SQLite may use the partial Builds_queue
+        // index (its WHERE must be provable from the query's).
         Ok(self.conn.execute(
-            "UPDATE Builds SET status = ?1, starttime = 0 WHERE status = ?2",
-            params![status::SCHEDULED, status::STARTED],
+            "UPDATE Builds SET status = -2, starttime = 0 WHERE status = -1",
+            [],
         )?)
     }
 
