@@ -555,28 +555,6 @@ impl Db {
         Ok(())
     }
 
-    /// Records an evaluation that produced no jobs because the evaluator
-    /// failed, and moves the stamp so the same commit is not retried
-    /// forever: the next commit gets a new chance.
-    pub fn record_failed_evaluation(
-        &mut self,
-        spec: &str,
-        commit: &str,
-        error: &str,
-        now: i64,
-    ) -> Result<EvalId> {
-        let tx = self.conn.transaction()?;
-        tx.prepare_cached(
-            "INSERT INTO Evaluations (specification, revision, status, error, timestamp)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![spec, commit, eval_status::FAILED, error, now])?;
-        let eval = tx.last_insert_rowid();
-        Db::set_stamp(&tx, spec, commit)?;
-        tx.commit()?;
-        Ok(eval)
-    }
-
     /// Builds not yet in a final status, oldest first.
     pub fn pending_builds(&self, spec: Option<&str>) -> Result<Vec<PendingBuild>> {
         let mut stmt = self.conn.prepare_cached(

@@ -121,7 +121,8 @@ fn started_builds_are_rescheduled_on_restart() {
 fn failed_evaluation_moves_the_stamp_and_keeps_the_reason() {
     let mut db = Db::open_in_memory().unwrap();
     db.add_specifications(&[spec("a")]).unwrap();
-    db.record_failed_evaluation("a", "bad", "evaluator exited with status 1", 5)
+    let eval = db.begin_evaluation("a", "bad", 5).unwrap();
+    db.fail_evaluation("a", eval, "bad", "evaluator exited with status 1", 6)
         .unwrap();
     assert_eq!(db.stamp("a").unwrap().as_deref(), Some("bad"));
     assert_eq!(
