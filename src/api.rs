@@ -37,8 +37,7 @@ pub fn respond_with_logs(db: &Db, req: &Request, log_root: &Path) -> Response {
         ["jobsets"] | ["specifications"] => specifications(db),
         ["build", id] => build(db, id),
         ["build", id, "log", "raw"] => build_log(db, id, log_root),
-        ["api", "latestbuilds"] => latest_builds(db, req),
-        ["api", "queue"] => queue(db, req),
+        ["api", "latestbuilds"] | ["api", "queue"] => build_listing(db, req),
         ["api", "evaluations"] => evaluations(db, req),
         ["api", "jobs", "history"] => history::jobs_history(db, req),
         _ => Err(error(404, &format!("Resource {} not found.", req.path))),
@@ -152,11 +151,6 @@ fn build_json(b: &BuildView) -> BuildJson<'_> {
     }
 }
 
-fn builds_response(builds: &[BuildView]) -> Response {
-    let out: Vec<BuildJson> = builds.iter().map(build_json).collect();
-    json_response(200, &out)
-}
-
 fn parse_id(id: &str) -> Result<i64, Response> {
     match id.parse::<i64>() {
         Ok(n) if n > 0 && id.bytes().all(|c| c.is_ascii_digit()) => Ok(n),
@@ -231,8 +225,7 @@ fn status_range(value: &str) -> Option<(i64, i64)> {
     }
 }
 
-fn latest_builds(db: &Db, req: &Request) -> Reply {
-    let nr = limit(req)?;
+fn latest_filter(req: &Request) -> Result<BuildFilter, Response> {
     let text = |k: &str| req.param(k).map(str::to_string);
     let evaluation = match req.param("evaluation") {
         None => None,
@@ -250,21 +243,111 @@ fn latest_builds(db: &Db, req: &Request) -> Reply {
             )
         })?),
     };
-    let filter = BuildFilter {
+    Ok(BuildFilter {
         specification: text("project"),
         branch: text("jobset"),
         job: text("job"),
         system: text("system"),
         evaluation,
         status,
-    };
-    let builds = db.latest_builds(&filter, nr).map_err(db_error)?;
-    Ok(builds_response(&builds))
+        after: None,
+    })
 }
 
-fn queue(db: &Db, req: &Request) -> Reply {
-    let builds = db.queued_builds(limit(req)?).map_err(db_error)?;
-    Ok(builds_response(&builds))
+/// Build listings are answered at most this many builds per loop turn, so
+/// that a large `nr` never holds up the other clients for long.
+pub const PAGE: u32 = 100;
+
+enum Listing {
+    Latest(BuildFilter),
+    /// The (status, timestamp, id) of the last build of the previous page.
+    Queue(Option<(i64, i64, i64)>),
+}
+
+/// A build listing being answered a page at a time: each page continues
+/// after the last build of the one before (keyset pagination), so every
+/// page costs the same, and the JSON array grows until the last.
+pub struct Pager {
+    listing: Listing,
+    remaining: u32,
+    body: Vec<u8>,
+    empty: bool,
+}
+
+impl Pager {
+    /// The pager for `req` if it asks for a build listing (a bad
+    /// parameter is the error response), or None for any other request.
+    pub fn for_request(req: &Request) -> Option<Result<Pager, Response>> {
+        if req.method != "GET" && req.method != "HEAD" {
+            return None;
+        }
+        let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
+        let listing = match segs.as_slice() {
+            ["api", "latestbuilds"] => latest_filter(req).map(Listing::Latest),
+            ["api", "queue"] => Ok(Listing::Queue(None)),
+            _ => return None,
+        };
+        Some(listing.and_then(|listing| {
+            Ok(Pager {
+                listing,
+                remaining: limit(req)?,
+                body: b"[".to_vec(),
+                empty: true,
+            })
+        }))
+    }
+
+    /// Adds one page; returns the whole response once it is complete.
+    pub fn step(&mut self, db: &Db) -> Option<Response> {
+        let n = self.remaining.min(PAGE);
+        let page = match &self.listing {
+            Listing::Latest(filter) => db.latest_builds(filter, n),
+            Listing::Queue(after) => db.queued_builds(n, *after),
+        };
+        let page = match page {
+            Ok(page) => page,
+            Err(e) => return Some(db_error(e)),
+        };
+        for b in &page {
+            if !self.empty {
+                self.body.push(b',');
+            }
+            self.empty = false;
+            if let Err(e) = serde_json::to_writer(&mut self.body, &build_json(b)) {
+                return Some(Response::new(500, "text/plain", e.to_string().into_bytes()));
+            }
+        }
+        self.remaining -= page.len() as u32;
+        match (&mut self.listing, page.last()) {
+            (Listing::Latest(filter), Some(last)) => filter.after = Some((last.stoptime, last.id)),
+            (Listing::Queue(after), Some(last)) => {
+                *after = Some((last.status, last.timestamp, last.id))
+            }
+            (_, None) => {}
+        }
+        if (page.len() as u32) < n || self.remaining == 0 {
+            self.body.push(b']');
+            return Some(Response::new(200, JSON, std::mem::take(&mut self.body)));
+        }
+        None
+    }
+
+    /// Every page at once, for callers without a loop to come back from.
+    pub fn run(mut self, db: &Db) -> Response {
+        loop {
+            if let Some(response) = self.step(db) {
+                return response;
+            }
+        }
+    }
+}
+
+fn build_listing(db: &Db, req: &Request) -> Reply {
+    match Pager::for_request(req) {
+        Some(Ok(pager)) => Ok(pager.run(db)),
+        Some(Err(response)) => Err(response),
+        None => Err(error(404, &format!("Resource {} not found.", req.path))),
+    }
 }
 
 #[derive(Serialize)]

@@ -33,6 +33,14 @@ const REQUESTS_PER_TURN: usize = 16;
 /// While this much is queued for a client, its further requests wait.
 const MAX_QUEUED: usize = 256 * 1024;
 
+/// A build listing being answered a page per turn (see `step`).
+struct Paging {
+    pager: api::Pager,
+    route: &'static str,
+    head: bool,
+    keep_alive: bool,
+}
+
 struct Conn {
     stream: TcpStream,
     peer: SocketAddr,
@@ -54,6 +62,10 @@ struct Conn {
     request_started: Option<Instant>,
     /// The last time a byte moved either way.
     last_progress: Instant,
+    /// A build listing being answered a page per turn, with whether its
+    /// request was HEAD and may keep the connection; later pipelined
+    /// requests wait for it.
+    paging: Option<Paging>,
 }
 
 impl Conn {
@@ -228,6 +240,7 @@ impl HttpServer {
                 lingering: None,
                 request_started: None,
                 last_progress: now,
+                paging: None,
             });
             self.open += 1;
             self.again.push(slot);
@@ -292,6 +305,18 @@ fn step(conn: &mut Conn, db: &Db, now: Instant, counters: &mut HttpCounters) -> 
     if conn.lingering.is_some() {
         return linger(conn);
     }
+    // One page of a listing per turn: other connections get theirs in
+    // between, so a large `nr` holds nobody up.
+    if let Some(paging) = conn.paging.as_mut() {
+        let Some(response) = paging.pager.step(db) else {
+            return Step::Wait { more: true };
+        };
+        let paging = conn.paging.take().unwrap();
+        counters.record(paging.route, response.status);
+        conn.output
+            .extend_from_slice(&response.encode(paging.head, paging.keep_alive));
+        conn.close_after_write = !paging.keep_alive;
+    }
     let mut read = 0;
     let mut answered = 0;
     loop {
@@ -300,12 +325,23 @@ fn step(conn: &mut Conn, db: &Db, now: Instant, counters: &mut HttpCounters) -> 
         while answered < REQUESTS_PER_TURN
             && conn.queued() < MAX_QUEUED
             && !conn.close_after_write
+            && conn.paging.is_none()
             && !conn.input.is_empty()
         {
             match http::parse_request(&conn.input) {
                 Ok(Parsed::Partial) => break,
                 Ok(Parsed::Complete(req, used)) => {
                     conn.input.drain(..used);
+                    if let Some(Ok(pager)) = api::Pager::for_request(&req) {
+                        conn.paging = Some(Paging {
+                            pager,
+                            route: web::route_pattern(&req),
+                            head: req.is_head(),
+                            keep_alive: req.keep_alive && !conn.eof,
+                        });
+                        answered += 1;
+                        continue;
+                    }
                     let response = web::respond(
                         db,
                         &req,
@@ -385,8 +421,8 @@ fn step(conn: &mut Conn, db: &Db, now: Instant, counters: &mut HttpCounters) -> 
             return Step::Close;
         }
     }
-    let more =
-        answered >= REQUESTS_PER_TURN && conn.queued() < MAX_QUEUED && !conn.input.is_empty();
+    let more = conn.paging.is_some()
+        || (answered >= REQUESTS_PER_TURN && conn.queued() < MAX_QUEUED && !conn.input.is_empty());
     Step::Wait { more }
 }
 

@@ -335,6 +335,7 @@ fn latest_builds_walk_an_index_even_with_statistics() {
         let sql = format!("EXPLAIN QUERY PLAN {}", latest_builds_sql(filter));
         let mut stmt = conn.prepare(&sql).unwrap();
         let (lo, hi) = filter.status.unzip();
+        let (after_stop, after_id) = filter.after.unzip();
         let p = rusqlite::params![
             filter.specification,
             filter.branch,
@@ -343,7 +344,9 @@ fn latest_builds_walk_an_index_even_with_statistics() {
             filter.evaluation,
             lo,
             hi,
-            10
+            10,
+            after_stop,
+            after_id
         ];
         let rows: Vec<String> = stmt
             .query_map(p, |r| r.get::<_, String>(3))
@@ -365,6 +368,11 @@ fn latest_builds_walk_an_index_even_with_statistics() {
         BuildFilter {
             status: Some((1, 9)),
             system: Some("x".into()),
+            ..Default::default()
+        },
+        // A later page starts where the previous one ended.
+        BuildFilter {
+            after: Some((1000, 42)),
             ..Default::default()
         },
     ] {
@@ -411,7 +419,7 @@ fn latest_builds_walk_an_index_even_with_statistics() {
         );
         let mut stmt = conn.prepare(&sql).unwrap();
         let rows: Vec<String> = stmt
-            .query_map([10], |r| r.get(3))
+            .query_map(rusqlite::params![10, -1, 5, 7], |r| r.get(3))
             .unwrap()
             .map(|r| r.unwrap())
             .collect();
@@ -421,4 +429,62 @@ fn latest_builds_walk_an_index_even_with_statistics() {
         queue.contains("Builds_queue") && !queue.contains("TEMP B-TREE"),
         "{queue}"
     );
+}
+
+/// Listings longer than a page come out the same, in the same order, as
+/// one query would give, ties on the ordering columns included.
+#[test]
+fn listings_answered_page_by_page_match_the_whole_query() {
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("hello", Some("master"))])
+        .unwrap();
+    let jobs: Vec<JobRecord> = (0..4 * PAGE + 57).map(|i| job(&format!("j{i}"))).collect();
+    db.register_evaluation("hello", "abc", &jobs, 100).unwrap();
+    // Finish two thirds, with many sharing a stop time; start a few.
+    db.connection()
+        .execute_batch(
+            "UPDATE Builds SET status = id % 3, starttime = 10, stoptime = 1000 + id % 7
+               WHERE id % 3 <> 2;
+             UPDATE Builds SET status = -1, starttime = 5 WHERE id % 9 = 2;",
+        )
+        .unwrap();
+    let expect = |sql: &str| -> Vec<i64> {
+        let mut stmt = db.connection().prepare(sql).unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
+    };
+    let finished =
+        expect("SELECT id FROM Builds WHERE status >= 0 ORDER BY stoptime DESC, id DESC");
+    let queued =
+        expect("SELECT id FROM Builds WHERE status < 0 ORDER BY status DESC, timestamp, id");
+    assert!(finished.len() as u32 > PAGE && queued.len() as u32 > PAGE);
+    for (target, all) in [
+        ("/api/latestbuilds?nr=1000", &finished),
+        ("/api/queue?nr=1000", &queued),
+    ] {
+        let mut pager = Pager::for_request(&request(target, "GET"))
+            .unwrap()
+            .unwrap();
+        let mut pages = 1;
+        let response = loop {
+            match pager.step(&db) {
+                Some(r) => break r,
+                None => pages += 1,
+            }
+        };
+        assert!(pages >= 2, "{target} took {pages} page(s)");
+        let v: Value = serde_json::from_slice(&response.body).unwrap();
+        assert_eq!(&ids(&v), all, "{target}");
+    }
+    // A limit within the pages, and one that is a whole number of them.
+    let (_, v) = get(
+        &db,
+        Path::new("/"),
+        &format!("/api/latestbuilds?nr={}", PAGE + 3),
+    );
+    assert_eq!(ids(&v), finished[..PAGE as usize + 3]);
+    let (_, v) = get(&db, Path::new("/"), &format!("/api/queue?nr={PAGE}"));
+    assert_eq!(ids(&v), queued[..PAGE as usize]);
 }

@@ -35,6 +35,9 @@ pub struct BuildFilter {
     pub evaluation: Option<EvalId>,
     /// Inclusive range of statuses.
     pub status: Option<(i64, i64)>,
+    /// Only builds after this (stop time, id) in the listing's order: the
+    /// next page of a listing answered a page at a time.
+    pub after: Option<(i64, i64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +121,7 @@ pub(crate) fn latest_builds_sql(filter: &BuildFilter) -> String {
            AND (?4 IS NULL OR d.system = ?4)
            AND {evaluation}
            AND (?6 IS NULL OR +b.status BETWEEN ?6 AND ?7)
+           AND (?9 IS NULL OR (b.stoptime, b.id) < (?9, ?10))
          ORDER BY b.stoptime DESC, b.id DESC
          LIMIT ?8",
         if selective {
@@ -144,6 +148,7 @@ pub(crate) fn queued_builds_sql() -> String {
     format!(
         "{BUILD_COLUMNS} {}
          WHERE b.status < 0
+           AND (?2 IS NULL OR (-b.status, b.timestamp, b.id) > (-?2, ?3, ?4))
          ORDER BY b.status DESC, b.timestamp, b.id
          LIMIT ?1",
         build_joins(QUEUE_WALK, "CROSS JOIN")
@@ -172,6 +177,7 @@ impl Db {
     pub fn latest_builds(&self, filter: &BuildFilter, limit: u32) -> Result<Vec<BuildView>> {
         let sql = latest_builds_sql(filter);
         let (lo, hi) = filter.status.unzip();
+        let (after_stop, after_id) = filter.after.unzip();
         let builds = self
             .conn
             .prepare_cached(&sql)?
@@ -184,7 +190,9 @@ impl Db {
                     filter.evaluation,
                     lo,
                     hi,
-                    limit
+                    limit,
+                    after_stop,
+                    after_id
                 ],
                 build_row,
             )?
@@ -192,12 +200,22 @@ impl Db {
         self.with_outputs(builds)
     }
 
-    /// Unfinished builds: started ones first, then by submission time.
-    pub fn queued_builds(&self, limit: u32) -> Result<Vec<BuildView>> {
+    /// Unfinished builds: started ones first, then by submission time;
+    /// `after` is the (status, timestamp, id) of the last one of a
+    /// previous page.
+    pub fn queued_builds(
+        &self,
+        limit: u32,
+        after: Option<(i64, i64, i64)>,
+    ) -> Result<Vec<BuildView>> {
+        let (st, ts, id) = match after {
+            Some((st, ts, id)) => (Some(st), Some(ts), Some(id)),
+            None => (None, None, None),
+        };
         let builds = self
             .conn
             .prepare_cached(&queued_builds_sql())?
-            .query_map([limit], build_row)?
+            .query_map(params![limit, st, ts, id], build_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         self.with_outputs(builds)
     }
