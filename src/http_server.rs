@@ -407,7 +407,9 @@ fn step(conn: &mut Conn, db: &Db, now: Instant, counters: &mut HttpCounters) -> 
     if flush(conn, now).is_err() {
         return Step::Close;
     }
-    if conn.queued() == 0 {
+    // A listing still being paged is an answer owed, even to a peer that
+    // has shut its sending side.
+    if conn.queued() == 0 && conn.paging.is_none() {
         if conn.close_after_write {
             if conn.input.is_empty() && conn.eof {
                 return Step::Close;
