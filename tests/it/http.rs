@@ -5,50 +5,13 @@ use crate::support::*;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-/// A daemon-mode cuirass, stopped with SIGTERM when dropped.
-struct Daemon {
-    child: Child,
-    port: u16,
-}
-
-impl Daemon {
-    fn start(setup: &Setup) -> Daemon {
-        let port = free_port();
-        let child = setup
-            .command()
-            .args(["--listen", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--interval", "100000"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let daemon = Daemon { child, port };
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "cuirass never listened"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        daemon
-    }
-
-    fn get(&self, target: &str) -> Reply {
-        request(
-            self.port,
-            &format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
-        )
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
+fn get(server: &Server, target: &str) -> Reply {
+    request(
+        server.port,
+        &format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+    )
 }
 
 #[derive(Debug)]
@@ -123,31 +86,18 @@ fn query_i64(conn: &rusqlite::Connection, sql: &str, id: i64) -> i64 {
 
 #[test]
 fn every_route_against_a_real_database() {
-    require_daemon();
-    let setup = Setup::new("http");
-    let nonce = nonce();
-    let repo = Repo::new(setup.tmp.path(), &[("ci.scm", "jobs/keyword-jobs.scm")]);
-    let head = git(&repo.dir, &["rev-parse", "HEAD"]);
-    let name = format!("http-{nonce}");
-    let spec = setup.write_spec(&spec_text(
-        &name,
-        &repo.url(),
-        "ci.scm",
-        "cuirass-jobs",
-        &nonce,
-    ));
-    assert!(
-        setup
-            .one_shot(&["-S", spec.to_str().unwrap()])
-            .status
-            .success()
-    );
+    let Built {
+        setup,
+        repo,
+        head,
+        name,
+    } = build_keyword_project("http");
     let conn = setup.db();
-    let daemon = Daemon::start(&setup);
+    let daemon = Server::start(&setup);
 
     // Specifications.
     for path in ["/jobsets", "/specifications"] {
-        let r = daemon.get(path);
+        let r = get(&daemon, path);
         assert_eq!(r.status, 200);
         let v = r.json();
         assert_eq!(v.as_array().unwrap().len(), 1);
@@ -164,7 +114,7 @@ fn every_route_against_a_real_database() {
     assert_eq!(ids.len(), 5);
     let mut fail_id = None;
     for &id in &ids {
-        let r = daemon.get(&format!("/build/{id}"));
+        let r = get(&daemon, &format!("/build/{id}"));
         assert_eq!(r.status, 200);
         let b = r.json();
         let (drv, job, nix, system): (String, String, String, String) = conn
@@ -213,7 +163,7 @@ fn every_route_against_a_real_database() {
 
     // The failing job's log is what its builder printed.
     let fail_id = fail_id.unwrap();
-    let r = daemon.get(&format!("/build/{fail_id}/log/raw"));
+    let r = get(&daemon, &format!("/build/{fail_id}/log/raw"));
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
     let text = String::from_utf8_lossy(&r.body);
@@ -227,7 +177,7 @@ fn every_route_against_a_real_database() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(daemon.get(&format!("/build/{never}/log/raw")).status, 404);
+    assert_eq!(get(&daemon, &format!("/build/{never}/log/raw")).status, 404);
 
     // Latest builds: finished ones, most recently finished first.
     let expect: Vec<i64> = query_rows::<i64>(
@@ -238,7 +188,7 @@ fn every_route_against_a_real_database() {
     .flatten()
     .collect();
     let list = |t: &str| -> Vec<i64> {
-        let r = daemon.get(t);
+        let r = get(&daemon, t);
         assert_eq!(r.status, 200, "{t}");
         r.json()
             .as_array()
@@ -265,7 +215,7 @@ fn every_route_against_a_real_database() {
     );
     assert_eq!(list("/api/queue?nr=10"), Vec::<i64>::new());
 
-    let r = daemon.get("/api/evaluations?nr=10");
+    let r = get(&daemon, "/api/evaluations?nr=10");
     assert_eq!(r.status, 200);
     assert_eq!(
         r.json(),
@@ -274,7 +224,7 @@ fn every_route_against_a_real_database() {
     );
 
     // Errors.
-    let r = daemon.get("/build/12345");
+    let r = get(&daemon, "/build/12345");
     assert_eq!(r.status, 404);
     assert_eq!(
         r.json(),
@@ -288,7 +238,7 @@ fn every_route_against_a_real_database() {
         ("/api/evaluations", 400),
         ("/build/..%2f..%2fetc/log/raw", 400),
     ] {
-        let r = daemon.get(target);
+        let r = get(&daemon, target);
         assert_eq!(r.status, code, "{target}");
         assert!(r.json()["error"].is_string());
     }
@@ -354,7 +304,7 @@ fn a_taken_port_is_a_clear_error() {
 #[test]
 fn many_slow_and_oversized_clients_do_not_block_the_others() {
     let setup = Setup::new("http-load");
-    let daemon = Daemon::start(&setup);
+    let daemon = Server::start(&setup);
     let port = daemon.port;
 
     // A slow client: one byte a second; the server drops it after 10 s.

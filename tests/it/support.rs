@@ -340,3 +340,75 @@ pub fn fake_evaluator(dir: &Path, name: &str, body: &str) -> String {
     std::fs::write(&path, format!("# Fake evaluator: {name}\n{body}\n")).unwrap();
     format!("/bin/sh {}", path.display())
 }
+
+/// A daemon-mode cuirass serving HTTP on a port of its own, stopped with
+/// SIGTERM when dropped.
+pub struct Server {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl Server {
+    pub fn start(setup: &Setup) -> Server {
+        let port = free_port();
+        let child = setup
+            .command()
+            .args(["--listen", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--interval", "100000"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Server { child, port };
+        wait_until(Duration::from_secs(20), "cuirass to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        server
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// A real one-shot build of fixtures/jobs/keyword-jobs.scm: the database
+/// the HTTP and dashboard tests read.
+pub struct Built {
+    pub setup: Setup,
+    pub repo: Repo,
+    /// The commit evaluated.
+    pub head: String,
+    /// The specification's name.
+    pub name: String,
+}
+
+pub fn build_keyword_project(label: &str) -> Built {
+    require_daemon();
+    let setup = Setup::new(label);
+    let nonce = nonce();
+    let repo = Repo::new(setup.tmp.path(), &[("ci.scm", "jobs/keyword-jobs.scm")]);
+    let head = git(&repo.dir, &["rev-parse", "HEAD"]);
+    let name = format!("{label}-{nonce}");
+    let spec = setup.write_spec(&spec_text(
+        &name,
+        &repo.url(),
+        "ci.scm",
+        "cuirass-jobs",
+        &nonce,
+    ));
+    assert!(
+        setup
+            .one_shot(&["-S", spec.to_str().unwrap()])
+            .status
+            .success()
+    );
+    Built {
+        setup,
+        repo,
+        head,
+        name,
+    }
+}

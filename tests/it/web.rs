@@ -5,66 +5,34 @@
 use crate::support::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-struct Daemon {
-    child: Child,
-    port: u16,
+/// (status, content type, body) of one GET.
+fn get(server: &Server, target: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {target} HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let text = String::from_utf8(buf).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let ct = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Type: "))
+        .unwrap_or("")
+        .to_string();
+    (head[9..12].parse().unwrap(), ct, body.to_string())
 }
 
-impl Daemon {
-    fn start(setup: &Setup) -> Daemon {
-        let port = free_port();
-        let child = setup
-            .command()
-            .args(["--listen", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--interval", "100000"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(20), "never listened");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Daemon { child, port }
-    }
-
-    /// (status, content type, body) of one GET.
-    fn get(&self, target: &str) -> (u16, String, String) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET {target} HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).unwrap();
-        let text = String::from_utf8(buf).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let ct = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Content-Type: "))
-            .unwrap_or("")
-            .to_string();
-        (head[9..12].parse().unwrap(), ct, body.to_string())
-    }
-
-    fn page(&self, target: &str) -> String {
-        let (code, ct, body) = self.get(target);
-        assert_eq!(
-            (code, ct.as_str()),
-            (200, "text/html; charset=utf-8"),
-            "{target}"
-        );
-        assert!(body.starts_with("<!DOCTYPE html>"));
-        body
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
+fn page(server: &Server, target: &str) -> String {
+    let (code, ct, body) = get(server, target);
+    assert_eq!(
+        (code, ct.as_str()),
+        (200, "text/html; charset=utf-8"),
+        "{target}"
+    );
+    assert!(body.starts_with("<!DOCTYPE html>"));
+    body
 }
 
 fn build_id(conn: &rusqlite::Connection, job: &str) -> i64 {
@@ -147,30 +115,14 @@ fn check_histogram(samples: &[(String, String, f64)], name: &str) -> f64 {
 
 #[test]
 fn the_dashboard_of_a_real_build() {
-    require_daemon();
-    let setup = Setup::new("web");
-    let nonce = nonce();
-    let repo = Repo::new(setup.tmp.path(), &[("ci.scm", "jobs/keyword-jobs.scm")]);
-    let head = git(&repo.dir, &["rev-parse", "HEAD"]);
-    let name = format!("web-{nonce}");
-    let spec = setup.write_spec(&spec_text(
-        &name,
-        &repo.url(),
-        "ci.scm",
-        "cuirass-jobs",
-        &nonce,
-    ));
-    assert!(
-        setup
-            .one_shot(&["-S", spec.to_str().unwrap()])
-            .status
-            .success()
-    );
+    let Built {
+        setup, head, name, ..
+    } = build_keyword_project("web");
     let conn = setup.db();
-    let daemon = Daemon::start(&setup);
+    let daemon = Server::start(&setup);
 
     // The specification, its one evaluation and its counts.
-    let index = daemon.page("/");
+    let index = page(&daemon, "/");
     assert!(
         index.contains(&format!("<a href=\"/jobset/{name}\">{name}</a>")),
         "{index}"
@@ -183,12 +135,12 @@ fn the_dashboard_of_a_real_build() {
     assert!(index.contains("href=\"/eval/1?status=failed\">2</a>"));
     assert!(index.contains("href=\"/eval/1?status=pending\">0</a>"));
 
-    let jobset = daemon.page(&format!("/jobset/{name}"));
+    let jobset = page(&daemon, &format!("/jobset/{name}"));
     assert!(jobset.contains("<a href=\"/eval/1\">#1</a>"));
     assert!(jobset.contains(&format!("<img src=\"/jobset/{name}/badge.svg\"")));
 
     // The evaluation: every build, then the failed ones.
-    let eval = daemon.page("/eval/1");
+    let eval = page(&daemon, "/eval/1");
     for job in ["ok-1", "ok-2", "fail", "dep-on-fail", "dep-on-ok"] {
         let id = build_id(&conn, job);
         assert!(
@@ -198,16 +150,16 @@ fn the_dashboard_of_a_real_build() {
             "{job}: {eval}"
         );
     }
-    let failed = daemon.page("/eval/1?status=failed");
+    let failed = page(&daemon, "/eval/1?status=failed");
     assert!(failed.contains(">fail<") && failed.contains(">dep-on-fail<"));
     assert!(!failed.contains(">ok-1<"));
     assert!(failed.contains("st-failed-dependency"));
-    let searched = daemon.page("/eval/1?job=dep-");
+    let searched = page(&daemon, "/eval/1?job=dep-");
     assert!(searched.contains("2 matching builds"));
 
     // A build's page: its log's tail, inline, and the link to all of it.
     let fail = build_id(&conn, "fail");
-    let details = daemon.page(&format!("/build/{fail}/details"));
+    let details = page(&daemon, &format!("/build/{fail}/details"));
     let drv: String = conn
         .query_row("SELECT derivation FROM Builds WHERE id = ?1", [fail], |r| {
             r.get(0)
@@ -224,22 +176,21 @@ fn the_dashboard_of_a_real_build() {
         })
         .unwrap();
     assert!(
-        daemon
-            .page(&format!("/build/{ok}/details"))
-            .contains(&format!("<code>{out}</code>"))
+        page(&daemon, &format!("/build/{ok}/details")).contains(&format!("<code>{out}</code>"))
     );
 
     // Search across evaluations.
-    let found = daemon.page("/search?query=ok-");
+    let found = page(&daemon, "/search?query=ok-");
     assert_eq!(found.matches("/details\">").count(), 2);
 
     // The badge, the history, and the errors.
-    let (code, ct, svg) = daemon.get(&format!("/jobset/{name}/badge.svg"));
+    let (code, ct, svg) = get(&daemon, &format!("/jobset/{name}/badge.svg"));
     assert_eq!((code, ct.as_str()), (200, "image/svg+xml"));
     assert!(svg.contains(">3 passed, 2 failed</text>"), "{svg}");
-    let (code, ct, history) = daemon.get(&format!(
-        "/api/jobs/history?spec={name}&names=ok-1,fail&nr=5"
-    ));
+    let (code, ct, history) = get(
+        &daemon,
+        &format!("/api/jobs/history?spec={name}&names=ok-1,fail&nr=5"),
+    );
     assert_eq!((code, ct.as_str()), (200, "application/json"));
     let v: serde_json::Value = serde_json::from_str(&history).unwrap();
     assert_eq!(
@@ -249,12 +200,12 @@ fn the_dashboard_of_a_real_build() {
             {"name": "fail", "history": [{"evaluation": 1, "build": fail, "status": 1}]}
         ])
     );
-    assert_eq!(daemon.get("/api/jobs/history?spec=x").0, 400);
-    assert_eq!(daemon.get("/eval/7").0, 404);
-    assert_eq!(daemon.get("/jobset/nope").1, "text/html; charset=utf-8");
+    assert_eq!(get(&daemon, "/api/jobs/history?spec=x").0, 400);
+    assert_eq!(get(&daemon, "/eval/7").0, 404);
+    assert_eq!(get(&daemon, "/jobset/nope").1, "text/html; charset=utf-8");
 
     // Metrics: well-formed, and what the database holds.
-    let (code, ct, text) = daemon.get("/metrics");
+    let (code, ct, text) = get(&daemon, "/metrics");
     assert_eq!(
         (code, ct.as_str()),
         (200, "text/plain; version=0.0.4; charset=utf-8")
