@@ -22,8 +22,9 @@
 //! - `signals`: signals turned into a readable pipe for the loop.
 //! - `event_loop`: the single-threaded mio loop that moves bytes.
 //!
-//! Invariants: codecs (`sexp`, `drv`, `wire`, `trace`, `http`) do no I/O; nothing
-//! below `event_loop` reads the clock, it is handed `now`.
+//! Invariants: codecs (`sexp`, `drv`, `wire`, `trace`, `http`) do no I/O;
+//! only the shell (`event_loop`, `http_server`) reads the clock, everything
+//! else is handed `now`; only `db` writes SQL; only `api` writes JSON.
 
 pub mod api;
 pub mod build;
