@@ -91,6 +91,7 @@ fn every_route_against_a_real_database() {
         repo,
         head,
         name,
+        ..
     } = build_keyword_project("http");
     let conn = setup.db();
     let daemon = Server::start(&setup);

@@ -57,23 +57,13 @@ fn outputs_of(conn: &rusqlite::Connection, drv: &str) -> Vec<String> {
 
 #[test]
 fn keyword_jobs_build_end_to_end_and_new_commits_make_new_evaluations() {
-    require_daemon();
-    let setup = Setup::new("oneshot");
-    let nonce = nonce();
-    let repo = Repo::new(setup.tmp.path(), &[("ci.scm", "jobs/keyword-jobs.scm")]);
-    let head = crate::support::git(&repo.dir, &["rev-parse", "HEAD"]);
-    let name = format!("kw-{nonce}");
-    let spec = setup.write_spec(&spec_text(
-        &name,
-        &repo.url(),
-        "ci.scm",
-        "cuirass-jobs",
-        &nonce,
-    ));
-    let spec_arg = spec.to_str().unwrap();
-
-    let out = setup.one_shot(&["-S", spec_arg]);
-    assert!(out.status.success(), "one-shot failed");
+    let Built {
+        setup,
+        repo,
+        head,
+        name,
+        nonce,
+    } = build_keyword_project("kw");
     let conn = setup.db();
     let evals = query_rows::<String>(&conn, "SELECT specification, revision FROM Evaluations");
     assert_eq!(evals, vec![vec![name.clone(), head.clone()]]);

@@ -383,6 +383,8 @@ pub struct Built {
     pub head: String,
     /// The specification's name.
     pub name: String,
+    /// The nonce in its derivation names.
+    pub nonce: String,
 }
 
 pub fn build_keyword_project(label: &str) -> Built {
@@ -410,5 +412,6 @@ pub fn build_keyword_project(label: &str) -> Built {
         repo,
         head,
         name,
+        nonce,
     }
 }
