@@ -122,7 +122,18 @@ const MIGRATIONS: &[&str] = &[
     // Builds_evaluation covers as well; every build insert and status
     // change paid for it.
     "DROP INDEX IF EXISTS Builds_status_stoptime;",
+    // 7: Builds_finished in ascending order, read backwards: builds finish
+    // in increasing stop time, so new entries now land at the index's right
+    // edge, where SQLite appends to the last page instead of splitting
+    // pages at the left one.
+    "DROP INDEX IF EXISTS Builds_finished;
+     CREATE INDEX Builds_finished ON Builds (stoptime, id) WHERE status >= 0;",
 ];
+
+/// The unfinished builds of one derivation, looked up for each status
+/// change the daemon reports.
+const PENDING_BUILDS_OF_DERIVATION: &str =
+    "SELECT id, starttime FROM Builds WHERE derivation = ?1 AND status < 0";
 
 /// Upper bounds of the build-duration histogram's buckets, in seconds:
 /// from a trivial derivation to a day-long toolchain build.
@@ -631,20 +642,25 @@ impl Db {
         now: i64,
         durations: &mut Durations,
     ) -> Result<usize> {
+        // A SELECT then an UPDATE by row id: RETURNING would build and
+        // drop an ephemeral table per statement, the costliest part of it.
+        let mut pending = tx.prepare_cached(PENDING_BUILDS_OF_DERIVATION)?;
         let mut update = tx.prepare_cached(
-            "UPDATE Builds SET status = ?2, stoptime = ?3,
-               starttime = CASE WHEN starttime = 0 THEN ?3 ELSE starttime END,
-               log = CASE WHEN ?4 IS NULL THEN log ELSE ?4 END
-             WHERE derivation = ?1 AND status < 0
-             RETURNING stoptime - starttime",
+            "UPDATE Builds SET status = ?2, stoptime = ?3, starttime = ?4,
+               log = coalesce(?5, log)
+             WHERE id = ?1",
         )?;
-        let mut rows = update.query(params![drv, st, now, log])?;
-        let mut changed = 0;
-        while let Some(row) = rows.next()? {
-            durations.add(row.get(0)?);
-            changed += 1;
+        // Collected before any is changed, so that the updates cannot move
+        // rows under the SELECT's cursor.
+        let builds = pending
+            .query_map(params![drv], |r| Ok((r.get::<_, BuildId>(0)?, r.get::<_, i64>(1)?)))?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        for &(id, started) in &builds {
+            let started = if started == 0 { now } else { started };
+            update.execute(params![id, st, now, started, log])?;
+            durations.add(now - started);
         }
-        Ok(changed)
+        Ok(builds.len())
     }
 
     fn add_durations(tx: &Transaction, durations: &Durations) -> Result<()> {

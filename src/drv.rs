@@ -186,16 +186,37 @@ pub fn store_path_name(path: &str) -> Option<&str> {
     let base = path.strip_prefix(STORE_DIR)?.strip_prefix('/')?;
     let (hash, name) = (base.get(..HASH_LEN)?, base.get(HASH_LEN..)?);
     let name = name.strip_prefix('-')?;
-    let hash_ok = hash.bytes().all(|b| NIX_BASE32.contains(&b));
-    // These are the characters the daemon accepts in store path names; a
-    // leading dot is refused so that no name can be `.` or `..`.
+    let hash_ok = hash.bytes().all(|b| BYTE_CLASS[b as usize] & BASE32_DIGIT != 0);
+    // A leading dot is refused so that no name can be `.` or `..`.
     let name_ok = !name.is_empty()
         && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b));
+        && name.bytes().all(|b| BYTE_CLASS[b as usize] & NAME_CHAR != 0);
     (hash_ok && name_ok).then_some(name)
 }
+
+const BASE32_DIGIT: u8 = 1;
+const NAME_CHAR: u8 = 2;
+
+/// What each byte may be in a store path, looked up rather than searched
+/// for: every trace line's derivation passes through here.
+const BYTE_CLASS: [u8; 256] = {
+    let mut class = [0; 256];
+    let mut i = 0;
+    while i < NIX_BASE32.len() {
+        class[NIX_BASE32[i] as usize] |= BASE32_DIGIT;
+        i += 1;
+    }
+    // The characters the daemon accepts in store path names.
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.' | b'_' | b'?' | b'=') {
+            class[b] |= NAME_CHAR;
+        }
+        b += 1;
+    }
+    class
+};
 
 /// The digits of Nix's base-32 encoding: no `e`, `o`, `u` or `t`.
 const NIX_BASE32: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";

@@ -373,3 +373,22 @@ fn the_duration_histogram_follows_finished_builds() {
         .unwrap();
     assert_eq!(db.metrics(&[]).unwrap().build_duration.count, 2);
 }
+
+/// Every trace line the daemon prints looks up a derivation's pending
+/// builds; a plan through Builds_queue would walk the whole queue.
+#[test]
+fn status_changes_find_builds_through_the_derivation_index() {
+    let db = Db::open_in_memory().unwrap();
+    let plan: Vec<String> = db
+        .connection()
+        .prepare(&format!("EXPLAIN QUERY PLAN {PENDING_BUILDS_OF_DERIVATION}"))
+        .unwrap()
+        .query_map(["/gnu/store/x.drv"], |r| r.get(3))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(
+        plan,
+        ["SEARCH Builds USING INDEX Builds_derivation (derivation=?)"]
+    );
+}
