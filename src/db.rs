@@ -653,7 +653,9 @@ impl Db {
         // Collected before any is changed, so that the updates cannot move
         // rows under the SELECT's cursor.
         let builds = pending
-            .query_map(params![drv], |r| Ok((r.get::<_, BuildId>(0)?, r.get::<_, i64>(1)?)))?
+            .query_map(params![drv], |r| {
+                Ok((r.get::<_, BuildId>(0)?, r.get::<_, i64>(1)?))
+            })?
             .collect::<std::result::Result<Vec<_>, _>>()?;
         for &(id, started) in &builds {
             let started = if started == 0 { now } else { started };

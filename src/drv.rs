@@ -186,11 +186,15 @@ pub fn store_path_name(path: &str) -> Option<&str> {
     let base = path.strip_prefix(STORE_DIR)?.strip_prefix('/')?;
     let (hash, name) = (base.get(..HASH_LEN)?, base.get(HASH_LEN..)?);
     let name = name.strip_prefix('-')?;
-    let hash_ok = hash.bytes().all(|b| BYTE_CLASS[b as usize] & BASE32_DIGIT != 0);
+    let hash_ok = hash
+        .bytes()
+        .all(|b| BYTE_CLASS[b as usize] & BASE32_DIGIT != 0);
     // A leading dot is refused so that no name can be `.` or `..`.
     let name_ok = !name.is_empty()
         && !name.starts_with('.')
-        && name.bytes().all(|b| BYTE_CLASS[b as usize] & NAME_CHAR != 0);
+        && name
+            .bytes()
+            .all(|b| BYTE_CLASS[b as usize] & NAME_CHAR != 0);
     (hash_ok && name_ok).then_some(name)
 }
 

@@ -381,7 +381,9 @@ fn status_changes_find_builds_through_the_derivation_index() {
     let db = Db::open_in_memory().unwrap();
     let plan: Vec<String> = db
         .connection()
-        .prepare(&format!("EXPLAIN QUERY PLAN {PENDING_BUILDS_OF_DERIVATION}"))
+        .prepare(&format!(
+            "EXPLAIN QUERY PLAN {PENDING_BUILDS_OF_DERIVATION}"
+        ))
         .unwrap()
         .query_map(["/gnu/store/x.drv"], |r| r.get(3))
         .unwrap()
