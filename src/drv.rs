@@ -577,5 +577,18 @@ mod tests {
         );
         assert_eq!(store_path_name(&format!("/nix/store/{h}-a")), None);
         assert_eq!(store_path_name("/gnu/store/é"), None);
+        assert_eq!(
+            store_path_name(&format!("/gnu/store/{h}-Ab9+-._?=")),
+            Some("Ab9+-._?=")
+        );
+        for bad in [" ", "~", "@", ":", "\\", "\0", "é"] {
+            assert_eq!(
+                store_path_name(&format!("/gnu/store/{h}-a{bad}")),
+                None,
+                "{bad:?}"
+            );
+        }
+        let upper = h.to_uppercase();
+        assert_eq!(store_path_name(&format!("/gnu/store/{upper}-a")), None);
     }
 }
