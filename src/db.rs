@@ -785,5 +785,18 @@ impl Db {
 pub mod dashboard;
 pub mod read;
 
+/// What SQLite's planner does with `sql`, its steps joined by "; ", for
+/// tests that pin a query to its index.
+#[cfg(test)]
+pub(crate) fn query_plan(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> String {
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let steps: Vec<String> = stmt
+        .query_map(params, |r| r.get(3))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    steps.join("; ")
+}
+
 #[cfg(test)]
 mod tests;

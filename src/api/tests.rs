@@ -332,8 +332,6 @@ fn latest_builds_walk_an_index_even_with_statistics() {
     )
     .unwrap();
     let plan = |filter: &BuildFilter| -> String {
-        let sql = format!("EXPLAIN QUERY PLAN {}", latest_builds_sql(filter));
-        let mut stmt = conn.prepare(&sql).unwrap();
         let (lo, hi) = filter.status.unzip();
         let (after_stop, after_id) = filter.after.unzip();
         let p = rusqlite::params![
@@ -348,12 +346,7 @@ fn latest_builds_walk_an_index_even_with_statistics() {
             after_stop,
             after_id
         ];
-        let rows: Vec<String> = stmt
-            .query_map(p, |r| r.get::<_, String>(3))
-            .unwrap()
-            .map(|r| r.unwrap())
-            .collect();
-        rows.join("; ")
+        crate::db::query_plan(&conn, &latest_builds_sql(filter), p)
     };
     for filter in [
         BuildFilter::default(),
@@ -412,19 +405,11 @@ fn latest_builds_walk_an_index_even_with_statistics() {
         p.starts_with("SCAN b USING INDEX Builds_finished") && !p.contains("TEMP B-TREE"),
         "{p}"
     );
-    let queue = {
-        let sql = format!(
-            "EXPLAIN QUERY PLAN {}",
-            crate::db::read::queued_builds_sql()
-        );
-        let mut stmt = conn.prepare(&sql).unwrap();
-        let rows: Vec<String> = stmt
-            .query_map(rusqlite::params![10, -1, 5, 7], |r| r.get(3))
-            .unwrap()
-            .map(|r| r.unwrap())
-            .collect();
-        rows.join("; ")
-    };
+    let queue = crate::db::query_plan(
+        &conn,
+        &crate::db::read::queued_builds_sql(),
+        rusqlite::params![10, -1, 5, 7],
+    );
     assert!(
         queue.contains("Builds_queue") && !queue.contains("TEMP B-TREE"),
         "{queue}"

@@ -379,18 +379,12 @@ fn the_duration_histogram_follows_finished_builds() {
 #[test]
 fn status_changes_find_builds_through_the_derivation_index() {
     let db = Db::open_in_memory().unwrap();
-    let plan: Vec<String> = db
-        .connection()
-        .prepare(&format!(
-            "EXPLAIN QUERY PLAN {PENDING_BUILDS_OF_DERIVATION}"
-        ))
-        .unwrap()
-        .query_map(["/gnu/store/x.drv"], |r| r.get(3))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
     assert_eq!(
-        plan,
-        ["SEARCH Builds USING INDEX Builds_derivation (derivation=?)"]
+        query_plan(
+            db.connection(),
+            PENDING_BUILDS_OF_DERIVATION,
+            ["/gnu/store/x.drv"]
+        ),
+        "SEARCH Builds USING INDEX Builds_derivation (derivation=?)"
     );
 }

@@ -535,18 +535,7 @@ fn metrics_in_the_text_format() {
 #[test]
 fn metrics_read_indexes_and_the_histogram_not_the_builds_table() {
     let (db, _root) = fixture();
-    let plan = |sql: &str| -> String {
-        let mut stmt = db
-            .connection()
-            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-            .unwrap();
-        let rows: Vec<String> = stmt
-            .query_map([], |r| r.get::<_, String>(3))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        rows.join("; ")
-    };
+    let plan = |sql: &str| crate::db::query_plan(db.connection(), sql, []);
     // Durations come from the histogram kept as builds finish.
     let durations = plan("SELECT bucket, count, sum FROM BuildDurations");
     assert!(!durations.contains("Builds"), "{durations}");
