@@ -346,7 +346,7 @@ fn latest_builds_walk_an_index_even_with_statistics() {
             after_stop,
             after_id
         ];
-        crate::db::query_plan(&conn, &latest_builds_sql(filter), p)
+        crate::db::query_plan(conn, &latest_builds_sql(filter), p)
     };
     for filter in [
         BuildFilter::default(),
@@ -406,7 +406,7 @@ fn latest_builds_walk_an_index_even_with_statistics() {
         "{p}"
     );
     let queue = crate::db::query_plan(
-        &conn,
+        conn,
         &crate::db::read::queued_builds_sql(),
         rusqlite::params![10, -1, 5, 7],
     );
