@@ -332,21 +332,9 @@ fn latest_builds_walk_an_index_even_with_statistics() {
     )
     .unwrap();
     let plan = |filter: &BuildFilter| -> String {
-        let (lo, hi) = filter.status.unzip();
-        let (after_stop, after_id) = filter.after.unzip();
-        let p = rusqlite::params![
-            filter.specification,
-            filter.branch,
-            filter.job,
-            filter.system,
-            filter.evaluation,
-            lo,
-            hi,
-            10,
-            after_stop,
-            after_id
-        ];
-        crate::db::query_plan(conn, &latest_builds_sql(filter), p)
+        crate::db::read::with_latest_builds_params(filter, 10, |p| {
+            crate::db::query_plan(conn, &latest_builds_sql(filter), p)
+        })
     };
     for filter in [
         BuildFilter::default(),

@@ -132,6 +132,28 @@ pub(crate) fn latest_builds_sql(filter: &BuildFilter) -> String {
     )
 }
 
+/// Calls `f` with the parameters of [`latest_builds_sql`], in its order.
+pub(crate) fn with_latest_builds_params<T>(
+    filter: &BuildFilter,
+    limit: u32,
+    f: impl FnOnce(&[&dyn rusqlite::ToSql]) -> T,
+) -> T {
+    let (lo, hi) = filter.status.unzip();
+    let (after_stop, after_id) = filter.after.unzip();
+    f(params![
+        filter.specification,
+        filter.branch,
+        filter.job,
+        filter.system,
+        filter.evaluation,
+        lo,
+        hi,
+        limit,
+        after_stop,
+        after_id
+    ])
+}
+
 /// Parameter `n`, an integer ID compared for equality.  Written as a
 /// CAST because SQLite 3.54 re-prepares (parses and plans again) a
 /// statement at every new value bound to a bare `?n` that it could use
@@ -175,28 +197,11 @@ impl Db {
 
     /// Finished builds, most recently finished first.
     pub fn latest_builds(&self, filter: &BuildFilter, limit: u32) -> Result<Vec<BuildView>> {
-        let sql = latest_builds_sql(filter);
-        let (lo, hi) = filter.status.unzip();
-        let (after_stop, after_id) = filter.after.unzip();
-        let builds = self
-            .conn
-            .prepare_cached(&sql)?
-            .query_map(
-                params![
-                    filter.specification,
-                    filter.branch,
-                    filter.job,
-                    filter.system,
-                    filter.evaluation,
-                    lo,
-                    hi,
-                    limit,
-                    after_stop,
-                    after_id
-                ],
-                build_row,
-            )?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut stmt = self.conn.prepare_cached(&latest_builds_sql(filter))?;
+        let builds = with_latest_builds_params(filter, limit, |p| {
+            stmt.query_map(p, build_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
         self.with_outputs(builds)
     }
 

@@ -22,29 +22,6 @@ const SPECS: [(&str, &str); 2] = [
 const FIRST_EVALUATION: i64 = 1_500_000_000;
 const EVALUATION_EVERY: i64 = 6 * 3600;
 
-/// The 2018 Cuirass tables exactly as migration 1 creates them (no
-/// secondary index): generating into these and letting `Db::open` run
-/// migrations 2 and 3 builds the indexes in one sorted pass each, which
-/// is much faster than keeping them up to date row by row.
-const SCHEMA_2018: &str = "
-CREATE TABLE Specifications (repo_name TEXT NOT NULL PRIMARY KEY, url TEXT NOT NULL,
-  load_path TEXT NOT NULL, file TEXT NOT NULL, proc TEXT NOT NULL, arguments TEXT NOT NULL,
-  branch TEXT, tag TEXT, revision TEXT, no_compile_p INTEGER);
-CREATE TABLE Stamps (specification TEXT NOT NULL PRIMARY KEY, stamp TEXT NOT NULL,
-  FOREIGN KEY (specification) REFERENCES Specifications (repo_name));
-CREATE TABLE Evaluations (id INTEGER PRIMARY KEY AUTOINCREMENT, specification TEXT NOT NULL,
-  revision TEXT NOT NULL, FOREIGN KEY (specification) REFERENCES Specifications (repo_name));
-CREATE TABLE Derivations (derivation TEXT NOT NULL, evaluation INTEGER NOT NULL,
-  job_name TEXT NOT NULL, system TEXT NOT NULL, nix_name TEXT NOT NULL,
-  PRIMARY KEY (derivation, evaluation), FOREIGN KEY (evaluation) REFERENCES Evaluations (id));
-CREATE TABLE Builds (id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, derivation TEXT NOT NULL,
-  evaluation INTEGER NOT NULL, log TEXT NOT NULL, status INTEGER NOT NULL,
-  timestamp INTEGER NOT NULL DEFAULT 0, starttime INTEGER NOT NULL DEFAULT 0,
-  stoptime INTEGER NOT NULL DEFAULT 0,
-  FOREIGN KEY (derivation, evaluation) REFERENCES Derivations (derivation, evaluation));
-CREATE TABLE Outputs (build INTEGER NOT NULL, name TEXT NOT NULL, path TEXT NOT NULL,
-  PRIMARY KEY (build, name), FOREIGN KEY (build) REFERENCES Builds (id));";
-
 /// splitmix64: reproducible without a dependency.
 pub struct Rng(pub u64);
 
@@ -112,7 +89,10 @@ fn generate(path: &Path) -> Result<(), String> {
     let mut conn = Connection::open(path).map_err(e)?;
     conn.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
         .map_err(e)?;
-    conn.execute_batch(SCHEMA_2018).map_err(e)?;
+    // The 2018 tables without an index: letting `Db::open` index them
+    // afterwards is much faster than keeping indexes up to date row by row.
+    conn.execute_batch(cuirass::db::ORIGINAL_TABLES)
+        .map_err(e)?;
     let tx = conn.transaction().map_err(e)?;
     let mut rng = Rng(42);
     for (name, branch) in SPECS {
