@@ -346,3 +346,46 @@ fn compilation_runs_bootstrap_configure_and_make_and_a_failure_stops_only_its_sp
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("spec=broken compilation failed"), "{log}");
 }
+
+/// Guix 1.2.0's own `(gnu ci)` `hydra-jobs` (the `(name . thunk)`
+/// convention of its time), on the `hello` subset: the job is registered
+/// with the name and nix-name Guix gives it, and its build, which needs
+/// sources that cannot be downloaded here, is a recorded failure.
+#[test]
+fn guix_1_2_hydra_jobs_hello_subset_is_registered_and_its_build_fails_offline() {
+    Guix::V1_2.require_daemon();
+    let setup = Setup::new_2018("hydra-hello");
+    let repo = Repo::new(setup.tmp.path(), &[("gnu-ci.scm", "jobs/gnu-ci.scm")]);
+    let name = format!("hydra-{}", nonce());
+    let spec = setup.write_spec(&format!(
+        "(list {})\n",
+        spec_entry(
+            &name,
+            &repo.url(),
+            "gnu-ci.scm",
+            "hydra-jobs",
+            "(subset . \"hello\") (systems \"x86_64-linux\")"
+        )
+    ));
+    let out = setup.one_shot(&["-S", spec.to_str().unwrap()]);
+    assert!(out.status.success());
+    let conn = setup.db();
+    let rows = query_rows::<String>(
+        &conn,
+        "SELECT d.job_name, d.nix_name, d.system, CAST(b.status AS TEXT) FROM Builds b
+         JOIN Derivations d ON d.derivation = b.derivation AND d.evaluation = b.evaluation",
+    );
+    assert_eq!(
+        rows.iter().map(|r| r[0].as_str()).collect::<Vec<_>>(),
+        ["hello-2.10.x86_64-linux"],
+        "{rows:?}"
+    );
+    assert_eq!(rows[0][1], "hello-2.10");
+    assert_eq!(rows[0][2], "x86_64-linux");
+    let status: i64 = rows[0][3].parse().unwrap();
+    assert!(
+        matches!(status, 1..=3),
+        "hello cannot build offline, yet its status is {status}"
+    );
+    assert_sound(&setup.db);
+}
