@@ -570,15 +570,22 @@ impl Db {
         Ok(())
     }
 
-    /// Builds not yet in a final status, oldest first.
-    pub fn pending_builds(&self, spec: Option<&str>) -> Result<Vec<PendingBuild>> {
+    /// Up to `limit` of a specification's builds not yet in a final
+    /// status whose id is above `after`, oldest first: one page of the
+    /// queue (keyset pagination, so every page costs the same).
+    pub fn pending_builds_page(
+        &self,
+        spec: &str,
+        after: BuildId,
+        limit: usize,
+    ) -> Result<Vec<PendingBuild>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT b.id, b.derivation, b.evaluation, e.specification
              FROM Builds b JOIN Evaluations e ON e.id = b.evaluation
-             WHERE b.status < 0 AND (?1 IS NULL OR e.specification = ?1)
-             ORDER BY b.id",
+             WHERE b.status < 0 AND e.specification = ?1 AND b.id > ?2
+             ORDER BY b.id LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![spec], |r| {
+        let rows = stmt.query_map(params![spec, after, limit as i64], |r| {
             Ok(PendingBuild {
                 id: r.get(0)?,
                 derivation: r.get(1)?,

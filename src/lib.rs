@@ -14,7 +14,8 @@
 //! - `fetch`: git checkouts, run in a child process of this binary.
 //! - `child`: subprocesses whose pipes the event loop watches.
 //! - `build`: one batch of derivations handed to the daemon, and its statuses.
-//! - `scheduler`: the per-specification state machine.
+//! - `cycle`: one specification's cycle, a sans-I/O state machine (the
+//!   evaluation track and the building track).
 //! - `api`: the HTTP routes over the database; the only JSON serializer.
 //! - `html`: escaping, the page layout and formatters for the dashboard (pure).
 //! - `web`: the dashboard's pages, `/metrics` and badges; then `api`.
@@ -30,6 +31,7 @@ pub mod api;
 pub mod build;
 pub mod child;
 pub mod cli;
+pub mod cycle;
 pub mod db;
 pub mod drv;
 pub mod event_loop;
@@ -38,7 +40,6 @@ pub mod html;
 pub mod http;
 pub mod http_server;
 pub mod job;
-pub mod scheduler;
 pub mod sexp;
 pub mod signals;
 pub mod spec;
