@@ -4,6 +4,7 @@
 //! specification's [`State`] when something finishes.
 
 use crate::build::{self, Batch, Item, Update};
+use crate::buildlog::{self, copy::Copier};
 use crate::child::{self, Proc};
 use crate::cli::Config;
 use crate::db::{self, Db, JobRecord, status};
@@ -105,6 +106,9 @@ pub struct EventLoop {
     exit_error: Option<String>,
     next_status_log: Instant,
     http: Option<HttpServer>,
+    logs: buildlog::Places,
+    /// Per-build log copies, a chunk per turn.
+    copier: Copier,
 }
 
 /// Ends cuirass with an error message (one-shot) or is logged (daemon).
@@ -124,6 +128,13 @@ impl EventLoop {
             .map(|s| SpecRun::new(s, now))
             .collect();
         let work = specs.iter().map(|_| Work::default()).collect();
+        std::fs::create_dir_all(&config.log_dir).map_err(|e| {
+            format!(
+                "cannot create the log directory {}: {e}",
+                config.log_dir.display()
+            )
+        })?;
+        let logs = buildlog::Places::new(buildlog::DAEMON_LOG_ROOT, &config.log_dir);
         let http = match config.one_shot {
             true => None,
             false => Some(HttpServer::bind(
@@ -132,6 +143,7 @@ impl EventLoop {
                 poll.registry(),
                 HTTP_LISTENER,
                 HTTP_CONN_BASE,
+                logs.clone(),
             )?),
         };
         Ok(EventLoop {
@@ -146,6 +158,8 @@ impl EventLoop {
             exit_error: None,
             next_status_log: now + STATUS_EVERY,
             http,
+            copier: Copier::new(logs.clone()),
+            logs,
         })
     }
 
@@ -210,9 +224,11 @@ impl EventLoop {
     }
 
     fn one_shot_finished(&self) -> bool {
-        self.specs
-            .iter()
-            .all(|s| s.cycles >= 1 && s.state() == State::Idle)
+        !self.copier.busy()
+            && self
+                .specs
+                .iter()
+                .all(|s| s.cycles >= 1 && s.state() == State::Idle)
     }
 
     fn next_wakeup(&self, now: Instant) -> Instant {
@@ -236,6 +252,9 @@ impl EventLoop {
         }
         if let Some(at) = self.http.as_ref().and_then(HttpServer::poll_at) {
             next = next.min(at);
+        }
+        if self.copier.busy() {
+            return now;
         }
         next.max(now)
     }
@@ -333,6 +352,7 @@ impl EventLoop {
         if let Some(http) = self.http.as_mut() {
             http.tick(self.poll.registry(), &self.db, now);
         }
+        self.copier.step();
         for index in 0..self.specs.len() {
             self.read_leftovers(index);
             self.reap_child(index, now);

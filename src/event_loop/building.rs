@@ -225,11 +225,18 @@ impl EventLoop {
                 ..
             } = u
             {
-                *log = existing_log_file(derivation);
+                *log = self.logs.daemon_log_of(derivation);
             }
         }
-        if let Err(e) = self.db.apply_build_updates(&updates, unix_now()) {
-            log::error!("spec={} {e}", self.specs[index].spec.name);
+        match self.db.apply_build_updates(&updates, unix_now()) {
+            // The daemon's log is rewritten when the derivation is built
+            // again: each build keeps a copy of its own.
+            Ok(logged) => {
+                for (builds, log) in logged {
+                    self.copier.push(builds, &log);
+                }
+            }
+            Err(e) => log::error!("spec={} {e}", self.specs[index].spec.name),
         }
     }
 
@@ -293,14 +300,4 @@ fn flush(conn: &mut Conn, registry: &mio::Registry, token: Token) -> Result<(), 
         conn.wants_write = wants_write;
     }
     Ok(())
-}
-
-/// The daemon's log of a derivation built earlier, if it kept one.
-fn existing_log_file(derivation: &str) -> Option<String> {
-    let base = derivation.strip_prefix("/gnu/store/")?;
-    if base.len() < 3 {
-        return None;
-    }
-    let path = format!("/var/log/guix/drvs/{}/{}.bz2", &base[..2], &base[2..]);
-    std::path::Path::new(&path).exists().then_some(path)
 }
