@@ -258,10 +258,9 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Command, String> {
         .opt_str("database")
         .map(PathBuf::from)
         .unwrap_or_else(|| default_database(env));
-    let log_dir = m.opt_str("log-directory").map_or_else(
-        || database.with_file_name("build-logs"),
-        PathBuf::from,
-    );
+    let log_dir = m
+        .opt_str("log-directory")
+        .map_or_else(|| database.with_file_name("build-logs"), PathBuf::from);
     let interval_secs = number(&m, "interval", 300u64)?;
     if interval_secs == 0 {
         return Err("--interval: must be at least 1 second".into());

@@ -362,8 +362,8 @@ fn step(
                 Err(()) => Step::Close,
             };
         }
-        let keep = streaming.keep_alive
-            && streaming.log.length() != crate::http::Length::UntilClose;
+        let keep =
+            streaming.keep_alive && streaming.log.length() != crate::http::Length::UntilClose;
         conn.streaming = None;
         conn.close_after_write = !keep;
     }
@@ -404,7 +404,12 @@ fn step(
                             }
                             buildlog::serve::Start::Stream(head, log) => {
                                 counters.record(web::route_pattern(&req), 200);
-                                log::debug!("http: {} {} {} -> 200", conn.peer, req.method, req.path);
+                                log::debug!(
+                                    "http: {} {} {} -> 200",
+                                    conn.peer,
+                                    req.method,
+                                    req.path
+                                );
                                 conn.output.extend_from_slice(&head);
                                 conn.streaming = Some(Streaming {
                                     log,

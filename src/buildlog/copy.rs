@@ -177,7 +177,9 @@ fn advance(
                 _ => COPY_CHUNK,
             };
             buf.resize(chunk, 0);
-            let n = src.read(buf).map_err(|e| format!("reading the source: {e}"))?;
+            let n = src
+                .read(buf)
+                .map_err(|e| format!("reading the source: {e}"))?;
             let wrote = match sink.as_mut() {
                 Some(Sink::Raw(f)) => f.write_all(&buf[..n]),
                 Some(Sink::Gzip(z)) => z.write_all(&buf[..n]),

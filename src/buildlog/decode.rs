@@ -41,7 +41,9 @@ impl Compression {
 }
 
 /// Why a log cannot be decoded, and where: `offset` counts compressed
-/// bytes from the start of the file.
+/// bytes from the start of the file, up to the start of the piece in
+/// which the error was found (a header or trailer split across two
+/// calls is reported where its last piece began).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
     pub offset: u64,
@@ -69,7 +71,11 @@ impl fmt::Display for Error {
             ErrorKind::NotGzip => write!(f, "not gzip data at byte {}", self.offset),
             ErrorKind::BadGzipHeader => write!(f, "bad gzip header at byte {}", self.offset),
             ErrorKind::Corrupt(why) => {
-                write!(f, "corrupt compressed data near byte {}: {why}", self.offset)
+                write!(
+                    f,
+                    "corrupt compressed data near byte {}: {why}",
+                    self.offset
+                )
             }
             ErrorKind::Checksum => write!(
                 f,
@@ -246,7 +252,8 @@ fn gzip_step(
             let (before_in, before_out) = (inflate.total_in(), inflate.total_out());
             let start = out.len();
             out.resize(limit, 0);
-            let status = inflate.decompress(input, &mut out[start..], flate2::FlushDecompress::None);
+            let status =
+                inflate.decompress(input, &mut out[start..], flate2::FlushDecompress::None);
             let made = (inflate.total_out() - before_out) as usize;
             out.truncate(start + made);
             crc.update(&out[start..]);
@@ -305,7 +312,10 @@ pub fn gzip_header_len(buf: &[u8]) -> Result<Option<usize>, ErrorKind> {
     }
     for flag in [FNAME, FCOMMENT] {
         if flags & flag != 0 {
-            match buf.get(at..).and_then(|rest| rest.iter().position(|&b| b == 0)) {
+            match buf
+                .get(at..)
+                .and_then(|rest| rest.iter().position(|&b| b == 0))
+            {
                 Some(nul) => at += nul + 1,
                 None => return Ok(None),
             }
