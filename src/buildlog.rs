@@ -131,10 +131,10 @@ impl Places {
 /// bytes of text.  Errors are sentences for the page, naming the file.
 pub fn tail_text(places: &Places, b: &BuildView, lines: usize) -> Result<Vec<u8>, String> {
     let tail_file = places.tail_path(b.id);
-    if places.copy_of(b.id).is_some() {
-        if let Ok(text) = std::fs::read(&tail_file) {
-            return Ok(text);
-        }
+    if places.copy_of(b.id).is_some()
+        && let Ok(text) = std::fs::read(&tail_file)
+    {
+        return Ok(text);
     }
     let source = places.source(b).ok_or(NO_LOG)?;
     let name = source.path.display();

@@ -117,10 +117,10 @@ impl Copier {
                 self.active = None;
             }
         }
-        if let Some((builds, Phase::Tailing { .. })) = &self.active {
-            if builds.is_empty() {
-                self.active = None;
-            }
+        if let Some((builds, Phase::Tailing { .. })) = &self.active
+            && builds.is_empty()
+        {
+            self.active = None;
         }
     }
 

@@ -225,10 +225,10 @@ impl LogStream {
             _ => out.extend_from_slice(text),
         }
         if self.used == self.input.len() && self.left == 0 {
-            if let Some(d) = &self.decoder {
-                if !self.live {
-                    d.finish().map_err(|e| format!("{name}: {e}"))?;
-                }
+            if let Some(d) = &self.decoder
+                && !self.live
+            {
+                d.finish().map_err(|e| format!("{name}: {e}"))?;
             }
             if self.length == Length::Chunked {
                 http::push_chunk(out, &[]);

@@ -56,10 +56,11 @@ impl Tail {
                 }
             }
         }
-        if start == 0 && (self.dropped || text.len() < self.buf.len()) {
-            if let Some(nl) = body.iter().position(|&b| b == b'\n') {
-                start = nl + 1;
-            }
+        if start == 0
+            && (self.dropped || text.len() < self.buf.len())
+            && let Some(nl) = body.iter().position(|&b| b == b'\n')
+        {
+            start = nl + 1;
         }
         &text[start..]
     }
