@@ -622,7 +622,7 @@ impl Db {
         let changed = Db::finish(&tx, derivation, final_status, log, now, &mut durations)?;
         Db::add_durations(&tx, &durations)?;
         tx.commit()?;
-        Ok(changed)
+        Ok(changed.len())
     }
 
     /// Applies many build updates in one transaction (a batch's outcome).
@@ -652,7 +652,7 @@ impl Db {
         log: Option<&str>,
         now: i64,
         durations: &mut Durations,
-    ) -> Result<usize> {
+    ) -> Result<Vec<BuildId>> {
         // A SELECT then an UPDATE by row id: RETURNING would build and
         // drop an ephemeral table per statement, the costliest part of it.
         let mut pending = tx.prepare_cached(PENDING_BUILDS_OF_DERIVATION)?;
@@ -673,7 +673,7 @@ impl Db {
             update.execute(params![id, st, now, started, log])?;
             durations.add(now - started);
         }
-        Ok(builds.len())
+        Ok(builds.into_iter().map(|(id, _)| id).collect())
     }
 
     fn add_durations(tx: &Transaction, durations: &Durations) -> Result<()> {
@@ -692,15 +692,17 @@ impl Db {
 
     /// Records what the daemon said in one read, in one transaction.  A
     /// build that started and finished within the same read is written
-    /// once, with both times.
+    /// once, with both times.  Returns the builds finished with a log:
+    /// the IDs of each derivation's builds, and that log.
     pub fn apply_build_updates(
         &mut self,
         updates: &[crate::build::Update],
         now: i64,
-    ) -> Result<()> {
+    ) -> Result<Vec<(Vec<BuildId>, String)>> {
         use crate::build::Update;
+        let mut logged = Vec::new();
         if updates.is_empty() {
-            return Ok(());
+            return Ok(logged);
         }
         let finished_here: std::collections::HashSet<&str> = updates
             .iter()
@@ -732,7 +734,7 @@ impl Db {
                     status,
                     log,
                 } => {
-                    Db::finish(
+                    let ids = Db::finish(
                         &tx,
                         derivation,
                         *status,
@@ -740,12 +742,15 @@ impl Db {
                         now,
                         &mut durations,
                     )?;
+                    if let Some(log) = log.as_ref().filter(|_| !ids.is_empty()) {
+                        logged.push((ids, log.clone()));
+                    }
                 }
             }
         }
         Db::add_durations(&tx, &durations)?;
         tx.commit()?;
-        Ok(())
+        Ok(logged)
     }
 
     /// At start-up, builds left `started` by a previous process go back to

@@ -5,6 +5,7 @@
 //! lives here: what a cycle does next is decided in `cycle`.
 
 use crate::build::{self, Batch};
+use crate::buildlog::{self, copy::Copier};
 use crate::child::{self, Proc};
 use crate::cli::Config;
 use crate::cycle::{Command, Cycle, Env, Input, Settings, State};
@@ -164,6 +165,9 @@ pub struct EventLoop {
     next_status_log: Instant,
     http: Option<HttpServer>,
     reload: Option<reload::Reload>,
+    logs: buildlog::Places,
+    /// Per-build log copies, a chunk per turn.
+    copier: Copier,
 }
 
 /// Ends cuirass with an error message (one-shot) or is logged (daemon).
@@ -177,6 +181,13 @@ impl EventLoop {
         let evaluator_script = write_evaluator_script(&config)?;
         let now = Instant::now();
         let specs = db.specifications().map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&config.log_dir).map_err(|e| {
+            format!(
+                "cannot create the log directory {}: {e}",
+                config.log_dir.display()
+            )
+        })?;
+        let logs = buildlog::Places::new(buildlog::DAEMON_LOG_ROOT, &config.log_dir);
         let http = match config.one_shot {
             true => None,
             false => Some(HttpServer::bind(
@@ -185,6 +196,7 @@ impl EventLoop {
                 poll.registry(),
                 HTTP_LISTENER,
                 HTTP_CONN_BASE,
+                logs.clone(),
             )?),
         };
         let mut event_loop = EventLoop {
@@ -198,6 +210,8 @@ impl EventLoop {
             next_status_log: now + STATUS_EVERY,
             http,
             reload: None,
+            copier: Copier::new(logs.clone()),
+            logs,
         };
         for spec in specs {
             event_loop.add_slot(spec, now);
@@ -244,7 +258,10 @@ impl EventLoop {
                 self.stop_all();
                 break;
             }
-            if self.config.one_shot && self.slots.iter().all(|s| s.cycle.is_finished()) {
+            if self.config.one_shot
+                && !self.copier.busy()
+                && self.slots.iter().all(|s| s.cycle.is_finished())
+            {
                 break;
             }
             let timeout = self
@@ -336,6 +353,9 @@ impl EventLoop {
         if let Some(at) = self.reload.as_ref().map(reload::Reload::deadline) {
             next = next.min(at);
         }
+        if self.copier.busy() {
+            return now;
+        }
         next.max(now)
     }
 
@@ -415,6 +435,7 @@ impl EventLoop {
             http.tick(self.poll.registry(), &self.db, now);
         }
         self.reap_reload(now);
+        self.copier.step();
         for index in 0..self.slots.len() {
             self.read_leftovers(index);
             self.reap_child(index, now);

@@ -16,6 +16,8 @@
 //! - `build`: one batch of derivations handed to the daemon, and its statuses.
 //! - `cycle`: one specification's cycle, a sans-I/O state machine (the
 //!   evaluation track and the building track).
+//! - `buildlog`: build logs found, decoded (a sans-I/O codec), streamed a
+//!   chunk per turn and copied per build.
 //! - `api`: the HTTP routes over the database; the only JSON serializer.
 //! - `html`: escaping, the page layout and formatters for the dashboard (pure).
 //! - `web`: the dashboard's pages, `/metrics` and badges; then `api`.
@@ -25,10 +27,12 @@
 //!
 //! Invariants: codecs (`sexp`, `drv`, `wire`, `trace`, `http`) do no I/O;
 //! only the shell (`event_loop`, `http_server`) reads the clock, everything
-//! else is handed `now`; only `db` writes SQL; only `api` writes JSON.
+//! else is handed `now`; only `db` writes SQL; only `api` writes JSON; nothing holds a
+//! whole build log (`buildlog` reads and decodes bounded chunks).
 
 pub mod api;
 pub mod build;
+pub mod buildlog;
 pub mod child;
 pub mod cli;
 pub mod cycle;

@@ -123,11 +123,18 @@ impl EventLoop {
                 ..
             } = u
             {
-                *log = existing_log_file(derivation);
+                *log = self.logs.daemon_log_of(derivation);
             }
         }
-        if let Err(e) = self.db.apply_build_updates(&updates, unix_now()) {
-            log::error!("spec={:?} {e}", self.slots[index].cycle.spec.name);
+        match self.db.apply_build_updates(&updates, unix_now()) {
+            // The daemon's log is rewritten when the derivation is built
+            // again: each build keeps a copy of its own.
+            Ok(logged) => {
+                for (builds, log) in logged {
+                    self.copier.push(builds, &log);
+                }
+            }
+            Err(e) => log::error!("spec={:?} {e}", self.slots[index].cycle.spec.name),
         }
     }
 }
@@ -160,21 +167,4 @@ fn flush(conn: &mut Conn, registry: &mio::Registry, token: Token) -> Result<(), 
         conn.wants_write = wants_write;
     }
     Ok(())
-}
-
-/// The daemon's log of a derivation built earlier, if it kept one: gzip
-/// (Guix ≥ 1.3), bzip2 (earlier) or plain.
-fn existing_log_file(derivation: &str) -> Option<String> {
-    let base = derivation.strip_prefix("/gnu/store/")?;
-    if base.len() < 3 {
-        return None;
-    }
-    ["gz", "bz2", ""].iter().find_map(|ext| {
-        let mut path = format!("/var/log/guix/drvs/{}/{}", &base[..2], &base[2..]);
-        if !ext.is_empty() {
-            path.push('.');
-            path.push_str(ext);
-        }
-        std::path::Path::new(&path).exists().then_some(path)
-    })
 }
