@@ -1,6 +1,7 @@
 //! The SQLite database: the 2018 Cuirass tables, numbered migrations, and
 //! every query cuirass makes.  Only this module writes SQL.
 
+use crate::build::Limits;
 use crate::spec::Specification;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::path::Path;
@@ -132,6 +133,21 @@ const MIGRATIONS: &[&str] = &[
     // pages at the left one.
     "DROP INDEX IF EXISTS Builds_finished;
      CREATE INDEX Builds_finished ON Builds (stoptime, id) WHERE status >= 0;",
+    // 8: what today's jobs say beyond the 2018 convention.  A build's
+    // limits (seconds; NULL leaves the daemon's own) and priority, with
+    // Hydra's column names, and `errormsg`, the daemon's reason for a
+    // failure ("timed out after 3 seconds").  `Inputs` holds the input
+    // derivations of each build's `.drv`, as `Outputs` holds its outputs;
+    // they are what today's `#:inputs` lists.
+    "ALTER TABLE Builds ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE Builds ADD COLUMN timeout INTEGER;
+     ALTER TABLE Builds ADD COLUMN maxsilent INTEGER;
+     ALTER TABLE Builds ADD COLUMN errormsg TEXT;
+     CREATE TABLE IF NOT EXISTS Inputs (
+       build      INTEGER NOT NULL,
+       derivation TEXT NOT NULL,
+       PRIMARY KEY (build, derivation),
+       FOREIGN KEY (build) REFERENCES Builds (id)) WITHOUT ROWID;",
 ];
 
 /// The unfinished builds of one derivation, looked up for each status
@@ -199,7 +215,7 @@ impl From<rusqlite::Error> for Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// One job of an evaluation, as registered.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobRecord {
     pub job_name: String,
     pub derivation: String,
@@ -207,6 +223,12 @@ pub struct JobRecord {
     pub nix_name: String,
     /// (output name, store path), from the `.drv` file.
     pub outputs: Vec<(String, String)>,
+    /// Input `.drv` files, from the `.drv` file.
+    pub inputs: Vec<String>,
+    /// The job's own limits, from the evaluator.
+    pub limits: Limits,
+    /// The job's priority (0 when it gave none).
+    pub priority: i64,
 }
 
 /// A build that has not reached a final status.
@@ -216,6 +238,8 @@ pub struct PendingBuild {
     pub derivation: String,
     pub evaluation: EvalId,
     pub specification: String,
+    /// Its job's limits: builds are batched by them.
+    pub limits: Limits,
 }
 
 pub struct Db {
@@ -403,11 +427,14 @@ impl Db {
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
         let mut build_stmt = tx.prepare_cached(
-            "INSERT INTO Builds (derivation, evaluation, log, status, timestamp, starttime, stoptime)
-             VALUES (?1, ?2, '', ?3, ?4, 0, 0)",
+            "INSERT INTO Builds (derivation, evaluation, log, status, timestamp, starttime, stoptime,
+                                 priority, timeout, maxsilent)
+             VALUES (?1, ?2, '', ?3, ?4, 0, 0, ?5, ?6, ?7)",
         )?;
         let mut output_stmt =
             tx.prepare_cached("INSERT INTO Outputs (build, name, path) VALUES (?1, ?2, ?3)")?;
+        let mut input_stmt =
+            tx.prepare_cached("INSERT OR IGNORE INTO Inputs (build, derivation) VALUES (?1, ?2)")?;
         for job in jobs {
             // Two jobs of one evaluation may share a derivation; the 2018
             // primary key allows one row, and one build of it.
@@ -421,10 +448,21 @@ impl Db {
             {
                 continue;
             }
-            build_stmt.execute(params![job.derivation, eval, status::SCHEDULED, now])?;
+            build_stmt.execute(params![
+                job.derivation,
+                eval,
+                status::SCHEDULED,
+                now,
+                job.priority,
+                job.limits.timeout.map(|t| t as i64),
+                job.limits.max_silent_time.map(|t| t as i64)
+            ])?;
             let build = tx.last_insert_rowid();
             for (name, path) in &job.outputs {
                 output_stmt.execute(params![build, name, path])?;
+            }
+            for input in &job.inputs {
+                input_stmt.execute(params![build, input])?;
             }
             added(build, job);
         }
@@ -470,6 +508,7 @@ impl Db {
                 derivation: job.derivation.clone(),
                 evaluation: eval,
                 specification: spec.to_string(),
+                limits: job.limits,
             })
         })?;
         tx.commit()?;
@@ -564,6 +603,10 @@ impl Db {
             "DELETE FROM Outputs WHERE build IN (SELECT id FROM Builds WHERE evaluation = ?1)",
             [eval],
         )?;
+        tx.execute(
+            "DELETE FROM Inputs WHERE build IN (SELECT id FROM Builds WHERE evaluation = ?1)",
+            [eval],
+        )?;
         tx.execute("DELETE FROM Builds WHERE evaluation = ?1", [eval])?;
         tx.execute("DELETE FROM Derivations WHERE evaluation = ?1", [eval])?;
         tx.execute("DELETE FROM Evaluations WHERE id = ?1", [eval])?;
@@ -573,7 +616,7 @@ impl Db {
     /// Builds not yet in a final status, oldest first.
     pub fn pending_builds(&self, spec: Option<&str>) -> Result<Vec<PendingBuild>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT b.id, b.derivation, b.evaluation, e.specification
+            "SELECT b.id, b.derivation, b.evaluation, e.specification, b.maxsilent, b.timeout
              FROM Builds b JOIN Evaluations e ON e.id = b.evaluation
              WHERE b.status < 0 AND (?1 IS NULL OR e.specification = ?1)
              ORDER BY b.id",
@@ -584,6 +627,10 @@ impl Db {
                 derivation: r.get(1)?,
                 evaluation: r.get(2)?,
                 specification: r.get(3)?,
+                limits: Limits {
+                    max_silent_time: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
+                    timeout: r.get::<_, Option<i64>>(5)?.map(|t| t as u64),
+                },
             })
         })?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
@@ -612,7 +659,14 @@ impl Db {
         debug_assert!(status::is_final(final_status));
         let tx = self.conn.transaction()?;
         let mut durations = Durations::default();
-        let changed = Db::finish(&tx, derivation, final_status, log, now, &mut durations)?;
+        let changed = Db::finish(
+            &tx,
+            derivation,
+            final_status,
+            (log, None),
+            now,
+            &mut durations,
+        )?;
         Db::add_durations(&tx, &durations)?;
         tx.commit()?;
         Ok(changed)
@@ -627,7 +681,7 @@ impl Db {
         let tx = self.conn.transaction()?;
         let mut durations = Durations::default();
         for (drv, st, log) in updates {
-            Db::finish(&tx, drv, *st, log.as_deref(), now, &mut durations)?;
+            Db::finish(&tx, drv, *st, (log.as_deref(), None), now, &mut durations)?;
         }
         Db::add_durations(&tx, &durations)?;
         tx.commit()?;
@@ -637,12 +691,13 @@ impl Db {
     /// Every build reaches a final status with a start time here, so this
     /// is where the duration histogram is fed; `durations` collects one
     /// entry per build, written by [`Db::add_durations`] once per
-    /// transaction rather than once per build.
+    /// transaction rather than once per build.  `(log, reason)`: the log
+    /// file, if known now, and the daemon's reason for a failure.
     fn finish(
         tx: &Transaction,
         drv: &str,
         st: i64,
-        log: Option<&str>,
+        (log, reason): (Option<&str>, Option<&str>),
         now: i64,
         durations: &mut Durations,
     ) -> Result<usize> {
@@ -651,7 +706,7 @@ impl Db {
         let mut pending = tx.prepare_cached(PENDING_BUILDS_OF_DERIVATION)?;
         let mut update = tx.prepare_cached(
             "UPDATE Builds SET status = ?2, stoptime = ?3, starttime = ?4,
-               log = coalesce(?5, log)
+               log = coalesce(?5, log), errormsg = ?6
              WHERE id = ?1",
         )?;
         // Collected before any is changed, so that the updates cannot move
@@ -663,7 +718,7 @@ impl Db {
             .collect::<std::result::Result<Vec<_>, _>>()?;
         for &(id, started) in &builds {
             let started = if started == 0 { now } else { started };
-            update.execute(params![id, st, now, started, log])?;
+            update.execute(params![id, st, now, started, log, reason])?;
             durations.add(now - started);
         }
         Ok(builds.len())
@@ -724,12 +779,13 @@ impl Db {
                     derivation,
                     status,
                     log,
+                    reason,
                 } => {
                     Db::finish(
                         &tx,
                         derivation,
                         *status,
-                        log.as_deref(),
+                        (log.as_deref(), reason.as_deref()),
                         now,
                         &mut durations,
                     )?;

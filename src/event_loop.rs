@@ -3,7 +3,7 @@
 //! signal pipe, moves their bytes to the layers above, and advances each
 //! specification's [`State`] when something finishes.
 
-use crate::build::{self, Batch, Item, Update};
+use crate::build::{self, Batch, Item, Limits, Update};
 use crate::child::{self, Proc};
 use crate::cli::Config;
 use crate::db::{self, Db, JobRecord, status};

@@ -24,6 +24,7 @@ fn job(name: &str) -> JobRecord {
             ("out".into(), format!("/gnu/store/{name:b<32}-{name}")),
             ("doc".into(), format!("/gnu/store/{name:c<32}-{name}-doc")),
         ],
+        ..JobRecord::default()
     }
 }
 

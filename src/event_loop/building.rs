@@ -65,23 +65,23 @@ impl EventLoop {
         }
         work.retry_at = None;
         while !self.work[index].queue.is_empty() {
-            let items = self.next_items(index);
+            let (items, limits) = self.next_items(index);
             if !items.is_empty() {
-                self.open_batch(index, items, now);
+                self.open_batch(index, items, limits, now);
                 return;
             }
         }
     }
 
-    /// Takes up to BATCH_SIZE builds off the queue, cancelling those whose
-    /// derivation is gone from the store (collected since evaluation).
-    pub(super) fn next_items(&mut self, index: usize) -> Vec<Item> {
+    /// Takes up to BATCH_SIZE builds of one limit class off the queue
+    /// (see [`build::take_batch`]), cancelling those whose derivation is
+    /// gone from the store (collected since evaluation).
+    pub(super) fn next_items(&mut self, index: usize) -> (Vec<Item>, Limits) {
         let mut items = Vec::new();
         let mut canceled = Vec::new();
-        while items.len() < build::BATCH_SIZE {
-            let Some(pending) = self.work[index].queue.pop_front() else {
-                break;
-            };
+        let batch = build::take_batch(&mut self.work[index].queue, build::BATCH_SIZE);
+        let limits = batch.first().map(|p| p.limits).unwrap_or_default();
+        for pending in batch {
             if !self.work[index]
                 .submitted
                 .insert(pending.derivation.clone())
@@ -110,10 +110,16 @@ impl EventLoop {
                 log::error!("{e}");
             }
         }
-        items
+        (items, limits)
     }
 
-    pub(super) fn open_batch(&mut self, index: usize, items: Vec<Item>, now: Instant) {
+    pub(super) fn open_batch(
+        &mut self,
+        index: usize,
+        items: Vec<Item>,
+        limits: Limits,
+        now: Instant,
+    ) {
         let name = self.specs[index].spec.name.clone();
         let count = items.len();
         let mut stream = match UnixStream::connect(&self.config.daemon_socket) {
@@ -125,7 +131,8 @@ impl EventLoop {
         };
         let batch = Batch::new(
             items,
-            build::build_options(self.config.use_substitutes, self.config.fallback),
+            build::build_options(self.config.use_substitutes, self.config.fallback, limits),
+            limits,
         );
         if let Err(e) = self.poll.registry().register(
             &mut stream,
@@ -136,7 +143,10 @@ impl EventLoop {
             return;
         }
         let remaining = self.work[index].queue.len();
-        log::info!("spec={name} batch of {count} derivation(s) submitted, {remaining} more queued");
+        log::info!(
+            "spec={name} batch of {count} derivation(s) submitted ({}), {remaining} more queued",
+            describe_limits(limits)
+        );
         self.work[index].conn = Some(Conn {
             stream,
             batch,
@@ -303,4 +313,20 @@ fn existing_log_file(derivation: &str) -> Option<String> {
     }
     let path = format!("/var/log/guix/drvs/{}/{}.bz2", &base[..2], &base[2..]);
     std::path::Path::new(&path).exists().then_some(path)
+}
+
+/// `max-silent-time 2 s, timeout 3 s` or `the daemon's limits`, for logs.
+fn describe_limits(limits: Limits) -> String {
+    let parts: Vec<String> = [
+        ("max-silent-time", limits.max_silent_time),
+        ("timeout", limits.timeout),
+    ]
+    .iter()
+    .filter_map(|(name, secs)| Some(format!("{name} {} s", (*secs)?)))
+    .collect();
+    if parts.is_empty() {
+        "the daemon's limits".to_string()
+    } else {
+        parts.join(", ")
+    }
 }

@@ -77,11 +77,18 @@ impl EventLoop {
                 job::Line::Job {
                     name: job_name,
                     derivation,
+                    limits,
+                    priority,
                 } => {
                     let bytes = std::fs::read(&derivation)
                         .map_err(|e| format!("job {job_name}: cannot read {derivation}: {e}"))?;
-                    work.jobs
-                        .push(job::job_record(&job_name, &derivation, &bytes)?);
+                    work.jobs.push(job::job_record(
+                        &job_name,
+                        &derivation,
+                        limits,
+                        priority,
+                        &bytes,
+                    )?);
                 }
                 job::Line::JobError {
                     name: job_name,

@@ -32,6 +32,7 @@ fn job(name: &str, nonce: &str) -> JobRecord {
         system: "x86_64-linux".into(),
         nix_name: format!("{id}-1.0"),
         outputs: vec![("out".into(), format!("/gnu/store/{id:b<32}-{id}-{nonce}"))],
+        ..JobRecord::default()
     }
 }
 
