@@ -112,6 +112,27 @@ pub fn parse_line(line: &[u8]) -> Result<Line, String> {
     }
 }
 
+/// How the evaluator starts the one line that says why it failed (its
+/// backtrace, if any, follows on later lines).
+pub const EVALUATOR_ERROR_PREFIX: &str = "evaluate: error: ";
+
+/// The most of an evaluation error recorded, in characters.
+pub const MAX_EVALUATION_ERROR: usize = 1000;
+
+/// An evaluation error as recorded: `reason` cut to
+/// [`MAX_EVALUATION_ERROR`] characters, without the evaluator's prefix.
+pub fn evaluation_error(reason: &str) -> String {
+    let reason = reason
+        .strip_prefix(EVALUATOR_ERROR_PREFIX)
+        .unwrap_or(reason);
+    if reason.chars().count() <= MAX_EVALUATION_ERROR {
+        return reason.to_string();
+    }
+    let mut cut: String = reason.chars().take(MAX_EVALUATION_ERROR - 1).collect();
+    cut.push('…');
+    cut
+}
+
 /// What one evaluation's output has said so far, to check it as a whole:
 /// every job name once, nothing after `(done N)`, and N the number of jobs.
 ///
@@ -251,6 +272,22 @@ mod tests {
         assert_eq!(
             (limits.max_silent_time, limits.timeout, priority),
             (None, Some(3), None)
+        );
+    }
+
+    #[test]
+    fn an_evaluation_error_is_the_evaluators_line_cut_to_1000_characters() {
+        assert_eq!(
+            evaluation_error("evaluate: error: calling 'jobs' of ci.scm: unknown subset"),
+            "calling 'jobs' of ci.scm: unknown subset"
+        );
+        let long = format!("evaluate: error: {}", "é".repeat(5000));
+        let recorded = evaluation_error(&long);
+        assert_eq!(recorded.chars().count(), MAX_EVALUATION_ERROR);
+        assert!(recorded.ends_with("é…"), "{recorded}");
+        assert_eq!(
+            evaluation_error("exited with status 1"),
+            "exited with status 1"
         );
     }
 

@@ -277,6 +277,8 @@ impl EventLoop {
         ) {
             self.work[index].eval_error = Some("cannot start the evaluator".into());
             self.close_evaluation(index);
+        } else if let Some((_, proc, _)) = self.work[index].proc.as_mut() {
+            proc.error_prefix = Some(job::EVALUATOR_ERROR_PREFIX);
         }
     }
 
@@ -317,7 +319,11 @@ impl EventLoop {
         let work = &mut self.work[index];
         if work.eval_error.is_none() {
             if !ok {
-                work.eval_error = Some(format!("evaluator {}", proc.failure_reason()));
+                // Its own one-line message says why, not a backtrace frame.
+                work.eval_error = Some(match &proc.error_line {
+                    Some(line) => line.clone(),
+                    None => format!("evaluator {}", proc.failure_reason()),
+                });
             } else if let Err(e) = work.tally.finish() {
                 work.eval_error = Some(format!("bad evaluator output: {e}"));
             }
@@ -349,7 +355,7 @@ impl EventLoop {
             self.start_building(index);
             return;
         }
-        let result = match work.eval_error.take() {
+        let result = match work.eval_error.take().map(|e| job::evaluation_error(&e)) {
             Some(error) => {
                 log::error!("spec={name} evaluation {eval} of {commit} failed: {error}");
                 self.db.fail_evaluation(&name, eval, &commit, &error, now)
