@@ -298,3 +298,61 @@ fn guix_1_5_cuirass_jobs_hello_subset_is_registered_and_its_build_fails_offline(
         (&3600.into(), &72000.into())
     );
 }
+
+/// The error recorded for a failed evaluation is the evaluator's own
+/// one-line message, under 1,000 characters: neither the last frame of a
+/// Guile backtrace nor a whole job printed into the message.
+#[test]
+fn evaluation_errors_are_the_evaluators_one_line_message() {
+    require_daemon();
+    evaluation_errors_are_one_line(Setup::new("evalerr"));
+}
+
+#[test]
+fn evaluation_errors_are_the_evaluators_one_line_message_under_guix_1_2() {
+    Guix::V1_2.require_daemon();
+    evaluation_errors_are_one_line(Setup::new_2018("evalerr"));
+}
+
+fn evaluation_errors_are_one_line(setup: Setup) {
+    let repo = Repo::new(setup.tmp.path(), &[("bad.scm", "jobs/bad-jobs.scm")]);
+    let spec = setup.write_spec(&format!(
+        "(list {} {})\n",
+        spec_entry("raising", &repo.url(), "bad.scm", "raising-jobs", ""),
+        spec_entry("bogus", &repo.url(), "bad.scm", "bogus-jobs", "")
+    ));
+    let out = setup.one_shot(&["-S", spec.to_str().unwrap()]);
+    assert!(out.status.success());
+    let conn = setup.db();
+    let errors: BTreeMap<String, String> = query_rows::<String>(
+        &conn,
+        "SELECT specification, error FROM Evaluations WHERE status = 1",
+    )
+    .into_iter()
+    .map(|r| (r[0].clone(), r[1].clone()))
+    .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    // The job file as the evaluator loads it, from the spec's checkout.
+    let file = |spec: &str| setup.cache.join(spec).join("bad.scm").display().to_string();
+    let raising = &errors["raising"];
+    assert!(
+        raising.starts_with(&format!("calling 'raising-jobs' of {}: ", file("raising"))),
+        "{raising}"
+    );
+    assert!(raising.contains("Wrong type argument"), "{raising}");
+    let bogus = &errors["bogus"];
+    assert!(
+        bogus.starts_with(&format!(
+            "calling 'bogus-jobs' of {}: job is neither a thunk, a (name . thunk) pair nor an alist: (\"xxx",
+            file("bogus")
+        )),
+        "{bogus}"
+    );
+    for e in [raising, bogus] {
+        assert!(e.chars().count() <= 1000, "{} characters", e.len());
+        assert!(!e.contains('\n') && !e.contains("Backtrace"), "{e}");
+    }
+    // The whole job is not in it: the evaluator cut it to 200 characters.
+    assert!(bogus.len() < 400, "{bogus}");
+    assert_sound(&setup.db);
+}
