@@ -269,7 +269,9 @@ essentials."
   `(job (name . ,job-name)
         (derivation . ,derivation)
         ,@(optional 'system string? identity)
-        ,@(optional 'description string? (lambda (s) (truncate-string s 200)))
+        ,@(optional 'description string?
+                    (lambda (s)
+                      (if (> (string-length s) 200) (string-take s 200) s)))
         ,@(optional 'max-silent-time natural? identity)
         ,@(optional 'timeout natural? identity)
         ,@(optional 'priority natural? identity)))
