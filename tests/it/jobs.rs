@@ -176,7 +176,10 @@ fn per_job_limits_fail_builds_on_time_with_the_reason_and_spare_the_others() {
     assert_eq!(slow.priority, 0);
     assert_eq!(quick.nix_name, format!("quick-{nonce}"));
     // Inputs come from the .drv: slow's is quick.
-    assert_eq!(inputs_of(&conn, slow.id), std::slice::from_ref(&quick.derivation));
+    assert_eq!(
+        inputs_of(&conn, slow.id),
+        std::slice::from_ref(&quick.derivation)
+    );
     assert!(inputs_of(&conn, quick.id).is_empty());
     // The store: the successes' outputs are there, the killed ones' not.
     for (job, built) in [
