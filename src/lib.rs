@@ -13,7 +13,8 @@
 //! - `job`: evaluator output lines turned into jobs.
 //! - `fetch`: git checkouts, run in a child process of this binary.
 //! - `child`: subprocesses whose pipes the event loop watches.
-//! - `build`: one batch of derivations handed to the daemon, and its statuses.
+//! - `build`: one batch of derivations of one limit class handed to the
+//!   daemon, and its statuses.
 //! - `scheduler`: the per-specification state machine.
 //! - `api`: the HTTP routes over the database; the only JSON serializer.
 //! - `html`: escaping, the page layout and formatters for the dashboard (pure).
