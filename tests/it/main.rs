@@ -8,6 +8,7 @@ mod faults;
 mod hostile;
 mod http;
 mod http_hostile;
+mod jobs;
 mod logs;
 mod one_shot;
 mod support;
