@@ -3,6 +3,7 @@
 
 mod chaos;
 mod cli;
+mod cycle;
 mod daemon;
 mod faults;
 mod hostile;
