@@ -9,5 +9,6 @@ mod hostile;
 mod http;
 mod http_hostile;
 mod one_shot;
+mod refs;
 mod support;
 mod web;
