@@ -87,38 +87,39 @@ fn a_deleted_branch_is_an_error_at_each_poll_until_it_comes_back() {
     git(&repo.dir, &["branch", "feature"]);
     let spec = write_specs(&setup, &repo, &[("gone", r#"(#:branch . "feature")"#)]);
     let no_builds = NoBuilds::new(&setup);
-    let log = setup.tmp.path().join("cuirass.log");
-    let mut child = no_builds
-        .command(&setup)
-        .args(["-S", spec.to_str().unwrap(), "--interval", "1"])
-        .args(["--listen", "127.0.0.1", "--port", "0"])
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let log_text = || String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
-    let result = std::panic::catch_unwind(|| {
-        wait_until(Duration::from_secs(20), "the first evaluation", || {
-            evaluated(&setup, "gone") == [first.clone()]
-        });
-        git(&repo.dir, &["branch", "-D", "feature"]);
-        // A new commit elsewhere must not be taken for the branch's.
-        repo.commit("on master");
-        wait_until(Duration::from_secs(20), "three failed polls", || {
-            log_text().matches("has no branch 'feature'").count() >= 3
-        });
-        assert_eq!(evaluated(&setup, "gone"), [first.clone()]);
-        let back = repo.commit("back");
-        git(&repo.dir, &["branch", "feature"]);
-        wait_until(Duration::from_secs(20), "the branch's new commit", || {
-            evaluated(&setup, "gone") == [first.clone(), back.clone()]
-        });
+    let socket = no_builds.socket.to_str().unwrap();
+    let cuirass = Running::start(
+        &setup,
+        &[
+            "-S",
+            spec.to_str().unwrap(),
+            "--interval",
+            "1",
+            "--evaluator",
+            &no_builds.evaluator,
+        ],
+        &[("GUIX_DAEMON_SOCKET", socket)],
+    );
+    wait_until(Duration::from_secs(20), "the first evaluation", || {
+        evaluated(&setup, "gone") == [first.as_str()]
     });
-    let _ = child.kill();
-    let _ = child.wait();
-    if result.is_err() {
-        eprintln!("---- cuirass log ----\n{}", log_text());
-        std::panic::resume_unwind(result.unwrap_err());
-    }
+    git(&repo.dir, &["branch", "-D", "feature"]);
+    // A new commit elsewhere must not be taken for the branch's.
+    repo.commit("on master");
+    wait_until(Duration::from_secs(20), "three failed polls", || {
+        cuirass
+            .log_text()
+            .matches("has no branch 'feature'")
+            .count()
+            >= 3
+    });
+    assert_eq!(evaluated(&setup, "gone"), [first.as_str()]);
+    let back = repo.commit("back");
+    git(&repo.dir, &["branch", "feature"]);
+    wait_until(Duration::from_secs(20), "the branch's new commit", || {
+        evaluated(&setup, "gone") == [first.as_str(), back.as_str()]
+    });
+    drop(cuirass);
     assert_sound(&setup.db);
 }
 
@@ -136,14 +137,14 @@ fn a_branch_renamed_to_a_subdirectory_is_followed_and_a_sibling_spec_is_undistur
     ];
     let spec = write_specs(&setup, &repo, &specs);
     no_builds.one_shot(&setup, &["-S", spec.to_str().unwrap()]);
-    assert_eq!(evaluated(&setup, "moved"), [first.clone()]);
+    assert_eq!(evaluated(&setup, "moved"), [first.as_str()]);
 
     git(&repo.dir, &["branch", "-m", "feature", "feature/x"]);
     git(&repo.dir, &["checkout", "-q", "other"]);
     let other = repo.commit("on other");
     let (_, stderr) = no_builds.one_shot(&setup, &[]);
     assert!(stderr.contains("has no branch 'feature'"), "{stderr}");
-    assert_eq!(evaluated(&setup, "moved"), [first.clone()]);
+    assert_eq!(evaluated(&setup, "moved"), [first.as_str()]);
     assert_eq!(evaluated(&setup, "sibling"), [first.clone(), other.clone()]);
 
     git(&repo.dir, &["checkout", "-q", "feature/x"]);
@@ -174,8 +175,8 @@ fn a_deleted_tag_and_an_unreachable_commit_are_errors_until_they_come_back() {
         &[("tag", r#"(#:tag . "v1")"#), ("pin", pin.as_str())],
     );
     no_builds.one_shot(&setup, &["-S", spec.to_str().unwrap()]);
-    assert_eq!(evaluated(&setup, "tag"), [first.clone()]);
-    assert_eq!(evaluated(&setup, "pin"), [first.clone()]);
+    assert_eq!(evaluated(&setup, "tag"), [first.as_str()]);
+    assert_eq!(evaluated(&setup, "pin"), [first.as_str()]);
 
     // History rewritten: nothing upstream has `first` any more.
     git(&repo.dir, &["tag", "-d", "v1"]);
@@ -197,7 +198,7 @@ fn a_deleted_tag_and_an_unreachable_commit_are_errors_until_they_come_back() {
         stderr.contains(&format!("has no commit '{first}' any more")),
         "{stderr}"
     );
-    assert_eq!(evaluated(&setup, "tag"), [first.clone()]);
+    assert_eq!(evaluated(&setup, "tag"), [first.as_str()]);
 
     git(&repo.dir, &["tag", "v1"]);
     git(&repo.dir, &["branch", "old", &first]);
