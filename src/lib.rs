@@ -3,6 +3,8 @@
 //! Codemap, in the order data flows through the program:
 //!
 //! - `cli`: command-line options, their documentation, and defaults.
+//! - `logging`: log targets per part of cuirass, and names quoted for log
+//!   lines (pure).
 //! - `sexp`: the S-expression reader and writer (pure; no I/O).
 //! - `spec`: specification files turned into [`spec::Specification`]s.
 //! - `drv`: the ATerm `.drv` file parser (pure).
@@ -24,7 +26,9 @@
 //!
 //! Invariants: codecs (`sexp`, `drv`, `wire`, `trace`, `http`) do no I/O;
 //! only the shell (`event_loop`, `http_server`) reads the clock, everything
-//! else is handed `now`; only `db` writes SQL; only `api` writes JSON.
+//! else is handed `now`; only `db` writes SQL; only `api` writes JSON; no
+//! log line prints a name (of a spec, job, derivation or ref) but through
+//! `logging::shown`.
 
 pub mod api;
 pub mod build;
@@ -38,6 +42,7 @@ pub mod html;
 pub mod http;
 pub mod http_server;
 pub mod job;
+pub mod logging;
 pub mod scheduler;
 pub mod sexp;
 pub mod signals;

@@ -102,6 +102,31 @@ fn show(d: &Datum) -> String {
     }
 }
 
+/// Why `name` cannot name a specification, if it cannot.  The name is a
+/// directory of the cache, a segment of URLs (`/jobset/NAME`) and a field
+/// of log lines, so it must be one file name: non-empty, at most 255
+/// bytes, not hidden, without '/', and without characters that would
+/// break a line (control characters, U+2028 and U+2029).
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("it is empty".into());
+    }
+    if name.len() > 255 {
+        return Err(format!("it is {} bytes long, over 255", name.len()));
+    }
+    if name.starts_with('.') {
+        return Err("it starts with '.'".into());
+    }
+    match name
+        .chars()
+        .find(|&c| c == '/' || c.is_control() || c == '\u{2028}' || c == '\u{2029}')
+    {
+        Some('/') => Err("it contains '/'".into()),
+        Some(c) => Err(format!("it contains {c:?}, which would break a log line")),
+        None => Ok(()),
+    }
+}
+
 /// Turns the evaluated value of a file into specifications.
 pub fn specs_from_data(file: &str, value: &Datum) -> Result<Vec<Specification>, SpecError> {
     let err = |pos: Pos, message: String| SpecError {
@@ -191,14 +216,17 @@ fn one_spec(item: &Datum) -> Result<Specification, (Pos, String)> {
         string(k)?.ok_or_else(|| (item.pos, format!("specification has no #:{k}")))
     };
     let name = required("name")?;
-    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\0']) {
+    if let Err(why) = check_name(&name) {
         let pos = get("name").map_or(item.pos, |(v, _)| v.pos);
-        return Err((
-            pos,
-            format!(
-                "invalid specification name {name:?}: it names a directory, so it must be non-empty, without '/', and not start with '.'"
-            ),
-        ));
+        return Err((pos, format!("invalid specification name {name:?}: {why}")));
+    }
+    // Every other string reaches log lines, and git or the evaluator: a
+    // control character there is a mistake better caught here, with the
+    // place, than at each poll.
+    for (k, v, _) in &found {
+        if let Some(c) = v.as_str().and_then(|s| s.chars().find(|c| c.is_control())) {
+            return Err((v.pos, format!("#:{k} contains the control character {c:?}")));
+        }
     }
     let url = required("url")?;
     let file = required("file")?;
@@ -231,6 +259,18 @@ fn one_spec(item: &Datum) -> Result<Specification, (Pos, String)> {
     }
     if given.is_empty() {
         branch = Some("master".into());
+    }
+    for (kind, value) in [("branch", &branch), ("tag", &tag)] {
+        let prefix = if kind == "branch" { "heads" } else { "tags" };
+        if let Some(v) = value
+            && !git2::Reference::is_valid_name(&format!("refs/{prefix}/{v}"))
+        {
+            let pos = get(kind).map_or(item.pos, |(d, _)| d.pos);
+            return Err((
+                pos,
+                format!("#:{kind} {v:?} is not a valid git {kind} name"),
+            ));
+        }
     }
     Ok(Specification {
         name,
