@@ -60,7 +60,7 @@ fn json_response<T: Serialize>(code: u16, value: &T) -> Response {
 type Reply = Result<Response, Response>;
 
 fn db_error(e: crate::db::Error) -> Response {
-    log::error!("http: {e}");
+    log::error!(target: crate::logging::HTTP, "http: {e}");
     error(500, "Database error.")
 }
 
@@ -199,7 +199,7 @@ pub fn read_log(b: &BuildView, log_root: &Path) -> Result<Vec<u8>, Response> {
         file.take(MAX_LOG).read_to_end(&mut text)
     };
     if let Err(e) = read {
-        log::warn!("http: build {}: log {}: {e}", b.id, b.log);
+        log::warn!(target: crate::logging::HTTP, "http: build {}: log {}: {e}", b.id, b.log);
         return Err(error(500, "Unreadable log."));
     }
     Ok(text)

@@ -3,6 +3,7 @@
 //! the event loop moves the bytes of [`Batch::client`].
 
 use crate::db::status;
+use crate::logging::{BUILDING, shown};
 use crate::trace::{self, LineSplitter, Piece};
 use crate::wire::{BuildOptions, Client, Event, Reply, Request};
 use std::collections::HashMap;
@@ -148,7 +149,7 @@ impl Batch {
     fn handle(&mut self, event: Event, label: &str) {
         match (self.phase, event) {
             (_, Event::Connected { daemon_version }) => {
-                log::debug!("{label}: daemon protocol {daemon_version:#x}");
+                log::debug!(target: BUILDING, "{label}: daemon protocol {daemon_version:#x}");
             }
             (_, Event::Log(bytes)) => self.log_text(&bytes, label),
             // The reply to set-options.
@@ -159,23 +160,23 @@ impl Batch {
                 if self.replies_before_build > 0 =>
             {
                 self.replies_before_build -= 1;
-                log::warn!("{label}: set-options refused ({status}): {message}");
+                log::warn!(target: BUILDING, "{label}: set-options refused ({status}): {message}");
             }
             // build-paths is over: with keep-going, every buildable
             // derivation was tried before this arrives.
             (Phase::Building, Event::Reply(_)) => self.check_outputs(),
             (Phase::Building, Event::Failed { message, status }) => {
-                log::info!("{label}: daemon says ({status}): {}", message.trim_end());
+                log::info!(target: BUILDING, "{label}: daemon says ({status}): {}", message.trim_end());
                 self.daemon_error = Some(message);
                 self.check_outputs();
             }
             (Phase::Checking, Event::Reply(Reply::Strings(valid))) => self.decide(&valid),
             (Phase::Checking, other) => {
-                log::warn!("{label}: unexpected answer to the validity check: {other:?}");
+                log::warn!(target: BUILDING, "{label}: unexpected answer to the validity check: {other:?}");
                 self.decide(&[]);
             }
             (phase, other) => {
-                log::warn!("{label}: unexpected daemon event in {phase:?}: {other:?}")
+                log::warn!(target: BUILDING, "{label}: unexpected daemon event in {phase:?}: {other:?}")
             }
         }
     }
@@ -188,7 +189,7 @@ impl Batch {
                 match trace::parse_line(line) {
                     trace::Line::Event(e) => events.push(e),
                     trace::Line::Bogus(why) => {
-                        log::warn!("{label}: ignoring bogus trace line ({why})")
+                        log::warn!(target: BUILDING, "{label}: ignoring bogus trace line ({why})")
                     }
                     trace::Line::Text => {}
                 }
@@ -211,7 +212,7 @@ impl Batch {
             _ => return,
         };
         let Some(&i) = self.index.get(drv.as_str()) else {
-            log::debug!("{label}: event for {drv}, outside this batch");
+            log::debug!(target: BUILDING, "{label}: event for {}, outside this batch", shown(drv));
             return;
         };
         let state = &mut self.states[i];
@@ -221,7 +222,7 @@ impl Batch {
         match update {
             None => state.dependencies_failed = true,
             Some((None, Some(log))) => {
-                log::info!("{label}: started {drv}");
+                log::info!(target: BUILDING, "{label}: started {}", shown(drv));
                 state.log = Some(log.clone());
                 self.updates.push(Update::Started {
                     derivation: drv.clone(),
@@ -229,13 +230,14 @@ impl Batch {
                 });
             }
             Some((Some(st), _)) => {
-                log::info!(
-                    "{label}: {} {drv}",
+                log::info!(target: BUILDING,
+                    "{label}: {} {}",
                     if st == status::SUCCEEDED {
                         "succeeded"
                     } else {
                         "failed"
-                    }
+                    },
+                    shown(drv)
                 );
                 state.status = Some(st);
                 self.updates.push(Update::Finished {

@@ -11,6 +11,7 @@ use crate::drv::Derivation;
 use crate::fetch;
 use crate::http_server::HttpServer;
 use crate::job;
+use crate::logging::{self, shown};
 use crate::scheduler::{Backoff, SpecRun, State};
 use crate::signals::SignalPipe;
 use mio::net::UnixStream;
@@ -58,6 +59,17 @@ enum Step {
     Fetch,
     Compile,
     Evaluate,
+}
+
+impl Step {
+    /// The log target of the step's lines and of its child's.
+    fn target(self) -> &'static str {
+        match self {
+            Step::Fetch => logging::FETCH,
+            Step::Compile => logging::COMPILE,
+            Step::Evaluate => logging::EVALUATION,
+        }
+    }
 }
 
 /// A daemon connection carrying one batch.
@@ -121,6 +133,7 @@ impl EventLoop {
             .specifications()
             .map_err(|e| e.to_string())?
             .into_iter()
+            .filter(|s| usable_name(&s.name))
             .map(|s| SpecRun::new(s, now))
             .collect();
         let work = specs.iter().map(|_| Work::default()).collect();
@@ -267,8 +280,8 @@ impl EventLoop {
             CHILD_STDOUT => self.child_stdout(index),
             CHILD_STDERR => {
                 let label = self.label(index);
-                if let Some((_, proc, _)) = self.work[index].proc.as_mut() {
-                    proc.read_stderr(self.poll.registry(), &label);
+                if let Some((step, proc, _)) = self.work[index].proc.as_mut() {
+                    proc.read_stderr(self.poll.registry(), step.target(), &label);
                 }
             }
             DAEMON => self.daemon_io(index),
@@ -276,14 +289,15 @@ impl EventLoop {
         }
     }
 
+    /// What prefixes the lines of the spec's child process.
     fn label(&self, index: usize) -> String {
         let step = match &self.work[index].proc {
             Some((Step::Fetch, ..)) => "fetch",
             Some((Step::Compile, ..)) => "compile",
             Some((Step::Evaluate, ..)) => "evaluator",
-            None => "builds",
+            None => "child",
         };
-        format!("spec={} {step}", self.specs[index].spec.name)
+        format!("spec={} {step}", shown(&self.specs[index].spec.name))
     }
 
     fn on_signal(&mut self, sig: libc::c_int) {
@@ -306,12 +320,12 @@ impl EventLoop {
         let specs = match crate::spec::read_spec_file(&path, &self.config.evaluator) {
             Ok(specs) => specs,
             Err(e) => {
-                log::error!("SIGHUP: {e} (keeping the current specifications)");
+                log::error!(target: logging::SPEC, "SIGHUP: {e} (keeping the current specifications)");
                 return;
             }
         };
         if let Err(e) = self.db.add_specifications(&specs) {
-            log::error!("SIGHUP: {e}");
+            log::error!(target: logging::SPEC, "SIGHUP: {e}");
             return;
         }
         let now = Instant::now();
@@ -320,7 +334,7 @@ impl EventLoop {
                 // Takes effect at the next cycle: the running one goes on.
                 Some(run) => run.spec = spec,
                 None => {
-                    log::info!("spec={} added", spec.name);
+                    log::info!(target: logging::SPEC, "spec={} added", shown(&spec.name));
                     self.specs.push(SpecRun::new(spec, now));
                     self.work.push(Work::default());
                 }
@@ -407,8 +421,9 @@ impl EventLoop {
             }
             Err(e) => {
                 log::error!(
+                    target: step.target(),
                     "spec={} cannot start {step:?}: {e}",
-                    self.specs[index].spec.name
+                    shown(&self.specs[index].spec.name)
                 );
                 false
             }
@@ -438,6 +453,20 @@ impl EventLoop {
             Ok(n) if n > 0 => log::info!("{n} in-flight build(s) rescheduled for next time"),
             Ok(_) => {}
             Err(e) => log::error!("{e}"),
+        }
+    }
+}
+
+/// Spec files refuse such names, but a database written by the original
+/// or an earlier version may hold one: its history stays served, but it
+/// is not polled, since its name would be a cache directory.
+fn usable_name(name: &str) -> bool {
+    match crate::spec::check_name(name) {
+        Ok(()) => true,
+        Err(why) => {
+            let name = shown(name);
+            log::error!(target: logging::SPEC, "spec={name} not polled: invalid name: {why}");
+            false
         }
     }
 }

@@ -105,7 +105,8 @@ impl SpecRun {
             return;
         }
         debug_assert!(allowed(self.state, to), "{:?} => {:?}", self.state, to);
-        log::info!("spec={} {:?}=>{:?}", self.spec.name, self.state, to);
+        let name = crate::logging::shown(&self.spec.name);
+        log::info!("spec={name} {:?}=>{:?}", self.state, to);
         self.state = to;
     }
 

@@ -2,12 +2,14 @@
 //! connection per batch, and the statuses that come back.
 
 use super::*;
+use crate::logging::{BUILDING, shown};
 
 impl EventLoop {
     /// Loads every pending build of the spec (older evaluations' too),
     /// leaving out those already submitted this cycle.
     pub(super) fn start_building(&mut self, index: usize) {
         let name = self.specs[index].spec.name.clone();
+        let spec = shown(&name);
         match self.db.pending_builds(Some(&name)) {
             Ok(pending) => {
                 let work = &mut self.work[index];
@@ -15,9 +17,9 @@ impl EventLoop {
                     .into_iter()
                     .filter(|p| !work.submitted.contains(&p.derivation))
                     .collect();
-                log::info!("spec={name} {} build(s) to submit", work.queue.len());
+                log::info!(target: BUILDING, "spec={spec} {} build(s) to submit", work.queue.len());
             }
-            Err(e) => log::error!("spec={name} {e}"),
+            Err(e) => log::error!(target: BUILDING, "spec={spec} {e}"),
         }
         self.specs[index].set_state(State::Building);
     }
@@ -101,13 +103,13 @@ impl EventLoop {
             }
         }
         if !canceled.is_empty() {
-            log::warn!(
+            log::warn!(target: BUILDING,
                 "spec={} {} build(s) canceled: derivation no longer in the store",
-                self.specs[index].spec.name,
+                shown(&self.specs[index].spec.name),
                 canceled.len()
             );
             if let Err(e) = self.db.finish_builds(&canceled, unix_now()) {
-                log::error!("{e}");
+                log::error!(target: BUILDING, "{e}");
             }
         }
         items
@@ -115,6 +117,7 @@ impl EventLoop {
 
     pub(super) fn open_batch(&mut self, index: usize, items: Vec<Item>, now: Instant) {
         let name = self.specs[index].spec.name.clone();
+        let spec = shown(&name);
         let count = items.len();
         let mut stream = match UnixStream::connect(&self.config.daemon_socket) {
             Ok(s) => s,
@@ -132,11 +135,11 @@ impl EventLoop {
             spec_token(index, DAEMON),
             Interest::READABLE | Interest::WRITABLE,
         ) {
-            log::error!("spec={name} cannot watch the daemon socket: {e}");
+            log::error!(target: BUILDING, "spec={spec} cannot watch the daemon socket: {e}");
             return;
         }
         let remaining = self.work[index].queue.len();
-        log::info!("spec={name} batch of {count} derivation(s) submitted, {remaining} more queued");
+        log::info!(target: BUILDING, "spec={spec} batch of {count} derivation(s) submitted, {remaining} more queued");
         self.work[index].conn = Some(Conn {
             stream,
             batch,
@@ -158,16 +161,17 @@ impl EventLoop {
     /// growing delay.  One-shot runs give up after a few tries.
     fn retry_later(&mut self, index: usize, now: Instant, why: &str) {
         let name = self.specs[index].spec.name.clone();
+        let spec = shown(&name);
         let work = &mut self.work[index];
         let delay = work.backoff.failed();
-        log::error!("spec={name} {why}; retrying in {} s", delay.as_secs());
+        log::error!(target: BUILDING, "spec={spec} {why}; retrying in {} s", delay.as_secs());
         if self.config.one_shot && work.backoff.failures() >= ONE_SHOT_DAEMON_TRIES {
             self.exit_error = Some(why.to_string());
             self.stopping = true;
         }
         match self.db.pending_builds(Some(&name)) {
             Ok(pending) => work.queue = pending.into(),
-            Err(e) => log::error!("spec={name} {e}"),
+            Err(e) => log::error!(target: BUILDING, "spec={spec} {e}"),
         }
         // The lost batch's builds are pending again and must be resubmitted.
         work.submitted.clear();
@@ -177,7 +181,8 @@ impl EventLoop {
     /// Reads until WouldBlock (mio is edge-triggered) and writes what is
     /// queued.  No cap: with verbosity 0 the daemon sends only trace lines.
     pub(super) fn daemon_io(&mut self, index: usize) {
-        let label = self.label(index);
+        // The evaluator may still run: this is the batch's voice, not its.
+        let label = format!("spec={} daemon", shown(&self.specs[index].spec.name));
         let Some(conn) = self.work[index].conn.as_mut() else {
             return;
         };
@@ -229,7 +234,7 @@ impl EventLoop {
             }
         }
         if let Err(e) = self.db.apply_build_updates(&updates, unix_now()) {
-            log::error!("spec={} {e}", self.specs[index].spec.name);
+            log::error!(target: BUILDING, "spec={} {e}", shown(&self.specs[index].spec.name));
         }
     }
 
@@ -237,9 +242,9 @@ impl EventLoop {
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let updates = conn.batch.take_updates();
         self.apply_updates(index, updates);
-        log::info!(
+        log::info!(target: BUILDING,
             "spec={} batch of {} done{}",
-            self.specs[index].spec.name,
+            shown(&self.specs[index].spec.name),
             conn.batch.len(),
             conn.batch
                 .daemon_error()
@@ -252,13 +257,14 @@ impl EventLoop {
     /// the batch is submitted again after a delay.
     pub(super) fn batch_lost(&mut self, index: usize, why: &str) {
         let name = self.specs[index].spec.name.clone();
+        let spec = shown(&name);
         let Some(mut conn) = self.work[index].conn.take() else {
             return;
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let drvs: Vec<String> = conn.batch.derivations().map(String::from).collect();
         if let Err(e) = self.db.reschedule(&drvs) {
-            log::error!("spec={name} {e}");
+            log::error!(target: BUILDING, "spec={spec} {e}");
         }
         let why = format!("lost guix-daemon during a batch of {}: {why}", drvs.len());
         self.retry_later(index, Instant::now(), &why);

@@ -1,6 +1,7 @@
 //! The subprocess steps of a cycle: fetch, compile, evaluate.
 
 use super::*;
+use crate::logging::{COMPILE, EVALUATION, FETCH, shown};
 
 impl EventLoop {
     pub(super) fn start_fetch(&mut self, index: usize, now: Instant) {
@@ -10,7 +11,7 @@ impl EventLoop {
         let exe = match std::env::current_exe() {
             Ok(exe) => exe,
             Err(e) => {
-                log::error!("cannot find the cuirass executable: {e}");
+                log::error!(target: FETCH, "cannot find the cuirass executable: {e}");
                 return;
             }
         };
@@ -46,10 +47,10 @@ impl EventLoop {
             Step::Compile => {
                 let label = self.label(index);
                 for l in lines {
-                    log::info!("{label}: {}", String::from_utf8_lossy(&l));
+                    log::info!(target: COMPILE, "{label}: {}", String::from_utf8_lossy(&l));
                 }
                 if let Some(n) = too_long {
-                    log::warn!("{label}: an output line over {n} bytes was dropped");
+                    log::warn!(target: COMPILE, "{label}: an output line over {n} bytes was dropped");
                 }
             }
             Step::Evaluate => {
@@ -67,6 +68,7 @@ impl EventLoop {
     /// One line of evaluator output; the first bad one fails the evaluation.
     pub(super) fn evaluator_line(&mut self, index: usize, line: &[u8]) {
         let name = self.specs[index].spec.name.clone();
+        let spec = shown(&name);
         let work = &mut self.work[index];
         if work.eval_error.is_some() || line.iter().all(u8::is_ascii_whitespace) {
             return;
@@ -78,15 +80,22 @@ impl EventLoop {
                     name: job_name,
                     derivation,
                 } => {
-                    let bytes = std::fs::read(&derivation)
-                        .map_err(|e| format!("job {job_name}: cannot read {derivation}: {e}"))?;
+                    let bytes = std::fs::read(&derivation).map_err(|e| {
+                        let (job, drv) = (shown(&job_name), shown(&derivation));
+                        format!("job {job}: cannot read {drv}: {e}")
+                    })?;
                     work.jobs
                         .push(job::job_record(&job_name, &derivation, &bytes)?);
                 }
                 job::Line::JobError {
                     name: job_name,
                     message,
-                } => log::warn!("spec={name} job {job_name} failed to evaluate: {message}"),
+                } => log::warn!(
+                    target: EVALUATION,
+                    "spec={spec} job {} failed to evaluate: {}",
+                    shown(&job_name),
+                    shown(&message)
+                ),
                 job::Line::Done(_) => {}
             }
             Ok(())
@@ -103,9 +112,9 @@ impl EventLoop {
         if work.eval_error.is_some() {
             return;
         }
-        log::error!(
+        log::error!(target: EVALUATION,
             "spec={} bad evaluator output: {reason}",
-            self.specs[index].spec.name
+            shown(&self.specs[index].spec.name)
         );
         work.eval_error = Some(format!("bad evaluator output: {reason}"));
         if let Some((_, proc, _)) = work.proc.as_mut() {
@@ -121,8 +130,9 @@ impl EventLoop {
         let step = *step;
         if now >= *deadline && !proc.killed && proc.poll_exit().is_none() {
             log::error!(
+                target: step.target(),
                 "spec={} {step:?} timed out; killing it",
-                self.specs[index].spec.name
+                shown(&self.specs[index].spec.name)
             );
             proc.kill();
             if step == Step::Evaluate {
@@ -151,8 +161,9 @@ impl EventLoop {
                     self.start_evaluation(index);
                 } else {
                     log::error!(
+                        target: COMPILE,
                         "spec={} compilation failed: {}",
-                        self.specs[index].spec.name,
+                        shown(&self.specs[index].spec.name),
                         proc.failure_reason()
                     );
                     self.start_building(index);
@@ -164,6 +175,7 @@ impl EventLoop {
 
     pub(super) fn fetch_done(&mut self, index: usize, ok: bool, proc: &Proc) {
         let name = self.specs[index].spec.name.clone();
+        let spec = shown(&name);
         let commit = if ok {
             fetch::parse_child_output(&self.work[index].fetch_stdout)
         } else {
@@ -171,24 +183,24 @@ impl EventLoop {
         };
         let Some(commit) = commit else {
             // Builds still pending from earlier evaluations need no fetch.
-            log::error!("spec={name} fetch failed: {}", proc.failure_reason());
+            log::error!(target: FETCH, "spec={spec} fetch failed: {}", proc.failure_reason());
             self.start_building(index);
             return;
         };
         let stamp = match self.db.stamp(&name) {
             Ok(s) => s,
             Err(e) => {
-                log::error!("spec={name} {e}");
+                log::error!(target: FETCH, "spec={spec} {e}");
                 self.end_cycle(index);
                 return;
             }
         };
         if stamp.as_deref() == Some(commit.as_str()) {
-            log::info!("spec={name} commit {commit} already evaluated");
+            log::info!(target: FETCH, "spec={spec} commit {commit} already evaluated");
             self.start_building(index);
             return;
         }
-        log::info!("spec={name} new commit {commit}");
+        log::info!(target: FETCH, "spec={spec} new commit {commit}");
         self.work[index].commit = Some(commit);
         if self.specs[index].spec.no_compile {
             self.start_evaluation(index);
@@ -232,13 +244,14 @@ impl EventLoop {
             .current_dir(&checkout)
             .env("GUIX_DAEMON_SOCKET", &self.config.daemon_socket);
         let commit = self.work[index].commit.clone().unwrap_or_default();
+        let spec = shown(&name);
         // The evaluator needs the daemon; without it every evaluation would
         // fail and its commit be marked done.  Postponed instead, with no
         // stamp, so the next poll tries the same commit again.  (Connecting
         // to a Unix socket does not block.)
         if let Err(e) = std::os::unix::net::UnixStream::connect(&self.config.daemon_socket) {
-            log::error!(
-                "spec={name} evaluation of {commit} postponed: cannot connect to guix-daemon at {}: {e}",
+            log::error!(target: EVALUATION,
+                "spec={spec} evaluation of {commit} postponed: cannot connect to guix-daemon at {}: {e}",
                 self.config.daemon_socket.display()
             );
             self.end_cycle(index);
@@ -248,7 +261,7 @@ impl EventLoop {
             Ok(eval) => eval,
             Err(e) => {
                 // Nothing recorded, no stamp: the next poll tries again.
-                log::error!("spec={name} cannot start an evaluation: {e}");
+                log::error!(target: EVALUATION, "spec={spec} cannot start an evaluation: {e}");
                 self.end_cycle(index);
                 return;
             }
@@ -261,7 +274,7 @@ impl EventLoop {
         work.eval_retry = false;
         work.evaluation = Some(eval);
         self.specs[index].set_state(State::Evaluating);
-        log::info!("spec={name} evaluation {eval} of {commit} started");
+        log::info!(target: EVALUATION, "spec={spec} evaluation {eval} of {commit} started");
         if !self.spawn(
             index,
             Step::Evaluate,
@@ -277,6 +290,7 @@ impl EventLoop {
     /// queues their builds, so building starts before the evaluation ends.
     pub(super) fn flush_jobs(&mut self, index: usize) {
         let name = &self.specs[index].spec.name;
+        let spec = shown(name);
         let work = &mut self.work[index];
         let Some(eval) = work.evaluation else {
             return;
@@ -287,15 +301,15 @@ impl EventLoop {
         match self.db.add_jobs(name, eval, &work.jobs, unix_now()) {
             Ok(added) => {
                 work.jobs_registered += work.jobs.len();
-                log::debug!(
-                    "spec={name} evaluation {eval}: {} jobs registered so far",
+                log::debug!(target: EVALUATION,
+                    "spec={spec} evaluation {eval}: {} jobs registered so far",
                     work.jobs_registered
                 );
                 work.queue.extend(added);
                 work.jobs.clear();
             }
             Err(e) => {
-                log::error!("spec={name} evaluation {eval}: {e}");
+                log::error!(target: EVALUATION, "spec={spec} evaluation {eval}: {e}");
                 work.eval_error = Some(format!("cannot register jobs: {e}"));
                 work.eval_retry = true;
                 if let Some((_, proc, _)) = work.proc.as_mut() {
@@ -321,6 +335,7 @@ impl EventLoop {
     /// Records the evaluation's outcome and moves on to building.
     fn close_evaluation(&mut self, index: usize) {
         let name = self.specs[index].spec.name.clone();
+        let spec = shown(&name);
         let work = &mut self.work[index];
         let commit = work.commit.clone().unwrap_or_default();
         let Some(eval) = work.evaluation.take() else {
@@ -333,26 +348,26 @@ impl EventLoop {
             // next poll evaluates the commit again.  Should this write
             // fail too, the next `begin_evaluation` rolls it back.
             let error = work.eval_error.take().unwrap_or_default();
-            log::error!(
-                "spec={name} evaluation {eval} of {commit} abandoned, to be retried: {error}"
+            log::error!(target: EVALUATION,
+                "spec={spec} evaluation {eval} of {commit} abandoned, to be retried: {error}"
             );
             if let Err(e) = self.db.abandon_evaluation(eval) {
-                log::error!("spec={name} cannot roll back evaluation {eval}: {e}");
+                log::error!(target: EVALUATION, "spec={spec} cannot roll back evaluation {eval}: {e}");
             }
             self.start_building(index);
             return;
         }
         let result = match work.eval_error.take() {
             Some(error) => {
-                log::error!("spec={name} evaluation {eval} of {commit} failed: {error}");
+                log::error!(target: EVALUATION, "spec={spec} evaluation {eval} of {commit} failed: {error}");
                 self.db.fail_evaluation(&name, eval, &commit, &error, now)
             }
             None => self
                 .db
                 .complete_evaluation(&name, eval, &commit, now)
                 .map(|canceled| {
-                    log::info!(
-                        "spec={name} evaluation {eval} of {commit} done: {} jobs{}",
+                    log::info!(target: EVALUATION,
+                        "spec={spec} evaluation {eval} of {commit} done: {} jobs{}",
                         work.jobs_registered,
                         if canceled > 0 {
                             format!(", {canceled} superseded build(s) canceled")
@@ -364,7 +379,7 @@ impl EventLoop {
         };
         if let Err(e) = result {
             // The stamp did not move, so the next poll evaluates again.
-            log::error!("spec={name} cannot record evaluation {eval}: {e}");
+            log::error!(target: EVALUATION, "spec={spec} cannot record evaluation {eval}: {e}");
         }
         self.start_building(index);
     }
