@@ -445,7 +445,7 @@ impl Db {
             .query_map(params![spec, eval_status::IN_PROGRESS], |r| r.get(0))?
             .collect::<std::result::Result<_, _>>()?;
         for eval in leftovers {
-            let spec = crate::logging::shown(&spec);
+            let spec = crate::logging::shown(spec);
             log::warn!("spec={spec} evaluation {eval} was left in progress; rolled back");
             Db::delete_evaluation(&tx, eval)?;
         }
