@@ -8,25 +8,15 @@ use crate::db::{Db, status};
 use crate::http::{Request, Response};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use std::io::Read;
-use std::path::{Component, Path};
 
-/// Where guix-daemon writes build logs; no other file is ever served.
-pub const LOG_ROOT: &str = "/var/log/guix/drvs";
 /// The most items one request returns, whatever `nr` says.
 pub const MAX_NR: u32 = 1000;
-/// The most log bytes served: decompression runs in the loop's thread.
-pub const MAX_LOG: u64 = 64 * 1024 * 1024;
 
 const JSON: &str = "application/json";
 
+/// Answers a JSON API request.  Build logs (`/build/ID/log/raw`) are not
+/// JSON and are answered by `buildlog::serve`.
 pub fn respond(db: &Db, req: &Request) -> Response {
-    respond_with_logs(db, req, Path::new(LOG_ROOT))
-}
-
-/// [`respond`] with logs looked for under `log_root`, so tests need not
-/// write to /var/log.
-pub fn respond_with_logs(db: &Db, req: &Request, log_root: &Path) -> Response {
     if req.method != "GET" && req.method != "HEAD" {
         let mut r = error(405, &format!("Method {} not allowed.", req.method));
         r.headers.push(("Allow", "GET, HEAD".into()));
@@ -36,7 +26,6 @@ pub fn respond_with_logs(db: &Db, req: &Request, log_root: &Path) -> Response {
     let result = match segs.as_slice() {
         ["jobsets"] | ["specifications"] => specifications(db),
         ["build", id] => build(db, id),
-        ["build", id, "log", "raw"] => build_log(db, id, log_root),
         ["api", "latestbuilds"] | ["api", "queue"] => build_listing(db, req),
         ["api", "evaluations"] => evaluations(db, req),
         ["api", "jobs", "history"] => history::jobs_history(db, req),
@@ -158,7 +147,8 @@ fn parse_id(id: &str) -> Result<i64, Response> {
     }
 }
 
-fn find_build(db: &Db, id: &str) -> Result<BuildView, Response> {
+/// The build `/build/ID…` names: 400 for a bad ID, 404 for none.
+pub fn find_build(db: &Db, id: &str) -> Result<BuildView, Response> {
     let id = parse_id(id)?;
     db.build(id)
         .map_err(db_error)?
@@ -167,42 +157,6 @@ fn find_build(db: &Db, id: &str) -> Result<BuildView, Response> {
 
 fn build(db: &Db, id: &str) -> Reply {
     Ok(json_response(200, &build_json(&find_build(db, id)?)))
-}
-
-fn build_log(db: &Db, id: &str, log_root: &Path) -> Reply {
-    let text = read_log(&find_build(db, id)?, log_root)?;
-    Ok(Response::new(200, "text/plain; charset=utf-8", text))
-}
-
-/// A build's log, decompressed and capped at [`MAX_LOG`]; the error is the
-/// answer `/build/ID/log/raw` gives (404 when there is none).
-pub fn read_log(b: &BuildView, log_root: &Path) -> Result<Vec<u8>, Response> {
-    let missing = || error(404, &format!("No log for build {}.", b.id));
-    // Only the file the database names, and only under the daemon's log
-    // directory, even if the database was written by someone else.
-    let path = Path::new(&b.log);
-    if b.log.is_empty()
-        || !path.starts_with(log_root)
-        || path
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::RootDir))
-    {
-        return Err(missing());
-    }
-    let file = std::fs::File::open(path).map_err(|_| missing())?;
-    let mut text = Vec::new();
-    let read = if b.log.ends_with(".bz2") {
-        bzip2::read::BzDecoder::new(file)
-            .take(MAX_LOG)
-            .read_to_end(&mut text)
-    } else {
-        file.take(MAX_LOG).read_to_end(&mut text)
-    };
-    if let Err(e) = read {
-        log::warn!(target: crate::logging::HTTP, "http: build {}: log {}: {e}", b.id, b.log);
-        return Err(error(500, "Unreadable log."));
-    }
-    Ok(text)
 }
 
 /// `nr`, required, capped so that a huge value is merely the cap.

@@ -3,7 +3,7 @@
 //! the event loop moves the bytes of [`Batch::client`].
 
 use crate::db::status;
-use crate::logging::{BUILDING, shown};
+use crate::logging::BUILDING;
 use crate::trace::{self, LineSplitter, Piece};
 use crate::wire::{BuildOptions, Client, Event, Reply, Request};
 use std::collections::HashMap;
@@ -212,7 +212,7 @@ impl Batch {
             _ => return,
         };
         let Some(&i) = self.index.get(drv.as_str()) else {
-            log::debug!(target: BUILDING, "{label}: event for {}, outside this batch", shown(drv));
+            log::debug!(target: BUILDING, "{label}: event for {drv}, outside this batch");
             return;
         };
         let state = &mut self.states[i];
@@ -222,7 +222,7 @@ impl Batch {
         match update {
             None => state.dependencies_failed = true,
             Some((None, Some(log))) => {
-                log::info!(target: BUILDING, "{label}: started {}", shown(drv));
+                log::info!(target: BUILDING, "{label}: started {drv}");
                 state.log = Some(log.clone());
                 self.updates.push(Update::Started {
                     derivation: drv.clone(),
@@ -231,13 +231,12 @@ impl Batch {
             }
             Some((Some(st), _)) => {
                 log::info!(target: BUILDING,
-                    "{label}: {} {}",
+                    "{label}: {} {drv}",
                     if st == status::SUCCEEDED {
                         "succeeded"
                     } else {
                         "failed"
-                    },
-                    shown(drv)
+                    }
                 );
                 state.status = Some(st);
                 self.updates.push(Update::Finished {

@@ -445,8 +445,7 @@ impl Db {
             .query_map(params![spec, eval_status::IN_PROGRESS], |r| r.get(0))?
             .collect::<std::result::Result<_, _>>()?;
         for eval in leftovers {
-            let spec = crate::logging::shown(spec);
-            log::warn!("spec={spec} evaluation {eval} was left in progress; rolled back");
+            log::warn!("spec={spec:?} evaluation {eval} was left in progress; rolled back");
             Db::delete_evaluation(&tx, eval)?;
         }
         let eval = Db::insert_evaluation(&tx, spec, commit, eval_status::IN_PROGRESS, now)?;
@@ -571,15 +570,22 @@ impl Db {
         Ok(())
     }
 
-    /// Builds not yet in a final status, oldest first.
-    pub fn pending_builds(&self, spec: Option<&str>) -> Result<Vec<PendingBuild>> {
+    /// Up to `limit` of a specification's builds not yet in a final
+    /// status whose id is above `after`, oldest first: one page of the
+    /// queue (keyset pagination, so every page costs the same).
+    pub fn pending_builds_page(
+        &self,
+        spec: &str,
+        after: BuildId,
+        limit: usize,
+    ) -> Result<Vec<PendingBuild>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT b.id, b.derivation, b.evaluation, e.specification
              FROM Builds b JOIN Evaluations e ON e.id = b.evaluation
-             WHERE b.status < 0 AND (?1 IS NULL OR e.specification = ?1)
-             ORDER BY b.id",
+             WHERE b.status < 0 AND e.specification = ?1 AND b.id > ?2
+             ORDER BY b.id LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![spec], |r| {
+        let rows = stmt.query_map(params![spec, after, limit as i64], |r| {
             Ok(PendingBuild {
                 id: r.get(0)?,
                 derivation: r.get(1)?,
@@ -616,7 +622,7 @@ impl Db {
         let changed = Db::finish(&tx, derivation, final_status, log, now, &mut durations)?;
         Db::add_durations(&tx, &durations)?;
         tx.commit()?;
-        Ok(changed)
+        Ok(changed.len())
     }
 
     /// Applies many build updates in one transaction (a batch's outcome).
@@ -646,7 +652,7 @@ impl Db {
         log: Option<&str>,
         now: i64,
         durations: &mut Durations,
-    ) -> Result<usize> {
+    ) -> Result<Vec<BuildId>> {
         // A SELECT then an UPDATE by row id: RETURNING would build and
         // drop an ephemeral table per statement, the costliest part of it.
         let mut pending = tx.prepare_cached(PENDING_BUILDS_OF_DERIVATION)?;
@@ -667,7 +673,7 @@ impl Db {
             update.execute(params![id, st, now, started, log])?;
             durations.add(now - started);
         }
-        Ok(builds.len())
+        Ok(builds.into_iter().map(|(id, _)| id).collect())
     }
 
     fn add_durations(tx: &Transaction, durations: &Durations) -> Result<()> {
@@ -686,15 +692,17 @@ impl Db {
 
     /// Records what the daemon said in one read, in one transaction.  A
     /// build that started and finished within the same read is written
-    /// once, with both times.
+    /// once, with both times.  Returns the builds finished with a log:
+    /// the IDs of each derivation's builds, and that log.
     pub fn apply_build_updates(
         &mut self,
         updates: &[crate::build::Update],
         now: i64,
-    ) -> Result<()> {
+    ) -> Result<Vec<(Vec<BuildId>, String)>> {
         use crate::build::Update;
+        let mut logged = Vec::new();
         if updates.is_empty() {
-            return Ok(());
+            return Ok(logged);
         }
         let finished_here: std::collections::HashSet<&str> = updates
             .iter()
@@ -726,7 +734,7 @@ impl Db {
                     status,
                     log,
                 } => {
-                    Db::finish(
+                    let ids = Db::finish(
                         &tx,
                         derivation,
                         *status,
@@ -734,12 +742,15 @@ impl Db {
                         now,
                         &mut durations,
                     )?;
+                    if let Some(log) = log.as_ref().filter(|_| !ids.is_empty()) {
+                        logged.push((ids, log.clone()));
+                    }
                 }
             }
         }
         Db::add_durations(&tx, &durations)?;
         tx.commit()?;
-        Ok(())
+        Ok(logged)
     }
 
     /// At start-up, builds left `started` by a previous process go back to

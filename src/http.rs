@@ -36,6 +36,10 @@ pub struct Request {
     /// [`Request::param`]).
     pub query: Vec<(String, String)>,
     pub keep_alive: bool,
+    /// HTTP/1.1 or later: chunked responses are understood.
+    pub http11: bool,
+    /// `Accept-Encoding` admits gzip (see [`accepts_gzip`]).
+    pub accept_gzip: bool,
 }
 
 impl Request {
@@ -96,6 +100,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed, Error> {
     let mut keep_alive = minor >= 1;
     let mut body_len = 0usize;
     let mut seen_length = false;
+    let mut accept_gzip = false;
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value).unwrap_or("").trim();
         if h.name.eq_ignore_ascii_case("connection") {
@@ -106,6 +111,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed, Error> {
                     keep_alive = true;
                 }
             }
+        } else if h.name.eq_ignore_ascii_case("accept-encoding") {
+            accept_gzip |= accepts_gzip(value);
         } else if h.name.eq_ignore_ascii_case("content-length") {
             let n: usize = value
                 .parse()
@@ -137,9 +144,28 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed, Error> {
             segments,
             query,
             keep_alive,
+            http11: minor >= 1,
+            accept_gzip,
         },
         head_len + body_len,
     ))
+}
+
+/// Whether an `Accept-Encoding` value admits gzip: `gzip`, `x-gzip` or
+/// `*` with a non-zero quality (RFC 9110 section 12.5.3).
+pub fn accepts_gzip(value: &str) -> bool {
+    value.split(',').any(|item| {
+        let mut parts = item.split(';').map(str::trim);
+        let coding = parts.next().unwrap_or("");
+        let named = ["gzip", "x-gzip", "*"]
+            .iter()
+            .any(|c| coding.eq_ignore_ascii_case(c));
+        let q = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+            .map_or(Some(1.0), |(_, v)| v.trim().parse::<f32>().ok());
+        named && q.is_some_and(|q| q > 0.0)
+    })
 }
 
 fn split_target(target: &str) -> Result<(String, Vec<(String, String)>), Error> {
@@ -227,24 +253,60 @@ impl Response {
     /// The bytes to send.  A HEAD answer keeps the Content-Length of the
     /// GET answer but not its body.
     pub fn encode(&self, head_only: bool, keep_alive: bool) -> Vec<u8> {
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n",
-            self.status,
-            reason(self.status),
-            self.content_type,
-            self.body.len(),
-            if keep_alive { "keep-alive" } else { "close" }
-        );
-        for (name, value) in &self.headers {
-            out.push_str(&format!("{name}: {value}\r\n"));
-        }
-        out.push_str("\r\n");
-        let mut out = out.into_bytes();
+        let length = Length::Known(self.body.len() as u64);
+        let mut out = self.encode_head(length, keep_alive);
         if !head_only {
             out.extend_from_slice(&self.body);
         }
         out
     }
+}
+
+/// How a response's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Length {
+    /// `Content-Length: N`.
+    Known(u64),
+    /// `Transfer-Encoding: chunked` (HTTP/1.1 clients only).
+    Chunked,
+    /// Neither: the body ends when the connection closes.
+    UntilClose,
+}
+
+impl Response {
+    /// The status line and headers, for a body delimited by `length`
+    /// (the response's own `body` is not looked at).
+    pub fn encode_head(&self, length: Length, keep_alive: bool) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\n",
+            self.status,
+            reason(self.status),
+            self.content_type
+        );
+        match length {
+            Length::Known(n) => out.push_str(&format!("Content-Length: {n}\r\n")),
+            Length::Chunked => out.push_str("Transfer-Encoding: chunked\r\n"),
+            Length::UntilClose => {}
+        }
+        let keep_alive = keep_alive && length != Length::UntilClose;
+        out.push_str(match keep_alive {
+            true => "Connection: keep-alive\r\n",
+            false => "Connection: close\r\n",
+        });
+        for (name, value) in &self.headers {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+        out.push_str("\r\n");
+        out.into_bytes()
+    }
+}
+
+/// Appends `data` as one chunk of a chunked body (RFC 9112 section 7.1);
+/// empty data is the last chunk.
+pub fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
 }
 
 pub fn reason(status: u16) -> &'static str {

@@ -13,7 +13,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-#[derive(Debug, Clone, PartialEq)]
+/// Serializable so that the child that re-reads a file on SIGHUP can hand
+/// its specifications back to the loop (as JSON).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Specification {
     pub name: String,
     pub url: String,
@@ -182,7 +184,7 @@ fn one_spec(item: &Datum) -> Result<Specification, (Pos, String)> {
             ));
         };
         let Some(k) = KEYS.iter().find(|x| **x == k) else {
-            log::warn!("ignoring unknown specification key #:{k}");
+            log::warn!(target: crate::logging::SPEC, "ignoring unknown specification key #:{k}");
             continue;
         };
         if found.iter().any(|(x, _, _)| x == k) {
@@ -362,7 +364,7 @@ pub fn read_spec_file(
         Parsed::Specs(specs) => return Ok(specs),
         Parsed::NeedsScheme(why) => why,
     };
-    log::debug!("{file}: evaluating with Guile ({why})");
+    log::debug!(target: crate::logging::SPEC, "{file}: evaluating with Guile ({why})");
     let absolute =
         std::fs::canonicalize(path).map_err(|e| err(format!("cannot resolve path: {e}")))?;
     let (program, args) = guile_command
@@ -389,7 +391,7 @@ pub fn read_spec_file(
         return Err(err(msg));
     }
     if !stderr.trim().is_empty() {
-        log::info!("{file}: Guile said: {}", stderr.trim());
+        log::info!(target: crate::logging::SPEC, "{file}: Guile said: {}", stderr.trim());
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let not_data = |detail: String| {
@@ -404,6 +406,36 @@ pub fn read_spec_file(
     };
     // Positions refer to Guile's output, not to the file: drop them.
     specs_from_data(&file, value).map_err(|e| SpecError { pos: None, ..e })
+}
+
+/// The subcommand of the child that re-reads a specification file on
+/// SIGHUP, so that a file whose Guile code loops cannot stall the loop.
+pub const SUBCOMMAND: &str = "internal-read-spec";
+
+/// Entry point of that child: `internal-read-spec FILE GUILE-COMMAND...`.
+/// Prints the specifications as one JSON array and exits 0, or prints the
+/// error (naming file, line and column) on stderr and exits 1.
+pub fn child_main(args: &[String]) -> i32 {
+    let [_, file, guile @ ..] = args else {
+        eprintln!("usage: cuirass {SUBCOMMAND} FILE GUILE-COMMAND...");
+        return 2;
+    };
+    match read_spec_file(Path::new(file), guile) {
+        Ok(specs) => match serde_json::to_string(&specs) {
+            Ok(json) => {
+                println!("{json}");
+                0
+            }
+            Err(e) => {
+                eprintln!("{file}: {e}");
+                1
+            }
+        },
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
 }
 
 #[cfg(test)]

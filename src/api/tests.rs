@@ -4,7 +4,7 @@ use crate::http::{Parsed, parse_request};
 use crate::spec::Specification;
 use serde_json::Value;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn spec(name: &str, branch: Option<&str>) -> Specification {
     Specification {
@@ -75,8 +75,8 @@ fn request(target: &str, method: &str) -> Request {
     }
 }
 
-fn get(db: &Db, root: &Path, target: &str) -> (u16, Value) {
-    let r = respond_with_logs(db, &request(target, "GET"), root);
+fn get(db: &Db, _root: &Path, target: &str) -> (u16, Value) {
+    let r = respond(db, &request(target, "GET"));
     assert_eq!(r.content_type, JSON, "{target}");
     (r.status, serde_json::from_slice(&r.body).unwrap())
 }
@@ -171,31 +171,6 @@ fn missing_and_bad_build_ids() {
     ] {
         assert_eq!(get(&db, &root, bad).0, 400, "{bad}");
     }
-}
-
-#[test]
-fn build_logs() {
-    let (db, root) = fixture();
-    let r = respond_with_logs(&db, &request("/build/1/log/raw", "GET"), &root);
-    assert_eq!(
-        (r.status, r.content_type),
-        (200, "text/plain; charset=utf-8")
-    );
-    assert_eq!(r.body, b"building ok\nfailing? no\n");
-    // Build 2's log names a file outside the log directory; 3 has none.
-    assert_eq!(get(&db, &root, "/build/2/log/raw").0, 404);
-    assert_eq!(get(&db, &root, "/build/3/log/raw").0, 404);
-    assert_eq!(get(&db, &root, "/build/99/log/raw").0, 404);
-    // A `..` in the database's path is refused too.
-    let sneaky = format!("{}/ab/../../../etc/passwd", root.display());
-    db.connection()
-        .execute("UPDATE Builds SET log = ?1 WHERE id = 4", [sneaky])
-        .unwrap();
-    assert_eq!(get(&db, &root, "/build/4/log/raw").0, 404);
-    // The real route looks only under the daemon's directory.
-    let r = respond(&db, &request("/build/1/log/raw", "GET"));
-    assert_eq!(r.status, 404);
-    let _ = std::fs::remove_dir_all(root);
 }
 
 #[test]
@@ -350,12 +325,12 @@ fn unknown_paths_and_methods() {
         assert!(v["error"].is_string());
     }
     for method in ["POST", "PUT", "DELETE"] {
-        let r = respond_with_logs(&db, &request("/jobsets", method), &root);
+        let r = respond(&db, &request("/jobsets", method));
         assert_eq!(r.status, 405, "{method}");
         assert!(r.headers.contains(&("Allow", "GET, HEAD".into())));
     }
     // HEAD answers like GET; the server leaves out the body.
-    let r = respond_with_logs(&db, &request("/jobsets", "HEAD"), &root);
+    let r = respond(&db, &request("/jobsets", "HEAD"));
     assert_eq!(r.status, 200);
 }
 

@@ -18,7 +18,7 @@ pub const BUILDS_PER_PAGE: u32 = 50;
 /// The most results a search shows.
 pub const MAX_SEARCH: u32 = 100;
 /// Lines of the log shown on a build's page.
-pub const LOG_TAIL: usize = 50;
+pub const LOG_TAIL: usize = crate::buildlog::TAIL_LINES;
 /// Beyond this page, OFFSET walks too far to be worth it.
 const MAX_PAGE: u32 = 10_000;
 
@@ -324,15 +324,18 @@ pub fn build_details(db: &Db, id: &str, ctx: &Ctx) -> Page {
             )
         })
         .collect();
-    // The whole log is decompressed for its tail, as for /log/raw, up to
-    // api::MAX_LOG: logs are rarely large and this keeps one reader.
-    let log = match crate::api::read_log(&b, ctx.log_root) {
+    // Bytes that are not UTF-8 show as U+FFFD: the page is UTF-8.
+    let log = match crate::buildlog::tail_text(ctx.logs, &b, LOG_TAIL) {
         Ok(text) => format!(
             "<p><a href=\"/build/{id}/log/raw\">Full log</a> (last {LOG_TAIL} lines below)</p>\
              <pre>{}</pre>",
             esc(&tail(&text, LOG_TAIL))
         ),
-        Err(_) => "<p class=\"empty\">No log.</p>".into(),
+        Err(why) if why == crate::buildlog::NO_LOG => "<p class=\"empty\">No log.</p>".into(),
+        Err(why) => format!(
+            "<p><a href=\"/build/{id}/log/raw\">Full log</a></p><p class=\"empty\">{}</p>",
+            esc(&why)
+        ),
     };
     let body = format!(
         "<dl><dt>Job</dt><dd>{}</dd><dt>Status</dt><dd>{}</dd>\

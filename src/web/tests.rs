@@ -4,7 +4,7 @@ use crate::db::dashboard::like_substring;
 use crate::http::{Parsed, parse_request};
 use crate::spec::Specification;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 const NOW: i64 = 1_700_000_000;
 const ODD: &str = "a&b \"q\" <'x'>";
@@ -91,9 +91,10 @@ fn request(target: &str) -> Request {
 }
 
 fn get_with(db: &Db, root: &Path, target: &str, counters: &HttpCounters) -> (u16, String, String) {
+    let logs = buildlog::Places::new(root, root.join("copies"));
     let ctx = Ctx {
         now: NOW,
-        log_root: root,
+        logs: &logs,
         counters,
     };
     let r = respond(db, &request(target), &ctx);

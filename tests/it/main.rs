@@ -8,6 +8,7 @@ mod faults;
 mod hostile;
 mod http;
 mod http_hostile;
+mod logs;
 mod names;
 mod one_shot;
 mod refs;

@@ -14,7 +14,7 @@ const PARTS: &[&str] = &[
     "cuirass::building",
     "cuirass::http",
     "cuirass::spec",
-    "cuirass::scheduler",
+    "cuirass::cycle",
     "cuirass::db",
     "cuirass::event_loop",
 ];
@@ -91,7 +91,7 @@ fn build_events_during_an_evaluation_are_logged_as_building_with_names_quoted() 
         if text.contains(" started /gnu/store/") || text.contains(" succeeded /gnu/store/") {
             assert_eq!(*target, "cuirass::building", "{text}");
             assert!(
-                text.starts_with(&format!("{spec_field} daemon: ")),
+                text.starts_with(&format!("{spec_field} builds: ")),
                 "{text}"
             );
         }

@@ -8,7 +8,7 @@
 use crate::support::*;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 /// A spec file, one entry per `(name, ref line)`, e.g.
@@ -49,7 +49,9 @@ impl NoBuilds {
         cmd
     }
 
-    fn one_shot(&self, setup: &Setup, extra: &[&str]) -> (Output, String) {
+    /// A one-shot run: whether it succeeded (a fetch that could not be
+    /// done fails it), and its log.
+    fn one_shot(&self, setup: &Setup, extra: &[&str]) -> (bool, String) {
         let out = self
             .command(setup)
             .arg("--one-shot")
@@ -58,8 +60,7 @@ impl NoBuilds {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         eprintln!("cuirass --one-shot {extra:?}: {}\n{stderr}", out.status);
-        assert!(out.status.success());
-        (out, stderr)
+        (out.status.success(), stderr)
     }
 }
 
@@ -136,13 +137,19 @@ fn a_branch_renamed_to_a_subdirectory_is_followed_and_a_sibling_spec_is_undistur
         ("sibling", r#"(#:branch . "other")"#),
     ];
     let spec = write_specs(&setup, &repo, &specs);
-    no_builds.one_shot(&setup, &["-S", spec.to_str().unwrap()]);
+    assert!(
+        no_builds
+            .one_shot(&setup, &["-S", spec.to_str().unwrap()])
+            .0
+    );
     assert_eq!(evaluated(&setup, "moved"), [first.as_str()]);
 
     git(&repo.dir, &["branch", "-m", "feature", "feature/x"]);
     git(&repo.dir, &["checkout", "-q", "other"]);
     let other = repo.commit("on other");
-    let (_, stderr) = no_builds.one_shot(&setup, &[]);
+    // One-shot fails, naming the spec whose ref is gone; the sibling runs.
+    let (ok, stderr) = no_builds.one_shot(&setup, &[]);
+    assert!(!ok);
     assert!(stderr.contains("has no branch 'feature'"), "{stderr}");
     assert_eq!(evaluated(&setup, "moved"), [first.as_str()]);
     assert_eq!(evaluated(&setup, "sibling"), [first.clone(), other.clone()]);
@@ -154,8 +161,8 @@ fn a_branch_renamed_to_a_subdirectory_is_followed_and_a_sibling_spec_is_undistur
         ("sibling", r#"(#:branch . "other")"#),
     ];
     let spec = write_specs(&setup, &repo, &specs);
-    let (_, stderr) = no_builds.one_shot(&setup, &["-S", spec.to_str().unwrap()]);
-    assert!(!stderr.contains("fetch failed"), "{stderr}");
+    let (ok, stderr) = no_builds.one_shot(&setup, &["-S", spec.to_str().unwrap()]);
+    assert!(ok && !stderr.contains("fetch failed"), "{stderr}");
     assert_eq!(evaluated(&setup, "moved"), [first, renamed]);
     assert_eq!(evaluated(&setup, "sibling").len(), 2);
     assert_sound(&setup.db);
@@ -174,7 +181,11 @@ fn a_deleted_tag_and_an_unreachable_commit_are_errors_until_they_come_back() {
         &repo,
         &[("tag", r#"(#:tag . "v1")"#), ("pin", pin.as_str())],
     );
-    no_builds.one_shot(&setup, &["-S", spec.to_str().unwrap()]);
+    assert!(
+        no_builds
+            .one_shot(&setup, &["-S", spec.to_str().unwrap()])
+            .0
+    );
     assert_eq!(evaluated(&setup, "tag"), [first.as_str()]);
     assert_eq!(evaluated(&setup, "pin"), [first.as_str()]);
 
@@ -192,7 +203,8 @@ fn a_deleted_tag_and_an_unreachable_commit_are_errors_until_they_come_back() {
         ],
     );
     let rewritten = git(&repo.dir, &["rev-parse", "HEAD"]);
-    let (_, stderr) = no_builds.one_shot(&setup, &[]);
+    let (ok, stderr) = no_builds.one_shot(&setup, &[]);
+    assert!(!ok);
     assert!(stderr.contains("has no tag 'v1'"), "{stderr}");
     assert!(
         stderr.contains(&format!("has no commit '{first}' any more")),
@@ -202,8 +214,8 @@ fn a_deleted_tag_and_an_unreachable_commit_are_errors_until_they_come_back() {
 
     git(&repo.dir, &["tag", "v1"]);
     git(&repo.dir, &["branch", "old", &first]);
-    let (_, stderr) = no_builds.one_shot(&setup, &[]);
-    assert!(!stderr.contains("fetch failed"), "{stderr}");
+    let (ok, stderr) = no_builds.one_shot(&setup, &[]);
+    assert!(ok && !stderr.contains("fetch failed"), "{stderr}");
     assert_eq!(evaluated(&setup, "tag"), [first.clone(), rewritten]);
     assert_eq!(evaluated(&setup, "pin"), [first]);
     assert_sound(&setup.db);

@@ -112,6 +112,7 @@ fn apply(db: &mut Db, updates: Vec<Update>, now: i64, one_transaction: bool) -> 
     if one_transaction {
         return db
             .apply_build_updates(&updates, now)
+            .map(drop)
             .map_err(|e| e.to_string());
     }
     let mut finished = Vec::new();
