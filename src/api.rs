@@ -110,6 +110,12 @@ struct BuildJson<'a> {
     buildproducts: Option<()>,
     releasename: Option<()>,
     buildinputs_builds: Option<()>,
+    /// Hydra's names for a build's limits, in seconds; null: the daemon's.
+    timeout: Option<i64>,
+    maxsilent: Option<i64>,
+    /// Why the build failed, as the daemon said it: `timed out after 3
+    /// seconds`; null otherwise.
+    errormsg: Option<&'a str>,
 }
 
 fn build_json(b: &BuildView) -> BuildJson<'_> {
@@ -132,11 +138,14 @@ fn build_json(b: &BuildView) -> BuildJson<'_> {
         nixname: &b.nix_name,
         buildstatus: b.status,
         busy: (b.status == status::STARTED) as i64,
-        priority: 0,
+        priority: b.priority,
         finished: finished as i64,
         buildproducts: None,
         releasename: None,
         buildinputs_builds: None,
+        timeout: b.timeout,
+        maxsilent: b.max_silent_time,
+        errormsg: b.errormsg.as_deref(),
     }
 }
 

@@ -21,7 +21,7 @@
 //! `.drv` files it reads and the daemon probe, both given by the loop in
 //! [`Env`].
 
-use crate::build::{self, Item};
+use crate::build::{self, Item, Limits};
 use crate::db::{BuildId, Db, EvalId, JobRecord, PendingBuild, status};
 use crate::drv::Derivation;
 use crate::fetch;
@@ -91,12 +91,12 @@ pub enum Input {
     EvaluatorLines(Vec<Vec<u8>>),
     /// The evaluator printed a line over this many bytes (it was dropped).
     EvaluatorLineTooLong(usize),
-    /// The evaluator ended: how (`exited with status 1`), and the last
-    /// lines it printed on stderr, where its own error message is.
+    /// The evaluator ended: how (`exited with status 1: LAST STDERR
+    /// LINE`), and its own first `evaluate: error:` line, if it printed one.
     EvaluatorExited {
         ok: bool,
-        status: String,
-        stderr_tail: Vec<String>,
+        reason: String,
+        error_line: Option<String>,
     },
     /// The child of the current step could not be started.
     SpawnFailed(String),
@@ -140,8 +140,8 @@ pub enum Command {
     SpawnEvaluator { arguments: String },
     /// Kill the running child; its exit still arrives as an input.
     KillChild,
-    /// Connect to the daemon and build these.
-    OpenBatch(Vec<Item>),
+    /// Connect to the daemon and build these, all of one limit class.
+    OpenBatch(Vec<Item>, Limits),
     /// Drop the batch's connection: the daemon stops its builds.
     CloseBatch,
 }
@@ -473,14 +473,20 @@ impl Cycle {
                 State::Evaluating(mut e),
                 Input::EvaluatorExited {
                     ok,
-                    status,
-                    stderr_tail,
+                    reason,
+                    error_line,
                 },
             ) => {
                 self.flush_jobs(&mut e, env);
                 if e.error.is_none() {
                     if !ok {
-                        e.error = Some(evaluator_error(status, stderr_tail));
+                        // Its own one-line message says why, not a
+                        // backtrace frame.
+                        e.error = Some(job::evaluation_error(
+                            error_line
+                                .as_deref()
+                                .unwrap_or(&format!("evaluator {reason}")),
+                        ));
                     } else if let Err(err) = e.tally.finish() {
                         e.error = Some(format!("bad evaluator output: {err}"));
                     }
@@ -614,11 +620,22 @@ impl Cycle {
         let parsed = job::parse_line(line).and_then(|l| {
             e.tally.accept(&l)?;
             match l {
-                job::Line::Job { name, derivation } => {
+                job::Line::Job {
+                    name,
+                    derivation,
+                    limits,
+                    priority,
+                } => {
                     let bytes = (env.read_drv)(&derivation).map_err(|err| {
                         format!("job {name:?}: cannot read {derivation:?}: {err}")
                     })?;
-                    e.jobs.push(job::job_record(&name, &derivation, &bytes)?);
+                    e.jobs.push(job::job_record(
+                        &name,
+                        &derivation,
+                        limits,
+                        priority,
+                        &bytes,
+                    )?);
                 }
                 job::Line::JobError { name, message } => log::warn!(target: EVALUATION,
                     "spec={:?} job {name:?} failed to evaluate: {message:?}",
@@ -775,8 +792,9 @@ impl Cycle {
     }
 
     /// Opens the next batch when none is in flight: up to
-    /// [`build::BATCH_SIZE`] builds, oldest first, a page read from the
-    /// database whenever the queue runs dry.
+    /// [`build::BATCH_SIZE`] builds of the limit class of the oldest
+    /// pending one (the daemon takes limits per connection), a page read
+    /// from the database whenever the queue runs dry.
     fn fill_batch(&mut self, env: &mut Env) {
         let name = self.spec.name.clone();
         let b = &mut self.building;
@@ -789,8 +807,9 @@ impl Cycle {
             None => {}
         }
         let mut items = Vec::new();
+        let mut limits = Limits::default();
         let mut canceled = Vec::new();
-        while items.len() < build::BATCH_SIZE {
+        while items.is_empty() {
             if b.queue.is_empty() {
                 let Some(after) = b.next_page else { break };
                 match env.db.pending_builds_page(&name, after, PAGE) {
@@ -807,24 +826,27 @@ impl Cycle {
                     break;
                 }
             }
-            let pending = b.queue.pop_front().unwrap();
-            if b.in_flight.contains(&pending.derivation) {
-                continue;
-            }
-            // A derivation collected since evaluation cannot be built.
-            match (env.read_drv)(&pending.derivation)
-                .ok()
-                .and_then(|bytes| Derivation::parse(&bytes).ok())
-            {
-                Some(drv) => {
-                    b.in_flight.insert(pending.derivation.clone());
-                    items.push(Item {
-                        outputs: drv.outputs.iter().map(|o| o.path.clone()).collect(),
-                        inputs: drv.input_drvs.iter().map(|(d, _)| d.clone()).collect(),
-                        derivation: pending.derivation,
-                    });
+            let taken = build::take_batch(&mut b.queue, build::BATCH_SIZE);
+            limits = taken.first().map(|p| p.limits).unwrap_or_default();
+            for pending in taken {
+                if b.in_flight.contains(&pending.derivation) {
+                    continue;
                 }
-                None => canceled.push((pending.derivation, status::CANCELED, None)),
+                // A derivation collected since evaluation cannot be built.
+                match (env.read_drv)(&pending.derivation)
+                    .ok()
+                    .and_then(|bytes| Derivation::parse(&bytes).ok())
+                {
+                    Some(drv) => {
+                        b.in_flight.insert(pending.derivation.clone());
+                        items.push(Item {
+                            outputs: drv.outputs.iter().map(|o| o.path.clone()).collect(),
+                            inputs: drv.input_drvs.iter().map(|(d, _)| d.clone()).collect(),
+                            derivation: pending.derivation,
+                        });
+                    }
+                    None => canceled.push((pending.derivation, status::CANCELED, None)),
+                }
             }
         }
         if !canceled.is_empty() {
@@ -838,36 +860,14 @@ impl Cycle {
         }
         if !items.is_empty() {
             log::info!(target: BUILDING,
-                "spec={name:?} batch of {} derivation(s) to submit, {} more queued",
+                "spec={name:?} batch of {} derivation(s) to submit ({}), {} more queued",
                 items.len(),
+                build::describe_limits(limits),
                 b.queue.len()
             );
             b.batch_open = true;
-            self.commands.push_back(Command::OpenBatch(items));
+            self.commands.push_back(Command::OpenBatch(items, limits));
         }
-    }
-}
-
-/// The evaluator's own one-line message (its last `evaluate: error:`
-/// line on stderr) when it printed one, else how it ended and its last
-/// stderr line; at most 1,000 characters, never a backtrace.
-pub fn evaluator_error(status: &str, stderr_tail: &[String]) -> String {
-    let own = stderr_tail.iter().rev().find_map(|l| {
-        l.split_once("evaluate: error: ")
-            .map(|(_, m)| m.to_string())
-    });
-    let line = match (own, stderr_tail.last()) {
-        (Some(message), _) => message,
-        (None, Some(last)) => format!("evaluator {status}: {last}"),
-        (None, None) => format!("evaluator {status}"),
-    };
-    truncate_chars(&line, 1000)
-}
-
-fn truncate_chars(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((at, _)) => format!("{}…", &s[..at]),
-        None => s.to_string(),
     }
 }
 

@@ -435,7 +435,7 @@ impl EventLoop {
                     child.proc.kill();
                 }
             }
-            Command::OpenBatch(items) => self.open_batch(index, items, now),
+            Command::OpenBatch(items, limits) => self.open_batch(index, items, limits, now),
             Command::CloseBatch => self.close_batch(index),
         }
     }
@@ -555,7 +555,7 @@ pub const EVALUATOR_SCRIPT: &str = include_str!("evaluate.scm");
 
 pub use crate::cycle::evaluator_arguments;
 
-/// The batch options every connection sets.
-fn batch_options(config: &Config) -> crate::wire::BuildOptions {
-    build::build_options(config.use_substitutes, config.fallback)
+/// The options a batch's connection sets: ours, and its limit class.
+fn batch_options(config: &Config, limits: build::Limits) -> crate::wire::BuildOptions {
+    build::build_options(config.use_substitutes, config.fallback, limits)
 }

@@ -14,7 +14,8 @@
 //! - `job`: evaluator output lines turned into jobs.
 //! - `fetch`: git checkouts, run in a child process of this binary.
 //! - `child`: subprocesses whose pipes the event loop watches.
-//! - `build`: one batch of derivations handed to the daemon, and its statuses.
+//! - `build`: one batch of derivations of one limit class handed to the
+//!   daemon, and its statuses.
 //! - `cycle`: one specification's cycle, a sans-I/O state machine (the
 //!   evaluation track and the building track).
 //! - `buildlog`: build logs found, decoded (a sans-I/O codec), streamed a

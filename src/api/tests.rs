@@ -24,6 +24,7 @@ fn job(name: &str) -> JobRecord {
             ("out".into(), format!("/gnu/store/{name:b<32}-{name}")),
             ("doc".into(), format!("/gnu/store/{name:c<32}-{name}-doc")),
         ],
+        ..JobRecord::default()
     }
 }
 
@@ -124,7 +125,8 @@ fn a_build_is_a_hydra_object() {
         },
         "system": "x86_64-linux", "nixname": "ok-1.0", "buildstatus": 0,
         "busy": 0, "priority": 0, "finished": 1, "buildproducts": null,
-        "releasename": null, "buildinputs_builds": null
+        "releasename": null, "buildinputs_builds": null,
+        "timeout": null, "maxsilent": null, "errormsg": null
     });
     assert_eq!(b, expect);
     // Unfinished: the creation time, busy while started.
@@ -479,4 +481,35 @@ fn listings_answered_page_by_page_match_the_whole_query() {
     assert_eq!(ids(&v), finished[..PAGE as usize + 3]);
     let (_, v) = get(&db, Path::new("/"), &format!("/api/queue?nr={PAGE}"));
     assert_eq!(ids(&v), queued[..PAGE as usize]);
+}
+
+#[test]
+fn a_build_killed_for_a_limit_shows_the_limits_and_the_reason() {
+    let (mut db, root) = fixture();
+    let mut today = job("today");
+    today.limits = crate::build::Limits {
+        max_silent_time: Some(2),
+        timeout: Some(72000),
+    };
+    today.priority = 5;
+    db.register_evaluation("hello", "c2", &[today.clone()], 400)
+        .unwrap();
+    db.apply_build_updates(
+        &[crate::build::Update::Finished {
+            derivation: today.derivation,
+            status: status::FAILED,
+            log: None,
+            reason: Some("timed out after 2 seconds of silence".into()),
+        }],
+        410,
+    )
+    .unwrap();
+    let (code, b) = get(&db, &root, "/build/6");
+    assert_eq!(code, 200);
+    assert_eq!(
+        (&b["job"], &b["buildstatus"], &b["priority"]),
+        (&json!("today"), &json!(1), &json!(5))
+    );
+    assert_eq!((&b["maxsilent"], &b["timeout"]), (&json!(2), &json!(72000)));
+    assert_eq!(b["errormsg"], "timed out after 2 seconds of silence");
 }

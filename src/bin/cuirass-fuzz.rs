@@ -273,6 +273,7 @@ thread_local! {
             system: "x86_64-linux".into(),
             nix_name: "hello".into(),
             outputs: vec![("out".into(), "/gnu/store/0123456789abcdfghijklmnpqrsvwxyz-hello".into())],
+            ..Default::default()
         };
         db.register_evaluation("hello", "c0ffee", &[job], 1).expect("evaluation");
         db

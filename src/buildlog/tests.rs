@@ -340,6 +340,9 @@ fn job(name: &str) -> JobRecord {
         system: "x86_64-linux".into(),
         nix_name: format!("{name}-1.0"),
         outputs: vec![("out".into(), format!("/gnu/store/{name:b<32}-{name}"))],
+        inputs: vec![],
+        limits: Default::default(),
+        priority: 0,
     }
 }
 

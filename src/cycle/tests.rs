@@ -144,13 +144,13 @@ fn output(lines: &[&str]) -> Input {
 fn exited(ok: bool) -> Input {
     Input::EvaluatorExited {
         ok,
-        status: if ok {
+        reason: if ok {
             "exited with status 0"
         } else {
             "exited with status 1"
         }
         .into(),
-        stderr_tail: vec![],
+        error_line: None,
     }
 }
 
@@ -170,7 +170,9 @@ fn batch_of(commands: &[Command]) -> Vec<String> {
     commands
         .iter()
         .find_map(|c| match c {
-            Command::OpenBatch(items) => Some(items.iter().map(|i| i.derivation.clone()).collect()),
+            Command::OpenBatch(items, _) => {
+                Some(items.iter().map(|i| i.derivation.clone()).collect())
+            }
             _ => None,
         })
         .unwrap_or_default()
@@ -278,14 +280,10 @@ fn a_crashing_evaluator_fails_the_evaluation_with_its_own_one_line_message() {
         &mut c,
         Input::EvaluatorExited {
             ok: false,
-            status: "exited with status 1".into(),
-            stderr_tail: vec![
-                format!(
-                    "evaluate: error: calling 'jobs' of ci.scm: job is neither a thunk: {whole_job}"
-                ),
-                "Backtrace:".into(),
-                "In ice-9/boot-9.scm:".into(),
-            ],
+            reason: "exited with status 1: In ice-9/boot-9.scm:".into(),
+            error_line: Some(format!(
+                "evaluate: error: calling 'jobs' of ci.scm: job is neither a thunk: {whole_job}"
+            )),
         },
     );
     let rows = w.evaluation_rows();
@@ -527,7 +525,7 @@ fn builds_left_pending_by_an_earlier_run_are_loaded_a_page_at_a_time() {
     for i in 0..=(PAGE / 2) {
         let jobs: Vec<JobRecord> = [DRV_A, DRV_B]
             .iter()
-            .map(|d| job::job_record("x", d, &w.drvs[*d]).unwrap())
+            .map(|d| job::job_record("x", d, Limits::default(), None, &w.drvs[*d]).unwrap())
             .enumerate()
             .map(|(k, mut j)| {
                 j.job_name = format!("j{k}");
@@ -543,21 +541,4 @@ fn builds_left_pending_by_an_earlier_run_are_loaded_a_page_at_a_time() {
     let cmds = w.feed(&mut c, Input::Tick);
     assert_eq!(batch_of(&cmds), vec![DRV_A, DRV_B]);
     assert!(c.building().queued() <= PAGE);
-}
-
-#[test]
-fn evaluator_errors_are_one_line_and_bounded() {
-    assert_eq!(
-        evaluator_error(
-            "exited with status 1",
-            &["evaluate: error: job file not found: x".into()]
-        ),
-        "job file not found: x"
-    );
-    assert_eq!(
-        evaluator_error("killed by signal 9", &["some noise".into()]),
-        "evaluator killed by signal 9: some noise"
-    );
-    let long = evaluator_error("x", &[format!("evaluate: error: {}", "é".repeat(5000))]);
-    assert_eq!(long.chars().count(), 1001);
 }

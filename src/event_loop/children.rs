@@ -76,6 +76,9 @@ impl EventLoop {
             .current_dir(&checkout)
             .env("GUIX_DAEMON_SOCKET", &self.config.daemon_socket);
         self.spawn(index, Step::Evaluate, cmd, now);
+        if let Some(child) = self.slots[index].child.as_mut() {
+            child.proc.error_prefix = Some(crate::job::EVALUATOR_ERROR_PREFIX);
+        }
     }
 
     fn label(&self, index: usize) -> String {
@@ -177,8 +180,8 @@ impl EventLoop {
             },
             Step::Evaluate => Input::EvaluatorExited {
                 ok,
-                status: child::describe(exit),
-                stderr_tail: child.proc.stderr_tail.clone(),
+                reason: child.proc.failure_reason(),
+                error_line: child.proc.error_line.clone(),
             },
         };
         self.feed(index, input, now);

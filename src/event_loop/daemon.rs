@@ -3,12 +3,18 @@
 //! ended.
 
 use super::*;
-use crate::build::{Item, Update};
+use crate::build::{Item, Limits, Update};
 use mio::Interest;
 use std::io::{Read, Write};
 
 impl EventLoop {
-    pub(super) fn open_batch(&mut self, index: usize, items: Vec<Item>, now: Instant) {
+    pub(super) fn open_batch(
+        &mut self,
+        index: usize,
+        items: Vec<Item>,
+        limits: Limits,
+        now: Instant,
+    ) {
         let mut stream = match UnixStream::connect(&self.config.daemon_socket) {
             Ok(s) => s,
             Err(e) => {
@@ -29,7 +35,7 @@ impl EventLoop {
             self.feed(index, Input::BatchLost(why), now);
             return;
         }
-        let batch = Batch::new(items, batch_options(&self.config));
+        let batch = Batch::new(items, batch_options(&self.config, limits), limits);
         self.slots[index].conn = Some(Conn {
             stream,
             batch,

@@ -337,6 +337,16 @@ pub fn build_details(db: &Db, id: &str, ctx: &Ctx) -> Page {
             esc(&why)
         ),
     };
+    let seconds = |s: Option<i64>| s.map_or("the daemon's".to_string(), |s| format!("{s} s"));
+    let limits = format!(
+        "<dt>Limits</dt><dd>silent {}, total {}</dd><dt>Priority</dt><dd>{}</dd>",
+        seconds(b.max_silent_time),
+        seconds(b.timeout),
+        b.priority
+    );
+    let reason = b.errormsg.as_deref().map_or(String::new(), |r| {
+        format!("<dt>Reason</dt><dd>{}</dd>", esc(r))
+    });
     let body = format!(
         "<dl><dt>Job</dt><dd>{}</dd><dt>Status</dt><dd>{}</dd>\
          <dt>Specification</dt><dd><a href=\"/jobset/{}\">{}</a></dd>\
@@ -344,7 +354,7 @@ pub fn build_details(db: &Db, id: &str, ctx: &Ctx) -> Page {
          <dt>Name</dt><dd>{}</dd><dt>System</dt><dd>{}</dd>\
          <dt>Derivation</dt><dd><code>{}</code></dd>\
          <dt>Queued</dt><dd>{}</dd><dt>Started</dt><dd>{}</dd><dt>Finished</dt><dd>{}</dd>\
-         <dt>Duration</dt><dd>{took}</dd></dl>\
+         <dt>Duration</dt><dd>{took}</dd>{limits}{reason}</dl>\
          <h2>Outputs</h2>{}<h2>Log</h2>{log}",
         esc(&b.job_name),
         html::status_badge(b.status),

@@ -3,11 +3,13 @@
 
 mod chaos;
 mod cli;
+mod cycle;
 mod daemon;
 mod faults;
 mod hostile;
 mod http;
 mod http_hostile;
+mod jobs;
 mod logs;
 mod names;
 mod one_shot;
