@@ -49,7 +49,7 @@ fn json_response<T: Serialize>(code: u16, value: &T) -> Response {
 type Reply = Result<Response, Response>;
 
 fn db_error(e: crate::db::Error) -> Response {
-    log::error!("http: {e}");
+    log::error!(target: crate::logging::HTTP, "http: {e}");
     error(500, "Database error.")
 }
 

@@ -26,6 +26,7 @@ use crate::db::{BuildId, Db, EvalId, JobRecord, PendingBuild, status};
 use crate::drv::Derivation;
 use crate::fetch;
 use crate::job;
+use crate::logging::{BUILDING, COMPILE, EVALUATION, FETCH};
 use crate::spec::Specification;
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
@@ -387,7 +388,7 @@ impl Cycle {
                 },
                 Input::Tick,
             ) if env.now >= deadline => {
-                log::error!("spec={:?} fetch timed out; killing it", self.spec.name);
+                log::error!(target: FETCH, "spec={:?} fetch timed out; killing it", self.spec.name);
                 self.commands.push_back(Command::KillChild);
                 State::Fetching {
                     deadline,
@@ -403,6 +404,7 @@ impl Cycle {
                 Input::Tick,
             ) if env.now >= deadline => {
                 log::error!(
+                    target: COMPILE,
                     "spec={:?} compilation timed out; killing it",
                     self.spec.name
                 );
@@ -427,7 +429,7 @@ impl Cycle {
                     None => {
                         // Not the commit's fault: one-shot says so at exit.
                         let why = format!("fetch failed: {reason}");
-                        log::error!("spec={:?} {why}", self.spec.name);
+                        log::error!(target: FETCH, "spec={:?} {why}", self.spec.name);
                         if self.settings.one_shot {
                             self.failure = Some(why);
                         }
@@ -443,7 +445,7 @@ impl Cycle {
                 self.begin_evaluation(commit, env)
             }
             (State::Compiling { .. }, Input::CompileExited { ok: false, reason }) => {
-                log::error!("spec={:?} compilation failed: {reason}", self.spec.name);
+                log::error!(target: COMPILE, "spec={:?} compilation failed: {reason}", self.spec.name);
                 self.end_round()
             }
 
@@ -536,15 +538,15 @@ impl Cycle {
         let name = &self.spec.name;
         match env.db.stamp(name) {
             Err(e) => {
-                log::error!("spec={name:?} {e}");
+                log::error!(target: FETCH, "spec={name:?} {e}");
                 self.end_round()
             }
             Ok(Some(stamp)) if stamp == commit => {
-                log::info!("spec={name:?} commit {commit} already evaluated");
+                log::info!(target: FETCH, "spec={name:?} commit {commit} already evaluated");
                 self.end_round()
             }
             Ok(_) => {
-                log::info!("spec={name:?} new commit {commit}");
+                log::info!(target: FETCH, "spec={name:?} new commit {commit}");
                 if self.spec.no_compile {
                     self.begin_evaluation(commit, env)
                 } else {
@@ -566,7 +568,7 @@ impl Cycle {
         let name = self.spec.name.clone();
         if let Err(e) = (env.daemon)() {
             let why = format!("evaluation of {commit} postponed: {e}");
-            log::error!("spec={name:?} {why}");
+            log::error!(target: EVALUATION, "spec={name:?} {why}");
             if self.settings.one_shot {
                 self.failure = Some(why);
             }
@@ -576,11 +578,11 @@ impl Cycle {
             Ok(id) => id,
             Err(e) => {
                 // Nothing recorded, no stamp: the next poll tries again.
-                log::error!("spec={name:?} cannot start an evaluation: {e}");
+                log::error!(target: EVALUATION, "spec={name:?} cannot start an evaluation: {e}");
                 return self.end_round();
             }
         };
-        log::info!("spec={name:?} evaluation {id} of {commit} started");
+        log::info!(target: EVALUATION, "spec={name:?} evaluation {id} of {commit} started");
         self.commands.push_back(Command::SpawnEvaluator {
             arguments: self.evaluator_arguments(),
         });
@@ -624,8 +626,9 @@ impl Cycle {
                     limits,
                     priority,
                 } => {
-                    let bytes = (env.read_drv)(&derivation)
-                        .map_err(|err| format!("job {name}: cannot read {derivation}: {err}"))?;
+                    let bytes = (env.read_drv)(&derivation).map_err(|err| {
+                        format!("job {name:?}: cannot read {derivation:?}: {err}")
+                    })?;
                     e.jobs.push(job::job_record(
                         &name,
                         &derivation,
@@ -634,8 +637,8 @@ impl Cycle {
                         &bytes,
                     )?);
                 }
-                job::Line::JobError { name, message } => log::warn!(
-                    "spec={:?} job {name:?} failed to evaluate: {message}",
+                job::Line::JobError { name, message } => log::warn!(target: EVALUATION,
+                    "spec={:?} job {name:?} failed to evaluate: {message:?}",
                     self.spec.name
                 ),
                 job::Line::Done(_) => {}
@@ -653,7 +656,7 @@ impl Cycle {
         if e.error.is_some() {
             return;
         }
-        log::error!("spec={:?} evaluation {}: {reason}", self.spec.name, e.id);
+        log::error!(target: EVALUATION, "spec={:?} evaluation {}: {reason}", self.spec.name, e.id);
         e.error = Some(reason);
         if !e.killed {
             e.killed = true;
@@ -670,7 +673,7 @@ impl Cycle {
         match env.db.add_jobs(&self.spec.name, e.id, &jobs, env.unix_now) {
             Ok(added) => {
                 e.registered += jobs.len();
-                log::debug!(
+                log::debug!(target: EVALUATION,
                     "spec={:?} evaluation {}: {} jobs registered so far",
                     self.spec.name,
                     e.id,
@@ -697,13 +700,13 @@ impl Cycle {
             // poll evaluates the commit again.  Should this fail too, the
             // next `begin_evaluation` rolls it back.
             (Some(error), true) => {
-                log::error!(
+                log::error!(target: EVALUATION,
                     "spec={name:?} evaluation {id} of {commit} abandoned, to be retried: {error}"
                 );
                 env.db.abandon_evaluation(id)
             }
             (Some(error), false) => {
-                log::error!("spec={name:?} evaluation {id} of {commit} failed: {error}");
+                log::error!(target: EVALUATION, "spec={name:?} evaluation {id} of {commit} failed: {error}");
                 env.db
                     .fail_evaluation(&name, id, &commit, &error, env.unix_now)
             }
@@ -715,7 +718,7 @@ impl Cycle {
                         0 => String::new(),
                         n => format!(", {n} superseded build(s) canceled"),
                     };
-                    log::info!(
+                    log::info!(target: EVALUATION,
                         "spec={name:?} evaluation {id} of {commit} done: {} jobs{superseded}",
                         e.registered
                     );
@@ -723,7 +726,7 @@ impl Cycle {
         };
         if let Err(err) = result {
             // The stamp did not move, so the next poll evaluates again.
-            log::error!("spec={name:?} cannot record evaluation {id}: {err}");
+            log::error!(target: EVALUATION, "spec={name:?} cannot record evaluation {id}: {err}");
         }
         self.reload_queue();
     }
@@ -737,7 +740,7 @@ impl Cycle {
                 self.commands.push_back(Command::KillChild);
                 if let Err(err) = env.db.abandon_evaluation(e.id) {
                     // Rolled back at the next start instead.
-                    log::error!("spec={:?} evaluation {}: {err}", self.spec.name, e.id);
+                    log::error!(target: EVALUATION, "spec={:?} evaluation {}: {err}", self.spec.name, e.id);
                 }
             }
             State::Idle | State::Stopped => {}
@@ -758,7 +761,7 @@ impl Cycle {
         b.batch_open = false;
         b.in_flight.clear();
         b.backoff.succeeded();
-        log::info!(
+        log::info!(target: BUILDING,
             "spec={:?} batch done{}",
             self.spec.name,
             daemon_error
@@ -777,7 +780,7 @@ impl Cycle {
         b.in_flight.clear();
         let delay = b.backoff.failed();
         b.retry_at = Some(env.now + delay);
-        log::error!(
+        log::error!(target: BUILDING,
             "spec={:?} {why}; retrying in {} s",
             self.spec.name,
             delay.as_secs()
@@ -815,7 +818,7 @@ impl Cycle {
                         b.queue.extend(page);
                     }
                     Err(e) => {
-                        log::error!("spec={name:?} {e}");
+                        log::error!(target: BUILDING, "spec={name:?} {e}");
                         break;
                     }
                 }
@@ -847,16 +850,16 @@ impl Cycle {
             }
         }
         if !canceled.is_empty() {
-            log::warn!(
+            log::warn!(target: BUILDING,
                 "spec={name:?} {} build(s) canceled: derivation no longer in the store",
                 canceled.len()
             );
             if let Err(e) = env.db.finish_builds(&canceled, env.unix_now) {
-                log::error!("spec={name:?} {e}");
+                log::error!(target: BUILDING, "spec={name:?} {e}");
             }
         }
         if !items.is_empty() {
-            log::info!(
+            log::info!(target: BUILDING,
                 "spec={name:?} batch of {} derivation(s) to submit ({}), {} more queued",
                 items.len(),
                 build::describe_limits(limits),

@@ -442,7 +442,7 @@ impl Db {
             .query_map(params![spec, eval_status::IN_PROGRESS], |r| r.get(0))?
             .collect::<std::result::Result<_, _>>()?;
         for eval in leftovers {
-            log::warn!("spec={spec} evaluation {eval} was left in progress; rolled back");
+            log::warn!("spec={spec:?} evaluation {eval} was left in progress; rolled back");
             Db::delete_evaluation(&tx, eval)?;
         }
         let eval = Db::insert_evaluation(&tx, spec, commit, eval_status::IN_PROGRESS, now)?;

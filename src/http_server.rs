@@ -143,7 +143,7 @@ impl HttpServer {
                         .register(&mut l, listener, Interest::READABLE)
                         .map_err(|e| format!("cannot watch the HTTP listener: {e}"))?;
                     let bound = l.local_addr().map_or(a, |b| b);
-                    log::info!("HTTP API listening on http://{name}/ ({bound})");
+                    log::info!(target: crate::logging::HTTP, "HTTP API listening on http://{name}/ ({bound})");
                     return Ok(HttpServer {
                         listener: l,
                         listener_token: listener,
@@ -212,7 +212,7 @@ impl HttpServer {
                 continue;
             };
             if now >= conn.deadline() {
-                log::debug!("http: {} timed out", conn.peer);
+                log::debug!(target: crate::logging::HTTP, "http: {} timed out", conn.peer);
                 self.close(registry, slot);
             }
         }
@@ -225,12 +225,12 @@ impl HttpServer {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     // EMFILE and the like: the next event retries.
-                    log::warn!("http: accept: {e}");
+                    log::warn!(target: crate::logging::HTTP, "http: accept: {e}");
                     return;
                 }
             };
             if self.open >= MAX_CONNECTIONS {
-                log::warn!("http: {MAX_CONNECTIONS} connections open, refusing {peer}");
+                log::warn!(target: crate::logging::HTTP, "http: {MAX_CONNECTIONS} connections open, refusing {peer}");
                 continue;
             }
             let slot = self.free.pop().unwrap_or_else(|| {
@@ -239,7 +239,7 @@ impl HttpServer {
             });
             let token = Token(self.first_conn_token + slot);
             if let Err(e) = registry.register(&mut stream, token, Interest::READABLE) {
-                log::warn!("http: cannot watch {peer}: {e}");
+                log::warn!(target: crate::logging::HTTP, "http: cannot watch {peer}: {e}");
                 self.free.push(slot);
                 continue;
             }
@@ -350,7 +350,7 @@ fn step(
         if let Err(e) = streaming.log.next(&mut conn.output) {
             // Headers are gone: only a broken transfer can tell the
             // client that the body is not the whole log.
-            log::warn!("http: {} log: {e}", conn.peer);
+            log::warn!(target: crate::logging::HTTP, "http: {} log: {e}", conn.peer);
             let _ = flush(conn, now);
             return Step::Close;
         }
@@ -404,7 +404,7 @@ fn step(
                             }
                             buildlog::serve::Start::Stream(head, log) => {
                                 counters.record(web::route_pattern(&req), 200);
-                                log::debug!(
+                                log::debug!(target: crate::logging::HTTP,
                                     "http: {} {} {} -> 200",
                                     conn.peer,
                                     req.method,
@@ -431,8 +431,7 @@ fn step(
                         },
                     );
                     counters.record(web::route_pattern(&req), response.status);
-                    log::debug!(
-                        "http: {} {} {} -> {}",
+                    log::debug!(target: crate::logging::HTTP, "http: {} {} {:?} -> {}",
                         conn.peer,
                         req.method,
                         req.path,
@@ -444,7 +443,7 @@ fn step(
                     answered += 1;
                 }
                 Err(e) => {
-                    log::debug!("http: {} refused: {} {}", conn.peer, e.status, e.message);
+                    log::debug!(target: crate::logging::HTTP, "http: {} refused: {} {}", conn.peer, e.status, e.message);
                     let response: Response = api::error(e.status, e.message);
                     counters.record("invalid", e.status);
                     conn.output

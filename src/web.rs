@@ -108,7 +108,7 @@ fn error_page(status: u16, message: &str) -> Response {
 }
 
 fn db_error(e: crate::db::Error) -> Response {
-    log::error!("http: {e}");
+    log::error!(target: crate::logging::HTTP, "http: {e}");
     error_page(500, "Database error.")
 }
 

@@ -225,6 +225,50 @@ fn latest_builds_and_filters() {
     }
 }
 
+/// A `+` in a name parameter is a plus, whether the client sends it bare
+/// (as Guix's `(guix ci)` does) or as `%2B`; a space is `%20`.
+#[test]
+fn names_with_plus_are_found_written_bare_or_as_2b() {
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("libsigc++", Some("master"))])
+        .unwrap();
+    let mut gtk = job("gtk");
+    gtk.job_name = "gtk+-3.24.x86_64-linux".into();
+    let mut spaced = job("spaced");
+    spaced.job_name = "a b".into();
+    db.register_evaluation("libsigc++", "abc", &[gtk.clone(), spaced.clone()], 100)
+        .unwrap();
+    for j in [&gtk, &spaced] {
+        db.build_finished(&j.derivation, 0, None, 200).unwrap();
+    }
+    let root = std::env::temp_dir();
+    let names = |t: &str| {
+        let (code, v) = get(&db, &root, t);
+        assert_eq!(code, 200, "{t}: {v}");
+        let names: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["job"].as_str().unwrap().to_string())
+            .collect();
+        names
+    };
+    for job in ["gtk+-3.24.x86_64-linux", "gtk%2B-3.24.x86_64-linux"] {
+        for project in ["libsigc++", "libsigc%2B%2B", "libsigc+%2b"] {
+            let t = format!("/api/latestbuilds?nr=10&job={job}&project={project}");
+            assert_eq!(names(&t), ["gtk+-3.24.x86_64-linux"], "{t}");
+        }
+        let t = format!("/api/jobs/history?nr=5&spec=libsigc++&names={job},a%20b");
+        let (code, v) = get(&db, &root, &t);
+        assert_eq!(code, 200, "{t}: {v}");
+        let found = v.to_string();
+        assert!(found.contains("\"gtk+-3.24.x86_64-linux\""), "{t}: {found}");
+        assert!(found.contains("\"status\":0"), "{t}: {found}");
+    }
+    assert_eq!(names("/api/latestbuilds?nr=10&job=a%20b"), ["a b"]);
+    assert!(names("/api/latestbuilds?nr=10&job=gtk%20-3.24.x86_64-linux").is_empty());
+}
+
 #[test]
 fn the_queue_puts_started_builds_first() {
     let (db, root) = fixture();

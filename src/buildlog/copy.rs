@@ -100,7 +100,9 @@ impl Copier {
             };
             match self.begin(&job) {
                 Ok(phase) => self.active = Some((job.builds, phase)),
-                Err(e) => log::warn!("build {}: log copy not made: {e}", job.builds[0]),
+                Err(e) => {
+                    log::warn!(target: crate::logging::BUILDING, "build {}: log copy not made: {e}", job.builds[0])
+                }
             }
             return;
         }
@@ -110,7 +112,7 @@ impl Copier {
             Ok(None) => {}
             Ok(Some(next)) => *phase = next,
             Err(e) => {
-                log::warn!("build {id}: log copy: {e}");
+                log::warn!(target: crate::logging::BUILDING, "build {id}: log copy: {e}");
                 if let Phase::Copying { tmp, .. } = phase {
                     let _ = std::fs::remove_file(tmp);
                 }
@@ -141,7 +143,7 @@ impl Copier {
             )),
             _ => Sink::Raw(file),
         };
-        log::debug!("build {}: copying log {name}", job.builds[0]);
+        log::debug!(target: crate::logging::BUILDING, "build {}: copying log {name}", job.builds[0]);
         Ok(Phase::Copying {
             src,
             sink: Some(sink),
@@ -202,7 +204,7 @@ fn advance(
                     std::fs::copy(&dst, &link).map_err(|e| format!("{}: {e}", link.display()))?;
                 }
             }
-            log::info!("build {}: log copied to {}", builds[0], dst.display());
+            log::info!(target: crate::logging::BUILDING, "build {}: log copied to {}", builds[0], dst.display());
             let src = File::open(&dst).map_err(|e| format!("{}: {e}", dst.display()))?;
             Ok(Some(Phase::Tailing {
                 src,

@@ -138,7 +138,7 @@ pub fn whole(db: &Db, places: &Places, req: &Request) -> Response {
 
 /// A 500 for a log that cannot be read; `why` names the file.
 fn unreadable(id: i64, why: &str) -> Response {
-    log::warn!("http: build {id}: log {why}");
+    log::warn!(target: crate::logging::HTTP, "http: build {id}: log {why}");
     crate::api::error(500, &format!("Unreadable log of build {id}: {why}."))
 }
 

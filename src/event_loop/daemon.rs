@@ -50,7 +50,7 @@ impl EventLoop {
             let _ = self.poll.registry().deregister(&mut conn.stream);
             let drvs: Vec<String> = conn.batch.derivations().map(String::from).collect();
             if let Err(e) = self.db.reschedule(&drvs) {
-                log::error!("spec={:?} {e}", self.slots[index].cycle.spec.name);
+                log::error!(target: logging::BUILDING, "spec={:?} {e}", self.slots[index].cycle.spec.name);
             }
         }
     }
@@ -140,7 +140,9 @@ impl EventLoop {
                     self.copier.push(builds, &log);
                 }
             }
-            Err(e) => log::error!("spec={:?} {e}", self.slots[index].cycle.spec.name),
+            Err(e) => {
+                log::error!(target: logging::BUILDING, "spec={:?} {e}", self.slots[index].cycle.spec.name)
+            }
         }
     }
 }

@@ -11,6 +11,8 @@ mod http;
 mod http_hostile;
 mod jobs;
 mod logs;
+mod names;
 mod one_shot;
+mod refs;
 mod support;
 mod web;
