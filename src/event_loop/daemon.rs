@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::build::{Item, Limits, Update};
+use crate::logging::BUILDING;
 use mio::Interest;
 use std::io::{Read, Write};
 
@@ -35,6 +36,14 @@ impl EventLoop {
             self.feed(index, Input::BatchLost(why), now);
             return;
         }
+        log::info!(
+            target: BUILDING,
+            "spec={:?} batch of {} derivation(s) submitted ({}), {} more queued",
+            self.slots[index].cycle.spec.name,
+            items.len(),
+            build::describe_limits(limits),
+            self.slots[index].cycle.building().queued()
+        );
         let batch = Batch::new(items, batch_options(&self.config, limits), limits);
         self.slots[index].conn = Some(Conn {
             stream,
