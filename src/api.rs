@@ -432,3 +432,5 @@ mod items;
 mod jobs;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod today_tests;

@@ -72,8 +72,7 @@ fn evaluation_json(e: &EvaluationView) -> EvaluationJson<'_> {
 
 /// `/api/evaluation?id=N`: one evaluation; 404 if there is none.
 pub(super) fn evaluation(db: &Db, req: &Request) -> Reply {
-    let id = number(req, "id")?
-        .ok_or_else(|| error(400, "Parameter id: a number is required."))?;
+    let id = number(req, "id")?.ok_or_else(|| error(400, "Parameter id: a number is required."))?;
     let e = db
         .evaluation_view(id)
         .map_err(db_error)?

@@ -255,6 +255,51 @@ pub(crate) fn with_latest_builds_params<T>(
     ])
 }
 
+/// The latest build of a derivation: `Builds_derivation` (derivation,
+/// evaluation) walked backwards, no sort.
+pub(crate) const BUILD_OF_DERIVATION: &str = "SELECT id FROM Builds WHERE derivation = ?1
+     ORDER BY evaluation DESC, id DESC LIMIT 1";
+
+/// The build that made store item ?1: through `Outputs_path`, sorting
+/// only that item's builds.
+pub(crate) const OUTPUT: &str = "SELECT o.name, o.build FROM Outputs o
+     JOIN Builds b ON b.id = o.build
+     WHERE o.path = ?1 ORDER BY b.status = 0 DESC, o.build DESC LIMIT 1";
+
+/// The status of the previous finished build (succeeded or failed) of
+/// job ?1 for system ?3 in specification ?4, before evaluation ?2: a walk
+/// down `Derivations_job_name` (job name, evaluation) from that
+/// evaluation, which meets only evaluations that had a job of that name.
+/// The build is named by its index: `Builds_evaluation` (evaluation,
+/// status) would match the status range too and tempt the planner into
+/// reading every finished build of each evaluation.
+pub(crate) const PREVIOUS_FINISHED_BUILD: &str = "SELECT b.status FROM Derivations d
+     JOIN Builds b INDEXED BY Builds_derivation
+       ON b.derivation = d.derivation AND b.evaluation = d.evaluation
+     JOIN Evaluations e ON e.id = d.evaluation
+     WHERE d.job_name = ?1 AND d.evaluation < ?2 AND d.system = ?3
+       AND e.specification = ?4 AND b.status BETWEEN 0 AND 3
+     ORDER BY d.evaluation DESC LIMIT 1";
+
+/// The SQL of [`Db::jobs`]: evaluation ?1, system ?2, after key ?3, at
+/// most ?4; the jobs named ?5 only (through `Derivations_job_name`) or
+/// every job (through `Derivations_evaluation`, in rowid order).  Each
+/// finds its build in `Builds_derivation` (derivation, evaluation).
+pub(crate) fn jobs_sql(by_name: bool) -> String {
+    format!(
+        "SELECT d.rowid, d.job_name, b.id, b.status FROM Derivations d
+         JOIN Builds b ON b.derivation = d.derivation AND b.evaluation = d.evaluation
+         WHERE d.evaluation = ?1 AND {} AND (?2 IS NULL OR d.system = ?2)
+           AND d.rowid > ?3
+         ORDER BY d.rowid LIMIT ?4",
+        if by_name {
+            "d.job_name = ?5"
+        } else {
+            "?5 IS NULL"
+        }
+    )
+}
+
 /// Parameter `n`, an integer ID compared for equality.  Written as a
 /// CAST because SQLite 3.54 re-prepares (parses and plans again) a
 /// statement at every new value bound to a bare `?n` that it could use
@@ -358,10 +403,7 @@ impl Db {
     pub fn build_of_derivation(&self, derivation: &str) -> Result<Option<BuildView>> {
         let id: Option<BuildId> = self
             .conn
-            .prepare_cached(
-                "SELECT id FROM Builds WHERE derivation = ?1
-                 ORDER BY evaluation DESC, id DESC LIMIT 1",
-            )?
+            .prepare_cached(BUILD_OF_DERIVATION)?
             .query_row([derivation], |r| r.get(0))
             .optional()?;
         match id {
@@ -377,10 +419,7 @@ impl Db {
     pub fn output(&self, path: &str) -> Result<Option<OutputView>> {
         let found: Option<(String, BuildId)> = self
             .conn
-            .prepare_cached(
-                "SELECT o.name, o.build FROM Outputs o JOIN Builds b ON b.id = o.build
-                 WHERE o.path = ?1 ORDER BY b.status = 0 DESC, o.build DESC LIMIT 1",
-            )?
+            .prepare_cached(OUTPUT)?
             .query_row([path], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let Some((name, id)) = found else {
@@ -398,8 +437,6 @@ impl Db {
     /// (one `Derivations_job_name` lookup each).  Each finds its build by
     /// (derivation, evaluation) in `Builds_derivation`.
     pub fn jobs(&self, filter: &JobFilter, limit: u32) -> Result<Vec<JobView>> {
-        const COLUMNS: &str = "SELECT d.rowid, d.job_name, b.id, b.status FROM Derivations d
-             JOIN Builds b ON b.derivation = d.derivation AND b.evaluation = d.evaluation";
         let row = |r: &Row| {
             Ok(JobView {
                 key: r.get(0)?,
@@ -411,31 +448,35 @@ impl Db {
         let Some(names) = &filter.names else {
             return Ok(self
                 .conn
-                .prepare_cached(&format!(
-                    "{COLUMNS} WHERE d.evaluation = ?1 AND (?2 IS NULL OR d.system = ?2)
-                       AND d.rowid > ?3 ORDER BY d.rowid LIMIT ?4"
-                ))?
+                .prepare_cached(&jobs_sql(false))?
                 .query_map(
                     params![
                         filter.evaluation,
                         filter.system,
                         filter.after.unwrap_or(i64::MIN),
-                        limit
+                        limit,
+                        None::<String>
                     ],
                     row,
                 )?
                 .collect::<rusqlite::Result<Vec<_>>>()?);
         };
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "{COLUMNS} WHERE d.job_name = ?1 AND d.evaluation = ?2 AND (?3 IS NULL OR d.system = ?3)
-             ORDER BY d.rowid"
-        ))?;
+        // One lookup per name, then the same order and continuation as
+        // the walk over the whole evaluation.
+        let mut stmt = self.conn.prepare_cached(&jobs_sql(true))?;
+        let after = filter.after.unwrap_or(i64::MIN);
         let mut jobs = Vec::new();
         for name in names {
-            for job in stmt.query_map(params![name, filter.evaluation, filter.system], row)? {
+            let rows = stmt.query_map(
+                params![filter.evaluation, filter.system, after, limit, name],
+                row,
+            )?;
+            for job in rows {
                 jobs.push(job?);
             }
         }
+        jobs.sort_by_key(|j| j.key);
+        jobs.dedup_by_key(|j| j.key);
         jobs.truncate(limit as usize);
         Ok(jobs)
     }
@@ -527,18 +568,7 @@ impl Db {
             "SELECT name, path FROM Outputs WHERE build = {} ORDER BY name",
             bound_id(1)
         ))?;
-        // The job's build in its latest earlier evaluation that
-        // succeeded or failed: a walk down `Derivations_job_name` (job
-        // name, evaluation) from this evaluation, which passes only
-        // evaluations that had a job of that name.
-        let mut previous = self.conn.prepare_cached(
-            "SELECT b.status FROM Derivations d
-             JOIN Builds b ON b.derivation = d.derivation AND b.evaluation = d.evaluation
-             JOIN Evaluations e ON e.id = d.evaluation
-             WHERE d.job_name = ?1 AND d.evaluation < ?2 AND d.system = ?3
-               AND e.specification = ?4 AND b.status BETWEEN 0 AND 3
-             ORDER BY d.evaluation DESC LIMIT 1",
-        )?;
+        let mut previous = self.conn.prepare_cached(PREVIOUS_FINISHED_BUILD)?;
         for b in &mut builds {
             b.outputs = outputs
                 .query_map([b.id], |r| Ok((r.get(0)?, r.get(1)?)))?

@@ -574,23 +574,34 @@ fn job_history_across_evaluations() {
         assert_eq!(ct, "application/json");
         (code, serde_json::from_str(&body).unwrap())
     };
+    let checkout = |commit: &str| {
+        serde_json::json!({"commit": commit, "channel": "hello", "input": "hello",
+                           "directory": null})
+    };
     let (code, v) = json("/api/jobs/history?spec=hello&names=ok,bad,none&nr=10");
     assert_eq!(code, 200);
     assert_eq!(
         v,
         serde_json::json!([
-            {"name": "ok", "history": [
-                {"evaluation": 3, "build": 5, "status": -2},
-                {"evaluation": 1, "build": 1, "status": 0}]},
-            {"name": "bad", "history": [
-                {"evaluation": 5, "build": 8, "status": -2},
-                {"evaluation": 3, "build": 6, "status": -2},
-                {"evaluation": 1, "build": 2, "status": 1}]},
-            {"name": "none", "history": []}
+            {"evaluation": 5, "checkouts": [checkout("e5")], "jobs": [
+                {"name": "bad", "build": 8, "status": -2}]},
+            {"evaluation": 3, "checkouts": [checkout("e3")], "jobs": [
+                {"name": "ok", "build": 5, "status": -2},
+                {"name": "bad", "build": 6, "status": -2}]},
+            {"evaluation": 1, "checkouts": [checkout("abcdef0123456789")], "jobs": [
+                {"name": "ok", "build": 1, "status": 0},
+                {"name": "bad", "build": 2, "status": 1}]}
         ])
     );
+    // The last two evaluations of hello, of which only 5 has `bad`; 4 is
+    // quiet's.
+    let (_, v) = json("/api/jobs/history?spec=hello&names=bad&nr=2");
+    assert_eq!(v.as_array().unwrap().len(), 2);
     let (_, v) = json("/api/jobs/history?spec=hello&names=ok&nr=2");
-    assert_eq!(v[0]["history"].as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["evaluation"], 3);
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    let (_, v) = json("/api/jobs/history?spec=quiet&names=bad&nr=10");
+    assert_eq!(v, serde_json::json!([]));
     let many = (0..51).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
     for bad in [
         "/api/jobs/history?names=ok&nr=1",
