@@ -25,7 +25,11 @@ mount_root() {
     mountpoint -q "$root/sys" || mount --rbind /sys "$root/sys"
 }
 
-if ! chroot "$root" guix --version 2>/dev/null | grep -q '1\.5\.0'; then
+# What the tests use inside the root besides Guix: git for checkouts, make
+# for specifications that compile, busybox-static for builders in the store.
+packages=(guix ca-certificates git make busybox-static)
+installed() { chroot "$root" dpkg-query -W -f='${Status}\n' "${packages[@]}" 2>/dev/null | grep -vc '^install ok installed$' | grep -qx 0; }
+if ! { [ -x "$root/usr/bin/guix" ] && installed; }; then
     uri=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources)
     [ -n "$uri" ] || { log "no URIs: line in /etc/apt/sources.list.d/debian.sources"; exit 1; }
     command -v debootstrap >/dev/null || {
@@ -40,11 +44,13 @@ if ! chroot "$root" guix --version 2>/dev/null | grep -q '1\.5\.0'; then
         mv "$root.partial" "$root"
     fi
     mount_root
-    log "installing guix 1.5.0 in $root"
+    log "installing ${packages[*]} in $root"
     # sid's Release file is past its Valid-Until date in the archive snapshot.
     chroot "$root" apt-get -qq -o Acquire::Check-Valid-Until=false update
     DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get install -y -qq --no-install-recommends \
-        guix ca-certificates git busybox-static >/dev/null
+        "${packages[@]}" >/dev/null
+    chroot "$root" guix --version | head -1 | grep -q ' 1\.5\.0$' ||
+        { log "the root's guix is not 1.5.0: $(chroot "$root" guix --version | head -1)"; exit 1; }
 fi
 
 # Builders must live in the store under 1.5.0: a static busybox whose

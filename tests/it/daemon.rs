@@ -307,10 +307,13 @@ pub struct PrivateDaemon {
 }
 
 impl PrivateDaemon {
-    pub fn start(socket: &std::path::Path) -> PrivateDaemon {
+    /// Starts `guix` version's daemon; `socket` is a host path under the
+    /// test's directory (which that Guix sees at the same path).
+    pub fn start(guix: Guix, socket: &std::path::Path) -> PrivateDaemon {
         use std::os::unix::process::CommandExt;
         let _ = std::fs::remove_file(socket);
-        let child = std::process::Command::new("guix-daemon")
+        let child = guix
+            .command("guix-daemon")
             .arg("--disable-chroot")
             .arg(format!("--listen={}", socket.display()))
             .process_group(0)
@@ -394,7 +397,7 @@ fn builds_finish_when_the_daemon_is_restarted_mid_batch() {
     let setup = Setup::new("restart");
     let nonce = nonce();
     let socket = setup.tmp.path().join("daemon.sock");
-    let mut daemon = PrivateDaemon::start(&socket);
+    let mut daemon = PrivateDaemon::start(setup.guix, &socket);
     let repo = Repo::new(setup.tmp.path(), &[("ci.scm", "jobs/sleepy-jobs.scm")]);
     let spec = setup.write_spec(&spec_file(&[spec_entry(
         "rs",
@@ -414,7 +417,7 @@ fn builds_finish_when_the_daemon_is_restarted_mid_batch() {
     });
     daemon.kill();
     std::thread::sleep(Duration::from_millis(500));
-    let _daemon = PrivateDaemon::start(&socket);
+    let _daemon = PrivateDaemon::start(setup.guix, &socket);
     let status = cuirass
         .wait_for_exit(Duration::from_secs(90))
         .expect("cuirass did not finish after the daemon came back");

@@ -302,7 +302,7 @@ fn without_a_daemon_at_start_daemon_mode_waits_and_then_builds() {
     });
     assert!(cuirass.log_text().contains("will keep retrying"));
     assert!(cuirass.child.try_wait().unwrap().is_none(), "cuirass died");
-    let _daemon = PrivateDaemon::start(&socket);
+    let _daemon = PrivateDaemon::start(setup.guix, &socket);
     let commit = head(&repo);
     wait_until(Duration::from_secs(90), "the builds", || {
         finished_builds_at(&setup, &commit) == 5

@@ -2,7 +2,6 @@
 
 use crate::support::*;
 use std::collections::BTreeMap;
-use std::path::Path;
 
 #[derive(Debug)]
 struct BuildRow {
@@ -57,13 +56,24 @@ fn outputs_of(conn: &rusqlite::Connection, drv: &str) -> Vec<String> {
 
 #[test]
 fn keyword_jobs_build_end_to_end_and_new_commits_make_new_evaluations() {
+    keyword_jobs_end_to_end(Guix::Today, "gz");
+}
+
+/// The Cuirass 2018 job convention where it was born: Guix 1.2.0, whose
+/// daemon keeps bzip2 logs.
+#[test]
+fn keyword_jobs_build_end_to_end_under_guix_1_2() {
+    keyword_jobs_end_to_end(Guix::V1_2, "bz2");
+}
+
+fn keyword_jobs_end_to_end(guix: Guix, log_extension: &str) {
     let Built {
         setup,
         repo,
         head,
         name,
         nonce,
-    } = build_keyword_project("kw");
+    } = build_keyword_project_with(guix, "kw");
     let conn = setup.db();
     let evals = query_rows::<String>(&conn, "SELECT specification, revision FROM Evaluations");
     assert_eq!(evals, vec![vec![name.clone(), head.clone()]]);
@@ -92,19 +102,23 @@ fn keyword_jobs_build_end_to_end_and_new_commits_make_new_evaluations() {
         assert_eq!(outputs.len(), 1, "{job}");
         if status == 0 {
             assert!(
-                Path::new(&outputs[0]).exists(),
+                setup.host_path(&outputs[0]).exists(),
                 "{job}: output missing from the store"
             );
         } else {
             assert!(
-                !Path::new(&outputs[0]).exists(),
+                !setup.host_path(&outputs[0]).exists(),
                 "{job}: failed output exists"
             );
         }
         // Everything the daemon started has its log file.
         if job != "dep-on-fail" {
-            assert!(b.log.ends_with(".bz2"), "{job}: log {:?}", b.log);
-            assert!(Path::new(&b.log).exists(), "{job}: {} missing", b.log);
+            assert!(
+                b.log.ends_with(&format!(".{log_extension}")),
+                "{job}: log {:?}",
+                b.log
+            );
+            assert!(setup.host_path(&b.log).exists(), "{job}: {} missing", b.log);
         }
     }
     assert_eq!(count(&conn, "SELECT COUNT(*) FROM Builds"), 5);
@@ -150,8 +164,8 @@ fn keyword_jobs_build_end_to_end_and_new_commits_make_new_evaluations() {
 
 #[test]
 fn pair_jobs_with_symbol_keys_are_evaluated() {
-    require_daemon();
-    let setup = Setup::new("pairs");
+    Guix::V1_2.require_daemon();
+    let setup = Setup::new_2018("pairs");
     let nonce = nonce();
     let repo = Repo::new(setup.tmp.path(), &[("jobs.scm", "jobs/pair-jobs.scm")]);
     let name = format!("pairs-{nonce}");
@@ -331,4 +345,47 @@ fn compilation_runs_bootstrap_configure_and_make_and_a_failure_stops_only_its_sp
     );
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("spec=broken compilation failed"), "{log}");
+}
+
+/// Guix 1.2.0's own `(gnu ci)` `hydra-jobs` (the `(name . thunk)`
+/// convention of its time), on the `hello` subset: the job is registered
+/// with the name and nix-name Guix gives it, and its build, which needs
+/// sources that cannot be downloaded here, is a recorded failure.
+#[test]
+fn guix_1_2_hydra_jobs_hello_subset_is_registered_and_its_build_fails_offline() {
+    Guix::V1_2.require_daemon();
+    let setup = Setup::new_2018("hydra-hello");
+    let repo = Repo::new(setup.tmp.path(), &[("gnu-ci.scm", "jobs/gnu-ci.scm")]);
+    let name = format!("hydra-{}", nonce());
+    let spec = setup.write_spec(&format!(
+        "(list {})\n",
+        spec_entry(
+            &name,
+            &repo.url(),
+            "gnu-ci.scm",
+            "hydra-jobs",
+            "(subset . \"hello\") (systems \"x86_64-linux\")"
+        )
+    ));
+    let out = setup.one_shot(&["-S", spec.to_str().unwrap()]);
+    assert!(out.status.success());
+    let conn = setup.db();
+    let rows = query_rows::<String>(
+        &conn,
+        "SELECT d.job_name, d.nix_name, d.system, CAST(b.status AS TEXT) FROM Builds b
+         JOIN Derivations d ON d.derivation = b.derivation AND d.evaluation = b.evaluation",
+    );
+    assert_eq!(
+        rows.iter().map(|r| r[0].as_str()).collect::<Vec<_>>(),
+        ["hello-2.10.x86_64-linux"],
+        "{rows:?}"
+    );
+    assert_eq!(rows[0][1], "hello-2.10");
+    assert_eq!(rows[0][2], "x86_64-linux");
+    let status: i64 = rows[0][3].parse().unwrap();
+    assert!(
+        matches!(status, 1..=3),
+        "hello cannot build offline, yet its status is {status}"
+    );
+    assert_sound(&setup.db);
 }

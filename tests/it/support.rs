@@ -1,9 +1,19 @@
-//! Shared helpers: temporary directories, real git repositories, running
-//! the cuirass binary, and reading its database.
+//! Shared helpers: the two Guix test beds, temporary directories, real git
+//! repositories, running the cuirass binary, and reading its database.
+//!
+//! Integration tests run against **today's Guix** (1.5.0, in the Debian-sid
+//! root that `.ci/setup-guix-today.sh` makes, with its own guix-daemon):
+//! the cuirass binary is copied into the root and run there with
+//! `chroot`.  Inside the root, the root's own host path leads back to its
+//! `/`, so a path under the root names the same file inside and outside:
+//! tests make their repositories and databases under `ROOT/tmp` and hand
+//! those paths to the binary as they are.  Tests of the 2018 conventions
+//! use [`Setup::new_2018`]: the host's Guix 1.2.0 and its daemon.
 
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,25 +36,129 @@ pub fn nonce() -> String {
     )
 }
 
-pub fn daemon_socket() -> PathBuf {
-    PathBuf::from(std::env::var("GUIX_DAEMON_SOCKET").unwrap_or_else(|_| DAEMON_SOCKET.into()))
+/// Which Guix, and so which guix-daemon and evaluator, a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guix {
+    /// Guix 1.5.0 in its Debian-sid root: the main test bed.
+    Today,
+    /// Guix 1.2.0 on the host: the 2018 conventions.
+    V1_2,
 }
 
-/// Tests of the real pipeline need the real daemon; say how to get it.
+/// The Guix 1.5.0 root (as `.ci/setup-guix-today.sh` makes it).
+pub fn guix_root() -> PathBuf {
+    PathBuf::from(
+        std::env::var("CUIRASS_GUIX_ROOT").unwrap_or_else(|_| "/var/tmp/cuirass-guix-1.5.0".into()),
+    )
+}
+
+impl Guix {
+    /// The daemon's socket, as a host path.
+    pub fn socket(self) -> PathBuf {
+        match self {
+            Guix::Today => guix_root().join("var/guix/daemon-socket/socket"),
+            Guix::V1_2 => PathBuf::from(
+                std::env::var("GUIX_DAEMON_SOCKET").unwrap_or_else(|_| DAEMON_SOCKET.into()),
+            ),
+        }
+    }
+
+    /// The host path of a path as this Guix's processes see it (store
+    /// items, log files).
+    pub fn host_path(self, path: &str) -> PathBuf {
+        match self {
+            Guix::Today => guix_root().join(path.trim_start_matches('/')),
+            Guix::V1_2 => PathBuf::from(path),
+        }
+    }
+
+    /// Where tests make their directories: under the root for 1.5.0, so
+    /// that the binary running there sees them at the same path.
+    pub fn temp_parent(self) -> PathBuf {
+        match self {
+            Guix::Today => guix_root().join("tmp"),
+            Guix::V1_2 => std::env::temp_dir(),
+        }
+    }
+
+    /// `program` (looked up on this Guix's PATH) as a command, with
+    /// `GUIX_DAEMON_SOCKET` from the test's own environment left out.
+    pub fn command(self, program: &str) -> Command {
+        let mut cmd = match self {
+            Guix::Today => {
+                let mut cmd = Command::new("chroot");
+                cmd.arg(guix_root()).arg(program);
+                cmd
+            }
+            Guix::V1_2 => Command::new(program),
+        };
+        cmd.env_remove("GUIX_DAEMON_SOCKET");
+        cmd
+    }
+
+    /// The cuirass binary under test, as this Guix's processes name it.
+    pub fn cuirass_binary(self) -> String {
+        let built = env!("CARGO_BIN_EXE_cuirass");
+        match self {
+            Guix::V1_2 => built.to_string(),
+            Guix::Today => {
+                static IN_ROOT: OnceLock<String> = OnceLock::new();
+                IN_ROOT
+                    .get_or_init(|| copy_into_root(Path::new(built)))
+                    .clone()
+            }
+        }
+    }
+
+    /// Tests of the real pipeline need the real daemon; say how to get it.
+    pub fn require_daemon(self) {
+        let socket = self.socket();
+        let script = match self {
+            Guix::Today => "setup-guix-today.sh",
+            Guix::V1_2 => "setup-guix.sh",
+        };
+        assert!(
+            std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+            "guix-daemon is not answering on {}: run `.ci/{script}` (as root) first",
+            socket.display()
+        );
+    }
+}
+
+/// Copies the binary into the root once per test process, under a name of
+/// its own size and time, so that concurrent and later runs never see a
+/// half-written or stale copy.
+fn copy_into_root(built: &Path) -> String {
+    let meta = std::fs::metadata(built).unwrap();
+    let stamp = meta
+        .modified()
+        .unwrap()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let inside = format!("/usr/local/lib/cuirass-it/cuirass-{}-{stamp}", meta.len());
+    let host = Guix::Today.host_path(&inside);
+    if !host.exists() {
+        std::fs::create_dir_all(host.parent().unwrap()).unwrap();
+        let partial = host.with_extension(format!("partial{}", std::process::id()));
+        std::fs::copy(built, &partial).unwrap();
+        std::fs::rename(&partial, &host).unwrap();
+    }
+    inside
+}
+
+/// Tests of the real pipeline need the real daemon (Guix 1.5.0's).
 pub fn require_daemon() {
-    let socket = daemon_socket();
-    assert!(
-        std::os::unix::net::UnixStream::connect(&socket).is_ok(),
-        "guix-daemon is not answering on {}: run `sudo .ci/setup-guix.sh` first",
-        socket.display()
-    );
+    Guix::Today.require_daemon()
 }
 
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
-    pub fn new(label: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("cuirass-it-{label}-{}", nonce()));
+    pub fn new_for(guix: Guix, label: &str) -> TempDir {
+        let dir = guix
+            .temp_parent()
+            .join(format!("cuirass-it-{label}-{}", nonce()));
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
     }
@@ -120,16 +234,33 @@ pub struct Setup {
     pub tmp: TempDir,
     pub db: PathBuf,
     pub cache: PathBuf,
+    pub guix: Guix,
 }
 
 impl Setup {
+    /// A test against Guix 1.5.0 (the binary runs in its root).
     pub fn new(label: &str) -> Setup {
-        let tmp = TempDir::new(label);
+        Setup::with(Guix::Today, label)
+    }
+
+    /// A test of the 2018 conventions, against the host's Guix 1.2.0.
+    pub fn new_2018(label: &str) -> Setup {
+        Setup::with(Guix::V1_2, label)
+    }
+
+    pub fn with(guix: Guix, label: &str) -> Setup {
+        let tmp = TempDir::new_for(guix, label);
         Setup {
             db: tmp.path().join("cuirass.db"),
             cache: tmp.path().join("cache"),
             tmp,
+            guix,
         }
+    }
+
+    /// The host path of a store item or log file the daemon named.
+    pub fn host_path(&self, path: &str) -> PathBuf {
+        self.guix.host_path(path)
     }
 
     pub fn write_spec(&self, text: &str) -> PathBuf {
@@ -139,7 +270,7 @@ impl Setup {
     }
 
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cuirass"));
+        let mut cmd = self.guix.command(&self.guix.cuirass_binary());
         cmd.arg("--database")
             .arg(&self.db)
             .arg("--cache-directory")
@@ -388,8 +519,12 @@ pub struct Built {
 }
 
 pub fn build_keyword_project(label: &str) -> Built {
-    require_daemon();
-    let setup = Setup::new(label);
+    build_keyword_project_with(Guix::Today, label)
+}
+
+pub fn build_keyword_project_with(guix: Guix, label: &str) -> Built {
+    guix.require_daemon();
+    let setup = Setup::with(guix, label);
     let nonce = nonce();
     let repo = Repo::new(setup.tmp.path(), &[("ci.scm", "jobs/keyword-jobs.scm")]);
     let head = git(&repo.dir, &["rev-parse", "HEAD"]);
