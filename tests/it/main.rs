@@ -5,6 +5,7 @@ mod chaos;
 mod cli;
 mod daemon;
 mod faults;
+mod guix_ci;
 mod hostile;
 mod http;
 mod http_hostile;
