@@ -465,3 +465,76 @@ fn double_slashes_of_guix_1_2_reach_the_same_routes() {
         assert_eq!(v, get(&db, &root, b).1, "{a}");
     }
 }
+
+/// A database written by the 2018 original: its rows are served by
+/// today's routes, with its unknown times as 0 and weather computed
+/// across the upgrade.
+#[test]
+fn a_2018_database_serves_todays_routes() {
+    let dir = std::env::temp_dir().join(format!(
+        "cuirass-api2018-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cuirass.db");
+    let _ = std::fs::remove_file(&path);
+    {
+        let old = rusqlite::Connection::open(&path).unwrap();
+        old.execute_batch(include_str!("../../fixtures/schema-2018.sql"))
+            .unwrap();
+        old.execute_batch(
+            "INSERT INTO Specifications VALUES
+               ('guix', 'https://git.savannah.gnu.org/git/guix.git', '.', 'build-aux/cuirass/gnu-system.scm',
+                'cuirass-jobs', '((subset . \"hello\"))', 'master', NULL, NULL, 1);
+             INSERT INTO Evaluations (specification, revision) VALUES ('guix', 'abc123');
+             INSERT INTO Derivations VALUES ('/gnu/store/aaa-hello-2.10.drv', 1, 'hello', 'x86_64-linux', 'hello-2.10');
+             INSERT INTO Builds VALUES (1, '/gnu/store/aaa-hello-2.10.drv', 1, '', 0, 100, 110, 120);
+             INSERT INTO Outputs VALUES (1, 'out', '/gnu/store/bbb-hello-2.10');",
+        )
+        .unwrap();
+    }
+    let mut db = Db::open(&path).unwrap();
+    let root = Path::new("/nonexistent");
+    let (code, e) = get(&db, root, "/api/evaluation?id=1");
+    assert_eq!(code, 200);
+    assert_eq!(
+        e,
+        json!({"id": 1, "specification": "guix", "status": 0, "error": null,
+               "in-progress": 0, "timestamp": 0, "checkouttime": 0, "evaltime": 0,
+               "checkouts": [{"commit": "abc123", "channel": "guix", "input": "guix",
+                              "directory": null}]})
+    );
+    let (_, b) = get(&db, root, "/build/aaa-hello-2.10.drv");
+    assert_eq!(
+        (&b["id"], &b["jobset"], &b["weather"], &b["timestamp"]),
+        (&1.into(), &"guix".into(), &(-1).into(), &120.into())
+    );
+    assert_eq!(get(&db, root, "/output/bbb-hello-2.10").1["build"]["id"], 1);
+    assert_eq!(
+        ids(&get(&db, root, "/api/latestbuilds?nr=5&jobset=guix").1),
+        [1]
+    );
+    assert_eq!(
+        get(&db, root, "/api/jobs?evaluation=1").1,
+        json!([{"name": "hello", "build": 1, "status": 0}])
+    );
+    // A new evaluation's build of the same job compares with the old one.
+    let mut hello = job_in("hello", "new");
+    hello.nix_name = "hello-2.11".into();
+    db.register_evaluation("guix", "def456", &[hello.clone()], 200)
+        .unwrap();
+    db.build_finished(&hello.derivation, 1, None, 300).unwrap();
+    let (_, b) = get(&db, root, "/api/latestbuilds?nr=1");
+    assert_eq!((&b[0]["id"], &b[0]["weather"]), (&2.into(), &1.into()));
+    let (_, h) = get(&db, root, "/api/jobs/history?spec=guix&names=hello&nr=5");
+    let evals: Vec<i64> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["evaluation"].as_i64().unwrap())
+        .collect();
+    assert_eq!(evals, [2, 1]);
+    drop(db);
+    let _ = std::fs::remove_dir_all(dir);
+}
