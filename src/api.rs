@@ -8,25 +8,15 @@ use crate::db::{Db, status};
 use crate::http::{Request, Response};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use std::io::Read;
-use std::path::{Component, Path};
 
-/// Where guix-daemon writes build logs; no other file is ever served.
-pub const LOG_ROOT: &str = "/var/log/guix/drvs";
 /// The most items one request returns, whatever `nr` says.
 pub const MAX_NR: u32 = 1000;
-/// The most log bytes served: decompression runs in the loop's thread.
-pub const MAX_LOG: u64 = 64 * 1024 * 1024;
 
 const JSON: &str = "application/json";
 
+/// Answers a JSON API request.  Build logs (`/build/ID/log/raw`) are not
+/// JSON and are answered by `buildlog::serve`.
 pub fn respond(db: &Db, req: &Request) -> Response {
-    respond_with_logs(db, req, Path::new(LOG_ROOT))
-}
-
-/// [`respond`] with logs looked for under `log_root`, so tests need not
-/// write to /var/log.
-pub fn respond_with_logs(db: &Db, req: &Request, log_root: &Path) -> Response {
     if req.method != "GET" && req.method != "HEAD" {
         let mut r = error(405, &format!("Method {} not allowed.", req.method));
         r.headers.push(("Allow", "GET, HEAD".into()));
@@ -37,13 +27,11 @@ pub fn respond_with_logs(db: &Db, req: &Request, log_root: &Path) -> Response {
         ["jobsets"] | ["specifications"] => specifications(db),
         ["build", drv] if drv.ends_with(".drv") => items::build_of_derivation(db, drv),
         ["build", id] => build(db, id),
-        ["build", id, "log", "raw"] => build_log(db, id, log_root),
         ["api", "latestbuilds"] | ["api", "queue"] | ["api", "jobs"] => build_listing(db, req),
         ["api", "evaluation"] => evaluations::evaluation(db, req),
         ["api", "evaluations"] => evaluations::evaluations(db, req),
         ["api", "jobs", "history"] => jobs::jobs_history(db, req),
         ["output", item] => items::output(db, item),
-        ["log", item] => items::log(db, item, log_root),
         ["search", "latest"] => items::search_latest(db, req, None),
         ["search", "latest", kind] => items::search_latest(db, req, Some(kind)),
         _ => Err(error(404, &format!("Resource {} not found.", req.path))),
@@ -66,7 +54,7 @@ fn json_response<T: Serialize>(code: u16, value: &T) -> Response {
 type Reply = Result<Response, Response>;
 
 fn db_error(e: crate::db::Error) -> Response {
-    log::error!("http: {e}");
+    log::error!(target: crate::logging::HTTP, "http: {e}");
     error(500, "Database error.")
 }
 
@@ -134,6 +122,12 @@ struct BuildJson<'a> {
     buildproducts: [(); 0],
     releasename: Option<()>,
     buildinputs_builds: Option<()>,
+    /// Hydra's names for a build's limits, in seconds; null: the daemon's.
+    timeout: Option<i64>,
+    maxsilent: Option<i64>,
+    /// Why the build failed, as the daemon said it: `timed out after 3
+    /// seconds`; null otherwise.
+    errormsg: Option<&'a str>,
 }
 
 fn build_json(b: &BuildView) -> BuildJson<'_> {
@@ -158,11 +152,14 @@ fn build_json(b: &BuildView) -> BuildJson<'_> {
         buildstatus: client_status(b.status),
         weather: b.weather,
         busy: (b.status == status::STARTED) as i64,
-        priority: 0,
+        priority: b.priority,
         finished: finished as i64,
         buildproducts: [],
         releasename: None,
         buildinputs_builds: None,
+        timeout: b.timeout,
+        maxsilent: b.max_silent_time,
+        errormsg: b.errormsg.as_deref(),
     }
 }
 
@@ -185,7 +182,8 @@ fn parse_id(id: &str) -> Result<i64, Response> {
     }
 }
 
-fn find_build(db: &Db, id: &str) -> Result<BuildView, Response> {
+/// The build `/build/ID…` names: 400 for a bad ID, 404 for none.
+pub fn find_build(db: &Db, id: &str) -> Result<BuildView, Response> {
     let id = parse_id(id)?;
     db.build(id)
         .map_err(db_error)?
@@ -194,42 +192,6 @@ fn find_build(db: &Db, id: &str) -> Result<BuildView, Response> {
 
 fn build(db: &Db, id: &str) -> Reply {
     Ok(json_response(200, &build_json(&find_build(db, id)?)))
-}
-
-fn build_log(db: &Db, id: &str, log_root: &Path) -> Reply {
-    let text = read_log(&find_build(db, id)?, log_root)?;
-    Ok(Response::new(200, "text/plain; charset=utf-8", text))
-}
-
-/// A build's log, decompressed and capped at [`MAX_LOG`]; the error is the
-/// answer `/build/ID/log/raw` gives (404 when there is none).
-pub fn read_log(b: &BuildView, log_root: &Path) -> Result<Vec<u8>, Response> {
-    let missing = || error(404, &format!("No log for build {}.", b.id));
-    // Only the file the database names, and only under the daemon's log
-    // directory, even if the database was written by someone else.
-    let path = Path::new(&b.log);
-    if b.log.is_empty()
-        || !path.starts_with(log_root)
-        || path
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::RootDir))
-    {
-        return Err(missing());
-    }
-    let file = std::fs::File::open(path).map_err(|_| missing())?;
-    let mut text = Vec::new();
-    let read = if b.log.ends_with(".bz2") {
-        bzip2::read::BzDecoder::new(file)
-            .take(MAX_LOG)
-            .read_to_end(&mut text)
-    } else {
-        file.take(MAX_LOG).read_to_end(&mut text)
-    };
-    if let Err(e) = read {
-        log::warn!("http: build {}: log {}: {e}", b.id, b.log);
-        return Err(error(500, "Unreadable log."));
-    }
-    Ok(text)
 }
 
 /// `nr`, required, capped so that a huge value is merely the cap.
@@ -432,6 +394,7 @@ fn build_listing(db: &Db, req: &Request) -> Reply {
 
 mod evaluations;
 mod items;
+pub use items::build_of_item;
 mod jobs;
 #[cfg(test)]
 mod tests;

@@ -2,13 +2,53 @@
 //! and what the daemon's answers mean for each build's status.  Sans-I/O:
 //! the event loop moves the bytes of [`Batch::client`].
 
-use crate::db::status;
+use crate::db::{PendingBuild, status};
+use crate::logging::BUILDING;
 use crate::trace::{self, LineSplitter, Piece};
 use crate::wire::{BuildOptions, Client, Event, Reply, Request};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 /// The original handed the daemon at most this many derivations at once.
 pub const BATCH_SIZE: usize = 200;
+
+/// A job's build limits, in seconds: the build fails when it prints
+/// nothing for `max_silent_time`, or runs longer than `timeout`.  `None`
+/// leaves the daemon's own setting (its `--max-silent-time` and
+/// `--timeout`, both 0 = none by default).
+///
+/// guix-daemon takes limits per connection (set-options), not per
+/// derivation, so a batch holds builds of one limit class only.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Limits {
+    pub max_silent_time: Option<u64>,
+    pub timeout: Option<u64>,
+}
+
+/// Takes up to `max` builds of the limit class of the queue's first one,
+/// in queue order; builds of other classes keep their places.  A class
+/// never waits behind a longer queue of another: the oldest pending
+/// build decides each batch's class.
+pub fn take_batch(queue: &mut VecDeque<PendingBuild>, max: usize) -> Vec<PendingBuild> {
+    let Some(class) = queue.front().map(|p| p.limits) else {
+        return Vec::new();
+    };
+    let mut taken = Vec::new();
+    let mut others = Vec::new();
+    while taken.len() < max {
+        let Some(pending) = queue.pop_front() else {
+            break;
+        };
+        if pending.limits == class {
+            taken.push(pending);
+        } else {
+            others.push(pending);
+        }
+    }
+    for pending in others.into_iter().rev() {
+        queue.push_front(pending);
+    }
+    taken
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
@@ -25,10 +65,14 @@ pub enum Update {
         derivation: String,
         log: String,
     },
+    /// `reason` is the daemon's word on a failure: `timed out after 3
+    /// seconds`, `timed out after 2 seconds of silence`, `builder for
+    /// `…drv' failed with exit code 1`; `None` when it said nothing.
     Finished {
         derivation: String,
         status: i64,
         log: Option<String>,
+        reason: Option<String>,
     },
 }
 
@@ -46,6 +90,8 @@ struct ItemState {
     status: Option<i64>,
     log: Option<String>,
     dependencies_failed: bool,
+    /// The daemon's timeout message, which comes before `build-failed`.
+    timed_out: Option<String>,
 }
 
 pub struct Batch {
@@ -60,9 +106,20 @@ pub struct Batch {
     /// Items whose outputs are being checked, in request order.
     checking: Vec<usize>,
     daemon_error: Option<String>,
+    limits: Limits,
 }
 
-pub fn build_options(use_substitutes: bool, fallback: bool) -> BuildOptions {
+/// The options of a batch's connection; its `limits` become the settings
+/// `build-max-silent-time` and `build-timeout` (as `(guix store)` sends
+/// them), absent ones are not sent.
+pub fn build_options(use_substitutes: bool, fallback: bool, limits: Limits) -> BuildOptions {
+    let settings = [
+        ("build-max-silent-time", limits.max_silent_time),
+        ("build-timeout", limits.timeout),
+    ]
+    .into_iter()
+    .filter_map(|(name, secs)| Some((name.to_string(), secs?.to_string())))
+    .collect();
     BuildOptions {
         keep_going: true,
         fallback,
@@ -71,12 +128,15 @@ pub fn build_options(use_substitutes: bool, fallback: bool) -> BuildOptions {
         // Builder output goes to the log files, not through our socket.
         verbosity: 0,
         build_verbosity: 0,
+        settings,
         ..BuildOptions::default()
     }
 }
 
 impl Batch {
-    pub fn new(items: Vec<Item>, options: BuildOptions) -> Batch {
+    /// A batch of `items` of one limit class, built with `options` (from
+    /// [`build_options`] with the same `limits`).
+    pub fn new(items: Vec<Item>, options: BuildOptions, limits: Limits) -> Batch {
         let mut client = Client::new();
         client.request(Request::SetOptions(options));
         client.request(Request::BuildPaths(
@@ -99,6 +159,7 @@ impl Batch {
             updates: Vec::new(),
             checking: Vec::new(),
             daemon_error: None,
+            limits,
         }
     }
 
@@ -148,7 +209,7 @@ impl Batch {
     fn handle(&mut self, event: Event, label: &str) {
         match (self.phase, event) {
             (_, Event::Connected { daemon_version }) => {
-                log::debug!("{label}: daemon protocol {daemon_version:#x}");
+                log::debug!(target: BUILDING, "{label}: daemon protocol {daemon_version:#x}");
             }
             (_, Event::Log(bytes)) => self.log_text(&bytes, label),
             // The reply to set-options.
@@ -159,23 +220,23 @@ impl Batch {
                 if self.replies_before_build > 0 =>
             {
                 self.replies_before_build -= 1;
-                log::warn!("{label}: set-options refused ({status}): {message}");
+                log::warn!(target: BUILDING, "{label}: set-options refused ({status}): {message}");
             }
             // build-paths is over: with keep-going, every buildable
             // derivation was tried before this arrives.
             (Phase::Building, Event::Reply(_)) => self.check_outputs(),
             (Phase::Building, Event::Failed { message, status }) => {
-                log::info!("{label}: daemon says ({status}): {}", message.trim_end());
+                log::info!(target: BUILDING, "{label}: daemon says ({status}): {}", message.trim_end());
                 self.daemon_error = Some(message);
                 self.check_outputs();
             }
             (Phase::Checking, Event::Reply(Reply::Strings(valid))) => self.decide(&valid),
             (Phase::Checking, other) => {
-                log::warn!("{label}: unexpected answer to the validity check: {other:?}");
+                log::warn!(target: BUILDING, "{label}: unexpected answer to the validity check: {other:?}");
                 self.decide(&[]);
             }
             (phase, other) => {
-                log::warn!("{label}: unexpected daemon event in {phase:?}: {other:?}")
+                log::warn!(target: BUILDING, "{label}: unexpected daemon event in {phase:?}: {other:?}")
             }
         }
     }
@@ -188,7 +249,7 @@ impl Batch {
                 match trace::parse_line(line) {
                     trace::Line::Event(e) => events.push(e),
                     trace::Line::Bogus(why) => {
-                        log::warn!("{label}: ignoring bogus trace line ({why})")
+                        log::warn!(target: BUILDING, "{label}: ignoring bogus trace line ({why})")
                     }
                     trace::Line::Text => {}
                 }
@@ -203,15 +264,25 @@ impl Batch {
     /// daemon also reports dependencies it builds on the way.
     fn apply(&mut self, event: trace::Event, label: &str) {
         use trace::Event as T;
+        let mut reason = None;
         let (drv, update) = match &event {
             T::BuildStarted { drv, log, .. } => (drv, Some((None, Some(log.clone())))),
             T::BuildSucceeded { drv } => (drv, Some((Some(status::SUCCEEDED), None))),
-            T::BuildFailed { drv, .. } => (drv, Some((Some(status::FAILED), None))),
+            T::BuildFailed { drv, reason: r } => {
+                reason = Some(r.as_str());
+                (drv, Some((Some(status::FAILED), None)))
+            }
             T::DependenciesFailed { drv, .. } => (drv, None),
+            T::TimedOut { drv, message } => {
+                if let Some(&i) = self.index.get(drv.as_str()) {
+                    self.states[i].timed_out = Some(self.timeout_message(message));
+                }
+                return;
+            }
             _ => return,
         };
         let Some(&i) = self.index.get(drv.as_str()) else {
-            log::debug!("{label}: event for {drv}, outside this batch");
+            log::debug!(target: BUILDING, "{label}: event for {drv}, outside this batch");
             return;
         };
         let state = &mut self.states[i];
@@ -221,7 +292,7 @@ impl Batch {
         match update {
             None => state.dependencies_failed = true,
             Some((None, Some(log))) => {
-                log::info!("{label}: started {drv}");
+                log::info!(target: BUILDING, "{label}: started {drv}");
                 state.log = Some(log.clone());
                 self.updates.push(Update::Started {
                     derivation: drv.clone(),
@@ -229,7 +300,7 @@ impl Batch {
                 });
             }
             Some((Some(st), _)) => {
-                log::info!(
+                log::info!(target: BUILDING,
                     "{label}: {} {drv}",
                     if st == status::SUCCEEDED {
                         "succeeded"
@@ -238,10 +309,24 @@ impl Batch {
                     }
                 );
                 state.status = Some(st);
+                let reason = match reason {
+                    Some("timeout") => Some(
+                        state
+                            .timed_out
+                            .take()
+                            .unwrap_or_else(|| "timed out".to_string()),
+                    ),
+                    Some(r) => Some(failure_message(r).to_string()),
+                    None => None,
+                };
+                if let Some(r) = &reason {
+                    log::info!(target: BUILDING, "{label}: {drv}: {r}");
+                }
                 self.updates.push(Update::Finished {
                     derivation: drv.clone(),
                     status: st,
                     log: state.log.clone(),
+                    reason,
                 });
             }
             Some((None, None)) => {}
@@ -311,9 +396,51 @@ impl Batch {
                 derivation: self.items[i].derivation.clone(),
                 status: st,
                 log: self.states[i].log.clone(),
+                reason: None,
             });
         }
         self.checking.clear();
         self.phase = Phase::Done;
+    }
+}
+
+impl Batch {
+    /// guix-daemon 1.5.0 prints its timeout message with the number left
+    /// as a format directive, `timed out after %2% seconds`
+    /// (fixtures/trace/timeout-1.5.0.txt); this batch's own timeout is
+    /// that number.
+    fn timeout_message(&self, message: &str) -> String {
+        match self.limits.timeout {
+            Some(secs) => message.replace("%2%", &secs.to_string()),
+            None => message.to_string(),
+        }
+    }
+}
+
+/// The message of a `build-failed` trace line's reason, without the
+/// leading status number (`1 builder for … failed with exit code 1`).
+fn failure_message(reason: &str) -> &str {
+    match reason.split_once(' ') {
+        Some((code, message)) if code.bytes().all(|b| b.is_ascii_digit()) => message,
+        _ => reason,
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// `max-silent-time 2 s, timeout 3 s` or `the daemon's limits`, for logs.
+pub fn describe_limits(limits: Limits) -> String {
+    let parts: Vec<String> = [
+        ("max-silent-time", limits.max_silent_time),
+        ("timeout", limits.timeout),
+    ]
+    .iter()
+    .filter_map(|(name, secs)| Some(format!("{name} {} s", (*secs)?)))
+    .collect();
+    if parts.is_empty() {
+        "the daemon's limits".to_string()
+    } else {
+        parts.join(", ")
     }
 }

@@ -38,6 +38,11 @@ pub struct Proc {
     stderr_more: bool,
     /// Set once killed: the exit is then enough, pipes or not.
     pub killed: bool,
+    /// Lines starting with this prefix are the child's own error report:
+    /// the first is kept whole in `error_line`, however much follows it (a
+    /// backtrace outgrows `stderr_tail`).
+    pub error_prefix: Option<&'static str>,
+    pub error_line: Option<String>,
 }
 
 pub fn spawn(mut cmd: Command, registry: &Registry, out: Token, err: Token) -> io::Result<Proc> {
@@ -64,6 +69,8 @@ pub fn spawn(mut cmd: Command, registry: &Registry, out: Token, err: Token) -> i
         stdout_more: false,
         stderr_more: false,
         killed: false,
+        error_prefix: None,
+        error_line: None,
     })
 }
 
@@ -176,8 +183,9 @@ impl Proc {
         too_long.then_some(MAX_STDOUT_LINE)
     }
 
-    /// Logs stderr line by line with `label` (the spec name and step).
-    pub fn read_stderr(&mut self, registry: &Registry, label: &str) {
+    /// Logs stderr line by line under `target`, with `label` (the spec
+    /// name and step).
+    pub fn read_stderr(&mut self, registry: &Registry, target: &str, label: &str) {
         let Some(pipe) = self.stderr.as_mut() else {
             return;
         };
@@ -188,9 +196,13 @@ impl Proc {
             self.stderr_buf.push(b'\n');
         }
         let tail = &mut self.stderr_tail;
+        let (prefix, error_line) = (self.error_prefix, &mut self.error_line);
         take_lines(&mut self.stderr_buf, |l| {
             let text = String::from_utf8_lossy(&l[..l.len().min(MAX_LOG_LINE)]);
-            log::info!("{label}: {text}");
+            log::info!(target: target, "{label}: {text}");
+            if error_line.is_none() && prefix.is_some_and(|p| text.starts_with(p)) {
+                *error_line = Some(text.to_string());
+            }
             if tail.len() == 20 {
                 tail.remove(0);
             }

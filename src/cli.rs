@@ -49,6 +49,12 @@ pub const OPTIONS: &[OptionDef] = &[
     ),
     opt(
         "",
+        "log-directory",
+        Arity::Value("DIR"),
+        "where each build's copy of its log is kept (default: build-logs beside the database)",
+    ),
+    opt(
+        "",
         "fallback",
         Arity::Flag,
         "build locally when a substitute fails",
@@ -127,6 +133,8 @@ pub struct Config {
     pub load_path: Vec<PathBuf>,
     pub specifications: Option<PathBuf>,
     pub database: PathBuf,
+    /// Per-build copies of build logs (`buildlog::copy`).
+    pub log_dir: PathBuf,
     pub port: u16,
     pub listen: String,
     pub interval_secs: u64,
@@ -246,6 +254,13 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Command, String> {
     if evaluator.is_empty() {
         return Err("--evaluator: empty command".into());
     }
+    let database = m
+        .opt_str("database")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| default_database(env));
+    let log_dir = m
+        .opt_str("log-directory")
+        .map_or_else(|| database.with_file_name("build-logs"), PathBuf::from);
     let interval_secs = number(&m, "interval", 300u64)?;
     if interval_secs == 0 {
         return Err("--interval: must be at least 1 second".into());
@@ -262,10 +277,8 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Command, String> {
             .map(PathBuf::from)
             .collect(),
         specifications: m.opt_str("specifications").map(PathBuf::from),
-        database: m
-            .opt_str("database")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| default_database(env)),
+        database,
+        log_dir,
         port: number(&m, "port", 8080u16)?,
         listen: m.opt_str("listen").unwrap_or_else(|| "localhost".into()),
         interval_secs,

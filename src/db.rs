@@ -1,6 +1,7 @@
 //! The SQLite database: the 2018 Cuirass tables, numbered migrations, and
 //! every query cuirass makes.  Only this module writes SQL.
 
+use crate::build::Limits;
 use crate::spec::Specification;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::path::Path;
@@ -132,59 +133,32 @@ const MIGRATIONS: &[&str] = &[
     // pages at the left one.
     "DROP INDEX IF EXISTS Builds_finished;
      CREATE INDEX Builds_finished ON Builds (stoptime, id) WHERE status >= 0;",
-    // 8 (9 once the other migration 8 lands first): today's HTTP API.  A
-    // build's weather and a job's history walk one job's derivations by
-    // evaluation, and each step finds its build by (derivation,
-    // evaluation): both indexes gain the evaluation, which the lookups by
-    // job name or derivation alone still use as a prefix.  `/output/ITEM`
-    // and `/log/ITEM` find builds by store item.
+    // 8: what today's jobs say beyond the 2018 convention.  A build's
+    // limits (seconds; NULL leaves the daemon's own) and priority, with
+    // Hydra's column names, and `errormsg`, the daemon's reason for a
+    // failure ("timed out after 3 seconds").  `Inputs` holds the input
+    // derivations of each build's `.drv`, as `Outputs` holds its outputs;
+    // they are what today's `#:inputs` lists.
+    "ALTER TABLE Builds ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE Builds ADD COLUMN timeout INTEGER;
+     ALTER TABLE Builds ADD COLUMN maxsilent INTEGER;
+     ALTER TABLE Builds ADD COLUMN errormsg TEXT;
+     CREATE TABLE IF NOT EXISTS Inputs (
+       build      INTEGER NOT NULL,
+       derivation TEXT NOT NULL,
+       PRIMARY KEY (build, derivation),
+       FOREIGN KEY (build) REFERENCES Builds (id)) WITHOUT ROWID;",
+    // 9: today's HTTP API.  A build's weather and a job's history walk
+    // one job's derivations by evaluation, and each step finds its build
+    // by (derivation, evaluation): both indexes gain the evaluation, which
+    // the lookups by job name or derivation alone still use as a prefix.
+    // `/output/ITEM` and `/log/ITEM` find builds by store item.
     "DROP INDEX IF EXISTS Derivations_job_name;
      CREATE INDEX Derivations_job_name ON Derivations (job_name, evaluation);
      DROP INDEX IF EXISTS Builds_derivation;
      CREATE INDEX Builds_derivation ON Builds (derivation, evaluation);
      CREATE INDEX IF NOT EXISTS Outputs_path ON Outputs (path);",
 ];
-
-/// The unfinished builds of one derivation, looked up for each status
-/// change the daemon reports.
-const PENDING_BUILDS_OF_DERIVATION: &str =
-    "SELECT id, starttime FROM Builds WHERE derivation = ?1 AND status < 0";
-
-/// Upper bounds of the build-duration histogram's buckets, in seconds:
-/// from a trivial derivation to a day-long toolchain build.
-pub const BUILD_DURATION_BOUNDS: &[i64] =
-    &[1, 5, 10, 30, 60, 300, 600, 1800, 3600, 7200, 21600, 86400];
-
-/// Build durations gathered in one transaction: (count, sum) per bucket.
-#[derive(Debug)]
-struct Durations {
-    buckets: [(i64, f64); BUILD_DURATION_BOUNDS.len() + 1],
-}
-
-impl Default for Durations {
-    fn default() -> Durations {
-        Durations {
-            buckets: [(0, 0.0); BUILD_DURATION_BOUNDS.len() + 1],
-        }
-    }
-}
-
-impl Durations {
-    fn add(&mut self, secs: i64) {
-        let b = &mut self.buckets[duration_bucket(secs)];
-        b.0 += 1;
-        b.1 += secs as f64;
-    }
-}
-
-/// The bucket of a build that took `secs`: the first bound it fits, or
-/// one past the last.
-pub fn duration_bucket(secs: i64) -> usize {
-    BUILD_DURATION_BOUNDS
-        .iter()
-        .position(|&b| secs <= b)
-        .unwrap_or(BUILD_DURATION_BOUNDS.len())
-}
 
 pub fn schema_version() -> usize {
     MIGRATIONS.len()
@@ -210,7 +184,7 @@ impl From<rusqlite::Error> for Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// One job of an evaluation, as registered.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobRecord {
     pub job_name: String,
     pub derivation: String,
@@ -218,6 +192,12 @@ pub struct JobRecord {
     pub nix_name: String,
     /// (output name, store path), from the `.drv` file.
     pub outputs: Vec<(String, String)>,
+    /// Input `.drv` files, from the `.drv` file.
+    pub inputs: Vec<String>,
+    /// The job's own limits, from the evaluator.
+    pub limits: Limits,
+    /// The job's priority (0 when it gave none).
+    pub priority: i64,
 }
 
 /// A build that has not reached a final status.
@@ -227,6 +207,8 @@ pub struct PendingBuild {
     pub derivation: String,
     pub evaluation: EvalId,
     pub specification: String,
+    /// Its job's limits: builds are batched by them.
+    pub limits: Limits,
 }
 
 pub struct Db {
@@ -414,11 +396,14 @@ impl Db {
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
         let mut build_stmt = tx.prepare_cached(
-            "INSERT INTO Builds (derivation, evaluation, log, status, timestamp, starttime, stoptime)
-             VALUES (?1, ?2, '', ?3, ?4, 0, 0)",
+            "INSERT INTO Builds (derivation, evaluation, log, status, timestamp, starttime, stoptime,
+                                 priority, timeout, maxsilent)
+             VALUES (?1, ?2, '', ?3, ?4, 0, 0, ?5, ?6, ?7)",
         )?;
         let mut output_stmt =
             tx.prepare_cached("INSERT INTO Outputs (build, name, path) VALUES (?1, ?2, ?3)")?;
+        let mut input_stmt =
+            tx.prepare_cached("INSERT OR IGNORE INTO Inputs (build, derivation) VALUES (?1, ?2)")?;
         for job in jobs {
             // Two jobs of one evaluation may share a derivation; the 2018
             // primary key allows one row, and one build of it.
@@ -432,10 +417,21 @@ impl Db {
             {
                 continue;
             }
-            build_stmt.execute(params![job.derivation, eval, status::SCHEDULED, now])?;
+            build_stmt.execute(params![
+                job.derivation,
+                eval,
+                status::SCHEDULED,
+                now,
+                job.priority,
+                job.limits.timeout.map(|t| t as i64),
+                job.limits.max_silent_time.map(|t| t as i64)
+            ])?;
             let build = tx.last_insert_rowid();
             for (name, path) in &job.outputs {
                 output_stmt.execute(params![build, name, path])?;
+            }
+            for input in &job.inputs {
+                input_stmt.execute(params![build, input])?;
             }
             added(build, job);
         }
@@ -456,7 +452,7 @@ impl Db {
             .query_map(params![spec, eval_status::IN_PROGRESS], |r| r.get(0))?
             .collect::<std::result::Result<_, _>>()?;
         for eval in leftovers {
-            log::warn!("spec={spec} evaluation {eval} was left in progress; rolled back");
+            log::warn!("spec={spec:?} evaluation {eval} was left in progress; rolled back");
             Db::delete_evaluation(&tx, eval)?;
         }
         let eval = Db::insert_evaluation(&tx, spec, commit, eval_status::IN_PROGRESS, now)?;
@@ -481,6 +477,7 @@ impl Db {
                 derivation: job.derivation.clone(),
                 evaluation: eval,
                 specification: spec.to_string(),
+                limits: job.limits,
             })
         })?;
         tx.commit()?;
@@ -575,209 +572,44 @@ impl Db {
             "DELETE FROM Outputs WHERE build IN (SELECT id FROM Builds WHERE evaluation = ?1)",
             [eval],
         )?;
+        tx.execute(
+            "DELETE FROM Inputs WHERE build IN (SELECT id FROM Builds WHERE evaluation = ?1)",
+            [eval],
+        )?;
         tx.execute("DELETE FROM Builds WHERE evaluation = ?1", [eval])?;
         tx.execute("DELETE FROM Derivations WHERE evaluation = ?1", [eval])?;
         tx.execute("DELETE FROM Evaluations WHERE id = ?1", [eval])?;
         Ok(())
     }
 
-    /// Builds not yet in a final status, oldest first.
-    pub fn pending_builds(&self, spec: Option<&str>) -> Result<Vec<PendingBuild>> {
+    /// Up to `limit` of a specification's builds not yet in a final
+    /// status whose id is above `after`, oldest first: one page of the
+    /// queue (keyset pagination, so every page costs the same).
+    pub fn pending_builds_page(
+        &self,
+        spec: &str,
+        after: BuildId,
+        limit: usize,
+    ) -> Result<Vec<PendingBuild>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT b.id, b.derivation, b.evaluation, e.specification
+            "SELECT b.id, b.derivation, b.evaluation, e.specification, b.maxsilent, b.timeout
              FROM Builds b JOIN Evaluations e ON e.id = b.evaluation
-             WHERE b.status < 0 AND (?1 IS NULL OR e.specification = ?1)
-             ORDER BY b.id",
+             WHERE b.status < 0 AND e.specification = ?1 AND b.id > ?2
+             ORDER BY b.id LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![spec], |r| {
+        let rows = stmt.query_map(params![spec, after, limit as i64], |r| {
             Ok(PendingBuild {
                 id: r.get(0)?,
                 derivation: r.get(1)?,
                 evaluation: r.get(2)?,
                 specification: r.get(3)?,
+                limits: Limits {
+                    max_silent_time: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
+                    timeout: r.get::<_, Option<i64>>(5)?.map(|t| t as u64),
+                },
             })
         })?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
-    }
-
-    pub fn build_started(&mut self, derivation: &str, log: &str, now: i64) -> Result<usize> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "UPDATE Builds SET status = ?2, starttime = ?3, log = ?4
-                 WHERE derivation = ?1 AND status < 0",
-            )?
-            .execute(params![derivation, status::STARTED, now, log])?)
-    }
-
-    /// Gives every unfinished build of `derivation` its final status.  A
-    /// build never seen starting gets `now` as its start time too, so
-    /// finished builds always have both times.
-    pub fn build_finished(
-        &mut self,
-        derivation: &str,
-        final_status: i64,
-        log: Option<&str>,
-        now: i64,
-    ) -> Result<usize> {
-        debug_assert!(status::is_final(final_status));
-        let tx = self.conn.transaction()?;
-        let mut durations = Durations::default();
-        let changed = Db::finish(&tx, derivation, final_status, log, now, &mut durations)?;
-        Db::add_durations(&tx, &durations)?;
-        tx.commit()?;
-        Ok(changed)
-    }
-
-    /// Applies many build updates in one transaction (a batch's outcome).
-    pub fn finish_builds(
-        &mut self,
-        updates: &[(String, i64, Option<String>)],
-        now: i64,
-    ) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        let mut durations = Durations::default();
-        for (drv, st, log) in updates {
-            Db::finish(&tx, drv, *st, log.as_deref(), now, &mut durations)?;
-        }
-        Db::add_durations(&tx, &durations)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Every build reaches a final status with a start time here, so this
-    /// is where the duration histogram is fed; `durations` collects one
-    /// entry per build, written by [`Db::add_durations`] once per
-    /// transaction rather than once per build.
-    fn finish(
-        tx: &Transaction,
-        drv: &str,
-        st: i64,
-        log: Option<&str>,
-        now: i64,
-        durations: &mut Durations,
-    ) -> Result<usize> {
-        // A SELECT then an UPDATE by row id: RETURNING would build and
-        // drop an ephemeral table per statement, the costliest part of it.
-        let mut pending = tx.prepare_cached(PENDING_BUILDS_OF_DERIVATION)?;
-        let mut update = tx.prepare_cached(
-            "UPDATE Builds SET status = ?2, stoptime = ?3, starttime = ?4,
-               log = coalesce(?5, log)
-             WHERE id = ?1",
-        )?;
-        // Collected before any is changed, so that the updates cannot move
-        // rows under the SELECT's cursor.
-        let builds = pending
-            .query_map(params![drv], |r| {
-                Ok((r.get::<_, BuildId>(0)?, r.get::<_, i64>(1)?))
-            })?
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        for &(id, started) in &builds {
-            let started = if started == 0 { now } else { started };
-            update.execute(params![id, st, now, started, log])?;
-            durations.add(now - started);
-        }
-        Ok(builds.len())
-    }
-
-    fn add_durations(tx: &Transaction, durations: &Durations) -> Result<()> {
-        let mut bump = tx.prepare_cached(
-            "INSERT INTO BuildDurations (bucket, count, sum) VALUES (?1, ?2, ?3)
-             ON CONFLICT (bucket) DO UPDATE
-               SET count = count + excluded.count, sum = sum + excluded.sum",
-        )?;
-        for (bucket, &(count, sum)) in durations.buckets.iter().enumerate() {
-            if count > 0 {
-                bump.execute(params![bucket as i64, count, sum])?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Records what the daemon said in one read, in one transaction.  A
-    /// build that started and finished within the same read is written
-    /// once, with both times.
-    pub fn apply_build_updates(
-        &mut self,
-        updates: &[crate::build::Update],
-        now: i64,
-    ) -> Result<()> {
-        use crate::build::Update;
-        if updates.is_empty() {
-            return Ok(());
-        }
-        let finished_here: std::collections::HashSet<&str> = updates
-            .iter()
-            .filter_map(|u| match u {
-                Update::Finished { derivation, .. } => Some(derivation.as_str()),
-                Update::Started { .. } => None,
-            })
-            .collect();
-        let mut durations = Durations::default();
-        let tx = self.conn.transaction()?;
-        for u in updates {
-            match u {
-                Update::Started { derivation, log } => {
-                    if !finished_here.contains(derivation.as_str()) {
-                        tx.prepare_cached(
-                            "UPDATE Builds SET status = ?2, starttime = ?3, log = ?4
-                             WHERE derivation = ?1 AND status < 0",
-                        )?
-                        .execute(params![
-                            derivation,
-                            status::STARTED,
-                            now,
-                            log
-                        ])?;
-                    }
-                }
-                Update::Finished {
-                    derivation,
-                    status,
-                    log,
-                } => {
-                    Db::finish(
-                        &tx,
-                        derivation,
-                        *status,
-                        log.as_deref(),
-                        now,
-                        &mut durations,
-                    )?;
-                }
-            }
-        }
-        Db::add_durations(&tx, &durations)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// At start-up, builds left `started` by a previous process go back to
-    /// `scheduled`: the daemon forgot them when our connection closed.
-    pub fn reset_started_builds(&mut self) -> Result<usize> {
-        // Literal statuses, so that SQLite may use the partial Builds_queue
-        // index (its WHERE must be provable from the query's).
-        Ok(self.conn.execute(
-            "UPDATE Builds SET status = -2, starttime = 0 WHERE status = -1",
-            [],
-        )?)
-    }
-
-    /// Puts builds of these derivations that were `started` back to
-    /// `scheduled` (their daemon connection was lost).
-    pub fn reschedule(&mut self, derivations: &[String]) -> Result<usize> {
-        let tx = self.conn.transaction()?;
-        let mut changed = 0;
-        {
-            let mut stmt = tx.prepare_cached(
-                "UPDATE Builds SET status = ?2, starttime = 0 WHERE derivation = ?1 AND status = ?3",
-            )?;
-            for drv in derivations {
-                changed += stmt.execute(params![drv, status::SCHEDULED, status::STARTED])?;
-            }
-        }
-        tx.commit()?;
-        Ok(changed)
     }
 
     pub fn evaluations_since(&self, since: i64) -> Result<i64> {
@@ -799,6 +631,11 @@ impl Db {
 
 pub mod dashboard;
 pub mod read;
+mod statuses;
+
+#[cfg(test)]
+use statuses::PENDING_BUILDS_OF_DERIVATION;
+pub use statuses::{BUILD_DURATION_BOUNDS, duration_bucket};
 
 /// What SQLite's planner does with `sql`, its steps joined by "; ", for
 /// tests that pin a query to its index.

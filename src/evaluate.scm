@@ -1,6 +1,6 @@
 ;;; evaluate.scm -- the job evaluator that cuirass runs for each new commit.
 ;;;
-;;; Invocation (Guix 1.2.0, Guile 2.2):
+;;; Invocation (Guix 1.2.0 with Guile 2.2, or Guix 1.5.0 with Guile 3.0):
 ;;;
 ;;;   guix repl -- evaluate.scm SPEC
 ;;;
@@ -17,18 +17,32 @@
 ;;;
 ;;;   (job (name . "hello") (derivation . "/gnu/store/…-hello.drv")
 ;;;        [(system . "x86_64-linux")] [(description . "…")]
-;;;        [(max-silent-time . 3600)] [(timeout . 72000)])
+;;;        [(max-silent-time . 3600)] [(timeout . 72000)] [(priority . 5)])
 ;;;   (job-error (name . "x") (message . "…"))
 ;;;   (done N)                    ; N = number of `job' lines; last line
 ;;;
 ;;; (The `job' line is a single line; it is wrapped here for readability.)
-;;; Optional keys appear only when known, always in that order.  Strings are
+;;; Optional keys appear only when known, always in that order; the limits
+;;; (seconds) and the priority are exact non-negative integers.  Strings are
 ;;; printed with `write': \" \\ \n \t escapes, other control characters as
 ;;; \xNN;, everything else as UTF-8.
 ;;;
+;;; PROC may follow any of three job conventions:
+;;;   - Cuirass 2018: a list of thunks, each returning an alist with keyword
+;;;     keys (#:job-name, #:derivation, ...);
+;;;   - Guix 1.2.0's (gnu ci) `hydra-jobs': a list of (NAME . THUNK), each
+;;;     thunk returning an alist with symbol keys;
+;;;   - today's (gnu ci) `cuirass-jobs' (Guix >= 1.3): a list of alists with
+;;;     keyword keys, #:job-name, #:derivation, #:system, #:nix-name,
+;;;     #:outputs, #:inputs, #:timeout, #:max-silent-time, [#:priority].
+;;; Cuirass reads the system, name, outputs and inputs from the .drv file
+;;; itself, so only the job's name, derivation, limits and priority matter.
+;;;
 ;;; Exit status: 0 after `(done N)'.  1 on a fatal error (job file missing or
 ;;; unreadable, PROC undefined or raising, an attempt to build), reported on
-;;; standard error; then there is no `(done N)' line.
+;;; standard error as ONE line `evaluate: error: CONTEXT: MESSAGE' of at most
+;;; 1,000 characters (printed data in it cut to 200), possibly followed by a
+;;; backtrace; then there is no `(done N)' line.
 ;;;
 ;;; Anything else -- Guix's progress messages, whatever the job file prints
 ;;; on (current-output-port), even child processes writing to file
@@ -86,8 +100,30 @@ backtrace is shown for it."
 (define condition-message
   (module-ref (resolve-interface '(srfi srfi-35)) 'condition-message))
 
+(define %max-datum-length 200)
+(define %max-message-length 1000)
+
+(define (truncate-string str len)
+  (if (> (string-length str) len)
+      (string-append (string-take str (max 0 (- len 1))) "…")
+      str))
+
+(define (datum->short-string obj)
+  "Print OBJ as `write' does, cut to %max-datum-length characters: a whole
+job or package printed into an error message would drown the message."
+  (truncate-string (format #f "~s" obj) %max-datum-length))
+
+(define (one-line str)
+  "STR on one line of at most %max-message-length characters."
+  (truncate-string (string-map (lambda (c) (if (char=? c #\newline) #\space c))
+                               str)
+                   %max-message-length))
+
 (define (error->string key args)
   "Return a one-line human-readable description of the exception KEY/ARGS."
+  (one-line (error->text key args)))
+
+(define (error->text key args)
   (match (cons key args)
     (('evaluator-error message)
      message)
@@ -98,7 +134,7 @@ backtrace is shown for it."
                            (store-protocol-error-message obj)))
            ((message-condition? obj)
             (condition-message obj))
-           (else (format #f "~s" obj))))
+           (else (datum->short-string obj))))
     (_
      (string-trim-right
       (call-with-output-string
@@ -116,8 +152,9 @@ status 1."
         ;; `exit' throws 'quit in Guile 2.2: let it through untouched.
         (when (eq? key 'quit)
           (apply throw key args))
-        (format (current-error-port) "evaluate: error: ~a: ~a~%"
-                context (error->string key args))
+        (format (current-error-port) "evaluate: error: ~a~%"
+                (one-line (string-append context ": "
+                                         (error->string key args))))
         (when backtrace
           (display backtrace (current-error-port)))
         (exit 1))
@@ -152,10 +189,10 @@ string wrapped in a list, so that one broken job does not spoil the others."
 (define (refuse-to-build store things . _)
   (format (current-error-port)
           "~%evaluate: error: trying to build things during evaluation~%\
-evaluate: 'build-things' arguments: ~s~%\
+evaluate: 'build-things' arguments: ~a~%\
 evaluate: evaluation must only compute derivations; this is most likely an \
 issue with the job file or the packages it evaluates.~%"
-          things)
+          (datum->short-string things))
   (force-output (current-error-port))
   (exit 1))
 
@@ -198,9 +235,6 @@ itself (Guix's (gnu ci)) or the corresponding keyword (Cuirass 2018)."
         ((symbol? name) (symbol->string name))
         (else (format #f "~a" name))))
 
-(define (truncate-string str len)
-  (if (> (string-length str) len) (string-take str len) str))
-
 (define (job-line name result)
   "Return the `job' S-expression for the thunk RESULT of job NAME (#f when
 the name is to be taken from RESULT), or raise an error if RESULT lacks the
@@ -212,19 +246,20 @@ essentials."
          (job-name . ,(derivation-name drv))
          (system . ,(derivation-system drv))))
       (((_ . _) ...) result)
-      (_ (fail "job thunk returned neither an alist nor a derivation: ~s"
-               result))))
+      (_ (fail "job thunk returned neither an alist nor a derivation: ~a"
+               (datum->short-string result)))))
 
   (define job-name
     (or name
         (and=> (or (ref alist 'job-name) (ref alist 'nix-name)) name->string)
-        (fail "job has no #:job-name: ~s" alist)))
+        (fail "job has no #:job-name: ~a" (datum->short-string alist))))
 
   (define derivation
     (match (ref alist 'derivation)
       ((? derivation? drv) (derivation-file-name drv))
       ((? string? file) file)
-      (x (fail "job ~a has no derivation file name: ~s" job-name x))))
+      (x (fail "job ~a has no derivation file name: ~a" job-name
+               (datum->short-string x)))))
 
   (define (optional key ok? transform)
     (match (ref alist key)
@@ -234,21 +269,39 @@ essentials."
   `(job (name . ,job-name)
         (derivation . ,derivation)
         ,@(optional 'system string? identity)
-        ,@(optional 'description string? (lambda (s) (truncate-string s 200)))
-        ,@(optional 'max-silent-time number? identity)
-        ,@(optional 'timeout number? identity)))
+        ,@(optional 'description string?
+                    (lambda (s)
+                      (if (> (string-length s) 200) (string-take s 200) s)))
+        ,@(optional 'max-silent-time natural? identity)
+        ,@(optional 'timeout natural? identity)
+        ,@(optional 'priority natural? identity)))
+
+(define (natural? x)
+  (and (integer? x) (exact? x) (>= x 0)))
+
+(define (job-alist? x)
+  "Whether X is a job of today's convention: an alist whose keys are all
+keywords or symbols (a (NAME . THUNK) pair is no list)."
+  (and (pair? x) (list? x)
+       (every (lambda (entry)
+                (and (pair? entry)
+                     (or (keyword? (car entry)) (symbol? (car entry)))))
+              x)))
 
 (define (jobs->named-thunks jobs)
   "Normalize the value of PROC to a list of (NAME . THUNK), NAME being #f
-when only the thunk's result knows it (Cuirass 2018 convention)."
+when only the thunk's result knows it (Cuirass 2018 convention and today's
+alists, which become thunks returning themselves)."
   (unless (list? jobs)
-    (fail "job procedure did not return a list: ~s" jobs))
+    (fail "job procedure did not return a list: ~a" (datum->short-string jobs)))
   (map (match-lambda
          ((? procedure? thunk) (cons #f thunk))            ;Cuirass 2018
+         ((? job-alist? alist) (cons #f (lambda () alist))) ;(gnu ci) today
          (((? (lambda (n) (or (symbol? n) (string? n))) name)
            . (? procedure? thunk))
           (cons (name->string name) thunk))                ;(gnu ci)
-         (x (fail "job is neither a thunk nor a (name . thunk) pair: ~s" x)))
+         (x (fail "job is neither a thunk, a (name . thunk) pair nor an \
+alist: ~a" (datum->short-string x))))
        jobs))
 
 (define (evaluate-jobs named-thunks)
@@ -318,7 +371,8 @@ file that is itself a module (define-module) is looked up too."
     (unless (and (string? file) (symbol? proc-name))
       (call-with-fatal-errors "invalid specification argument"
         (lambda ()
-          (fail "specification lacks 'file' or 'proc': ~s" spec))))
+          (fail "specification lacks 'file' or 'proc': ~a"
+                (datum->short-string spec)))))
 
     ;; Like `guix repl -L': the job file's own modules, then the user's.
     (set! %load-path (append load-path %load-path))
@@ -357,7 +411,7 @@ file that is itself a module (define-module) is looked up too."
            (lambda ()
              (match (call-with-input-string spec-string read)
                ((and spec (((? symbol?) . _) ...)) spec)
-               (x (fail "not an alist: ~s" x)))))))
+               (x (fail "not an alist: ~a" (datum->short-string x))))))))
   ((program . _)
    (format (current-error-port)
            "Usage: guix repl -- ~a '((file . \"/abs/job.scm\") (proc . NAME) \

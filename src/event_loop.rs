@@ -1,49 +1,111 @@
-//! The single-threaded mio loop: the only driver of work.  It owns the
-//! children (fetch, compile, evaluator), the daemon connections and the
-//! signal pipe, moves their bytes to the layers above, and advances each
-//! specification's [`State`] when something finishes.
+//! The single-threaded mio loop: the only driver of work.  It keeps the
+//! tokens, buffers, children, daemon connections, signals and the clock;
+//! it turns readiness into [`Input`]s for each specification's
+//! [`Cycle`] and carries out the [`Command`]s that come back.  No policy
+//! lives here: what a cycle does next is decided in `cycle`.
 
-use crate::build::{self, Batch, Item, Update};
+use crate::build::{self, Batch};
+use crate::buildlog::{self, copy::Copier};
 use crate::child::{self, Proc};
 use crate::cli::Config;
-use crate::db::{self, Db, JobRecord, status};
-use crate::drv::Derivation;
-use crate::fetch;
+use crate::cycle::{Command, Cycle, Env, Input, Settings, State};
+use crate::db::Db;
 use crate::http_server::HttpServer;
-use crate::job;
-use crate::scheduler::{Backoff, SpecRun, State};
+use crate::logging;
 use crate::signals::SignalPipe;
 use mio::net::UnixStream;
-use mio::{Events, Interest, Poll, Token};
-use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use mio::{Events, Poll, Token};
+use std::io;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-mod building;
-mod steps;
+mod children;
+mod daemon;
+mod reload;
 
 const SIGNAL: Token = Token(0);
 const HTTP_LISTENER: Token = Token(1);
+const RELOAD_STDOUT: Token = Token(2);
+const RELOAD_STDERR: Token = Token(3);
 /// HTTP connections take tokens from here up, far above the specs'.
 const HTTP_CONN_BASE: usize = 1 << 20;
 const SPEC_TOKEN_BASE: usize = 16;
 const TOKENS_PER_SPEC: usize = 4;
-const CHILD_STDOUT: usize = 0;
-const CHILD_STDERR: usize = 1;
-const DAEMON: usize = 2;
 
-/// A loop turn longer than this is logged: something blocked.
+/// A loop turn longer than this is logged, naming its slowest part.
 const SLOW_TURN: Duration = Duration::from_millis(200);
 /// The loop wakes at least this often to look for exited children.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 const STATUS_EVERY: Duration = Duration::from_secs(60);
-/// In one-shot mode, give up on an unreachable daemon after this many tries.
-const ONE_SHOT_DAEMON_TRIES: u32 = 5;
 
-fn spec_token(index: usize, which: usize) -> Token {
-    Token(SPEC_TOKEN_BASE + index * TOKENS_PER_SPEC + which)
+/// What a readiness event is about: the closed set the loop handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    Signal,
+    Http,
+    ReloadStdout,
+    ReloadStderr,
+    ChildStdout(usize),
+    ChildStderr(usize),
+    Daemon(usize),
+    Unknown,
+}
+
+impl Event {
+    fn of(token: Token, http: Option<&HttpServer>) -> Event {
+        if http.is_some_and(|h| h.owns(token)) {
+            return Event::Http;
+        }
+        match token {
+            SIGNAL => return Event::Signal,
+            RELOAD_STDOUT => return Event::ReloadStdout,
+            RELOAD_STDERR => return Event::ReloadStderr,
+            _ => {}
+        }
+        let Some(offset) = token.0.checked_sub(SPEC_TOKEN_BASE) else {
+            return Event::Unknown;
+        };
+        let index = offset / TOKENS_PER_SPEC;
+        match offset % TOKENS_PER_SPEC {
+            0 => Event::ChildStdout(index),
+            1 => Event::ChildStderr(index),
+            2 => Event::Daemon(index),
+            _ => Event::Unknown,
+        }
+    }
+
+    fn token(self) -> Token {
+        let spec =
+            |index: usize, which: usize| Token(SPEC_TOKEN_BASE + index * TOKENS_PER_SPEC + which);
+        match self {
+            Event::ChildStdout(i) => spec(i, 0),
+            Event::ChildStderr(i) => spec(i, 1),
+            Event::Daemon(i) => spec(i, 2),
+            Event::Signal => SIGNAL,
+            Event::ReloadStdout => RELOAD_STDOUT,
+            Event::ReloadStderr => RELOAD_STDERR,
+            Event::Http | Event::Unknown => Token(usize::MAX),
+        }
+    }
+
+    /// How the slow-turn warning names it.
+    fn describe(self, slots: &[Slot]) -> String {
+        let spec = |i: usize| {
+            slots
+                .get(i)
+                .map_or("?".into(), |s| format!("{:?}", s.cycle.spec.name))
+        };
+        match self {
+            Event::Signal => "signals".into(),
+            Event::Http => "an HTTP connection".into(),
+            Event::ReloadStdout | Event::ReloadStderr => "re-reading the specifications".into(),
+            Event::ChildStdout(i) | Event::ChildStderr(i) => {
+                format!("spec={} child output", spec(i))
+            }
+            Event::Daemon(i) => format!("spec={} daemon connection", spec(i)),
+            Event::Unknown => "an unknown token".into(),
+        }
+    }
 }
 
 fn unix_now() -> i64 {
@@ -53,11 +115,39 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Which child a spec runs; the cycle's state says why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     Fetch,
     Compile,
     Evaluate,
+}
+
+impl Step {
+    fn label(self) -> &'static str {
+        match self {
+            Step::Fetch => "fetch",
+            Step::Compile => "compile",
+            Step::Evaluate => "evaluator",
+        }
+    }
+
+    /// The log target of the child's lines.
+    fn target(self) -> &'static str {
+        match self {
+            Step::Fetch => logging::FETCH,
+            Step::Compile => logging::COMPILE,
+            Step::Evaluate => logging::EVALUATION,
+        }
+    }
+}
+
+/// A spec's running child and what it printed that the cycle needs whole.
+struct Running {
+    step: Step,
+    proc: Proc,
+    /// The fetch child's stdout (one line: the commit).
+    stdout: String,
 }
 
 /// A daemon connection carrying one batch.
@@ -67,30 +157,11 @@ struct Conn {
     wants_write: bool,
 }
 
-/// The transient work of one specification, beside its [`SpecRun`].
-#[derive(Default)]
-struct Work {
-    proc: Option<(Step, Proc, Instant)>,
-    fetch_stdout: String,
-    commit: Option<String>,
-    /// Jobs read since the last flush to the database.
-    jobs: Vec<JobRecord>,
-    /// The evaluation being registered, while the evaluator runs.
-    evaluation: Option<db::EvalId>,
-    jobs_registered: usize,
-    /// The evaluator's output so far, checked as a whole.
-    tally: job::Tally,
-    eval_error: Option<String>,
-    /// The failure was ours (the database refused the jobs), not the
-    /// commit's: the evaluation is rolled back, not recorded as failed.
-    eval_retry: bool,
+/// One specification: its machine and the I/O the loop keeps for it.
+struct Slot {
+    cycle: Cycle,
+    child: Option<Running>,
     conn: Option<Conn>,
-    queue: VecDeque<db::PendingBuild>,
-    /// Derivations already handed to the daemon this cycle: builds of the
-    /// same derivation in several evaluations are settled together.
-    submitted: std::collections::HashSet<String>,
-    retry_at: Option<Instant>,
-    backoff: Backoff,
 }
 
 pub struct EventLoop {
@@ -98,13 +169,15 @@ pub struct EventLoop {
     db: Db,
     poll: Poll,
     signals: SignalPipe,
-    specs: Vec<SpecRun>,
-    work: Vec<Work>,
+    slots: Vec<Slot>,
     evaluator_script: PathBuf,
     stopping: bool,
-    exit_error: Option<String>,
     next_status_log: Instant,
     http: Option<HttpServer>,
+    reload: Option<reload::Reload>,
+    logs: buildlog::Places,
+    /// Per-build log copies, a chunk per turn.
+    copier: Copier,
 }
 
 /// Ends cuirass with an error message (one-shot) or is logged (daemon).
@@ -117,13 +190,15 @@ impl EventLoop {
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
         let evaluator_script = write_evaluator_script(&config)?;
         let now = Instant::now();
-        let specs: Vec<SpecRun> = db
-            .specifications()
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|s| SpecRun::new(s, now))
-            .collect();
-        let work = specs.iter().map(|_| Work::default()).collect();
+        let specs = db.specifications().map_err(|e| e.to_string())?;
+        let specs: Vec<_> = specs.into_iter().filter(|s| usable_name(&s.name)).collect();
+        std::fs::create_dir_all(&config.log_dir).map_err(|e| {
+            format!(
+                "cannot create the log directory {}: {e}",
+                config.log_dir.display()
+            )
+        })?;
+        let logs = buildlog::Places::new(buildlog::DAEMON_LOG_ROOT, &config.log_dir);
         let http = match config.one_shot {
             true => None,
             false => Some(HttpServer::bind(
@@ -132,55 +207,115 @@ impl EventLoop {
                 poll.registry(),
                 HTTP_LISTENER,
                 HTTP_CONN_BASE,
+                logs.clone(),
             )?),
         };
-        Ok(EventLoop {
+        let mut event_loop = EventLoop {
             config,
             db,
             poll,
             signals,
-            specs,
-            work,
+            slots: Vec::new(),
             evaluator_script,
             stopping: false,
-            exit_error: None,
             next_status_log: now + STATUS_EVERY,
             http,
-        })
+            reload: None,
+            copier: Copier::new(logs.clone()),
+            logs,
+        };
+        for spec in specs {
+            event_loop.add_slot(spec, now);
+        }
+        Ok(event_loop)
     }
 
-    /// Runs until one-shot work is done or a signal asks to stop.
+    fn add_slot(&mut self, spec: crate::spec::Specification, now: Instant) {
+        let settings = Settings {
+            interval: Duration::from_secs(self.config.interval_secs),
+            fetch_timeout: Duration::from_secs(self.config.fetch_timeout_secs),
+            compile_timeout: Duration::from_secs(self.config.fetch_timeout_secs),
+            evaluation_timeout: Duration::from_secs(self.config.evaluation_timeout_secs),
+            one_shot: self.config.one_shot,
+            checkout: self.config.cache_dir.join(&spec.name),
+            load_path: self.config.load_path.clone(),
+        };
+        self.slots.push(Slot {
+            cycle: Cycle::new(spec, settings, now),
+            child: None,
+            conn: None,
+        });
+    }
+
+    /// Runs until one-shot work is done or a signal asks to stop.  In
+    /// one-shot mode, a spec whose work could not be done for a reason
+    /// that is not its commit's (unreachable remote, missing branch, no
+    /// daemon) makes the run fail, naming it.
     pub fn run(mut self) -> Result<(), Fatal> {
         self.recover()?;
-        if self.specs.is_empty() {
+        if self.slots.is_empty() {
             log::warn!("no specifications in the database (add some with -S)");
         }
         let mut events = Events::with_capacity(256);
         loop {
-            let now = Instant::now();
-            self.advance(now);
-            if self.stopping || (self.config.one_shot && self.one_shot_finished()) {
+            let turn = Instant::now();
+            let mut slowest = (Duration::ZERO, String::new());
+            self.advance(turn);
+            let advancing = turn.elapsed();
+            note_slowest(&mut slowest, advancing, || {
+                "settling children, batches and timers".into()
+            });
+            if self.stopping {
+                self.stop_all();
                 break;
             }
-            let timeout = self.next_wakeup(now).saturating_duration_since(now);
+            if self.config.one_shot
+                && !self.copier.busy()
+                && self.slots.iter().all(|s| s.cycle.is_finished())
+            {
+                break;
+            }
+            let timeout = self
+                .next_wakeup(turn)
+                .saturating_duration_since(Instant::now());
             match self.poll.poll(&mut events, Some(timeout.min(MAX_SLEEP))) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(format!("event loop: {e}")),
             }
-            let turn = Instant::now();
+            let woke = Instant::now();
             for event in events.iter() {
-                self.dispatch_event(event);
+                let started = Instant::now();
+                let kind = Event::of(event.token(), self.http.as_ref());
+                self.dispatch(kind, event);
+                note_slowest(&mut slowest, started.elapsed(), || {
+                    kind.describe(&self.slots)
+                });
             }
-            let took = turn.elapsed();
+            // The wait in poll is not work: only what the turn did counts.
+            let took = advancing + woke.elapsed();
             if took > SLOW_TURN {
-                log::warn!("slow loop turn: {} ms", took.as_millis());
+                log::warn!(
+                    "slow loop turn: {} ms, {} ms of it {}",
+                    took.as_millis(),
+                    slowest.0.as_millis(),
+                    slowest.1
+                );
             }
         }
         self.shutdown();
-        match self.exit_error {
-            Some(e) => Err(e),
-            None => Ok(()),
+        let failures: Vec<String> = self
+            .slots
+            .iter()
+            .filter_map(|s| {
+                s.cycle
+                    .failure()
+                    .map(|f| format!("spec {:?}: {f}", s.cycle.spec.name))
+            })
+            .collect();
+        match failures.is_empty() {
+            true => Ok(()),
+            false => Err(failures.join("; ")),
         }
     }
 
@@ -209,81 +344,50 @@ impl EventLoop {
         Ok(())
     }
 
-    fn one_shot_finished(&self) -> bool {
-        self.specs
-            .iter()
-            .all(|s| s.cycles >= 1 && s.state() == State::Idle)
-    }
-
     fn next_wakeup(&self, now: Instant) -> Instant {
         let mut next = now + MAX_SLEEP;
-        for (run, work) in self.specs.iter().zip(&self.work) {
-            if run.state() == State::Idle && !(self.config.one_shot && run.cycles >= 1) {
-                next = next.min(run.next_poll);
-            }
-            if let Some((_, proc, deadline)) = &work.proc {
-                // A killed child's exit arrives as SIGCHLD.
-                if !proc.killed {
-                    next = next.min(*deadline);
-                }
-                if proc.wants_read() != (false, false) {
-                    return now;
-                }
-            }
-            if let Some(at) = work.retry_at {
+        for slot in &self.slots {
+            if let Some(at) = slot.cycle.poll_at() {
                 next = next.min(at);
+            }
+            if slot
+                .child
+                .as_ref()
+                .is_some_and(|c| c.proc.wants_read() != (false, false))
+            {
+                return now;
             }
         }
         if let Some(at) = self.http.as_ref().and_then(HttpServer::poll_at) {
             next = next.min(at);
         }
+        if let Some(at) = self.reload.as_ref().map(reload::Reload::deadline) {
+            next = next.min(at);
+        }
+        if self.copier.busy() {
+            return now;
+        }
         next.max(now)
     }
 
-    /// HTTP events carry their readiness to the server; the rest go by token.
-    fn dispatch_event(&mut self, event: &mio::event::Event) {
-        if let Some(http) = self.http.as_mut().filter(|h| h.owns(event.token())) {
-            http.handle(self.poll.registry(), event, &self.db, Instant::now());
-            return;
-        }
-        self.dispatch(event.token());
-    }
-
-    fn dispatch(&mut self, token: Token) {
-        if token == SIGNAL {
-            for sig in self.signals.drain() {
-                self.on_signal(sig);
-            }
-            return;
-        }
-        let Some(offset) = token.0.checked_sub(SPEC_TOKEN_BASE) else {
-            return;
-        };
-        let (index, which) = (offset / TOKENS_PER_SPEC, offset % TOKENS_PER_SPEC);
-        if index >= self.specs.len() {
-            return;
-        }
-        match which {
-            CHILD_STDOUT => self.child_stdout(index),
-            CHILD_STDERR => {
-                let label = self.label(index);
-                if let Some((_, proc, _)) = self.work[index].proc.as_mut() {
-                    proc.read_stderr(self.poll.registry(), &label);
+    fn dispatch(&mut self, kind: Event, event: &mio::event::Event) {
+        match kind {
+            Event::Http => {
+                if let Some(http) = self.http.as_mut() {
+                    http.handle(self.poll.registry(), event, &self.db, Instant::now());
                 }
             }
-            DAEMON => self.daemon_io(index),
+            Event::Signal => {
+                for sig in self.signals.drain() {
+                    self.on_signal(sig);
+                }
+            }
+            Event::ReloadStdout | Event::ReloadStderr => self.reload_output(),
+            Event::ChildStdout(i) if i < self.slots.len() => self.child_stdout(i),
+            Event::ChildStderr(i) if i < self.slots.len() => self.child_stderr(i),
+            Event::Daemon(i) if i < self.slots.len() => self.daemon_io(i),
             _ => {}
         }
-    }
-
-    fn label(&self, index: usize) -> String {
-        let step = match &self.work[index].proc {
-            Some((Step::Fetch, ..)) => "fetch",
-            Some((Step::Compile, ..)) => "compile",
-            Some((Step::Evaluate, ..)) => "evaluator",
-            None => "builds",
-        };
-        format!("spec={} {step}", self.specs[index].spec.name)
     }
 
     fn on_signal(&mut self, sig: libc::c_int) {
@@ -292,63 +396,63 @@ impl EventLoop {
                 log::info!("signal {sig}: stopping");
                 self.stopping = true;
             }
-            libc::SIGHUP => self.reload_specifications(),
+            libc::SIGHUP => self.start_reload(),
             // Exits are noticed by `advance`, which looks at every child.
             _ => {}
         }
     }
 
-    fn reload_specifications(&mut self) {
-        let Some(path) = self.config.specifications.clone() else {
-            log::info!("SIGHUP: no -S file to re-read");
-            return;
+    /// Feeds one input to a spec's cycle and carries out its commands.
+    fn feed(&mut self, index: usize, input: Input, now: Instant) {
+        let socket = &self.config.daemon_socket;
+        let daemon = || {
+            // Connecting to a Unix socket does not block.
+            std::os::unix::net::UnixStream::connect(socket)
+                .map(drop)
+                .map_err(|e| format!("cannot connect to guix-daemon at {}: {e}", socket.display()))
         };
-        let specs = match crate::spec::read_spec_file(&path, &self.config.evaluator) {
-            Ok(specs) => specs,
-            Err(e) => {
-                log::error!("SIGHUP: {e} (keeping the current specifications)");
-                return;
-            }
+        let read_drv = |path: &str| std::fs::read(path);
+        let mut env = Env {
+            now,
+            unix_now: unix_now(),
+            db: &mut self.db,
+            read_drv: &read_drv,
+            daemon: &daemon,
         };
-        if let Err(e) = self.db.add_specifications(&specs) {
-            log::error!("SIGHUP: {e}");
-            return;
-        }
-        let now = Instant::now();
-        for spec in specs {
-            match self.specs.iter_mut().find(|r| r.spec.name == spec.name) {
-                // Takes effect at the next cycle: the running one goes on.
-                Some(run) => run.spec = spec,
-                None => {
-                    log::info!("spec={} added", spec.name);
-                    self.specs.push(SpecRun::new(spec, now));
-                    self.work.push(Work::default());
-                }
-            }
+        self.slots[index].cycle.handle(input, &mut env);
+        while let Some(command) = self.slots[index].cycle.poll_command() {
+            self.execute(index, command, now);
         }
     }
 
-    /// Starts whatever is due and settles whatever finished.
+    fn execute(&mut self, index: usize, command: Command, now: Instant) {
+        match command {
+            Command::SpawnFetch(target) => self.spawn_fetch(index, &target, now),
+            Command::SpawnCompile => self.spawn_compile(index, now),
+            Command::SpawnEvaluator { arguments } => self.spawn_evaluator(index, &arguments, now),
+            Command::KillChild => {
+                if let Some(child) = self.slots[index].child.as_mut() {
+                    child.proc.kill();
+                }
+            }
+            Command::OpenBatch(items, limits) => self.open_batch(index, items, limits, now),
+            Command::CloseBatch => self.close_batch(index),
+        }
+    }
+
+    /// Settles whatever finished and ticks every cycle.
     fn advance(&mut self, now: Instant) {
         if let Some(http) = self.http.as_mut() {
             http.tick(self.poll.registry(), &self.db, now);
         }
-        for index in 0..self.specs.len() {
+        self.reap_reload(now);
+        self.copier.step();
+        for index in 0..self.slots.len() {
             self.read_leftovers(index);
             self.reap_child(index, now);
-            if self.stopping {
-                continue;
-            }
-            let run = &self.specs[index];
-            let fresh_cycle = !(self.config.one_shot && run.cycles >= 1);
-            match run.state() {
-                State::Idle if fresh_cycle && run.poll_due(now) => self.start_fetch(index, now),
-                State::Building => self.continue_building(index, now),
-                // Jobs registered so far build while the evaluator runs.
-                State::Evaluating if self.settle_finished_batch(index) => {
-                    self.submit_next_batch(index, now)
-                }
-                _ => {}
+            self.settle_batch(index, now);
+            if !self.stopping {
+                self.feed(index, Input::Tick, now);
             }
         }
         if now >= self.next_status_log {
@@ -357,82 +461,48 @@ impl EventLoop {
         }
     }
 
-    /// Reads again from pipes whose last read stopped at the cap.
-    fn read_leftovers(&mut self, index: usize) {
-        let Some((_, proc, _)) = self.work[index].proc.as_ref() else {
-            return;
-        };
-        let (stdout, stderr) = proc.wants_read();
-        if stdout {
-            self.child_stdout(index);
-        }
-        if stderr {
-            self.dispatch(spec_token(index, CHILD_STDERR));
-        }
-    }
-
     fn log_status(&self) {
         let mut by_state = std::collections::BTreeMap::new();
-        for run in &self.specs {
-            *by_state.entry(format!("{:?}", run.state())).or_insert(0) += 1;
+        for slot in &self.slots {
+            *by_state.entry(slot.cycle.state().name()).or_insert(0) += 1;
         }
         let states: Vec<String> = by_state.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        let queued: usize = self.work.iter().map(|w| w.queue.len()).sum();
+        let queued: usize = self.slots.iter().map(|s| s.cycle.building().queued()).sum();
         let running: usize = self
-            .work
+            .slots
             .iter()
-            .filter_map(|w| w.conn.as_ref())
+            .filter_map(|s| s.conn.as_ref())
             .map(|c| c.batch.running())
             .sum();
         let today = self.db.evaluations_since(unix_now() - 86_400).unwrap_or(0);
         log::info!(
             "status: specs {} ({}), builds queued {queued}, running {running}, evaluations in 24h {today}",
-            self.specs.len(),
+            self.slots.len(),
             states.join(", ")
         );
     }
 
-    fn spawn(&mut self, index: usize, step: Step, cmd: Command, timeout_secs: u64) -> bool {
-        let registry = self.poll.registry();
-        match child::spawn(
-            cmd,
-            registry,
-            spec_token(index, CHILD_STDOUT),
-            spec_token(index, CHILD_STDERR),
-        ) {
-            Ok(proc) => {
-                let deadline = Instant::now() + Duration::from_secs(timeout_secs);
-                self.work[index].proc = Some((step, proc, deadline));
-                true
-            }
-            Err(e) => {
-                log::error!(
-                    "spec={} cannot start {step:?}: {e}",
-                    self.specs[index].spec.name
-                );
-                false
-            }
+    /// Every cycle is told to stop: children are killed, half-registered
+    /// evaluations rolled back, batches dropped.
+    fn stop_all(&mut self) {
+        let now = Instant::now();
+        for index in 0..self.slots.len() {
+            self.feed(index, Input::Stop, now);
         }
     }
 
-    fn checkout_dir(&self, index: usize) -> PathBuf {
-        self.config.cache_dir.join(&self.specs[index].spec.name)
-    }
-
-    fn end_cycle(&mut self, index: usize) {
-        self.specs[index].cycle_done();
-    }
-
-    /// Stops children, drops daemon connections (the daemon then stops
-    /// their builds), and puts in-flight builds back to `scheduled`.
+    /// Waits for killed children and puts in-flight builds back to
+    /// `scheduled`.
     fn shutdown(&mut self) {
-        for work in &mut self.work {
-            if let Some((_, proc, _)) = work.proc.as_mut() {
-                proc.kill();
-                let _ = proc.child.wait();
+        for slot in &mut self.slots {
+            if let Some(mut child) = slot.child.take() {
+                child.proc.kill();
+                let _ = child.proc.child.wait();
             }
-            work.proc = None;
-            work.conn = None;
+            slot.conn = None;
+        }
+        if let Some(reload) = self.reload.take() {
+            reload.kill();
         }
         match self.db.reset_started_builds() {
             Ok(n) if n > 0 => log::info!("{n} in-flight build(s) rescheduled for next time"),
@@ -442,32 +512,20 @@ impl EventLoop {
     }
 }
 
-/// The single argument of the evaluator script, an alist it `read`s.
-pub fn evaluator_arguments(
-    checkout: &std::path::Path,
-    load_path: &[PathBuf],
-    file: &std::path::Path,
-    proc_name: &str,
-    arguments: &str,
-) -> String {
-    use crate::sexp::{Datum, Kind, Pos};
-    let datum = |kind| {
-        Datum {
-            pos: Pos { line: 1, column: 1 },
-            kind,
-        }
-        .to_string()
-    };
-    let s = |p: &std::path::Path| datum(Kind::Str(p.to_string_lossy().into_owned()));
-    let dirs: Vec<String> = load_path.iter().map(|p| s(p)).collect();
-    format!(
-        "((checkout . {}) (load-path {}) (file . {}) (proc . {}) (arguments . {}))",
-        s(checkout),
-        dirs.join(" "),
-        s(file),
-        datum(Kind::Symbol(proc_name.to_string())),
-        arguments
-    )
+fn note_slowest(slowest: &mut (Duration, String), took: Duration, what: impl FnOnce() -> String) {
+    if took > slowest.0 {
+        *slowest = (took, what());
+    }
+}
+
+/// Whether a spec is in the state whose child runs.
+fn step_of(state: &State) -> Option<Step> {
+    match state {
+        State::Fetching { .. } => Some(Step::Fetch),
+        State::Compiling { .. } => Some(Step::Compile),
+        State::Evaluating(_) => Some(Step::Evaluate),
+        State::Idle | State::Stopped => None,
+    }
 }
 
 fn write_evaluator_script(config: &Config) -> Result<PathBuf, Fatal> {
@@ -480,4 +538,24 @@ fn write_evaluator_script(config: &Config) -> Result<PathBuf, Fatal> {
     Ok(path)
 }
 
+/// Spec files refuse such names, but a database written by the original
+/// or an earlier version may hold one: its history stays served, but it
+/// is not polled, since its name would be a cache directory.
+fn usable_name(name: &str) -> bool {
+    match crate::spec::check_name(name) {
+        Ok(()) => true,
+        Err(why) => {
+            log::error!(target: logging::SPEC, "spec={name:?} not polled: invalid name: {why}");
+            false
+        }
+    }
+}
+
 pub const EVALUATOR_SCRIPT: &str = include_str!("evaluate.scm");
+
+pub use crate::cycle::evaluator_arguments;
+
+/// The options a batch's connection sets: ours, and its limit class.
+fn batch_options(config: &Config, limits: build::Limits) -> crate::wire::BuildOptions {
+    build::build_options(config.use_substitutes, config.fallback, limits)
+}

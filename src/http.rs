@@ -32,13 +32,25 @@ pub struct Request {
     pub path: String,
     /// The decoded path's non-empty segments.
     pub segments: Vec<String>,
-    /// Decoded query pairs, in order.
+    /// Decoded query pairs, in order, a `+` kept as a plus (see
+    /// [`Request::param`]).
     pub query: Vec<(String, String)>,
     pub keep_alive: bool,
+    /// HTTP/1.1 or later: chunked responses are understood.
+    pub http11: bool,
+    /// `Accept-Encoding` admits gzip (see [`accepts_gzip`]).
+    pub accept_gzip: bool,
 }
 
 impl Request {
-    /// The first value of a query parameter.
+    /// The first value of a query parameter, `%XX` decoded and a `+` kept
+    /// as a plus.  Parameters carry names (job, jobset, spec, project,
+    /// names, system, derivation, and `query`, a part of a job name),
+    /// names such as `gtk+-3.24.x86_64-linux` or `libsigc++` are common,
+    /// and job and system names never contain a space: read as a space
+    /// (the HTML-form convention), the `+` that clients such as Guix's
+    /// `(guix ci)` send unencoded would find nothing.  A space is written
+    /// `%20`; a plus `+` or `%2B`.
     pub fn param(&self, key: &str) -> Option<&str> {
         self.query
             .iter()
@@ -88,6 +100,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed, Error> {
     let mut keep_alive = minor >= 1;
     let mut body_len = 0usize;
     let mut seen_length = false;
+    let mut accept_gzip = false;
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value).unwrap_or("").trim();
         if h.name.eq_ignore_ascii_case("connection") {
@@ -98,6 +111,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed, Error> {
                     keep_alive = true;
                 }
             }
+        } else if h.name.eq_ignore_ascii_case("accept-encoding") {
+            accept_gzip |= accepts_gzip(value);
         } else if h.name.eq_ignore_ascii_case("content-length") {
             let n: usize = value
                 .parse()
@@ -129,9 +144,28 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed, Error> {
             segments,
             query,
             keep_alive,
+            http11: minor >= 1,
+            accept_gzip,
         },
         head_len + body_len,
     ))
+}
+
+/// Whether an `Accept-Encoding` value admits gzip: `gzip`, `x-gzip` or
+/// `*` with a non-zero quality (RFC 9110 section 12.5.3).
+pub fn accepts_gzip(value: &str) -> bool {
+    value.split(',').any(|item| {
+        let mut parts = item.split(';').map(str::trim);
+        let coding = parts.next().unwrap_or("");
+        let named = ["gzip", "x-gzip", "*"]
+            .iter()
+            .any(|c| coding.eq_ignore_ascii_case(c));
+        let q = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+            .map_or(Some(1.0), |(_, v)| v.trim().parse::<f32>().ok());
+        named && q.is_some_and(|q| q > 0.0)
+    })
 }
 
 fn split_target(target: &str) -> Result<(String, Vec<(String, String)>), Error> {
@@ -146,12 +180,12 @@ fn split_target(target: &str) -> Result<(String, Vec<(String, String)>), Error> 
         return Err(error(400, "bad request target"));
     }
     let (raw_path, raw_query) = target.split_once('?').unwrap_or((target, ""));
-    let path = percent_decode(raw_path, false).ok_or(error(400, "bad percent-encoding"))?;
+    let path = percent_decode(raw_path).ok_or(error(400, "bad percent-encoding"))?;
     let mut query = Vec::new();
     for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_decode(k, true).ok_or(error(400, "bad percent-encoding"))?;
-        let v = percent_decode(v, true).ok_or(error(400, "bad percent-encoding"))?;
+        let k = percent_decode(k).ok_or(error(400, "bad percent-encoding"))?;
+        let v = percent_decode(v).ok_or(error(400, "bad percent-encoding"))?;
         query.push((k, v));
     }
     Ok((path, query))
@@ -169,10 +203,10 @@ fn segments(path: &str) -> Result<Vec<String>, Error> {
     Ok(out)
 }
 
-/// Decodes `%XX` escapes (and `+` as a space in query strings).  `None`
-/// for a broken escape, a NUL byte or invalid UTF-8: such values reach no
-/// database query.
-pub fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
+/// Decodes `%XX` escapes; a `+` is a plus (see [`Request::param`]).
+/// `None` for a broken escape, a NUL byte or invalid UTF-8: such values
+/// reach no database query.
+pub fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -187,7 +221,6 @@ pub fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
                 i += 2;
                 u8::from_str_radix(hex, 16).ok()?
             }
-            b'+' if plus_is_space => b' ',
             b => b,
         };
         if b == 0 {
@@ -220,24 +253,60 @@ impl Response {
     /// The bytes to send.  A HEAD answer keeps the Content-Length of the
     /// GET answer but not its body.
     pub fn encode(&self, head_only: bool, keep_alive: bool) -> Vec<u8> {
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n",
-            self.status,
-            reason(self.status),
-            self.content_type,
-            self.body.len(),
-            if keep_alive { "keep-alive" } else { "close" }
-        );
-        for (name, value) in &self.headers {
-            out.push_str(&format!("{name}: {value}\r\n"));
-        }
-        out.push_str("\r\n");
-        let mut out = out.into_bytes();
+        let length = Length::Known(self.body.len() as u64);
+        let mut out = self.encode_head(length, keep_alive);
         if !head_only {
             out.extend_from_slice(&self.body);
         }
         out
     }
+}
+
+/// How a response's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Length {
+    /// `Content-Length: N`.
+    Known(u64),
+    /// `Transfer-Encoding: chunked` (HTTP/1.1 clients only).
+    Chunked,
+    /// Neither: the body ends when the connection closes.
+    UntilClose,
+}
+
+impl Response {
+    /// The status line and headers, for a body delimited by `length`
+    /// (the response's own `body` is not looked at).
+    pub fn encode_head(&self, length: Length, keep_alive: bool) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\n",
+            self.status,
+            reason(self.status),
+            self.content_type
+        );
+        match length {
+            Length::Known(n) => out.push_str(&format!("Content-Length: {n}\r\n")),
+            Length::Chunked => out.push_str("Transfer-Encoding: chunked\r\n"),
+            Length::UntilClose => {}
+        }
+        let keep_alive = keep_alive && length != Length::UntilClose;
+        out.push_str(match keep_alive {
+            true => "Connection: keep-alive\r\n",
+            false => "Connection: close\r\n",
+        });
+        for (name, value) in &self.headers {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+        out.push_str("\r\n");
+        out.into_bytes()
+    }
+}
+
+/// Appends `data` as one chunk of a chunked body (RFC 9112 section 7.1);
+/// empty data is the last chunk.
+pub fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
 }
 
 pub fn reason(status: u16) -> &'static str {

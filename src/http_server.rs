@@ -4,6 +4,7 @@
 //! buffer and a timer, never a turn of the loop.
 
 use crate::api;
+use crate::buildlog::{self, serve::LogStream};
 use crate::db::Db;
 use crate::http::{self, Parsed, Response};
 use crate::web::{self, HttpCounters};
@@ -41,6 +42,12 @@ struct Paging {
     keep_alive: bool,
 }
 
+/// A build log being sent a chunk per turn (see `step`).
+struct Streaming {
+    log: LogStream,
+    keep_alive: bool,
+}
+
 struct Conn {
     stream: TcpStream,
     peer: SocketAddr,
@@ -66,9 +73,16 @@ struct Conn {
     /// request was HEAD and may keep the connection; later pipelined
     /// requests wait for it.
     paging: Option<Paging>,
+    /// A build log being sent; later pipelined requests wait for it.
+    streaming: Option<Streaming>,
 }
 
 impl Conn {
+    /// An answer is being produced over several turns.
+    fn busy(&self) -> bool {
+        self.paging.is_some() || self.streaming.is_some()
+    }
+
     fn queued(&self) -> usize {
         self.output.len() - self.sent
     }
@@ -101,6 +115,7 @@ pub struct HttpServer {
     now: Instant,
     /// Requests answered, for `/metrics`.
     counters: HttpCounters,
+    logs: buildlog::Places,
 }
 
 impl HttpServer {
@@ -110,6 +125,7 @@ impl HttpServer {
         registry: &Registry,
         listener: Token,
         first_conn_token: usize,
+        logs: buildlog::Places,
     ) -> Result<HttpServer, String> {
         let name = format!("{addr}:{port}");
         let mut addrs: Vec<SocketAddr> = (addr, port)
@@ -127,7 +143,7 @@ impl HttpServer {
                         .register(&mut l, listener, Interest::READABLE)
                         .map_err(|e| format!("cannot watch the HTTP listener: {e}"))?;
                     let bound = l.local_addr().map_or(a, |b| b);
-                    log::info!("HTTP API listening on http://{name}/ ({bound})");
+                    log::info!(target: crate::logging::HTTP, "HTTP API listening on http://{name}/ ({bound})");
                     return Ok(HttpServer {
                         listener: l,
                         listener_token: listener,
@@ -138,6 +154,7 @@ impl HttpServer {
                         again: Vec::new(),
                         now: Instant::now(),
                         counters: HttpCounters::default(),
+                        logs,
                     });
                 }
                 Err(e) => last = Some(format!("cannot listen on {name} ({a}): {e}")),
@@ -195,7 +212,7 @@ impl HttpServer {
                 continue;
             };
             if now >= conn.deadline() {
-                log::debug!("http: {} timed out", conn.peer);
+                log::debug!(target: crate::logging::HTTP, "http: {} timed out", conn.peer);
                 self.close(registry, slot);
             }
         }
@@ -208,12 +225,12 @@ impl HttpServer {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     // EMFILE and the like: the next event retries.
-                    log::warn!("http: accept: {e}");
+                    log::warn!(target: crate::logging::HTTP, "http: accept: {e}");
                     return;
                 }
             };
             if self.open >= MAX_CONNECTIONS {
-                log::warn!("http: {MAX_CONNECTIONS} connections open, refusing {peer}");
+                log::warn!(target: crate::logging::HTTP, "http: {MAX_CONNECTIONS} connections open, refusing {peer}");
                 continue;
             }
             let slot = self.free.pop().unwrap_or_else(|| {
@@ -222,7 +239,7 @@ impl HttpServer {
             });
             let token = Token(self.first_conn_token + slot);
             if let Err(e) = registry.register(&mut stream, token, Interest::READABLE) {
-                log::warn!("http: cannot watch {peer}: {e}");
+                log::warn!(target: crate::logging::HTTP, "http: cannot watch {peer}: {e}");
                 self.free.push(slot);
                 continue;
             }
@@ -241,6 +258,7 @@ impl HttpServer {
                 request_started: None,
                 last_progress: now,
                 paging: None,
+                streaming: None,
             });
             self.open += 1;
             self.again.push(slot);
@@ -252,7 +270,7 @@ impl HttpServer {
         let Some(conn) = self.conns[slot].as_mut() else {
             return;
         };
-        let outcome = step(conn, db, now, &mut self.counters);
+        let outcome = step(conn, db, now, &mut self.counters, &self.logs);
         match outcome {
             Step::Close => self.close(registry, slot),
             Step::Wait { more } => {
@@ -298,7 +316,13 @@ enum Step {
     },
 }
 
-fn step(conn: &mut Conn, db: &Db, now: Instant, counters: &mut HttpCounters) -> Step {
+fn step(
+    conn: &mut Conn,
+    db: &Db,
+    now: Instant,
+    counters: &mut HttpCounters,
+    logs: &buildlog::Places,
+) -> Step {
     if flush(conn, now).is_err() {
         return Step::Close;
     }
@@ -317,6 +341,32 @@ fn step(conn: &mut Conn, db: &Db, now: Instant, counters: &mut HttpCounters) -> 
             .extend_from_slice(&response.encode(paging.head, paging.keep_alive));
         conn.close_after_write = !paging.keep_alive;
     }
+    // One chunk of a log per turn, while the client keeps up: what waits
+    // in its queue is bounded, and so is the turn.
+    if let Some(streaming) = conn.streaming.as_mut() {
+        if conn.output.len() - conn.sent >= MAX_QUEUED {
+            return Step::Wait { more: false };
+        }
+        if let Err(e) = streaming.log.next(&mut conn.output) {
+            // Headers are gone: only a broken transfer can tell the
+            // client that the body is not the whole log.
+            log::warn!(target: crate::logging::HTTP, "http: {} log: {e}", conn.peer);
+            let _ = flush(conn, now);
+            return Step::Close;
+        }
+        if !streaming.log.is_done() {
+            return match flush(conn, now) {
+                Ok(()) => Step::Wait {
+                    more: conn.queued() < MAX_QUEUED,
+                },
+                Err(()) => Step::Close,
+            };
+        }
+        let keep =
+            streaming.keep_alive && streaming.log.length() != crate::http::Length::UntilClose;
+        conn.streaming = None;
+        conn.close_after_write = !keep;
+    }
     let mut read = 0;
     let mut answered = 0;
     loop {
@@ -325,7 +375,7 @@ fn step(conn: &mut Conn, db: &Db, now: Instant, counters: &mut HttpCounters) -> 
         while answered < REQUESTS_PER_TURN
             && conn.queued() < MAX_QUEUED
             && !conn.close_after_write
-            && conn.paging.is_none()
+            && !conn.busy()
             && !conn.input.is_empty()
         {
             match http::parse_request(&conn.input) {
@@ -342,31 +392,58 @@ fn step(conn: &mut Conn, db: &Db, now: Instant, counters: &mut HttpCounters) -> 
                         answered += 1;
                         continue;
                     }
+                    let keep = req.keep_alive && !conn.eof;
+                    if buildlog::serve::log_request(&req).is_some() {
+                        answered += 1;
+                        match buildlog::serve::start(db, logs, &req, keep) {
+                            buildlog::serve::Start::Whole(response) => {
+                                counters.record(web::route_pattern(&req), response.status);
+                                conn.output
+                                    .extend_from_slice(&response.encode(req.is_head(), keep));
+                                conn.close_after_write = !keep;
+                            }
+                            buildlog::serve::Start::Stream(head, log) => {
+                                counters.record(web::route_pattern(&req), 200);
+                                log::debug!(target: crate::logging::HTTP,
+                                    "http: {} {} {} -> 200",
+                                    conn.peer,
+                                    req.method,
+                                    req.path
+                                );
+                                conn.output.extend_from_slice(&head);
+                                conn.streaming = Some(Streaming {
+                                    log,
+                                    keep_alive: keep,
+                                });
+                                // Ended here for HEAD: nothing to stream.
+                                return step_again(conn, now);
+                            }
+                        }
+                        continue;
+                    }
                     let response = web::respond(
                         db,
                         &req,
                         &web::Ctx {
                             now: wall_clock(),
-                            log_root: std::path::Path::new(api::LOG_ROOT),
+                            logs,
                             counters,
                         },
                     );
                     counters.record(web::route_pattern(&req), response.status);
-                    log::debug!(
-                        "http: {} {} {} -> {}",
+                    log::debug!(target: crate::logging::HTTP, "http: {} {} {:?} -> {}",
                         conn.peer,
                         req.method,
                         req.path,
                         response.status
                     );
-                    let keep = req.keep_alive && !conn.eof;
                     conn.output
                         .extend_from_slice(&response.encode(req.is_head(), keep));
                     conn.close_after_write = !keep;
                     answered += 1;
                 }
                 Err(e) => {
-                    log::debug!("http: {} refused: {} {}", conn.peer, e.status, e.message);
+                    log::debug!(target: crate::logging::HTTP, "http: {} refused: {} {}", conn.peer, e.status, e.message);
                     let response: Response = api::error(e.status, e.message);
                     counters.record("invalid", e.status);
                     conn.output
@@ -409,7 +486,7 @@ fn step(conn: &mut Conn, db: &Db, now: Instant, counters: &mut HttpCounters) -> 
     }
     // A listing still being paged is an answer owed, even to a peer that
     // has shut its sending side.
-    if conn.queued() == 0 && conn.paging.is_none() {
+    if conn.queued() == 0 && !conn.busy() {
         if conn.close_after_write {
             if conn.input.is_empty() && conn.eof {
                 return Step::Close;
@@ -423,9 +500,17 @@ fn step(conn: &mut Conn, db: &Db, now: Instant, counters: &mut HttpCounters) -> 
             return Step::Close;
         }
     }
-    let more = conn.paging.is_some()
+    let more = conn.busy()
         || (answered >= REQUESTS_PER_TURN && conn.queued() < MAX_QUEUED && !conn.input.is_empty());
     Step::Wait { more }
+}
+
+/// After a log stream began: the rest of the turn is the stream's.
+fn step_again(conn: &mut Conn, now: Instant) -> Step {
+    match flush(conn, now) {
+        Ok(()) => Step::Wait { more: true },
+        Err(()) => Step::Close,
+    }
 }
 
 /// The pages' "3 minutes ago" needs calendar time, which the monotonic

@@ -4,16 +4,32 @@
 //! `(job (name . "hello") (derivation . "/gnu/store/…drv") (system . …) …)`,
 //! `(job-error (name . "x") (message . "…"))` for a job whose thunk failed,
 //! and `(done N)` at the end.  Nothing here trusts that output: every line
-//! is checked, and the `.drv` file decides the system, name and outputs.
+//! is checked, and the `.drv` file decides the system, name, outputs and
+//! inputs (the same .drv files as today's `#:inputs`, in every convention).
 
+use crate::build::Limits;
 use crate::db::JobRecord;
 use crate::drv::Derivation;
 use crate::sexp::{Datum, Kind, parse_all};
 
+/// Limits above this many seconds (a year) are refused as nonsense rather
+/// than passed on to the daemon.
+pub const MAX_LIMIT_SECS: u64 = 365 * 86_400;
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Line {
-    Job { name: String, derivation: String },
-    JobError { name: String, message: String },
+    /// `limits` are the job's `max-silent-time` and `timeout` (seconds),
+    /// `priority` its `priority`, each absent when the job gave none.
+    Job {
+        name: String,
+        derivation: String,
+        limits: Limits,
+        priority: Option<i64>,
+    },
+    JobError {
+        name: String,
+        message: String,
+    },
     Done(u64),
 }
 
@@ -35,7 +51,16 @@ fn string_field(items: &[Datum], key: &str) -> Result<String, String> {
     }
 }
 
-/// Parses one line of evaluator output.
+/// An optional non-negative integer field of at most `max`.
+fn natural_field(items: &[Datum], key: &str, max: u64) -> Result<Option<u64>, String> {
+    match field(items, key).map(|d| &d.kind) {
+        None => Ok(None),
+        Some(Kind::Int(n)) if (0..=max as i64).contains(n) => Ok(Some(*n as u64)),
+        Some(_) => Err(format!("field '{key}' is not an integer from 0 to {max}")),
+    }
+}
+
+/// Parses one line of evaluator output.  Errors name the field at fault.
 pub fn parse_line(line: &[u8]) -> Result<Line, String> {
     let text = std::str::from_utf8(line).map_err(|_| "output is not UTF-8".to_string())?;
     let data = parse_all(text).map_err(|e| format!("unreadable output ({e})"))?;
@@ -59,11 +84,18 @@ pub fn parse_line(line: &[u8]) -> Result<Line, String> {
         "job" => {
             let derivation = string_field(rest, "derivation")?;
             if !crate::trace::is_store_drv(&derivation) {
-                return Err(format!("'{derivation}' is not a store .drv file"));
+                // Escaped: the message goes to a log line and the database.
+                let drv = derivation.escape_debug();
+                return Err(format!("'{drv}' is not a store .drv file"));
             }
             Ok(Line::Job {
                 name: string_field(rest, "name")?,
                 derivation,
+                limits: Limits {
+                    max_silent_time: natural_field(rest, "max-silent-time", MAX_LIMIT_SECS)?,
+                    timeout: natural_field(rest, "timeout", MAX_LIMIT_SECS)?,
+                },
+                priority: natural_field(rest, "priority", i64::MAX as u64)?.map(|p| p as i64),
             })
         }
         "job-error" => Ok(Line::JobError {
@@ -80,6 +112,27 @@ pub fn parse_line(line: &[u8]) -> Result<Line, String> {
         },
         other => Err(format!("unknown output '{other}'")),
     }
+}
+
+/// How the evaluator starts the one line that says why it failed (its
+/// backtrace, if any, follows on later lines).
+pub const EVALUATOR_ERROR_PREFIX: &str = "evaluate: error: ";
+
+/// The most of an evaluation error recorded, in characters.
+pub const MAX_EVALUATION_ERROR: usize = 1000;
+
+/// An evaluation error as recorded: `reason` cut to
+/// [`MAX_EVALUATION_ERROR`] characters, without the evaluator's prefix.
+pub fn evaluation_error(reason: &str) -> String {
+    let reason = reason
+        .strip_prefix(EVALUATOR_ERROR_PREFIX)
+        .unwrap_or(reason);
+    if reason.chars().count() <= MAX_EVALUATION_ERROR {
+        return reason.to_string();
+    }
+    let mut cut: String = reason.chars().take(MAX_EVALUATION_ERROR - 1).collect();
+    cut.push('…');
+    cut
 }
 
 /// What one evaluation's output has said so far, to check it as a whole:
@@ -103,10 +156,13 @@ impl Tally {
             return Err(format!("output after (done {n})"));
         }
         match line {
-            Line::Job { name, derivation } => {
+            Line::Job {
+                name, derivation, ..
+            } => {
                 if let Some(first) = self.names.get(name) {
                     return Err(format!(
-                        "job name '{name}' appears twice ({first} and {derivation})"
+                        "job name '{}' appears twice ({first} and {derivation})",
+                        name.escape_debug()
                     ));
                 }
                 self.names.insert(name.clone(), derivation.clone());
@@ -130,8 +186,15 @@ impl Tally {
     }
 }
 
-/// Builds the database record of a job from its `.drv` file's contents.
-pub fn job_record(name: &str, derivation: &str, drv_bytes: &[u8]) -> Result<JobRecord, String> {
+/// Builds the database record of a job (its line's `limits` and
+/// `priority`) from its `.drv` file's contents.
+pub fn job_record(
+    name: &str,
+    derivation: &str,
+    limits: Limits,
+    priority: Option<i64>,
+    drv_bytes: &[u8],
+) -> Result<JobRecord, String> {
     let drv =
         Derivation::parse(drv_bytes).map_err(|e| format!("{derivation}: bad derivation: {e}"))?;
     let nix_name = drv
@@ -148,6 +211,9 @@ pub fn job_record(name: &str, derivation: &str, drv_bytes: &[u8]) -> Result<JobR
             .iter()
             .map(|o| (o.name.clone(), o.path.clone()))
             .collect(),
+        inputs: drv.input_drvs.iter().map(|(d, _)| d.clone()).collect(),
+        limits,
+        priority: priority.unwrap_or(0),
     })
 }
 
@@ -161,13 +227,7 @@ mod tests {
     fn reads_jobs_errors_and_done() {
         let line =
             format!(r#"(job (name . "ok-1") (derivation . "{DRV}") (system . "x86_64-linux"))"#);
-        assert_eq!(
-            parse_line(line.as_bytes()).unwrap(),
-            Line::Job {
-                name: "ok-1".into(),
-                derivation: DRV.into()
-            }
-        );
+        assert_eq!(parse_line(line.as_bytes()).unwrap(), job("ok-1", DRV));
         assert_eq!(
             parse_line(br#"(job-error (name . "bad") (message . "boom"))"#).unwrap(),
             Line::JobError {
@@ -182,7 +242,88 @@ mod tests {
         Line::Job {
             name: name.into(),
             derivation: drv.into(),
+            limits: Limits::default(),
+            priority: None,
         }
+    }
+
+    #[test]
+    fn reads_limits_and_priority_of_every_convention() {
+        // As the evaluator prints a job of Guix 1.5.0's `cuirass-jobs`.
+        let line = format!(
+            r#"(job (name . "hello.x86_64-linux") (derivation . "{DRV}") (system . "x86_64-linux") (max-silent-time . 3600) (timeout . 72000) (priority . 5))"#
+        );
+        assert_eq!(
+            parse_line(line.as_bytes()).unwrap(),
+            Line::Job {
+                name: "hello.x86_64-linux".into(),
+                derivation: DRV.into(),
+                limits: Limits {
+                    max_silent_time: Some(3600),
+                    timeout: Some(72000)
+                },
+                priority: Some(5),
+            }
+        );
+        let only_timeout = format!(r#"(job (name . "a") (derivation . "{DRV}") (timeout . 3))"#);
+        let Line::Job {
+            limits, priority, ..
+        } = parse_line(only_timeout.as_bytes()).unwrap()
+        else {
+            panic!("not a job")
+        };
+        assert_eq!(
+            (limits.max_silent_time, limits.timeout, priority),
+            (None, Some(3), None)
+        );
+    }
+
+    #[test]
+    fn an_evaluation_error_is_the_evaluators_line_cut_to_1000_characters() {
+        assert_eq!(
+            evaluation_error("evaluate: error: calling 'jobs' of ci.scm: unknown subset"),
+            "calling 'jobs' of ci.scm: unknown subset"
+        );
+        let long = format!("evaluate: error: {}", "é".repeat(5000));
+        let recorded = evaluation_error(&long);
+        assert_eq!(recorded.chars().count(), MAX_EVALUATION_ERROR);
+        assert!(recorded.ends_with("é…"), "{recorded}");
+        assert_eq!(
+            evaluation_error("exited with status 1"),
+            "exited with status 1"
+        );
+    }
+
+    #[test]
+    fn refuses_limits_that_are_not_seconds() {
+        for (value, key) in [
+            ("(timeout . -1)", "'timeout'"),
+            ("(timeout . 2.5)", "'timeout'"),
+            ("(max-silent-time . \"60\")", "'max-silent-time'"),
+            ("(max-silent-time . 99999999999)", "'max-silent-time'"),
+            ("(priority . -3)", "'priority'"),
+        ] {
+            let line = format!(r#"(job (name . "a") (derivation . "{DRV}") {value})"#);
+            let err = parse_line(line.as_bytes()).unwrap_err();
+            assert!(err.contains(key), "{value}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_record_takes_inputs_from_the_drv_and_the_limits_from_the_line() {
+        let bytes = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/drv/mfg2kx200kw1wdk3kmxlp32x6ay7fjmb-hello-2.10.drv"
+        ))
+        .unwrap();
+        let limits = Limits {
+            max_silent_time: Some(2),
+            timeout: None,
+        };
+        let record = job_record("j", DRV, limits, Some(7), &bytes).unwrap();
+        assert_eq!((record.limits, record.priority), (limits, 7));
+        assert!(!record.inputs.is_empty(), "{record:?}");
+        assert!(record.inputs.iter().all(|i| crate::trace::is_store_drv(i)));
     }
 
     #[test]
@@ -193,6 +334,19 @@ mod tests {
             .accept(&job("a", "/gnu/store/x-other.drv"))
             .unwrap_err();
         assert!(err.contains("'a' appears twice"), "{err}");
+    }
+
+    /// Names from the evaluator reach log lines and the database: a
+    /// newline in one must not split the line.
+    #[test]
+    fn names_in_errors_cannot_split_a_log_line() {
+        let err = parse_line(br#"(job (name . "a") (derivation . "/x\n.drv"))"#).unwrap_err();
+        assert_eq!(err, r"'/x\n.drv' is not a store .drv file");
+        let drv = "/gnu/store/00000000000000000000000000000000-a.drv";
+        let mut tally = Tally::default();
+        tally.accept(&job("a\nb", drv)).unwrap();
+        let err = tally.accept(&job("a\nb", drv)).unwrap_err();
+        assert!(err.starts_with(r"job name 'a\nb' appears twice"), "{err}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Codemap, in the order data flows through the program:
 //!
 //! - `cli`: command-line options, their documentation, and defaults.
+//! - `logging`: the log target of each part of cuirass.
 //! - `sexp`: the S-expression reader and writer (pure; no I/O).
 //! - `spec`: specification files turned into [`spec::Specification`]s.
 //! - `drv`: the ATerm `.drv` file parser (pure).
@@ -13,8 +14,12 @@
 //! - `job`: evaluator output lines turned into jobs.
 //! - `fetch`: git checkouts, run in a child process of this binary.
 //! - `child`: subprocesses whose pipes the event loop watches.
-//! - `build`: one batch of derivations handed to the daemon, and its statuses.
-//! - `scheduler`: the per-specification state machine.
+//! - `build`: one batch of derivations of one limit class handed to the
+//!   daemon, and its statuses.
+//! - `cycle`: one specification's cycle, a sans-I/O state machine (the
+//!   evaluation track and the building track).
+//! - `buildlog`: build logs found, decoded (a sans-I/O codec), streamed a
+//!   chunk per turn and copied per build.
 //! - `api`: the HTTP routes over the database; the only JSON serializer.
 //! - `html`: escaping, the page layout and formatters for the dashboard (pure).
 //! - `web`: the dashboard's pages, `/metrics` and badges; then `api`.
@@ -24,12 +29,18 @@
 //!
 //! Invariants: codecs (`sexp`, `drv`, `wire`, `trace`, `http`) do no I/O;
 //! only the shell (`event_loop`, `http_server`) reads the clock, everything
-//! else is handed `now`; only `db` writes SQL; only `api` writes JSON.
+//! else is handed `now`; only `db` writes SQL; only `api` writes JSON; nothing holds a
+//! whole build log (`buildlog` reads and decodes bounded chunks); no log
+//! line prints a name from outside (a spec's, a job's, a derivation from
+//! the evaluator) but quoted with escapes (`{:?}`); no log line goes out
+//! without the target of its part (`logging`).
 
 pub mod api;
 pub mod build;
+pub mod buildlog;
 pub mod child;
 pub mod cli;
+pub mod cycle;
 pub mod db;
 pub mod drv;
 pub mod event_loop;
@@ -38,7 +49,7 @@ pub mod html;
 pub mod http;
 pub mod http_server;
 pub mod job;
-pub mod scheduler;
+pub mod logging;
 pub mod sexp;
 pub mod signals;
 pub mod spec;

@@ -10,6 +10,10 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some(fetch::SUBCOMMAND) {
         return ExitCode::from(fetch::child_main(&args) as u8);
     }
+    // The child that re-reads a specification file on SIGHUP.
+    if args.first().map(String::as_str) == Some(spec::SUBCOMMAND) {
+        return ExitCode::from(spec::child_main(&args) as u8);
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_secs()
         .init();

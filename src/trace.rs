@@ -15,7 +15,14 @@
 //! @ substituter-failed ITEM STATUS MESSAGE... (or `ITEM timeout`)
 //! @ build-log PID LENGTH                      (LENGTH raw bytes follow)
 //! cannot build derivation `DRV': N dependencies couldn't be built
+//! building of `DRV' timed out after N seconds[ of silence]
 //! ```
+//!
+//! A build killed for its `build-timeout` or `build-max-silent-time` is
+//! first announced by the `building of … timed out` message, then
+//! reported as `@ build-failed DRV - timeout`; guix-daemon 1.5.0 prints
+//! the first as `timed out after %2% seconds` for the timeout
+//! (fixtures/trace/timeout-*.txt hold both daemons' lines).
 //!
 //! Two quirks seen with the real daemon shape the splitter. A builder's
 //! last line need not end in a newline, and the daemon then writes its next
@@ -68,6 +75,13 @@ pub enum Event {
         drv: String,
         count: u64,
     },
+    /// The daemon killed `drv`'s builder for a limit; `message` is what it
+    /// said, from `timed out after` on.  A `build-failed … timeout`
+    /// follows.
+    TimedOut {
+        drv: String,
+        message: String,
+    },
     /// `len` raw bytes of output from builder `pid` follow this line.
     BuildLog {
         pid: u64,
@@ -88,6 +102,8 @@ pub enum Line {
 
 const DEPS_PREFIX: &[u8] = b"cannot build derivation `";
 const DEPS_SUFFIX: &str = " dependencies couldn't be built";
+const TIMEOUT_PREFIX: &[u8] = b"building of `";
+const TIMEOUT_INFIX: &str = "' timed out after ";
 
 /// Classifies one line of the log stream. A trailing `\n` or `\r\n` is
 /// ignored.
@@ -103,6 +119,12 @@ pub fn parse_line(line: &[u8]) -> Line {
             Ok(rest) => parse_deps_failed(rest).map_or_else(Line::Bogus, Line::Event),
             Err(_) => Line::Bogus("dependency failure line is not UTF-8".into()),
         }
+    } else if let Some(rest) = line.strip_prefix(TIMEOUT_PREFIX) {
+        // Anything else that starts so is builder output, not the daemon.
+        std::str::from_utf8(rest)
+            .ok()
+            .and_then(parse_timed_out)
+            .map_or(Line::Text, Line::Event)
     } else {
         Line::Text
     }
@@ -213,6 +235,14 @@ fn parse_deps_failed(rest: &str) -> Result<Event, String> {
     Ok(Event::DependenciesFailed {
         drv: drv_field(drv)?,
         count: number("dependency failure", "count", count)?,
+    })
+}
+
+fn parse_timed_out(rest: &str) -> Option<Event> {
+    let (drv, after) = rest.split_once(TIMEOUT_INFIX)?;
+    Some(Event::TimedOut {
+        drv: drv_field(drv).ok()?,
+        message: format!("timed out after {after}"),
     })
 }
 

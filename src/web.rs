@@ -10,10 +10,10 @@ mod metrics;
 mod pages;
 
 use crate::api;
+use crate::buildlog;
 use crate::db::Db;
 use crate::http::{Request, Response};
 use std::collections::BTreeMap;
-use std::path::Path;
 
 pub use metrics::render as render_metrics;
 
@@ -23,8 +23,8 @@ const HTML: &str = "text/html; charset=utf-8";
 pub struct Ctx<'a> {
     /// Unix time, for relative times.
     pub now: i64,
-    /// Where build logs are looked for (see [`api::LOG_ROOT`]).
-    pub log_root: &'a Path,
+    /// Where build logs are looked for.
+    pub logs: &'a buildlog::Places,
     pub counters: &'a HttpCounters,
 }
 
@@ -80,7 +80,7 @@ pub fn route_pattern(req: &Request) -> &'static str {
 /// Answers a request: a page, `/metrics` or a badge, else the JSON API.
 pub fn respond(db: &Db, req: &Request, ctx: &Ctx) -> Response {
     if req.method != "GET" && req.method != "HEAD" {
-        return api::respond_with_logs(db, req, ctx.log_root);
+        return api::respond(db, req);
     }
     let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
     let result = match segs.as_slice() {
@@ -91,7 +91,8 @@ pub fn respond(db: &Db, req: &Request, ctx: &Ctx) -> Response {
         ["build", id, "details"] => pages::build_details(db, id, ctx),
         ["search"] => pages::search(db, req, ctx.now),
         ["metrics"] => Ok(metrics::metrics(db, ctx.counters)),
-        _ => return api::respond_with_logs(db, req, ctx.log_root),
+        ["build", _, "log", "raw"] | ["log", _] => Ok(buildlog::serve::whole(db, ctx.logs, req)),
+        _ => return api::respond(db, req),
     };
     result.unwrap_or_else(|r| r)
 }
@@ -114,7 +115,7 @@ fn error_page(status: u16, message: &str) -> Response {
 }
 
 fn db_error(e: crate::db::Error) -> Response {
-    log::error!("http: {e}");
+    log::error!(target: crate::logging::HTTP, "http: {e}");
     error_page(500, "Database error.")
 }
 

@@ -1,15 +1,15 @@
 //! Builds found by what they made or how people search for them:
-//! `/build/NAME.drv`, `/output/ITEM`, `/log/ITEM` and `/search/latest`
+//! `/build/NAME.drv`, `/output/ITEM`, `/search/latest`, and the build
+//! whose log `/log/ITEM` is
 //! (routes of today's Cuirass; ITEM is a store file name, without
 //! `/gnu/store/`).
 
-use super::{Reply, build_json, db_error, error, json_response, read_log};
+use super::{Reply, build_json, db_error, error, json_response};
 use crate::db::Db;
 use crate::db::read::{BuildView, SearchQuery};
 use crate::drv::STORE_DIR;
 use crate::http::{Request, Response};
 use serde::Serialize;
-use std::path::Path;
 
 /// The most words of a search query matched against job names.
 pub const MAX_WORDS: usize = 8;
@@ -59,10 +59,10 @@ pub(super) fn output(db: &Db, item: &str) -> Reply {
     ))
 }
 
-/// `/log/ITEM`: the log of the build that made that store item, as text.
-pub(super) fn log(db: &Db, item: &str, log_root: &Path) -> Reply {
-    let text = read_log(&find_output(db, item)?.build, log_root)?;
-    Ok(Response::new(200, "text/plain; charset=utf-8", text))
+/// The build that made store item ITEM, for `/log/ITEM` (served by
+/// `buildlog::serve`); 404 if no build did.
+pub fn build_of_item(db: &Db, item: &str) -> Result<BuildView, Response> {
+    Ok(find_output(db, item)?.build)
 }
 
 /// A search query of today's Cuirass, e.g. `spec:guix system:x86_64-linux

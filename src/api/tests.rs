@@ -4,7 +4,7 @@ use crate::http::{Parsed, parse_request};
 use crate::spec::Specification;
 use serde_json::Value;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub(super) fn spec(name: &str, branch: Option<&str>) -> Specification {
     Specification {
@@ -24,6 +24,7 @@ pub(super) fn job(name: &str) -> JobRecord {
             ("out".into(), format!("/gnu/store/{name:b<32}-{name}")),
             ("doc".into(), format!("/gnu/store/{name:c<32}-{name}-doc")),
         ],
+        ..JobRecord::default()
     }
 }
 
@@ -75,8 +76,8 @@ pub(super) fn request(target: &str, method: &str) -> Request {
     }
 }
 
-pub(super) fn get(db: &Db, root: &Path, target: &str) -> (u16, Value) {
-    let r = respond_with_logs(db, &request(target, "GET"), root);
+pub(super) fn get(db: &Db, _root: &Path, target: &str) -> (u16, Value) {
+    let r = respond(db, &request(target, "GET"));
     assert_eq!(r.content_type, JSON, "{target}");
     (r.status, serde_json::from_slice(&r.body).unwrap())
 }
@@ -124,7 +125,8 @@ fn a_build_is_a_hydra_object() {
         },
         "system": "x86_64-linux", "nixname": "ok-1.0", "buildstatus": 0,
         "weather": -1, "busy": 0, "priority": 0, "finished": 1, "buildproducts": [],
-        "releasename": null, "buildinputs_builds": null
+        "releasename": null, "buildinputs_builds": null,
+        "timeout": null, "maxsilent": null, "errormsg": null
     });
     assert_eq!(b, expect);
     // Unfinished: the creation time, busy while started.
@@ -181,31 +183,6 @@ fn missing_and_bad_build_ids() {
 }
 
 #[test]
-fn build_logs() {
-    let (db, root) = fixture();
-    let r = respond_with_logs(&db, &request("/build/1/log/raw", "GET"), &root);
-    assert_eq!(
-        (r.status, r.content_type),
-        (200, "text/plain; charset=utf-8")
-    );
-    assert_eq!(r.body, b"building ok\nfailing? no\n");
-    // Build 2's log names a file outside the log directory; 3 has none.
-    assert_eq!(get(&db, &root, "/build/2/log/raw").0, 404);
-    assert_eq!(get(&db, &root, "/build/3/log/raw").0, 404);
-    assert_eq!(get(&db, &root, "/build/99/log/raw").0, 404);
-    // A `..` in the database's path is refused too.
-    let sneaky = format!("{}/ab/../../../etc/passwd", root.display());
-    db.connection()
-        .execute("UPDATE Builds SET log = ?1 WHERE id = 4", [sneaky])
-        .unwrap();
-    assert_eq!(get(&db, &root, "/build/4/log/raw").0, 404);
-    // The real route looks only under the daemon's directory.
-    let r = respond(&db, &request("/build/1/log/raw", "GET"));
-    assert_eq!(r.status, 404);
-    let _ = std::fs::remove_dir_all(root);
-}
-
-#[test]
 fn latest_builds_and_filters() {
     let (db, root) = fixture();
     let q = |t: &str| {
@@ -253,6 +230,50 @@ fn latest_builds_and_filters() {
         assert_eq!(code, 400, "{bad}");
         assert!(v["error"].is_string(), "{bad}");
     }
+}
+
+/// A `+` in a name parameter is a plus, whether the client sends it bare
+/// (as Guix's `(guix ci)` does) or as `%2B`; a space is `%20`.
+#[test]
+fn names_with_plus_are_found_written_bare_or_as_2b() {
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("libsigc++", Some("master"))])
+        .unwrap();
+    let mut gtk = job("gtk");
+    gtk.job_name = "gtk+-3.24.x86_64-linux".into();
+    let mut spaced = job("spaced");
+    spaced.job_name = "a b".into();
+    db.register_evaluation("libsigc++", "abc", &[gtk.clone(), spaced.clone()], 100)
+        .unwrap();
+    for j in [&gtk, &spaced] {
+        db.build_finished(&j.derivation, 0, None, 200).unwrap();
+    }
+    let root = std::env::temp_dir();
+    let names = |t: &str| {
+        let (code, v) = get(&db, &root, t);
+        assert_eq!(code, 200, "{t}: {v}");
+        let names: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["job"].as_str().unwrap().to_string())
+            .collect();
+        names
+    };
+    for job in ["gtk+-3.24.x86_64-linux", "gtk%2B-3.24.x86_64-linux"] {
+        for project in ["libsigc++", "libsigc%2B%2B", "libsigc+%2b"] {
+            let t = format!("/api/latestbuilds?nr=10&job={job}&project={project}");
+            assert_eq!(names(&t), ["gtk+-3.24.x86_64-linux"], "{t}");
+        }
+        let t = format!("/api/jobs/history?nr=5&spec=libsigc++&names={job},a%20b");
+        let (code, v) = get(&db, &root, &t);
+        assert_eq!(code, 200, "{t}: {v}");
+        let found = v.to_string();
+        assert!(found.contains("\"gtk+-3.24.x86_64-linux\""), "{t}: {found}");
+        assert!(found.contains("\"status\":0"), "{t}: {found}");
+    }
+    assert_eq!(names("/api/latestbuilds?nr=10&job=a%20b"), ["a b"]);
+    assert!(names("/api/latestbuilds?nr=10&job=gtk%20-3.24.x86_64-linux").is_empty());
 }
 
 #[test]
@@ -317,12 +338,12 @@ fn unknown_paths_and_methods() {
         assert!(v["error"].is_string());
     }
     for method in ["POST", "PUT", "DELETE"] {
-        let r = respond_with_logs(&db, &request("/jobsets", method), &root);
+        let r = respond(&db, &request("/jobsets", method));
         assert_eq!(r.status, 405, "{method}");
         assert!(r.headers.contains(&("Allow", "GET, HEAD".into())));
     }
     // HEAD answers like GET; the server leaves out the body.
-    let r = respond_with_logs(&db, &request("/jobsets", "HEAD"), &root);
+    let r = respond(&db, &request("/jobsets", "HEAD"));
     assert_eq!(r.status, 200);
 }
 
@@ -471,4 +492,35 @@ fn listings_answered_page_by_page_match_the_whole_query() {
     assert_eq!(ids(&v), finished[..PAGE as usize + 3]);
     let (_, v) = get(&db, Path::new("/"), &format!("/api/queue?nr={PAGE}"));
     assert_eq!(ids(&v), queued[..PAGE as usize]);
+}
+
+#[test]
+fn a_build_killed_for_a_limit_shows_the_limits_and_the_reason() {
+    let (mut db, root) = fixture();
+    let mut today = job("today");
+    today.limits = crate::build::Limits {
+        max_silent_time: Some(2),
+        timeout: Some(72000),
+    };
+    today.priority = 5;
+    db.register_evaluation("hello", "c2", &[today.clone()], 400)
+        .unwrap();
+    db.apply_build_updates(
+        &[crate::build::Update::Finished {
+            derivation: today.derivation,
+            status: status::FAILED,
+            log: None,
+            reason: Some("timed out after 2 seconds of silence".into()),
+        }],
+        410,
+    )
+    .unwrap();
+    let (code, b) = get(&db, &root, "/build/6");
+    assert_eq!(code, 200);
+    assert_eq!(
+        (&b["job"], &b["buildstatus"], &b["priority"]),
+        (&json!("today"), &json!(1), &json!(5))
+    );
+    assert_eq!((&b["maxsilent"], &b["timeout"]), (&json!(2), &json!(72000)));
+    assert_eq!(b["errormsg"], "timed out after 2 seconds of silence");
 }

@@ -5,6 +5,7 @@ use super::tests::{fixture, get, ids, job, request, spec};
 use super::*;
 use crate::db::JobRecord;
 use serde_json::{Value, json};
+use std::path::Path;
 
 /// `job` with its own derivation and outputs in evaluation `nonce`.
 fn job_in(name: &str, nonce: &str) -> JobRecord {
@@ -352,7 +353,7 @@ fn a_build_by_derivation() {
 }
 
 #[test]
-fn an_output_and_its_log() {
+fn an_output_and_the_build_that_made_it() {
     let (db, root) = fixture();
     let out = &job("ok").outputs[1].1;
     let item = out.strip_prefix("/gnu/store/").unwrap();
@@ -366,29 +367,14 @@ fn an_output_and_its_log() {
         (&v["build"]["id"], &v["build"]["buildstatus"]),
         (&1.into(), &0.into())
     );
-    let r = respond_with_logs(&db, &request(&format!("/log/{item}"), "GET"), &root);
-    assert_eq!(
-        (r.status, r.content_type),
-        (200, "text/plain; charset=utf-8")
-    );
-    assert_eq!(r.body, b"building ok\nfailing? no\n");
-    // Known output, but its build has no log under the log directory.
-    let wip = job("wip").outputs[0]
-        .1
-        .strip_prefix("/gnu/store/")
-        .unwrap()
-        .to_string();
-    assert_eq!(get(&db, &root, &format!("/log/{wip}")).0, 404);
     let none = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-none";
-    for route in ["output", "log"] {
-        assert_eq!(
-            get(&db, &root, &format!("/{route}/{none}")),
-            (
-                404,
-                json!({"error": format!("No build made /gnu/store/{none}.")})
-            )
-        );
-    }
+    assert_eq!(
+        get(&db, &root, &format!("/output/{none}")),
+        (
+            404,
+            json!({"error": format!("No build made /gnu/store/{none}.")})
+        )
+    );
     let plan = crate::db::query_plan(db.connection(), crate::db::read::OUTPUT, [out]);
     assert!(
         plan.starts_with("SEARCH o USING INDEX Outputs_path (path=?)"),
@@ -409,7 +395,7 @@ fn an_output_and_its_log() {
 fn search_latest_redirects_to_the_newest_match() {
     let (db, root) = fixture();
     let go = |t: &str| {
-        let r = respond_with_logs(&db, &request(t, "GET"), &root);
+        let r = respond(&db, &request(t, "GET"));
         let location = r
             .headers
             .iter()
@@ -419,18 +405,18 @@ fn search_latest_redirects_to_the_newest_match() {
     };
     let found = |id: i64| (302, Some(format!("/build/{id}/details")));
     assert_eq!(go("/search/latest?query=ok"), found(5));
-    assert_eq!(go("/search/latest?query=spec:hello+ok"), found(1));
+    assert_eq!(go("/search/latest?query=spec:hello%20ok"), found(1));
     assert_eq!(
         go("/search/latest?query=spec%3Ahello%20status%3Afailed"),
         found(2)
     );
     assert_eq!(
-        go("/search/latest?query=status:pending+system:x86_64-linux+wa+it"),
+        go("/search/latest?query=status:pending%20system:x86_64-linux%20wa%20it"),
         found(4)
     );
     assert_eq!(go("/search/latest?query=spec:hello"), found(4));
-    assert_eq!(go("/search/latest?query=spec:other+bad").0, 404);
-    assert_eq!(go("/search/latest?query=system:mips+ok").0, 404);
+    assert_eq!(go("/search/latest?query=spec:other%20bad").0, 404);
+    assert_eq!(go("/search/latest?query=system:mips%20ok").0, 404);
     // No build has products yet.
     let (code, v) = get(&db, &root, "/search/latest/archive?query=ok");
     assert_eq!(
@@ -441,7 +427,7 @@ fn search_latest_redirects_to_the_newest_match() {
         "/search/latest",
         "/search/latest?query=",
         "/search/latest?query=status:maybe",
-        "/search/latest?query=a+b+c+d+e+f+g+h+i",
+        "/search/latest?query=a%20b%20c%20d%20e%20f%20g%20h%20i",
     ] {
         let (code, v) = get(&db, &root, bad);
         assert_eq!(code, 400, "{bad}");

@@ -24,6 +24,12 @@ pub struct BuildView {
     pub stoptime: i64,
     /// (output name, store path), by name.
     pub outputs: Vec<(String, String)>,
+    /// Its job's priority, and limits in seconds (`None`: the daemon's).
+    pub priority: i64,
+    pub timeout: Option<i64>,
+    pub max_silent_time: Option<i64>,
+    /// The daemon's reason for a failure: `timed out after 3 seconds`.
+    pub errormsg: Option<String>,
     /// One of [`weather`]: how this build compares with the job's
     /// previous finished build in the same specification.
     pub weather: i64,
@@ -144,7 +150,8 @@ pub struct OutputView {
 
 pub(super) const BUILD_COLUMNS: &str =
     "SELECT b.id, b.evaluation, e.specification, s.branch, d.job_name,
-        d.system, d.nix_name, b.derivation, b.log, b.status, b.timestamp, b.starttime, b.stoptime";
+        d.system, d.nix_name, b.derivation, b.log, b.status, b.timestamp, b.starttime, b.stoptime,
+        b.priority, b.timeout, b.maxsilent, b.errormsg";
 
 /// The joins from `builds` (Builds as `b`, perhaps with an index named)
 /// to its derivation, evaluation and specification.  `CROSS JOIN` pins
@@ -185,6 +192,10 @@ pub(super) fn build_row(r: &Row) -> rusqlite::Result<BuildView> {
         stoptime: r.get(12)?,
         outputs: Vec::new(),
         weather: weather::UNKNOWN,
+        priority: r.get(13)?,
+        timeout: r.get(14)?,
+        max_silent_time: r.get(15)?,
+        errormsg: r.get(16)?,
     })
 }
 

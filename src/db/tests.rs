@@ -14,6 +14,7 @@ fn job(name: &str) -> JobRecord {
         system: "x86_64-linux".into(),
         nix_name: name.into(),
         outputs: vec![("out".into(), format!("/gnu/store/{name:b<32}-{name}"))],
+        ..JobRecord::default()
     }
 }
 
@@ -57,10 +58,10 @@ fn evaluation_registers_every_job_in_one_go() {
         2
     );
     assert_eq!(count(&db, "SELECT COUNT(*) FROM Outputs"), 2);
-    let pending = db.pending_builds(Some("a")).unwrap();
+    let pending = db.pending_builds_page("a", 0, 100).unwrap();
     assert_eq!(pending.len(), 2);
     assert!(pending.iter().all(|p| p.evaluation == eval));
-    assert!(db.pending_builds(Some("other")).unwrap().is_empty());
+    assert!(db.pending_builds_page("other", 0, 100).unwrap().is_empty());
 }
 
 #[test]
@@ -350,6 +351,7 @@ fn the_duration_histogram_follows_finished_builds() {
             derivation: job("one").derivation,
             status: status::SUCCEEDED,
             log: None,
+            reason: None,
         }],
         70,
     )
@@ -387,4 +389,92 @@ fn status_changes_find_builds_through_the_derivation_index() {
         ),
         "SEARCH Builds USING INDEX Builds_derivation (derivation=?)"
     );
+}
+
+#[test]
+fn a_jobs_limits_priority_inputs_and_failure_reason_are_kept() {
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("a")]).unwrap();
+    let limits = Limits {
+        max_silent_time: Some(2),
+        timeout: Some(72000),
+    };
+    let mut today = job("today");
+    today.limits = limits;
+    today.priority = 5;
+    today.inputs = vec![job("dep").derivation, job("dep2").derivation];
+    let eval = db.begin_evaluation("a", "c1", 1).unwrap();
+    let added = db
+        .add_jobs("a", eval, &[today.clone(), job("old")], 2)
+        .unwrap();
+    assert_eq!(
+        added.iter().map(|p| p.limits).collect::<Vec<_>>(),
+        [limits, Limits::default()]
+    );
+    let pending = db.pending_builds_page("a", 0, 100).unwrap();
+    assert_eq!(pending, added);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM Inputs WHERE build = 1"), 2);
+    let row: (i64, Option<i64>, Option<i64>) = db
+        .connection()
+        .query_row(
+            "SELECT priority, timeout, maxsilent FROM Builds WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(row, (5, Some(72000), Some(2)));
+    db.apply_build_updates(
+        &[crate::build::Update::Finished {
+            derivation: today.derivation.clone(),
+            status: status::FAILED,
+            log: None,
+            reason: Some("timed out after 2 seconds of silence".into()),
+        }],
+        10,
+    )
+    .unwrap();
+    let reason: Option<String> = db
+        .connection()
+        .query_row("SELECT errormsg FROM Builds WHERE id = 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        reason.as_deref(),
+        Some("timed out after 2 seconds of silence")
+    );
+    // A rolled-back evaluation takes its inputs along (foreign keys on).
+    db.abandon_evaluation(eval).unwrap();
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM Inputs"), 0);
+}
+
+#[test]
+fn a_database_of_schema_7_gains_the_job_columns() {
+    let dir = std::env::temp_dir().join(format!("cuirass-db7-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cuirass.db");
+    let _ = std::fs::remove_file(&path);
+    {
+        let old = Connection::open(&path).unwrap();
+        for sql in &MIGRATIONS[..7] {
+            old.execute_batch(sql).unwrap();
+        }
+        old.pragma_update(None, "user_version", 7).unwrap();
+        old.execute_batch(
+            "INSERT INTO Specifications VALUES ('a', 'file:///a', '.', 'ci.scm', 'jobs', '()', 'master', NULL, NULL, 1);
+             INSERT INTO Evaluations (specification, revision) VALUES ('a', 'c1');
+             INSERT INTO Derivations VALUES ('/gnu/store/aaa-x.drv', 1, 'x', 'x86_64-linux', 'x');
+             INSERT INTO Builds (derivation, evaluation, log, status) VALUES ('/gnu/store/aaa-x.drv', 1, '', -2);",
+        )
+        .unwrap();
+    }
+    let db = Db::open(&path).unwrap();
+    assert_eq!(db.user_version().unwrap(), schema_version());
+    let pending = db.pending_builds_page("a", 0, 100).unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].limits, Limits::default());
+    let priority: i64 = db
+        .connection()
+        .query_row("SELECT priority FROM Builds", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(priority, 0);
+    let _ = std::fs::remove_dir_all(dir);
 }

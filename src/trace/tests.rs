@@ -285,6 +285,10 @@ builder for `DRV' failed with exit code 1 => Text
 @ build-log 1 2 3 => Bogus("build-log: extra fields")
 cannot build derivation `DRV': many dependencies couldn't be built => Bogus("dependency failure: bad count `many`")
 cannot build derivation `x => Bogus("unrecognised dependency failure: `x`")
+building of `DRV' timed out after 2 seconds of silence => Event(TimedOut { drv: "DRV", message: "timed out after 2 seconds of silence" })
+building of `DRV' timed out after %2% seconds => Event(TimedOut { drv: "DRV", message: "timed out after %2% seconds" })
+building of `DRV' took long => Text
+building of `/tmp/x.drv' timed out after 3 seconds => Text
 "#;
 
 #[test]
@@ -347,4 +351,58 @@ fn store_drv_paths() {
     ];
     assert!(ok.iter().all(|p| is_store_drv(p)));
     assert!(!bad.iter().any(|p| is_store_drv(p)));
+}
+
+/// The trace events of a capture, in order, as `kind drv-name reason`.
+fn timeline(capture: &[u8]) -> Vec<String> {
+    let mut sp = LineSplitter::new();
+    events(&split(capture, 7, &mut sp))
+        .into_iter()
+        .filter_map(|l| match l {
+            Line::Event(Event::TimedOut { drv, message }) => {
+                Some(format!("{} {message}", short(&drv)))
+            }
+            Line::Event(Event::BuildFailed { drv, reason }) => {
+                Some(format!("{} failed: {reason}", short(&drv)))
+            }
+            Line::Event(Event::BuildSucceeded { drv }) => {
+                Some(format!("{} succeeded", short(&drv)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// `silent` or `chatty`, from the derivation's name.
+fn short(drv: &str) -> &str {
+    let name = &drv[44..];
+    &name[..name.find('-').unwrap()]
+}
+
+#[test]
+fn timeouts_as_both_daemons_report_them() {
+    let silent_1_5 = include_bytes!("../../fixtures/trace/timeout-silent-1.5.0.txt");
+    let timeout_1_5 = include_bytes!("../../fixtures/trace/timeout-1.5.0.txt");
+    let silent_1_2 = include_bytes!("../../fixtures/trace/timeout-silent-1.2.0.txt");
+    let timeout_1_2 = include_bytes!("../../fixtures/trace/timeout-1.2.0.txt");
+    for silent in [&silent_1_5[..], &silent_1_2[..]] {
+        assert_eq!(
+            timeline(silent),
+            [
+                "chatty succeeded",
+                "silent timed out after 2 seconds of silence",
+                "silent failed: timeout"
+            ]
+        );
+    }
+    let timeout = |n: &str| {
+        vec![
+            format!("chatty timed out after {n} seconds"),
+            "chatty failed: timeout".to_string(),
+            format!("silent timed out after {n} seconds"),
+            "silent failed: timeout".to_string(),
+        ]
+    };
+    assert_eq!(timeline(timeout_1_2), timeout("3"));
+    assert_eq!(timeline(timeout_1_5), timeout("%2%"));
 }

@@ -18,7 +18,7 @@ pub const BUILDS_PER_PAGE: u32 = 50;
 /// The most results a search shows.
 pub const MAX_SEARCH: u32 = 100;
 /// Lines of the log shown on a build's page.
-pub const LOG_TAIL: usize = 50;
+pub const LOG_TAIL: usize = crate::buildlog::TAIL_LINES;
 /// Beyond this page, OFFSET walks too far to be worth it.
 const MAX_PAGE: u32 = 10_000;
 
@@ -324,16 +324,29 @@ pub fn build_details(db: &Db, id: &str, ctx: &Ctx) -> Page {
             )
         })
         .collect();
-    // The whole log is decompressed for its tail, as for /log/raw, up to
-    // api::MAX_LOG: logs are rarely large and this keeps one reader.
-    let log = match crate::api::read_log(&b, ctx.log_root) {
+    // Bytes that are not UTF-8 show as U+FFFD: the page is UTF-8.
+    let log = match crate::buildlog::tail_text(ctx.logs, &b, LOG_TAIL) {
         Ok(text) => format!(
             "<p><a href=\"/build/{id}/log/raw\">Full log</a> (last {LOG_TAIL} lines below)</p>\
              <pre>{}</pre>",
             esc(&tail(&text, LOG_TAIL))
         ),
-        Err(_) => "<p class=\"empty\">No log.</p>".into(),
+        Err(why) if why == crate::buildlog::NO_LOG => "<p class=\"empty\">No log.</p>".into(),
+        Err(why) => format!(
+            "<p><a href=\"/build/{id}/log/raw\">Full log</a></p><p class=\"empty\">{}</p>",
+            esc(&why)
+        ),
     };
+    let seconds = |s: Option<i64>| s.map_or("the daemon's".to_string(), |s| format!("{s} s"));
+    let limits = format!(
+        "<dt>Limits</dt><dd>silent {}, total {}</dd><dt>Priority</dt><dd>{}</dd>",
+        seconds(b.max_silent_time),
+        seconds(b.timeout),
+        b.priority
+    );
+    let reason = b.errormsg.as_deref().map_or(String::new(), |r| {
+        format!("<dt>Reason</dt><dd>{}</dd>", esc(r))
+    });
     let body = format!(
         "<dl><dt>Job</dt><dd>{}</dd><dt>Status</dt><dd>{}</dd>\
          <dt>Specification</dt><dd><a href=\"/jobset/{}\">{}</a></dd>\
@@ -341,7 +354,7 @@ pub fn build_details(db: &Db, id: &str, ctx: &Ctx) -> Page {
          <dt>Name</dt><dd>{}</dd><dt>System</dt><dd>{}</dd>\
          <dt>Derivation</dt><dd><code>{}</code></dd>\
          <dt>Queued</dt><dd>{}</dd><dt>Started</dt><dd>{}</dd><dt>Finished</dt><dd>{}</dd>\
-         <dt>Duration</dt><dd>{took}</dd></dl>\
+         <dt>Duration</dt><dd>{took}</dd>{limits}{reason}</dl>\
          <h2>Outputs</h2>{}<h2>Log</h2>{log}",
         esc(&b.job_name),
         html::status_badge(b.status),

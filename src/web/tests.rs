@@ -4,7 +4,7 @@ use crate::db::dashboard::like_substring;
 use crate::http::{Parsed, parse_request};
 use crate::spec::Specification;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 const NOW: i64 = 1_700_000_000;
 const ODD: &str = "a&b \"q\" <'x'>";
@@ -32,6 +32,7 @@ fn job(name: &str, nonce: &str) -> JobRecord {
         system: "x86_64-linux".into(),
         nix_name: format!("{id}-1.0"),
         outputs: vec![("out".into(), format!("/gnu/store/{id:b<32}-{id}-{nonce}"))],
+        ..JobRecord::default()
     }
 }
 
@@ -91,9 +92,10 @@ fn request(target: &str) -> Request {
 }
 
 fn get_with(db: &Db, root: &Path, target: &str, counters: &HttpCounters) -> (u16, String, String) {
+    let logs = buildlog::Places::new(root, root.join("copies"));
     let ctx = Ctx {
         now: NOW,
-        log_root: root,
+        logs: &logs,
         counters,
     };
     let r = respond(db, &request(target), &ctx);
@@ -313,6 +315,8 @@ fn a_build_page_shows_everything_and_the_log_tail() {
         assert!(body.contains(want), "{want}: {body}");
     }
     assert!(!body.contains("line 10 "), "more than 50 lines");
+    assert!(body.contains("<dd>silent the daemon's, total the daemon's</dd>"));
+    assert!(!body.contains("<dt>Reason</dt>"), "a success has no reason");
     let missing = page(&db, &root, "/build/3/details");
     assert!(missing.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     assert!(!missing.contains("<script>"));
@@ -628,4 +632,38 @@ fn job_history_across_evaluations() {
 #[test]
 fn like_patterns_are_literal() {
     assert_eq!(like_substring("a%b_c\\"), "%a\\%b\\_c\\\\%");
+}
+
+#[test]
+fn a_build_page_shows_the_limits_and_why_it_failed() {
+    let (mut db, root) = fixture();
+    let mut slow = job("slow", "limits");
+    slow.limits = crate::build::Limits {
+        max_silent_time: Some(60),
+        timeout: Some(3),
+    };
+    db.register_evaluation("hello", "c9", &[slow.clone()], NOW - 100)
+        .unwrap();
+    let id = db
+        .pending_builds_page("hello", 0, 1000)
+        .unwrap()
+        .last()
+        .unwrap()
+        .id;
+    db.apply_build_updates(
+        &[crate::build::Update::Finished {
+            derivation: slow.derivation,
+            status: 1,
+            log: None,
+            reason: Some("timed out after 3 seconds <&>".into()),
+        }],
+        NOW - 90,
+    )
+    .unwrap();
+    let body = page(&db, &root, &format!("/build/{id}/details"));
+    assert!(body.contains("<dd>silent 60 s, total 3 s</dd>"), "{body}");
+    assert!(
+        body.contains("<dt>Reason</dt><dd>timed out after 3 seconds &lt;&amp;&gt;</dd>"),
+        "{body}"
+    );
 }

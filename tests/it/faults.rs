@@ -218,10 +218,16 @@ fn an_unusable_cache_directory_fails_that_spec_only() {
     // create a directory there.
     std::fs::create_dir_all(&setup.cache).unwrap();
     std::fs::write(setup.cache.join("a"), "in the way").unwrap();
+    // One-shot fails naming the spec whose work could not be done, after
+    // doing the other's.
     let out = setup.one_shot(&["-S", spec.to_str().unwrap()]);
-    assert!(out.status.success());
+    assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("spec=a fetch failed"), "{stderr}");
+    assert!(stderr.contains("spec=\"a\" fetch failed"), "{stderr}");
+    assert!(
+        stderr.contains("cuirass: spec \"a\": fetch failed"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains(&setup.cache.join("a").display().to_string()),
         "{stderr}"
@@ -259,7 +265,7 @@ fn a_vanished_remote_is_retried_and_a_rewritten_history_is_followed() {
     let gone = setup.tmp.path().join("repo.gone");
     std::fs::rename(&repo.dir, &gone).unwrap();
     wait_until(Duration::from_secs(20), "a failed fetch", || {
-        cuirass.log_text().contains("spec=rm fetch failed")
+        cuirass.log_text().contains("spec=\"rm\" fetch failed")
     });
     assert!(cuirass.child.try_wait().unwrap().is_none(), "cuirass died");
     std::fs::rename(&gone, &repo.dir).unwrap();

@@ -54,6 +54,7 @@ fn hostile_database(setup: &Setup) {
         system: "x86_64-linux".into(),
         nix_name: n.into(),
         outputs: vec![("out".into(), format!("/gnu/store/{:b<32}-{n}", ""))],
+        ..JobRecord::default()
     };
     db.register_evaluation("evil", "c0ffee", &[job("one"), job("two")], 1)
         .unwrap();

@@ -3,12 +3,17 @@
 
 mod chaos;
 mod cli;
+mod cycle;
 mod daemon;
 mod faults;
 mod guix_ci;
 mod hostile;
 mod http;
 mod http_hostile;
+mod jobs;
+mod logs;
+mod names;
 mod one_shot;
+mod refs;
 mod support;
 mod web;

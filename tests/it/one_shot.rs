@@ -344,7 +344,7 @@ fn compilation_runs_bootstrap_configure_and_make_and_a_failure_stops_only_its_sp
         0
     );
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("spec=broken compilation failed"), "{log}");
+    assert!(log.contains("spec=\"broken\" compilation failed"), "{log}");
 }
 
 /// Guix 1.2.0's own `(gnu ci)` `hydra-jobs` (the `(name . thunk)`

@@ -19,9 +19,20 @@ fn records(lines: &[&str]) -> Result<Vec<JobRecord>, String> {
     let mut jobs = Vec::with_capacity(lines.len());
     for line in lines {
         match job::parse_line(line.as_bytes())? {
-            Line::Job { name, derivation } => {
+            Line::Job {
+                name,
+                derivation,
+                limits,
+                priority,
+            } => {
                 let bytes = std::fs::read(&derivation).map_err(|e| format!("{derivation}: {e}"))?;
-                jobs.push(job::job_record(&name, &derivation, &bytes)?);
+                jobs.push(job::job_record(
+                    &name,
+                    &derivation,
+                    limits,
+                    priority,
+                    &bytes,
+                )?);
             }
             Line::JobError { .. } | Line::Done(_) => {}
         }

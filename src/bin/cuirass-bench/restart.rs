@@ -82,11 +82,21 @@ pub fn run() -> Result<Vec<Figure>, String> {
     let text = std::fs::read_to_string(cached_jobs()?).map_err(|e| e.to_string())?;
     let mut jobs = Vec::new();
     for line in text.lines() {
-        if let cuirass::job::Line::Job { name, derivation } =
-            cuirass::job::parse_line(line.as_bytes())?
+        if let cuirass::job::Line::Job {
+            name,
+            derivation,
+            limits,
+            priority,
+        } = cuirass::job::parse_line(line.as_bytes())?
         {
             let bytes = std::fs::read(&derivation).map_err(|e| e.to_string())?;
-            jobs.push(cuirass::job::job_record(&name, &derivation, &bytes)?);
+            jobs.push(cuirass::job::job_record(
+                &name,
+                &derivation,
+                limits,
+                priority,
+                &bytes,
+            )?);
         }
     }
     // The evaluator is never run: the stamp says the commit is done.

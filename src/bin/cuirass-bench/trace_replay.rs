@@ -3,7 +3,7 @@
 //! to the database the way the event loop writes them.
 
 use crate::common::*;
-use cuirass::build::{self, Batch, Item, Update};
+use cuirass::build::{self, Batch, Item, Limits, Update};
 use cuirass::db::{Db, JobRecord};
 use cuirass::wire::{PROTOCOL_VERSION, WORKER_MAGIC_2, put_bytes, put_u64, tag};
 use std::time::Instant;
@@ -88,6 +88,7 @@ fn record() -> (Vec<Recorded>, Vec<JobRecord>) {
                 system: "x86_64-linux".into(),
                 nix_name: NAMES[i % NAMES.len()].into(),
                 outputs: vec![("out".into(), out.clone())],
+                ..JobRecord::default()
             });
             items.push(Item {
                 derivation: drv.clone(),
@@ -112,6 +113,7 @@ fn apply(db: &mut Db, updates: Vec<Update>, now: i64, one_transaction: bool) -> 
     if one_transaction {
         return db
             .apply_build_updates(&updates, now)
+            .map(drop)
             .map_err(|e| e.to_string());
     }
     let mut finished = Vec::new();
@@ -125,6 +127,7 @@ fn apply(db: &mut Db, updates: Vec<Update>, now: i64, one_transaction: bool) -> 
                 derivation,
                 status,
                 log,
+                ..
             } => finished.push((derivation, status, log)),
         }
     }
@@ -137,7 +140,11 @@ fn apply(db: &mut Db, updates: Vec<Update>, now: i64, one_transaction: bool) -> 
 
 fn replay(db: &mut Db, batches: &[Recorded], one_transaction: bool) -> Result<(), String> {
     for recorded in batches {
-        let mut batch = Batch::new(recorded.items.clone(), build::build_options(false, false));
+        let mut batch = Batch::new(
+            recorded.items.clone(),
+            build::build_options(false, false, Limits::default()),
+            Limits::default(),
+        );
         for chunk in recorded.bytes.chunks(CHUNK) {
             batch.receive(chunk, "spec=bench builds")?;
             let n = batch.client.pending_output().len();
@@ -173,7 +180,11 @@ pub fn run() -> Result<Vec<Figure>, String> {
         // The same bytes without the database: what the codecs cost alone.
         let start = Instant::now();
         for recorded in &batches {
-            let mut batch = Batch::new(recorded.items.clone(), build::build_options(false, false));
+            let mut batch = Batch::new(
+                recorded.items.clone(),
+                build::build_options(false, false, Limits::default()),
+                Limits::default(),
+            );
             for chunk in recorded.bytes.chunks(CHUNK) {
                 batch.receive(chunk, "spec=bench builds")?;
                 std::hint::black_box(batch.take_updates());

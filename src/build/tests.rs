@@ -1,0 +1,174 @@
+use super::*;
+use crate::wire::{PROTOCOL_VERSION, WORKER_MAGIC_2, put_bytes, put_strings, put_u64, tag};
+
+fn pending(id: i64, limits: Limits) -> PendingBuild {
+    PendingBuild {
+        id,
+        derivation: format!("/gnu/store/{id:a<32}-job{id}.drv"),
+        evaluation: 1,
+        specification: "s".into(),
+        limits,
+    }
+}
+
+fn limits(max_silent_time: Option<u64>, timeout: Option<u64>) -> Limits {
+    Limits {
+        max_silent_time,
+        timeout,
+    }
+}
+
+#[test]
+fn a_batch_takes_one_limit_class_in_queue_order() {
+    let (a, b, none) = (
+        limits(Some(2), Some(60)),
+        limits(Some(60), Some(3)),
+        Limits::default(),
+    );
+    let mut queue: VecDeque<PendingBuild> = [(1, a), (2, b), (3, a), (4, none), (5, a), (6, b)]
+        .into_iter()
+        .map(|(id, l)| pending(id, l))
+        .collect();
+    let ids = |v: &[PendingBuild]| v.iter().map(|p| p.id).collect::<Vec<_>>();
+    let first = take_batch(&mut queue, 2);
+    assert_eq!(ids(&first), [1, 3]);
+    // The others keep their places; 5 is next of its class.
+    assert_eq!(ids(queue.make_contiguous()), [2, 4, 5, 6]);
+    assert_eq!(ids(&take_batch(&mut queue, 200)), [2, 6]);
+    assert_eq!(ids(&take_batch(&mut queue, 200)), [4]);
+    assert_eq!(ids(&take_batch(&mut queue, 200)), [5]);
+    assert!(take_batch(&mut queue, 200).is_empty());
+}
+
+#[test]
+fn limits_become_the_connections_settings() {
+    let pairs = |l| build_options(false, false, l).settings;
+    assert_eq!(pairs(Limits::default()), []);
+    assert_eq!(
+        pairs(limits(Some(2), Some(72000))),
+        [
+            ("build-max-silent-time".to_string(), "2".to_string()),
+            ("build-timeout".to_string(), "72000".to_string())
+        ]
+    );
+    assert_eq!(
+        pairs(limits(None, Some(3))),
+        [("build-timeout".to_string(), "3".to_string())]
+    );
+}
+
+/// What the daemon sends for a handshake, set-options and a build-paths
+/// whose log text is `log`, ending with keep-going's error.
+fn daemon_bytes(log: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for w in [WORKER_MAGIC_2, PROTOCOL_VERSION, tag::LAST, tag::LAST] {
+        put_u64(&mut out, w);
+    }
+    for line in log.split_inclusive(|&b| b == b'\n') {
+        put_u64(&mut out, tag::NEXT);
+        put_bytes(&mut out, line);
+    }
+    put_u64(&mut out, tag::ERROR);
+    put_bytes(&mut out, b"build of ... failed");
+    put_u64(&mut out, 101);
+    out
+}
+
+/// The derivations of a capture's `@ build-started` lines.
+fn started(capture: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(capture)
+        .lines()
+        .filter_map(|l| l.strip_prefix("@ build-started "))
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect()
+}
+
+/// Feeds a capture of the real daemon to a batch of its derivations and
+/// returns each finished one's (name, status, reason).
+fn outcome(capture: &[u8], limits: Limits) -> Vec<(String, i64, Option<String>)> {
+    let items = started(capture)
+        .into_iter()
+        .map(|derivation| Item {
+            outputs: vec![derivation.trim_end_matches(".drv").to_string()],
+            inputs: Vec::new(),
+            derivation,
+        })
+        .collect();
+    let mut batch = Batch::new(items, build_options(false, false, limits), limits);
+    batch.receive(&daemon_bytes(capture), "test").unwrap();
+    // Nothing is left undecided: the validity check is not asked.
+    let mut valid = Vec::new();
+    put_u64(&mut valid, tag::LAST);
+    put_strings::<&str>(&mut valid, &[]);
+    if !batch.is_done() {
+        batch.receive(&valid, "test").unwrap();
+    }
+    assert!(batch.is_done());
+    batch
+        .take_updates()
+        .into_iter()
+        .filter_map(|u| match u {
+            Update::Finished {
+                derivation,
+                status,
+                reason,
+                ..
+            } => Some((derivation[44..].to_string(), status, reason)),
+            Update::Started { .. } => None,
+        })
+        .map(|(name, st, r)| (name[..name.find('-').unwrap()].to_string(), st, r))
+        .collect()
+}
+
+#[test]
+fn a_build_killed_for_a_limit_records_the_daemons_reason() {
+    let silent = limits(Some(2), None);
+    for capture in [
+        &include_bytes!("../../fixtures/trace/timeout-silent-1.5.0.txt")[..],
+        &include_bytes!("../../fixtures/trace/timeout-silent-1.2.0.txt")[..],
+    ] {
+        assert_eq!(
+            outcome(capture, silent),
+            [
+                ("chatty".into(), status::SUCCEEDED, None),
+                (
+                    "silent".into(),
+                    status::FAILED,
+                    Some("timed out after 2 seconds of silence".into())
+                ),
+            ]
+        );
+    }
+    // 1.5.0 leaves `%2%` where the number goes: the batch's own timeout
+    // fills it in, so both daemons give the same reason.
+    let timeout = limits(None, Some(3));
+    for capture in [
+        &include_bytes!("../../fixtures/trace/timeout-1.5.0.txt")[..],
+        &include_bytes!("../../fixtures/trace/timeout-1.2.0.txt")[..],
+    ] {
+        let reason = Some("timed out after 3 seconds".to_string());
+        assert_eq!(
+            outcome(capture, timeout),
+            [
+                ("chatty".into(), status::FAILED, reason.clone()),
+                ("silent".into(), status::FAILED, reason),
+            ]
+        );
+    }
+}
+
+#[test]
+fn an_ordinary_failure_keeps_the_daemons_message() {
+    let plain = include_bytes!("../../fixtures/trace/plain.txt");
+    let failed: Vec<_> = outcome(plain, Limits::default())
+        .into_iter()
+        .filter(|(_, st, _)| *st == status::FAILED)
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let reason = failed[0].2.as_deref().unwrap();
+    assert!(
+        reason.starts_with("builder for `/gnu/store/")
+            && reason.ends_with("failed with exit code 1"),
+        "{reason}"
+    );
+}
