@@ -9,19 +9,24 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
-/// One GET; the status and the body as JSON (`Null` if it is not JSON).
-fn get_json(port: u16, target: &str) -> (u16, Value) {
+/// One GET with HTTP/1.0 (so no chunked body); the status, the head and
+/// the body.
+fn get_raw(port: u16, target: &str) -> (u16, String, Vec<u8>) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {target} HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    write!(s, "GET {target} HTTP/1.0\r\n\r\n").unwrap();
     let mut reply = Vec::new();
     s.read_to_end(&mut reply).unwrap();
     let end = reply.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     let status = String::from_utf8_lossy(&reply[9..12]).parse().unwrap();
-    (
-        status,
-        serde_json::from_slice(&reply[end..]).unwrap_or(Value::Null),
-    )
+    let head = String::from_utf8_lossy(&reply[..end]).into_owned();
+    (status, head, reply[end..].to_vec())
+}
+
+/// One GET; the status and the body as JSON (`Null` if it is not JSON).
+fn get_json(port: u16, target: &str) -> (u16, Value) {
+    let (status, _, body) = get_raw(port, target);
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
 /// Runs a client script of `fixtures/guix-ci/` with this Guix's `guix
@@ -343,6 +348,52 @@ fn guix_1_5_ci_module_reads_every_route_it_knows() {
             "{eval} {job}"
         );
     }
+
+    // Today's routes that no client above calls, over the real builds:
+    // a build by derivation, a store item's build and its (gzip) log, and
+    // the latest build a search finds.
+    let (hello, drv, out): (i64, String, String) = conn
+        .query_row(
+            "SELECT b.id, b.derivation, o.path FROM Builds b
+             JOIN Derivations d ON d.derivation = b.derivation AND d.evaluation = b.evaluation
+             JOIN Outputs o ON o.build = b.id
+             WHERE b.evaluation = 2 AND d.job_name = 'hello.x86_64-linux'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    let base = |path: &str| path.strip_prefix("/gnu/store/").unwrap().to_string();
+    assert_eq!(
+        get_json(port, &format!("/build/{}", base(&drv))).1["id"],
+        hello
+    );
+    let (code, o) = get_json(port, &format!("/output/{}", base(&out)));
+    assert_eq!(
+        (code, &o["name"], &o["derivation"]),
+        (200, &"out".into(), &drv.as_str().into())
+    );
+    assert_eq!(o["build"]["buildstatus"], 1);
+    let (code, _, log) = get_raw(port, &format!("/log/{}", base(&out)));
+    let log = String::from_utf8_lossy(&log);
+    assert_eq!(code, 200, "{log}");
+    assert!(log.contains("hello is broken"), "{log}");
+    let (code, head, _) = get_raw(port, "/search/latest?query=spec:guix%20hello");
+    assert_eq!(code, 302);
+    assert!(
+        head.contains(&format!("\r\nLocation: /build/{hello}/details\r\n")),
+        "{head}"
+    );
+    let (code, jobs) = get_json(
+        port,
+        "/api/jobs?evaluation=2&names=hello.x86_64-linux&system=x86_64-linux",
+    );
+    assert_eq!(
+        (code, jobs),
+        (
+            200,
+            serde_json::json!([{"name": "hello.x86_64-linux", "build": hello, "status": 1}])
+        )
+    );
 }
 
 #[test]
