@@ -148,6 +148,16 @@ const MIGRATIONS: &[&str] = &[
        derivation TEXT NOT NULL,
        PRIMARY KEY (build, derivation),
        FOREIGN KEY (build) REFERENCES Builds (id)) WITHOUT ROWID;",
+    // 9: today's HTTP API.  A build's weather and a job's history walk
+    // one job's derivations by evaluation, and each step finds its build
+    // by (derivation, evaluation): both indexes gain the evaluation, which
+    // the lookups by job name or derivation alone still use as a prefix.
+    // `/output/ITEM` and `/log/ITEM` find builds by store item.
+    "DROP INDEX IF EXISTS Derivations_job_name;
+     CREATE INDEX Derivations_job_name ON Derivations (job_name, evaluation);
+     DROP INDEX IF EXISTS Builds_derivation;
+     CREATE INDEX Builds_derivation ON Builds (derivation, evaluation);
+     CREATE INDEX IF NOT EXISTS Outputs_path ON Outputs (path);",
 ];
 
 pub fn schema_version() -> usize {

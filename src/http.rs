@@ -312,6 +312,7 @@ pub fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
 pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        302 => "Found",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",

@@ -435,6 +435,45 @@ fn raw_logs_are_their_text_or_gzip_when_accepted() {
     assert!(body.contains("x.drv.gz: not gzip data at byte 0"), "{body}");
 }
 
+/// `/log/ITEM` (today's Cuirass): the log of the build that made a store
+/// item, served as `/build/ID/log/raw` serves it.
+#[test]
+fn a_store_items_log_is_that_of_the_build_that_made_it() {
+    let dir = Dir::new("item");
+    let db = db_with_logs(&dir);
+    let places = dir.places();
+    let item = |name: &str| {
+        job(name).outputs[0]
+            .1
+            .strip_prefix("/gnu/store/")
+            .unwrap()
+            .to_string()
+    };
+    let r = serve::whole(&db, &places, &request(&format!("/log/{}", item("bz")), ""));
+    assert_eq!((r.status, r.body.as_slice()), (200, REAL_TEXT));
+    let r = serve::whole(
+        &db,
+        &places,
+        &request(&format!("/log/{}", item("gz")), "Accept-Encoding: gzip\r\n"),
+    );
+    assert_eq!((r.status, r.body.as_slice()), (200, REAL_GZ));
+    assert_eq!(
+        serve::log_request(&request("/log/x", "")),
+        Some(serve::LogOf::Item("x"))
+    );
+    for (target, code) in [
+        (format!("/log/{}", item("wip")), 404),
+        (format!("/log/{}", item("none")), 404),
+    ] {
+        let r = serve::whole(&db, &places, &request(&target, ""));
+        assert_eq!(r.status, code, "{target}");
+        assert!(
+            String::from_utf8_lossy(&r.body).contains("error"),
+            "{target}"
+        );
+    }
+}
+
 #[test]
 fn accept_encoding_values() {
     for (value, gzip) in [

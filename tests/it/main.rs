@@ -6,6 +6,7 @@ mod cli;
 mod cycle;
 mod daemon;
 mod faults;
+mod guix_ci;
 mod hostile;
 mod http;
 mod http_hostile;
