@@ -10,6 +10,8 @@
 //! - `wire`: the guix-daemon worker protocol, as a sans-I/O client.
 //! - `trace`: build-trace lines (`@ build-started …`) parsed (pure).
 //! - `http`: HTTP/1.1 requests parsed and responses written (pure).
+//! - `records`: ids, statuses, limits and status updates that `db` and
+//!   `build` share (so neither depends on the other).
 //! - `db`: the SQLite database: schema migrations and every query.
 //! - `job`: evaluator output lines turned into jobs.
 //! - `fetch`: git checkouts, run in a child process of this binary.
@@ -20,6 +22,7 @@
 //!   evaluation track and the building track).
 //! - `buildlog`: build logs found, decoded (a sans-I/O codec), streamed a
 //!   chunk per turn and copied per build.
+//! - `routes`: every HTTP route in one table (dispatch, `/metrics` labels).
 //! - `api`: the HTTP routes over the database; the only JSON serializer.
 //! - `html`: escaping, the page layout and formatters for the dashboard (pure).
 //! - `web`: the dashboard's pages, `/metrics` and badges; then `api`.
@@ -50,6 +53,8 @@ pub mod http;
 pub mod http_server;
 pub mod job;
 pub mod logging;
+pub mod records;
+pub mod routes;
 pub mod sexp;
 pub mod signals;
 pub mod spec;
