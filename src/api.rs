@@ -116,6 +116,9 @@ struct BuildJson<'a> {
     /// Why the build failed, as the daemon said it: `timed out after 3
     /// seconds`; null otherwise.
     errormsg: Option<&'a str>,
+    /// The machine that ran the build (`localhost`, or the build machine
+    /// `guix offload` sent it to); null before it started.
+    worker: Option<&'a str>,
 }
 
 fn build_json(b: &BuildView) -> BuildJson<'_> {
@@ -146,6 +149,7 @@ fn build_json(b: &BuildView) -> BuildJson<'_> {
         timeout: b.timeout,
         maxsilent: b.max_silent_time,
         errormsg: b.errormsg.as_deref(),
+        worker: b.worker.as_deref(),
     }
 }
 
@@ -347,5 +351,6 @@ fn evaluations(db: &Db, req: &Request) -> Reply {
 }
 
 mod history;
+pub mod machines;
 #[cfg(test)]
 mod tests;

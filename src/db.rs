@@ -148,6 +148,13 @@ const MIGRATIONS: &[&str] = &[
        derivation TEXT NOT NULL,
        PRIMARY KEY (build, derivation),
        FOREIGN KEY (build) REFERENCES Builds (id)) WITHOUT ROWID;",
+    // 9: the machine that ran each build (`localhost`, or the build
+    // machine `guix offload` named), NULL for builds never started or
+    // recorded before; the index serves the /machines page, which reads
+    // the last day's builds by stop time.
+    "ALTER TABLE Builds ADD COLUMN worker TEXT;
+     CREATE INDEX IF NOT EXISTS Builds_worker ON Builds (stoptime, worker)
+       WHERE worker IS NOT NULL;",
 ];
 
 pub fn schema_version() -> usize {
@@ -620,6 +627,7 @@ impl Db {
 }
 
 pub mod dashboard;
+pub mod machines;
 pub mod read;
 mod statuses;
 

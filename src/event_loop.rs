@@ -533,5 +533,10 @@ pub use crate::cycle::evaluator_arguments;
 
 /// The options a batch's connection sets: ours, and its limit class.
 fn batch_options(config: &Config, limits: build::Limits) -> crate::wire::BuildOptions {
-    build::build_options(config.use_substitutes, config.fallback, limits)
+    build::build_options(
+        config.use_substitutes,
+        config.fallback,
+        config.offload,
+        limits,
+    )
 }

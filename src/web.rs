@@ -6,6 +6,7 @@
 //! JSON: what is not a page goes on to `api`.
 
 mod badge;
+mod machines;
 mod metrics;
 mod pages;
 
@@ -60,6 +61,8 @@ pub fn route_pattern(req: &Request) -> &'static str {
         ["build", _, "log", "raw"] => "/build/:id/log/raw",
         ["search"] => "/search",
         ["metrics"] => "/metrics",
+        ["machines"] => "/machines",
+        ["api", "machines"] => "/api/machines",
         ["jobsets"] => "/jobsets",
         ["specifications"] => "/specifications",
         ["api", "latestbuilds"] => "/api/latestbuilds",
@@ -84,6 +87,8 @@ pub fn respond(db: &Db, req: &Request, ctx: &Ctx) -> Response {
         ["build", id, "details"] => pages::build_details(db, id, ctx),
         ["search"] => pages::search(db, req, ctx.now),
         ["metrics"] => Ok(metrics::metrics(db, ctx.counters)),
+        ["machines"] => machines::machines(db, ctx.now),
+        ["api", "machines"] => Ok(api::machines::machines(db, ctx.now)),
         ["build", _, "log", "raw"] => Ok(buildlog::serve::whole(db, ctx.logs, req)),
         _ => return api::respond(db, req),
     };

@@ -42,7 +42,7 @@ fn a_batch_takes_one_limit_class_in_queue_order() {
 
 #[test]
 fn limits_become_the_connections_settings() {
-    let pairs = |l| build_options(false, false, l).settings;
+    let pairs = |l| build_options(false, false, false, l).settings;
     assert_eq!(pairs(Limits::default()), []);
     assert_eq!(
         pairs(limits(Some(2), Some(72000))),
@@ -94,7 +94,7 @@ fn outcome(capture: &[u8], limits: Limits) -> Vec<(String, i64, Option<String>)>
             derivation,
         })
         .collect();
-    let mut batch = Batch::new(items, build_options(false, false, limits), limits);
+    let mut batch = Batch::new(items, build_options(false, false, false, limits), limits);
     batch.receive(&daemon_bytes(capture), "test").unwrap();
     // Nothing is left undecided: the validity check is not asked.
     let mut valid = Vec::new();
