@@ -2,7 +2,7 @@
 //! histogram fed as builds finish.
 
 use super::{BuildId, Db, Result, status};
-use rusqlite::{Transaction, params};
+use rusqlite::{OptionalExtension, Transaction, params};
 
 /// The unfinished builds of one derivation, looked up for each status
 /// change the daemon reports.
@@ -232,6 +232,15 @@ impl Db {
         Db::add_durations(&tx, &durations)?;
         tx.commit()?;
         Ok(logged)
+    }
+
+    /// Build `id`'s status, None for no such build.
+    pub fn build_status(&self, id: BuildId) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT status FROM Builds WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?)
     }
 
     /// At start-up, builds left `started` by a previous process go back to

@@ -383,10 +383,16 @@ pub fn build_details(db: &Db, id: &str, ctx: &Ctx) -> Page {
             format!("Evaluation {}", b.evaluation),
         ),
     ];
-    Ok(html(
+    let mut page = html(
         200,
         html::page(&format!("Build {id}: {}", b.job_name), &crumbs, &body),
-    ))
+    );
+    // A running build's tail grows (its live log): browsers reload a
+    // page whose answer says `Refresh`, with no script.
+    if b.status == status::STARTED {
+        page.headers.push(("Refresh", "5".into()));
+    }
+    Ok(page)
 }
 
 pub fn search(db: &Db, req: &Request, now: i64) -> Page {

@@ -1,0 +1,81 @@
+//! Live logs: the output of running builds, as the daemon sends it on
+//! cuirass's own connection (`@ build-log PID LEN` frames, with
+//! `multiplexed-build-output`), appended to a plain file per derivation,
+//! `LOGDIR/live/NAME.drv.log`, while the build runs.  `/build/ID/log/raw`
+//! follows that file until the build ends ([`super::serve`]), and the
+//! details page shows its tail.  guix-daemon's own file of a running
+//! build is gzip, whose compressor holds back what it has not flushed,
+//! so it cannot show the last lines.
+//!
+//! Memory stays bounded: what arrives in one read of the daemon socket
+//! goes straight to the file (the loop caps that read), and only the open
+//! files of running builds are kept.  The file goes when the build ends:
+//! its log is then the daemon's, copied per build ([`super::copy`]); a
+//! client still reading it keeps its open file.
+
+use super::Places;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+
+pub struct LiveLogs {
+    places: Places,
+    files: HashMap<String, File>,
+}
+
+impl LiveLogs {
+    pub fn new(places: Places) -> LiveLogs {
+        LiveLogs {
+            places,
+            files: HashMap::new(),
+        }
+    }
+
+    /// `derivation` started: its live file starts empty (an earlier
+    /// attempt's is replaced).
+    pub fn started(&mut self, derivation: &str) {
+        let Some(path) = self.places.live_path(derivation) else {
+            return;
+        };
+        let made = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| File::create(&path));
+        match made {
+            Ok(file) => {
+                self.files.insert(derivation.to_string(), file);
+            }
+            Err(e) => log::warn!("live log of {derivation}: {}: {e}", path.display()),
+        }
+    }
+
+    /// Appends output of a running `derivation`; a write error is logged
+    /// and ends that build's live log (its daemon log is unaffected).
+    pub fn append(&mut self, derivation: &str, bytes: &[u8]) {
+        let Some(file) = self.files.get_mut(derivation) else {
+            return;
+        };
+        if let Err(e) = file.write_all(bytes) {
+            log::warn!("live log of {derivation}: {e}");
+            self.files.remove(derivation);
+        }
+    }
+
+    /// `derivation` ended (or its batch was lost): its live file goes.
+    pub fn finished(&mut self, derivation: &str) {
+        if self.files.remove(derivation).is_some()
+            && let Some(path) = self.places.live_path(derivation)
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Builds being written now.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
