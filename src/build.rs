@@ -76,7 +76,10 @@ pub enum Update {
     /// The daemon's build hook (`guix offload`) sent the build to the
     /// build machine `host` (`@ build-remote DRV HOST`); a build started
     /// without one ran on the daemon's own machine.
-    Remote { derivation: String, host: String },
+    Remote {
+        derivation: String,
+        host: String,
+    },
 }
 
 /// Output of a running build, from the daemon's `@ build-log PID LEN`

@@ -376,7 +376,9 @@ fn step(
         if let Some(id) = streaming.log.following() {
             // A database error ends the log where it stands rather than
             // keep the client waiting on a build no one can see.
-            let running = db.build_status(id).is_ok_and(|s| s == Some(status::STARTED));
+            let running = db
+                .build_status(id)
+                .is_ok_and(|s| s == Some(status::STARTED));
             match streaming.log.refresh(running) {
                 Ok(true) => {
                     streaming.waiting = Some(now);

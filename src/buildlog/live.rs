@@ -79,3 +79,53 @@ impl LiveLogs {
         self.files.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buildlog::serve::LogStream;
+    use crate::buildlog::{Compression, Source};
+
+    #[test]
+    fn a_followed_live_log_is_sent_as_it_grows_and_ends_with_the_build() {
+        let dir = std::env::temp_dir().join(format!("cuirass-live-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let places = Places::new("/var/log/guix/drvs", &dir);
+        let drv = format!("/gnu/store/{}-live.drv", "a".repeat(32));
+        let path = places.live_path(&drv).unwrap();
+        assert!(places.live_path("/gnu/store/../etc/passwd").is_none());
+        let mut live = LiveLogs::new(places.clone());
+        live.started(&drv);
+        live.append(&drv, b"line 1\n");
+        let source = Source {
+            path: path.clone(),
+            compression: Compression::Plain,
+            live: true,
+        };
+        let mut stream = LogStream::follow(&source, 7, true).unwrap();
+        assert_eq!(stream.following(), Some(7));
+        let mut out = Vec::new();
+        stream.next(&mut out).unwrap();
+        assert_eq!(out, b"7\r\nline 1\n\r\n");
+        // All sent, the build runs: the stream waits.
+        assert!(stream.refresh(true).unwrap());
+        assert!(!stream.is_done());
+        live.append(&drv, b"line 2\n");
+        assert!(!stream.refresh(true).unwrap());
+        out.clear();
+        stream.next(&mut out).unwrap();
+        assert_eq!(out, b"7\r\nline 2\n\r\n");
+        // The last output is written before the build ends; then the
+        // file goes, and what was written is still sent.
+        live.append(&drv, b"done");
+        live.finished(&drv);
+        assert!(!path.exists() && live.is_empty());
+        out.clear();
+        while !stream.is_done() {
+            assert!(!stream.refresh(false).unwrap());
+            stream.next(&mut out).unwrap();
+        }
+        assert_eq!(out, b"4\r\ndone\r\n0\r\n\r\n");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -22,7 +22,13 @@ pub fn machines(db: &Db, now: i64) -> Page {
         })
         .collect();
     let body = html::table(
-        &["Machine", "Running", "Done today", "Failed today", "Last seen"],
+        &[
+            "Machine",
+            "Running",
+            "Done today",
+            "Failed today",
+            "Last seen",
+        ],
         &rows,
         "No machine ran a build in the last 24 hours.",
     );
