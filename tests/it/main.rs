@@ -11,6 +11,7 @@ mod http;
 mod http_hostile;
 mod jobs;
 mod logs;
+mod offload;
 mod one_shot;
 mod support;
 mod web;
