@@ -67,7 +67,10 @@ fn start(label: &str, arguments: &str, socket: Option<&str>) -> (Setup, Running,
         "--interval",
         "100000",
     ];
-    let env: Vec<(&str, &str)> = socket.map(|s| ("GUIX_DAEMON_SOCKET", s)).into_iter().collect();
+    let env: Vec<(&str, &str)> = socket
+        .map(|s| ("GUIX_DAEMON_SOCKET", s))
+        .into_iter()
+        .collect();
     let running = Running::start(&setup, &args, &env);
     (setup, running, port)
 }
@@ -86,7 +89,14 @@ fn builds(setup: &Setup) -> Vec<Row> {
         return Vec::new();
     };
     stmt.query_map([], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+        ))
     })
     .unwrap()
     .map(Result::unwrap)
@@ -126,10 +136,9 @@ fn builds_spread_over_two_machines_and_all_end_when_one_is_stopped() {
     );
     wait_until(Duration::from_secs(120), "builds on both machines", || {
         let rows = builds(&setup);
-        MACHINES.iter().all(|m| {
-            rows.iter()
-                .any(|r| r.3.as_deref() == Some(*m) && r.2 == 0)
-        })
+        MACHINES
+            .iter()
+            .all(|m| rows.iter().any(|r| r.3.as_deref() == Some(*m) && r.2 == 0))
     });
     // A running offloaded build's live log: the remote builder's lines
     // come through the hook.
@@ -140,7 +149,10 @@ fn builds_spread_over_two_machines_and_all_end_when_one_is_stopped() {
     let before = builds(&setup);
     let pending = before.iter().filter(|r| r.2 < 0).count();
     eprintln!("stopping machine m2 with {pending} builds not finished");
-    assert!(pending > 0, "all builds finished before a machine could be stopped");
+    assert!(
+        pending > 0,
+        "all builds finished before a machine could be stopped"
+    );
     let unplugged = Unplugged::new("cuirass-m2");
     wait_until(Duration::from_secs(400), "every build to end", || {
         builds(&setup).iter().all(|r| r.2 >= 0)
@@ -177,7 +189,12 @@ fn builds_spread_over_two_machines_and_all_end_when_one_is_stopped() {
     // Builds not yet running when m2 went away were built on m1.
     let not_started: Vec<i64> = before.iter().filter(|r| r.2 == -2).map(|r| r.0).collect();
     for r in rows.iter().filter(|r| not_started.contains(&r.0)) {
-        assert_eq!(r.3.as_deref(), Some(MACHINES[0]), "build {} after the stop", r.0);
+        assert_eq!(
+            r.3.as_deref(),
+            Some(MACHINES[0]),
+            "build {} after the stop",
+            r.0
+        );
     }
     // The machines, as the API and the page show them.
     let machines = json(port, "/api/machines");
