@@ -111,7 +111,10 @@ for m in "${machines[@]}"; do
 
     # Network: a namespace and a veth pair, only these names and addresses.
     ip netns list | grep -qw "$ns" || ip netns add "$ns"
-    if ! ip link show "$ns" >/dev/null 2>&1; then
+    # A pair whose far end is not in this namespace (the namespace was
+    # deleted and made again) is made again.
+    if ! ip netns exec "$ns" ip link show eth0 >/dev/null 2>&1; then
+        ! ip link show "$ns" >/dev/null 2>&1 || ip link del "$ns"
         ip link add "$ns" type veth peer name eth0 netns "$ns"
         ip addr add "$here/24" dev "$ns"
         ip netns exec "$ns" ip addr add "$there/24" dev eth0
@@ -182,4 +185,14 @@ for _ in $(seq 1 150); do
     sleep 0.1
 done
 [ $ok = 1 ] || { log "a daemon did not create its socket (see $cache/*.log)"; exit 1; }
+n=0
+for m in "${machines[@]}"; do
+    n=$((n + 1))
+    for _ in $(seq 1 50); do
+        timeout 1 bash -c "exec 3<>/dev/tcp/10.231.$n.2/22" 2>/dev/null && continue 2
+        sleep 0.1
+    done
+    log "sshd of $m does not answer on 10.231.$n.2:22 (see $cache/$m.sshd.log)"
+    exit 1
+done
 log "build machines ${machines[*]} ready; offloading daemon on $socket"

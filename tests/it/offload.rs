@@ -142,10 +142,24 @@ fn builds_spread_over_two_machines_and_all_end_when_one_is_stopped() {
     });
     // A running offloaded build's live log: the remote builder's lines
     // come through the hook.
-    if let Some(r) = builds(&setup).iter().find(|r| r.2 == -1 && r.3.is_some()) {
-        let (head, _) = get(port, &format!("/build/{}/log/raw", r.0));
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    }
+    let remote_running = |rows: &[Row]| {
+        rows.iter()
+            .find(|r| r.2 == -1 && r.3.as_deref().is_some_and(|w| MACHINES.contains(&w)))
+            .map(|r| (r.0, r.1.clone()))
+    };
+    let mut followed = None;
+    wait_until(Duration::from_secs(60), "a running offloaded build", || {
+        followed = remote_running(&builds(&setup));
+        followed.is_some()
+    });
+    let (id, job) = followed.unwrap();
+    let (head, log) = get(port, &format!("/build/{id}/log/raw"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let log = String::from_utf8_lossy(&log);
+    assert!(
+        log.contains(&format!("{job} line 3")) && log.contains("@ build-remote"),
+        "{log}"
+    );
     let before = builds(&setup);
     let pending = before.iter().filter(|r| r.2 < 0).count();
     eprintln!("stopping machine m2 with {pending} builds not finished");
