@@ -97,7 +97,12 @@ impl Places {
     pub fn live_path(&self, derivation: &str) -> Option<PathBuf> {
         let base = derivation.strip_prefix("/gnu/store/")?;
         (!base.is_empty() && !base.contains('/') && !base.starts_with('.'))
-            .then(|| self.copies.join("live").join(format!("{base}.log")))
+            .then(|| self.live_dir().join(format!("{base}.log")))
+    }
+
+    /// Where live logs are written: `COPIES/live`.
+    pub fn live_dir(&self) -> PathBuf {
+        self.copies.join("live")
     }
 
     /// The live log of build `b` while it runs and cuirass writes one.

@@ -27,10 +27,8 @@ impl LiveLogs {
     /// Live logs under `places.copies`; those a previous process left
     /// (stopped or killed mid-build: its builds are scheduled again) go.
     pub fn new(places: Places) -> LiveLogs {
-        if let Some(dir) = places
-            .live_path("/gnu/store/x")
-            .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
-            && dir.is_dir()
+        let dir = places.live_dir();
+        if dir.is_dir()
             && let Err(e) = std::fs::remove_dir_all(&dir)
         {
             log::warn!("cannot remove old live logs in {}: {e}", dir.display());
