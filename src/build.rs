@@ -3,6 +3,7 @@
 //! the event loop moves the bytes of [`Batch::client`].
 
 use crate::db::{PendingBuild, status};
+use crate::logging::BUILDING;
 use crate::trace::{self, LineSplitter, Piece};
 use crate::wire::{BuildOptions, Client, Event, Reply, Request};
 use std::collections::{HashMap, VecDeque};
@@ -258,7 +259,7 @@ impl Batch {
     fn handle(&mut self, event: Event, label: &str) {
         match (self.phase, event) {
             (_, Event::Connected { daemon_version }) => {
-                log::debug!("{label}: daemon protocol {daemon_version:#x}");
+                log::debug!(target: BUILDING, "{label}: daemon protocol {daemon_version:#x}");
             }
             (_, Event::Log(bytes)) => self.log_text(&bytes, label),
             // The reply to set-options.
@@ -269,23 +270,23 @@ impl Batch {
                 if self.replies_before_build > 0 =>
             {
                 self.replies_before_build -= 1;
-                log::warn!("{label}: set-options refused ({status}): {message}");
+                log::warn!(target: BUILDING, "{label}: set-options refused ({status}): {message}");
             }
             // build-paths is over: with keep-going, every buildable
             // derivation was tried before this arrives.
             (Phase::Building, Event::Reply(_)) => self.check_outputs(),
             (Phase::Building, Event::Failed { message, status }) => {
-                log::info!("{label}: daemon says ({status}): {}", message.trim_end());
+                log::info!(target: BUILDING, "{label}: daemon says ({status}): {}", message.trim_end());
                 self.daemon_error = Some(message);
                 self.check_outputs();
             }
             (Phase::Checking, Event::Reply(Reply::Strings(valid))) => self.decide(&valid),
             (Phase::Checking, other) => {
-                log::warn!("{label}: unexpected answer to the validity check: {other:?}");
+                log::warn!(target: BUILDING, "{label}: unexpected answer to the validity check: {other:?}");
                 self.decide(&[]);
             }
             (phase, other) => {
-                log::warn!("{label}: unexpected daemon event in {phase:?}: {other:?}")
+                log::warn!(target: BUILDING, "{label}: unexpected daemon event in {phase:?}: {other:?}")
             }
         }
     }
@@ -298,7 +299,7 @@ impl Batch {
                 Piece::Line { line, .. } => match trace::parse_line(line) {
                     trace::Line::Event(e) => events.push(e),
                     trace::Line::Bogus(why) => {
-                        log::warn!("{label}: ignoring bogus trace line ({why})")
+                        log::warn!(target: BUILDING, "{label}: ignoring bogus trace line ({why})")
                     }
                     trace::Line::Text => {}
                 },
@@ -337,7 +338,7 @@ impl Batch {
             }
             T::BuildRemote { drv, host } => {
                 if self.index.contains_key(drv.as_str()) {
-                    log::info!("{label}: {drv} offloaded to {host}");
+                    log::info!(target: BUILDING, "{label}: {drv} offloaded to {host}");
                     self.updates.push(Update::Remote {
                         derivation: drv.clone(),
                         host: host.clone(),
@@ -360,7 +361,7 @@ impl Batch {
             _ => return,
         };
         let Some(&i) = self.index.get(drv.as_str()) else {
-            log::debug!("{label}: event for {drv}, outside this batch");
+            log::debug!(target: BUILDING, "{label}: event for {drv}, outside this batch");
             return;
         };
         let state = &mut self.states[i];
@@ -370,7 +371,7 @@ impl Batch {
         match update {
             None => state.dependencies_failed = true,
             Some((None, Some(log))) => {
-                log::info!("{label}: started {drv}");
+                log::info!(target: BUILDING, "{label}: started {drv}");
                 state.log = Some(log.clone());
                 self.updates.push(Update::Started {
                     derivation: drv.clone(),
@@ -378,7 +379,7 @@ impl Batch {
                 });
             }
             Some((Some(st), _)) => {
-                log::info!(
+                log::info!(target: BUILDING,
                     "{label}: {} {drv}",
                     if st == status::SUCCEEDED {
                         "succeeded"
@@ -399,7 +400,7 @@ impl Batch {
                     None => None,
                 };
                 if let Some(r) = &reason {
-                    log::info!("{label}: {drv}: {r}");
+                    log::info!(target: BUILDING, "{label}: {drv}: {r}");
                 }
                 self.updates.push(Update::Finished {
                     derivation: drv.clone(),

@@ -183,8 +183,9 @@ impl Proc {
         too_long.then_some(MAX_STDOUT_LINE)
     }
 
-    /// Logs stderr line by line with `label` (the spec name and step).
-    pub fn read_stderr(&mut self, registry: &Registry, label: &str) {
+    /// Logs stderr line by line under `target`, with `label` (the spec
+    /// name and step).
+    pub fn read_stderr(&mut self, registry: &Registry, target: &str, label: &str) {
         let Some(pipe) = self.stderr.as_mut() else {
             return;
         };
@@ -198,7 +199,7 @@ impl Proc {
         let (prefix, error_line) = (self.error_prefix, &mut self.error_line);
         take_lines(&mut self.stderr_buf, |l| {
             let text = String::from_utf8_lossy(&l[..l.len().min(MAX_LOG_LINE)]);
-            log::info!("{label}: {text}");
+            log::info!(target: target, "{label}: {text}");
             if error_line.is_none() && prefix.is_some_and(|p| text.starts_with(p)) {
                 *error_line = Some(text.to_string());
             }

@@ -26,6 +26,7 @@ use crate::db::{BuildId, Db, EvalId, JobRecord, PendingBuild, status};
 use crate::drv::Derivation;
 use crate::fetch;
 use crate::job;
+use crate::logging::{BUILDING, COMPILE, EVALUATION, FETCH};
 use crate::spec::Specification;
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
@@ -195,61 +196,6 @@ impl State {
     }
 }
 
-/// Doubling reconnection delays, capped.
-#[derive(Debug, Clone, Default)]
-pub struct Backoff {
-    failures: u32,
-}
-
-impl Backoff {
-    pub const MAX: Duration = Duration::from_secs(60);
-
-    pub fn failed(&mut self) -> Duration {
-        self.failures = self.failures.saturating_add(1);
-        let secs = 1u64 << self.failures.min(6).saturating_sub(1);
-        Duration::from_secs(secs).min(Backoff::MAX)
-    }
-
-    pub fn succeeded(&mut self) {
-        self.failures = 0;
-    }
-
-    pub fn failures(&self) -> u32 {
-        self.failures
-    }
-}
-
-/// The building track: pending builds and the batch in flight.
-#[derive(Debug, Default)]
-pub struct Building {
-    queue: VecDeque<PendingBuild>,
-    /// Keyset position of the next page to load; None once all are read.
-    next_page: Option<BuildId>,
-    /// Derivations of the batch in flight: never handed over twice.
-    in_flight: HashSet<String>,
-    batch_open: bool,
-    retry_at: Option<Instant>,
-    backoff: Backoff,
-}
-
-impl Building {
-    /// Nothing queued, nothing to load, nothing in flight or waiting.
-    pub fn is_idle(&self) -> bool {
-        self.queue.is_empty()
-            && self.next_page.is_none()
-            && !self.batch_open
-            && self.retry_at.is_none()
-    }
-
-    pub fn queued(&self) -> usize {
-        self.queue.len()
-    }
-
-    pub fn batch_open(&self) -> bool {
-        self.batch_open
-    }
-}
-
 pub struct Cycle {
     pub spec: Specification,
     settings: Settings,
@@ -387,7 +333,7 @@ impl Cycle {
                 },
                 Input::Tick,
             ) if env.now >= deadline => {
-                log::error!("spec={:?} fetch timed out; killing it", self.spec.name);
+                log::error!(target: FETCH, "spec={:?} fetch timed out; killing it", self.spec.name);
                 self.commands.push_back(Command::KillChild);
                 State::Fetching {
                     deadline,
@@ -403,6 +349,7 @@ impl Cycle {
                 Input::Tick,
             ) if env.now >= deadline => {
                 log::error!(
+                    target: COMPILE,
                     "spec={:?} compilation timed out; killing it",
                     self.spec.name
                 );
@@ -427,7 +374,7 @@ impl Cycle {
                     None => {
                         // Not the commit's fault: one-shot says so at exit.
                         let why = format!("fetch failed: {reason}");
-                        log::error!("spec={:?} {why}", self.spec.name);
+                        log::error!(target: FETCH, "spec={:?} {why}", self.spec.name);
                         if self.settings.one_shot {
                             self.failure = Some(why);
                         }
@@ -443,7 +390,7 @@ impl Cycle {
                 self.begin_evaluation(commit, env)
             }
             (State::Compiling { .. }, Input::CompileExited { ok: false, reason }) => {
-                log::error!("spec={:?} compilation failed: {reason}", self.spec.name);
+                log::error!(target: COMPILE, "spec={:?} compilation failed: {reason}", self.spec.name);
                 self.end_round()
             }
 
@@ -532,202 +479,6 @@ impl Cycle {
         State::Idle
     }
 
-    fn new_commit(&mut self, commit: String, env: &mut Env) -> State {
-        let name = &self.spec.name;
-        match env.db.stamp(name) {
-            Err(e) => {
-                log::error!("spec={name:?} {e}");
-                self.end_round()
-            }
-            Ok(Some(stamp)) if stamp == commit => {
-                log::info!("spec={name:?} commit {commit} already evaluated");
-                self.end_round()
-            }
-            Ok(_) => {
-                log::info!("spec={name:?} new commit {commit}");
-                if self.spec.no_compile {
-                    self.begin_evaluation(commit, env)
-                } else {
-                    self.commands.push_back(Command::SpawnCompile);
-                    State::Compiling {
-                        commit,
-                        deadline: env.now + self.settings.compile_timeout,
-                        killed: false,
-                    }
-                }
-            }
-        }
-    }
-
-    /// The evaluator needs the daemon: without it every evaluation would
-    /// fail and its commit be marked done.  Postponed instead, with no
-    /// stamp, so the next poll tries the same commit again.
-    fn begin_evaluation(&mut self, commit: String, env: &mut Env) -> State {
-        let name = self.spec.name.clone();
-        if let Err(e) = (env.daemon)() {
-            let why = format!("evaluation of {commit} postponed: {e}");
-            log::error!("spec={name:?} {why}");
-            if self.settings.one_shot {
-                self.failure = Some(why);
-            }
-            return self.end_round();
-        }
-        let id = match env.db.begin_evaluation(&name, &commit, env.unix_now) {
-            Ok(id) => id,
-            Err(e) => {
-                // Nothing recorded, no stamp: the next poll tries again.
-                log::error!("spec={name:?} cannot start an evaluation: {e}");
-                return self.end_round();
-            }
-        };
-        log::info!("spec={name:?} evaluation {id} of {commit} started");
-        self.commands.push_back(Command::SpawnEvaluator {
-            arguments: self.evaluator_arguments(),
-        });
-        State::Evaluating(Box::new(Evaluation {
-            id,
-            commit,
-            deadline: env.now + self.settings.evaluation_timeout,
-            killed: false,
-            tally: job::Tally::default(),
-            jobs: Vec::new(),
-            registered: 0,
-            error: None,
-            retry: false,
-        }))
-    }
-
-    fn evaluator_arguments(&self) -> String {
-        let checkout = &self.settings.checkout;
-        let mut load_path = vec![checkout.join(&self.spec.load_path)];
-        load_path.extend(self.settings.load_path.iter().cloned());
-        evaluator_arguments(
-            checkout,
-            &load_path,
-            &checkout.join(&self.spec.file),
-            &self.spec.proc_name,
-            &self.spec.arguments,
-        )
-    }
-
-    /// One line of evaluator output; the first bad one fails the evaluation.
-    fn evaluator_line(&mut self, e: &mut Evaluation, line: &[u8], env: &mut Env) {
-        if e.error.is_some() || line.iter().all(u8::is_ascii_whitespace) {
-            return;
-        }
-        let parsed = job::parse_line(line).and_then(|l| {
-            e.tally.accept(&l)?;
-            match l {
-                job::Line::Job {
-                    name,
-                    derivation,
-                    limits,
-                    priority,
-                } => {
-                    let bytes = (env.read_drv)(&derivation)
-                        .map_err(|err| format!("job {name}: cannot read {derivation}: {err}"))?;
-                    e.jobs.push(job::job_record(
-                        &name,
-                        &derivation,
-                        limits,
-                        priority,
-                        &bytes,
-                    )?);
-                }
-                job::Line::JobError { name, message } => log::warn!(
-                    "spec={:?} job {name:?} failed to evaluate: {message}",
-                    self.spec.name
-                ),
-                job::Line::Done(_) => {}
-            }
-            Ok(())
-        });
-        if let Err(err) = parsed {
-            self.fail_evaluation(e, format!("bad evaluator output: {err}"));
-        }
-    }
-
-    /// The first reason is the one kept; the evaluator is killed since
-    /// nothing more it says is used.
-    fn fail_evaluation(&mut self, e: &mut Evaluation, reason: String) {
-        if e.error.is_some() {
-            return;
-        }
-        log::error!("spec={:?} evaluation {}: {reason}", self.spec.name, e.id);
-        e.error = Some(reason);
-        if !e.killed {
-            e.killed = true;
-            self.commands.push_back(Command::KillChild);
-        }
-    }
-
-    /// Registers the jobs read so far and queues their builds.
-    fn flush_jobs(&mut self, e: &mut Evaluation, env: &mut Env) {
-        let jobs = std::mem::take(&mut e.jobs);
-        if jobs.is_empty() || e.error.is_some() {
-            return;
-        }
-        match env.db.add_jobs(&self.spec.name, e.id, &jobs, env.unix_now) {
-            Ok(added) => {
-                e.registered += jobs.len();
-                log::debug!(
-                    "spec={:?} evaluation {}: {} jobs registered so far",
-                    self.spec.name,
-                    e.id,
-                    e.registered
-                );
-                self.building.queue.extend(added);
-            }
-            Err(err) => {
-                self.fail_evaluation(e, format!("cannot register jobs: {err}"));
-                e.retry = true;
-            }
-        }
-    }
-
-    /// Records the outcome; then the queue is read again from the start.
-    fn close_evaluation(&mut self, e: Evaluation, env: &mut Env) {
-        let name = self.spec.name.clone();
-        let Evaluation {
-            id, commit, error, ..
-        } = e;
-        let result = match (error, e.retry) {
-            // A full disk or a read-only file says nothing about the
-            // commit: forget the evaluation and keep the stamp, so the next
-            // poll evaluates the commit again.  Should this fail too, the
-            // next `begin_evaluation` rolls it back.
-            (Some(error), true) => {
-                log::error!(
-                    "spec={name:?} evaluation {id} of {commit} abandoned, to be retried: {error}"
-                );
-                env.db.abandon_evaluation(id)
-            }
-            (Some(error), false) => {
-                log::error!("spec={name:?} evaluation {id} of {commit} failed: {error}");
-                env.db
-                    .fail_evaluation(&name, id, &commit, &error, env.unix_now)
-            }
-            (None, _) => env
-                .db
-                .complete_evaluation(&name, id, &commit, env.unix_now)
-                .map(|canceled| {
-                    let superseded = match canceled {
-                        0 => String::new(),
-                        n => format!(", {n} superseded build(s) canceled"),
-                    };
-                    log::info!(
-                        "spec={name:?} evaluation {id} of {commit} done: {} jobs{superseded}",
-                        e.registered
-                    );
-                }),
-        };
-        if let Err(err) = result {
-            // The stamp did not move, so the next poll evaluates again.
-            log::error!("spec={name:?} cannot record evaluation {id}: {err}");
-        }
-        self.reload_queue();
-    }
-
     fn stop(&mut self, state: State, env: &mut Env) {
         match state {
             State::Fetching { .. } | State::Compiling { .. } => {
@@ -737,7 +488,7 @@ impl Cycle {
                 self.commands.push_back(Command::KillChild);
                 if let Err(err) = env.db.abandon_evaluation(e.id) {
                     // Rolled back at the next start instead.
-                    log::error!("spec={:?} evaluation {}: {err}", self.spec.name, e.id);
+                    log::error!(target: EVALUATION, "spec={:?} evaluation {}: {err}", self.spec.name, e.id);
                 }
             }
             State::Idle | State::Stopped => {}
@@ -747,151 +498,10 @@ impl Cycle {
             self.commands.push_back(Command::CloseBatch);
         }
     }
-
-    fn reload_queue(&mut self) {
-        self.building.queue.clear();
-        self.building.next_page = Some(0);
-    }
-
-    fn batch_done(&mut self, daemon_error: Option<&str>) {
-        let b = &mut self.building;
-        b.batch_open = false;
-        b.in_flight.clear();
-        b.backoff.succeeded();
-        log::info!(
-            "spec={:?} batch done{}",
-            self.spec.name,
-            daemon_error
-                .map(|e| format!(" ({})", e.trim_end()))
-                .unwrap_or_default()
-        );
-    }
-
-    /// Something went wrong with the daemon: the lost batch's builds are
-    /// pending again (the loop rescheduled them), the queue is read again
-    /// in order, and batches resume after a growing delay.  One-shot runs
-    /// give up after a few tries.
-    fn batch_lost(&mut self, why: &str, env: &mut Env) {
-        let b = &mut self.building;
-        b.batch_open = false;
-        b.in_flight.clear();
-        let delay = b.backoff.failed();
-        b.retry_at = Some(env.now + delay);
-        log::error!(
-            "spec={:?} {why}; retrying in {} s",
-            self.spec.name,
-            delay.as_secs()
-        );
-        if self.settings.one_shot && b.backoff.failures() >= ONE_SHOT_DAEMON_TRIES {
-            self.failure = Some(why.to_string());
-        }
-        self.reload_queue();
-    }
-
-    /// Opens the next batch when none is in flight: up to
-    /// [`build::BATCH_SIZE`] builds of the limit class of the oldest
-    /// pending one (the daemon takes limits per connection), a page read
-    /// from the database whenever the queue runs dry.
-    fn fill_batch(&mut self, env: &mut Env) {
-        let name = self.spec.name.clone();
-        let b = &mut self.building;
-        if b.batch_open || self.failure.is_some() {
-            return;
-        }
-        match b.retry_at {
-            Some(at) if env.now < at => return,
-            Some(_) => b.retry_at = None,
-            None => {}
-        }
-        let mut items = Vec::new();
-        let mut limits = Limits::default();
-        let mut canceled = Vec::new();
-        while items.is_empty() {
-            if b.queue.is_empty() {
-                let Some(after) = b.next_page else { break };
-                match env.db.pending_builds_page(&name, after, PAGE) {
-                    Ok(page) => {
-                        b.next_page = (page.len() == PAGE).then(|| page.last().unwrap().id);
-                        b.queue.extend(page);
-                    }
-                    Err(e) => {
-                        log::error!("spec={name:?} {e}");
-                        break;
-                    }
-                }
-                if b.queue.is_empty() {
-                    break;
-                }
-            }
-            let taken = build::take_batch(&mut b.queue, build::BATCH_SIZE);
-            limits = taken.first().map(|p| p.limits).unwrap_or_default();
-            for pending in taken {
-                if b.in_flight.contains(&pending.derivation) {
-                    continue;
-                }
-                // A derivation collected since evaluation cannot be built.
-                match (env.read_drv)(&pending.derivation)
-                    .ok()
-                    .and_then(|bytes| Derivation::parse(&bytes).ok())
-                {
-                    Some(drv) => {
-                        b.in_flight.insert(pending.derivation.clone());
-                        items.push(Item {
-                            outputs: drv.outputs.iter().map(|o| o.path.clone()).collect(),
-                            inputs: drv.input_drvs.iter().map(|(d, _)| d.clone()).collect(),
-                            derivation: pending.derivation,
-                        });
-                    }
-                    None => canceled.push((pending.derivation, status::CANCELED, None)),
-                }
-            }
-        }
-        if !canceled.is_empty() {
-            log::warn!(
-                "spec={name:?} {} build(s) canceled: derivation no longer in the store",
-                canceled.len()
-            );
-            if let Err(e) = env.db.finish_builds(&canceled, env.unix_now) {
-                log::error!("spec={name:?} {e}");
-            }
-        }
-        if !items.is_empty() {
-            log::info!(
-                "spec={name:?} batch of {} derivation(s) to submit ({}), {} more queued",
-                items.len(),
-                build::describe_limits(limits),
-                b.queue.len()
-            );
-            b.batch_open = true;
-            self.commands.push_back(Command::OpenBatch(items, limits));
-        }
-    }
 }
 
-/// The single argument of the evaluator script, an alist it `read`s.
-pub fn evaluator_arguments(
-    checkout: &std::path::Path,
-    load_path: &[PathBuf],
-    file: &std::path::Path,
-    proc_name: &str,
-    arguments: &str,
-) -> String {
-    use crate::sexp::{Datum, Kind, Pos};
-    let datum = |kind| {
-        Datum {
-            pos: Pos { line: 1, column: 1 },
-            kind,
-        }
-        .to_string()
-    };
-    let s = |p: &std::path::Path| datum(Kind::Str(p.to_string_lossy().into_owned()));
-    let dirs: Vec<String> = load_path.iter().map(|p| s(p)).collect();
-    format!(
-        "((checkout . {}) (load-path {}) (file . {}) (proc . {}) (arguments . {}))",
-        s(checkout),
-        dirs.join(" "),
-        s(file),
-        datum(Kind::Symbol(proc_name.to_string())),
-        arguments
-    )
-}
+mod building;
+mod evaluation;
+
+pub use building::{Backoff, Building};
+pub use evaluation::evaluator_arguments;

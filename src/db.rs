@@ -148,7 +148,17 @@ const MIGRATIONS: &[&str] = &[
        derivation TEXT NOT NULL,
        PRIMARY KEY (build, derivation),
        FOREIGN KEY (build) REFERENCES Builds (id)) WITHOUT ROWID;",
-    // 9: the machine that ran each build (`localhost`, or the build
+    // 9: today's HTTP API.  A build's weather and a job's history walk
+    // one job's derivations by evaluation, and each step finds its build
+    // by (derivation, evaluation): both indexes gain the evaluation, which
+    // the lookups by job name or derivation alone still use as a prefix.
+    // `/output/ITEM` and `/log/ITEM` find builds by store item.
+    "DROP INDEX IF EXISTS Derivations_job_name;
+     CREATE INDEX Derivations_job_name ON Derivations (job_name, evaluation);
+     DROP INDEX IF EXISTS Builds_derivation;
+     CREATE INDEX Builds_derivation ON Builds (derivation, evaluation);
+     CREATE INDEX IF NOT EXISTS Outputs_path ON Outputs (path);",
+    // 10: the machine that ran each build (`localhost`, or the build
     // machine `guix offload` named), NULL for builds never started or
     // recorded before; the index serves the /machines page, which reads
     // the last day's builds by stop time.
@@ -449,7 +459,7 @@ impl Db {
             .query_map(params![spec, eval_status::IN_PROGRESS], |r| r.get(0))?
             .collect::<std::result::Result<_, _>>()?;
         for eval in leftovers {
-            log::warn!("spec={spec} evaluation {eval} was left in progress; rolled back");
+            log::warn!("spec={spec:?} evaluation {eval} was left in progress; rolled back");
             Db::delete_evaluation(&tx, eval)?;
         }
         let eval = Db::insert_evaluation(&tx, spec, commit, eval_status::IN_PROGRESS, now)?;

@@ -11,6 +11,7 @@ use crate::cli::Config;
 use crate::cycle::{Command, Cycle, Env, Input, Settings, State};
 use crate::db::Db;
 use crate::http_server::HttpServer;
+use crate::logging;
 use crate::signals::SignalPipe;
 use mio::net::UnixStream;
 use mio::{Events, Poll, Token};
@@ -130,6 +131,15 @@ impl Step {
             Step::Evaluate => "evaluator",
         }
     }
+
+    /// The log target of the child's lines.
+    fn target(self) -> &'static str {
+        match self {
+            Step::Fetch => logging::FETCH,
+            Step::Compile => logging::COMPILE,
+            Step::Evaluate => logging::EVALUATION,
+        }
+    }
 }
 
 /// A spec's running child and what it printed that the cycle needs whole.
@@ -186,6 +196,7 @@ impl EventLoop {
         let evaluator_script = write_evaluator_script(&config)?;
         let now = Instant::now();
         let specs = db.specifications().map_err(|e| e.to_string())?;
+        let specs: Vec<_> = specs.into_iter().filter(|s| usable_name(&s.name)).collect();
         std::fs::create_dir_all(&config.log_dir).map_err(|e| {
             format!(
                 "cannot create the log directory {}: {e}",
@@ -535,6 +546,19 @@ fn write_evaluator_script(config: &Config) -> Result<PathBuf, Fatal> {
     std::fs::write(&path, EVALUATOR_SCRIPT)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(path)
+}
+
+/// Spec files refuse such names, but a database written by the original
+/// or an earlier version may hold one: its history stays served, but it
+/// is not polled, since its name would be a cache directory.
+fn usable_name(name: &str) -> bool {
+    match crate::spec::check_name(name) {
+        Ok(()) => true,
+        Err(why) => {
+            log::error!(target: logging::SPEC, "spec={name:?} not polled: invalid name: {why}");
+            false
+        }
+    }
 }
 
 pub const EVALUATOR_SCRIPT: &str = include_str!("evaluate.scm");

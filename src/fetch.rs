@@ -109,14 +109,38 @@ fn open_or_init(url: &str, dir: &Path) -> Result<Repository, String> {
 }
 
 /// Fetches `target` from `url` into the repository at `dir` and checks it
-/// out (detached), returning the commit.  Refspecs are forced so that a
-/// rewritten history (a force-push) simply moves to the new tip.
+/// out (detached), returning the commit.  The cache must answer as a fresh
+/// clone would: refs gone upstream are pruned before anything is fetched,
+/// so that a deleted branch or tag is an error rather than a stale commit
+/// used forever, and a ref renamed `a` → `a/b` does not collide with the
+/// stale `a`.  Refspecs are forced so that a rewritten history (a
+/// force-push) simply moves to the new tip.
 pub fn fetch(url: &str, dir: &Path, target: &Target) -> Result<Oid, String> {
     let repo = open_or_init(url, dir)?;
     let mut remote = repo
         .find_remote("origin")
         .map_err(|e| format!("{url}: {}", e.message()))?;
+    let fetching = |e: git2::Error| format!("fetching {url}: {}", e.message());
+    // One connection: the fetch below reuses it.
+    remote.connect(git2::Direction::Fetch).map_err(fetching)?;
+    let advertised: Vec<(String, Oid)> = remote
+        .list()
+        .map_err(fetching)?
+        .iter()
+        .map(|h| (h.name().to_string(), h.oid()))
+        .collect();
+    prune(&repo, &advertised)
+        .map_err(|e| format!("{}: pruning: {}", dir.display(), e.message()))?;
+    let upstream = |name: &str| advertised.iter().any(|(n, _)| n == name);
     let refspecs: Vec<String> = match target {
+        Target::Branch(b) if !upstream(&format!("refs/heads/{b}")) => {
+            return Err(format!(
+                "{url} has no branch '{b}' (deleted or renamed upstream?)"
+            ));
+        }
+        Target::Tag(t) if !upstream(&format!("refs/tags/{t}")) => {
+            return Err(format!("{url} has no tag '{t}' (deleted upstream?)"));
+        }
         Target::Branch(b) => vec![format!("+refs/heads/{b}:refs/remotes/origin/{b}")],
         Target::Tag(t) => vec![format!("+refs/tags/{t}:refs/tags/{t}")],
         Target::Commit(_) => vec![
@@ -128,7 +152,7 @@ pub fn fetch(url: &str, dir: &Path, target: &Target) -> Result<Oid, String> {
     opts.download_tags(git2::AutotagOption::None);
     remote
         .fetch(&refspecs, Some(&mut opts), None)
-        .map_err(|e| format!("fetching {url}: {}", e.message()))?;
+        .map_err(fetching)?;
     let oid = match target {
         Target::Branch(b) => repo
             .refname_to_id(&format!("refs/remotes/origin/{b}"))
@@ -138,11 +162,22 @@ pub fn fetch(url: &str, dir: &Path, target: &Target) -> Result<Oid, String> {
             .and_then(|o| o.peel_to_commit())
             .map(|c| c.id())
             .map_err(|_| format!("{url}: no tag '{t}'"))?,
-        Target::Commit(c) => repo
-            .revparse_single(c)
-            .and_then(|o| o.peel_to_commit())
-            .map(|c| c.id())
-            .map_err(|_| format!("{url}: no commit '{c}'"))?,
+        Target::Commit(c) => {
+            let oid = repo
+                .revparse_single(c)
+                .and_then(|o| o.peel_to_commit())
+                .map(|c| c.id())
+                .map_err(|_| format!("{url} has no commit '{c}'"))?;
+            // Objects outlive the refs that brought them into the cache:
+            // a commit no upstream ref reaches any more (a rewritten
+            // history) is one a fresh clone would not have.
+            if !reachable(&repo, &advertised, oid) {
+                return Err(format!(
+                    "{url} has no commit '{c}' any more: no branch or tag reaches it (history rewritten upstream?)"
+                ));
+            }
+            oid
+        }
     };
     let commit = repo
         .find_commit(oid)
@@ -156,6 +191,49 @@ pub fn fetch(url: &str, dir: &Path, target: &Target) -> Result<Oid, String> {
     repo.set_head_detached(oid)
         .map_err(|e| format!("checking out {oid}: {}", e.message()))?;
     Ok(oid)
+}
+
+/// Deletes the cache's remote-tracking branches and tags that `origin`
+/// no longer advertises.
+fn prune(repo: &Repository, advertised: &[(String, Oid)]) -> Result<(), git2::Error> {
+    let mut stale = Vec::new();
+    for reference in repo.references()? {
+        let reference = reference?;
+        let Ok(name) = reference.name() else {
+            continue;
+        };
+        let upstream = if let Some(branch) = name.strip_prefix("refs/remotes/origin/") {
+            format!("refs/heads/{branch}")
+        } else if name.starts_with("refs/tags/") {
+            name.to_string()
+        } else {
+            continue;
+        };
+        if !advertised.iter().any(|(n, _)| *n == upstream) {
+            stale.push(name.to_string());
+        }
+    }
+    for name in stale {
+        // The parent logs the child's standard error line by line.
+        eprintln!("pruned {name}: gone upstream");
+        repo.find_reference(&name)?.delete()?;
+    }
+    Ok(())
+}
+
+/// Whether `commit` is an advertised ref's commit or one of its ancestors.
+/// Branches are tried first: a pinned commit is usually on one.
+fn reachable(repo: &Repository, advertised: &[(String, Oid)], commit: Oid) -> bool {
+    let tips = |prefix: &'static str| {
+        advertised
+            .iter()
+            .filter(move |(n, _)| n.starts_with(prefix))
+            .filter_map(|(_, oid)| repo.find_object(*oid, None).ok()?.peel_to_commit().ok())
+            .map(|c| c.id())
+    };
+    tips("refs/heads/")
+        .chain(tips("refs/tags/"))
+        .any(|tip| tip == commit || repo.graph_descendant_of(tip, commit).unwrap_or(false))
 }
 
 #[cfg(test)]
@@ -223,6 +301,61 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("/nonexistent/repo"), "{err}");
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    /// Each kind of ref a spec can name, gone upstream then back: an error
+    /// naming it while it is gone, never the cached commit; renames
+    /// `a` → `a/b` → `a` work without touching the cache by hand.
+    #[test]
+    fn refs_gone_upstream_are_errors_until_they_come_back() {
+        let base = std::env::temp_dir().join(format!("cuirass-refs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let upstream = base.join("up");
+        std::fs::create_dir_all(&upstream).unwrap();
+        git(&upstream, &["init", "-q", "-b", "main"]);
+        let first = commit_file(&upstream, "a", "1");
+        git(&upstream, &["branch", "feature"]);
+        git(&upstream, &["tag", "-a", "-m", "v1", "v1"]);
+        let url = format!("file://{}", upstream.display());
+        let work = base.join("cache/spec");
+        let branch = |b: &str| fetch(&url, &work, &Target::Branch(b.into()));
+
+        assert_eq!(branch("feature").unwrap().to_string(), first);
+        git(&upstream, &["branch", "-D", "feature"]);
+        let err = branch("feature").unwrap_err();
+        assert!(err.contains("no branch 'feature'"), "{err}");
+        assert!(branch("feature").is_err(), "the stale ref came back");
+        git(&upstream, &["branch", "feature/x"]);
+        assert_eq!(branch("feature/x").unwrap().to_string(), first);
+        git(&upstream, &["branch", "-D", "feature/x"]);
+        let second = commit_file(&upstream, "a", "2");
+        git(&upstream, &["branch", "feature"]);
+        assert_eq!(branch("feature").unwrap().to_string(), second);
+
+        let tag = |t: &str| fetch(&url, &work, &Target::Tag(t.into()));
+        assert_eq!(tag("v1").unwrap().to_string(), first);
+        git(&upstream, &["tag", "-d", "v1"]);
+        let err = tag("v1").unwrap_err();
+        assert!(err.contains("no tag 'v1'"), "{err}");
+        git(&upstream, &["tag", "v1/rc"]);
+        assert_eq!(tag("v1/rc").unwrap().to_string(), second);
+        git(&upstream, &["tag", "-d", "v1/rc"]);
+        git(&upstream, &["tag", "v1"]);
+        assert_eq!(tag("v1").unwrap().to_string(), second);
+
+        let commit = |c: &str| fetch(&url, &work, &Target::Commit(c.into()));
+        assert_eq!(commit(&second).unwrap().to_string(), second);
+        // Rewrite history so that nothing upstream reaches `second`.
+        git(&upstream, &["tag", "-d", "v1"]);
+        git(&upstream, &["checkout", "-q", "main"]);
+        git(&upstream, &["reset", "-q", "--hard", &first]);
+        git(&upstream, &["branch", "-f", "feature", &first]);
+        commit_file(&upstream, "b", "3");
+        let err = commit(&second).unwrap_err();
+        assert!(err.contains(&second) && err.contains("any more"), "{err}");
+        git(&upstream, &["branch", "keep", &second]);
+        assert_eq!(commit(&second).unwrap().to_string(), second);
         let _ = std::fs::remove_dir_all(&base);
     }
 

@@ -32,7 +32,8 @@ pub struct Request {
     pub path: String,
     /// The decoded path's non-empty segments.
     pub segments: Vec<String>,
-    /// Decoded query pairs, in order.
+    /// Decoded query pairs, in order, a `+` kept as a plus (see
+    /// [`Request::param`]).
     pub query: Vec<(String, String)>,
     pub keep_alive: bool,
     /// HTTP/1.1 or later: chunked responses are understood.
@@ -42,7 +43,14 @@ pub struct Request {
 }
 
 impl Request {
-    /// The first value of a query parameter.
+    /// The first value of a query parameter, `%XX` decoded and a `+` kept
+    /// as a plus.  Parameters carry names (job, jobset, spec, project,
+    /// names, system, derivation, and `query`, a part of a job name),
+    /// names such as `gtk+-3.24.x86_64-linux` or `libsigc++` are common,
+    /// and job and system names never contain a space: read as a space
+    /// (the HTML-form convention), the `+` that clients such as Guix's
+    /// `(guix ci)` send unencoded would find nothing.  A space is written
+    /// `%20`; a plus `+` or `%2B`.
     pub fn param(&self, key: &str) -> Option<&str> {
         self.query
             .iter()
@@ -172,12 +180,12 @@ fn split_target(target: &str) -> Result<(String, Vec<(String, String)>), Error> 
         return Err(error(400, "bad request target"));
     }
     let (raw_path, raw_query) = target.split_once('?').unwrap_or((target, ""));
-    let path = percent_decode(raw_path, false).ok_or(error(400, "bad percent-encoding"))?;
+    let path = percent_decode(raw_path).ok_or(error(400, "bad percent-encoding"))?;
     let mut query = Vec::new();
     for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_decode(k, true).ok_or(error(400, "bad percent-encoding"))?;
-        let v = percent_decode(v, true).ok_or(error(400, "bad percent-encoding"))?;
+        let k = percent_decode(k).ok_or(error(400, "bad percent-encoding"))?;
+        let v = percent_decode(v).ok_or(error(400, "bad percent-encoding"))?;
         query.push((k, v));
     }
     Ok((path, query))
@@ -195,10 +203,10 @@ fn segments(path: &str) -> Result<Vec<String>, Error> {
     Ok(out)
 }
 
-/// Decodes `%XX` escapes (and `+` as a space in query strings).  `None`
-/// for a broken escape, a NUL byte or invalid UTF-8: such values reach no
-/// database query.
-pub fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
+/// Decodes `%XX` escapes; a `+` is a plus (see [`Request::param`]).
+/// `None` for a broken escape, a NUL byte or invalid UTF-8: such values
+/// reach no database query.
+pub fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -213,7 +221,6 @@ pub fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
                 i += 2;
                 u8::from_str_radix(hex, 16).ok()?
             }
-            b'+' if plus_is_space => b' ',
             b => b,
         };
         if b == 0 {
@@ -305,6 +312,7 @@ pub fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
 pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        302 => "Found",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",

@@ -155,7 +155,7 @@ impl HttpServer {
                         .register(&mut l, listener, Interest::READABLE)
                         .map_err(|e| format!("cannot watch the HTTP listener: {e}"))?;
                     let bound = l.local_addr().map_or(a, |b| b);
-                    log::info!("HTTP API listening on http://{name}/ ({bound})");
+                    log::info!(target: crate::logging::HTTP, "HTTP API listening on http://{name}/ ({bound})");
                     return Ok(HttpServer {
                         listener: l,
                         listener_token: listener,
@@ -238,7 +238,7 @@ impl HttpServer {
                 continue;
             }
             if now >= conn.deadline() {
-                log::debug!("http: {} timed out", conn.peer);
+                log::debug!(target: crate::logging::HTTP, "http: {} timed out", conn.peer);
                 self.close(registry, slot);
             }
         }
@@ -251,12 +251,12 @@ impl HttpServer {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     // EMFILE and the like: the next event retries.
-                    log::warn!("http: accept: {e}");
+                    log::warn!(target: crate::logging::HTTP, "http: accept: {e}");
                     return;
                 }
             };
             if self.open >= MAX_CONNECTIONS {
-                log::warn!("http: {MAX_CONNECTIONS} connections open, refusing {peer}");
+                log::warn!(target: crate::logging::HTTP, "http: {MAX_CONNECTIONS} connections open, refusing {peer}");
                 continue;
             }
             let slot = self.free.pop().unwrap_or_else(|| {
@@ -265,7 +265,7 @@ impl HttpServer {
             });
             let token = Token(self.first_conn_token + slot);
             if let Err(e) = registry.register(&mut stream, token, Interest::READABLE) {
-                log::warn!("http: cannot watch {peer}: {e}");
+                log::warn!(target: crate::logging::HTTP, "http: cannot watch {peer}: {e}");
                 self.free.push(slot);
                 continue;
             }
@@ -389,7 +389,7 @@ fn step(
                 }
                 Ok(false) => streaming.waiting = None,
                 Err(e) => {
-                    log::warn!("http: {} log: {e}", conn.peer);
+                    log::warn!(target: crate::logging::HTTP, "http: {} log: {e}", conn.peer);
                     let _ = flush(conn, now);
                     return Step::Close;
                 }
@@ -398,7 +398,7 @@ fn step(
         if let Err(e) = streaming.log.next(&mut conn.output) {
             // Headers are gone: only a broken transfer can tell the
             // client that the body is not the whole log.
-            log::warn!("http: {} log: {e}", conn.peer);
+            log::warn!(target: crate::logging::HTTP, "http: {} log: {e}", conn.peer);
             let _ = flush(conn, now);
             return Step::Close;
         }
@@ -452,7 +452,7 @@ fn step(
                             }
                             buildlog::serve::Start::Stream(head, log) => {
                                 counters.record(web::route_pattern(&req), 200);
-                                log::debug!(
+                                log::debug!(target: crate::logging::HTTP,
                                     "http: {} {} {} -> 200",
                                     conn.peer,
                                     req.method,
@@ -480,8 +480,7 @@ fn step(
                         },
                     );
                     counters.record(web::route_pattern(&req), response.status);
-                    log::debug!(
-                        "http: {} {} {} -> {}",
+                    log::debug!(target: crate::logging::HTTP, "http: {} {} {:?} -> {}",
                         conn.peer,
                         req.method,
                         req.path,
@@ -493,7 +492,7 @@ fn step(
                     answered += 1;
                 }
                 Err(e) => {
-                    log::debug!("http: {} refused: {} {}", conn.peer, e.status, e.message);
+                    log::debug!(target: crate::logging::HTTP, "http: {} refused: {} {}", conn.peer, e.status, e.message);
                     let response: Response = api::error(e.status, e.message);
                     counters.record("invalid", e.status);
                     conn.output

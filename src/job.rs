@@ -84,7 +84,9 @@ pub fn parse_line(line: &[u8]) -> Result<Line, String> {
         "job" => {
             let derivation = string_field(rest, "derivation")?;
             if !crate::trace::is_store_drv(&derivation) {
-                return Err(format!("'{derivation}' is not a store .drv file"));
+                // Escaped: the message goes to a log line and the database.
+                let drv = derivation.escape_debug();
+                return Err(format!("'{drv}' is not a store .drv file"));
             }
             Ok(Line::Job {
                 name: string_field(rest, "name")?,
@@ -159,7 +161,8 @@ impl Tally {
             } => {
                 if let Some(first) = self.names.get(name) {
                     return Err(format!(
-                        "job name '{name}' appears twice ({first} and {derivation})"
+                        "job name '{}' appears twice ({first} and {derivation})",
+                        name.escape_debug()
                     ));
                 }
                 self.names.insert(name.clone(), derivation.clone());
@@ -331,6 +334,19 @@ mod tests {
             .accept(&job("a", "/gnu/store/x-other.drv"))
             .unwrap_err();
         assert!(err.contains("'a' appears twice"), "{err}");
+    }
+
+    /// Names from the evaluator reach log lines and the database: a
+    /// newline in one must not split the line.
+    #[test]
+    fn names_in_errors_cannot_split_a_log_line() {
+        let err = parse_line(br#"(job (name . "a") (derivation . "/x\n.drv"))"#).unwrap_err();
+        assert_eq!(err, r"'/x\n.drv' is not a store .drv file");
+        let drv = "/gnu/store/00000000000000000000000000000000-a.drv";
+        let mut tally = Tally::default();
+        tally.accept(&job("a\nb", drv)).unwrap();
+        let err = tally.accept(&job("a\nb", drv)).unwrap_err();
+        assert!(err.starts_with(r"job name 'a\nb' appears twice"), "{err}");
     }
 
     #[test]

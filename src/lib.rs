@@ -3,6 +3,7 @@
 //! Codemap, in the order data flows through the program:
 //!
 //! - `cli`: command-line options, their documentation, and defaults.
+//! - `logging`: the log target of each part of cuirass.
 //! - `sexp`: the S-expression reader and writer (pure; no I/O).
 //! - `spec`: specification files turned into [`spec::Specification`]s.
 //! - `drv`: the ATerm `.drv` file parser (pure).
@@ -30,7 +31,10 @@
 //! Invariants: codecs (`sexp`, `drv`, `wire`, `trace`, `http`) do no I/O;
 //! only the shell (`event_loop`, `http_server`) reads the clock, everything
 //! else is handed `now`; only `db` writes SQL; only `api` writes JSON; nothing holds a
-//! whole build log (`buildlog` reads and decodes bounded chunks).
+//! whole build log (`buildlog` reads and decodes bounded chunks); no log
+//! line prints a name from outside (a spec's, a job's, a derivation from
+//! the evaluator) but quoted with escapes (`{:?}`); no log line goes out
+//! without the target of its part (`logging`).
 
 pub mod api;
 pub mod build;
@@ -46,6 +50,7 @@ pub mod html;
 pub mod http;
 pub mod http_server;
 pub mod job;
+pub mod logging;
 pub mod sexp;
 pub mod signals;
 pub mod spec;

@@ -104,6 +104,31 @@ fn show(d: &Datum) -> String {
     }
 }
 
+/// Why `name` cannot name a specification, if it cannot.  The name is a
+/// directory of the cache, a segment of URLs (`/jobset/NAME`) and a field
+/// of log lines, so it must be one file name: non-empty, at most 255
+/// bytes, not hidden, without '/', and without characters that would
+/// break a line (control characters, U+2028 and U+2029).
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("it is empty".into());
+    }
+    if name.len() > 255 {
+        return Err(format!("it is {} bytes long, over 255", name.len()));
+    }
+    if name.starts_with('.') {
+        return Err("it starts with '.'".into());
+    }
+    match name
+        .chars()
+        .find(|&c| c == '/' || c.is_control() || c == '\u{2028}' || c == '\u{2029}')
+    {
+        Some('/') => Err("it contains '/'".into()),
+        Some(c) => Err(format!("it contains {c:?}, which would break a log line")),
+        None => Ok(()),
+    }
+}
+
 /// Turns the evaluated value of a file into specifications.
 pub fn specs_from_data(file: &str, value: &Datum) -> Result<Vec<Specification>, SpecError> {
     let err = |pos: Pos, message: String| SpecError {
@@ -159,7 +184,7 @@ fn one_spec(item: &Datum) -> Result<Specification, (Pos, String)> {
             ));
         };
         let Some(k) = KEYS.iter().find(|x| **x == k) else {
-            log::warn!("ignoring unknown specification key #:{k}");
+            log::warn!(target: crate::logging::SPEC, "ignoring unknown specification key #:{k}");
             continue;
         };
         if found.iter().any(|(x, _, _)| x == k) {
@@ -193,14 +218,17 @@ fn one_spec(item: &Datum) -> Result<Specification, (Pos, String)> {
         string(k)?.ok_or_else(|| (item.pos, format!("specification has no #:{k}")))
     };
     let name = required("name")?;
-    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\0']) {
+    if let Err(why) = check_name(&name) {
         let pos = get("name").map_or(item.pos, |(v, _)| v.pos);
-        return Err((
-            pos,
-            format!(
-                "invalid specification name {name:?}: it names a directory, so it must be non-empty, without '/', and not start with '.'"
-            ),
-        ));
+        return Err((pos, format!("invalid specification name {name:?}: {why}")));
+    }
+    // Every other string reaches log lines, and git or the evaluator: a
+    // control character there is a mistake better caught here, with the
+    // place, than at each poll.
+    for (k, v, _) in &found {
+        if let Some(c) = v.as_str().and_then(|s| s.chars().find(|c| c.is_control())) {
+            return Err((v.pos, format!("#:{k} contains the control character {c:?}")));
+        }
     }
     let url = required("url")?;
     let file = required("file")?;
@@ -233,6 +261,18 @@ fn one_spec(item: &Datum) -> Result<Specification, (Pos, String)> {
     }
     if given.is_empty() {
         branch = Some("master".into());
+    }
+    for (kind, value) in [("branch", &branch), ("tag", &tag)] {
+        let prefix = if kind == "branch" { "heads" } else { "tags" };
+        if let Some(v) = value
+            && !git2::Reference::is_valid_name(&format!("refs/{prefix}/{v}"))
+        {
+            let pos = get(kind).map_or(item.pos, |(d, _)| d.pos);
+            return Err((
+                pos,
+                format!("#:{kind} {v:?} is not a valid git {kind} name"),
+            ));
+        }
     }
     Ok(Specification {
         name,
@@ -324,7 +364,7 @@ pub fn read_spec_file(
         Parsed::Specs(specs) => return Ok(specs),
         Parsed::NeedsScheme(why) => why,
     };
-    log::debug!("{file}: evaluating with Guile ({why})");
+    log::debug!(target: crate::logging::SPEC, "{file}: evaluating with Guile ({why})");
     let absolute =
         std::fs::canonicalize(path).map_err(|e| err(format!("cannot resolve path: {e}")))?;
     let (program, args) = guile_command
@@ -351,7 +391,7 @@ pub fn read_spec_file(
         return Err(err(msg));
     }
     if !stderr.trim().is_empty() {
-        log::info!("{file}: Guile said: {}", stderr.trim());
+        log::info!(target: crate::logging::SPEC, "{file}: Guile said: {}", stderr.trim());
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let not_data = |detail: String| {

@@ -56,6 +56,7 @@ pub fn route_pattern(req: &Request) -> &'static str {
         ["jobset", _] => "/jobset/:name",
         ["jobset", _, "badge.svg"] => "/jobset/:name/badge.svg",
         ["eval", _] => "/eval/:id",
+        ["build", drv] if drv.ends_with(".drv") => "/build/:derivation",
         ["build", _] => "/build/:id",
         ["build", _, "details"] => "/build/:id/details",
         ["build", _, "log", "raw"] => "/build/:id/log/raw",
@@ -68,7 +69,13 @@ pub fn route_pattern(req: &Request) -> &'static str {
         ["api", "latestbuilds"] => "/api/latestbuilds",
         ["api", "queue"] => "/api/queue",
         ["api", "evaluations"] => "/api/evaluations",
+        ["api", "evaluation"] => "/api/evaluation",
+        ["api", "jobs"] => "/api/jobs",
         ["api", "jobs", "history"] => "/api/jobs/history",
+        ["output", _] => "/output/:item",
+        ["log", _] => "/log/:item",
+        ["search", "latest"] => "/search/latest",
+        ["search", "latest", _] => "/search/latest/:type",
         _ => "other",
     }
 }
@@ -89,7 +96,7 @@ pub fn respond(db: &Db, req: &Request, ctx: &Ctx) -> Response {
         ["metrics"] => Ok(metrics::metrics(db, ctx.counters)),
         ["machines"] => machines::machines(db, ctx.now),
         ["api", "machines"] => Ok(api::machines::machines(db, ctx.now)),
-        ["build", _, "log", "raw"] => Ok(buildlog::serve::whole(db, ctx.logs, req)),
+        ["build", _, "log", "raw"] | ["log", _] => Ok(buildlog::serve::whole(db, ctx.logs, req)),
         _ => return api::respond(db, req),
     };
     result.unwrap_or_else(|r| r)
@@ -113,7 +120,7 @@ fn error_page(status: u16, message: &str) -> Response {
 }
 
 fn db_error(e: crate::db::Error) -> Response {
-    log::error!("http: {e}");
+    log::error!(target: crate::logging::HTTP, "http: {e}");
     error_page(500, "Database error.")
 }
 

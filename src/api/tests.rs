@@ -6,7 +6,7 @@ use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-fn spec(name: &str, branch: Option<&str>) -> Specification {
+pub(super) fn spec(name: &str, branch: Option<&str>) -> Specification {
     Specification {
         branch: branch.map(Into::into),
         arguments: "((nonce . \"x\"))".into(),
@@ -14,7 +14,7 @@ fn spec(name: &str, branch: Option<&str>) -> Specification {
     }
 }
 
-fn job(name: &str) -> JobRecord {
+pub(super) fn job(name: &str) -> JobRecord {
     JobRecord {
         job_name: name.into(),
         derivation: format!("/gnu/store/{name:a<32}-{name}.drv"),
@@ -31,7 +31,7 @@ fn job(name: &str) -> JobRecord {
 /// A database with two specifications: `hello` (evaluation 1: ok
 /// succeeded at 200 with a log, bad failed at 300, wip started, waiting
 /// scheduled) and `other` (evaluation 2: its own `ok`, scheduled).
-fn fixture() -> (Db, PathBuf) {
+pub(super) fn fixture() -> (Db, PathBuf) {
     let mut db = Db::open_in_memory().unwrap();
     db.add_specifications(&[spec("hello", Some("master")), spec("other", None)])
         .unwrap();
@@ -68,7 +68,7 @@ fn fixture() -> (Db, PathBuf) {
     (db, root)
 }
 
-fn request(target: &str, method: &str) -> Request {
+pub(super) fn request(target: &str, method: &str) -> Request {
     let text = format!("{method} {target} HTTP/1.1\r\n\r\n");
     match parse_request(text.as_bytes()) {
         Ok(Parsed::Complete(req, _)) => req,
@@ -76,13 +76,13 @@ fn request(target: &str, method: &str) -> Request {
     }
 }
 
-fn get(db: &Db, _root: &Path, target: &str) -> (u16, Value) {
+pub(super) fn get(db: &Db, _root: &Path, target: &str) -> (u16, Value) {
     let r = respond(db, &request(target, "GET"));
     assert_eq!(r.content_type, JSON, "{target}");
     (r.status, serde_json::from_slice(&r.body).unwrap())
 }
 
-fn ids(v: &Value) -> Vec<i64> {
+pub(super) fn ids(v: &Value) -> Vec<i64> {
     v.as_array()
         .unwrap()
         .iter()
@@ -116,7 +116,7 @@ fn a_build_is_a_hydra_object() {
     let (code, b) = get(&db, &root, "/build/1");
     assert_eq!(code, 200);
     let expect = serde_json::json!({
-        "id": 1, "project": "hello", "jobset": "master", "job": "ok",
+        "id": 1, "evaluation": 1, "project": "hello", "jobset": "hello", "job": "ok",
         "timestamp": 200, "starttime": 150, "stoptime": 200,
         "derivation": job("ok").derivation,
         "buildoutputs": {
@@ -124,7 +124,7 @@ fn a_build_is_a_hydra_object() {
             "out": {"path": job("ok").outputs[0].1}
         },
         "system": "x86_64-linux", "nixname": "ok-1.0", "buildstatus": 0,
-        "busy": 0, "priority": 0, "finished": 1, "buildproducts": null,
+        "weather": -1, "busy": 0, "priority": 0, "finished": 1, "buildproducts": [],
         "releasename": null, "buildinputs_builds": null,
         "timeout": null, "maxsilent": null, "errormsg": null,
         "worker": null
@@ -152,7 +152,14 @@ fn a_build_is_a_hydra_object() {
         (&Value::from(0), &Value::from(0))
     );
     let (_, other) = get(&db, &root, "/build/5");
-    assert_eq!(other["jobset"], Value::Null);
+    assert_eq!(
+        (&other["project"], &other["jobset"], &other["evaluation"]),
+        (
+            &Value::from("other"),
+            &Value::from("other"),
+            &Value::from(2)
+        )
+    );
 }
 
 #[test]
@@ -226,6 +233,50 @@ fn latest_builds_and_filters() {
     }
 }
 
+/// A `+` in a name parameter is a plus, whether the client sends it bare
+/// (as Guix's `(guix ci)` does) or as `%2B`; a space is `%20`.
+#[test]
+fn names_with_plus_are_found_written_bare_or_as_2b() {
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("libsigc++", Some("master"))])
+        .unwrap();
+    let mut gtk = job("gtk");
+    gtk.job_name = "gtk+-3.24.x86_64-linux".into();
+    let mut spaced = job("spaced");
+    spaced.job_name = "a b".into();
+    db.register_evaluation("libsigc++", "abc", &[gtk.clone(), spaced.clone()], 100)
+        .unwrap();
+    for j in [&gtk, &spaced] {
+        db.build_finished(&j.derivation, 0, None, 200).unwrap();
+    }
+    let root = std::env::temp_dir();
+    let names = |t: &str| {
+        let (code, v) = get(&db, &root, t);
+        assert_eq!(code, 200, "{t}: {v}");
+        let names: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["job"].as_str().unwrap().to_string())
+            .collect();
+        names
+    };
+    for job in ["gtk+-3.24.x86_64-linux", "gtk%2B-3.24.x86_64-linux"] {
+        for project in ["libsigc++", "libsigc%2B%2B", "libsigc+%2b"] {
+            let t = format!("/api/latestbuilds?nr=10&job={job}&project={project}");
+            assert_eq!(names(&t), ["gtk+-3.24.x86_64-linux"], "{t}");
+        }
+        let t = format!("/api/jobs/history?nr=5&spec=libsigc++&names={job},a%20b");
+        let (code, v) = get(&db, &root, &t);
+        assert_eq!(code, 200, "{t}: {v}");
+        let found = v.to_string();
+        assert!(found.contains("\"gtk+-3.24.x86_64-linux\""), "{t}: {found}");
+        assert!(found.contains("\"status\":0"), "{t}: {found}");
+    }
+    assert_eq!(names("/api/latestbuilds?nr=10&job=a%20b"), ["a b"]);
+    assert!(names("/api/latestbuilds?nr=10&job=gtk%20-3.24.x86_64-linux").is_empty());
+}
+
 #[test]
 fn the_queue_puts_started_builds_first() {
     let (db, root) = fixture();
@@ -244,10 +295,14 @@ fn evaluations_newest_first() {
     assert_eq!(
         v,
         serde_json::json!([
-            {"id": 2, "specification": "other", "in-progress": 0,
-             "checkouts": [{"commit": "def456", "input": "other"}]},
-            {"id": 1, "specification": "hello", "in-progress": 0,
-             "checkouts": [{"commit": "abc123", "input": "hello"}]}
+            {"id": 2, "specification": "other", "status": 0, "error": null,
+             "in-progress": 0, "timestamp": 150, "checkouttime": 150, "evaltime": 0,
+             "checkouts": [{"commit": "def456", "channel": "other", "input": "other",
+                            "directory": null}]},
+            {"id": 1, "specification": "hello", "status": 0, "error": null,
+             "in-progress": 0, "timestamp": 100, "checkouttime": 100, "evaltime": 0,
+             "checkouts": [{"commit": "abc123", "channel": "hello", "input": "hello",
+                            "directory": null}]}
         ])
     );
     assert_eq!(ids(&get(&db, &root, "/api/evaluations?nr=1").1), [2]);

@@ -25,6 +25,11 @@ pub const COPY_CHUNK: usize = 1 << 20;
 pub const COMPRESS_CHUNK: usize = 256 * 1024;
 /// Text decoded per turn for the tail.
 pub const TEXT_CHUNK: usize = 1 << 20;
+/// Copies smaller than this (stored bytes) get no `.tail` file: the
+/// details page decodes them on the spot, in bounded time.
+pub const SMALL_COPY: usize = 16 * 1024;
+/// What a step costs at the least against a turn's budget, in bytes.
+const STEP_COST: usize = 4096;
 
 struct Job {
     builds: Vec<BuildId>,
@@ -43,6 +48,8 @@ enum Phase {
         sink: Option<Sink>,
         tmp: PathBuf,
         compression: Compression,
+        /// Bytes read from the source so far.
+        copied: usize,
     },
     Tailing {
         src: File,
@@ -94,34 +101,52 @@ impl Copier {
     /// and files; the build then has no copy, and its log stays the
     /// daemon's file.
     pub fn step(&mut self) {
+        // A turn's worth of work: up to COPY_CHUNK bytes, each sub-step
+        // counted as at least STEP_COST, so that a farm finishing many
+        // builds with tiny logs copies hundreds of them per turn rather
+        // than one, and a huge log still takes a bounded chunk per turn.
+        let mut done = 0;
+        while done < COPY_CHUNK && self.busy() {
+            done += self.sub_step().max(STEP_COST);
+        }
+    }
+
+    /// One step of the copy in progress (or the start of the next one);
+    /// returns the bytes it read or wrote.
+    fn sub_step(&mut self) -> usize {
         if self.active.is_none() {
             let Some(job) = self.queue.pop_front() else {
-                return;
+                return 0;
             };
             match self.begin(&job) {
                 Ok(phase) => self.active = Some((job.builds, phase)),
-                Err(e) => log::warn!("build {}: log copy not made: {e}", job.builds[0]),
+                Err(e) => {
+                    log::warn!(target: crate::logging::BUILDING, "build {}: log copy not made: {e}", job.builds[0])
+                }
             }
-            return;
+            return 0;
         }
         let (builds, phase) = self.active.as_mut().unwrap();
         let id = builds[0];
-        match advance(&self.places, builds, phase, &mut self.buf) {
+        let mut work = 0;
+        match advance(&self.places, builds, phase, &mut self.buf, &mut work) {
             Ok(None) => {}
             Ok(Some(next)) => *phase = next,
             Err(e) => {
-                log::warn!("build {id}: log copy: {e}");
+                log::warn!(target: crate::logging::BUILDING, "build {id}: log copy: {e}");
                 if let Phase::Copying { tmp, .. } = phase {
                     let _ = std::fs::remove_file(tmp);
                 }
                 self.active = None;
             }
         }
-        if let Some((builds, Phase::Tailing { .. })) = &self.active
+        // Done: every build has its copy (and its tail, if it needs one).
+        if let Some((builds, _)) = &self.active
             && builds.is_empty()
         {
             self.active = None;
         }
+        work
     }
 
     fn begin(&self, job: &Job) -> Result<Phase, String> {
@@ -141,12 +166,13 @@ impl Copier {
             )),
             _ => Sink::Raw(file),
         };
-        log::debug!("build {}: copying log {name}", job.builds[0]);
+        log::debug!(target: crate::logging::BUILDING, "build {}: copying log {name}", job.builds[0]);
         Ok(Phase::Copying {
             src,
             sink: Some(sink),
             tmp,
             compression,
+            copied: 0,
         })
     }
 }
@@ -164,6 +190,7 @@ fn advance(
     builds: &mut Vec<BuildId>,
     phase: &mut Phase,
     buf: &mut Vec<u8>,
+    work: &mut usize,
 ) -> Result<Option<Phase>, String> {
     match phase {
         Phase::Copying {
@@ -171,6 +198,7 @@ fn advance(
             sink,
             tmp,
             compression,
+            copied,
         } => {
             let chunk = match sink {
                 Some(Sink::Gzip(_)) => COMPRESS_CHUNK,
@@ -186,6 +214,8 @@ fn advance(
                 None => Ok(()),
             };
             wrote.map_err(|e| format!("{}: {e}", tmp.display()))?;
+            *work += n;
+            *copied += n;
             if n > 0 {
                 return Ok(None);
             }
@@ -202,7 +232,14 @@ fn advance(
                     std::fs::copy(&dst, &link).map_err(|e| format!("{}: {e}", link.display()))?;
                 }
             }
-            log::info!("build {}: log copied to {}", builds[0], dst.display());
+            log::debug!(target: crate::logging::BUILDING, "build {}: log copied to {}", builds[0], dst.display());
+            // A small copy's tail is decoded when a page asks for it:
+            // cheaper than a `.tail` file per build (a bzip2 decoder
+            // alone costs more than a tiny build's bookkeeping).
+            if *copied < SMALL_COPY {
+                builds.clear();
+                return Ok(None);
+            }
             let src = File::open(&dst).map_err(|e| format!("{}: {e}", dst.display()))?;
             Ok(Some(Phase::Tailing {
                 src,
@@ -227,6 +264,7 @@ fn advance(
                 let n = src.read(input).map_err(|e| format!("{name}: {e}"))?;
                 input.truncate(n);
                 *used = 0;
+                *work += n;
                 if n == 0 {
                     decoder
                         .finish()
@@ -243,6 +281,7 @@ fn advance(
                 .decode(&input[*used..], buf, TEXT_CHUNK)
                 .map_err(|e| format!("{name}: no tail: {e}"))?;
             tail.push(buf);
+            *work += buf.len();
             Ok(None)
         }
     }

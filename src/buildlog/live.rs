@@ -31,7 +31,7 @@ impl LiveLogs {
         if dir.is_dir()
             && let Err(e) = std::fs::remove_dir_all(&dir)
         {
-            log::warn!("cannot remove old live logs in {}: {e}", dir.display());
+            log::warn!(target: crate::logging::BUILDING, "cannot remove old live logs in {}: {e}", dir.display());
         }
         LiveLogs {
             places,
@@ -53,7 +53,9 @@ impl LiveLogs {
             Ok(file) => {
                 self.files.insert(derivation.to_string(), file);
             }
-            Err(e) => log::warn!("live log of {derivation}: {}: {e}", path.display()),
+            Err(e) => {
+                log::warn!(target: crate::logging::BUILDING, "live log of {derivation}: {}: {e}", path.display())
+            }
         }
     }
 
@@ -64,7 +66,7 @@ impl LiveLogs {
             return;
         };
         if let Err(e) = file.write_all(bytes) {
-            log::warn!("live log of {derivation}: {e}");
+            log::warn!(target: crate::logging::BUILDING, "live log of {derivation}: {e}");
             self.files.remove(derivation);
         }
     }

@@ -64,12 +64,24 @@ pub enum Start {
     Stream(Vec<u8>, LogStream),
 }
 
-/// The build ID of a `/build/ID/log/raw` request, or None for any other.
-pub fn log_request(req: &Request) -> Option<&str> {
+/// Whose log a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogOf<'a> {
+    /// `/build/ID/log/raw`: that build's.
+    Build(&'a str),
+    /// `/log/ITEM` (today's Cuirass): that of the build that made the
+    /// store item `/gnu/store/ITEM`.
+    Item(&'a str),
+}
+
+/// Whose log a `/build/ID/log/raw` or `/log/ITEM` request asks for, or
+/// None for any other request.
+pub fn log_request(req: &Request) -> Option<LogOf<'_>> {
     match req.segments.as_slice() {
         [build, id, log, raw] if build == "build" && log == "log" && raw == "raw" => {
-            Some(id.as_str())
+            Some(LogOf::Build(id.as_str()))
         }
+        [log, item] if log == "log" => Some(LogOf::Item(item.as_str())),
         _ => None,
     }
 }
@@ -87,10 +99,11 @@ fn prepare(
     req: &Request,
     chunked: bool,
 ) -> Result<(Response, LogStream, i64), Response> {
-    let Some(id) = log_request(req) else {
-        return Err(not_found(format!("Resource {} not found.", req.path)));
+    let b = match log_request(req) {
+        Some(LogOf::Build(id)) => crate::api::find_build(db, id)?,
+        Some(LogOf::Item(item)) => crate::api::build_of_item(db, item)?,
+        None => return Err(not_found(format!("Resource {} not found.", req.path))),
     };
-    let b = crate::api::find_build(db, id)?;
     let no_log = || not_found(format!("No log for build {}.", b.id));
     let source = places.source(&b).ok_or_else(no_log)?;
     let pass_gzip = req.accept_gzip && source.compression == Compression::Gzip && !source.live;
@@ -156,7 +169,7 @@ pub fn whole(db: &Db, places: &Places, req: &Request) -> Response {
 
 /// A 500 for a log that cannot be read; `why` names the file.
 fn unreadable(id: i64, why: &str) -> Response {
-    log::warn!("http: build {id}: log {why}");
+    log::warn!(target: crate::logging::HTTP, "http: build {id}: log {why}");
     crate::api::error(500, &format!("Unreadable log of build {id}: {why}."))
 }
 

@@ -2,7 +2,7 @@
 //! the job history.  Like those of `read.rs`, each walks an index and is
 //! bounded by a limit, except where a comment gives the cost.
 
-use super::read::{BUILD_COLUMNS, BuildView, build_joins, build_row};
+use super::read::{BUILD_COLUMNS, BuildView, EVAL_COLUMNS, build_joins, build_row};
 use super::{Db, EvalId, Result, eval_status, status};
 use rusqlite::{OptionalExtension, Row, params};
 
@@ -77,9 +77,6 @@ pub struct Histogram {
     pub sum: f64,
 }
 
-/// (evaluation, build, status) of one job in one evaluation.
-pub type HistoryPoint = (EvalId, i64, i64);
-
 /// Everything `/metrics` reads from the database.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DbMetrics {
@@ -106,9 +103,6 @@ pub fn like_substring(needle: &str) -> String {
     out.push('%');
     out
 }
-
-const EVAL_COLUMNS: &str =
-    "SELECT id, specification, revision, status, error, timestamp, evaltime FROM Evaluations";
 
 fn eval_row(r: &Row) -> rusqlite::Result<EvalSummary> {
     Ok(EvalSummary {
@@ -303,47 +297,6 @@ impl Db {
             stopped_early: (builds.len() as u32) < limit && total > SEARCH_WINDOW,
             builds,
         })
-    }
-
-    /// For each job name, (evaluation, build, status) across the
-    /// specification's last `nr` evaluations, newest first; an evaluation
-    /// without the job is left out.  Each name walks `Derivations_job_name`
-    /// over that job's derivations.
-    pub fn job_history(
-        &self,
-        spec: &str,
-        names: &[String],
-        nr: u32,
-    ) -> Result<Vec<(String, Vec<HistoryPoint>)>> {
-        let evals: Vec<EvalId> = self
-            .conn
-            .prepare_cached(
-                "SELECT id FROM Evaluations WHERE specification = ?1 ORDER BY id DESC LIMIT ?2",
-            )?
-            .query_map(params![spec, nr], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        let Some(&oldest) = evals.last() else {
-            return Ok(names.iter().map(|n| (n.clone(), Vec::new())).collect());
-        };
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT d.evaluation, b.id, b.status
-             FROM Derivations d
-             JOIN Builds b ON b.derivation = d.derivation AND b.evaluation = d.evaluation
-             JOIN Evaluations e ON e.id = d.evaluation
-             WHERE d.job_name = ?1 AND d.evaluation >= ?2 AND e.specification = ?3
-             ORDER BY d.evaluation DESC, b.id DESC",
-        )?;
-        names
-            .iter()
-            .map(|name| {
-                let rows = stmt
-                    .query_map(params![name, oldest, spec], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                Ok((name.clone(), rows))
-            })
-            .collect()
     }
 
     /// What `/metrics` shows.  Build counts are an index-only pass over

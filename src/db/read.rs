@@ -2,6 +2,7 @@
 //! walks an index (migration 3), so a route stays fast on a database with
 //! millions of builds.
 
+use super::dashboard::SEARCH_WINDOW;
 use super::{BuildId, Db, EvalId, Result};
 use rusqlite::{OptionalExtension, Row, params};
 
@@ -31,6 +32,43 @@ pub struct BuildView {
     pub errormsg: Option<String>,
     /// The machine that ran it: `localhost` or a build machine's name.
     pub worker: Option<String>,
+    /// One of [`weather`]: how this build compares with the job's
+    /// previous finished build in the same specification.
+    pub weather: i64,
+}
+
+/// A finished build compared with its job's previous one (the values of
+/// today's Cuirass, `build-weather`).
+pub mod weather {
+    use crate::db::status;
+
+    /// Not finished, canceled, or no earlier build to compare with.
+    pub const UNKNOWN: i64 = -1;
+    pub const NEW_SUCCESS: i64 = 0;
+    pub const NEW_FAILURE: i64 = 1;
+    pub const STILL_SUCCEEDING: i64 = 2;
+    pub const STILL_FAILING: i64 = 3;
+
+    /// Whether a build in this status counts as a success or a failure:
+    /// pending and canceled builds say nothing about the job.
+    pub fn counts(st: i64) -> bool {
+        (status::SUCCEEDED..status::CANCELED).contains(&st)
+    }
+
+    /// The weather of a build in status `current` whose job's previous
+    /// finished build (succeeded or failed) had status `previous`.
+    pub fn of(current: i64, previous: Option<i64>) -> i64 {
+        let succeeded = |st| st == status::SUCCEEDED;
+        match previous {
+            Some(prev) if counts(current) => match (succeeded(prev), succeeded(current)) {
+                (true, true) => STILL_SUCCEEDING,
+                (true, false) => NEW_FAILURE,
+                (false, true) => NEW_SUCCESS,
+                (false, false) => STILL_FAILING,
+            },
+            _ => UNKNOWN,
+        }
+    }
 }
 
 /// Filters of `/api/latestbuilds`; `None` matches everything.
@@ -43,6 +81,8 @@ pub struct BuildFilter {
     pub evaluation: Option<EvalId>,
     /// Inclusive range of statuses.
     pub status: Option<(i64, i64)>,
+    /// A `.drv` file name.
+    pub derivation: Option<String>,
     /// Only builds after this (stop time, id) in the listing's order: the
     /// next page of a listing answered a page at a time.
     pub after: Option<(i64, i64)>,
@@ -53,8 +93,61 @@ pub struct EvaluationView {
     pub id: EvalId,
     pub specification: String,
     pub revision: String,
+    /// One of [`super::eval_status`].
+    pub status: i64,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+    /// When it began and when it ended (Unix seconds; 0: unknown, as in a
+    /// database written by the 2018 original, or not ended yet).
+    pub timestamp: i64,
+    pub evaltime: i64,
+}
+
+impl EvaluationView {
     /// Whether the evaluator is still registering its jobs.
-    pub in_progress: bool,
+    pub fn in_progress(&self) -> bool {
+        self.status == super::eval_status::IN_PROGRESS
+    }
+}
+
+/// One job of an evaluation, as `/api/jobs` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobView {
+    /// Where a listing answered a page at a time goes on from.
+    pub key: i64,
+    pub name: String,
+    pub build: BuildId,
+    pub status: i64,
+}
+
+/// Which jobs of an evaluation `/api/jobs` lists; `None` matches all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    pub evaluation: EvalId,
+    pub names: Option<Vec<String>>,
+    pub system: Option<String>,
+    /// Only jobs after this [`JobView::key`].
+    pub after: Option<i64>,
+}
+
+/// What `/search/latest` looks for: every part set must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SearchQuery {
+    pub specification: Option<String>,
+    pub system: Option<String>,
+    /// Inclusive range of statuses.
+    pub status: Option<(i64, i64)>,
+    /// Substrings of the job name.
+    pub words: Vec<String>,
+}
+
+/// A store item and the build that made it (`/output/ITEM`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputView {
+    /// The output's name, e.g. `out`.
+    pub name: String,
+    pub derivation: String,
+    pub build: BuildView,
 }
 
 pub(super) const BUILD_COLUMNS: &str =
@@ -100,6 +193,7 @@ pub(super) fn build_row(r: &Row) -> rusqlite::Result<BuildView> {
         starttime: r.get(11)?,
         stoptime: r.get(12)?,
         outputs: Vec::new(),
+        weather: weather::UNKNOWN,
         priority: r.get(13)?,
         timeout: r.get(14)?,
         max_silent_time: r.get(15)?,
@@ -116,7 +210,8 @@ pub(crate) fn latest_builds_sql(filter: &BuildFilter) -> String {
     // Builds_finished (`b.status >= 0` verbatim) stops after `limit`
     // matches; the other filters are checked along it, the status one
     // with `+` so that it does not tempt the planner away.
-    let selective = filter.job.is_some() || filter.evaluation.is_some();
+    let selective =
+        filter.job.is_some() || filter.evaluation.is_some() || filter.derivation.is_some();
     let job = match filter.job {
         Some(_) => "d.job_name = ?3",
         None => "?3 IS NULL",
@@ -124,6 +219,10 @@ pub(crate) fn latest_builds_sql(filter: &BuildFilter) -> String {
     let evaluation = match filter.evaluation {
         Some(_) => "b.evaluation = ?5",
         None => "?5 IS NULL",
+    };
+    let derivation = match filter.derivation {
+        Some(_) => "b.derivation = ?11",
+        None => "?11 IS NULL",
     };
     format!(
         "{BUILD_COLUMNS} {}
@@ -134,6 +233,7 @@ pub(crate) fn latest_builds_sql(filter: &BuildFilter) -> String {
            AND {job}
            AND (?4 IS NULL OR d.system = ?4)
            AND {evaluation}
+           AND {derivation}
            AND (?6 IS NULL OR +b.status BETWEEN ?6 AND ?7)
            AND (?9 IS NULL OR (b.stoptime, b.id) < (?9, ?10))
          ORDER BY b.stoptime DESC, b.id DESC
@@ -164,8 +264,58 @@ pub(crate) fn with_latest_builds_params<T>(
         hi,
         limit,
         after_stop,
-        after_id
+        after_id,
+        filter.derivation
     ])
+}
+
+/// The latest build of a derivation: `Builds_derivation` (derivation,
+/// evaluation) walked backwards, no sort.
+pub(crate) const BUILD_OF_DERIVATION: &str = "SELECT id FROM Builds WHERE derivation = ?1
+     ORDER BY evaluation DESC, id DESC LIMIT 1";
+
+/// The build that made store item ?1: through `Outputs_path`, sorting
+/// only that item's builds.
+pub(crate) const OUTPUT: &str = "SELECT o.name, o.build FROM Outputs o
+     JOIN Builds b ON b.id = o.build
+     WHERE o.path = ?1 ORDER BY b.status = 0 DESC, o.build DESC LIMIT 1";
+
+/// The status of the previous finished build (succeeded or failed) of
+/// job ?1 for system ?3 in specification ?4, before evaluation ?2: a walk
+/// down `Derivations_job_name` (job name, evaluation) from that
+/// evaluation, which meets only evaluations that had a job of that name.
+/// Both indexes are named and the join order pinned: on the benchmark's
+/// million builds, SQLite 3.54 would rather walk every earlier evaluation
+/// and sort (1.4 ms a lookup instead of 0.02), and `Builds_evaluation`
+/// (evaluation, status) matches the status range too and would read every
+/// finished build of each evaluation.
+pub(crate) const PREVIOUS_FINISHED_BUILD: &str =
+    "SELECT b.status FROM Derivations d INDEXED BY Derivations_job_name
+     CROSS JOIN Builds b INDEXED BY Builds_derivation
+       ON b.derivation = d.derivation AND b.evaluation = d.evaluation
+     CROSS JOIN Evaluations e ON e.id = d.evaluation
+     WHERE d.job_name = CAST(?1 AS TEXT) AND d.evaluation < CAST(?2 AS INTEGER)
+       AND d.system = CAST(?3 AS TEXT) AND e.specification = CAST(?4 AS TEXT)
+       AND b.status BETWEEN 0 AND 3
+     ORDER BY d.evaluation DESC LIMIT 1";
+
+/// The SQL of [`Db::jobs`]: evaluation ?1, system ?2, after key ?3, at
+/// most ?4; the jobs named ?5 only (through `Derivations_job_name`) or
+/// every job (through `Derivations_evaluation`, in rowid order).  Each
+/// finds its build in `Builds_derivation` (derivation, evaluation).
+pub(crate) fn jobs_sql(by_name: bool) -> String {
+    format!(
+        "SELECT d.rowid, d.job_name, b.id, b.status FROM Derivations d
+         JOIN Builds b ON b.derivation = d.derivation AND b.evaluation = d.evaluation
+         WHERE d.evaluation = ?1 AND {} AND (?2 IS NULL OR d.system = ?2)
+           AND d.rowid > ?3
+         ORDER BY d.rowid LIMIT ?4",
+        if by_name {
+            "d.job_name = ?5"
+        } else {
+            "?5 IS NULL"
+        }
+    )
 }
 
 /// Parameter `n`, an integer ID compared for equality.  Written as a
@@ -204,7 +354,7 @@ impl Db {
             .query_row([id], build_row)
             .optional()?;
         match build {
-            Some(b) => Ok(self.with_outputs(vec![b])?.pop()),
+            Some(b) => Ok(self.complete(vec![b])?.pop()),
             None => Ok(None),
         }
     }
@@ -216,7 +366,7 @@ impl Db {
             stmt.query_map(p, build_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })?;
-        self.with_outputs(builds)
+        self.complete(builds)
     }
 
     /// Unfinished builds: started ones first, then by submission time;
@@ -236,39 +386,236 @@ impl Db {
             .prepare_cached(&queued_builds_sql())?
             .query_map(params![limit, st, ts, id], build_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        self.with_outputs(builds)
+        self.complete(builds)
     }
 
-    /// The latest evaluations, newest first.
-    pub fn latest_evaluations(&self, limit: u32) -> Result<Vec<EvaluationView>> {
+    /// The latest evaluations, newest first, of one specification or of
+    /// all; each walks `Evaluations_specification` or the primary key.
+    pub fn latest_evaluations(
+        &self,
+        limit: u32,
+        spec: Option<&str>,
+    ) -> Result<Vec<EvaluationView>> {
+        let sql = match spec {
+            Some(_) => format!("{EVAL_COLUMNS} WHERE specification = ?2 ORDER BY id DESC LIMIT ?1"),
+            None => format!("{EVAL_COLUMNS} WHERE ?2 IS NULL ORDER BY id DESC LIMIT ?1"),
+        };
         let rows = self
             .conn
-            .prepare_cached(
-                "SELECT id, specification, revision, status FROM Evaluations
-                 ORDER BY id DESC LIMIT ?1",
-            )?
-            .query_map([limit], |r| {
-                Ok(EvaluationView {
-                    id: r.get(0)?,
-                    specification: r.get(1)?,
-                    revision: r.get(2)?,
-                    in_progress: r.get::<_, i64>(3)? == crate::db::eval_status::IN_PROGRESS,
-                })
-            })?
+            .prepare_cached(&sql)?
+            .query_map(params![limit, spec], eval_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
 
-    fn with_outputs(&self, mut builds: Vec<BuildView>) -> Result<Vec<BuildView>> {
-        let mut stmt = self.conn.prepare_cached(&format!(
+    pub fn evaluation_view(&self, id: EvalId) -> Result<Option<EvaluationView>> {
+        Ok(self
+            .conn
+            .prepare_cached(&format!("{EVAL_COLUMNS} WHERE id = {}", bound_id(1)))?
+            .query_row([id], eval_row)
+            .optional()?)
+    }
+
+    /// The latest build of a derivation (`/build/NAME.drv`), down
+    /// `Builds_derivation` (derivation, evaluation).
+    pub fn build_of_derivation(&self, derivation: &str) -> Result<Option<BuildView>> {
+        let id: Option<BuildId> = self
+            .conn
+            .prepare_cached(BUILD_OF_DERIVATION)?
+            .query_row([derivation], |r| r.get(0))
+            .optional()?;
+        match id {
+            Some(id) => self.build(id),
+            None => Ok(None),
+        }
+    }
+
+    /// The build that made a store item (`/output/ITEM`, `/log/ITEM`):
+    /// among the builds of its derivation, a succeeded one first, then the
+    /// latest.  Through `Outputs_path`; the sort is over that item's
+    /// builds only, one per evaluation that had its derivation.
+    pub fn output(&self, path: &str) -> Result<Option<OutputView>> {
+        let found: Option<(String, BuildId)> = self
+            .conn
+            .prepare_cached(OUTPUT)?
+            .query_row([path], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((name, id)) = found else {
+            return Ok(None);
+        };
+        Ok(self.build(id)?.map(|build| OutputView {
+            name,
+            derivation: build.derivation.clone(),
+            build,
+        }))
+    }
+
+    /// Jobs of one evaluation, in the order they were registered, at
+    /// most `limit` after `filter.after`; with names, those jobs only
+    /// (one `Derivations_job_name` lookup each).  Each finds its build by
+    /// (derivation, evaluation) in `Builds_derivation`.
+    pub fn jobs(&self, filter: &JobFilter, limit: u32) -> Result<Vec<JobView>> {
+        let row = |r: &Row| {
+            Ok(JobView {
+                key: r.get(0)?,
+                name: r.get(1)?,
+                build: r.get(2)?,
+                status: r.get(3)?,
+            })
+        };
+        let Some(names) = &filter.names else {
+            return Ok(self
+                .conn
+                .prepare_cached(&jobs_sql(false))?
+                .query_map(
+                    params![
+                        filter.evaluation,
+                        filter.system,
+                        filter.after.unwrap_or(i64::MIN),
+                        limit,
+                        None::<String>
+                    ],
+                    row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?);
+        };
+        // One lookup per name, then the same order and continuation as
+        // the walk over the whole evaluation.
+        let mut stmt = self.conn.prepare_cached(&jobs_sql(true))?;
+        let after = filter.after.unwrap_or(i64::MIN);
+        let mut jobs = Vec::new();
+        for name in names {
+            let rows = stmt.query_map(
+                params![filter.evaluation, filter.system, after, limit, name],
+                row,
+            )?;
+            for job in rows {
+                jobs.push(job?);
+            }
+        }
+        jobs.sort_by_key(|j| j.key);
+        jobs.dedup_by_key(|j| j.key);
+        jobs.truncate(limit as usize);
+        Ok(jobs)
+    }
+
+    /// The specification's last `nr` evaluations, newest first, each with
+    /// those of the named jobs it has; an evaluation with none of them is
+    /// left out.  Each name walks `Derivations_job_name` from the oldest
+    /// of those evaluations on.
+    pub fn jobs_history(
+        &self,
+        spec: &str,
+        names: &[String],
+        nr: u32,
+    ) -> Result<Vec<(EvaluationView, Vec<JobView>)>> {
+        let evals = self.latest_evaluations(nr, Some(spec))?;
+        let Some(oldest) = evals.last().map(|e| e.id) else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT d.evaluation, d.rowid, b.id, b.status FROM Derivations d
+             JOIN Builds b ON b.derivation = d.derivation AND b.evaluation = d.evaluation
+             WHERE d.job_name = ?1 AND d.evaluation >= ?2",
+        )?;
+        let mut jobs: Vec<Vec<JobView>> = vec![Vec::new(); evals.len()];
+        for name in names {
+            let rows = stmt.query_map(params![name, oldest], |r| {
+                let job = JobView {
+                    key: r.get(1)?,
+                    name: name.clone(),
+                    build: r.get(2)?,
+                    status: r.get(3)?,
+                };
+                Ok((r.get::<_, EvalId>(0)?, job))
+            })?;
+            for row in rows {
+                let (eval, job) = row?;
+                // Other specifications' evaluations have jobs of the same
+                // name in that range too.
+                if let Some(k) = evals.iter().position(|e| e.id == eval) {
+                    jobs[k].push(job);
+                }
+            }
+        }
+        Ok(evals
+            .into_iter()
+            .zip(jobs)
+            .filter(|(_, jobs)| !jobs.is_empty())
+            .collect())
+    }
+
+    /// The newest build (by id) that matches `query`, among the
+    /// [`SEARCH_WINDOW`] most recent builds, so that a query matching
+    /// nothing stays quick in the loop's thread.
+    pub fn search_latest(&self, query: &SearchQuery) -> Result<Option<BuildView>> {
+        let mut sql = format!(
+            "{BUILD_COLUMNS} {}
+             WHERE b.id > (SELECT COALESCE(MAX(id), 0) FROM Builds) - ?1
+               AND (?2 IS NULL OR e.specification = ?2)
+               AND (?3 IS NULL OR d.system = ?3)
+               AND (?4 IS NULL OR b.status BETWEEN ?4 AND ?5)",
+            build_joins("Builds b", "CROSS JOIN")
+        );
+        for k in 0..query.words.len() {
+            sql.push_str(&format!(" AND d.job_name LIKE ?{} ESCAPE '\\'", k + 6));
+        }
+        sql.push_str(" ORDER BY b.id DESC LIMIT 1");
+        let (lo, hi) = query.status.unzip();
+        let mut values: Vec<Box<dyn rusqlite::ToSql>> = vec![
+            Box::new(SEARCH_WINDOW),
+            Box::new(query.specification.clone()),
+            Box::new(query.system.clone()),
+            Box::new(lo),
+            Box::new(hi),
+        ];
+        for w in &query.words {
+            values.push(Box::new(super::dashboard::like_substring(w)));
+        }
+        let build = self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row(rusqlite::params_from_iter(values), build_row)
+            .optional()?;
+        Ok(self.complete(build.into_iter().collect())?.pop())
+    }
+
+    /// Fills in each build's outputs and weather.
+    fn complete(&self, mut builds: Vec<BuildView>) -> Result<Vec<BuildView>> {
+        let mut outputs = self.conn.prepare_cached(&format!(
             "SELECT name, path FROM Outputs WHERE build = {} ORDER BY name",
             bound_id(1)
         ))?;
+        let mut previous = self.conn.prepare_cached(PREVIOUS_FINISHED_BUILD)?;
         for b in &mut builds {
-            b.outputs = stmt
+            b.outputs = outputs
                 .query_map([b.id], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            if weather::counts(b.status) {
+                let prev: Option<i64> = previous
+                    .query_row(
+                        params![b.job_name, b.evaluation, b.system, b.specification],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                b.weather = weather::of(b.status, prev);
+            }
         }
         Ok(builds)
     }
+}
+
+pub(super) const EVAL_COLUMNS: &str =
+    "SELECT id, specification, revision, status, error, timestamp, evaltime FROM Evaluations";
+
+fn eval_row(r: &Row) -> rusqlite::Result<EvaluationView> {
+    Ok(EvaluationView {
+        id: r.get(0)?,
+        specification: r.get(1)?,
+        revision: r.get(2)?,
+        status: r.get(3)?,
+        error: r.get(4)?,
+        timestamp: r.get(5)?,
+        evaltime: r.get(6)?,
+    })
 }

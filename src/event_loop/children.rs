@@ -107,10 +107,10 @@ impl EventLoop {
             }
             Step::Compile => {
                 for l in lines {
-                    log::info!("{label}: {}", String::from_utf8_lossy(&l));
+                    log::info!(target: logging::COMPILE, "{label}: {}", String::from_utf8_lossy(&l));
                 }
                 if let Some(n) = too_long {
-                    log::warn!("{label}: an output line over {n} bytes was dropped");
+                    log::warn!(target: logging::COMPILE, "{label}: an output line over {n} bytes was dropped");
                 }
             }
             Step::Evaluate => {
@@ -128,7 +128,8 @@ impl EventLoop {
     pub(super) fn child_stderr(&mut self, index: usize) {
         let label = self.label(index);
         if let Some(child) = self.slots[index].child.as_mut() {
-            child.proc.read_stderr(self.poll.registry(), &label);
+            let target = child.step.target();
+            child.proc.read_stderr(self.poll.registry(), target, &label);
         }
     }
 

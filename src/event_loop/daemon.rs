@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::build::{Item, Limits, Output, Update};
+use crate::logging::BUILDING;
 use mio::Interest;
 use std::io::{Read, Write};
 
@@ -38,6 +39,14 @@ impl EventLoop {
             self.feed(index, Input::BatchLost(why), now);
             return;
         }
+        log::info!(
+            target: BUILDING,
+            "spec={:?} batch of {} derivation(s) submitted ({}), {} more queued",
+            self.slots[index].cycle.spec.name,
+            items.len(),
+            build::describe_limits(limits),
+            self.slots[index].cycle.building().queued()
+        );
         let batch = Batch::new(items, batch_options(&self.config, limits), limits);
         self.slots[index].conn = Some(Conn {
             stream,
@@ -57,7 +66,7 @@ impl EventLoop {
                 self.live.finished(drv);
             }
             if let Err(e) = self.db.reschedule(&drvs) {
-                log::error!("spec={:?} {e}", self.slots[index].cycle.spec.name);
+                log::error!(target: logging::BUILDING, "spec={:?} {e}", self.slots[index].cycle.spec.name);
             }
         }
     }
@@ -168,7 +177,9 @@ impl EventLoop {
                     self.copier.push(builds, &log);
                 }
             }
-            Err(e) => log::error!("spec={:?} {e}", self.slots[index].cycle.spec.name),
+            Err(e) => {
+                log::error!(target: logging::BUILDING, "spec={:?} {e}", self.slots[index].cycle.spec.name)
+            }
         }
         for u in &updates {
             if let Update::Finished { derivation, .. } = u {

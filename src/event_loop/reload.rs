@@ -26,17 +26,17 @@ impl Reload {
 impl EventLoop {
     pub(super) fn start_reload(&mut self) {
         let Some(file) = self.config.specifications.clone() else {
-            log::info!("SIGHUP: no -S file to re-read");
+            log::info!(target: logging::SPEC, "SIGHUP: no -S file to re-read");
             return;
         };
         if self.reload.is_some() {
-            log::info!("SIGHUP: {} is being re-read already", file.display());
+            log::info!(target: logging::SPEC, "SIGHUP: {} is being re-read already", file.display());
             return;
         }
         let exe = match std::env::current_exe() {
             Ok(exe) => exe,
             Err(e) => {
-                log::error!("SIGHUP: cannot find the cuirass executable: {e}");
+                log::error!(target: logging::SPEC, "SIGHUP: cannot find the cuirass executable: {e}");
                 return;
             }
         };
@@ -46,7 +46,7 @@ impl EventLoop {
             .args(&self.config.evaluator);
         match child::spawn(cmd, self.poll.registry(), RELOAD_STDOUT, RELOAD_STDERR) {
             Ok(proc) => {
-                log::info!("SIGHUP: re-reading {}", file.display());
+                log::info!(target: logging::SPEC, "SIGHUP: re-reading {}", file.display());
                 let timeout = Duration::from_secs(self.config.evaluation_timeout_secs);
                 self.reload = Some(Reload {
                     proc,
@@ -55,7 +55,9 @@ impl EventLoop {
                     stdout: Vec::new(),
                 });
             }
-            Err(e) => log::error!("SIGHUP: cannot start the reader of {}: {e}", file.display()),
+            Err(e) => {
+                log::error!(target: logging::SPEC, "SIGHUP: cannot start the reader of {}: {e}", file.display())
+            }
         }
     }
 
@@ -69,7 +71,9 @@ impl EventLoop {
             stdout.extend_from_slice(line);
             stdout.push(b'\n');
         });
-        reload.proc.read_stderr(registry, "SIGHUP reader");
+        reload
+            .proc
+            .read_stderr(registry, logging::SPEC, "SIGHUP reader");
     }
 
     /// Kills a reader past its deadline; takes the result of one that exited.
@@ -85,7 +89,7 @@ impl EventLoop {
         };
         if now >= reload.deadline && !reload.proc.killed && reload.proc.poll_exit().is_none() {
             let secs = self.config.evaluation_timeout_secs;
-            log::error!(
+            log::error!(target: logging::SPEC,
                 "SIGHUP: reading {} timed out after {secs} s; killed (keeping the current specifications)",
                 reload.file.display()
             );
@@ -103,7 +107,7 @@ impl EventLoop {
         }
         let file = reload.file.display().to_string();
         if !exit.success() {
-            log::error!(
+            log::error!(target: logging::SPEC,
                 "SIGHUP: {} (keeping the current specifications)",
                 reload
                     .proc
@@ -117,12 +121,12 @@ impl EventLoop {
         let specs: Vec<crate::spec::Specification> = match serde_json::from_slice(&reload.stdout) {
             Ok(specs) => specs,
             Err(e) => {
-                log::error!("SIGHUP: the reader of {file} printed no specifications: {e}");
+                log::error!(target: logging::SPEC, "SIGHUP: the reader of {file} printed no specifications: {e}");
                 return;
             }
         };
         if let Err(e) = self.db.add_specifications(&specs) {
-            log::error!("SIGHUP: {e}");
+            log::error!(target: logging::SPEC, "SIGHUP: {e}");
             return;
         }
         for spec in specs {
@@ -133,7 +137,7 @@ impl EventLoop {
             {
                 Some(slot) => slot.cycle.replace_spec(spec),
                 None => {
-                    log::info!("spec={:?} added", spec.name);
+                    log::info!(target: logging::SPEC, "spec={:?} added", spec.name);
                     self.add_slot(spec, now);
                 }
             }

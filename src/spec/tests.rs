@@ -167,6 +167,75 @@ fn missing_and_invalid_names() {
     );
 }
 
+/// A name is a cache directory, a URL segment and a log-line field: what
+/// would break one of them is refused where the file says it.
+#[test]
+fn names_unfit_for_a_path_segment_or_a_log_line_are_refused_with_their_place() {
+    let with_name = |name: &str| {
+        format!(
+            "'(\n((#:name . {})\n  (#:url . \"u\") (#:file . \"f\") (#:proc . p)))",
+            Datum::new(Pos { line: 1, column: 1 }, Kind::Str(name.into()))
+        )
+    };
+    let long = "x".repeat(256);
+    for (bad, why) in [
+        ("a\nb", r"'\n', which would break a log line"),
+        ("tab\there", r"'\t', which would break a log line"),
+        ("esc\x1b[31m", r"'\u{1b}', which would break a log line"),
+        ("del\x7f", r"'\u{7f}', which would break a log line"),
+        ("nel\u{85}", r"'\u{85}', which would break a log line"),
+        ("ls\u{2028}", r"'\u{2028}', which would break a log line"),
+        ("a/b", "it contains '/'"),
+        (".git", "it starts with '.'"),
+        ("", "it is empty"),
+        (long.as_str(), "256 bytes long, over 255"),
+    ] {
+        let e = error(&with_name(bad));
+        assert!(
+            e.starts_with("t.scm:2:12: invalid specification name"),
+            "{e}"
+        );
+        assert!(e.ends_with(why), "{bad:?}: {e}");
+        assert!(!e.contains('\n'), "the message itself splits: {e:?}");
+    }
+    for good in [
+        "gtk+",
+        "libsigc++",
+        "guix master",
+        "été",
+        "a.b",
+        &"x".repeat(255),
+    ] {
+        assert_eq!(specs(&with_name(good))[0].name, good);
+    }
+    for (extra, value, message) in [
+        (
+            r#"(#:branch . "a..b")"#,
+            r#""a..b""#,
+            r#"#:branch "a..b" is not a valid git branch name"#,
+        ),
+        (
+            r#"(#:tag . "v 1")"#,
+            r#""v 1""#,
+            r#"#:tag "v 1" is not a valid git tag name"#,
+        ),
+        (
+            "(#:load-path . \"u\\nx\")",
+            "\"u\\nx\"",
+            r"#:load-path contains the control character '\n'",
+        ),
+        (
+            "(#:commit . \"abc\\r\")",
+            "\"abc\\r\"",
+            r"#:commit contains the control character '\r'",
+        ),
+    ] {
+        let text = one(extra);
+        let column = text.find(value).unwrap() + 1;
+        assert_eq!(error(&text), format!("t.scm:1:{column}: {message}"));
+    }
+}
+
 #[test]
 fn temp_script_is_unique_and_removed() {
     let (a, b) = (TempScript::create().unwrap(), TempScript::create().unwrap());

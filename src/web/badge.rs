@@ -13,7 +13,7 @@ const GREY: &str = "#7b8494";
 pub fn badge(db: &Db, name: &str) -> Response {
     let (code, text, colour) = match latest_counts(db, name) {
         Err(e) => {
-            log::error!("http: {e}");
+            log::error!(target: crate::logging::HTTP, "http: {e}");
             (500, "error".to_string(), GREY)
         }
         Ok(None) => (404, "no such specification".into(), GREY),

@@ -29,7 +29,7 @@ pub fn metrics(db: &Db, counters: &HttpCounters) -> Response {
     match db.metrics(EVAL_BUCKETS) {
         Ok(m) => Response::new(200, CONTENT_TYPE, render(&m, counters).into_bytes()),
         Err(e) => {
-            log::error!("http: {e}");
+            log::error!(target: crate::logging::HTTP, "http: {e}");
             Response::new(500, CONTENT_TYPE, b"# database error\n".to_vec())
         }
     }

@@ -557,6 +557,15 @@ fn routes_are_counted_by_pattern() {
         ("/build/9/details", "/build/:id/details"),
         ("/build/9/log/raw", "/build/:id/log/raw"),
         ("/api/jobs/history?spec=a", "/api/jobs/history"),
+        ("/build/9", "/build/:id"),
+        ("/build/abc-x.drv", "/build/:derivation"),
+        ("/api/evaluation?id=1", "/api/evaluation"),
+        ("/api/jobs?evaluation=1", "/api/jobs"),
+        ("//api/evaluations?nr=1", "/api/evaluations"),
+        ("/output/abc-x", "/output/:item"),
+        ("/log/abc-x", "/log/:item"),
+        ("/search/latest?query=x", "/search/latest"),
+        ("/search/latest/archive?query=x", "/search/latest/:type"),
         ("/favicon.ico", "other"),
         ("/a/b/c/d/e", "other"),
     ] {
@@ -578,23 +587,34 @@ fn job_history_across_evaluations() {
         assert_eq!(ct, "application/json");
         (code, serde_json::from_str(&body).unwrap())
     };
+    let checkout = |commit: &str| {
+        serde_json::json!({"commit": commit, "channel": "hello", "input": "hello",
+                           "directory": null})
+    };
     let (code, v) = json("/api/jobs/history?spec=hello&names=ok,bad,none&nr=10");
     assert_eq!(code, 200);
     assert_eq!(
         v,
         serde_json::json!([
-            {"name": "ok", "history": [
-                {"evaluation": 3, "build": 5, "status": -2},
-                {"evaluation": 1, "build": 1, "status": 0}]},
-            {"name": "bad", "history": [
-                {"evaluation": 5, "build": 8, "status": -2},
-                {"evaluation": 3, "build": 6, "status": -2},
-                {"evaluation": 1, "build": 2, "status": 1}]},
-            {"name": "none", "history": []}
+            {"evaluation": 5, "checkouts": [checkout("e5")], "jobs": [
+                {"name": "bad", "build": 8, "status": -2}]},
+            {"evaluation": 3, "checkouts": [checkout("e3")], "jobs": [
+                {"name": "ok", "build": 5, "status": -2},
+                {"name": "bad", "build": 6, "status": -2}]},
+            {"evaluation": 1, "checkouts": [checkout("abcdef0123456789")], "jobs": [
+                {"name": "ok", "build": 1, "status": 0},
+                {"name": "bad", "build": 2, "status": 1}]}
         ])
     );
+    // The last two evaluations of hello, of which only 5 has `bad`; 4 is
+    // quiet's.
+    let (_, v) = json("/api/jobs/history?spec=hello&names=bad&nr=2");
+    assert_eq!(v.as_array().unwrap().len(), 2);
     let (_, v) = json("/api/jobs/history?spec=hello&names=ok&nr=2");
-    assert_eq!(v[0]["history"].as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["evaluation"], 3);
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    let (_, v) = json("/api/jobs/history?spec=quiet&names=bad&nr=10");
+    assert_eq!(v, serde_json::json!([]));
     let many = (0..51).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
     for bad in [
         "/api/jobs/history?names=ok&nr=1",

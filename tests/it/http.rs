@@ -156,7 +156,8 @@ fn every_route_against_a_real_database() {
             .unwrap();
         assert_eq!(b["id"], id);
         assert_eq!(b["project"], name.as_str());
-        assert_eq!(b["jobset"], "master");
+        assert_eq!(b["jobset"], name.as_str());
+        assert_eq!(b["evaluation"], 1);
         assert_eq!(b["job"], job.as_str());
         assert_eq!(b["derivation"], drv.as_str());
         assert_eq!(b["nixname"], nix.as_str());
@@ -171,7 +172,8 @@ fn every_route_against_a_real_database() {
             (&b["finished"], &b["busy"], &b["priority"]),
             (&1.into(), &0.into(), &0.into())
         );
-        for null in ["buildproducts", "releasename", "buildinputs_builds"] {
+        assert_eq!(b["buildproducts"], serde_json::json!([]));
+        for null in ["releasename", "buildinputs_builds"] {
             assert!(b[null].is_null(), "{null}");
         }
         if job == "fail" {
@@ -236,10 +238,19 @@ fn every_route_against_a_real_database() {
 
     let r = get(&daemon, "/api/evaluations?nr=10");
     assert_eq!(r.status, 200);
+    let (begun, ended): (i64, i64) = conn
+        .query_row("SELECT timestamp, evaltime FROM Evaluations", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert!(begun > 0 && ended >= begun);
     assert_eq!(
         r.json(),
-        serde_json::json!([{"id": 1, "specification": name, "in-progress": 0,
-                            "checkouts": [{"commit": head, "input": name}]}])
+        serde_json::json!([{"id": 1, "specification": name, "status": 0, "error": null,
+                            "in-progress": 0, "timestamp": begun, "checkouttime": begun,
+                            "evaltime": ended,
+                            "checkouts": [{"commit": head, "channel": name, "input": name,
+                                           "directory": null}]}])
     );
 
     // Errors.

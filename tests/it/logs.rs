@@ -141,8 +141,9 @@ fn check_chatty(setup: &Setup, suffix: &str) {
         .path()
         .join(format!("build-logs/{id}.log{suffix}"));
     assert_eq!(std::fs::read(&copy).unwrap(), stored, "{}", copy.display());
+    // A small copy has no .tail file: the page decodes it when asked.
     let tail = setup.tmp.path().join(format!("build-logs/{id}.tail"));
-    assert_eq!(std::fs::read(tail).unwrap(), CHATTY);
+    assert!(!tail.exists());
     let server = Server::start(setup);
     let (head, body) = get(server.port, &format!("/build/{id}/log/raw"), "");
     assert_eq!(head.status, 200);

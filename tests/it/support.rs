@@ -210,6 +210,8 @@ impl Repo {
         let dir = parent.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         git(&dir, &["init", "-q", "-b", "master"]);
+        // Every job file's builders use the shell of this module.
+        std::fs::copy(fixture("jobs/test-shell.scm"), dir.join("test-shell.scm")).unwrap();
         for (name, fixture_path) in files {
             std::fs::copy(fixture(fixture_path), dir.join(name)).unwrap();
         }

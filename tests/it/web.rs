@@ -195,10 +195,12 @@ fn the_dashboard_of_a_real_build() {
     let v: serde_json::Value = serde_json::from_str(&history).unwrap();
     assert_eq!(
         v,
-        serde_json::json!([
-            {"name": "ok-1", "history": [{"evaluation": 1, "build": ok, "status": 0}]},
-            {"name": "fail", "history": [{"evaluation": 1, "build": fail, "status": 1}]}
-        ])
+        serde_json::json!([{
+            "evaluation": 1,
+            "checkouts": [{"commit": head, "channel": name, "input": name, "directory": null}],
+            "jobs": [{"name": "ok-1", "build": ok, "status": 0},
+                     {"name": "fail", "build": fail, "status": 1}]
+        }])
     );
     assert_eq!(get(&daemon, "/api/jobs/history?spec=x").0, 400);
     assert_eq!(get(&daemon, "/eval/7").0, 404);
