@@ -6,6 +6,7 @@
 use crate::db::read::{BuildFilter, BuildView, JobFilter};
 use crate::db::{Db, status};
 use crate::http::{Request, Response};
+use crate::routes::{self, Route};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -22,19 +23,35 @@ pub fn respond(db: &Db, req: &Request) -> Response {
         r.headers.push(("Allow", "GET, HEAD".into()));
         return r;
     }
-    let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
-    let result = match segs.as_slice() {
-        ["jobsets"] | ["specifications"] => specifications(db),
-        ["build", drv] if drv.ends_with(".drv") => items::build_of_derivation(db, drv),
-        ["build", id] => build(db, id),
-        ["api", "latestbuilds"] | ["api", "queue"] | ["api", "jobs"] => build_listing(db, req),
-        ["api", "evaluation"] => evaluations::evaluation(db, req),
-        ["api", "evaluations"] => evaluations::evaluations(db, req),
-        ["api", "jobs", "history"] => jobs::jobs_history(db, req),
-        ["output", item] => items::output(db, item),
-        ["search", "latest"] => items::search_latest(db, req, None),
-        ["search", "latest", kind] => items::search_latest(db, req, Some(kind)),
-        _ => Err(error(404, &format!("Resource {} not found.", req.path))),
+    let not_found = || error(404, &format!("Resource {} not found.", req.path));
+    let Some(m) = routes::of(req) else {
+        return not_found();
+    };
+    let result = match m.route {
+        Route::Jobsets | Route::Specifications => specifications(db),
+        Route::BuildOfDerivation => items::build_of_derivation(db, m.arg(0)),
+        Route::Build => build(db, m.arg(0)),
+        Route::LatestBuilds | Route::Queue | Route::Jobs => build_listing(db, req),
+        Route::ApiEvaluation => evaluations::evaluation(db, req),
+        Route::ApiEvaluations => evaluations::evaluations(db, req),
+        Route::JobsHistory => jobs::jobs_history(db, req),
+        Route::Output => items::output(db, m.arg(0)),
+        Route::SearchLatest => items::search_latest(db, req, None),
+        Route::SearchLatestOfType => items::search_latest(db, req, Some(m.arg(0))),
+        // Pages, logs and metrics are the dashboard's (`web`), and so is
+        // `/api/machines`, whose "last 24 hours" needs the wall clock that
+        // `web`'s context brings.
+        Route::Index
+        | Route::Jobset
+        | Route::Badge
+        | Route::Evaluation
+        | Route::BuildDetails
+        | Route::BuildLog
+        | Route::LogOfItem
+        | Route::Search
+        | Route::Metrics
+        | Route::Machines
+        | Route::ApiMachines => Err(not_found()),
     };
     result.unwrap_or_else(|r| r)
 }
@@ -295,11 +312,10 @@ impl Pager {
         if req.method != "GET" && req.method != "HEAD" {
             return None;
         }
-        let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
-        let listing = match segs.as_slice() {
-            ["api", "latestbuilds"] => latest_filter(req).map(Listing::Latest),
-            ["api", "queue"] => Ok(Listing::Queue(None)),
-            ["api", "jobs"] => jobs::job_filter(req).map(Listing::Jobs),
+        let listing = match routes::of(req)?.route {
+            Route::LatestBuilds => latest_filter(req).map(Listing::Latest),
+            Route::Queue => Ok(Listing::Queue(None)),
+            Route::Jobs => jobs::job_filter(req).map(Listing::Jobs),
             _ => return None,
         };
         Some(listing.and_then(|listing| {

@@ -2,27 +2,15 @@
 //! and what the daemon's answers mean for each build's status.  Sans-I/O:
 //! the event loop moves the bytes of [`Batch::client`].
 
-use crate::db::{PendingBuild, status};
 use crate::logging::BUILDING;
+pub use crate::records::{Limits, Update};
+use crate::records::{PendingBuild, status};
 use crate::trace::{self, LineSplitter, Piece};
 use crate::wire::{BuildOptions, Client, Event, Reply, Request};
 use std::collections::{HashMap, VecDeque};
 
 /// The original handed the daemon at most this many derivations at once.
 pub const BATCH_SIZE: usize = 200;
-
-/// A job's build limits, in seconds: the build fails when it prints
-/// nothing for `max_silent_time`, or runs longer than `timeout`.  `None`
-/// leaves the daemon's own setting (its `--max-silent-time` and
-/// `--timeout`, both 0 = none by default).
-///
-/// guix-daemon takes limits per connection (set-options), not per
-/// derivation, so a batch holds builds of one limit class only.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Limits {
-    pub max_silent_time: Option<u64>,
-    pub timeout: Option<u64>,
-}
 
 /// Takes up to `max` builds of the limit class of the queue's first one,
 /// in queue order; builds of other classes keep their places.  A class
@@ -56,31 +44,6 @@ pub struct Item {
     pub outputs: Vec<String>,
     /// Input derivations, from the `.drv` file.
     pub inputs: Vec<String>,
-}
-
-/// A change of a build's status, for the database.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Update {
-    Started {
-        derivation: String,
-        log: String,
-    },
-    /// `reason` is the daemon's word on a failure: `timed out after 3
-    /// seconds`, `timed out after 2 seconds of silence`, `builder for
-    /// `…drv' failed with exit code 1`; `None` when it said nothing.
-    Finished {
-        derivation: String,
-        status: i64,
-        log: Option<String>,
-        reason: Option<String>,
-    },
-    /// The daemon's build hook (`guix offload`) sent the build to the
-    /// build machine `host` (`@ build-remote DRV HOST`); a build started
-    /// without one ran on the daemon's own machine.
-    Remote {
-        derivation: String,
-        host: String,
-    },
 }
 
 /// Output of a running build, from the daemon's `@ build-log PID LEN`

@@ -1,36 +1,12 @@
 //! The SQLite database: the 2018 Cuirass tables, numbered migrations, and
 //! every query cuirass makes.  Only this module writes SQL.
 
-use crate::build::Limits;
+use crate::records::Limits;
 use crate::spec::Specification;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::path::Path;
 
-pub type EvalId = i64;
-pub type BuildId = i64;
-
-/// Build statuses: Hydra's, plus two of Cuirass's own.
-pub mod status {
-    pub const SCHEDULED: i64 = -2;
-    pub const STARTED: i64 = -1;
-    pub const SUCCEEDED: i64 = 0;
-    pub const FAILED: i64 = 1;
-    pub const FAILED_DEPENDENCY: i64 = 2;
-    pub const FAILED_OTHER: i64 = 3;
-    pub const CANCELED: i64 = 4;
-
-    pub fn is_final(status: i64) -> bool {
-        status >= 0
-    }
-}
-
-/// Evaluation outcomes, in the column migration 2 adds.
-pub mod eval_status {
-    /// Jobs are still being registered as the evaluator prints them.
-    pub const IN_PROGRESS: i64 = -1;
-    pub const SUCCEEDED: i64 = 0;
-    pub const FAILED: i64 = 1;
-}
+pub use crate::records::{BuildId, EvalId, PendingBuild, eval_status, status};
 
 /// Migration 1: the original tables, without a secondary index.  Public
 /// so that the benchmarks can generate a large database in them and let
@@ -205,17 +181,6 @@ pub struct JobRecord {
     pub limits: Limits,
     /// The job's priority (0 when it gave none).
     pub priority: i64,
-}
-
-/// A build that has not reached a final status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingBuild {
-    pub id: BuildId,
-    pub derivation: String,
-    pub evaluation: EvalId,
-    pub specification: String,
-    /// Its job's limits: builds are batched by them.
-    pub limits: Limits,
 }
 
 pub struct Db {

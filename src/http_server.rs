@@ -7,6 +7,7 @@ use crate::api;
 use crate::buildlog::{self, serve::LogStream};
 use crate::db::{Db, status};
 use crate::http::{self, Parsed, Response};
+use crate::routes;
 use crate::web::{self, HttpCounters};
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
@@ -433,7 +434,7 @@ fn step(
                     if let Some(Ok(pager)) = api::Pager::for_request(&req) {
                         conn.paging = Some(Paging {
                             pager,
-                            route: web::route_pattern(&req),
+                            route: routes::pattern(&req),
                             head: req.is_head(),
                             keep_alive: req.keep_alive && !conn.eof,
                         });
@@ -445,13 +446,13 @@ fn step(
                         answered += 1;
                         match buildlog::serve::start(db, logs, &req, keep) {
                             buildlog::serve::Start::Whole(response) => {
-                                counters.record(web::route_pattern(&req), response.status);
+                                counters.record(routes::pattern(&req), response.status);
                                 conn.output
                                     .extend_from_slice(&response.encode(req.is_head(), keep));
                                 conn.close_after_write = !keep;
                             }
                             buildlog::serve::Start::Stream(head, log) => {
-                                counters.record(web::route_pattern(&req), 200);
+                                counters.record(routes::pattern(&req), 200);
                                 log::debug!(target: crate::logging::HTTP,
                                     "http: {} {} {} -> 200",
                                     conn.peer,
@@ -479,7 +480,7 @@ fn step(
                             counters,
                         },
                     );
-                    counters.record(web::route_pattern(&req), response.status);
+                    counters.record(routes::pattern(&req), response.status);
                     log::debug!(target: crate::logging::HTTP, "http: {} {} {:?} -> {}",
                         conn.peer,
                         req.method,

@@ -10,6 +10,8 @@
 //! - `wire`: the guix-daemon worker protocol, as a sans-I/O client.
 //! - `trace`: build-trace lines (`@ build-started …`) parsed (pure).
 //! - `http`: HTTP/1.1 requests parsed and responses written (pure).
+//! - `records`: ids, statuses, limits and status updates that `db` and
+//!   `build` share (so neither depends on the other).
 //! - `db`: the SQLite database: schema migrations and every query.
 //! - `job`: evaluator output lines turned into jobs.
 //! - `fetch`: git checkouts, run in a child process of this binary.
@@ -21,6 +23,7 @@
 //! - `buildlog`: build logs found, decoded (a sans-I/O codec), streamed a
 //!   chunk per turn and copied per build; running builds' live logs,
 //!   written as their output arrives and followed by `/build/ID/log/raw`.
+//! - `routes`: every HTTP route in one table (dispatch, `/metrics` labels).
 //! - `api`: the HTTP routes over the database; the only JSON serializer.
 //! - `html`: escaping, the page layout and formatters for the dashboard (pure).
 //! - `web`: the dashboard's pages, `/metrics` and badges; then `api`.
@@ -51,6 +54,8 @@ pub mod http;
 pub mod http_server;
 pub mod job;
 pub mod logging;
+pub mod records;
+pub mod routes;
 pub mod sexp;
 pub mod signals;
 pub mod spec;

@@ -23,6 +23,7 @@
 use super::{Compression, Decoder, Places, Source};
 use crate::db::Db;
 use crate::http::{self, Length, Request, Response};
+use crate::routes::Route;
 use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
@@ -77,11 +78,10 @@ pub enum LogOf<'a> {
 /// Whose log a `/build/ID/log/raw` or `/log/ITEM` request asks for, or
 /// None for any other request.
 pub fn log_request(req: &Request) -> Option<LogOf<'_>> {
-    match req.segments.as_slice() {
-        [build, id, log, raw] if build == "build" && log == "log" && raw == "raw" => {
-            Some(LogOf::Build(id.as_str()))
-        }
-        [log, item] if log == "log" => Some(LogOf::Item(item.as_str())),
+    let m = crate::routes::of(req)?;
+    match m.route {
+        Route::BuildLog => Some(LogOf::Build(m.captures[0])),
+        Route::LogOfItem => Some(LogOf::Item(m.captures[0])),
         _ => None,
     }
 }

@@ -156,10 +156,10 @@ impl Db {
     /// the IDs of each derivation's builds, and that log.
     pub fn apply_build_updates(
         &mut self,
-        updates: &[crate::build::Update],
+        updates: &[crate::records::Update],
         now: i64,
     ) -> Result<Vec<(Vec<BuildId>, String)>> {
-        use crate::build::Update;
+        use crate::records::Update;
         let mut logged = Vec::new();
         if updates.is_empty() {
             return Ok(logged);

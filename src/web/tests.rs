@@ -447,9 +447,9 @@ pub fn parse_prometheus(text: &str) -> (Vec<Sample>, Vec<String>) {
 fn metrics_in_the_text_format() {
     let (db, root) = fixture();
     let mut counters = HttpCounters::default();
-    counters.record(route_pattern(&request("/build/1")), 200);
-    counters.record(route_pattern(&request("/build/2")), 200);
-    counters.record(route_pattern(&request("/no/such/thing")), 404);
+    counters.record(crate::routes::pattern(&request("/build/1")), 200);
+    counters.record(crate::routes::pattern(&request("/build/2")), 200);
+    counters.record(crate::routes::pattern(&request("/no/such/thing")), 404);
     let (code, ct, text) = get_with(&db, &root, "/metrics", &counters);
     assert_eq!((code, ct.as_str()), (200, metrics::CONTENT_TYPE));
     let (samples, typed) = parse_prometheus(&text);
@@ -558,7 +558,7 @@ fn routes_are_counted_by_pattern() {
         ("/build/9/log/raw", "/build/:id/log/raw"),
         ("/api/jobs/history?spec=a", "/api/jobs/history"),
         ("/build/9", "/build/:id"),
-        ("/build/abc-x.drv", "/build/:derivation"),
+        ("/build/abc-x.drv", "/build/:derivation.drv"),
         ("/api/evaluation?id=1", "/api/evaluation"),
         ("/api/jobs?evaluation=1", "/api/jobs"),
         ("//api/evaluations?nr=1", "/api/evaluations"),
@@ -569,7 +569,7 @@ fn routes_are_counted_by_pattern() {
         ("/favicon.ico", "other"),
         ("/a/b/c/d/e", "other"),
     ] {
-        assert_eq!(route_pattern(&request(target)), want, "{target}");
+        assert_eq!(crate::routes::pattern(&request(target)), want, "{target}");
     }
 }
 
