@@ -38,7 +38,9 @@ pub fn respond(db: &Db, req: &Request) -> Response {
         Route::Output => items::output(db, m.arg(0)),
         Route::SearchLatest => items::search_latest(db, req, None),
         Route::SearchLatestOfType => items::search_latest(db, req, Some(m.arg(0))),
-        // Pages, logs and metrics are the dashboard's (`web`).
+        // Pages, logs and metrics are the dashboard's (`web`), and so is
+        // `/api/machines`, whose "last 24 hours" needs the wall clock that
+        // `web`'s context brings.
         Route::Index
         | Route::Jobset
         | Route::Badge
@@ -47,7 +49,9 @@ pub fn respond(db: &Db, req: &Request) -> Response {
         | Route::BuildLog
         | Route::LogOfItem
         | Route::Search
-        | Route::Metrics => Err(not_found()),
+        | Route::Metrics
+        | Route::Machines
+        | Route::ApiMachines => Err(not_found()),
     };
     result.unwrap_or_else(|r| r)
 }
@@ -141,6 +145,9 @@ struct BuildJson<'a> {
     /// Why the build failed, as the daemon said it: `timed out after 3
     /// seconds`; null otherwise.
     errormsg: Option<&'a str>,
+    /// The machine that ran the build (`localhost`, or the build machine
+    /// `guix offload` sent it to); null before it started.
+    worker: Option<&'a str>,
 }
 
 fn build_json(b: &BuildView) -> BuildJson<'_> {
@@ -173,6 +180,7 @@ fn build_json(b: &BuildView) -> BuildJson<'_> {
         timeout: b.timeout,
         maxsilent: b.max_silent_time,
         errormsg: b.errormsg.as_deref(),
+        worker: b.worker.as_deref(),
     }
 }
 
@@ -408,6 +416,7 @@ mod evaluations;
 mod items;
 pub use items::build_of_item;
 mod jobs;
+pub mod machines;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

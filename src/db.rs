@@ -134,6 +134,13 @@ const MIGRATIONS: &[&str] = &[
      DROP INDEX IF EXISTS Builds_derivation;
      CREATE INDEX Builds_derivation ON Builds (derivation, evaluation);
      CREATE INDEX IF NOT EXISTS Outputs_path ON Outputs (path);",
+    // 10: the machine that ran each build (`localhost`, or the build
+    // machine `guix offload` named), NULL for builds never started or
+    // recorded before; the index serves the /machines page, which reads
+    // the last day's builds by stop time.
+    "ALTER TABLE Builds ADD COLUMN worker TEXT;
+     CREATE INDEX IF NOT EXISTS Builds_worker ON Builds (stoptime, worker)
+       WHERE worker IS NOT NULL;",
 ];
 
 pub fn schema_version() -> usize {
@@ -595,6 +602,7 @@ impl Db {
 }
 
 pub mod dashboard;
+pub mod machines;
 pub mod read;
 mod statuses;
 

@@ -6,6 +6,7 @@
 //! JSON: what is not a page goes on to `api`.
 
 mod badge;
+mod machines;
 mod metrics;
 mod pages;
 
@@ -63,6 +64,8 @@ pub fn respond(db: &Db, req: &Request, ctx: &Ctx) -> Response {
         Route::BuildDetails => pages::build_details(db, m.arg(0), ctx),
         Route::Search => pages::search(db, req, ctx.now),
         Route::Metrics => Ok(metrics::metrics(db, ctx.counters)),
+        Route::Machines => machines::machines(db, ctx.now),
+        Route::ApiMachines => Ok(api::machines::machines(db, ctx.now)),
         Route::BuildLog | Route::LogOfItem => Ok(buildlog::serve::whole(db, ctx.logs, req)),
         _ => return api::respond(db, req),
     };
