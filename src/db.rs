@@ -134,6 +134,30 @@ const MIGRATIONS: &[&str] = &[
      DROP INDEX IF EXISTS Builds_derivation;
      CREATE INDEX Builds_derivation ON Builds (derivation, evaluation);
      CREATE INDEX IF NOT EXISTS Outputs_path ON Outputs (path);",
+    // 10: operators' actions.  A restarted build keeps its earlier
+    // attempts (status, times, log, reason) in `BuildAttempts`; `Inputs`
+    // is read backwards to find the builds that failed because of one;
+    // an inactive specification keeps its history but is not polled;
+    // `AdminLog` says who did what.
+    "CREATE TABLE IF NOT EXISTS BuildAttempts (
+       build     INTEGER NOT NULL,
+       attempt   INTEGER NOT NULL,
+       status    INTEGER NOT NULL,
+       starttime INTEGER NOT NULL,
+       stoptime  INTEGER NOT NULL,
+       log       TEXT NOT NULL,
+       errormsg  TEXT,
+       PRIMARY KEY (build, attempt),
+       FOREIGN KEY (build) REFERENCES Builds (id)) WITHOUT ROWID;
+     CREATE INDEX IF NOT EXISTS Inputs_derivation ON Inputs (derivation);
+     ALTER TABLE Specifications ADD COLUMN is_active INTEGER NOT NULL DEFAULT 1;
+     CREATE TABLE IF NOT EXISTS AdminLog (
+       id        INTEGER PRIMARY KEY AUTOINCREMENT,
+       timestamp INTEGER NOT NULL,
+       who       TEXT NOT NULL,
+       action    TEXT NOT NULL,
+       target    TEXT NOT NULL,
+       outcome   TEXT NOT NULL);",
 ];
 
 pub fn schema_version() -> usize {
@@ -532,13 +556,17 @@ impl Db {
 
     /// Deletes an evaluation and everything registered for it, children
     /// first (foreign keys are on).
-    fn delete_evaluation(tx: &Transaction, eval: EvalId) -> Result<()> {
+    pub(super) fn delete_evaluation(tx: &Transaction, eval: EvalId) -> Result<()> {
         tx.execute(
             "DELETE FROM Outputs WHERE build IN (SELECT id FROM Builds WHERE evaluation = ?1)",
             [eval],
         )?;
         tx.execute(
             "DELETE FROM Inputs WHERE build IN (SELECT id FROM Builds WHERE evaluation = ?1)",
+            [eval],
+        )?;
+        tx.execute(
+            "DELETE FROM BuildAttempts WHERE build IN (SELECT id FROM Builds WHERE evaluation = ?1)",
             [eval],
         )?;
         tx.execute("DELETE FROM Builds WHERE evaluation = ?1", [eval])?;
@@ -594,6 +622,7 @@ impl Db {
     }
 }
 
+pub mod admin;
 pub mod dashboard;
 pub mod read;
 mod statuses;
