@@ -418,6 +418,8 @@ fn build_listing(db: &Db, req: &Request) -> Reply {
 }
 
 pub mod admin;
+#[cfg(test)]
+mod admin_tests;
 mod evaluations;
 mod items;
 pub use items::build_of_item;

@@ -114,7 +114,7 @@ pub fn respond(db: &mut Db, req: &Request, auth: &mut Auth, now: Now) -> Option<
         route => action(db, req, auth, route, m.arg(0), now, &mut effects),
     };
     let response = result.unwrap_or_else(|r| r);
-    if response.status >= 300 {
+    if response.status >= 400 {
         effects.clear();
     }
     Some((response, effects))
