@@ -220,7 +220,12 @@ impl Auth {
     /// Opens a session for `label`; `random` gives the session id and its
     /// CSRF token (64 hex digits each).  The oldest session goes when
     /// there are [`MAX_SESSIONS`].
-    pub fn open_session(&mut self, label: &str, random: [u8; 64], now: Instant) -> (String, String) {
+    pub fn open_session(
+        &mut self,
+        label: &str,
+        random: [u8; 64],
+        now: Instant,
+    ) -> (String, String) {
         self.sessions.retain(|_, s| s.expires > now);
         if self.sessions.len() >= MAX_SESSIONS {
             let oldest = self

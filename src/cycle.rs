@@ -109,7 +109,9 @@ pub enum Input {
     /// An operator, the hook or a webhook asks for an evaluation now;
     /// with a commit, of that commit, even if it was evaluated already
     /// (an evaluation retried).  A round under way ends first.
-    Trigger { commit: Option<String> },
+    Trigger {
+        commit: Option<String>,
+    },
     /// SIGTERM or SIGINT.
     Stop,
 }

@@ -136,10 +136,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed, Error> {
     let mut kept = Vec::new();
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value).unwrap_or("").trim();
-        if let Some(name) = KEPT_HEADERS
-            .iter()
-            .find(|k| h.name.eq_ignore_ascii_case(k))
-        {
+        if let Some(name) = KEPT_HEADERS.iter().find(|k| h.name.eq_ignore_ascii_case(k)) {
             kept.push((name.to_string(), value.to_string()));
         }
         if h.name.eq_ignore_ascii_case("connection") {

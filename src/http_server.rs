@@ -558,7 +558,9 @@ fn step(conn: &mut Conn, turn: &mut Turn) -> Step {
 /// the effects they ask of the loop.
 fn write_request(turn: &mut Turn, req: &http::Request) -> Option<api::admin::Outcome> {
     let writes = routes::of(req).is_some_and(|m| {
-        routes::is_action(m.route) || routes::is_trigger(m.route) || routes::methods(m.route).contains("POST")
+        routes::is_action(m.route)
+            || routes::is_trigger(m.route)
+            || m.route == routes::Route::Logout
     });
     if req.method != "POST" && !writes {
         return None;

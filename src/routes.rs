@@ -101,8 +101,14 @@ pub const ROUTES: &[(&str, Route)] = &[
     ("/admin/specification/add", Route::AddSpec),
     ("/admin/specification/:name/edit", Route::EditSpec),
     ("/admin/specification/:name/trigger", Route::TriggerSpec),
-    ("/admin/specification/:name/deactivate", Route::DeactivateSpec),
-    ("/admin/specification/:name/reactivate", Route::ReactivateSpec),
+    (
+        "/admin/specification/:name/deactivate",
+        Route::DeactivateSpec,
+    ),
+    (
+        "/admin/specification/:name/reactivate",
+        Route::ReactivateSpec,
+    ),
     ("/admin/specification/:name/delete", Route::DeleteSpec),
 ];
 

@@ -69,7 +69,9 @@ pub fn respond(db: &Db, req: &Request, ctx: &Ctx) -> Response {
         Route::BuildDetails => pages::build_details(db, m.arg(0), ctx),
         Route::Search => pages::search(db, req, ctx.now),
         Route::Metrics => Ok(metrics::metrics(db, ctx.counters)),
-        Route::BuildLog | Route::LogOfItem | Route::AttemptLog => Ok(buildlog::serve::whole(db, ctx.logs, req)),
+        Route::BuildLog | Route::LogOfItem | Route::AttemptLog => {
+            Ok(buildlog::serve::whole(db, ctx.logs, req))
+        }
         _ => return api::respond(db, req),
     };
     result.unwrap_or_else(|r| r)

@@ -27,10 +27,22 @@ fn token_files_label_tokens_and_refuse_weak_ones() {
     assert_eq!(tokens.check("0123456789abcdef012"), None);
     assert_eq!(tokens.check(""), None);
     let err = |text: &str| Tokens::parse(text).err().unwrap().to_string();
-    assert_eq!(err("\nbob:short"), "line 2: token shorter than 16 characters");
-    assert_eq!(err(":0123456789abcdef0123"), "line 1: empty label before ':'");
-    assert_eq!(err(&format!("{A}\nbob:0123456789abcdef0123")), "line 2: token listed twice");
-    assert_eq!(err("x:0123456789 abcdef0123"), "line 1: token contains white space");
+    assert_eq!(
+        err("\nbob:short"),
+        "line 2: token shorter than 16 characters"
+    );
+    assert_eq!(
+        err(":0123456789abcdef0123"),
+        "line 1: empty label before ':'"
+    );
+    assert_eq!(
+        err(&format!("{A}\nbob:0123456789abcdef0123")),
+        "line 2: token listed twice"
+    );
+    assert_eq!(
+        err("x:0123456789 abcdef0123"),
+        "line 1: token contains white space"
+    );
     assert!(Tokens::parse("").unwrap().is_empty());
 }
 
@@ -44,8 +56,14 @@ fn who_reads_bearer_tokens_and_sessions() {
         who(&auth, "Authorization: Bearer 0123456789abcdef0123\r\n"),
         Who::Operator("alice".into())
     );
-    assert_eq!(who(&auth, "Authorization: Bearer nope-nope-nope-nope\r\n"), Who::Refused);
-    assert_eq!(who(&auth, "Authorization: Basic YWxpY2U=\r\n"), Who::Refused);
+    assert_eq!(
+        who(&auth, "Authorization: Bearer nope-nope-nope-nope\r\n"),
+        Who::Refused
+    );
+    assert_eq!(
+        who(&auth, "Authorization: Basic YWxpY2U=\r\n"),
+        Who::Refused
+    );
     let random: [u8; 64] = std::array::from_fn(|i| i as u8);
     let (id, csrf) = auth.open_session("alice", random, now);
     assert_eq!((id.len(), csrf.len()), (64, 64));
@@ -66,7 +84,10 @@ fn who_reads_bearer_tokens_and_sessions() {
 #[test]
 fn session_cookies_are_http_only_strict_and_secure_on_tls() {
     let c = session_cookie(Some("abc"), false);
-    assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict"), "{c}");
+    assert!(
+        c.contains("HttpOnly") && c.contains("SameSite=Strict"),
+        "{c}"
+    );
     assert!(!c.contains("Secure"), "{c}");
     assert!(session_cookie(Some("abc"), true).ends_with("; Secure"));
     assert!(session_cookie(None, false).contains("Max-Age=0"));
@@ -92,15 +113,27 @@ fn webhook_signatures_of_each_forge() {
     let body = br#"{"repository":{"clone_url":"https://example.org/a/b.git"}}"#;
     let sig = webhook::sign(secret, body);
     let ok = |forge, head: &str| webhook::verify(forge, secret, &request(head, body));
-    assert!(ok(Forge::GitHub, &format!("X-Hub-Signature-256: sha256={sig}\r\n")));
-    assert!(!ok(Forge::GitHub, &format!("X-Hub-Signature-256: {sig}\r\n")));
+    assert!(ok(
+        Forge::GitHub,
+        &format!("X-Hub-Signature-256: sha256={sig}\r\n")
+    ));
+    assert!(!ok(
+        Forge::GitHub,
+        &format!("X-Hub-Signature-256: {sig}\r\n")
+    ));
     assert!(ok(Forge::Gitea, &format!("X-Gitea-Signature: {sig}\r\n")));
     assert!(ok(Forge::Gitea, &format!("X-Forgejo-Signature: {sig}\r\n")));
     assert!(!ok(Forge::Gitea, ""));
     let wrong = webhook::sign(b"another secret", body);
-    assert!(!ok(Forge::Gitea, &format!("X-Gitea-Signature: {wrong}\r\n")));
+    assert!(!ok(
+        Forge::Gitea,
+        &format!("X-Gitea-Signature: {wrong}\r\n")
+    ));
     assert!(!ok(Forge::Gitea, "X-Gitea-Signature: zz\r\n"));
-    assert!(ok(Forge::GitLab, "X-Gitlab-Token: it's a secret to everybody\r\n"));
+    assert!(ok(
+        Forge::GitLab,
+        "X-Gitlab-Token: it's a secret to everybody\r\n"
+    ));
     assert!(!ok(Forge::GitLab, "X-Gitlab-Token: it's a secret\r\n"));
     // The body is what is signed.
     let other = webhook::verify(

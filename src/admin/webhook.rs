@@ -55,7 +55,7 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())
@@ -136,7 +136,10 @@ pub fn pushed_urls(payload: &serde_json::Value) -> Result<Vec<String>, String> {
     urls.sort();
     urls.dedup();
     match urls.is_empty() {
-        true => Err("webhook payload: no repository URL (repository.clone_url, project.git_http_url, …)".into()),
+        true => Err(
+            "webhook payload: no repository URL (repository.clone_url, project.git_http_url, …)"
+                .into(),
+        ),
         false => Ok(urls),
     }
 }

@@ -249,7 +249,9 @@ fn run(
             Ok(json!({ "canceled": c.builds }))
         }
         Route::CancelEvaluation => {
-            let c = db.cancel_evaluation(id()?, now.unix).map_err(action_error)?;
+            let c = db
+                .cancel_evaluation(id()?, now.unix)
+                .map_err(action_error)?;
             effects.push(requeue(c.specification));
             Ok(json!({ "canceled": c.builds }))
         }
@@ -286,7 +288,9 @@ fn run(
             if confirm.as_deref() != Some(arg) {
                 return Err(error(
                     400,
-                    &format!("field \"confirm\": must be the specification's name, {arg:?}, to delete it and its history"),
+                    &format!(
+                        "field \"confirm\": must be the specification's name, {arg:?}, to delete it and its history"
+                    ),
                 ));
             }
             let builds = db.delete_specification(arg).map_err(action_error)?;
@@ -304,7 +308,10 @@ fn run(
             let exists = db.specification_active(&name).map_err(db_error)?;
             match (route, exists) {
                 (Route::AddSpec, Some(_)) => {
-                    return Err(error(409, &format!("Specification {name:?} exists; edit it.")));
+                    return Err(error(
+                        409,
+                        &format!("Specification {name:?} exists; edit it."),
+                    ));
                 }
                 (Route::EditSpec, None) => {
                     return Err(error(404, &format!("Specification {name:?} not found.")));

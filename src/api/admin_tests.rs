@@ -89,7 +89,12 @@ fn restart_follows_failed_dependencies_in_order_and_keeps_attempts() {
     let (mut db, _root) = fixture();
     let mut auth = auth();
     let [base, mid, top, lone] = chain(&mut db);
-    let (code, v, effects) = call(&mut db, &mut auth, &format!("/admin/build/{base}/restart"), "");
+    let (code, v, effects) = call(
+        &mut db,
+        &mut auth,
+        &format!("/admin/build/{base}/restart"),
+        "",
+    );
     assert_eq!(code, 200, "{v}");
     let order: Vec<i64> = v["restarted"]
         .as_array()
@@ -126,16 +131,28 @@ fn restart_follows_failed_dependencies_in_order_and_keeps_attempts() {
     let attempts = db.build_attempts(base).unwrap();
     assert_eq!(attempts.len(), 1);
     assert_eq!(
-        (attempts[0].status, attempts[0].stoptime, attempts[0].log.as_str()),
+        (
+            attempts[0].status,
+            attempts[0].stoptime,
+            attempts[0].log.as_str()
+        ),
         (status::FAILED, 420, "/var/log/guix/drvs/ab/base")
     );
     // The API lists it, with the URL of its log.
-    let r = respond(&db, &tests::request(&format!("/build/{base}/attempts"), "GET"));
+    let r = respond(
+        &db,
+        &tests::request(&format!("/build/{base}/attempts"), "GET"),
+    );
     let v: Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v[0]["buildstatus"], 1);
     assert_eq!(v[0]["log"], format!("/build/{base}/attempt/1/log/raw"));
     // Not finished: refused.
-    let (code, v, effects) = call(&mut db, &mut auth, &format!("/admin/build/{base}/restart"), "");
+    let (code, v, effects) = call(
+        &mut db,
+        &mut auth,
+        &format!("/admin/build/{base}/restart"),
+        "",
+    );
     assert_eq!((code, effects.len()), (409, 0), "{v}");
     let (code, _, _) = call(&mut db, &mut auth, "/admin/build/999/restart", "");
     assert_eq!(code, 404);
@@ -144,7 +161,9 @@ fn restart_follows_failed_dependencies_in_order_and_keeps_attempts() {
     // Who did it is recorded.
     let who: String = db
         .connection()
-        .query_row("SELECT who FROM AdminLog ORDER BY id LIMIT 1", [], |r| r.get(0))
+        .query_row("SELECT who FROM AdminLog ORDER BY id LIMIT 1", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(who, "ops");
 }
@@ -155,7 +174,12 @@ fn evaluation_actions_cancel_restart_and_retry() {
     let mut auth = auth();
     let [base, mid, top, lone] = chain(&mut db);
     let eval = db.build(base).unwrap().unwrap().evaluation;
-    let (code, v, effects) = call(&mut db, &mut auth, &format!("/admin/evaluation/{eval}/restart"), "");
+    let (code, v, effects) = call(
+        &mut db,
+        &mut auth,
+        &format!("/admin/evaluation/{eval}/restart"),
+        "",
+    );
     assert_eq!(code, 200, "{v}");
     let order: Vec<i64> = v["restarted"]
         .as_array()
@@ -166,15 +190,32 @@ fn evaluation_actions_cancel_restart_and_retry() {
     let at = |b: i64| order.iter().position(|&x| x == b).unwrap();
     assert!(at(base) < at(mid) && at(mid) < at(top), "{order:?}");
     assert!(order.contains(&lone));
-    assert!(effects.contains(&Effect::Requeue { spec: "hello".into() }));
-    let (code, v, effects) = call(&mut db, &mut auth, &format!("/admin/evaluation/{eval}/cancel"), "");
+    assert!(effects.contains(&Effect::Requeue {
+        spec: "hello".into()
+    }));
+    let (code, v, effects) = call(
+        &mut db,
+        &mut auth,
+        &format!("/admin/evaluation/{eval}/cancel"),
+        "",
+    );
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["canceled"].as_array().unwrap().len(), 4);
     for id in [base, mid, top, lone] {
         assert_eq!(status_of(&db, id), status::CANCELED);
     }
-    assert_eq!(effects, [Effect::Requeue { spec: "hello".into() }]);
-    let (code, v, effects) = call(&mut db, &mut auth, &format!("/admin/evaluation/{eval}/retry"), "");
+    assert_eq!(
+        effects,
+        [Effect::Requeue {
+            spec: "hello".into()
+        }]
+    );
+    let (code, v, effects) = call(
+        &mut db,
+        &mut auth,
+        &format!("/admin/evaluation/{eval}/retry"),
+        "",
+    );
     assert_eq!(code, 200, "{v}");
     assert_eq!(
         effects,
@@ -188,7 +229,10 @@ fn evaluation_actions_cancel_restart_and_retry() {
     assert_eq!((code, v["canceled"].clone()), (200, json!([5])));
     let (code, v, _) = call(&mut db, &mut auth, "/admin/build/5/cancel", "");
     assert_eq!(code, 409, "{v}");
-    assert_eq!(call(&mut db, &mut auth, "/admin/evaluation/77/cancel", "").0, 404);
+    assert_eq!(
+        call(&mut db, &mut auth, "/admin/evaluation/77/cancel", "").0,
+        404
+    );
 }
 
 #[test]
@@ -199,15 +243,38 @@ fn specification_actions() {
                    "proc": "jobs", "arguments": "((a . 1))", "branch": "main"}"#;
     let (code, v, effects) = call(&mut db, &mut auth, "/admin/specification/add", body);
     assert_eq!(code, 200, "{v}");
-    let added = db.specifications().unwrap().into_iter().find(|s| s.name == "new").unwrap();
-    assert_eq!((added.url.as_str(), added.branch.as_deref()), ("https://example.org/new.git", Some("main")));
+    let added = db
+        .specifications()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == "new")
+        .unwrap();
+    assert_eq!(
+        (added.url.as_str(), added.branch.as_deref()),
+        ("https://example.org/new.git", Some("main"))
+    );
     assert_eq!(effects, [Effect::SpecChanged(added)]);
-    assert_eq!(call(&mut db, &mut auth, "/admin/specification/add", body).0, 409);
+    assert_eq!(
+        call(&mut db, &mut auth, "/admin/specification/add", body).0,
+        409
+    );
     let bad = [
-        (r#"{"name": "x/y", "url": "u", "file": "f", "proc": "p"}"#, "field \"name\""),
-        (r#"{"name": "z", "file": "f", "proc": "p"}"#, "field \"url\": required"),
-        (r#"{"name": "z", "url": 3}"#, "field \"url\": a string is required"),
-        (r#"{"name": "z", "url": "u", "file": "f", "proc": "p", "arguments": "(("}"#, "field \"arguments\""),
+        (
+            r#"{"name": "x/y", "url": "u", "file": "f", "proc": "p"}"#,
+            "field \"name\"",
+        ),
+        (
+            r#"{"name": "z", "file": "f", "proc": "p"}"#,
+            "field \"url\": required",
+        ),
+        (
+            r#"{"name": "z", "url": 3}"#,
+            "field \"url\": a string is required",
+        ),
+        (
+            r#"{"name": "z", "url": "u", "file": "f", "proc": "p", "arguments": "(("}"#,
+            "field \"arguments\"",
+        ),
         (r#"[1]"#, "a JSON object is required"),
         (r#"{"#, "not JSON"),
     ];
@@ -216,40 +283,96 @@ fn specification_actions() {
         assert_eq!(code, 400, "{body}");
         assert!(v["error"].as_str().unwrap().contains(why), "{body}: {v}");
     }
-    let (code, _, effects) = call(&mut db, &mut auth, "/admin/specification/new/edit", r#"{"branch": "next"}"#);
+    let (code, _, effects) = call(
+        &mut db,
+        &mut auth,
+        "/admin/specification/new/edit",
+        r#"{"branch": "next"}"#,
+    );
     assert_eq!(code, 200);
-    let Effect::SpecChanged(edited) = &effects[0] else { panic!("{effects:?}") };
-    assert_eq!((edited.branch.as_deref(), edited.file.as_str()), (Some("next"), "ci.scm"));
-    assert_eq!(call(&mut db, &mut auth, "/admin/specification/nope/edit", "{}").0, 404);
+    let Effect::SpecChanged(edited) = &effects[0] else {
+        panic!("{effects:?}")
+    };
+    assert_eq!(
+        (edited.branch.as_deref(), edited.file.as_str()),
+        (Some("next"), "ci.scm")
+    );
+    assert_eq!(
+        call(&mut db, &mut auth, "/admin/specification/nope/edit", "{}").0,
+        404
+    );
 
-    let (code, _, effects) = call(&mut db, &mut auth, "/admin/specification/hello/deactivate", "");
+    let (code, _, effects) = call(
+        &mut db,
+        &mut auth,
+        "/admin/specification/hello/deactivate",
+        "",
+    );
     assert_eq!(code, 200);
-    assert_eq!(effects, [Effect::SpecStopped { spec: "hello".into() }]);
+    assert_eq!(
+        effects,
+        [Effect::SpecStopped {
+            spec: "hello".into()
+        }]
+    );
     assert_eq!(db.specification_active("hello").unwrap(), Some(false));
-    assert_eq!(call(&mut db, &mut auth, "/admin/specification/hello/trigger", "").0, 409);
+    assert_eq!(
+        call(&mut db, &mut auth, "/admin/specification/hello/trigger", "").0,
+        409
+    );
     // Its history stays.
     assert!(db.build(1).unwrap().is_some());
-    let (code, _, effects) = call(&mut db, &mut auth, "/admin/specification/hello/reactivate", "");
+    let (code, _, effects) = call(
+        &mut db,
+        &mut auth,
+        "/admin/specification/hello/reactivate",
+        "",
+    );
     assert_eq!(code, 200);
     assert!(matches!(&effects[..], [Effect::SpecChanged(s)] if s.name == "hello"));
     let (code, _, effects) = call(&mut db, &mut auth, "/admin/specification/hello/trigger", "");
     assert_eq!(code, 200);
-    assert_eq!(effects, [Effect::Trigger { spec: "hello".into(), commit: None }]);
+    assert_eq!(
+        effects,
+        [Effect::Trigger {
+            spec: "hello".into(),
+            commit: None
+        }]
+    );
 
     // Deleting asks for the name.
     for body in ["", r#"{"confirm": "other"}"#] {
-        let (code, v, _) = call(&mut db, &mut auth, "/admin/specification/hello/delete", body);
+        let (code, v, _) = call(
+            &mut db,
+            &mut auth,
+            "/admin/specification/hello/delete",
+            body,
+        );
         assert_eq!(code, 400, "{v}");
     }
     assert!(db.build(1).unwrap().is_some());
-    let (code, v, effects) = call(&mut db, &mut auth, "/admin/specification/hello/delete", r#"{"confirm": "hello"}"#);
+    let (code, v, effects) = call(
+        &mut db,
+        &mut auth,
+        "/admin/specification/hello/delete",
+        r#"{"confirm": "hello"}"#,
+    );
     assert_eq!((code, v["builds"].clone()), (200, json!(4)), "{v}");
-    assert_eq!(effects, [Effect::SpecStopped { spec: "hello".into() }]);
+    assert_eq!(
+        effects,
+        [Effect::SpecStopped {
+            spec: "hello".into()
+        }]
+    );
     assert!(db.build(1).unwrap().is_none());
     assert_eq!(db.specification_active("hello").unwrap(), None);
     let left: i64 = db
         .connection()
-        .query_row("SELECT count(*) FROM Evaluations WHERE specification = 'hello'", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM Evaluations WHERE specification = 'hello'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(left, 0);
     assert!(db.build(5).unwrap().is_some(), "other's builds stay");
@@ -286,10 +409,24 @@ fn every_action_wants_post_and_a_valid_token() {
     // Without a token file, every token is wrong.
     let mut none = Auth::default();
     let head = format!("Authorization: Bearer {TOKEN}\r\n");
-    let (r, _) = act(&mut db, &post("/admin/build/1/restart", &head, ""), &mut none, now()).unwrap();
+    let (r, _) = act(
+        &mut db,
+        &post("/admin/build/1/restart", &head, ""),
+        &mut none,
+        now(),
+    )
+    .unwrap();
     assert_eq!(r.status, 403);
     // Reads are not writes.
-    assert!(act(&mut db, &tests::request("/build/1", "GET"), &mut auth, now()).is_none());
+    assert!(
+        act(
+            &mut db,
+            &tests::request("/build/1", "GET"),
+            &mut auth,
+            now()
+        )
+        .is_none()
+    );
 }
 
 #[test]
@@ -323,20 +460,47 @@ fn the_hook_is_rate_limited_and_webhooks_are_signed() {
     let (mut db, _root) = fixture();
     let mut auth = auth();
     let hook = |db: &mut Db, auth: &mut Auth, head: &str| {
-        let (r, e) = act(db, &post("/jobset/hello/hook/evaluate", head, ""), auth, now()).unwrap();
+        let (r, e) = act(
+            db,
+            &post("/jobset/hello/hook/evaluate", head, ""),
+            auth,
+            now(),
+        )
+        .unwrap();
         (r.status, e)
     };
     for _ in 0..crate::admin::TRIGGERS_PER_WINDOW {
         let (code, e) = hook(&mut db, &mut auth, "");
         assert_eq!(code, 200);
-        assert_eq!(e, [Effect::Trigger { spec: "hello".into(), commit: None }]);
+        assert_eq!(
+            e,
+            [Effect::Trigger {
+                spec: "hello".into(),
+                commit: None
+            }]
+        );
     }
     assert_eq!(hook(&mut db, &mut auth, ""), (429, vec![]));
-    assert_eq!(hook(&mut db, &mut auth, "Authorization: Bearer wrong-wrong-wrong-wrong\r\n").0, 403);
-    let (r, _) = act(&mut db, &post("/jobset/nope/hook/evaluate", "", ""), &mut auth, now()).unwrap();
+    assert_eq!(
+        hook(
+            &mut db,
+            &mut auth,
+            "Authorization: Bearer wrong-wrong-wrong-wrong\r\n"
+        )
+        .0,
+        403
+    );
+    let (r, _) = act(
+        &mut db,
+        &post("/jobset/nope/hook/evaluate", "", ""),
+        &mut auth,
+        now(),
+    )
+    .unwrap();
     assert_eq!(r.status, 404);
 
-    let payload = r#"{"ref": "refs/heads/main", "repository": {"clone_url": "file:///srv/other.git/"}}"#;
+    let payload =
+        r#"{"ref": "refs/heads/main", "repository": {"clone_url": "file:///srv/other.git/"}}"#;
     let signed = |secret: &[u8]| {
         format!(
             "X-Hub-Signature-256: sha256={}\r\n",
@@ -357,7 +521,13 @@ fn the_hook_is_rate_limited_and_webhooks_are_signed() {
     assert_eq!(r.status, 200);
     let v: Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["triggered"], json!(["other"]));
-    assert_eq!(e, [Effect::Trigger { spec: "other".into(), commit: None }]);
+    assert_eq!(
+        e,
+        [Effect::Trigger {
+            spec: "other".into(),
+            commit: None
+        }]
+    );
 }
 
 #[test]

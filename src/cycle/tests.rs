@@ -557,10 +557,22 @@ fn a_trigger_polls_now_or_when_the_round_ends_and_a_retry_evaluates_its_commit_a
         "{cmds:?}"
     );
     // During the round, a trigger waits for its end.
-    assert!(w.feed(&mut c, Input::Trigger { commit: Some(COMMIT_1.into()) }).is_empty());
+    assert!(
+        w.feed(
+            &mut c,
+            Input::Trigger {
+                commit: Some(COMMIT_1.into())
+            }
+        )
+        .is_empty()
+    );
     assert_eq!(c.state().name(), "Fetching");
     w.feed(&mut c, fetched(COMMIT_1));
-    assert_eq!(c.state().name(), "Idle", "an evaluated commit ends the round");
+    assert_eq!(
+        c.state().name(),
+        "Idle",
+        "an evaluated commit ends the round"
+    );
     assert_eq!(w.count("SELECT count(*) FROM Evaluations"), 1);
     let cmds = w.at(7).feed(&mut c, Input::Tick);
     assert!(
@@ -569,10 +581,16 @@ fn a_trigger_polls_now_or_when_the_round_ends_and_a_retry_evaluates_its_commit_a
     );
     // The same commit is evaluated again: a retry.
     let cmds = w.feed(&mut c, fetched(COMMIT_1));
-    assert!(matches!(cmds[..], [Command::SpawnEvaluator { .. }]), "{cmds:?}");
+    assert!(
+        matches!(cmds[..], [Command::SpawnEvaluator { .. }]),
+        "{cmds:?}"
+    );
     w.feed(&mut c, output(&strs(&two_jobs())));
     w.feed(&mut c, exited(true));
-    assert_eq!(w.count("SELECT count(*) FROM Evaluations WHERE status = 0"), 2);
+    assert_eq!(
+        w.count("SELECT count(*) FROM Evaluations WHERE status = 0"),
+        2
+    );
     // A plain trigger of an evaluated commit evaluates nothing.
     w.at(8).feed(&mut c, Input::Trigger { commit: None });
     w.feed(&mut c, fetched(COMMIT_1));

@@ -202,11 +202,7 @@ impl Db {
                 order.push(b);
             }
         }
-        let base = order
-            .iter()
-            .map(|b| rows[b].3)
-            .max()
-            .unwrap_or(0);
+        let base = order.iter().map(|b| rows[b].3).max().unwrap_or(0);
         let mut keep = tx.prepare_cached(
             "INSERT INTO BuildAttempts (build, attempt, status, starttime, stoptime, log, errormsg)
              VALUES (?1, (SELECT coalesce(max(attempt), 0) + 1 FROM BuildAttempts WHERE build = ?1),
@@ -271,7 +267,8 @@ impl Db {
             )?
             .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        let (st, spec) = row.ok_or_else(|| ActionError::NotFound(format!("Build {id} not found.")))?;
+        let (st, spec) =
+            row.ok_or_else(|| ActionError::NotFound(format!("Build {id} not found.")))?;
         if st != status::SCHEDULED {
             return Err(ActionError::Conflict(format!(
                 "Build {id} is not scheduled (status {st})."

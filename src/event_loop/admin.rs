@@ -54,7 +54,9 @@ impl EventLoop {
                 log::info!(target: logging::ADMIN, "SIGHUP: {} admin token(s) loaded", tokens.len());
                 http.auth_mut().tokens = tokens;
             }
-            Err(e) => log::error!(target: logging::ADMIN, "SIGHUP: {e} (keeping the current tokens)"),
+            Err(e) => {
+                log::error!(target: logging::ADMIN, "SIGHUP: {e} (keeping the current tokens)")
+            }
         }
     }
 
@@ -75,7 +77,9 @@ impl EventLoop {
             match effect {
                 Effect::Trigger { spec, commit } => match self.live_slot(&spec) {
                     Some(i) => self.feed(i, Input::Trigger { commit }, now),
-                    None => log::warn!(target: logging::ADMIN, "spec={spec:?} triggered but not polled"),
+                    None => {
+                        log::warn!(target: logging::ADMIN, "spec={spec:?} triggered but not polled")
+                    }
                 },
                 Effect::Requeue { spec } => {
                     if let Some(i) = self.live_slot(&spec) {

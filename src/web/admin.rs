@@ -86,7 +86,10 @@ fn login_form(error: &str) -> String {
 /// deletion needs.
 fn button(s: &Session, action: &str, label: &str, next: &str, confirm: Option<&str>) -> String {
     let confirm = confirm.map_or(String::new(), |c| {
-        format!("<input type=\"hidden\" name=\"confirm\" value=\"{}\">", esc(c))
+        format!(
+            "<input type=\"hidden\" name=\"confirm\" value=\"{}\">",
+            esc(c)
+        )
     });
     format!(
         "<form class=\"action\" method=\"post\" action=\"{}\">\
@@ -108,10 +111,22 @@ pub fn build_buttons(ctx: &Ctx, id: i64, status: i64) -> String {
     let next = format!("/build/{id}/details");
     let mut out = String::from("<div class=\"actions\">");
     if crate::db::status::is_final(status) {
-        out += &button(s, &format!("/admin/build/{id}/restart"), "Restart", &next, None);
+        out += &button(
+            s,
+            &format!("/admin/build/{id}/restart"),
+            "Restart",
+            &next,
+            None,
+        );
     }
     if status == crate::db::status::SCHEDULED {
-        out += &button(s, &format!("/admin/build/{id}/cancel"), "Cancel", &next, None);
+        out += &button(
+            s,
+            &format!("/admin/build/{id}/cancel"),
+            "Cancel",
+            &next,
+            None,
+        );
     }
     out + &logout(s) + "</div>"
 }
@@ -123,7 +138,13 @@ pub fn evaluation_buttons(ctx: &Ctx, id: i64) -> String {
     };
     let next = format!("/eval/{id}");
     let b = |what: &str, label: &str| {
-        button(s, &format!("/admin/evaluation/{id}/{what}"), label, &next, None)
+        button(
+            s,
+            &format!("/admin/evaluation/{id}/{what}"),
+            label,
+            &next,
+            None,
+        )
     };
     format!(
         "<div class=\"actions\">{}{}{}{}</div>",
@@ -140,12 +161,7 @@ pub fn spec_buttons(ctx: &Ctx, name: &str, active: bool) -> String {
         return String::new();
     };
     let next = format!("/jobset/{}", crate::html::url(name));
-    let action = |what: &str| {
-        format!(
-            "/admin/specification/{}/{what}",
-            crate::html::url(name)
-        )
-    };
+    let action = |what: &str| format!("/admin/specification/{}/{what}", crate::html::url(name));
     let mut out = String::from("<div class=\"actions\">");
     if active {
         out += &button(s, &action("trigger"), "Evaluate now", &next, None);
@@ -153,7 +169,13 @@ pub fn spec_buttons(ctx: &Ctx, name: &str, active: bool) -> String {
     } else {
         out += &button(s, &action("reactivate"), "Reactivate", &next, None);
     }
-    out += &button(s, &action("delete"), "Delete with its history", "/", Some(name));
+    out += &button(
+        s,
+        &action("delete"),
+        "Delete with its history",
+        "/",
+        Some(name),
+    );
     out + &logout(s) + "</div>"
 }
 

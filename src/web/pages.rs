@@ -164,7 +164,10 @@ pub fn jobset(db: &Db, req: &Request, name: &str, ctx: &Ctx) -> Page {
         true => "",
         false => "<p class=\"st st-canceled\">inactive: not polled</p>",
     };
-    let body = format!("{state}{}{body}", super::admin::spec_buttons(ctx, name, active));
+    let body = format!(
+        "{state}{}{body}",
+        super::admin::spec_buttons(ctx, name, active)
+    );
     Ok(html(200, html::page(name, &[], &body)))
 }
 
@@ -465,6 +468,10 @@ fn attempts(db: &Db, b: &BuildView, now: i64) -> Result<String, super::Response>
         .collect();
     Ok(format!(
         "<h2>Earlier attempts</h2>{}",
-        html::table(&["Attempt", "Status", "Finished", "Reason", "Log"], &rows, "")
+        html::table(
+            &["Attempt", "Status", "Finished", "Reason", "Log"],
+            &rows,
+            ""
+        )
     ))
 }
