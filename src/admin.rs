@@ -9,6 +9,7 @@
 //! one.  Tokens are compared by their SHA-256 digests in constant time,
 //! so neither a token's bytes nor its length show in response times.
 
+pub mod client;
 pub mod webhook;
 
 use crate::http::Request;

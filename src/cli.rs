@@ -214,7 +214,7 @@ pub fn usage() -> String {
     getopts_options().usage(
         "Usage: cuirass [OPTIONS]\n\
          Run the Cuirass continuous-integration daemon for GNU Guix.",
-    )
+    ) + &crate::admin::client::usage()
 }
 
 fn number<T: std::str::FromStr>(m: &getopts::Matches, name: &str, default: T) -> Result<T, String> {

@@ -276,12 +276,32 @@ fn evaluation_and_specification_actions_triggers_and_webhooks() {
             &format!("SELECT count(*) FROM Builds WHERE evaluation = {eval} AND status = 0"),
         ) == 3
     });
-    // Nothing pending is left to cancel.
-    let r = act(b.port, &format!("/admin/evaluation/{eval}/cancel"), "");
-    assert_eq!(
-        (r.status, r.json()["canceled"].clone()),
-        (200, serde_json::json!([]))
+    // Nothing pending is left to cancel; said by the command-line client.
+    let admin = |args: &[&str], token: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cuirass"))
+            .arg("admin")
+            .args(args)
+            .env("CUIRASS_URL", format!("http://127.0.0.1:{}", b.port))
+            .env("CUIRASS_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let out = admin(&["cancel-evaluation", &eval.to_string()], TOKEN);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["canceled"], serde_json::json!([]));
+    let out = admin(
+        &["cancel-evaluation", &eval.to_string()],
+        "not-the-token-at-all",
     );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("HTTP 403"),
+        "{out:?}"
+    );
+    let tokens = format!("--token-file={}", b.tokens.display());
+    let out = admin(&["delete-spec", "spare", &tokens], "");
+    assert_eq!(out.status.code(), Some(2), "no --confirm");
     assert_eq!(act(b.port, "/admin/evaluation/99/cancel", "").status, 404);
 
     // Retry: the same commit evaluated again.
