@@ -446,8 +446,9 @@ fn hook_evaluate(
 }
 
 /// A forge's push webhook: the signature, then every active
-/// specification whose repository is the pushed one is triggered (those
-/// over the rate limit are listed apart).
+/// specification whose repository is the pushed one, and whose branch it
+/// is when the payload's `ref` names a branch, is triggered (those over
+/// the rate limit are listed apart).
 fn push(
     db: &mut Db,
     req: &Request,
@@ -472,11 +473,24 @@ fn push(
     let payload: Value = serde_json::from_slice(&req.body)
         .map_err(|e| error(400, &format!("webhook payload: not JSON: {e}")))?;
     let urls = webhook::pushed_urls(&payload).map_err(|e| error(400, &e))?;
+    let branch = payload
+        .get("ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix("refs/heads/"));
     let inactive = db.inactive_specifications().map_err(db_error)?;
     let mut triggered = Vec::new();
     let mut limited = Vec::new();
     for spec in db.specifications().map_err(db_error)? {
         if inactive.contains(&spec.name) || !urls.contains(&webhook::normalize_url(&spec.url)) {
+            continue;
+        }
+        // A push to another branch changes nothing a spec that follows
+        // one branch would see.
+        if let (Some(pushed), Some(followed)) = (branch, spec.branch.as_deref())
+            && spec.tag.is_none()
+            && spec.commit.is_none()
+            && pushed != followed
+        {
             continue;
         }
         match auth.allow_trigger(&spec.name, now.now) {

@@ -534,3 +534,37 @@ fn the_hook_is_rate_limited_and_webhooks_are_signed() {
 fn spec_urls_match_the_fixture() {
     assert_eq!(spec("other", None).url, "file:///srv/other.git");
 }
+
+#[test]
+fn a_push_to_another_branch_triggers_no_spec_that_follows_one() {
+    let (mut db, _root) = fixture();
+    let mut auth = auth();
+    auth.webhook_secret = Some(b"0123456789abcdef-secret".to_vec());
+    let mut spec = spec("follows", Some("main"));
+    spec.url = "file:///srv/other.git".into();
+    db.add_specifications(&[spec]).unwrap();
+    let push = |db: &mut Db, auth: &mut Auth, payload: &str| {
+        let head = format!(
+            "X-Gitea-Signature: {}\r\n",
+            crate::admin::webhook::sign(b"0123456789abcdef-secret", payload.as_bytes())
+        );
+        let (r, _) = act(db, &post("/api/push-gitea", &head, payload), auth, now()).unwrap();
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        v["triggered"].clone()
+    };
+    let url = r#""repository": {"clone_url": "file:///srv/other.git"}"#;
+    // `other` follows no branch; `follows` follows main.
+    let to = |branch: &str| format!(r#"{{"ref": "refs/heads/{branch}", {url}}}"#);
+    assert_eq!(push(&mut db, &mut auth, &to("dev")), json!(["other"]));
+    assert_eq!(
+        push(&mut db, &mut auth, &to("main")),
+        json!(["follows", "other"])
+    );
+    // Without a ref, both; then `other` is over its limit.
+    let no_ref = format!("{{{url}}}");
+    assert_eq!(
+        push(&mut db, &mut auth, &no_ref),
+        json!(["follows", "other"])
+    );
+    assert_eq!(push(&mut db, &mut auth, &no_ref), json!(["follows"]));
+}
