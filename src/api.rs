@@ -18,15 +18,21 @@ const JSON: &str = "application/json";
 /// Answers a JSON API request.  Build logs (`/build/ID/log/raw`) are not
 /// JSON and are answered by `buildlog::serve`.
 pub fn respond(db: &Db, req: &Request) -> Response {
-    if req.method != "GET" && req.method != "HEAD" {
-        let mut r = error(405, &format!("Method {} not allowed.", req.method));
-        r.headers.push(("Allow", "GET, HEAD".into()));
-        return r;
-    }
     let not_found = || error(404, &format!("Resource {} not found.", req.path));
     let Some(m) = routes::of(req) else {
+        if req.method != "GET" && req.method != "HEAD" {
+            let mut r = error(405, &format!("Method {} not allowed.", req.method));
+            r.headers.push(("Allow", "GET, HEAD".into()));
+            return r;
+        }
         return not_found();
     };
+    if !routes::methods(m.route)
+        .split(", ")
+        .any(|method| method == req.method)
+    {
+        return admin::not_allowed(req, m.route);
+    }
     let result = match m.route {
         Route::Jobsets | Route::Specifications => specifications(db),
         Route::BuildOfDerivation => items::build_of_derivation(db, m.arg(0)),
@@ -38,6 +44,7 @@ pub fn respond(db: &Db, req: &Request) -> Response {
         Route::Output => items::output(db, m.arg(0)),
         Route::SearchLatest => items::search_latest(db, req, None),
         Route::SearchLatestOfType => items::search_latest(db, req, Some(m.arg(0))),
+        Route::BuildAttempts => admin::attempts(db, m.arg(0)),
         // Pages, logs and metrics are the dashboard's (`web`), and so is
         // `/api/machines`, whose "last 24 hours" needs the wall clock that
         // `web`'s context brings.
@@ -51,7 +58,13 @@ pub fn respond(db: &Db, req: &Request) -> Response {
         | Route::Search
         | Route::Metrics
         | Route::Machines
-        | Route::ApiMachines => Err(not_found()),
+        | Route::ApiMachines
+        | Route::AttemptLog
+        | Route::Login
+        | Route::Logout => Err(not_found()),
+        // Writes are answered by `admin::respond` before this; a method
+        // they take never reaches here.
+        _ => Err(not_found()),
     };
     result.unwrap_or_else(|r| r)
 }
@@ -412,6 +425,9 @@ fn build_listing(db: &Db, req: &Request) -> Reply {
     }
 }
 
+pub mod admin;
+#[cfg(test)]
+mod admin_tests;
 mod evaluations;
 mod items;
 pub use items::build_of_item;

@@ -87,6 +87,24 @@ impl Places {
         self.copies.join(format!("{id}.log{}", c.suffix()))
     }
 
+    /// The copy of the log of build `id`'s earlier run `attempt`.
+    pub fn attempt_path(&self, id: BuildId, attempt: i64, c: Compression) -> PathBuf {
+        self.copies
+            .join(format!("{id}.attempt-{attempt}.log{}", c.suffix()))
+    }
+
+    /// The copy of an earlier run's log, if one was kept.
+    pub fn attempt_copy(&self, id: BuildId, attempt: i64) -> Option<Source> {
+        [Compression::Gzip, Compression::Bzip2]
+            .into_iter()
+            .map(|c| Source {
+                path: self.attempt_path(id, attempt, c),
+                compression: c,
+                live: false,
+            })
+            .find(|s| s.path.is_file())
+    }
+
     pub fn tail_path(&self, id: BuildId) -> PathBuf {
         self.copies.join(format!("{id}.tail"))
     }

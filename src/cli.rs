@@ -86,6 +86,24 @@ pub const OPTIONS: &[OptionDef] = &[
     opt("p", "port", Arity::Value("NUM"), "HTTP port (default 8080)"),
     opt(
         "",
+        "admin-tokens",
+        Arity::Value("FILE"),
+        "bearer tokens allowed to act (one a line, LABEL:TOKEN; re-read on SIGHUP); without it every action is refused",
+    ),
+    opt(
+        "",
+        "webhook-secret",
+        Arity::Value("FILE"),
+        "shared secret of the signed push webhooks (/api/push-github, -gitea, -gitlab)",
+    ),
+    opt(
+        "",
+        "secure-cookies",
+        Arity::Flag,
+        "mark the dashboard's session cookie Secure (when served over TLS by a proxy)",
+    ),
+    opt(
+        "",
         "listen",
         Arity::Value("HOST"),
         "HTTP listen address (default localhost)",
@@ -152,6 +170,11 @@ pub struct Config {
     pub evaluation_timeout_secs: u64,
     pub fetch_timeout_secs: u64,
     pub daemon_socket: PathBuf,
+    /// The operators' token file (`admin::Tokens::parse`).
+    pub admin_tokens: Option<PathBuf>,
+    /// The push webhooks' shared secret, a file.
+    pub webhook_secret: Option<PathBuf>,
+    pub secure_cookies: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -200,7 +223,7 @@ pub fn usage() -> String {
     getopts_options().usage(
         "Usage: cuirass [OPTIONS]\n\
          Run the Cuirass continuous-integration daemon for GNU Guix.",
-    )
+    ) + &crate::admin::client::usage()
 }
 
 fn number<T: std::str::FromStr>(m: &getopts::Matches, name: &str, default: T) -> Result<T, String> {
@@ -300,6 +323,9 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Command, String> {
             .var("GUIX_DAEMON_SOCKET")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DAEMON_SOCKET)),
+        admin_tokens: m.opt_str("admin-tokens").map(PathBuf::from),
+        webhook_secret: m.opt_str("webhook-secret").map(PathBuf::from),
+        secure_cookies: m.opt_present("secure-cookies"),
     })))
 }
 

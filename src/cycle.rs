@@ -106,6 +106,12 @@ pub enum Input {
     },
     /// The daemon could not be reached, or went away mid-batch.
     BatchLost(String),
+    /// An operator, the hook or a webhook asks for an evaluation now;
+    /// with a commit, of that commit, even if it was evaluated already
+    /// (an evaluation retried).  A round under way ends first.
+    Trigger {
+        commit: Option<String>,
+    },
     /// SIGTERM or SIGINT.
     Stop,
 }
@@ -124,6 +130,7 @@ impl Input {
             Input::SpawnFailed(_) => "cannot start a child",
             Input::BatchDone { .. } => "batch done",
             Input::BatchLost(_) => "daemon lost",
+            Input::Trigger { .. } => "triggered",
             Input::Stop => "stop",
         }
     }
@@ -170,8 +177,13 @@ pub struct Evaluation {
 pub enum State {
     /// Waiting for the next poll.
     Idle,
-    /// The fetch child updates the checkout.
-    Fetching { deadline: Instant, killed: bool },
+    /// The fetch child updates the checkout; `again` is a commit to
+    /// evaluate even if it was evaluated already.
+    Fetching {
+        deadline: Instant,
+        killed: bool,
+        again: Option<String>,
+    },
     /// `./bootstrap`, `./configure`, `make` for `commit`.
     Compiling {
         commit: String,
@@ -208,6 +220,9 @@ pub struct Cycle {
     /// Why a one-shot run could not do this spec's work (not the commit's
     /// fault: an unreachable remote, a missing branch, no daemon).
     failure: Option<String>,
+    /// A trigger that came during a round: done when the round ends.
+    /// `Some(None)`: the latest commit; `Some(Some(c))`: commit c again.
+    triggered: Option<Option<String>>,
 }
 
 impl Cycle {
@@ -226,6 +241,7 @@ impl Cycle {
             },
             commands: VecDeque::new(),
             failure: None,
+            triggered: None,
         }
     }
 
@@ -270,6 +286,7 @@ impl Cycle {
             State::Fetching {
                 deadline,
                 killed: false,
+                ..
             }
             | State::Compiling {
                 deadline,
@@ -316,13 +333,19 @@ impl Cycle {
 
             // The poll timer: fetch, whatever the building track is doing.
             (State::Idle, Input::Tick) if self.polls() && env.now >= self.next_poll => {
-                self.next_poll = env.now + self.settings.interval;
-                self.commands
-                    .push_back(Command::SpawnFetch(fetch::Target::of(&self.spec)));
-                State::Fetching {
-                    deadline: env.now + self.settings.fetch_timeout,
-                    killed: false,
-                }
+                self.fetch(None, env)
+            }
+
+            // A trigger: fetch now (the commit asked for, if any), or
+            // once the round under way ends.
+            (State::Idle, Input::Trigger { commit }) => self.fetch(commit.clone(), env),
+            (state, Input::Trigger { commit }) => {
+                self.triggered = Some(commit.clone());
+                state
+            }
+            (State::Idle, Input::Tick) if self.triggered.is_some() => {
+                let commit = self.triggered.take().flatten();
+                self.fetch(commit, env)
             }
 
             // A child past its deadline is killed; its exit ends the step.
@@ -330,6 +353,7 @@ impl Cycle {
                 State::Fetching {
                     deadline,
                     killed: false,
+                    again,
                 },
                 Input::Tick,
             ) if env.now >= deadline => {
@@ -338,6 +362,7 @@ impl Cycle {
                 State::Fetching {
                     deadline,
                     killed: true,
+                    again,
                 }
             }
             (
@@ -368,7 +393,7 @@ impl Cycle {
 
             // The fetch printed a commit: new ones are compiled or
             // evaluated, a known one ends the round.
-            (State::Fetching { .. }, Input::FetchExited { ok, stdout, reason }) => {
+            (State::Fetching { again, .. }, Input::FetchExited { ok, stdout, reason }) => {
                 let commit = ok.then(|| fetch::parse_child_output(stdout)).flatten();
                 match commit {
                     None => {
@@ -380,7 +405,10 @@ impl Cycle {
                         }
                         self.end_round()
                     }
-                    Some(commit) => self.new_commit(commit, env),
+                    Some(commit) => {
+                        let again = again.as_deref() == Some(commit.as_str());
+                        self.new_commit(commit, again, env)
+                    }
                 }
             }
 
@@ -472,6 +500,29 @@ impl Cycle {
         if !matches!(self.state, State::Stopped) {
             self.fill_batch(env);
         }
+    }
+
+    /// Starts a round: fetches the spec's branch (or tag, or commit), or
+    /// `again`, a commit to evaluate whether or not it was already.
+    fn fetch(&mut self, again: Option<String>, env: &mut Env) -> State {
+        self.next_poll = env.now + self.settings.interval;
+        let target = match &again {
+            Some(commit) => fetch::Target::Commit(commit.clone()),
+            None => fetch::Target::of(&self.spec),
+        };
+        self.commands.push_back(Command::SpawnFetch(target));
+        State::Fetching {
+            deadline: env.now + self.settings.fetch_timeout,
+            killed: false,
+            again,
+        }
+    }
+
+    /// The spec's pending builds changed outside the cycle (an operator
+    /// restarted or canceled some): they are read again from the
+    /// database, in order.
+    pub fn requeue(&mut self) {
+        self.reload_queue();
     }
 
     fn end_round(&mut self) -> State {

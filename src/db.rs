@@ -141,6 +141,30 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE Builds ADD COLUMN worker TEXT;
      CREATE INDEX IF NOT EXISTS Builds_worker ON Builds (stoptime, worker)
        WHERE worker IS NOT NULL;",
+    // 11: operators' actions.  A restarted build keeps its earlier
+    // attempts (status, times, log, reason) in `BuildAttempts`; `Inputs`
+    // is read backwards to find the builds that failed because of one;
+    // an inactive specification keeps its history but is not polled;
+    // `AdminLog` says who did what.
+    "CREATE TABLE IF NOT EXISTS BuildAttempts (
+       build     INTEGER NOT NULL,
+       attempt   INTEGER NOT NULL,
+       status    INTEGER NOT NULL,
+       starttime INTEGER NOT NULL,
+       stoptime  INTEGER NOT NULL,
+       log       TEXT NOT NULL,
+       errormsg  TEXT,
+       PRIMARY KEY (build, attempt),
+       FOREIGN KEY (build) REFERENCES Builds (id)) WITHOUT ROWID;
+     CREATE INDEX IF NOT EXISTS Inputs_derivation ON Inputs (derivation);
+     ALTER TABLE Specifications ADD COLUMN is_active INTEGER NOT NULL DEFAULT 1;
+     CREATE TABLE IF NOT EXISTS AdminLog (
+       id        INTEGER PRIMARY KEY AUTOINCREMENT,
+       timestamp INTEGER NOT NULL,
+       who       TEXT NOT NULL,
+       action    TEXT NOT NULL,
+       target    TEXT NOT NULL,
+       outcome   TEXT NOT NULL);",
 ];
 
 pub fn schema_version() -> usize {
@@ -539,13 +563,17 @@ impl Db {
 
     /// Deletes an evaluation and everything registered for it, children
     /// first (foreign keys are on).
-    fn delete_evaluation(tx: &Transaction, eval: EvalId) -> Result<()> {
+    pub(super) fn delete_evaluation(tx: &Transaction, eval: EvalId) -> Result<()> {
         tx.execute(
             "DELETE FROM Outputs WHERE build IN (SELECT id FROM Builds WHERE evaluation = ?1)",
             [eval],
         )?;
         tx.execute(
             "DELETE FROM Inputs WHERE build IN (SELECT id FROM Builds WHERE evaluation = ?1)",
+            [eval],
+        )?;
+        tx.execute(
+            "DELETE FROM BuildAttempts WHERE build IN (SELECT id FROM Builds WHERE evaluation = ?1)",
             [eval],
         )?;
         tx.execute("DELETE FROM Builds WHERE evaluation = ?1", [eval])?;
@@ -601,6 +629,7 @@ impl Db {
     }
 }
 
+pub mod admin;
 pub mod dashboard;
 pub mod machines;
 pub mod read;

@@ -19,6 +19,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
+mod admin;
 mod children;
 mod daemon;
 mod reload;
@@ -196,7 +197,11 @@ impl EventLoop {
         let evaluator_script = write_evaluator_script(&config)?;
         let now = Instant::now();
         let specs = db.specifications().map_err(|e| e.to_string())?;
-        let specs: Vec<_> = specs.into_iter().filter(|s| usable_name(&s.name)).collect();
+        let inactive = db.inactive_specifications().map_err(|e| e.to_string())?;
+        let specs: Vec<_> = specs
+            .into_iter()
+            .filter(|s| usable_name(&s.name) && !inactive.contains(&s.name))
+            .collect();
         std::fs::create_dir_all(&config.log_dir).map_err(|e| {
             format!(
                 "cannot create the log directory {}: {e}",
@@ -213,6 +218,7 @@ impl EventLoop {
                 HTTP_LISTENER,
                 HTTP_CONN_BASE,
                 logs.clone(),
+                admin::load_auth(&config)?,
             )?),
         };
         let mut event_loop = EventLoop {
@@ -381,8 +387,9 @@ impl EventLoop {
         match kind {
             Event::Http => {
                 if let Some(http) = self.http.as_mut() {
-                    http.handle(self.poll.registry(), event, &self.db, Instant::now());
+                    http.handle(self.poll.registry(), event, &mut self.db, Instant::now());
                 }
+                self.apply_effects(Instant::now());
             }
             Event::Signal => {
                 for sig in self.signals.drain() {
@@ -403,7 +410,10 @@ impl EventLoop {
                 log::info!("signal {sig}: stopping");
                 self.stopping = true;
             }
-            libc::SIGHUP => self.start_reload(),
+            libc::SIGHUP => {
+                self.reload_auth();
+                self.start_reload();
+            }
             // Exits are noticed by `advance`, which looks at every child.
             _ => {}
         }
@@ -450,8 +460,9 @@ impl EventLoop {
     /// Settles whatever finished and ticks every cycle.
     fn advance(&mut self, now: Instant) {
         if let Some(http) = self.http.as_mut() {
-            http.tick(self.poll.registry(), &self.db, now);
+            http.tick(self.poll.registry(), &mut self.db, now);
         }
+        self.apply_effects(now);
         self.reap_reload(now);
         self.copier.step();
         for index in 0..self.slots.len() {

@@ -24,7 +24,11 @@
 //!   chunk per turn and copied per build; running builds' live logs,
 //!   written as their output arrives and followed by `/build/ID/log/raw`.
 //! - `routes`: every HTTP route in one table (dispatch, `/metrics` labels).
-//! - `api`: the HTTP routes over the database; the only JSON serializer.
+//! - `admin`: write access (tokens, sessions, CSRF, the trigger rate
+//!   limit, webhook signatures) and the [`admin::Effect`]s an action asks
+//!   of the loop (pure: time is given).
+//! - `api`: the HTTP routes over the database; the only JSON serializer
+//!   (the actions' routes are `api::admin`).
 //! - `html`: escaping, the page layout and formatters for the dashboard (pure).
 //! - `web`: the dashboard's pages, `/metrics` and badges; then `api`.
 //! - `http_server`: the listener and connections the loop drives.
@@ -37,8 +41,11 @@
 //! whole build log (`buildlog` reads and decodes bounded chunks); no log
 //! line prints a name from outside (a spec's, a job's, a derivation from
 //! the evaluator) but quoted with escapes (`{:?}`); no log line goes out
-//! without the target of its part (`logging`).
+//! without the target of its part (`logging`); nothing answered to GET
+//! or HEAD changes anything, and every change goes through `api::admin`,
+//! which checks who asks and logs who did it.
 
+pub mod admin;
 pub mod api;
 pub mod build;
 pub mod buildlog;

@@ -14,6 +14,10 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some(spec::SUBCOMMAND) {
         return ExitCode::from(spec::child_main(&args) as u8);
     }
+    // The operators' client: one request to a running server.
+    if args.first().map(String::as_str) == Some(cuirass::admin::client::SUBCOMMAND) {
+        return ExitCode::from(cuirass::admin::client::main(&args[1..], &cli::ProcessEnv) as u8);
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_secs()
         .init();

@@ -34,6 +34,31 @@ pub enum Route {
     Output,
     SearchLatest,
     SearchLatestOfType,
+    /// A build's earlier runs (`BuildAttempts`), as JSON.
+    BuildAttempts,
+    /// The log of a build's earlier run.
+    AttemptLog,
+    /// The dashboard's log-in form (GET) and log-in (POST).
+    Login,
+    Logout,
+    /// Today's Cuirass's trigger, open to anyone but rate-limited.
+    HookEvaluate,
+    /// Signed push webhooks, by forge.
+    PushGitHub,
+    PushGitea,
+    PushGitLab,
+    // The operators' actions: POST only, with a token or a session.
+    RestartBuild,
+    CancelBuild,
+    CancelEvaluation,
+    RestartEvaluation,
+    RetryEvaluation,
+    AddSpec,
+    EditSpec,
+    TriggerSpec,
+    DeactivateSpec,
+    ReactivateSpec,
+    DeleteSpec,
 }
 
 /// The table: a pattern's segments are literals, `:name` (any one
@@ -64,7 +89,68 @@ pub const ROUTES: &[(&str, Route)] = &[
     ("/output/:item", Route::Output),
     ("/search/latest", Route::SearchLatest),
     ("/search/latest/:type", Route::SearchLatestOfType),
+    ("/build/:id/attempts", Route::BuildAttempts),
+    ("/build/:id/attempt/:n/log/raw", Route::AttemptLog),
+    ("/login", Route::Login),
+    ("/logout", Route::Logout),
+    ("/jobset/:name/hook/evaluate", Route::HookEvaluate),
+    ("/api/push-github", Route::PushGitHub),
+    ("/api/push-gitea", Route::PushGitea),
+    ("/api/push-gitlab", Route::PushGitLab),
+    ("/admin/build/:id/restart", Route::RestartBuild),
+    ("/admin/build/:id/cancel", Route::CancelBuild),
+    ("/admin/evaluation/:id/cancel", Route::CancelEvaluation),
+    ("/admin/evaluation/:id/restart", Route::RestartEvaluation),
+    ("/admin/evaluation/:id/retry", Route::RetryEvaluation),
+    ("/admin/specification/add", Route::AddSpec),
+    ("/admin/specification/:name/edit", Route::EditSpec),
+    ("/admin/specification/:name/trigger", Route::TriggerSpec),
+    (
+        "/admin/specification/:name/deactivate",
+        Route::DeactivateSpec,
+    ),
+    (
+        "/admin/specification/:name/reactivate",
+        Route::ReactivateSpec,
+    ),
+    ("/admin/specification/:name/delete", Route::DeleteSpec),
 ];
+
+/// The methods a route answers.  Nothing answered to GET changes
+/// anything; everything that changes something is POST.
+pub fn methods(route: Route) -> &'static str {
+    match route {
+        Route::Login => "GET, HEAD, POST",
+        r if is_action(r) || is_trigger(r) || r == Route::Logout => "POST",
+        _ => "GET, HEAD",
+    }
+}
+
+/// The operators' actions: a valid token or session, or nothing.
+pub fn is_action(route: Route) -> bool {
+    matches!(
+        route,
+        Route::RestartBuild
+            | Route::CancelBuild
+            | Route::CancelEvaluation
+            | Route::RestartEvaluation
+            | Route::RetryEvaluation
+            | Route::AddSpec
+            | Route::EditSpec
+            | Route::TriggerSpec
+            | Route::DeactivateSpec
+            | Route::ReactivateSpec
+            | Route::DeleteSpec
+    )
+}
+
+/// Triggers from outside: the open hook and the signed webhooks.
+pub fn is_trigger(route: Route) -> bool {
+    matches!(
+        route,
+        Route::HookEvaluate | Route::PushGitHub | Route::PushGitea | Route::PushGitLab
+    )
+}
 
 /// The pattern `/metrics` counts requests that matched no route under.
 pub const OTHER: &str = "other";

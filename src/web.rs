@@ -5,6 +5,7 @@
 //! page renders the same in a test every time.  Nothing here writes
 //! JSON: what is not a page goes on to `api`.
 
+mod admin;
 mod badge;
 mod machines;
 mod metrics;
@@ -17,6 +18,7 @@ use crate::http::{Request, Response};
 use crate::routes::{self, Route};
 use std::collections::BTreeMap;
 
+pub use admin::{respond_write, session};
 pub use metrics::render as render_metrics;
 
 const HTML: &str = "text/html; charset=utf-8";
@@ -28,6 +30,9 @@ pub struct Ctx<'a> {
     /// Where build logs are looked for.
     pub logs: &'a buildlog::Places,
     pub counters: &'a HttpCounters,
+    /// The operator's dashboard session, if logged in: pages then show
+    /// the action buttons.
+    pub session: Option<&'a crate::admin::Session>,
 }
 
 /// Requests answered, by route pattern and status code.  Patterns are a
@@ -58,15 +63,18 @@ pub fn respond(db: &Db, req: &Request, ctx: &Ctx) -> Response {
     };
     let result = match m.route {
         Route::Index => pages::index(db, ctx.now),
-        Route::Jobset => pages::jobset(db, req, m.arg(0), ctx.now),
+        Route::Jobset => pages::jobset(db, req, m.arg(0), ctx),
         Route::Badge => Ok(badge::badge(db, m.arg(0))),
-        Route::Evaluation => pages::evaluation(db, req, m.arg(0), ctx.now),
+        Route::Evaluation => pages::evaluation(db, req, m.arg(0), ctx),
+        Route::Login => Ok(admin::login_page()),
         Route::BuildDetails => pages::build_details(db, m.arg(0), ctx),
         Route::Search => pages::search(db, req, ctx.now),
         Route::Metrics => Ok(metrics::metrics(db, ctx.counters)),
         Route::Machines => machines::machines(db, ctx.now),
         Route::ApiMachines => Ok(api::machines::machines(db, ctx.now)),
-        Route::BuildLog | Route::LogOfItem => Ok(buildlog::serve::whole(db, ctx.logs, req)),
+        Route::BuildLog | Route::LogOfItem | Route::AttemptLog => {
+            Ok(buildlog::serve::whole(db, ctx.logs, req))
+        }
         _ => return api::respond(db, req),
     };
     result.unwrap_or_else(|r| r)

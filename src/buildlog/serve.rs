@@ -73,6 +73,9 @@ pub enum LogOf<'a> {
     /// `/log/ITEM` (today's Cuirass): that of the build that made the
     /// store item `/gnu/store/ITEM`.
     Item(&'a str),
+    /// `/build/ID/attempt/N/log/raw`: that of build ID's earlier run N,
+    /// kept when it was restarted.
+    Attempt(&'a str, &'a str),
 }
 
 /// Whose log a `/build/ID/log/raw` or `/log/ITEM` request asks for, or
@@ -82,6 +85,7 @@ pub fn log_request(req: &Request) -> Option<LogOf<'_>> {
     match m.route {
         Route::BuildLog => Some(LogOf::Build(m.captures[0])),
         Route::LogOfItem => Some(LogOf::Item(m.captures[0])),
+        Route::AttemptLog => Some(LogOf::Attempt(m.captures[0], m.captures[1])),
         _ => None,
     }
 }
@@ -99,13 +103,26 @@ fn prepare(
     req: &Request,
     chunked: bool,
 ) -> Result<(Response, LogStream, i64), Response> {
-    let b = match log_request(req) {
-        Some(LogOf::Build(id)) => crate::api::find_build(db, id)?,
-        Some(LogOf::Item(item)) => crate::api::build_of_item(db, item)?,
+    let (b, attempt) = match log_request(req) {
+        Some(LogOf::Build(id)) => (crate::api::find_build(db, id)?, None),
+        Some(LogOf::Item(item)) => (crate::api::build_of_item(db, item)?, None),
+        Some(LogOf::Attempt(id, n)) => {
+            let n = n
+                .parse::<i64>()
+                .map_err(|_| crate::api::error(400, &format!("Invalid attempt: {n}.")))?;
+            (crate::api::find_build(db, id)?, Some(n))
+        }
         None => return Err(not_found(format!("Resource {} not found.", req.path))),
     };
-    let no_log = || not_found(format!("No log for build {}.", b.id));
-    let source = places.source(&b).ok_or_else(no_log)?;
+    let no_log = || match attempt {
+        Some(n) => not_found(format!("No log kept for attempt {n} of build {}.", b.id)),
+        None => not_found(format!("No log for build {}.", b.id)),
+    };
+    let source = match attempt {
+        Some(n) => places.attempt_copy(b.id, n),
+        None => places.source(&b),
+    }
+    .ok_or_else(no_log)?;
     let pass_gzip = req.accept_gzip && source.compression == Compression::Gzip && !source.live;
     let follow = places.live_of(&b).is_some_and(|l| l.path == source.path);
     let opened = match follow {

@@ -4,9 +4,14 @@
 use super::*;
 
 impl Cycle {
-    pub(super) fn new_commit(&mut self, commit: String, env: &mut Env) -> State {
+    /// `again`: evaluate `commit` even if it was already (a retry).
+    pub(super) fn new_commit(&mut self, commit: String, again: bool, env: &mut Env) -> State {
         let name = &self.spec.name;
         match env.db.stamp(name) {
+            Ok(Some(stamp)) if stamp == commit && again => {
+                log::info!(target: FETCH, "spec={name:?} commit {commit} evaluated again");
+                self.begin_compile_or_evaluation(commit, env)
+            }
             Err(e) => {
                 log::error!(target: FETCH, "spec={name:?} {e}");
                 self.end_round()
@@ -17,16 +22,20 @@ impl Cycle {
             }
             Ok(_) => {
                 log::info!(target: FETCH, "spec={name:?} new commit {commit}");
-                if self.spec.no_compile {
-                    self.begin_evaluation(commit, env)
-                } else {
-                    self.commands.push_back(Command::SpawnCompile);
-                    State::Compiling {
-                        commit,
-                        deadline: env.now + self.settings.compile_timeout,
-                        killed: false,
-                    }
-                }
+                self.begin_compile_or_evaluation(commit, env)
+            }
+        }
+    }
+
+    fn begin_compile_or_evaluation(&mut self, commit: String, env: &mut Env) -> State {
+        if self.spec.no_compile {
+            self.begin_evaluation(commit, env)
+        } else {
+            self.commands.push_back(Command::SpawnCompile);
+            State::Compiling {
+                commit,
+                deadline: env.now + self.settings.compile_timeout,
+                killed: false,
             }
         }
     }

@@ -542,3 +542,57 @@ fn builds_left_pending_by_an_earlier_run_are_loaded_a_page_at_a_time() {
     assert_eq!(batch_of(&cmds), vec![DRV_A, DRV_B]);
     assert!(c.building().queued() <= PAGE);
 }
+
+#[test]
+fn a_trigger_polls_now_or_when_the_round_ends_and_a_retry_evaluates_its_commit_again() {
+    let mut w = World::new();
+    let mut c = w.cycle(true, false);
+    w.evaluate(&mut c, COMMIT_1, &strs(&two_jobs()));
+    assert_eq!(c.state().name(), "Idle");
+    // Long before the next poll: nothing due.
+    assert!(w.at(5).feed(&mut c, Input::Tick).is_empty());
+    let cmds = w.at(6).feed(&mut c, Input::Trigger { commit: None });
+    assert!(
+        matches!(cmds[..], [Command::SpawnFetch(fetch::Target::Branch(ref b))] if b == "master"),
+        "{cmds:?}"
+    );
+    // During the round, a trigger waits for its end.
+    assert!(
+        w.feed(
+            &mut c,
+            Input::Trigger {
+                commit: Some(COMMIT_1.into())
+            }
+        )
+        .is_empty()
+    );
+    assert_eq!(c.state().name(), "Fetching");
+    w.feed(&mut c, fetched(COMMIT_1));
+    assert_eq!(
+        c.state().name(),
+        "Idle",
+        "an evaluated commit ends the round"
+    );
+    assert_eq!(w.count("SELECT count(*) FROM Evaluations"), 1);
+    let cmds = w.at(7).feed(&mut c, Input::Tick);
+    assert!(
+        matches!(cmds[..], [Command::SpawnFetch(fetch::Target::Commit(ref x))] if x == COMMIT_1),
+        "{cmds:?}"
+    );
+    // The same commit is evaluated again: a retry.
+    let cmds = w.feed(&mut c, fetched(COMMIT_1));
+    assert!(
+        matches!(cmds[..], [Command::SpawnEvaluator { .. }]),
+        "{cmds:?}"
+    );
+    w.feed(&mut c, output(&strs(&two_jobs())));
+    w.feed(&mut c, exited(true));
+    assert_eq!(
+        w.count("SELECT count(*) FROM Evaluations WHERE status = 0"),
+        2
+    );
+    // A plain trigger of an evaluated commit evaluates nothing.
+    w.at(8).feed(&mut c, Input::Trigger { commit: None });
+    w.feed(&mut c, fetched(COMMIT_1));
+    assert_eq!(w.count("SELECT count(*) FROM Evaluations"), 2);
+}

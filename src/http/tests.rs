@@ -207,3 +207,28 @@ fn responses() {
         b"HTTP/1.1 405 Method Not Allowed\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\nAllow: GET, HEAD\r\n\r\n"
     );
 }
+
+#[test]
+fn bodies_and_the_headers_routes_need_are_kept() {
+    let input = b"POST /admin/build/1/restart HTTP/1.1\r\nauthorization: Bearer abc\r\n\
+                  X-Unrelated: dropped\r\nContent-Type: application/json\r\n\
+                  Content-Length: 7\r\n\r\n{\"a\":1}GET / HTTP/1.1\r\n\r\n";
+    let (req, n) = complete(input);
+    assert_eq!(
+        &input[n..n + 3],
+        b"GET",
+        "the next request starts after the body"
+    );
+    assert_eq!(req.body, b"{\"a\":1}");
+    assert_eq!(req.header("authorization"), Some("Bearer abc"));
+    assert_eq!(req.header("content-type"), Some("application/json"));
+    assert_eq!(req.header("x-unrelated"), None);
+    assert_eq!(req.headers.len(), 2);
+    // The body arrives in pieces: nothing until it is whole.
+    let cut = input.len() - "GET / HTTP/1.1\r\n\r\n".len() - 1;
+    assert_eq!(parse_request(&input[..cut]), Ok(Parsed::Partial));
+    let (req, _) = complete(b"GET / HTTP/1.1\r\n\r\n");
+    assert!(req.body.is_empty() && req.headers.is_empty());
+    let big = format!("POST / HTTP/1.1\r\nContent-Length: {MAX_BODY}\r\n\r\n");
+    assert_eq!(parse_request(big.as_bytes()), Ok(Parsed::Partial));
+}

@@ -106,7 +106,8 @@ pub fn index(db: &Db, now: i64) -> Page {
     Ok(html(200, html::page("Specifications", &[], &body)))
 }
 
-pub fn jobset(db: &Db, req: &Request, name: &str, now: i64) -> Page {
+pub fn jobset(db: &Db, req: &Request, name: &str, ctx: &Ctx) -> Page {
+    let now = ctx.now;
     if !db.specification_exists(name).map_err(db_error)? {
         return Err(error_page(404, &format!("No specification named {name}.")));
     }
@@ -158,6 +159,15 @@ pub fn jobset(db: &Db, req: &Request, name: &str, now: i64) -> Page {
         ),
         html::pager(page, has_next, |p| format!("/jobset/{link}?page={p}"))
     );
+    let active = db.specification_active(name).map_err(db_error)? != Some(false);
+    let state = match active {
+        true => "",
+        false => "<p class=\"st st-canceled\">inactive: not polled</p>",
+    };
+    let body = format!(
+        "{state}{}{body}",
+        super::admin::spec_buttons(ctx, name, active)
+    );
     Ok(html(200, html::page(name, &[], &body)))
 }
 
@@ -203,7 +213,8 @@ fn build_row(b: &BuildView, now: i64, with_eval: bool) -> String {
     )
 }
 
-pub fn evaluation(db: &Db, req: &Request, id: &str, now: i64) -> Page {
+pub fn evaluation(db: &Db, req: &Request, id: &str, ctx: &Ctx) -> Page {
+    let now = ctx.now;
     let id = parse_eval_id(id)?;
     let eval = db
         .evaluation(id)
@@ -284,6 +295,7 @@ pub fn evaluation(db: &Db, req: &Request, id: &str, now: i64) -> Page {
         format!("/jobset/{}", url(&eval.specification)),
         &eval.specification,
     )];
+    let body = format!("{}{body}", super::admin::evaluation_buttons(ctx, id));
     Ok(html(
         200,
         html::page(&format!("Evaluation {id}"), &crumbs, &body),
@@ -359,7 +371,7 @@ pub fn build_details(db: &Db, id: &str, ctx: &Ctx) -> Page {
          <dt>Derivation</dt><dd><code>{}</code></dd>\
          <dt>Queued</dt><dd>{}</dd><dt>Started</dt><dd>{}</dd><dt>Finished</dt><dd>{}</dd>\
          <dt>Duration</dt><dd>{took}</dd>{limits}{reason}</dl>\
-         <h2>Outputs</h2>{}<h2>Log</h2>{log}",
+         <h2>Outputs</h2>{}<h2>Log</h2>{log}{}",
         esc(&b.job_name),
         html::status_badge(b.status),
         url(&b.specification),
@@ -371,8 +383,10 @@ pub fn build_details(db: &Db, id: &str, ctx: &Ctx) -> Page {
         html::time(now, b.starttime),
         html::time(now, if finished { b.stoptime } else { 0 }),
         html::table(&["Name", "Store path"], &outputs, "No outputs."),
+        attempts(db, &b, now)?,
         e = b.evaluation,
     );
+    let body = format!("{}{body}", super::admin::build_buttons(ctx, id, b.status));
     let crumbs = [
         crumb(
             format!("/jobset/{}", url(&b.specification)),
@@ -439,5 +453,35 @@ pub fn search(db: &Db, req: &Request, now: i64) -> Page {
     Ok(html(
         200,
         html::page(&format!("Jobs matching “{query}”"), &[], &body),
+    ))
+}
+
+/// A restarted build's earlier runs, each with its log.
+fn attempts(db: &Db, b: &BuildView, now: i64) -> Result<String, super::Response> {
+    let attempts = db.build_attempts(b.id).map_err(db_error)?;
+    if attempts.is_empty() {
+        return Ok(String::new());
+    }
+    let rows: Vec<String> = attempts
+        .iter()
+        .map(|a| {
+            format!(
+                "<tr><td>{n}</td><td>{}</td><td>{}</td><td>{}</td>\
+                 <td><a href=\"/build/{id}/attempt/{n}/log/raw\">log</a></td></tr>\n",
+                html::status_badge(a.status),
+                html::time(now, a.stoptime),
+                esc(a.errormsg.as_deref().unwrap_or("")),
+                n = a.attempt,
+                id = b.id,
+            )
+        })
+        .collect();
+    Ok(format!(
+        "<h2>Earlier attempts</h2>{}",
+        html::table(
+            &["Attempt", "Status", "Finished", "Reason", "Log"],
+            &rows,
+            ""
+        )
     ))
 }

@@ -97,6 +97,7 @@ fn get_with(db: &Db, root: &Path, target: &str, counters: &HttpCounters) -> (u16
         now: NOW,
         logs: &logs,
         counters,
+        session: None,
     };
     let r = respond(db, &request(target), &ctx);
     (

@@ -1,6 +1,7 @@
 //! Integration tests: the real binary, real git repositories, the real
 //! guix-daemon and the real Guix evaluator.
 
+mod admin;
 mod chaos;
 mod cli;
 mod cycle;

@@ -362,6 +362,23 @@ impl Running {
         String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
     }
 
+    /// The HTTP port it bound (`--port 0`), read from its log.
+    pub fn port(&self) -> u16 {
+        let mut port = None;
+        wait_until(Duration::from_secs(30), "the HTTP port", || {
+            port = self.log_text().lines().find_map(|l| {
+                l.split("(127.0.0.1:")
+                    .nth(1)?
+                    .split(')')
+                    .next()?
+                    .parse()
+                    .ok()
+            });
+            port.is_some()
+        });
+        port.unwrap()
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: plain kill(2) on our own child.
         unsafe {
