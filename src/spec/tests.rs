@@ -37,6 +37,7 @@ fn minimal_spec_gets_defaults() {
             file: "f".into(),
             proc_name: "p".into(),
             arguments: "()".into(),
+            record: None,
         }]
     );
 }

@@ -21,6 +21,7 @@ fn spec(name: &str) -> Specification {
         file: "ci.scm".into(),
         proc_name: "jobs".into(),
         arguments: "()".into(),
+        record: None,
     }
 }
 
