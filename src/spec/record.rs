@@ -461,3 +461,6 @@ pub fn from_text(text: &str) -> Result<Specification, String> {
     };
     spec_from_record(d).map_err(|(pos, m)| format!("stored record: {pos}: {m}"))
 }
+
+#[cfg(test)]
+mod tests;
