@@ -10,6 +10,9 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some(fetch::SUBCOMMAND) {
         return ExitCode::from(fetch::child_main(&args) as u8);
     }
+    if args.first().map(String::as_str) == Some(fetch::CHANNELS_SUBCOMMAND) {
+        return ExitCode::from(fetch::channels_child_main(&args) as u8);
+    }
     // The child that re-reads a specification file on SIGHUP.
     if args.first().map(String::as_str) == Some(spec::SUBCOMMAND) {
         return ExitCode::from(spec::child_main(&args) as u8);
