@@ -670,6 +670,7 @@ impl Db {
     }
 }
 
+pub mod channels;
 pub mod dashboard;
 pub mod read;
 mod statuses;

@@ -46,7 +46,10 @@ fn main() -> ExitCode {
 /// `--check -S FILE`: reads the file as a run would, and says what it
 /// holds; the database is not opened.
 fn check(config: &Config) -> Result<(), String> {
-    let path = config.specifications.as_ref().ok_or("--check needs -S FILE")?;
+    let path = config
+        .specifications
+        .as_ref()
+        .ok_or("--check needs -S FILE")?;
     let specs = spec::read_spec_file(path, &config.evaluator).map_err(|e| e.to_string())?;
     let names: Vec<String> = specs.iter().map(|s| format!("{:?}", s.name)).collect();
     println!(

@@ -156,7 +156,9 @@ pub fn specs_from_data(file: &str, value: &Datum) -> Result<Vec<Specification>, 
             ),
         ));
     };
-    let records = items.first().is_some_and(|i| record::is_record(i, "specification"));
+    let records = items
+        .first()
+        .is_some_and(|i| record::is_record(i, "specification"));
     let mut specs: Vec<Specification> = Vec::new();
     for item in items {
         if records != record::is_record(item, "specification") {

@@ -39,16 +39,21 @@ impl World {
     }
 
     fn cycle(&self, no_compile: bool, one_shot: bool) -> Cycle {
+        self.cycle_of(spec(no_compile), one_shot)
+    }
+
+    fn cycle_of(&self, spec: Specification, one_shot: bool) -> Cycle {
         let settings = Settings {
             interval: Duration::from_secs(60),
             fetch_timeout: Duration::from_secs(30),
             compile_timeout: Duration::from_secs(30),
             evaluation_timeout: Duration::from_secs(100),
             one_shot,
+            build_types: PathBuf::from("/cache/.cuirass/build-types.scm"),
             checkout: PathBuf::from("/cache/hello"),
             load_path: vec![],
         };
-        Cycle::new(spec(no_compile), settings, self.now)
+        Cycle::new(spec, settings, self.now)
     }
 
     fn at(&mut self, secs: u64) -> &mut World {
@@ -189,7 +194,7 @@ fn a_new_commit_without_compile_is_evaluated_and_its_builds_start_while_evaluati
     assert_eq!(c.state().name(), "Fetching");
     let cmds = w.feed(&mut c, fetched(COMMIT_1));
     match &cmds[..] {
-        [Command::SpawnEvaluator { arguments }] => {
+        [Command::SpawnEvaluator { arguments, .. }] => {
             assert!(
                 arguments.contains("(file . \"/cache/hello/ci.scm\")"),
                 "{arguments}"
@@ -542,3 +547,5 @@ fn builds_left_pending_by_an_earlier_run_are_loaded_a_page_at_a_time() {
     assert_eq!(batch_of(&cmds), vec![DRV_A, DRV_B]);
     assert!(c.building().queued() <= PAGE);
 }
+
+mod records;

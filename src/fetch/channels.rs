@@ -56,9 +56,7 @@ pub fn channels_child_args(spec_dir: &Path, channels: &[Channel]) -> Vec<String>
             .introduction
             .as_ref()
             .map_or(("-", "-"), |i| (i.commit.as_str(), i.signer.as_str()));
-        args.extend(
-            [&c.name, &c.url, kind, value, intro_commit, signer].map(|s| s.to_string()),
-        );
+        args.extend([&c.name, &c.url, kind, value, intro_commit, signer].map(|s| s.to_string()));
     }
     args
 }
@@ -71,7 +69,9 @@ fn one_line(s: &str) -> String {
 /// (authenticated or not), 1 otherwise; the lines say which.
 pub fn channels_child_main(args: &[String]) -> i32 {
     let [_, spec_dir, rest @ ..] = args else {
-        eprintln!("usage: cuirass {CHANNELS_SUBCOMMAND} SPEC-DIR [NAME URL KIND VALUE INTRO SIGNER]...");
+        eprintln!(
+            "usage: cuirass {CHANNELS_SUBCOMMAND} SPEC-DIR [NAME URL KIND VALUE INTRO SIGNER]..."
+        );
         return 2;
     };
     if rest.is_empty() || rest.len() % 6 != 0 {
@@ -102,7 +102,10 @@ pub fn channels_child_main(args: &[String]) -> i32 {
             .flatten();
         match refused {
             None => println!("channel\t{name}\t{oid}\t{dir_text}"),
-            Some(why) => println!("unauthenticated\t{name}\t{oid}\t{dir_text}\t{}", one_line(&why)),
+            Some(why) => println!(
+                "unauthenticated\t{name}\t{oid}\t{dir_text}\t{}",
+                one_line(&why)
+            ),
         }
     }
     status
@@ -110,7 +113,13 @@ pub fn channels_child_main(args: &[String]) -> i32 {
 
 /// `guix git authenticate` from the introduction to `commit`, with the
 /// keyring branch fetched from the channel.
-fn authenticate(url: &str, dir: &Path, commit: &str, intro: &str, signer: &str) -> Result<(), String> {
+fn authenticate(
+    url: &str,
+    dir: &Path,
+    commit: &str,
+    intro: &str,
+    signer: &str,
+) -> Result<(), String> {
     fetch_keyring(url, dir)?;
     let out = Command::new("guix")
         .args(["git", "authenticate", "--keyring=origin/keyring"])
@@ -138,7 +147,11 @@ fn fetch_keyring(url: &str, dir: &Path) -> Result<(), String> {
         .find_remote("origin")
         .map_err(|e| format!("{url}: {}", e.message()))?;
     remote
-        .fetch(&["+refs/heads/keyring:refs/remotes/origin/keyring"], None, None)
+        .fetch(
+            &["+refs/heads/keyring:refs/remotes/origin/keyring"],
+            None,
+            None,
+        )
         .map_err(|e| format!("fetching the keyring branch of {url}: {}", e.message()))
 }
 

@@ -42,7 +42,10 @@ pub fn eval_data(d: &Datum) -> Result<Datum, EvalError> {
     let items = match &d.kind {
         Kind::List(items) => items,
         Kind::Symbol(s) if s == "%default-channels" => {
-            return Ok(Datum::new(d.pos, Kind::List(vec![default_guix_channel(d.pos)])));
+            return Ok(Datum::new(
+                d.pos,
+                Kind::List(vec![default_guix_channel(d.pos)]),
+            ));
         }
         Kind::Symbol(s) if s == "%default-guix-channel" => return Ok(default_guix_channel(d.pos)),
         Kind::Symbol(s) => {
@@ -139,7 +142,10 @@ pub fn eval_data(d: &Datum) -> Result<Datum, EvalError> {
             let v = eval_data(&args[0])?;
             match v.as_str() {
                 Some(_) => Ok(v),
-                None => bad(v.pos, format!("openpgp-fingerprint takes a string, not {v}")),
+                None => bad(
+                    v.pos,
+                    format!("openpgp-fingerprint takes a string, not {v}"),
+                ),
             }
         }
         "unquote" | "unquote-splicing" => bad(d.pos, format!("{name} outside of quasiquote")),
@@ -172,10 +178,17 @@ fn record(pos: Pos, name: &str, args: &[Datum]) -> Result<Datum, EvalError> {
     let mut out = vec![symbol(pos, &record_tag(name))];
     for arg in args {
         match arg.as_list() {
-            Some([f, value]) if f.as_symbol().is_some() => {
-                out.push(field(arg.pos, f.as_symbol().unwrap_or_default(), eval_data(value)?))
+            Some([f, value]) if f.as_symbol().is_some() => out.push(field(
+                arg.pos,
+                f.as_symbol().unwrap_or_default(),
+                eval_data(value)?,
+            )),
+            _ => {
+                return bad(
+                    arg.pos,
+                    format!("{name}: a field is (NAME VALUE), not {arg}"),
+                );
             }
-            _ => return bad(arg.pos, format!("{name}: a field is (NAME VALUE), not {arg}")),
         }
     }
     Ok(Datum::new(pos, Kind::List(out)))
@@ -190,7 +203,11 @@ fn default_guix_channel(pos: Pos) -> Datum {
         Kind::List(vec![
             symbol(pos, "<channel-introduction>"),
             field(pos, "commit", s("9edb3f66fd807b096b48283debdcddccfea34bad")),
-            field(pos, "signer", s("BBB0 2DDF 2CEA F6A8 0D1D  E643 A2A0 6DF2 A33A 54FA")),
+            field(
+                pos,
+                "signer",
+                s("BBB0 2DDF 2CEA F6A8 0D1D  E643 A2A0 6DF2 A33A 54FA"),
+            ),
         ]),
     );
     Datum::new(

@@ -93,18 +93,27 @@ fn fields(
     known: &[&'static str],
 ) -> Result<Vec<(&'static str, Datum, Pos)>, Failure> {
     if !is_record(d, record) {
-        return Err((d.pos, format!("expected a `{record}` record, not {}", show(d))));
+        return Err((
+            d.pos,
+            format!("expected a `{record}` record, not {}", show(d)),
+        ));
     }
     let mut out: Vec<(&'static str, Datum, Pos)> = Vec::new();
     for entry in &d.as_list().unwrap_or_default()[1..] {
         let Some((key, value)) = entry.as_pair() else {
-            return Err((entry.pos, format!("{record}: malformed field {}", show(entry))));
+            return Err((
+                entry.pos,
+                format!("{record}: malformed field {}", show(entry)),
+            ));
         };
         let name = key.as_symbol().unwrap_or_default();
         let Some(name) = known.iter().find(|k| **k == name) else {
             return Err((
                 entry.pos,
-                format!("{record}: unknown field `{name}` (known: {})", known.join(", ")),
+                format!(
+                    "{record}: unknown field `{name}` (known: {})",
+                    known.join(", ")
+                ),
             ));
         };
         if out.iter().any(|(n, _, _)| n == name) {
@@ -116,7 +125,10 @@ fn fields(
 }
 
 fn get<'a>(fields: &'a [(&str, Datum, Pos)], name: &str) -> Option<&'a Datum> {
-    fields.iter().find(|(n, _, _)| *n == name).map(|(_, v, _)| v)
+    fields
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, v, _)| v)
 }
 
 fn wrong<T>(record: &str, field: &str, want: &str, v: &Datum) -> Result<T, Failure> {
@@ -208,7 +220,14 @@ pub fn spec_from_record(item: &Datum) -> Result<Specification, Failure> {
             {
                 v.to_string()
             }
-            _ => return wrong(R, "notifications", "a list of `email` or `mastodon` records", v),
+            _ => {
+                return wrong(
+                    R,
+                    "notifications",
+                    "a list of `email` or `mastodon` records",
+                    v,
+                );
+            }
         },
     };
     let period = match get(&f, "period") {
@@ -362,7 +381,10 @@ fn build_output(d: &Datum) -> Result<BuildOutput, Failure> {
     let job = field("job", "")?;
     if let Err(e) = regex::Regex::new(&job) {
         let v = get(&f, "job").unwrap_or(d);
-        return Err((v.pos, format!("build-output field `job` is not a regular expression: {e}")));
+        return Err((
+            v.pos,
+            format!("build-output field `job` is not a regular expression: {e}"),
+        ));
     }
     let path = field("path", "")?;
     if path.split('/').any(|c| c == "..") || path.starts_with('/') {
@@ -380,8 +402,11 @@ fn build_output(d: &Datum) -> Result<BuildOutput, Failure> {
 /// Guix's `%default-guix-channel`, as the data evaluator gives it.
 fn default_guix_channel() -> Channel {
     let pos = Pos { line: 1, column: 1 };
-    let d = crate::sexp::eval_data(&Datum::new(pos, Kind::Symbol("%default-guix-channel".into())))
-        .expect("a built-in value");
+    let d = crate::sexp::eval_data(&Datum::new(
+        pos,
+        Kind::Symbol("%default-guix-channel".into()),
+    ))
+    .expect("a built-in value");
     channel(&d).expect("a valid channel")
 }
 
@@ -445,7 +470,10 @@ impl Record {
                 ("notifications", parse(&self.notifications)),
                 ("period", Datum::new(pos, Kind::Int(self.period as i64))),
                 ("priority", Datum::new(pos, Kind::Int(self.priority))),
-                ("systems", list(self.systems.iter().map(|s| st(s)).collect())),
+                (
+                    "systems",
+                    list(self.systems.iter().map(|s| st(s)).collect()),
+                ),
                 ("is-active?", Datum::new(pos, Kind::Bool(self.is_active))),
             ],
         )

@@ -124,25 +124,73 @@ fn stored_text_reads_back() {
 #[test]
 fn errors_name_the_place_and_the_field() {
     let cases = [
-        ("(list (specification (name \"a\")\n  (period -1)))", "t.scm:2:11: specification field `period` must be a number of seconds"),
-        ("(list (specification (name \"a\")\n  (priority 12)))", "t.scm:2:13: specification field `priority` must be an integer from 0 to 9"),
-        ("(list (specification (name \"a\") (colour 1)))", "t.scm:1:33: specification: unknown field `colour`"),
-        ("(list (specification (build 'all)))", "t.scm:1:7: specification has no `name` field"),
-        ("(list (specification (name \"a\") (build 'everything)))", "t.scm:1:41: specification field `build` must be all, core"),
-        ("(list (specification (name \"a\")\n (build '(channels nope))))", "t.scm:2:20: specification field `build`: nope is not one of the spec's channels"),
-        ("(list (specification (name \"a\") (channels (list (channel (url \"u\"))))))", "t.scm:1:49: channel has no `name` field"),
-        ("(list (specification (name \"a\") (channels (list (channel (name \"x\") (url \"u\"))))))", "t.scm:1:64: channel field `name` must be a symbol"),
-        ("(list (specification (name \"a\") (channels '())))", "t.scm:1:33: specification field `channels` must be a non-empty list"),
-        ("(list (specification (name \"a\") (systems \"x86_64-linux\")))", "t.scm:1:42: specification field `systems` must be a list of strings"),
-        ("(list (specification (name \"a\") (is-active? 1)))", "t.scm:1:45: specification field `is-active?` must be #t or #f"),
-        ("(list (specification (name \"a\") (build-outputs (list (build-output (job \"(\"))))))", "t.scm:1:73: build-output field `job` is not a regular expression"),
-        ("(list (specification (name \"a\") (period)))", "t.scm:1:33: specification: a field is (NAME VALUE)"),
-        ("(list (specification (name \"a\") (channels (list (channel (name 'a) (url \"u\")) (channel (name 'a) (url \"v\"))))))", "t.scm:1:49: channel \"a\" is given twice"),
-        ("(list (specification (name \"a\")) '((#:name . \"b\")))", "t.scm:1:35: a file holds either specification records or 2018 association lists"),
+        (
+            "(list (specification (name \"a\")\n  (period -1)))",
+            "t.scm:2:11: specification field `period` must be a number of seconds",
+        ),
+        (
+            "(list (specification (name \"a\")\n  (priority 12)))",
+            "t.scm:2:13: specification field `priority` must be an integer from 0 to 9",
+        ),
+        (
+            "(list (specification (name \"a\") (colour 1)))",
+            "t.scm:1:33: specification: unknown field `colour`",
+        ),
+        (
+            "(list (specification (build 'all)))",
+            "t.scm:1:7: specification has no `name` field",
+        ),
+        (
+            "(list (specification (name \"a\") (build 'everything)))",
+            "t.scm:1:41: specification field `build` must be all, core",
+        ),
+        (
+            "(list (specification (name \"a\")\n (build '(channels nope))))",
+            "t.scm:2:20: specification field `build`: nope is not one of the spec's channels",
+        ),
+        (
+            "(list (specification (name \"a\") (channels (list (channel (url \"u\"))))))",
+            "t.scm:1:49: channel has no `name` field",
+        ),
+        (
+            "(list (specification (name \"a\") (channels (list (channel (name \"x\") (url \"u\"))))))",
+            "t.scm:1:64: channel field `name` must be a symbol",
+        ),
+        (
+            "(list (specification (name \"a\") (channels '())))",
+            "t.scm:1:33: specification field `channels` must be a non-empty list",
+        ),
+        (
+            "(list (specification (name \"a\") (systems \"x86_64-linux\")))",
+            "t.scm:1:42: specification field `systems` must be a list of strings",
+        ),
+        (
+            "(list (specification (name \"a\") (is-active? 1)))",
+            "t.scm:1:45: specification field `is-active?` must be #t or #f",
+        ),
+        (
+            "(list (specification (name \"a\") (build-outputs (list (build-output (job \"(\"))))))",
+            "t.scm:1:73: build-output field `job` is not a regular expression",
+        ),
+        (
+            "(list (specification (name \"a\") (period)))",
+            "t.scm:1:33: specification: a field is (NAME VALUE)",
+        ),
+        (
+            "(list (specification (name \"a\") (channels (list (channel (name 'a) (url \"u\")) (channel (name 'a) (url \"v\"))))))",
+            "t.scm:1:49: channel \"a\" is given twice",
+        ),
+        (
+            "(list (specification (name \"a\")) '((#:name . \"b\")))",
+            "t.scm:1:35: a file holds either specification records or 2018 association lists",
+        ),
     ];
     for (text, expected) in cases {
         let e = error(text);
-        assert!(e.starts_with(expected), "{text}\n got: {e}\nwant: {expected}");
+        assert!(
+            e.starts_with(expected),
+            "{text}\n got: {e}\nwant: {expected}"
+        );
     }
 }
 
@@ -155,14 +203,24 @@ fn code_files_through_guix_give_the_same_records() {
     let code = dir.join("code.scm");
     std::fs::write(
         &code,
-        MANUAL
-            .replace("\"https://example.org/my-channel.git\"", "(string-append \"https://example.org/\" \"my-channel.git\")"),
+        MANUAL.replace(
+            "\"https://example.org/my-channel.git\"",
+            "(string-append \"https://example.org/\" \"my-channel.git\")",
+        ),
     )
     .unwrap();
     let read = crate::spec::read_spec_file(&code, &crate::spec::default_guile_command()).unwrap();
     assert_eq!(read, specs(MANUAL));
-    std::fs::write(&code, "(define x 1)\n(list (specification (name \"a\") (period 'soon)))").unwrap();
+    std::fs::write(
+        &code,
+        "(define x 1)\n(list (specification (name \"a\") (period 'soon)))",
+    )
+    .unwrap();
     let e = crate::spec::read_spec_file(&code, &crate::spec::default_guile_command()).unwrap_err();
-    assert!(e.to_string().contains("specification field `period` must be a number of seconds"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("specification field `period` must be a number of seconds"),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
