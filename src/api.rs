@@ -76,19 +76,24 @@ struct SpecJson<'a> {
 
 fn specifications(db: &Db) -> Reply {
     let specs = db.specifications().map_err(db_error)?;
-    let out: Vec<SpecJson> = specs
+    // A record spec answers today's shape, a 2018 one 2018's.
+    let out: Vec<Value> = specs
         .iter()
-        .map(|s| SpecJson {
-            name: &s.name,
-            url: &s.url,
-            load_path: &s.load_path,
-            file: &s.file,
-            proc: &s.proc_name,
-            arguments: &s.arguments,
-            branch: s.branch.as_deref(),
-            tag: s.tag.as_deref(),
-            commit: s.commit.as_deref(),
-            no_compile: s.no_compile,
+        .map(|s| match &s.record {
+            Some(r) => records::record_json(&s.name, r),
+            None => serde_json::to_value(SpecJson {
+                name: &s.name,
+                url: &s.url,
+                load_path: &s.load_path,
+                file: &s.file,
+                proc: &s.proc_name,
+                arguments: &s.arguments,
+                branch: s.branch.as_deref(),
+                tag: s.tag.as_deref(),
+                commit: s.commit.as_deref(),
+                no_compile: s.no_compile,
+            })
+            .unwrap_or(Value::Null),
         })
         .collect();
     Ok(json_response(200, &out))
@@ -394,6 +399,7 @@ fn build_listing(db: &Db, req: &Request) -> Reply {
 
 mod evaluations;
 mod items;
+mod records;
 pub use items::build_of_item;
 mod jobs;
 #[cfg(test)]

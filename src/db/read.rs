@@ -99,6 +99,8 @@ pub struct EvaluationView {
     /// database written by the 2018 original, or not ended yet).
     pub timestamp: i64,
     pub evaltime: i64,
+    /// One per channel (migration 10); empty for older evaluations.
+    pub checkouts: Vec<super::channels::CheckoutView>,
 }
 
 impl EvaluationView {
@@ -397,20 +399,27 @@ impl Db {
             Some(_) => format!("{EVAL_COLUMNS} WHERE specification = ?2 ORDER BY id DESC LIMIT ?1"),
             None => format!("{EVAL_COLUMNS} WHERE ?2 IS NULL ORDER BY id DESC LIMIT ?1"),
         };
-        let rows = self
+        let mut rows = self
             .conn
             .prepare_cached(&sql)?
             .query_map(params![limit, spec], eval_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
+        for e in &mut rows {
+            e.checkouts = self.checkouts(e.id)?;
+        }
         Ok(rows)
     }
 
     pub fn evaluation_view(&self, id: EvalId) -> Result<Option<EvaluationView>> {
-        Ok(self
+        let mut e = self
             .conn
             .prepare_cached(&format!("{EVAL_COLUMNS} WHERE id = {}", bound_id(1)))?
             .query_row([id], eval_row)
-            .optional()?)
+            .optional()?;
+        if let Some(e) = e.as_mut() {
+            e.checkouts = self.checkouts(e.id)?;
+        }
+        Ok(e)
     }
 
     /// The latest build of a derivation (`/build/NAME.drv`), down
@@ -614,5 +623,6 @@ fn eval_row(r: &Row) -> rusqlite::Result<EvaluationView> {
         error: r.get(4)?,
         timestamp: r.get(5)?,
         evaltime: r.get(6)?,
+        checkouts: Vec::new(),
     })
 }
