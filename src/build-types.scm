@@ -44,8 +44,10 @@
   (let ((file (string-append checkout "/.guix-channel")))
     (or (and (file-exists? file)
              (match (call-with-input-file file read)
-               (('channel _ ... ('directory (? string? sub)) _ ...)
-                (string-append checkout "/" sub))
+               (('channel fields ...)
+                (match (assq 'directory fields)
+                  (('directory (? string? sub)) (string-append checkout "/" sub))
+                  (_ #f)))
                (_ #f)))
         checkout)))
 
@@ -111,7 +113,8 @@
     (systems ,@systems)
     (channels
      ,@(if (any (match-lambda
-                  (('repository _ ... ('name 'guix) _ ...) #t)
+                  (('repository fields ...)
+                   (equal? (assq 'name fields) '(name guix)))
                   (_ #f))
                 channels)
            channels
