@@ -123,8 +123,9 @@ struct BuildJson<'a> {
     busy: i64,
     priority: i64,
     finished: i64,
-    /// `[{"id", "type", "path", "file-size"}]`; none are registered yet.
-    buildproducts: [(); 0],
+    /// `[{"id", "type", "path", "file-size"}]`, the files its spec's
+    /// `build-outputs` names (downloadable at `/download/ID`).
+    buildproducts: Vec<Value>,
     releasename: Option<()>,
     buildinputs_builds: Option<()>,
     /// Hydra's names for a build's limits, in seconds; null: the daemon's.
@@ -159,7 +160,11 @@ fn build_json(b: &BuildView) -> BuildJson<'_> {
         busy: (b.status == status::STARTED) as i64,
         priority: b.priority,
         finished: finished as i64,
-        buildproducts: [],
+        buildproducts: b
+            .products
+            .iter()
+            .map(|p| json!({"id": p.id, "type": p.kind, "path": p.path, "file-size": p.file_size}))
+            .collect(),
         releasename: None,
         buildinputs_builds: None,
         timeout: b.timeout,

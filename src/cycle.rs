@@ -70,6 +70,8 @@ pub struct Env<'a> {
     pub read_drv: &'a dyn Fn(&str) -> std::io::Result<Vec<u8>>,
     /// Whether guix-daemon accepts connections; the reason when not.
     pub daemon: &'a dyn Fn() -> Result<(), String>,
+    /// The size of a file (a build product), if it is there.
+    pub file_size: &'a dyn Fn(&str) -> Option<u64>,
 }
 
 /// Everything that can happen to a cycle.
@@ -476,6 +478,7 @@ impl Cycle {
 
             // The building track runs beside every state of the other.
             (state, Input::BatchDone { daemon_error }) => {
+                self.register_products(env);
                 self.batch_done(daemon_error.as_deref());
                 state
             }

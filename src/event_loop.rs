@@ -422,6 +422,7 @@ impl EventLoop {
             unix_now: unix_now(),
             db: &mut self.db,
             read_drv: &read_drv,
+            file_size: &|path: &str| std::fs::metadata(path).ok().map(|m| m.len()),
             daemon: &daemon,
         };
         self.slots[index].cycle.handle(input, &mut env);

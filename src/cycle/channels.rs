@@ -104,10 +104,10 @@ impl Cycle {
                 return self.end_round();
             }
             Ok(Some(stamp)) if stamp == key => {
-                log::info!(target: FETCH, "spec={name:?} commits {key} already evaluated");
+                log::info!(target: FETCH, "spec={name:?} commits {key:?} already evaluated");
                 return self.end_round();
             }
-            Ok(_) => log::info!(target: FETCH, "spec={name:?} new commits {key}"),
+            Ok(_) => log::info!(target: FETCH, "spec={name:?} new commits {key:?}"),
         }
         match refused {
             None => self.begin_evaluation(key, checkouts, env),
@@ -120,6 +120,32 @@ impl Cycle {
                     log::error!(target: EVALUATION, "spec={name:?} cannot record a failed evaluation: {e}");
                 }
                 self.end_round()
+            }
+        }
+    }
+
+    /// The files the spec's `build-outputs` names, of the batch's builds
+    /// that succeeded, become build products.
+    pub(super) fn register_products(&mut self, env: &mut Env) {
+        let Some(record) = self
+            .spec
+            .record
+            .as_ref()
+            .filter(|r| !r.build_outputs.is_empty())
+        else {
+            return;
+        };
+        let drvs: Vec<String> = self.building.in_flight.iter().cloned().collect();
+        match env
+            .db
+            .register_products(&self.spec.name, &drvs, &record.build_outputs, env.file_size)
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                log::info!(target: BUILDING, "spec={:?} {n} build product(s) registered", self.spec.name)
+            }
+            Err(e) => {
+                log::error!(target: BUILDING, "spec={:?} build products: {e}", self.spec.name)
             }
         }
     }

@@ -33,6 +33,8 @@ pub struct BuildView {
     /// One of [`weather`]: how this build compares with the job's
     /// previous finished build in the same specification.
     pub weather: i64,
+    /// Files registered by its spec's `build-outputs`.
+    pub products: Vec<super::channels::ProductView>,
 }
 
 /// A finished build compared with its job's previous one (the values of
@@ -194,6 +196,7 @@ pub(super) fn build_row(r: &Row) -> rusqlite::Result<BuildView> {
         stoptime: r.get(12)?,
         outputs: Vec::new(),
         weather: weather::UNKNOWN,
+        products: Vec::new(),
         priority: r.get(13)?,
         timeout: r.get(14)?,
         max_silent_time: r.get(15)?,
@@ -597,6 +600,9 @@ impl Db {
             b.outputs = outputs
                 .query_map([b.id], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            if b.status == super::status::SUCCEEDED {
+                b.products = self.products(b.id)?;
+            }
             if weather::counts(b.status) {
                 let prev: Option<i64> = previous
                     .query_row(
