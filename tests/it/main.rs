@@ -15,5 +15,6 @@ mod logs;
 mod names;
 mod one_shot;
 mod refs;
+mod specs;
 mod support;
 mod web;

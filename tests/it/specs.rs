@@ -1,0 +1,340 @@
+//! Today's specification files (a list of `specification` records whose
+//! channels name the repositories), run under Guix 1.5.0: build types,
+//! channels and their checkouts, systems, build products, `is-active?`,
+//! `period`, `--check`, the default channels offline, and channel
+//! introductions.  Each test checks the database and the HTTP API.
+
+use crate::support::*;
+use std::path::Path;
+use std::time::Duration;
+
+/// The channel `mine` (fixtures/channel): `(mine ci)`'s `cuirass-jobs`
+/// and `(mine packages)`, with a nonce in its jobs' derivations.
+fn mine(parent: &Path) -> Repo {
+    let repo = Repo::named(parent, "mine", &[]);
+    std::fs::create_dir_all(repo.dir.join("mine")).unwrap();
+    let ci = std::fs::read_to_string(fixture("channel/mine/ci.scm")).unwrap();
+    std::fs::write(
+        repo.dir.join("mine/ci.scm"),
+        ci.replace("@NONCE@", &nonce()),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixture("channel/mine/packages.scm"),
+        repo.dir.join("mine/packages.scm"),
+    )
+    .unwrap();
+    repo.commit("the mine channel");
+    repo
+}
+
+fn channel(name: &str, repo: &Repo) -> String {
+    format!(
+        "(channel (name '{name}) (url \"{}\") (branch \"master\"))",
+        repo.url()
+    )
+}
+
+/// (job name, system, status) of a spec's builds, by job name.
+fn jobs(conn: &rusqlite::Connection, spec: &str) -> Vec<(String, String, i64)> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT d.job_name, d.system, b.status FROM Builds b
+             JOIN Derivations d ON d.derivation = b.derivation AND d.evaluation = b.evaluation
+             JOIN Evaluations e ON e.id = b.evaluation
+             WHERE e.specification = ?1 ORDER BY d.job_name",
+        )
+        .unwrap();
+    stmt.query_map([spec], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// (evaluation, channel, commit) of a spec's checkouts.
+fn checkouts(conn: &rusqlite::Connection, spec: &str) -> Vec<(i64, String, String)> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT c.evaluation, c.channel, c.revision FROM Checkouts c
+             JOIN Evaluations e ON e.id = c.evaluation
+             WHERE e.specification = ?1 ORDER BY c.evaluation, c.channel",
+        )
+        .unwrap();
+    stmt.query_map([spec], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn serve(setup: &Setup, extra: &[&str]) -> (Running, u16) {
+    let port = free_port();
+    let mut args = vec!["--port".to_string(), port.to_string()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let daemon = Running::start(setup, &args, &[]);
+    wait_until(Duration::from_secs(20), "the HTTP server", || {
+        http_status(port, "/api/queue?nr=1") == Some(200)
+    });
+    (daemon, port)
+}
+
+/// A spec file in the shape of Guix's manual: a custom channel by
+/// `file://` URL (not guix) with its own `cuirass-jobs`, built for two
+/// systems, with a build product; the same channel's packages; a Guix
+/// package by name.  The custom jobs build and succeed, the packages are
+/// registered as `PACKAGE.SYSTEM` (their builds fail: no sources
+/// offline), the product downloads, and the API answers today's shapes.
+#[test]
+fn manual_shaped_specs_build_custom_jobs_channel_packages_and_products() {
+    require_daemon();
+    let setup = Setup::new("records");
+    let mine = mine(setup.tmp.path());
+    let other = Repo::named(setup.tmp.path(), "other", &[]);
+    let spec = setup.write_spec(&format!(
+        r#";; Cuirass's manual's shape: records, channels, build types.
+(list (specification
+       (name "custom")
+       (build '(custom (mine ci)))
+       (channels (list {mine} {other}))
+       (build-outputs (list (build-output (job "^greet\\.x86_64") (type "text")
+                                          (path "greeting.txt"))))
+       (priority 3)
+       (systems '("x86_64-linux" "i686-linux")))
+      (specification
+       (name 'chan)
+       (build '(channels mine))
+       (channels (list {mine}))
+       (systems (list "x86_64-linux" "i686-linux")))
+      (specification
+       (name "pkgs")
+       (build '(packages "hello"))
+       (channels (list {mine}))))
+"#,
+        mine = channel("mine", &mine),
+        other = channel("other", &other),
+    ));
+    let out = setup.one_shot(&["-S", spec.to_str().unwrap()]);
+    assert!(out.status.success());
+    let conn = setup.db();
+    let x86 = "x86_64-linux".to_string();
+    let i686 = "i686-linux".to_string();
+    assert_eq!(
+        jobs(&conn, "custom"),
+        [
+            ("greet.i686-linux".into(), i686.clone(), 0),
+            ("greet.x86_64-linux".into(), x86.clone(), 0)
+        ]
+    );
+    let chan = jobs(&conn, "chan");
+    let names: Vec<_> = chan.iter().map(|j| (j.0.as_str(), j.1.as_str())).collect();
+    assert_eq!(
+        names,
+        [
+            ("mine-hello.i686-linux", "i686-linux"),
+            ("mine-hello.x86_64-linux", "x86_64-linux")
+        ]
+    );
+    let pkgs = jobs(&conn, "pkgs");
+    assert_eq!(pkgs.len(), 1);
+    assert_eq!(
+        (pkgs[0].0.as_str(), pkgs[0].1.as_str()),
+        ("hello.x86_64-linux", "x86_64-linux")
+    );
+    let head = git(&mine.dir, &["rev-parse", "HEAD"]);
+    let other_head = git(&other.dir, &["rev-parse", "HEAD"]);
+    let custom = checkouts(&conn, "custom");
+    assert_eq!(
+        custom
+            .iter()
+            .map(|c| (c.1.as_str(), c.2.as_str()))
+            .collect::<Vec<_>>(),
+        [("mine", head.as_str()), ("other", other_head.as_str())]
+    );
+    // The record and its priority are stored with the spec.
+    let (priority, record): (i64, String) = conn
+        .query_row(
+            "SELECT priority, record FROM Specifications WHERE repo_name = 'custom'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(priority, 3);
+    assert!(
+        record.starts_with("(<specification> (name . \"custom\")"),
+        "{record}"
+    );
+    // The x86_64 greeting is the one product.
+    let (product, build, path): (i64, i64, String) = conn
+        .query_row("SELECT id, build, path FROM BuildProducts", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert!(path.ends_with("/greeting.txt"), "{path}");
+    assert_eq!(
+        std::fs::read_to_string(setup.host_path(&path)).unwrap(),
+        "hello from mine\n"
+    );
+
+    let (_daemon, port) = serve(&setup, &["--interval", "100000"]);
+    let (_, specs) = get_json(port, "/specifications");
+    let custom_json = specs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "custom")
+        .unwrap();
+    assert_eq!(
+        custom_json["build"],
+        serde_json::json!(["custom", ["mine", "ci"]])
+    );
+    assert_eq!(
+        custom_json["systems"],
+        serde_json::json!(["x86_64-linux", "i686-linux"])
+    );
+    assert_eq!(custom_json["priority"], 3);
+    assert_eq!(custom_json["channels"][1]["name"], "other");
+    assert_eq!(custom_json["build-outputs"][0]["type"], "text");
+    let (_, evals) = get_json(port, "/api/evaluations?nr=10&spec=custom");
+    let checkouts = &evals[0]["checkouts"];
+    assert_eq!(checkouts.as_array().unwrap().len(), 2, "{evals}");
+    assert_eq!(checkouts[0]["channel"], "mine");
+    assert_eq!(checkouts[0]["commit"], head.as_str());
+    assert_eq!(checkouts[1]["input"], "other");
+    let (_, b) = get_json(port, &format!("/build/{build}"));
+    assert_eq!(b["buildproducts"][0]["id"], product);
+    assert_eq!(b["buildproducts"][0]["file-size"], 16);
+    let (status, head_text, body) = get_raw(port, &format!("/download/{product}"));
+    assert_eq!(status, 200, "{head_text}");
+    assert_eq!(body, b"hello from mine\n");
+    assert!(
+        head_text.contains("filename=\"greeting.txt\""),
+        "{head_text}"
+    );
+    let (status, _, _) = get_raw(port, "/download/999999");
+    assert_eq!(status, 404);
+}
+
+/// A new commit in either of two channels makes a new evaluation whose
+/// checkouts list both channels at their commits.
+#[test]
+fn a_new_commit_in_either_channel_makes_an_evaluation_with_both_checkouts() {
+    require_daemon();
+    let setup = Setup::new("two-channels");
+    let mine = mine(setup.tmp.path());
+    let other = Repo::named(setup.tmp.path(), "other", &[]);
+    let spec = setup.write_spec(&format!(
+        "(list (specification (name \"two\") (build '(custom (mine ci)))\n\
+         (channels (list {} {}))))",
+        channel("mine", &mine),
+        channel("other", &other)
+    ));
+    let (daemon, port) = serve(&setup, &["--interval", "1", "-S", spec.to_str().unwrap()]);
+    let evaluations = |n: i64| {
+        wait_until(Duration::from_secs(60), &format!("evaluation {n}"), || {
+            count(
+                &setup.db(),
+                "SELECT COUNT(*) FROM Evaluations WHERE status = 0",
+            ) >= n
+        })
+    };
+    evaluations(1);
+    let o2 = other.commit("other moves");
+    evaluations(2);
+    std::fs::write(mine.dir.join("README"), "moved").unwrap();
+    let m2 = mine.commit("mine moves");
+    evaluations(3);
+    drop(daemon);
+    let m1 = git(&mine.dir, &["rev-parse", "HEAD~1"]);
+    let o1 = git(&other.dir, &["rev-parse", "HEAD~1"]);
+    let rows: Vec<(String, String)> = checkouts(&setup.db(), "two")
+        .into_iter()
+        .map(|(_, c, r)| (c, r))
+        .collect();
+    let pair = |m: &str, o: &str| {
+        [
+            ("mine".to_string(), m.to_string()),
+            ("other".into(), o.into()),
+        ]
+    };
+    let expected: Vec<_> = [pair(&m1, &o1), pair(&m1, &o2), pair(&m2, &o2)].concat();
+    assert_eq!(rows, expected);
+    let _ = port;
+}
+
+/// `--check` reads a file as a run would and touches no database: exit 0
+/// with the names, or 1 with file, line, column and field.
+#[test]
+fn check_validates_without_a_database() {
+    let setup = Setup::new("check");
+    let good = setup.write_spec(
+        "(list (specification (name \"a\") (build 'hello))\n\
+         (specification (name \"b\") (channels (list (channel (name 'b) (url \"file:///b\"))))))",
+    );
+    let out = setup
+        .command()
+        .args(["--check", "-S", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("2 specification(s): \"a\", \"b\""),
+        "{stdout}"
+    );
+    let broken = setup.tmp.path().join("broken.scm");
+    std::fs::write(
+        &broken,
+        "(list (specification (name \"a\")\n   (priority 42)))",
+    )
+    .unwrap();
+    let out = setup
+        .command()
+        .args(["--check", "-S", broken.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "broken.scm:2:14: specification field `priority` must be an integer from 0 to 9, not 42"
+        ),
+        "{stderr}"
+    );
+    assert!(!setup.db.exists(), "--check created the database");
+}
+
+/// The default channels (guix) cannot be fetched offline: the guix
+/// channel is left to `guix time-machine`, whose error is recorded as a
+/// failed evaluation, with nothing registered; the next spec of the file
+/// is evaluated and built as usual.
+#[test]
+fn default_channels_offline_fail_the_evaluation_with_the_time_machines_error() {
+    require_daemon();
+    let setup = Setup::new("offline");
+    let mine = mine(setup.tmp.path());
+    let spec = setup.write_spec(&format!(
+        "(list (specification (name \"guix\") (build 'hello))\n\
+         (specification (name \"after\") (build '(custom (mine ci)))\n\
+           (channels (list {}))))",
+        channel("mine", &mine)
+    ));
+    setup.one_shot(&["-S", spec.to_str().unwrap()]);
+    let conn = setup.db();
+    let (status, error): (i64, String) = conn
+        .query_row(
+            "SELECT status, error FROM Evaluations WHERE specification = 'guix'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(status, 1);
+    assert!(error.contains("guix time-machine: error:"), "{error}");
+    assert_eq!(jobs(&conn, "guix"), []);
+    let guix: Vec<_> = checkouts(&conn, "guix")
+        .into_iter()
+        .map(|c| (c.1, c.2))
+        .collect();
+    assert_eq!(guix, [("guix".to_string(), String::new())]);
+    assert_eq!(jobs(&conn, "after").iter().filter(|j| j.2 == 0).count(), 1);
+    assert_sound(&setup.db);
+}
