@@ -338,3 +338,87 @@ fn default_channels_offline_fail_the_evaluation_with_the_time_machines_error() {
     assert_eq!(jobs(&conn, "after").iter().filter(|j| j.2 == 0).count(), 1);
     assert_sound(&setup.db);
 }
+
+fn one_channel_spec(name: &str, repo: &Repo, fields: &str) -> String {
+    format!(
+        "(list (specification (name \"{name}\") (build '(custom (mine ci)))\n\
+           (channels (list {})) {fields}))",
+        channel("mine", repo)
+    )
+}
+
+/// `is-active? #f`: the spec is kept and served with its history, but not
+/// polled, even when its channel moves; switched back on, it resumes.
+#[test]
+fn an_inactive_spec_keeps_its_history_and_resumes_when_switched_on() {
+    require_daemon();
+    let setup = Setup::new("inactive");
+    let mine = mine(setup.tmp.path());
+    let active = setup.write_spec(&one_channel_spec("sleepy", &mine, ""));
+    setup.one_shot(&["-S", active.to_str().unwrap()]);
+    let evaluations = || count(&setup.db(), "SELECT COUNT(*) FROM Evaluations");
+    assert_eq!(evaluations(), 1);
+    std::fs::write(mine.dir.join("README"), "moved").unwrap();
+    let moved = mine.commit("moved");
+
+    let inactive = setup.tmp.path().join("inactive.scm");
+    std::fs::write(
+        &inactive,
+        one_channel_spec("sleepy", &mine, "(is-active? #f)"),
+    )
+    .unwrap();
+    let (daemon, port) = serve(
+        &setup,
+        &["--interval", "1", "-S", inactive.to_str().unwrap()],
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(evaluations(), 1, "an inactive spec was polled");
+    let (_, specs) = get_json(port, "/specifications");
+    assert_eq!(specs[0]["is-active?"], false);
+    let (_, evals) = get_json(port, "/api/evaluations?nr=10&spec=sleepy");
+    assert_eq!(evals.as_array().unwrap().len(), 1);
+    assert!(!daemon.log_text().contains("sleepy\" Idle=>Fetching"));
+    drop(daemon);
+    let is_active: i64 = setup
+        .db()
+        .query_row("SELECT is_active FROM Specifications", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(is_active, 0);
+
+    setup.one_shot(&["-S", active.to_str().unwrap()]);
+    let revisions =
+        query_rows::<String>(&setup.db(), "SELECT revision FROM Evaluations ORDER BY id");
+    assert_eq!(revisions.len(), 2);
+    assert_eq!(revisions[1][0], moved);
+}
+
+/// `period 6` with a poll every second: a commit pushed right after an
+/// evaluation waits until the period has passed.
+#[test]
+fn period_spaces_evaluations() {
+    require_daemon();
+    let setup = Setup::new("period");
+    let mine = mine(setup.tmp.path());
+    let spec = setup.write_spec(&one_channel_spec("spaced", &mine, "(period 6)"));
+    let (daemon, _port) = serve(&setup, &["--interval", "1", "-S", spec.to_str().unwrap()]);
+    let evaluations = || {
+        count(
+            &setup.db(),
+            "SELECT COUNT(*) FROM Evaluations WHERE status >= 0",
+        )
+    };
+    wait_until(Duration::from_secs(60), "the first evaluation", || {
+        evaluations() >= 1
+    });
+    std::fs::write(mine.dir.join("README"), "moved").unwrap();
+    mine.commit("moved");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(evaluations(), 1, "evaluated again within the period");
+    wait_until(Duration::from_secs(60), "the second evaluation", || {
+        evaluations() >= 2
+    });
+    drop(daemon);
+    let times = query_rows::<i64>(&setup.db(), "SELECT timestamp FROM Evaluations ORDER BY id");
+    let gap = times[1][0] - times[0][0];
+    assert!((5..=20).contains(&gap), "evaluations {gap} s apart");
+}
