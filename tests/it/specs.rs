@@ -422,3 +422,172 @@ fn period_spaces_evaluations() {
     let gap = times[1][0] - times[0][0];
     assert!((5..=20).contains(&gap), "evaluations {gap} s apart");
 }
+
+/// A throwaway OpenPGP key in its own GnuPG home, for signed commits.
+struct Gpg {
+    home: TempDir,
+    fingerprint: String,
+}
+
+impl Gpg {
+    fn new() -> Gpg {
+        // On the host, where gpg runs: the agent's socket path must stay short.
+        let home = TempDir::new_for(Guix::V1_2, "gpg");
+        let gpg = |args: &[&str]| {
+            let out = std::process::Command::new("gpg")
+                .env("GNUPGHOME", home.path())
+                .args([
+                    "--batch",
+                    "--quiet",
+                    "--pinentry-mode",
+                    "loopback",
+                    "--passphrase",
+                    "",
+                ])
+                .args(args)
+                .output()
+                .expect("gpg (GnuPG) is needed to sign test commits");
+            assert!(out.status.success(), "gpg {args:?}: {out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        gpg(&[
+            "--quick-gen-key",
+            "cuirass tests <tests@cuirass>",
+            "ed25519",
+            "sign",
+            "never",
+        ]);
+        let listing = gpg(&["--with-colons", "--list-keys"]);
+        let fingerprint = listing
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("fpr:")
+                    .map(|f| f.trim_matches(':').to_string())
+            })
+            .unwrap();
+        Gpg { home, fingerprint }
+    }
+
+    fn export(&self) -> Vec<u8> {
+        let out = std::process::Command::new("gpg")
+            .env("GNUPGHOME", self.home.path())
+            .args(["--batch", "--armor", "--export", &self.fingerprint])
+            .output()
+            .unwrap();
+        out.stdout
+    }
+
+    /// `git commit -S` in `repo` with this key; the commit.
+    fn commit(&self, repo: &Repo, message: &str) -> String {
+        let out = std::process::Command::new("git")
+            .current_dir(&repo.dir)
+            .env("GNUPGHOME", self.home.path())
+            .env("GIT_AUTHOR_NAME", "cuirass tests")
+            .env("GIT_AUTHOR_EMAIL", "tests@cuirass")
+            .env("GIT_COMMITTER_NAME", "cuirass tests")
+            .env("GIT_COMMITTER_EMAIL", "tests@cuirass")
+            .args(["-c", &format!("user.signingkey={}", self.fingerprint)])
+            .args(["commit", "-q", "--allow-empty", "-S", "-m", message])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "signed commit: {out:?}");
+        git(&repo.dir, &["rev-parse", "HEAD"])
+    }
+}
+
+impl Drop for Gpg {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("gpgconf")
+            .env("GNUPGHOME", self.home.path())
+            .args(["--kill", "gpg-agent"])
+            .output();
+    }
+}
+
+/// A channel with an introduction is authenticated with `guix git
+/// authenticate` before evaluation: commits signed by the key the test
+/// made, with a `keyring` branch and `.guix-authorizations`, pass with
+/// the right signer (evaluated, built); with another signer in the
+/// introduction, the evaluation fails with the tool's reason.
+#[test]
+fn channel_introductions_are_authenticated() {
+    require_daemon();
+    let setup = Setup::new("intro");
+    let gpg = Gpg::new();
+    let mine = mine(setup.tmp.path());
+    std::fs::write(
+        mine.dir.join(".guix-authorizations"),
+        format!(
+            "(authorizations (version 0) ((\"{}\" (name \"tests\"))))\n",
+            gpg.fingerprint
+        ),
+    )
+    .unwrap();
+    git(&mine.dir, &["add", "-A"]);
+    let intro = gpg.commit(&mine, "authorizations");
+    std::fs::write(mine.dir.join("README"), "signed").unwrap();
+    git(&mine.dir, &["add", "-A"]);
+    gpg.commit(&mine, "a signed change");
+    git(&mine.dir, &["checkout", "-q", "--orphan", "keyring"]);
+    git(&mine.dir, &["rm", "-rq", "--cached", "."]);
+    git(&mine.dir, &["clean", "-fdq"]);
+    std::fs::write(mine.dir.join("tests.key"), gpg.export()).unwrap();
+    git(&mine.dir, &["add", "tests.key"]);
+    git(&mine.dir, &["commit", "-q", "-m", "keyring"]);
+    git(&mine.dir, &["checkout", "-q", "-f", "master"]);
+    let with_intro = |name: &str, signer: &str| {
+        format!(
+            "(specification (name \"{name}\") (build '(custom (mine ci)))\n\
+               (channels (list (channel (name 'mine) (url \"{}\")\n\
+                 (introduction (make-channel-introduction \"{intro}\"\n\
+                   (openpgp-fingerprint \"{signer}\")))))))",
+            mine.url()
+        )
+    };
+    let spec = setup.write_spec(&format!(
+        "(list {}\n{})",
+        with_intro("signed", &gpg.fingerprint),
+        with_intro(
+            "stranger",
+            "AAAA BBBB CCCC DDDD EEEE  FFFF 0000 1111 2222 3333"
+        )
+    ));
+    setup.one_shot(&["-S", spec.to_str().unwrap()]);
+    let conn = setup.db();
+    let outcome = |spec: &str| -> (i64, Option<String>) {
+        conn.query_row(
+            "SELECT status, error FROM Evaluations WHERE specification = ?1",
+            [spec],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    };
+    assert_eq!(outcome("signed"), (0, None));
+    assert_eq!(jobs(&conn, "signed").iter().filter(|j| j.2 == 0).count(), 1);
+    let (status, error) = outcome("stranger");
+    assert_eq!(status, 1);
+    let error = error.unwrap();
+    assert!(
+        error.contains("channel \"mine\"") && error.contains("failed authentication"),
+        "{error}"
+    );
+    assert!(error.contains("is signed by"), "{error}");
+    assert_eq!(jobs(&conn, "stranger"), []);
+    assert_eq!(checkouts(&conn, "stranger").len(), 1);
+    // An unsigned commit on top: the spec that passed fails now.
+    std::fs::write(mine.dir.join("README"), "unsigned").unwrap();
+    let unsigned = mine.commit("an unsigned change");
+    setup.one_shot(&["-S", spec.to_str().unwrap()]);
+    let (status, error): (i64, String) = conn
+        .query_row(
+            "SELECT status, error FROM Evaluations WHERE specification = 'signed' AND revision = ?1",
+            [&unsigned],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(status, 1);
+    assert!(
+        error.contains(&unsigned[..7]) || error.contains("not signed"),
+        "{error}"
+    );
+}
