@@ -18,7 +18,8 @@
 ;;;   (packages NAME ...)  => those packages (specifications such as
 ;;;       "hello" or "guile@3.0"), looked up in Guix and the checkouts;
 ;;;   (manifests FILE ...) => the entries of those manifests, FILE
-;;;       relative to a checkout;
+;;;       relative to a checkout, named NAME-VERSION as (gnu ci) names
+;;;       them;
 ;;;   (custom MODULE ...)  => each module's own `cuirass-jobs', called
 ;;;       with (STORE ARGUMENTS) as Cuirass does, ARGUMENTS holding
 ;;;       `subset', `systems' and `channels'.
@@ -34,6 +35,7 @@
              (guix grafts)
              (guix discovery)
              (guix diagnostics)
+             ((guix ui) #:select (make-user-module))
              (gnu packages)
              (ice-9 match)
              (srfi srfi-1)
@@ -99,7 +101,8 @@
     (append-map
      (lambda (system)
        (map (lambda (entry)
-              (job (string-append (manifest-entry-name entry) "." system)
+              (job (string-append (manifest-entry-name entry) "-"
+                                  (manifest-entry-version entry))
                    (run-with-store store
                      (lower-object (manifest-entry-item entry) system)
                      #:system system)))

@@ -19,11 +19,9 @@ fn mine(parent: &Path) -> Repo {
         ci.replace("@NONCE@", &nonce()),
     )
     .unwrap();
-    std::fs::copy(
-        fixture("channel/mine/packages.scm"),
-        repo.dir.join("mine/packages.scm"),
-    )
-    .unwrap();
+    for file in ["mine/packages.scm", "manifest.scm"] {
+        std::fs::copy(fixture(&format!("channel/{file}")), repo.dir.join(file)).unwrap();
+    }
     repo.commit("the mine channel");
     repo
 }
@@ -107,7 +105,15 @@ fn manual_shaped_specs_build_custom_jobs_channel_packages_and_products() {
        (systems (list "x86_64-linux" "i686-linux")))
       (specification
        (name "pkgs")
-       (build '(packages "hello"))
+       (build '(packages "hello" "mine-hello"))
+       (channels (list {mine})))
+      (specification
+       (name "manifest")
+       (build '(manifests "manifest.scm"))
+       (channels (list {mine})))
+      (specification
+       (name "subset")
+       (build 'hello)
        (channels (list {mine}))))
 "#,
         mine = channel("mine", &mine),
@@ -134,12 +140,16 @@ fn manual_shaped_specs_build_custom_jobs_channel_packages_and_products() {
             ("mine-hello.x86_64-linux", "x86_64-linux")
         ]
     );
-    let pkgs = jobs(&conn, "pkgs");
-    assert_eq!(pkgs.len(), 1);
+    let names =
+        |spec: &str| -> Vec<String> { jobs(&conn, spec).into_iter().map(|j| j.0).collect() };
     assert_eq!(
-        (pkgs[0].0.as_str(), pkgs[0].1.as_str()),
-        ("hello.x86_64-linux", "x86_64-linux")
+        names("pkgs"),
+        ["hello.x86_64-linux", "mine-hello.x86_64-linux"]
     );
+    assert_eq!(names("manifest"), ["mine-hello-1.0"]);
+    // Guix's own subsets come from the evaluating Guix's (gnu ci): here
+    // the installed one, the spec following no guix channel.
+    assert_eq!(names("subset"), ["hello.x86_64-linux"]);
     let head = git(&mine.dir, &["rev-parse", "HEAD"]);
     let other_head = git(&other.dir, &["rev-parse", "HEAD"]);
     let custom = checkouts(&conn, "custom");
@@ -589,5 +599,42 @@ fn channel_introductions_are_authenticated() {
     assert!(
         error.contains(&unsigned[..7]) || error.contains("not signed"),
         "{error}"
+    );
+}
+
+/// A channel whose `.guix-channel` puts its modules under `src`: that
+/// directory is on the evaluator's load path, not the checkout's root.
+#[test]
+fn guix_channel_files_name_the_module_directory() {
+    require_daemon();
+    let setup = Setup::new("guix-channel");
+    let repo = Repo::named(setup.tmp.path(), "sub", &[]);
+    std::fs::create_dir_all(repo.dir.join("src/mine")).unwrap();
+    let ci = std::fs::read_to_string(fixture("channel/mine/ci.scm")).unwrap();
+    std::fs::write(
+        repo.dir.join("src/mine/ci.scm"),
+        ci.replace("@NONCE@", &nonce()),
+    )
+    .unwrap();
+    std::fs::rename(
+        repo.dir.join("test-shell.scm"),
+        repo.dir.join("src/test-shell.scm"),
+    )
+    .unwrap();
+    std::fs::write(
+        repo.dir.join(".guix-channel"),
+        "(channel (version 0) (directory \"src\"))\n",
+    )
+    .unwrap();
+    repo.commit("modules under src");
+    let spec = setup.write_spec(&format!(
+        "(list (specification (name \"sub\") (build '(custom (mine ci)))\n\
+           (channels (list {}))))",
+        channel("sub", &repo)
+    ));
+    setup.one_shot(&["-S", spec.to_str().unwrap()]);
+    assert_eq!(
+        jobs(&setup.db(), "sub"),
+        [("greet.x86_64-linux".into(), "x86_64-linux".into(), 0)]
     );
 }
