@@ -8,17 +8,18 @@ use crate::support::*;
 use std::path::Path;
 use std::time::Duration;
 
+/// `(mine ci)` under `dir`, with a fresh nonce.
+fn write_ci(dir: &Path) {
+    std::fs::create_dir_all(dir.join("mine")).unwrap();
+    let ci = std::fs::read_to_string(fixture("channel/mine/ci.scm")).unwrap();
+    std::fs::write(dir.join("mine/ci.scm"), ci.replace("@NONCE@", &nonce())).unwrap();
+}
+
 /// The channel `mine` (fixtures/channel): `(mine ci)`'s `cuirass-jobs`
 /// and `(mine packages)`, with a nonce in its jobs' derivations.
 fn mine(parent: &Path) -> Repo {
     let repo = Repo::named(parent, "mine", &[]);
-    std::fs::create_dir_all(repo.dir.join("mine")).unwrap();
-    let ci = std::fs::read_to_string(fixture("channel/mine/ci.scm")).unwrap();
-    std::fs::write(
-        repo.dir.join("mine/ci.scm"),
-        ci.replace("@NONCE@", &nonce()),
-    )
-    .unwrap();
+    write_ci(&repo.dir);
     for file in ["mine/packages.scm", "manifest.scm"] {
         std::fs::copy(fixture(&format!("channel/{file}")), repo.dir.join(file)).unwrap();
     }
@@ -62,6 +63,16 @@ fn checkouts(conn: &rusqlite::Connection, spec: &str) -> Vec<(i64, String, Strin
         .unwrap()
         .map(Result::unwrap)
         .collect()
+}
+
+/// The first row of `sql`'s two columns.
+fn two<A: rusqlite::types::FromSql, B: rusqlite::types::FromSql>(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> (A, B) {
+    conn.query_row(sql, params, |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
 }
 
 fn serve(setup: &Setup, extra: &[&str]) -> (Running, u16) {
@@ -161,13 +172,11 @@ fn manual_shaped_specs_build_custom_jobs_channel_packages_and_products() {
         [("mine", head.as_str()), ("other", other_head.as_str())]
     );
     // The record and its priority are stored with the spec.
-    let (priority, record): (i64, String) = conn
-        .query_row(
-            "SELECT priority, record FROM Specifications WHERE repo_name = 'custom'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let (priority, record): (i64, String) = two(
+        &conn,
+        "SELECT priority, record FROM Specifications WHERE repo_name = 'custom'",
+        [],
+    );
     assert_eq!(priority, 3);
     assert!(
         record.starts_with("(<specification> (name . \"custom\")"),
@@ -330,13 +339,11 @@ fn default_channels_offline_fail_the_evaluation_with_the_time_machines_error() {
     ));
     setup.one_shot(&["-S", spec.to_str().unwrap()]);
     let conn = setup.db();
-    let (status, error): (i64, String) = conn
-        .query_row(
-            "SELECT status, error FROM Evaluations WHERE specification = 'guix'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let (status, error): (i64, String) = two(
+        &conn,
+        "SELECT status, error FROM Evaluations WHERE specification = 'guix'",
+        [],
+    );
     assert_eq!(status, 1);
     assert!(error.contains("guix time-machine: error:"), "{error}");
     assert_eq!(jobs(&conn, "guix"), []);
@@ -565,12 +572,11 @@ fn channel_introductions_are_authenticated() {
     setup.one_shot(&["-S", spec.to_str().unwrap()]);
     let conn = setup.db();
     let outcome = |spec: &str| -> (i64, Option<String>) {
-        conn.query_row(
+        two(
+            &conn,
             "SELECT status, error FROM Evaluations WHERE specification = ?1",
             [spec],
-            |r| Ok((r.get(0)?, r.get(1)?)),
         )
-        .unwrap()
     };
     assert_eq!(outcome("signed"), (0, None));
     assert_eq!(jobs(&conn, "signed").iter().filter(|j| j.2 == 0).count(), 1);
@@ -588,13 +594,11 @@ fn channel_introductions_are_authenticated() {
     std::fs::write(mine.dir.join("README"), "unsigned").unwrap();
     let unsigned = mine.commit("an unsigned change");
     setup.one_shot(&["-S", spec.to_str().unwrap()]);
-    let (status, error): (i64, String) = conn
-        .query_row(
-            "SELECT status, error FROM Evaluations WHERE specification = 'signed' AND revision = ?1",
-            [&unsigned],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let (status, error): (i64, String) = two(
+        &conn,
+        "SELECT status, error FROM Evaluations WHERE specification = 'signed' AND revision = ?1",
+        [&unsigned],
+    );
     assert_eq!(status, 1);
     assert!(
         error.contains(&unsigned[..7]) || error.contains("not signed"),
@@ -609,13 +613,7 @@ fn guix_channel_files_name_the_module_directory() {
     require_daemon();
     let setup = Setup::new("guix-channel");
     let repo = Repo::named(setup.tmp.path(), "sub", &[]);
-    std::fs::create_dir_all(repo.dir.join("src/mine")).unwrap();
-    let ci = std::fs::read_to_string(fixture("channel/mine/ci.scm")).unwrap();
-    std::fs::write(
-        repo.dir.join("src/mine/ci.scm"),
-        ci.replace("@NONCE@", &nonce()),
-    )
-    .unwrap();
+    write_ci(&repo.dir.join("src"));
     std::fs::rename(
         repo.dir.join("test-shell.scm"),
         repo.dir.join("src/test-shell.scm"),

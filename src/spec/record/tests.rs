@@ -1,19 +1,5 @@
 use super::*;
-use crate::spec::{Parsed, read_spec_text};
-
-fn specs(text: &str) -> Vec<Specification> {
-    match read_spec_text("t.scm", text) {
-        Ok(Parsed::Specs(s)) => s,
-        other => panic!("{text}: {other:?}"),
-    }
-}
-
-fn error(text: &str) -> String {
-    match read_spec_text("t.scm", text) {
-        Err(e) => e.to_string(),
-        other => panic!("{text}: {other:?}"),
-    }
-}
+use crate::spec::tests::{error, specs};
 
 /// The example of Cuirass's manual, as shared/CUIRASS.md quotes it.
 const MANUAL: &str = r#"(list (specification
