@@ -231,6 +231,13 @@ fn manual_shaped_specs_build_custom_jobs_channel_packages_and_products() {
     );
     let (status, _, _) = get_raw(port, "/download/999999");
     assert_eq!(status, 404);
+    let (status, head_text, body) =
+        get_raw(port, "/search/latest/text?query=spec:custom%20greet.x86_64");
+    assert_eq!(status, 302, "{head_text}{}", String::from_utf8_lossy(&body));
+    assert!(
+        head_text.contains(&format!("/download/{product}\r\n")),
+        "{head_text}"
+    );
 }
 
 /// A new commit in either of two channels makes a new evaluation whose
