@@ -122,7 +122,7 @@
                 channels)
            channels
            (cons '(repository (version 0)
-                              (url "https://git.savannah.gnu.org/git/guix.git")
+                              (url "https://git.guix.gnu.org/guix.git")
                               (branch "master") (commit "installed")
                               (name guix))
                  channels)))))

@@ -31,7 +31,7 @@
     (define (openpgp-fingerprint string) string)
     (define %default-guix-channel
       (channel (name 'guix)
-               (url "https://git.savannah.gnu.org/git/guix.git")
+               (url "https://git.guix.gnu.org/guix.git")
                (branch "master")
                (introduction
                 (make-channel-introduction
@@ -48,13 +48,46 @@
        (set-current-module module)
        (primitive-load file)))))
 
+;;; A file may import (guix channels) itself and so make Guix's own channel
+;;; records: they are written as the data the shim above makes.
+(define (field record name)
+  ;; By the record's own type: Guix's accessors may be syntax.
+  ((record-accessor (record-type-descriptor record) name) record))
+
+(define (guix-channel->data channel)
+  (let ((intro (field channel 'introduction))
+        (commit (field channel 'commit))
+        (fingerprint (module-ref (resolve-interface '(guix openpgp))
+                                 'openpgp-format-fingerprint)))
+    `(<channel> (name . ,(field channel 'name))
+                (url . ,(field channel 'url))
+                (branch . ,(field channel 'branch))
+                ,@(if commit `((commit . ,commit)) '())
+                ,@(if intro
+                      `((introduction
+                         <channel-introduction>
+                         (commit . ,(field intro 'first-signed-commit))
+                         (signer . ,(fingerprint
+                                     (field intro 'first-commit-signer)))))
+                      '()))))
+
+(define (plain value)
+  "VALUE with Guix's channel records (structs) turned into data."
+  (cond ((pair? value) (cons (plain (car value)) (plain (cdr value))))
+        ;; `channel?' is syntax in recent Guix: ask the record's type.
+        ((and (record? value)
+              (memq (record-type-name (record-type-descriptor value))
+                    '(channel <channel>)))
+         (guix-channel->data value))
+        (else value)))
+
 (define (main file)
   (let* ((stdout (current-output-port))
          ;; Whatever the file prints goes to stderr: stdout carries only the
          ;; datum, which the caller parses.
          (value (with-output-to-port (current-error-port)
                   (lambda () (evaluate file)))))
-    (write value stdout)
+    (write (plain value) stdout)
     (newline stdout)
     (force-output stdout)))
 

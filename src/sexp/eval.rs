@@ -215,7 +215,7 @@ fn default_guix_channel(pos: Pos) -> Datum {
         Kind::List(vec![
             symbol(pos, "<channel>"),
             field(pos, "name", symbol(pos, "guix")),
-            field(pos, "url", s("https://git.savannah.gnu.org/git/guix.git")),
+            field(pos, "url", s("https://git.guix.gnu.org/guix.git")),
             field(pos, "branch", s("master")),
             field(pos, "introduction", intro),
         ]),

@@ -144,7 +144,7 @@ fn the_guix_channel_is_left_to_the_time_machine() {
     let mut c = w.cycle_of(spec, false);
     w.feed(&mut c, Input::Tick);
     let stdout = format!(
-        "channel\ta\t{A1}\t/cache/hello/a\nfailed\tguix\thttps://git.savannah.gnu.org/git/guix.git: host not found\n"
+        "channel\ta\t{A1}\t/cache/hello/a\nfailed\tguix\thttps://git.guix.gnu.org/guix.git: host not found\n"
     );
     let cmds = w.feed(
         &mut c,
@@ -169,7 +169,7 @@ fn the_guix_channel_is_left_to_the_time_machine() {
         )),
         "{channels}"
     );
-    assert!(channels.contains("(channel (name 'guix) (url \"https://git.savannah.gnu.org/git/guix.git\") (branch \"master\") (introduction"), "{channels}");
+    assert!(channels.contains("(channel (name 'guix) (url \"https://git.guix.gnu.org/guix.git\") (branch \"master\") (introduction"), "{channels}");
     // The time-machine fails: a failed evaluation with its message.
     w.feed(
         &mut c,

@@ -30,7 +30,7 @@ fn manual_example() {
     assert_eq!(names, ["my-channel", "guix"]);
     assert_eq!(r.channels[0].branch, "main");
     let guix = &r.channels[1];
-    assert_eq!(guix.url, "https://git.savannah.gnu.org/git/guix.git");
+    assert_eq!(guix.url, "https://git.guix.gnu.org/guix.git");
     let intro = guix.introduction.as_ref().unwrap();
     assert_eq!(intro.commit, "9edb3f66fd807b096b48283debdcddccfea34bad");
     // The legacy columns describe the first channel.
@@ -197,6 +197,19 @@ fn code_files_through_guix_give_the_same_records() {
     .unwrap();
     let read = crate::spec::read_spec_file(&code, &crate::spec::default_guile_command()).unwrap();
     assert_eq!(read, specs(MANUAL));
+    // Guix's own channel records, when a file makes them, are read too.
+    std::fs::write(
+        &code,
+        "(list (specification (name \"g\") (channels (@ (guix channels) %default-channels))))",
+    )
+    .unwrap();
+    let read = crate::spec::read_spec_file(&code, &crate::spec::default_guile_command()).unwrap();
+    let guix = &read[0].record.as_ref().unwrap().channels[0];
+    assert_eq!(guix.name, "guix");
+    assert_eq!(
+        guix.introduction.as_ref().unwrap().signer,
+        "BBB0 2DDF 2CEA F6A8 0D1D  E643 A2A0 6DF2 A33A 54FA"
+    );
     std::fs::write(
         &code,
         "(define x 1)\n(list (specification (name \"a\") (period 'soon)))",
