@@ -106,19 +106,24 @@ struct SpecJson<'a> {
 
 fn specifications(db: &Db) -> Reply {
     let specs = db.specifications().map_err(db_error)?;
-    let out: Vec<SpecJson> = specs
+    // A record spec answers today's shape, a 2018 one 2018's.
+    let out: Vec<Value> = specs
         .iter()
-        .map(|s| SpecJson {
-            name: &s.name,
-            url: &s.url,
-            load_path: &s.load_path,
-            file: &s.file,
-            proc: &s.proc_name,
-            arguments: &s.arguments,
-            branch: s.branch.as_deref(),
-            tag: s.tag.as_deref(),
-            commit: s.commit.as_deref(),
-            no_compile: s.no_compile,
+        .map(|s| match &s.record {
+            Some(r) => records::record_json(&s.name, r),
+            None => serde_json::to_value(SpecJson {
+                name: &s.name,
+                url: &s.url,
+                load_path: &s.load_path,
+                file: &s.file,
+                proc: &s.proc_name,
+                arguments: &s.arguments,
+                branch: s.branch.as_deref(),
+                tag: s.tag.as_deref(),
+                commit: s.commit.as_deref(),
+                no_compile: s.no_compile,
+            })
+            .unwrap_or(Value::Null),
         })
         .collect();
     Ok(json_response(200, &out))
@@ -148,8 +153,9 @@ struct BuildJson<'a> {
     busy: i64,
     priority: i64,
     finished: i64,
-    /// `[{"id", "type", "path", "file-size"}]`; none are registered yet.
-    buildproducts: [(); 0],
+    /// `[{"id", "type", "path", "file-size"}]`, the files its spec's
+    /// `build-outputs` names (downloadable at `/download/ID`).
+    buildproducts: Vec<Value>,
     releasename: Option<()>,
     buildinputs_builds: Option<()>,
     /// Hydra's names for a build's limits, in seconds; null: the daemon's.
@@ -187,7 +193,11 @@ fn build_json(b: &BuildView) -> BuildJson<'_> {
         busy: (b.status == status::STARTED) as i64,
         priority: b.priority,
         finished: finished as i64,
-        buildproducts: [],
+        buildproducts: b
+            .products
+            .iter()
+            .map(|p| json!({"id": p.id, "type": p.kind, "path": p.path, "file-size": p.file_size}))
+            .collect(),
         releasename: None,
         buildinputs_builds: None,
         timeout: b.timeout,
@@ -430,6 +440,7 @@ pub mod admin;
 mod admin_tests;
 mod evaluations;
 mod items;
+mod records;
 pub use items::build_of_item;
 mod jobs;
 pub mod machines;

@@ -78,6 +78,12 @@ pub const OPTIONS: &[OptionDef] = &[
         "add the specifications in FILE to the database before starting",
     ),
     opt(
+        "",
+        "check",
+        Arity::Flag,
+        "only check the specification file of -S (exit 0, or 1 naming the error); no database is touched",
+    ),
+    opt(
         "D",
         "database",
         Arity::Value("DB"),
@@ -152,6 +158,8 @@ pub const OPTIONS: &[OptionDef] = &[
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub one_shot: bool,
+    /// Validate `specifications` and exit.
+    pub check: bool,
     pub cache_dir: PathBuf,
     pub fallback: bool,
     pub load_path: Vec<PathBuf>,
@@ -293,12 +301,16 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Command, String> {
     let log_dir = m
         .opt_str("log-directory")
         .map_or_else(|| database.with_file_name("build-logs"), PathBuf::from);
+    if m.opt_present("check") && !m.opt_present("specifications") {
+        return Err("--check needs -S FILE, the file to check".into());
+    }
     let interval_secs = number(&m, "interval", 300u64)?;
     if interval_secs == 0 {
         return Err("--interval: must be at least 1 second".into());
     }
     Ok(Command::Run(Box::new(Config {
         one_shot: m.opt_present("one-shot"),
+        check: m.opt_present("check"),
         cache_dir,
         fallback: m.opt_present("fallback"),
         load_path: m

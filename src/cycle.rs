@@ -52,6 +52,8 @@ pub struct Settings {
     pub evaluation_timeout: Duration,
     /// Evaluate and build once, then finish.
     pub one_shot: bool,
+    /// The job file of record specs (src/build-types.scm, written out).
+    pub build_types: PathBuf,
     /// The spec's checkout, `CACHE/NAME`.
     pub checkout: PathBuf,
     /// `-L` directories, after the spec's own load path.
@@ -68,6 +70,8 @@ pub struct Env<'a> {
     pub read_drv: &'a dyn Fn(&str) -> std::io::Result<Vec<u8>>,
     /// Whether guix-daemon accepts connections; the reason when not.
     pub daemon: &'a dyn Fn() -> Result<(), String>,
+    /// The size of a file (a build product), if it is there.
+    pub file_size: &'a dyn Fn(&str) -> Option<u64>,
 }
 
 /// Everything that can happen to a cycle.
@@ -144,7 +148,12 @@ pub enum Command {
     /// `./bootstrap`, `./configure`, `make` in the checkout.
     SpawnCompile,
     /// The evaluator, with its single argument (see src/evaluate.scm).
-    SpawnEvaluator { arguments: String },
+    /// With `time_machine`, the Guix of those channels (the text of a
+    /// channels file) runs it, through `guix time-machine`.
+    SpawnEvaluator {
+        arguments: String,
+        time_machine: Option<String>,
+    },
     /// Kill the running child; its exit still arrives as an input.
     KillChild,
     /// Connect to the daemon and build these, all of one limit class.
@@ -157,6 +166,8 @@ pub enum Command {
 #[derive(Debug)]
 pub struct Evaluation {
     pub id: EvalId,
+    /// The stamp it moves: the commit, or for a record spec the commits
+    /// of its channels, in order, separated by spaces.
     pub commit: String,
     deadline: Instant,
     killed: bool,
@@ -269,12 +280,15 @@ impl Cycle {
 
     /// One-shot work is done: one round, and nothing left to build.
     pub fn is_finished(&self) -> bool {
+        let idle = matches!(self.state, State::Idle) && self.building.is_idle();
         matches!(self.state, State::Stopped)
-            || (self.rounds >= 1 && matches!(self.state, State::Idle) && self.building.is_idle())
+            || (idle && (self.rounds >= 1 || !self.spec.is_active()))
     }
 
+    /// An inactive spec is never polled; switched back on, its next
+    /// poll, already due, comes at once.
     fn polls(&self) -> bool {
-        !(self.settings.one_shot && self.rounds >= 1)
+        !(self.settings.one_shot && self.rounds >= 1) && self.spec.is_active()
     }
 
     /// When the machine must next be given [`Input::Tick`], if ever.
@@ -391,6 +405,13 @@ impl Cycle {
                 State::Evaluating(e)
             }
 
+            // A record spec's fetch printed one line per channel.
+            (State::Fetching { .. }, Input::FetchExited { stdout, reason, .. })
+                if self.spec.record.is_some() =>
+            {
+                self.channels_fetched(stdout, reason, env)
+            }
+
             // The fetch printed a commit: new ones are compiled or
             // evaluated, a known one ends the round.
             (State::Fetching { again, .. }, Input::FetchExited { ok, stdout, reason }) => {
@@ -415,7 +436,8 @@ impl Cycle {
             // Compiled: evaluate.  A failed compilation ends the round; the
             // commit is tried again at the next poll (no stamp moved).
             (State::Compiling { commit, .. }, Input::CompileExited { ok: true, .. }) => {
-                self.begin_evaluation(commit, env)
+                let checkouts = self.own_checkout(&commit);
+                self.begin_evaluation(commit, checkouts, env)
             }
             (State::Compiling { .. }, Input::CompileExited { ok: false, reason }) => {
                 log::error!(target: COMPILE, "spec={:?} compilation failed: {reason}", self.spec.name);
@@ -484,6 +506,7 @@ impl Cycle {
 
             // The building track runs beside every state of the other.
             (state, Input::BatchDone { daemon_error }) => {
+                self.register_products(env);
                 self.batch_done(daemon_error.as_deref());
                 state
             }
@@ -552,6 +575,7 @@ impl Cycle {
 }
 
 mod building;
+mod channels;
 mod evaluation;
 
 pub use building::{Backoff, Building};

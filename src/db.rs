@@ -165,6 +165,29 @@ const MIGRATIONS: &[&str] = &[
        action    TEXT NOT NULL,
        target    TEXT NOT NULL,
        outcome   TEXT NOT NULL);",
+    // 12: today's specifications.  A record spec keeps its whole record,
+    // written as `(<specification> (FIELD . VALUE) ...)` (NULL for a
+    // 2018 alist), and its priority as a column (`is_active`, which migration 11 added,
+    // is the other field queries need).  Each
+    // evaluation records the commit and directory of every channel, and
+    // succeeded builds the files their spec's `build-outputs` name.
+    "ALTER TABLE Specifications ADD COLUMN record TEXT;
+     ALTER TABLE Specifications ADD COLUMN priority INTEGER;
+     CREATE TABLE IF NOT EXISTS Checkouts (
+       evaluation INTEGER NOT NULL,
+       channel    TEXT NOT NULL,
+       revision   TEXT NOT NULL,
+       directory  TEXT NOT NULL,
+       PRIMARY KEY (evaluation, channel),
+       FOREIGN KEY (evaluation) REFERENCES Evaluations (id)) WITHOUT ROWID;
+     CREATE TABLE IF NOT EXISTS BuildProducts (
+       id        INTEGER PRIMARY KEY AUTOINCREMENT,
+       build     INTEGER NOT NULL,
+       type      TEXT NOT NULL,
+       file_size INTEGER NOT NULL,
+       path      TEXT NOT NULL,
+       FOREIGN KEY (build) REFERENCES Builds (id));
+     CREATE INDEX IF NOT EXISTS BuildProducts_build ON BuildProducts (build);",
 ];
 
 pub fn schema_version() -> usize {
@@ -278,13 +301,15 @@ impl Db {
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO Specifications
-                   (repo_name, url, load_path, file, proc, arguments, branch, tag, revision, no_compile_p)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                   (repo_name, url, load_path, file, proc, arguments, branch, tag, revision,
+                    no_compile_p, record, priority, is_active)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
                  ON CONFLICT (repo_name) DO UPDATE SET
                    url = excluded.url, load_path = excluded.load_path, file = excluded.file,
                    proc = excluded.proc, arguments = excluded.arguments, branch = excluded.branch,
                    tag = excluded.tag, revision = excluded.revision,
-                   no_compile_p = excluded.no_compile_p",
+                   no_compile_p = excluded.no_compile_p, record = excluded.record,
+                   priority = excluded.priority, is_active = excluded.is_active",
             )?;
             for s in specs {
                 stmt.execute(params![
@@ -297,7 +322,10 @@ impl Db {
                     s.branch,
                     s.tag,
                     s.commit,
-                    s.no_compile as i64
+                    s.no_compile as i64,
+                    s.record.as_ref().map(|r| r.to_text(&s.name)),
+                    s.record.as_ref().map(|r| r.priority),
+                    s.is_active() as i64
                 ])?;
             }
         }
@@ -308,11 +336,14 @@ impl Db {
     pub fn specifications(&self) -> Result<Vec<Specification>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT repo_name, url, load_path, file, proc, arguments, branch, tag, revision,
-                    no_compile_p
+                    no_compile_p, record
              FROM Specifications ORDER BY repo_name",
         )?;
         let rows = stmt.query_map([], |r| {
-            Ok(Specification {
+            if let Some(text) = r.get::<_, Option<String>>(10)? {
+                return Ok(crate::spec::record::from_text(&text));
+            }
+            Ok(Ok(Specification {
                 name: r.get(0)?,
                 url: r.get(1)?,
                 load_path: r.get(2)?,
@@ -323,9 +354,14 @@ impl Db {
                 tag: r.get(7)?,
                 commit: r.get(8)?,
                 no_compile: r.get::<_, Option<i64>>(9)?.unwrap_or(0) != 0,
-            })
+                record: None,
+            }))
         })?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
+        let mut specs = Vec::new();
+        for row in rows {
+            specs.push(row?.map_err(Error)?);
+        }
+        Ok(specs)
     }
 
     pub fn stamp(&self, spec: &str) -> Result<Option<String>> {
@@ -576,6 +612,11 @@ impl Db {
             "DELETE FROM BuildAttempts WHERE build IN (SELECT id FROM Builds WHERE evaluation = ?1)",
             [eval],
         )?;
+        tx.execute(
+            "DELETE FROM BuildProducts WHERE build IN (SELECT id FROM Builds WHERE evaluation = ?1)",
+            [eval],
+        )?;
+        tx.execute("DELETE FROM Checkouts WHERE evaluation = ?1", [eval])?;
         tx.execute("DELETE FROM Builds WHERE evaluation = ?1", [eval])?;
         tx.execute("DELETE FROM Derivations WHERE evaluation = ?1", [eval])?;
         tx.execute("DELETE FROM Evaluations WHERE id = ?1", [eval])?;
@@ -630,6 +671,7 @@ impl Db {
 }
 
 pub mod admin;
+pub mod channels;
 pub mod dashboard;
 pub mod machines;
 pub mod read;

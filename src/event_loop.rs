@@ -175,6 +175,8 @@ pub struct EventLoop {
     signals: SignalPipe,
     slots: Vec<Slot>,
     evaluator_script: PathBuf,
+    /// The job file of record specs.
+    build_types: PathBuf,
     stopping: bool,
     next_status_log: Instant,
     http: Option<HttpServer>,
@@ -194,7 +196,8 @@ impl EventLoop {
         let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
         let signals = SignalPipe::install(poll.registry(), SIGNAL)
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-        let evaluator_script = write_evaluator_script(&config)?;
+        let evaluator_script = write_evaluator_script(&config, "evaluate", EVALUATOR_SCRIPT)?;
+        let build_types = write_evaluator_script(&config, "build-types", BUILD_TYPES_SCRIPT)?;
         let now = Instant::now();
         let specs = db.specifications().map_err(|e| e.to_string())?;
         let inactive = db.inactive_specifications().map_err(|e| e.to_string())?;
@@ -228,6 +231,7 @@ impl EventLoop {
             signals,
             slots: Vec::new(),
             evaluator_script,
+            build_types,
             stopping: false,
             next_status_log: now + STATUS_EVERY,
             http,
@@ -249,6 +253,7 @@ impl EventLoop {
             compile_timeout: Duration::from_secs(self.config.fetch_timeout_secs),
             evaluation_timeout: Duration::from_secs(self.config.evaluation_timeout_secs),
             one_shot: self.config.one_shot,
+            build_types: self.build_types.clone(),
             checkout: self.config.cache_dir.join(&spec.name),
             load_path: self.config.load_path.clone(),
         };
@@ -434,6 +439,7 @@ impl EventLoop {
             unix_now: unix_now(),
             db: &mut self.db,
             read_drv: &read_drv,
+            file_size: &|path: &str| std::fs::metadata(path).ok().map(|m| m.len()),
             daemon: &daemon,
         };
         self.slots[index].cycle.handle(input, &mut env);
@@ -446,7 +452,10 @@ impl EventLoop {
         match command {
             Command::SpawnFetch(target) => self.spawn_fetch(index, &target, now),
             Command::SpawnCompile => self.spawn_compile(index, now),
-            Command::SpawnEvaluator { arguments } => self.spawn_evaluator(index, &arguments, now),
+            Command::SpawnEvaluator {
+                arguments,
+                time_machine,
+            } => self.spawn_evaluator(index, &arguments, time_machine.as_deref(), now),
             Command::KillChild => {
                 if let Some(child) = self.slots[index].child.as_mut() {
                     child.proc.kill();
@@ -549,13 +558,12 @@ fn step_of(state: &State) -> Option<Step> {
     }
 }
 
-fn write_evaluator_script(config: &Config) -> Result<PathBuf, Fatal> {
+fn write_evaluator_script(config: &Config, name: &str, text: &str) -> Result<PathBuf, Fatal> {
     let dir = config.cache_dir.join(".cuirass");
     std::fs::create_dir_all(&dir)
         .map_err(|e| format!("cannot create the cache directory {}: {e}", dir.display()))?;
-    let path = dir.join(format!("evaluate-{}.scm", std::process::id()));
-    std::fs::write(&path, EVALUATOR_SCRIPT)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let path = dir.join(format!("{name}-{}.scm", std::process::id()));
+    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(path)
 }
 
@@ -573,6 +581,8 @@ fn usable_name(name: &str) -> bool {
 }
 
 pub const EVALUATOR_SCRIPT: &str = include_str!("evaluate.scm");
+/// The job file of `specification` records: what each build type means.
+pub const BUILD_TYPES_SCRIPT: &str = include_str!("build-types.scm");
 
 pub use crate::cycle::evaluator_arguments;
 

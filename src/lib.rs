@@ -5,7 +5,8 @@
 //! - `cli`: command-line options, their documentation, and defaults.
 //! - `logging`: the log target of each part of cuirass.
 //! - `sexp`: the S-expression reader and writer (pure; no I/O).
-//! - `spec`: specification files turned into [`spec::Specification`]s.
+//! - `spec`: specification files turned into [`spec::Specification`]s:
+//!   2018 alists, and today's `specification` records (`spec::record`).
 //! - `drv`: the ATerm `.drv` file parser (pure).
 //! - `wire`: the guix-daemon worker protocol, as a sans-I/O client.
 //! - `trace`: build-trace lines (`@ build-started …`) parsed (pure).
@@ -14,7 +15,9 @@
 //!   `build` share (so neither depends on the other).
 //! - `db`: the SQLite database: schema migrations and every query.
 //! - `job`: evaluator output lines turned into jobs.
-//! - `fetch`: git checkouts, run in a child process of this binary.
+//! - `fetch`: git checkouts, run in a child process of this binary (a
+//!   record spec's channels, authenticated by `guix git authenticate`,
+//!   in `fetch::channels`).
 //! - `child`: subprocesses whose pipes the event loop watches.
 //! - `build`: one batch of derivations of one limit class handed to the
 //!   daemon, and its statuses, machines (`@ build-remote`) and output.

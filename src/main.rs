@@ -10,6 +10,9 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some(fetch::SUBCOMMAND) {
         return ExitCode::from(fetch::child_main(&args) as u8);
     }
+    if args.first().map(String::as_str) == Some(fetch::CHANNELS_SUBCOMMAND) {
+        return ExitCode::from(fetch::channels_child_main(&args) as u8);
+    }
     // The child that re-reads a specification file on SIGHUP.
     if args.first().map(String::as_str) == Some(spec::SUBCOMMAND) {
         return ExitCode::from(spec::child_main(&args) as u8);
@@ -44,7 +47,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--check -S FILE`: reads the file as a run would, and says what it
+/// holds; the database is not opened.
+fn check(config: &Config) -> Result<(), String> {
+    let path = config
+        .specifications
+        .as_ref()
+        .ok_or("--check needs -S FILE")?;
+    let specs = spec::read_spec_file(path, &config.evaluator).map_err(|e| e.to_string())?;
+    let names: Vec<String> = specs.iter().map(|s| format!("{:?}", s.name)).collect();
+    println!(
+        "{}: {} specification(s): {}",
+        path.display(),
+        specs.len(),
+        names.join(", ")
+    );
+    Ok(())
+}
+
 fn run(mut config: Config) -> Result<(), String> {
+    if config.check {
+        return check(&config);
+    }
     // Children run in checkouts; every path they are given must be absolute.
     config.cache_dir = std::path::absolute(&config.cache_dir)
         .map_err(|e| format!("{}: {e}", config.cache_dir.display()))?;

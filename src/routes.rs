@@ -34,6 +34,8 @@ pub enum Route {
     Output,
     SearchLatest,
     SearchLatestOfType,
+    /// A build product's file.
+    Download,
     /// A build's earlier runs (`BuildAttempts`), as JSON.
     BuildAttempts,
     /// The log of a build's earlier run.
@@ -89,6 +91,7 @@ pub const ROUTES: &[(&str, Route)] = &[
     ("/output/:item", Route::Output),
     ("/search/latest", Route::SearchLatest),
     ("/search/latest/:type", Route::SearchLatestOfType),
+    ("/download/:id", Route::Download),
     ("/build/:id/attempts", Route::BuildAttempts),
     ("/build/:id/attempt/:n/log/raw", Route::AttemptLog),
     ("/login", Route::Login),

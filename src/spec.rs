@@ -8,6 +8,7 @@
 //! ignored them; everything else that is wrong is an error naming the place.
 
 use crate::sexp::{self, Datum, EvalError, Kind, Pos};
+pub use record::{BuildOutput, Channel, Introduction, Record};
 use std::fmt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -29,6 +30,10 @@ pub struct Specification {
     pub proc_name: String,
     /// The written cdr of the `#:arguments` entry, e.g. `((subset . "hello"))`.
     pub arguments: String,
+    /// Today's fields, for a spec read from a `specification` record (the
+    /// fields above then describe its first channel); None for a 2018 alist.
+    #[serde(default)]
+    pub record: Option<Record>,
 }
 
 impl Specification {
@@ -47,7 +52,13 @@ impl Specification {
             file: file.into(),
             proc_name: proc_name.into(),
             arguments: "()".into(),
+            record: None,
         }
+    }
+
+    /// Whether the cycle polls it (2018 specs always are).
+    pub fn is_active(&self) -> bool {
+        self.record.as_ref().is_none_or(|r| r.is_active)
     }
 }
 
@@ -145,9 +156,24 @@ pub fn specs_from_data(file: &str, value: &Datum) -> Result<Vec<Specification>, 
             ),
         ));
     };
+    let records = items
+        .first()
+        .is_some_and(|i| record::is_record(i, "specification"));
     let mut specs: Vec<Specification> = Vec::new();
     for item in items {
-        let spec = one_spec(item).map_err(|(pos, message)| err(pos, message))?;
+        if records != record::is_record(item, "specification") {
+            return Err(err(
+                item.pos,
+                "a file holds either specification records or 2018 association lists, not both"
+                    .into(),
+            ));
+        }
+        let spec = if records {
+            record::spec_from_record(item)
+        } else {
+            one_spec(item)
+        };
+        let spec = spec.map_err(|(pos, message)| err(pos, message))?;
         if specs.iter().any(|s| s.name == spec.name) {
             return Err(err(
                 item.pos,
@@ -285,6 +311,7 @@ fn one_spec(item: &Datum) -> Result<Specification, (Pos, String)> {
         file,
         proc_name,
         arguments: get("arguments").map_or_else(|| "()".into(), |(v, _)| v.to_string()),
+        record: None,
     })
 }
 
@@ -438,5 +465,6 @@ pub fn child_main(args: &[String]) -> i32 {
     }
 }
 
+pub mod record;
 #[cfg(test)]
 mod tests;

@@ -72,7 +72,7 @@ pub fn respond(db: &Db, req: &Request, ctx: &Ctx) -> Response {
         Route::Metrics => Ok(metrics::metrics(db, ctx.counters)),
         Route::Machines => machines::machines(db, ctx.now),
         Route::ApiMachines => Ok(api::machines::machines(db, ctx.now)),
-        Route::BuildLog | Route::LogOfItem | Route::AttemptLog => {
+        Route::BuildLog | Route::LogOfItem | Route::AttemptLog | Route::Download => {
             Ok(buildlog::serve::whole(db, ctx.logs, req))
         }
         _ => return api::respond(db, req),

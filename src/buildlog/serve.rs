@@ -76,6 +76,9 @@ pub enum LogOf<'a> {
     /// `/build/ID/attempt/N/log/raw`: that of build ID's earlier run N,
     /// kept when it was restarted.
     Attempt(&'a str, &'a str),
+    /// `/download/ID`: not a log but build product ID's file, streamed
+    /// the same way.
+    Download(&'a str),
 }
 
 /// Whose log a `/build/ID/log/raw` or `/log/ITEM` request asks for, or
@@ -86,6 +89,7 @@ pub fn log_request(req: &Request) -> Option<LogOf<'_>> {
         Route::BuildLog => Some(LogOf::Build(m.captures[0])),
         Route::LogOfItem => Some(LogOf::Item(m.captures[0])),
         Route::AttemptLog => Some(LogOf::Attempt(m.captures[0], m.captures[1])),
+        Route::Download => Some(LogOf::Download(m.captures[0])),
         _ => None,
     }
 }
@@ -104,6 +108,7 @@ fn prepare(
     chunked: bool,
 ) -> Result<(Response, LogStream, i64), Response> {
     let (b, attempt) = match log_request(req) {
+        Some(LogOf::Download(id)) => return download(db, id),
         Some(LogOf::Build(id)) => (crate::api::find_build(db, id)?, None),
         Some(LogOf::Item(item)) => (crate::api::build_of_item(db, item)?, None),
         Some(LogOf::Attempt(id, n)) => {
@@ -144,6 +149,47 @@ fn prepare(
         head.headers.push(("Content-Encoding", "gzip".into()));
     }
     Ok((head, stream, b.id))
+}
+
+/// The store, the only place `/download/ID` serves files from.
+const STORE: &str = "/gnu/store/";
+
+/// `/download/ID`: the file of build product ID, if it is (still) in the
+/// store once every symbolic link is resolved, as
+/// `application/octet-stream` named after the file.
+fn download(db: &Db, id: &str) -> Result<(Response, LogStream, i64), Response> {
+    let missing = || not_found(format!("Build product {id} doesn't exist."));
+    let id: i64 = id.parse().map_err(|_| missing())?;
+    let product = db
+        .product(id)
+        .map_err(|e| crate::api::error(500, &e.to_string()))?
+        .ok_or_else(missing)?;
+    let real = std::fs::canonicalize(&product.path).map_err(|_| missing())?;
+    if !product.path.starts_with(STORE) || !real.starts_with(STORE) || !real.is_file() {
+        return Err(not_found(format!(
+            "Build product {id} is not a file in the store."
+        )));
+    }
+    let source = Source {
+        path: real.clone(),
+        compression: Compression::Plain,
+        live: false,
+    };
+    let stream = LogStream::open(&source, true, false)
+        .map_err(|e| unreadable(product.build, &format!("{}: {e}", real.display())))?;
+    let mut head = Response::new(200, "application/octet-stream", Vec::new());
+    let name = real
+        .file_name()
+        .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+    let name: String = name
+        .chars()
+        .filter(|c| !c.is_control() && *c != '"')
+        .collect();
+    head.headers.push((
+        "Content-Disposition",
+        format!("attachment; filename=\"{name}\""),
+    ));
+    Ok((head, stream, product.build))
 }
 
 /// Starts answering `req`, a `/build/ID/log/raw` request (see

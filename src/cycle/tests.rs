@@ -39,16 +39,21 @@ impl World {
     }
 
     fn cycle(&self, no_compile: bool, one_shot: bool) -> Cycle {
+        self.cycle_of(spec(no_compile), one_shot)
+    }
+
+    fn cycle_of(&self, spec: Specification, one_shot: bool) -> Cycle {
         let settings = Settings {
             interval: Duration::from_secs(60),
             fetch_timeout: Duration::from_secs(30),
             compile_timeout: Duration::from_secs(30),
             evaluation_timeout: Duration::from_secs(100),
             one_shot,
+            build_types: PathBuf::from("/cache/.cuirass/build-types.scm"),
             checkout: PathBuf::from("/cache/hello"),
             load_path: vec![],
         };
-        Cycle::new(spec(no_compile), settings, self.now)
+        Cycle::new(spec, settings, self.now)
     }
 
     fn at(&mut self, secs: u64) -> &mut World {
@@ -74,6 +79,7 @@ impl World {
             unix_now: 1_700_000_000 + self.now.duration_since(self.start).as_secs() as i64,
             db: &mut self.db,
             read_drv: &read_drv,
+            file_size: &|_: &str| Some(6),
             daemon: &daemon,
         };
         cycle.handle(input, &mut env);
@@ -189,7 +195,7 @@ fn a_new_commit_without_compile_is_evaluated_and_its_builds_start_while_evaluati
     assert_eq!(c.state().name(), "Fetching");
     let cmds = w.feed(&mut c, fetched(COMMIT_1));
     match &cmds[..] {
-        [Command::SpawnEvaluator { arguments }] => {
+        [Command::SpawnEvaluator { arguments, .. }] => {
             assert!(
                 arguments.contains("(file . \"/cache/hello/ci.scm\")"),
                 "{arguments}"
@@ -596,3 +602,5 @@ fn a_trigger_polls_now_or_when_the_round_ends_and_a_retry_evaluates_its_commit_a
     w.feed(&mut c, fetched(COMMIT_1));
     assert_eq!(w.count("SELECT count(*) FROM Evaluations"), 2);
 }
+
+mod records;

@@ -35,6 +35,8 @@ pub struct BuildView {
     /// One of [`weather`]: how this build compares with the job's
     /// previous finished build in the same specification.
     pub weather: i64,
+    /// Files registered by its spec's `build-outputs`.
+    pub products: Vec<super::channels::ProductView>,
 }
 
 /// A finished build compared with its job's previous one (the values of
@@ -101,6 +103,8 @@ pub struct EvaluationView {
     /// database written by the 2018 original, or not ended yet).
     pub timestamp: i64,
     pub evaltime: i64,
+    /// One per channel (migration 10); empty for older evaluations.
+    pub checkouts: Vec<super::channels::CheckoutView>,
 }
 
 impl EvaluationView {
@@ -194,6 +198,7 @@ pub(super) fn build_row(r: &Row) -> rusqlite::Result<BuildView> {
         stoptime: r.get(12)?,
         outputs: Vec::new(),
         weather: weather::UNKNOWN,
+        products: Vec::new(),
         priority: r.get(13)?,
         timeout: r.get(14)?,
         max_silent_time: r.get(15)?,
@@ -400,20 +405,27 @@ impl Db {
             Some(_) => format!("{EVAL_COLUMNS} WHERE specification = ?2 ORDER BY id DESC LIMIT ?1"),
             None => format!("{EVAL_COLUMNS} WHERE ?2 IS NULL ORDER BY id DESC LIMIT ?1"),
         };
-        let rows = self
+        let mut rows = self
             .conn
             .prepare_cached(&sql)?
             .query_map(params![limit, spec], eval_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
+        for e in &mut rows {
+            e.checkouts = self.checkouts(e.id)?;
+        }
         Ok(rows)
     }
 
     pub fn evaluation_view(&self, id: EvalId) -> Result<Option<EvaluationView>> {
-        Ok(self
+        let mut e = self
             .conn
             .prepare_cached(&format!("{EVAL_COLUMNS} WHERE id = {}", bound_id(1)))?
             .query_row([id], eval_row)
-            .optional()?)
+            .optional()?;
+        if let Some(e) = e.as_mut() {
+            e.checkouts = self.checkouts(e.id)?;
+        }
+        Ok(e)
     }
 
     /// The latest build of a derivation (`/build/NAME.drv`), down
@@ -591,6 +603,9 @@ impl Db {
             b.outputs = outputs
                 .query_map([b.id], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            if b.status == super::status::SUCCEEDED {
+                b.products = self.products(b.id)?;
+            }
             if weather::counts(b.status) {
                 let prev: Option<i64> = previous
                     .query_row(
@@ -617,5 +632,6 @@ fn eval_row(r: &Row) -> rusqlite::Result<EvaluationView> {
         error: r.get(4)?,
         timestamp: r.get(5)?,
         evaltime: r.get(6)?,
+        checkouts: Vec::new(),
     })
 }

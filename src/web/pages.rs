@@ -261,9 +261,31 @@ pub fn evaluation(db: &Db, req: &Request, id: &str, ctx: &Ctx) -> Page {
         None => String::new(),
     };
     let rows: Vec<String> = builds.iter().map(|b| build_row(b, now, false)).collect();
+    // One line per channel when the checkouts were recorded.
+    let checkouts = db.checkouts(id).map_err(db_error)?;
+    let commits = match checkouts.is_empty() {
+        true => format!(
+            "<dt>Commit</dt><dd><code>{}</code></dd>",
+            esc(&eval.revision)
+        ),
+        false => {
+            let lines: Vec<String> = checkouts
+                .iter()
+                .map(|c| {
+                    let commit = if c.commit.is_empty() {
+                        "(left to guix time-machine)"
+                    } else {
+                        &c.commit
+                    };
+                    format!("{} <code>{}</code>", esc(&c.channel), esc(commit))
+                })
+                .collect();
+            format!("<dt>Checkouts</dt><dd>{}</dd>", lines.join("<br>"))
+        }
+    };
     let body = format!(
         "<dl><dt>Specification</dt><dd><a href=\"/jobset/{}\">{}</a></dd>\
-         <dt>Commit</dt><dd><code>{}</code></dd><dt>Status</dt><dd>{}</dd>\
+         {commits}<dt>Status</dt><dd>{}</dd>\
          <dt>Started</dt><dd>{}</dd><dt>Took</dt><dd>{}</dd></dl>{error}\
          <form class=\"filters\" action=\"/eval/{id}\" method=\"get\">{filters}\
          <input type=\"hidden\" name=\"status\" value=\"{}\">\
@@ -272,7 +294,6 @@ pub fn evaluation(db: &Db, req: &Request, id: &str, ctx: &Ctx) -> Page {
          <p class=\"dim\">{total} matching build{}</p>{}{}",
         url(&eval.specification),
         esc(&eval.specification),
-        esc(&eval.revision),
         eval_status_label(&eval),
         html::time(now, eval.timestamp),
         match eval.evaltime > 0 {

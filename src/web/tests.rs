@@ -21,6 +21,7 @@ fn spec(name: &str) -> Specification {
         file: "ci.scm".into(),
         proc_name: "jobs".into(),
         arguments: "()".into(),
+        record: None,
     }
 }
 
@@ -275,6 +276,25 @@ fn an_evaluation_filters_and_searches_its_builds() {
     assert_eq!(status_of(&db, &root, "/eval/x"), 400);
     let quiet = page(&db, &root, "/eval/2");
     assert!(quiet.contains("<pre>boom &lt;oops&gt;</pre>"));
+}
+
+/// Recorded checkouts are listed one per channel, instead of the commit.
+#[test]
+fn an_evaluation_lists_its_checkouts() {
+    let (mut db, root) = fixture();
+    let checkout = |channel: &str, commit: &str| crate::fetch::Checkout {
+        channel: channel.into(),
+        commit: commit.into(),
+        directory: format!("/cache/{channel}").into(),
+    };
+    db.add_checkouts(2, &[checkout("mine", "abc123"), checkout("guix", "")])
+        .unwrap();
+    let body = page(&db, &root, "/eval/2");
+    assert!(
+        body.contains("<dt>Checkouts</dt><dd>guix <code>(left to guix time-machine)</code><br>mine <code>abc123</code></dd>"),
+        "{body}"
+    );
+    assert!(page(&db, &root, "/eval/1").contains("<dt>Commit</dt>"));
 }
 
 #[test]

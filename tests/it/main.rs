@@ -17,5 +17,6 @@ mod names;
 mod offload;
 mod one_shot;
 mod refs;
+mod specs;
 mod support;
 mod web;

@@ -569,3 +569,24 @@ pub fn build_keyword_project_with(guix: Guix, label: &str) -> Built {
         nonce,
     }
 }
+
+/// One GET with HTTP/1.0 (so no chunked body); the status, the head and
+/// the body.
+pub fn get_raw(port: u16, target: &str) -> (u16, String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {target} HTTP/1.0\r\n\r\n").unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).unwrap();
+    let end = reply.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let status = String::from_utf8_lossy(&reply[9..12]).parse().unwrap();
+    let head = String::from_utf8_lossy(&reply[..end]).into_owned();
+    (status, head, reply[end..].to_vec())
+}
+
+/// One GET; the status and the body as JSON (`Null` if it is not JSON).
+pub fn get_json(port: u16, target: &str) -> (u16, serde_json::Value) {
+    let (status, _, body) = get_raw(port, target);
+    (status, serde_json::from_slice(&body).unwrap_or_default())
+}
