@@ -45,7 +45,9 @@ pub fn respond(db: &Db, req: &Request) -> Response {
         Route::SearchLatest => items::search_latest(db, req, None),
         Route::SearchLatestOfType => items::search_latest(db, req, Some(m.arg(0))),
         Route::BuildAttempts => admin::attempts(db, m.arg(0)),
-        // Pages, logs and metrics are the dashboard's (`web`).
+        // Pages, logs and metrics are the dashboard's (`web`), and so is
+        // `/api/machines`, whose "last 24 hours" needs the wall clock that
+        // `web`'s context brings.
         Route::Index
         | Route::Jobset
         | Route::Badge
@@ -55,6 +57,8 @@ pub fn respond(db: &Db, req: &Request) -> Response {
         | Route::LogOfItem
         | Route::Search
         | Route::Metrics
+        | Route::Machines
+        | Route::ApiMachines
         | Route::AttemptLog
         | Route::Login
         | Route::Logout => Err(not_found()),
@@ -154,6 +158,9 @@ struct BuildJson<'a> {
     /// Why the build failed, as the daemon said it: `timed out after 3
     /// seconds`; null otherwise.
     errormsg: Option<&'a str>,
+    /// The machine that ran the build (`localhost`, or the build machine
+    /// `guix offload` sent it to); null before it started.
+    worker: Option<&'a str>,
 }
 
 fn build_json(b: &BuildView) -> BuildJson<'_> {
@@ -186,6 +193,7 @@ fn build_json(b: &BuildView) -> BuildJson<'_> {
         timeout: b.timeout,
         maxsilent: b.max_silent_time,
         errormsg: b.errormsg.as_deref(),
+        worker: b.worker.as_deref(),
     }
 }
 
@@ -424,6 +432,7 @@ mod evaluations;
 mod items;
 pub use items::build_of_item;
 mod jobs;
+pub mod machines;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

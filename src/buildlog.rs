@@ -17,6 +17,7 @@
 
 pub mod copy;
 pub mod decode;
+pub mod live;
 pub mod serve;
 mod tail;
 
@@ -108,12 +109,43 @@ impl Places {
         self.copies.join(format!("{id}.tail"))
     }
 
-    /// Build `b`'s log: its copy, else the file the database names if it
+    /// The live log of a running `derivation` ([`live`]):
+    /// `COPIES/live/NAME.drv.log`; None for a name that is not a store
+    /// derivation's.
+    pub fn live_path(&self, derivation: &str) -> Option<PathBuf> {
+        let base = derivation.strip_prefix("/gnu/store/")?;
+        (!base.is_empty() && !base.contains('/') && !base.starts_with('.'))
+            .then(|| self.live_dir().join(format!("{base}.log")))
+    }
+
+    /// Where live logs are written: `COPIES/live`.
+    pub fn live_dir(&self) -> PathBuf {
+        self.copies.join("live")
+    }
+
+    /// The live log of build `b` while it runs and cuirass writes one.
+    pub fn live_of(&self, b: &BuildView) -> Option<Source> {
+        if b.status != crate::db::status::STARTED {
+            return None;
+        }
+        let path = self.live_path(&b.derivation)?;
+        path.is_file().then_some(Source {
+            path,
+            compression: Compression::Plain,
+            live: true,
+        })
+    }
+
+    /// Build `b`'s log: its copy, else while it runs the live file
+    /// cuirass writes, else the file the database names if it
     /// is under the daemon's log directory (even a database written by
     /// someone else names no other file), else None.
     pub fn source(&self, b: &BuildView) -> Option<Source> {
         if let Some(copy) = self.copy_of(b.id) {
             return Some(copy);
+        }
+        if let Some(live) = self.live_of(b) {
+            return Some(live);
         }
         let path = Path::new(&b.log);
         let inside = !b.log.is_empty()

@@ -60,6 +60,12 @@ pub const OPTIONS: &[OptionDef] = &[
         "build locally when a substitute fails",
     ),
     opt(
+        "",
+        "no-offload",
+        Arity::Flag,
+        "never let the daemon offload builds to its build machines",
+    ),
+    opt(
         "L",
         "load-path",
         Arity::Value("DIR"),
@@ -157,6 +163,9 @@ pub struct Config {
     pub listen: String,
     pub interval_secs: u64,
     pub use_substitutes: bool,
+    /// Whether the daemon may hand builds to its build hook (`guix
+    /// offload`); `--no-offload` turns it off.
+    pub offload: bool,
     pub evaluator: Vec<String>,
     pub evaluation_timeout_secs: u64,
     pub fetch_timeout_secs: u64,
@@ -306,6 +315,7 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Command, String> {
         listen: m.opt_str("listen").unwrap_or_else(|| "localhost".into()),
         interval_secs,
         use_substitutes: m.opt_present("use-substitutes"),
+        offload: !m.opt_present("no-offload"),
         evaluator,
         evaluation_timeout_secs: number(&m, "evaluation-timeout", 3600u64)?,
         fetch_timeout_secs: number(&m, "fetch-timeout", 1800u64)?,

@@ -134,7 +134,14 @@ const MIGRATIONS: &[&str] = &[
      DROP INDEX IF EXISTS Builds_derivation;
      CREATE INDEX Builds_derivation ON Builds (derivation, evaluation);
      CREATE INDEX IF NOT EXISTS Outputs_path ON Outputs (path);",
-    // 10: operators' actions.  A restarted build keeps its earlier
+    // 10: the machine that ran each build (`localhost`, or the build
+    // machine `guix offload` named), NULL for builds never started or
+    // recorded before; the index serves the /machines page, which reads
+    // the last day's builds by stop time.
+    "ALTER TABLE Builds ADD COLUMN worker TEXT;
+     CREATE INDEX IF NOT EXISTS Builds_worker ON Builds (stoptime, worker)
+       WHERE worker IS NOT NULL;",
+    // 11: operators' actions.  A restarted build keeps its earlier
     // attempts (status, times, log, reason) in `BuildAttempts`; `Inputs`
     // is read backwards to find the builds that failed because of one;
     // an inactive specification keeps its history but is not polled;
@@ -624,6 +631,7 @@ impl Db {
 
 pub mod admin;
 pub mod dashboard;
+pub mod machines;
 pub mod read;
 mod statuses;
 

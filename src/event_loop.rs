@@ -5,7 +5,7 @@
 //! lives here: what a cycle does next is decided in `cycle`.
 
 use crate::build::{self, Batch};
-use crate::buildlog::{self, copy::Copier};
+use crate::buildlog::{self, copy::Copier, live::LiveLogs};
 use crate::child::{self, Proc};
 use crate::cli::Config;
 use crate::cycle::{Command, Cycle, Env, Input, Settings, State};
@@ -156,6 +156,9 @@ struct Conn {
     stream: UnixStream,
     batch: Batch,
     wants_write: bool,
+    /// The turn's read cap stopped reading before `WouldBlock`: mio will
+    /// not tell again, so the next turn reads on.
+    more: bool,
 }
 
 /// One specification: its machine and the I/O the loop keeps for it.
@@ -179,6 +182,8 @@ pub struct EventLoop {
     logs: buildlog::Places,
     /// Per-build log copies, a chunk per turn.
     copier: Copier,
+    /// Running builds' output, as it arrives.
+    live: LiveLogs,
 }
 
 /// Ends cuirass with an error message (one-shot) or is logged (daemon).
@@ -228,6 +233,7 @@ impl EventLoop {
             http,
             reload: None,
             copier: Copier::new(logs.clone()),
+            live: LiveLogs::new(logs.clone()),
             logs,
         };
         for spec in specs {
@@ -360,6 +366,7 @@ impl EventLoop {
                 .child
                 .as_ref()
                 .is_some_and(|c| c.proc.wants_read() != (false, false))
+                || slot.conn.as_ref().is_some_and(|c| c.more)
             {
                 return now;
             }
@@ -460,6 +467,9 @@ impl EventLoop {
         self.copier.step();
         for index in 0..self.slots.len() {
             self.read_leftovers(index);
+            if self.slots[index].conn.as_ref().is_some_and(|c| c.more) {
+                self.daemon_io(index);
+            }
             self.reap_child(index, now);
             self.settle_batch(index, now);
             if !self.stopping {
@@ -568,5 +578,10 @@ pub use crate::cycle::evaluator_arguments;
 
 /// The options a batch's connection sets: ours, and its limit class.
 fn batch_options(config: &Config, limits: build::Limits) -> crate::wire::BuildOptions {
-    build::build_options(config.use_substitutes, config.fallback, limits)
+    build::build_options(
+        config.use_substitutes,
+        config.fallback,
+        config.offload,
+        limits,
+    )
 }

@@ -6,7 +6,7 @@
 use crate::admin::{Auth, Effect};
 use crate::api;
 use crate::buildlog::{self, serve::LogStream};
-use crate::db::Db;
+use crate::db::{Db, status};
 use crate::http::{self, Parsed, Response};
 use crate::routes;
 use crate::web::{self, HttpCounters};
@@ -48,7 +48,16 @@ struct Paging {
 struct Streaming {
     log: LogStream,
     keep_alive: bool,
+    /// A running build's log, all sent: when it was last looked at for
+    /// more (it is looked at every [`FOLLOW_EVERY`]).
+    waiting: Option<Instant>,
 }
+
+/// How often a followed live log is looked at for new output.
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+/// A client following a live log is kept this long without a byte: a
+/// build may be silent for long (its max-silent-time decides).
+const FOLLOW_IDLE: Duration = Duration::from_secs(3600);
 
 struct Conn {
     stream: TcpStream,
@@ -95,6 +104,9 @@ impl Conn {
         }
         if self.queued() > 0 {
             return self.last_progress + WRITE_TIMEOUT;
+        }
+        if self.streaming.as_ref().is_some_and(|s| s.waiting.is_some()) {
+            return self.last_progress + FOLLOW_IDLE;
         }
         match self.request_started {
             Some(t) => t + REQUEST_TIMEOUT,
@@ -220,7 +232,16 @@ impl HttpServer {
 
     /// The next time a connection times out, or now if one has work left.
     pub fn poll_at(&self) -> Option<Instant> {
-        let next = self.conns.iter().flatten().map(Conn::deadline).min();
+        let mut next = self.conns.iter().flatten().map(Conn::deadline).min();
+        let follow = self
+            .conns
+            .iter()
+            .flatten()
+            .filter_map(|c| c.streaming.as_ref()?.waiting)
+            .min();
+        if let Some(at) = follow {
+            next = next.map_or(Some(at + FOLLOW_EVERY), |n| Some(n.min(at + FOLLOW_EVERY)));
+        }
         if self.again.is_empty() {
             next
         } else {
@@ -240,6 +261,11 @@ impl HttpServer {
             let Some(conn) = &self.conns[slot] else {
                 continue;
             };
+            let waited = conn.streaming.as_ref().and_then(|s| s.waiting);
+            if waited.is_some_and(|at| now >= at + FOLLOW_EVERY) {
+                self.service(registry, slot, db, now);
+                continue;
+            }
             if now >= conn.deadline() {
                 log::debug!(target: crate::logging::HTTP, "http: {} timed out", conn.peer);
                 self.close(registry, slot);
@@ -380,6 +406,29 @@ fn step(conn: &mut Conn, turn: &mut Turn) -> Step {
         if conn.output.len() - conn.sent >= MAX_QUEUED {
             return Step::Wait { more: false };
         }
+        if let Some(id) = streaming.log.following() {
+            // A database error ends the log where it stands rather than
+            // keep the client waiting on a build no one can see.
+            let running = turn
+                .db
+                .build_status(id)
+                .is_ok_and(|s| s == Some(status::STARTED));
+            match streaming.log.refresh(running) {
+                Ok(true) => {
+                    streaming.waiting = Some(now);
+                    return match flush(conn, now) {
+                        Ok(()) => Step::Wait { more: false },
+                        Err(()) => Step::Close,
+                    };
+                }
+                Ok(false) => streaming.waiting = None,
+                Err(e) => {
+                    log::warn!(target: crate::logging::HTTP, "http: {} log: {e}", conn.peer);
+                    let _ = flush(conn, now);
+                    return Step::Close;
+                }
+            }
+        }
         if let Err(e) = streaming.log.next(&mut conn.output) {
             // Headers are gone: only a broken transfer can tell the
             // client that the body is not the whole log.
@@ -461,6 +510,7 @@ fn step(conn: &mut Conn, turn: &mut Turn) -> Step {
                                 conn.streaming = Some(Streaming {
                                     log,
                                     keep_alive: keep,
+                                    waiting: None,
                                 });
                                 // Ended here for HEAD: nothing to stream.
                                 return step_again(conn, now);

@@ -17,11 +17,12 @@
 //! - `fetch`: git checkouts, run in a child process of this binary.
 //! - `child`: subprocesses whose pipes the event loop watches.
 //! - `build`: one batch of derivations of one limit class handed to the
-//!   daemon, and its statuses.
+//!   daemon, and its statuses, machines (`@ build-remote`) and output.
 //! - `cycle`: one specification's cycle, a sans-I/O state machine (the
 //!   evaluation track and the building track).
 //! - `buildlog`: build logs found, decoded (a sans-I/O codec), streamed a
-//!   chunk per turn and copied per build.
+//!   chunk per turn and copied per build; running builds' live logs,
+//!   written as their output arrives and followed by `/build/ID/log/raw`.
 //! - `routes`: every HTTP route in one table (dispatch, `/metrics` labels).
 //! - `admin`: write access (tokens, sessions, CSRF, the trigger rate
 //!   limit, webhook signatures) and the [`admin::Effect`]s an action asks

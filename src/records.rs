@@ -58,6 +58,13 @@ pub enum Update {
         log: Option<String>,
         reason: Option<String>,
     },
+    /// The daemon's build hook (`guix offload`) sent the build to the
+    /// build machine `host` (`@ build-remote DRV HOST`); a build started
+    /// without one ran on the daemon's own machine.
+    Remote {
+        derivation: String,
+        host: String,
+    },
 }
 
 /// A build that has not reached a final status.

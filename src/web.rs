@@ -7,6 +7,7 @@
 
 mod admin;
 mod badge;
+mod machines;
 mod metrics;
 mod pages;
 
@@ -69,6 +70,8 @@ pub fn respond(db: &Db, req: &Request, ctx: &Ctx) -> Response {
         Route::BuildDetails => pages::build_details(db, m.arg(0), ctx),
         Route::Search => pages::search(db, req, ctx.now),
         Route::Metrics => Ok(metrics::metrics(db, ctx.counters)),
+        Route::Machines => machines::machines(db, ctx.now),
+        Route::ApiMachines => Ok(api::machines::machines(db, ctx.now)),
         Route::BuildLog | Route::LogOfItem | Route::AttemptLog => {
             Ok(buildlog::serve::whole(db, ctx.logs, req))
         }

@@ -14,6 +14,11 @@
 //! 500 naming the file; found corrupt later, the connection is closed
 //! without the body's end, so the client sees a broken transfer rather
 //! than a log that looks complete.
+//!
+//! A running build's live log ([`super::live`]) is followed: sent chunked
+//! as it grows, and ended once the build has ended and everything
+//! written was sent.  The loop writes a build's last output before its
+//! final status, so a finished build's file is complete.
 
 use super::{Compression, Decoder, Places, Source};
 use crate::db::Db;
@@ -46,6 +51,10 @@ pub struct LogStream {
     live: bool,
     text: Vec<u8>,
     done: bool,
+    /// The build whose live log this is, while it may still grow.
+    follow: Option<i64>,
+    /// The file's size as last seen, for a followed log.
+    seen: u64,
 }
 
 /// What `/build/ID/log/raw` answers, decided before anything is sent.
@@ -115,7 +124,12 @@ fn prepare(
     }
     .ok_or_else(no_log)?;
     let pass_gzip = req.accept_gzip && source.compression == Compression::Gzip && !source.live;
-    let stream = match LogStream::open(&source, pass_gzip, chunked) {
+    let follow = places.live_of(&b).is_some_and(|l| l.path == source.path);
+    let opened = match follow {
+        true => LogStream::follow(&source, b.id, chunked),
+        false => LogStream::open(&source, pass_gzip, chunked),
+    };
+    let stream = match opened {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(no_log()),
         Err(e) => return Err(unreadable(b.id, &format!("{}: {e}", source.path.display()))),
@@ -159,7 +173,11 @@ pub fn whole(db: &Db, places: &Places, req: &Request) -> Response {
         Err(r) => return r,
     };
     while !stream.is_done() {
-        if let Err(e) = stream.next(&mut response.body) {
+        // No loop to come back to: a live log is sent as it stands.
+        if let Err(e) = stream
+            .refresh(false)
+            .and_then(|_| stream.next(&mut response.body))
+        {
             return unreadable(id, &e);
         }
     }
@@ -195,7 +213,54 @@ impl LogStream {
             live: source.live,
             text: Vec::new(),
             done: false,
+            follow: None,
+            seen: size,
         })
+    }
+
+    /// Opens the live log (plain) of running build `id`, to be followed
+    /// as it grows: its length is unknown, so it goes chunked (or until
+    /// the connection closes for HTTP/1.0).
+    pub fn follow(source: &Source, id: i64, chunked: bool) -> std::io::Result<LogStream> {
+        let mut s = LogStream::open(source, false, chunked)?;
+        s.length = if chunked {
+            Length::Chunked
+        } else {
+            Length::UntilClose
+        };
+        s.follow = Some(id);
+        Ok(s)
+    }
+
+    /// The build a followed log belongs to, while it may grow.
+    pub fn following(&self) -> Option<i64> {
+        self.follow
+    }
+
+    /// For a followed log that has sent all it had: takes in what was
+    /// appended since; when nothing was and `running` is false (the
+    /// build ended, so the file is complete), stops following so that
+    /// the next [`LogStream::next`] ends the body.  Returns whether the
+    /// stream waits for more (nothing to send now).
+    pub fn refresh(&mut self, running: bool) -> Result<bool, String> {
+        if self.follow.is_none() || self.left > 0 || self.used < self.input.len() {
+            return Ok(false);
+        }
+        let size = self
+            .file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", self.path.display()))?
+            .len();
+        if size > self.seen {
+            self.left = size - self.seen;
+            self.seen = size;
+            return Ok(false);
+        }
+        if running {
+            return Ok(true);
+        }
+        self.follow = None;
+        Ok(false)
     }
 
     /// How the body is delimited.
@@ -254,7 +319,7 @@ impl LogStream {
             Length::Chunked => http::push_chunk(out, text),
             _ => out.extend_from_slice(text),
         }
-        if self.used == self.input.len() && self.left == 0 {
+        if self.used == self.input.len() && self.left == 0 && self.follow.is_none() {
             if let Some(d) = &self.decoder
                 && !self.live
             {

@@ -30,6 +30,8 @@ pub struct BuildView {
     pub max_silent_time: Option<i64>,
     /// The daemon's reason for a failure: `timed out after 3 seconds`.
     pub errormsg: Option<String>,
+    /// The machine that ran it: `localhost` or a build machine's name.
+    pub worker: Option<String>,
     /// One of [`weather`]: how this build compares with the job's
     /// previous finished build in the same specification.
     pub weather: i64,
@@ -151,7 +153,7 @@ pub struct OutputView {
 pub(super) const BUILD_COLUMNS: &str =
     "SELECT b.id, b.evaluation, e.specification, s.branch, d.job_name,
         d.system, d.nix_name, b.derivation, b.log, b.status, b.timestamp, b.starttime, b.stoptime,
-        b.priority, b.timeout, b.maxsilent, b.errormsg";
+        b.priority, b.timeout, b.maxsilent, b.errormsg, b.worker";
 
 /// The joins from `builds` (Builds as `b`, perhaps with an index named)
 /// to its derivation, evaluation and specification.  `CROSS JOIN` pins
@@ -196,6 +198,7 @@ pub(super) fn build_row(r: &Row) -> rusqlite::Result<BuildView> {
         timeout: r.get(14)?,
         max_silent_time: r.get(15)?,
         errormsg: r.get(16)?,
+        worker: r.get(17)?,
     })
 }
 

@@ -356,9 +356,13 @@ pub fn build_details(db: &Db, id: &str, ctx: &Ctx) -> Page {
         seconds(b.timeout),
         b.priority
     );
-    let reason = b.errormsg.as_deref().map_or(String::new(), |r| {
+    let mut reason = b.errormsg.as_deref().map_or(String::new(), |r| {
         format!("<dt>Reason</dt><dd>{}</dd>", esc(r))
     });
+    if let Some(w) = &b.worker {
+        let w = esc(w);
+        reason += &format!("<dt>Machine</dt><dd><a href=\"/machines\">{w}</a></dd>");
+    }
     let body = format!(
         "<dl><dt>Job</dt><dd>{}</dd><dt>Status</dt><dd>{}</dd>\
          <dt>Specification</dt><dd><a href=\"/jobset/{}\">{}</a></dd>\
@@ -393,10 +397,16 @@ pub fn build_details(db: &Db, id: &str, ctx: &Ctx) -> Page {
             format!("Evaluation {}", b.evaluation),
         ),
     ];
-    Ok(html(
+    let mut page = html(
         200,
         html::page(&format!("Build {id}: {}", b.job_name), &crumbs, &body),
-    ))
+    );
+    // A running build's tail grows (its live log): browsers reload a
+    // page whose answer says `Refresh`, with no script.
+    if b.status == status::STARTED {
+        page.headers.push(("Refresh", "5".into()));
+    }
+    Ok(page)
 }
 
 pub fn search(db: &Db, req: &Request, now: i64) -> Page {
