@@ -63,7 +63,7 @@ impl EventLoop {
     /// The slot of the live cycle of spec `name`: a stopped one stays as
     /// a tombstone (its tokens are its index), and a reactivated spec
     /// gets a new slot.
-    fn live_slot(&self, name: &str) -> Option<usize> {
+    pub(super) fn live_slot(&self, name: &str) -> Option<usize> {
         self.slots
             .iter()
             .rposition(|s| s.cycle.spec.name == name && !matches!(s.cycle.state(), State::Stopped))

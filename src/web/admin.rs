@@ -40,8 +40,29 @@ pub fn respond_write(
             Some((r, Vec::new()))
         }
         (Route::Logout, _) => Some((crate::api::admin::not_allowed(req, m.route), Vec::new())),
-        _ => crate::api::admin::respond(db, req, auth, now),
+        _ => {
+            let (response, effects) = crate::api::admin::respond(db, req, auth, now)?;
+            Some((as_page_for_forms(req, response), effects))
+        }
     }
+}
+
+/// A refused button (its form's request) gets a page saying why, not
+/// the API's JSON.
+fn as_page_for_forms(req: &Request, response: Response) -> Response {
+    let form = req
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+    if !form || response.status < 400 {
+        return response;
+    }
+    let message = serde_json::from_slice::<serde_json::Value>(&response.body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "The action was refused.".into());
+    let mut page = super::error_page(response.status, &message);
+    page.headers = response.headers;
+    page
 }
 
 fn login(req: &Request, auth: &mut Auth, now: Now, random: &dyn Fn() -> [u8; 64]) -> Response {

@@ -688,3 +688,55 @@ fn a_build_page_shows_the_limits_and_why_it_failed() {
         "{body}"
     );
 }
+
+#[test]
+fn operators_see_buttons_with_their_csrf_token_and_visitors_none() {
+    let (db, root) = fixture();
+    let logs = buildlog::Places::new(&root, root.join("copies"));
+    let counters = HttpCounters::default();
+    let session = crate::admin::Session {
+        label: "ops <1>".into(),
+        csrf: "c5rf".into(),
+        expires: std::time::Instant::now(),
+    };
+    let show = |target: &str, session| {
+        let ctx = Ctx {
+            now: NOW,
+            logs: &logs,
+            counters: &counters,
+            session,
+        };
+        String::from_utf8(respond(&db, &request(target), &ctx).body).unwrap()
+    };
+    let odd = format!("/jobset/{}", crate::html::url(ODD));
+    for target in ["/build/1/details", "/eval/1", "/jobset/hello", odd.as_str()] {
+        let anonymous = show(target, None);
+        assert!(!anonymous.contains("<form class=\"action\""), "{target}");
+        let operator = show(target, Some(&session));
+        assert!(
+            operator.contains("name=\"csrf\" value=\"c5rf\""),
+            "{target}"
+        );
+        assert!(operator.contains("Log out (ops &lt;1&gt;)"), "{target}");
+    }
+    // A finished build: restart, no cancel; a scheduled one: cancel.
+    let done = show("/build/1/details", Some(&session));
+    assert!(done.contains("action=\"/admin/build/1/restart\""));
+    assert!(!done.contains("/admin/build/1/cancel"));
+    let waiting = show("/build/4/details", Some(&session));
+    assert!(
+        waiting.contains("action=\"/admin/build/4/cancel\""),
+        "{waiting}"
+    );
+    let eval = show("/eval/1", Some(&session));
+    for what in ["restart", "cancel", "retry"] {
+        assert!(eval.contains(&format!("action=\"/admin/evaluation/1/{what}\"")));
+    }
+    let spec = show(&odd, Some(&session));
+    let action = format!("/admin/specification/{}/delete", crate::html::url(ODD));
+    assert!(spec.contains(&crate::html::esc(&action)), "{spec}");
+    assert!(spec.contains(&format!(
+        "name=\"confirm\" value=\"{}\"",
+        crate::html::esc(ODD)
+    )));
+}

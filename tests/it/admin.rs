@@ -505,6 +505,12 @@ fn the_dashboard_logs_in_and_its_restart_button_restarts() {
     // Without the CSRF token, the cookie alone does nothing.
     let r = http(b.port, "POST", &target, &headers, "next=%2F");
     assert_eq!(r.status, 403);
+    assert!(
+        r.text().contains("Missing or wrong CSRF token."),
+        "{}",
+        r.text()
+    );
+    assert!(r.header("content-type").unwrap().starts_with("text/html"));
     let r = http(
         b.port,
         "POST",
