@@ -166,6 +166,10 @@ struct Slot {
     cycle: Cycle,
     child: Option<Running>,
     conn: Option<Conn>,
+    /// Logs of builds finished in the batch in flight, copied once the
+    /// batch ends: guix-daemon reports a build killed at its timeout
+    /// before it has finished writing (and compressing) its log.
+    copies: Vec<(Vec<crate::db::BuildId>, String)>,
 }
 
 pub struct EventLoop {
@@ -261,6 +265,7 @@ impl EventLoop {
             cycle: Cycle::new(spec, settings, now),
             child: None,
             conn: None,
+            copies: Vec::new(),
         });
     }
 

@@ -69,6 +69,15 @@ impl EventLoop {
                 log::error!(target: logging::BUILDING, "spec={:?} {e}", self.slots[index].cycle.spec.name);
             }
         }
+        self.copy_logs(index);
+    }
+
+    /// Hands the logs of the batch's finished builds to the copier, once
+    /// the daemon is done with the batch (and so with their log files).
+    fn copy_logs(&mut self, index: usize) {
+        for (builds, log) in std::mem::take(&mut self.slots[index].copies) {
+            self.copier.push(builds, &log);
+        }
     }
 
     /// Tells the cycle once the batch in flight is done.
@@ -85,6 +94,7 @@ impl EventLoop {
         let updates = conn.batch.take_updates();
         let output = conn.batch.take_output();
         self.apply_updates(index, updates, output);
+        self.copy_logs(index);
         let daemon_error = conn.batch.daemon_error().map(String::from);
         self.feed(index, Input::BatchDone { daemon_error }, now);
     }
@@ -172,11 +182,7 @@ impl EventLoop {
         match self.db.apply_build_updates(&updates, unix_now()) {
             // The daemon's log is rewritten when the derivation is built
             // again: each build keeps a copy of its own.
-            Ok(logged) => {
-                for (builds, log) in logged {
-                    self.copier.push(builds, &log);
-                }
-            }
+            Ok(logged) => self.slots[index].copies.extend(logged),
             Err(e) => {
                 log::error!(target: logging::BUILDING, "spec={:?} {e}", self.slots[index].cycle.spec.name)
             }
