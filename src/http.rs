@@ -224,7 +224,15 @@ fn split_target(target: &str) -> Result<(String, Vec<(String, String)>), Error> 
     for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let k = percent_decode(k).ok_or(error(400, "bad percent-encoding"))?;
-        let v = percent_decode(v).ok_or(error(400, "bad percent-encoding"))?;
+        // `query` is words, as an HTML form sends them (the dashboard's
+        // search box, and links like `/search/latest?query=spec:guix+hello`):
+        // there a bare `+` is a space.  Every other parameter carries a
+        // name, where `+` is a plus (`gtk+`, `libsigc++`).
+        let v = match k.as_str() {
+            "query" => percent_decode(&v.replace('+', "%20")),
+            _ => percent_decode(v),
+        }
+        .ok_or(error(400, "bad percent-encoding"))?;
         query.push((k, v));
     }
     Ok((path, query))

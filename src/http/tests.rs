@@ -169,8 +169,11 @@ fn a_plus_in_a_query_parameter_is_a_plus_written_bare_or_as_2b() {
         assert_eq!(req.param("job"), Some("gtk+-3.24.x86_64-linux"), "{target}");
         assert_eq!(req.param("jobset"), Some("libsigc++"), "{target}");
     }
-    let (req, _) = complete(b"GET /search?query=a+b%20c&names=x+,y%2B HTTP/1.1\r\n\r\n");
-    assert_eq!(req.param("query"), Some("a+b c"));
+    // Except in `query`, words as a form sends them: `+` is a space there,
+    // `%2B` a plus.
+    let (req, _) =
+        complete(b"GET /search?query=spec:guix+gtk%2B%20x&names=x+,y%2B HTTP/1.1\r\n\r\n");
+    assert_eq!(req.param("query"), Some("spec:guix gtk+ x"));
     assert_eq!(req.param("names"), Some("x+,y+"));
     let (req, _) = complete(b"GET /jobset/libsigc++/badge.svg HTTP/1.1\r\n\r\n");
     assert_eq!(req.segments[1], "libsigc++");
