@@ -373,9 +373,69 @@ impl Drop for TempScript {
     }
 }
 
+/// How long Guile may take over a specification file, in seconds: the
+/// evaluation timeout, set once by `main` (default an hour).
+static GUILE_TIMEOUT_SECS: AtomicU64 = AtomicU64::new(3600);
+
+/// Bounds the Guile run of [`read_spec_file`] (`--evaluation-timeout`).
+pub fn set_guile_timeout(timeout: std::time::Duration) {
+    GUILE_TIMEOUT_SECS.store(timeout.as_secs().max(1), Ordering::Relaxed);
+}
+
+fn guile_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(GUILE_TIMEOUT_SECS.load(Ordering::Relaxed))
+}
+
+/// Runs `cmd` to completion within `timeout`, its output in temporary
+/// files (no pipes to drain, no threads): its own process group, killed
+/// whole at the timeout and when cuirass dies (`crate::child::die_with_parent`).
+fn run_bounded(
+    mut cmd: Command,
+    timeout: std::time::Duration,
+) -> std::io::Result<std::process::Output> {
+    use std::os::unix::process::CommandExt;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let base = std::env::temp_dir().join(format!("cuirass-guile-{}-{n}", std::process::id()));
+    let (out_path, err_path) = (base.with_extension("out"), base.with_extension("err"));
+    let result = (|| {
+        cmd.stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path)?)
+            .stderr(std::fs::File::create(&err_path)?)
+            .process_group(0);
+        crate::child::die_with_parent(&mut cmd);
+        let mut child = cmd.spawn()?;
+        let deadline = std::time::Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if std::time::Instant::now() >= deadline {
+                // SAFETY: kill(2) of the process group of our own child.
+                unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+                let _ = child.wait();
+                return Err(std::io::Error::other(format!(
+                    "timed out after {} s (--evaluation-timeout)",
+                    timeout.as_secs()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        Ok(std::process::Output {
+            status,
+            stdout: std::fs::read(&out_path)?,
+            stderr: std::fs::read(&err_path)?,
+        })
+    })();
+    let _ = std::fs::remove_file(&out_path);
+    let _ = std::fs::remove_file(&err_path);
+    result
+}
+
 /// Reads a specification file, running Guile only when the file is code.
-/// `guile_command` is usually [`default_guile_command`]. Guile runs to
-/// completion: a file that loops forever blocks the caller.
+/// `guile_command` is usually [`default_guile_command`].  Guile gets the
+/// time [`set_guile_timeout`] gave it, then it is killed and the file is
+/// an error.
 pub fn read_spec_file(
     path: &Path,
     guile_command: &[String],
@@ -399,13 +459,9 @@ pub fn read_spec_file(
         .ok_or_else(|| err("no Guile command configured".into()))?;
     let script =
         TempScript::create().map_err(|e| err(format!("cannot write helper script: {e}")))?;
-    let output = Command::new(program)
-        .args(args)
-        .arg(&script.0)
-        .arg(&absolute)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| err(format!("cannot run {program}: {e}")))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args).arg(&script.0).arg(&absolute);
+    let output = run_bounded(cmd, guile_timeout()).map_err(|e| err(format!("{program}: {e}")))?;
     drop(script);
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
