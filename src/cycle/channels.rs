@@ -189,9 +189,11 @@ impl Cycle {
                 st(&channel.branch)
             ));
         }
+        // Guix's own tree is never put on the load path: its source
+        // would shadow the compiled modules of the Guix that evaluates.
         let dirs: Vec<String> = checkouts
             .iter()
-            .filter(|c| !c.commit.is_empty())
+            .filter(|c| !c.commit.is_empty() && c.channel != GUIX)
             .map(|c| {
                 format!(
                     "({} . {})",
