@@ -315,3 +315,20 @@ fn a_fetched_guix_channel_is_pinned_and_kept_off_the_load_path() {
         "{arguments}"
     );
 }
+
+/// After a restart, the period counts from the latest evaluation in the
+/// database, not from the start of the process.
+#[test]
+fn the_period_counts_from_the_last_evaluation_in_the_database() {
+    let mut w = World::new();
+    let one = "(channels (list (channel (name 'a) (url \"file:///a\")))) (period 300)";
+    // An evaluation 100 s before this cycle starts (unix time of `start`
+    // is 1_700_000_000 in the world's clock).
+    w.db.begin_evaluation("hello", A1, 1_700_000_000 - 100)
+        .unwrap();
+    let mut c = w.cycle_of(record(one), false);
+    assert!(w.feed(&mut c, Input::Tick).is_empty());
+    assert_eq!(c.poll_at(), Some(w.start + Duration::from_secs(200)));
+    let cmds = w.at(200).feed(&mut c, Input::Tick);
+    assert!(matches!(cmds[..], [Command::SpawnFetch(_)]), "{cmds:?}");
+}
