@@ -346,6 +346,14 @@ impl Cycle {
             }
 
             // The poll timer: fetch, whatever the building track is doing.
+            // A period not yet over since the last evaluation (one made
+            // before a restart too) holds the poll until it is.
+            (State::Idle, Input::Tick)
+                if self.polls() && env.now >= self.next_poll && self.period_left(env).is_some() =>
+            {
+                self.next_poll = env.now + self.period_left(env).unwrap_or_default();
+                State::Idle
+            }
             (State::Idle, Input::Tick) if self.polls() && env.now >= self.next_poll => {
                 self.fetch(None, env)
             }

@@ -78,3 +78,37 @@ pub(super) fn record_json(name: &str, r: &Record) -> Value {
         "is-active?": r.is_active,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Parsed, read_spec_text};
+
+    #[test]
+    fn todays_specification_object() {
+        let text = r#"(list (specification (name "r") (build '(custom (a ci)))
+             (notifications (list (email (from "a@b") (to "c@d") (server "s")) (mastodon)))
+             (channels (list (channel (name 'a) (url "file:///a") (commit "c1"))))
+             (systems '("x86_64-linux"))))"#;
+        let Ok(Parsed::Specs(specs)) = read_spec_text("t.scm", text) else {
+            panic!("not read")
+        };
+        let r = specs[0].record.as_ref().unwrap();
+        assert_eq!(
+            record_json("r", r),
+            json!({
+                "name": "r",
+                "build": ["custom", ["a", "ci"]],
+                "channels": [{"name": "a", "url": "file:///a", "branch": "master",
+                              "commit": "c1", "introduction": null}],
+                "build-outputs": [],
+                "notifications": [{"type": "email", "from": "a@b", "to": "c@d", "server": "s"},
+                                  {"type": "mastodon"}],
+                "period": 0,
+                "priority": 9,
+                "systems": ["x86_64-linux"],
+                "is-active?": true,
+            })
+        );
+    }
+}

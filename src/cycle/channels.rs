@@ -124,6 +124,18 @@ impl Cycle {
         }
     }
 
+    /// How long the spec's `period` still holds polls, counted from its
+    /// latest evaluation as the database has it.
+    pub(super) fn period_left(&self, env: &Env) -> Option<Duration> {
+        let period = self.spec.record.as_ref()?.period as i64;
+        if period == 0 {
+            return None;
+        }
+        let last = env.db.latest_evaluations(1, Some(&self.spec.name)).ok()?;
+        let elapsed = env.unix_now - last.first()?.timestamp;
+        (elapsed < period).then(|| Duration::from_secs((period - elapsed.max(0)) as u64))
+    }
+
     /// The files the spec's `build-outputs` names, of the batch's builds
     /// that succeeded, become build products.
     pub(super) fn register_products(&mut self, env: &mut Env) {
@@ -189,9 +201,11 @@ impl Cycle {
                 st(&channel.branch)
             ));
         }
+        // Guix's own tree is never put on the load path: its source
+        // would shadow the compiled modules of the Guix that evaluates.
         let dirs: Vec<String> = checkouts
             .iter()
-            .filter(|c| !c.commit.is_empty())
+            .filter(|c| !c.commit.is_empty() && c.channel != GUIX)
             .map(|c| {
                 format!(
                     "({} . {})",

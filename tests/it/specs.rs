@@ -643,3 +643,36 @@ fn guix_channel_files_name_the_module_directory() {
         [("greet.x86_64-linux".into(), "x86_64-linux".into(), 0)]
     );
 }
+
+/// A running daemon switches an inactive spec on when its file, read
+/// again on SIGHUP, says so: the spec is polled and evaluated at once.
+#[test]
+fn sighup_switches_an_inactive_spec_on() {
+    require_daemon();
+    let setup = Setup::new("sighup-active");
+    let mine = mine(setup.tmp.path());
+    let spec = setup.write_spec(&one_channel_spec("later", &mine, "(is-active? #f)"));
+    let (daemon, _port) = serve(&setup, &["--interval", "1", "-S", spec.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_secs(3));
+    let evaluations = || {
+        count(
+            &setup.db(),
+            "SELECT COUNT(*) FROM Evaluations WHERE status = 0",
+        )
+    };
+    assert_eq!(evaluations(), 0);
+    std::fs::write(&spec, one_channel_spec("later", &mine, "(is-active? #t)")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_until(
+        Duration::from_secs(60),
+        "the evaluation once active",
+        || evaluations() == 1,
+    );
+    let active: i64 = two::<i64, String>(
+        &setup.db(),
+        "SELECT is_active, repo_name FROM Specifications",
+        [],
+    )
+    .0;
+    assert_eq!(active, 1);
+}

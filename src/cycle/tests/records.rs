@@ -279,3 +279,56 @@ fn an_inactive_spec_is_never_polled_and_resumes_when_switched_on() {
     assert!(w.feed(&mut c, Input::Tick).is_empty());
     assert!(c.is_finished());
 }
+
+/// A fetched guix channel is pinned for the time-machine, and its tree
+/// stays off the load path (the time-machine's Guix has its modules).
+#[test]
+fn a_fetched_guix_channel_is_pinned_and_kept_off_the_load_path() {
+    let mut w = World::new();
+    let spec = record(
+        "(build 'hello) (channels (cons (channel (name 'a) (url \"file:///a\")) %default-channels))",
+    );
+    let mut c = w.cycle_of(spec, false);
+    w.feed(&mut c, Input::Tick);
+    let cmds = w.feed(&mut c, channels(&[("a", A1), ("guix", B1)]));
+    let [
+        Command::SpawnEvaluator {
+            arguments,
+            time_machine: Some(file),
+        },
+    ] = &cmds[..]
+    else {
+        panic!("{cmds:?}")
+    };
+    assert!(
+        file.contains(&format!(
+            "(branch \"master\") (commit \"{B1}\") (introduction"
+        )),
+        "{file}"
+    );
+    assert!(
+        arguments.contains("(checkouts (a . \"/cache/hello/a\"))"),
+        "{arguments}"
+    );
+    assert!(
+        arguments.contains(&format!("(commit \"{B1}\") (name guix)")),
+        "{arguments}"
+    );
+}
+
+/// After a restart, the period counts from the latest evaluation in the
+/// database, not from the start of the process.
+#[test]
+fn the_period_counts_from_the_last_evaluation_in_the_database() {
+    let mut w = World::new();
+    let one = "(channels (list (channel (name 'a) (url \"file:///a\")))) (period 300)";
+    // An evaluation 100 s before this cycle starts (unix time of `start`
+    // is 1_700_000_000 in the world's clock).
+    w.db.begin_evaluation("hello", A1, 1_700_000_000 - 100)
+        .unwrap();
+    let mut c = w.cycle_of(record(one), false);
+    assert!(w.feed(&mut c, Input::Tick).is_empty());
+    assert_eq!(c.poll_at(), Some(w.start + Duration::from_secs(200)));
+    let cmds = w.at(200).feed(&mut c, Input::Tick);
+    assert!(matches!(cmds[..], [Command::SpawnFetch(_)]), "{cmds:?}");
+}
