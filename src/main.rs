@@ -54,7 +54,9 @@ fn check(config: &Config) -> Result<(), String> {
         .specifications
         .as_ref()
         .ok_or("--check needs -S FILE")?;
-    spec::set_guile_timeout(std::time::Duration::from_secs(config.evaluation_timeout_secs));
+    spec::set_guile_timeout(std::time::Duration::from_secs(
+        config.evaluation_timeout_secs,
+    ));
     let specs = spec::read_spec_file(path, &config.evaluator).map_err(|e| e.to_string())?;
     let names: Vec<String> = specs.iter().map(|s| format!("{:?}", s.name)).collect();
     println!(
@@ -73,7 +75,9 @@ fn run(mut config: Config) -> Result<(), String> {
     // Children run in checkouts; every path they are given must be absolute.
     config.cache_dir = std::path::absolute(&config.cache_dir)
         .map_err(|e| format!("{}: {e}", config.cache_dir.display()))?;
-    spec::set_guile_timeout(std::time::Duration::from_secs(config.evaluation_timeout_secs));
+    spec::set_guile_timeout(std::time::Duration::from_secs(
+        config.evaluation_timeout_secs,
+    ));
     // Read specifications before touching the database, so that a broken
     // file writes nothing at all.
     let specs = match &config.specifications {

@@ -461,7 +461,8 @@ pub fn read_spec_file(
         TempScript::create().map_err(|e| err(format!("cannot write helper script: {e}")))?;
     let mut cmd = Command::new(program);
     cmd.args(args).arg(&script.0).arg(&absolute);
-    let output = run_bounded(cmd, guile_timeout()).map_err(|e| err(format!("{program}: {e}")))?;
+    let output =
+        run_bounded(cmd, guile_timeout()).map_err(|e| err(format!("cannot run {program}: {e}")))?;
     drop(script);
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
