@@ -136,7 +136,16 @@ impl EventLoop {
                 continue;
             }
             match self.live_slot(&spec.name) {
-                Some(i) => self.slots[i].cycle.replace_spec(spec),
+                Some(i) => {
+                    if self.slots[i].cycle.spec != spec {
+                        log::info!(
+                            target: logging::SPEC,
+                            "spec={:?} updated (from its next round; a commit already evaluated is not evaluated again)",
+                            spec.name
+                        );
+                    }
+                    self.slots[i].cycle.replace_spec(spec)
+                }
                 None => {
                     log::info!(target: logging::SPEC, "spec={:?} added", spec.name);
                     self.add_slot(spec, now);
