@@ -47,7 +47,7 @@ pub enum Effect {
     /// (the next run's copy would replace it).
     KeepLog { build: i64, attempt: i64 },
     /// A specification was added or edited (and is active): poll it.
-    SpecChanged(crate::spec::Specification),
+    SpecChanged(Box<crate::spec::Specification>),
     /// A specification was deactivated or deleted: stop its cycle.
     SpecStopped { spec: String },
 }

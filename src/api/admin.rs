@@ -278,7 +278,7 @@ fn run(
             db.set_specification_active(arg, active)
                 .map_err(action_error)?;
             match active {
-                true => effects.push(Effect::SpecChanged(spec_named(db, arg)?)),
+                true => effects.push(Effect::SpecChanged(Box::new(spec_named(db, arg)?))),
                 false => effects.push(Effect::SpecStopped { spec: arg.into() }),
             }
             Ok(json!({ "specification": arg, "active": active }))
@@ -326,7 +326,7 @@ fn run(
             db.add_specifications(std::slice::from_ref(&spec))
                 .map_err(db_error)?;
             if exists != Some(false) {
-                effects.push(Effect::SpecChanged(spec));
+                effects.push(Effect::SpecChanged(Box::new(spec)));
             }
             Ok(json!({ "specification": name }))
         }

@@ -253,7 +253,7 @@ fn specification_actions() {
         (added.url.as_str(), added.branch.as_deref()),
         ("https://example.org/new.git", Some("main"))
     );
-    assert_eq!(effects, [Effect::SpecChanged(added)]);
+    assert_eq!(effects, [Effect::SpecChanged(Box::new(added))]);
     assert_eq!(
         call(&mut db, &mut auth, "/admin/specification/add", body).0,
         409

@@ -89,10 +89,10 @@ impl EventLoop {
                 }
                 Effect::KeepLog { build, attempt } => self.keep_log(build, attempt),
                 Effect::SpecChanged(spec) => match self.live_slot(&spec.name) {
-                    Some(i) => self.slots[i].cycle.replace_spec(spec),
+                    Some(i) => self.slots[i].cycle.replace_spec(*spec),
                     None if usable_name(&spec.name) => {
                         log::info!(target: logging::SPEC, "spec={:?} added", spec.name);
-                        self.add_slot(spec, now);
+                        self.add_slot(*spec, now);
                     }
                     None => {}
                 },
