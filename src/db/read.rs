@@ -623,7 +623,7 @@ impl Db {
 pub(super) const EVAL_COLUMNS: &str =
     "SELECT id, specification, revision, status, error, timestamp, evaltime FROM Evaluations";
 
-fn eval_row(r: &Row) -> rusqlite::Result<EvaluationView> {
+pub(super) fn eval_row(r: &Row) -> rusqlite::Result<EvaluationView> {
     Ok(EvaluationView {
         id: r.get(0)?,
         specification: r.get(1)?,

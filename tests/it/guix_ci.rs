@@ -66,19 +66,7 @@ fn guix_1_5_ci_module_reads_every_route_it_knows() {
     let nonce = nonce();
     let repo = Repo::new(setup.tmp.path(), &[("ci.scm", "jobs/guix-jobs.scm")]);
     let first = git(&repo.dir, &["rev-parse", "HEAD"]);
-    let spec = setup.write_spec(&spec_text(
-        "guix",
-        &repo.url(),
-        "ci.scm",
-        "guix-jobs",
-        &nonce,
-    ));
-    assert!(
-        setup
-            .one_shot(&["-S", spec.to_str().unwrap()])
-            .status
-            .success()
-    );
+    one_shot_of(&setup, "guix", &repo, "guix-jobs", &nonce);
     let second = repo.commit("second");
     assert!(setup.one_shot(&[]).status.success());
 

@@ -548,19 +548,7 @@ pub fn build_keyword_project_with(guix: Guix, label: &str) -> Built {
     let repo = Repo::new(setup.tmp.path(), &[("ci.scm", "jobs/keyword-jobs.scm")]);
     let head = git(&repo.dir, &["rev-parse", "HEAD"]);
     let name = format!("{label}-{nonce}");
-    let spec = setup.write_spec(&spec_text(
-        &name,
-        &repo.url(),
-        "ci.scm",
-        "cuirass-jobs",
-        &nonce,
-    ));
-    assert!(
-        setup
-            .one_shot(&["-S", spec.to_str().unwrap()])
-            .status
-            .success()
-    );
+    one_shot_of(&setup, &name, &repo, "cuirass-jobs", &nonce);
     Built {
         setup,
         repo,
@@ -589,4 +577,24 @@ pub fn get_raw(port: u16, target: &str) -> (u16, String, Vec<u8>) {
 pub fn get_json(port: u16, target: &str) -> (u16, serde_json::Value) {
     let (status, _, body) = get_raw(port, target);
     (status, serde_json::from_slice(&body).unwrap_or_default())
+}
+
+/// Writes a 2018 spec named `name` for `repo`'s `ci.scm` and `proc_name`
+/// (arguments: the nonce), runs one-shot on it, and checks it succeeded;
+/// the spec file.
+pub fn one_shot_of(
+    setup: &Setup,
+    name: &str,
+    repo: &Repo,
+    proc_name: &str,
+    nonce: &str,
+) -> PathBuf {
+    let spec = setup.write_spec(&spec_text(name, &repo.url(), "ci.scm", proc_name, nonce));
+    assert!(
+        setup
+            .one_shot(&["-S", spec.to_str().unwrap()])
+            .status
+            .success()
+    );
+    spec
 }
