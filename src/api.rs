@@ -312,8 +312,9 @@ const JOBS_PAGE: u32 = 10 * PAGE;
 
 enum Listing {
     Latest(BuildFilter),
-    /// The (status, timestamp, id) of the last build of the previous page.
-    Queue(Option<(i64, i64, i64)>),
+    /// The (status, timestamp, id) of the last build of the previous
+    /// page, and the job asked for (`job=`), if any.
+    Queue(Option<(i64, i64, i64)>, Option<String>),
     /// Every job of the evaluation: there is no `nr`.
     Jobs(JobFilter),
 }
@@ -337,7 +338,10 @@ impl Pager {
         }
         let listing = match routes::of(req)?.route {
             Route::LatestBuilds => latest_filter(req).map(Listing::Latest),
-            Route::Queue => Ok(Listing::Queue(None)),
+            Route::Queue => Ok(Listing::Queue(
+                None,
+                req.param("job").map(str::to_string),
+            )),
             Route::Jobs => jobs::job_filter(req).map(Listing::Jobs),
             _ => return None,
         };
@@ -393,8 +397,10 @@ impl Pager {
                 }
                 page
             }
-            Listing::Queue(after) => {
-                let page = db.queued_builds(n, *after).map_err(db_error)?;
+            Listing::Queue(after, job) => {
+                let page = db
+                    .queued_builds(n, *after, job.as_deref())
+                    .map_err(db_error)?;
                 if let Some(last) = page.last() {
                     *after = Some((last.status, last.timestamp, last.id));
                 }

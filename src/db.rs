@@ -4,6 +4,7 @@
 use crate::records::Limits;
 use crate::spec::Specification;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use std::collections::HashSet;
 use std::path::Path;
 
 pub use crate::records::{BuildId, EvalId, PendingBuild, eval_status, status};
@@ -188,6 +189,22 @@ const MIGRATIONS: &[&str] = &[
        path      TEXT NOT NULL,
        FOREIGN KEY (build) REFERENCES Builds (id));
      CREATE INDEX IF NOT EXISTS BuildProducts_build ON BuildProducts (build);",
+    // 15: a job's other names.  Two jobs of one evaluation may have one
+    // derivation (a package under two names); the 2018 key (derivation,
+    // evaluation) holds one Derivations row and one build, under the
+    // first name, as 2018's readers expect.  Each further name is a row
+    // here pointing at that build, so that queries by job name find it
+    // under every name: by name across evaluations (`JobAliases_job_name`),
+    // by evaluation (the key) and by build (a build's page, deletions).
+    "CREATE TABLE IF NOT EXISTS JobAliases (
+       evaluation INTEGER NOT NULL,
+       job_name   TEXT NOT NULL,
+       build      INTEGER NOT NULL,
+       PRIMARY KEY (evaluation, job_name),
+       FOREIGN KEY (evaluation) REFERENCES Evaluations (id),
+       FOREIGN KEY (build) REFERENCES Builds (id)) WITHOUT ROWID;
+     CREATE INDEX IF NOT EXISTS JobAliases_job_name ON JobAliases (job_name, evaluation);
+     CREATE INDEX IF NOT EXISTS JobAliases_build ON JobAliases (build);",
 ];
 
 pub fn schema_version() -> usize {
@@ -415,14 +432,17 @@ impl Db {
     }
 
     /// Inserts jobs' derivations, builds and outputs; `added` hears of
-    /// each new build.
+    /// each new build.  A job whose derivation another job of the
+    /// evaluation has already (an alias) is recorded as another name of
+    /// that build; returns how many were.
     fn insert_jobs(
         tx: &Transaction,
         eval: EvalId,
         jobs: &[JobRecord],
         now: i64,
         mut added: impl FnMut(BuildId, &JobRecord),
-    ) -> Result<()> {
+    ) -> Result<usize> {
+        let mut aliases = 0;
         let mut drv_stmt = tx.prepare_cached(
             "INSERT OR IGNORE INTO Derivations (derivation, evaluation, job_name, system, nix_name)
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -438,7 +458,8 @@ impl Db {
             tx.prepare_cached("INSERT OR IGNORE INTO Inputs (build, derivation) VALUES (?1, ?2)")?;
         for job in jobs {
             // Two jobs of one evaluation may share a derivation; the 2018
-            // primary key allows one row, and one build of it.
+            // primary key allows one row, and one build of it, which the
+            // later name joins.
             if drv_stmt.execute(params![
                 job.derivation,
                 eval,
@@ -447,6 +468,8 @@ impl Db {
                 job.nix_name
             ])? == 0
             {
+                Db::insert_alias(tx, eval, job)?;
+                aliases += 1;
                 continue;
             }
             build_stmt.execute(params![
@@ -467,7 +490,41 @@ impl Db {
             }
             added(build, job);
         }
+        Ok(aliases)
+    }
+
+    /// Records `job`'s name as another name of the build its derivation
+    /// already has in `eval`.  A name given twice is an error (the
+    /// evaluator's output is checked for that before, by `job::Tally`).
+    fn insert_alias(tx: &Transaction, eval: EvalId, job: &JobRecord) -> Result<()> {
+        let build: BuildId = tx
+            .prepare_cached("SELECT id FROM Builds WHERE derivation = ?1 AND evaluation = ?2")?
+            .query_row(params![job.derivation, eval], |r| r.get(0))?;
+        tx.prepare_cached(
+            "INSERT INTO JobAliases (evaluation, job_name, build) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![eval, job.job_name, build])
+        .map_err(|e| {
+            Error(format!(
+                "job {:?} (also {}): database: {e}",
+                job.job_name, job.derivation
+            ))
+        })?;
         Ok(())
+    }
+
+    /// How many job names and how many builds evaluation `eval` has: more
+    /// names than builds when jobs share a derivation.
+    pub fn evaluation_size(&self, eval: EvalId) -> Result<(usize, usize)> {
+        let (names, builds): (i64, i64) = self
+            .conn
+            .prepare_cached(
+                "SELECT (SELECT COUNT(*) FROM Derivations WHERE evaluation = ?1)
+                        + (SELECT COUNT(*) FROM JobAliases WHERE evaluation = ?1),
+                        (SELECT COUNT(*) FROM Builds WHERE evaluation = ?1)",
+            )?
+            .query_row([eval], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok((names as usize, builds as usize))
     }
 
     /// Opens an evaluation whose jobs arrive while the evaluator runs.
@@ -518,45 +575,62 @@ impl Db {
 
     /// Closes an evaluation whose jobs are all registered, moves the stamp,
     /// and cancels the builds it supersedes: scheduled builds of older
-    /// evaluations of the same specification for a job that this
-    /// evaluation has with another derivation.  Nobody wants them built
-    /// any more, and on a busy farm they would otherwise pile up.
+    /// evaluations of the same specification for a job (under any of its
+    /// names) that this evaluation has with another derivation.  Nobody
+    /// wants them built any more, and on a busy farm they would otherwise
+    /// pile up.  Builds of `in_flight` derivations, handed to the daemon
+    /// already, are left to end with their real result.  Returns how many
+    /// were canceled.
     pub fn complete_evaluation(
         &mut self,
         spec: &str,
         eval: EvalId,
         commit: &str,
+        in_flight: &HashSet<String>,
         now: i64,
     ) -> Result<usize> {
         let tx = self.conn.transaction()?;
         tx.prepare_cached("UPDATE Evaluations SET status = ?2, evaltime = ?3 WHERE id = ?1")?
             .execute(params![eval, eval_status::SUCCEEDED, now])?;
         Db::set_stamp(&tx, spec, commit)?;
-        let canceled = tx
+        let superseded: Vec<(BuildId, String)> = tx
             .prepare_cached(
-                "UPDATE Builds SET status = ?4, stoptime = ?3
-                 WHERE status = ?5
+                "WITH new_names (job_name) AS (
+                   SELECT job_name FROM Derivations WHERE evaluation = ?2
+                   UNION SELECT job_name FROM JobAliases WHERE evaluation = ?2)
+                 SELECT id, derivation FROM Builds
+                 WHERE status = ?3
                    AND evaluation IN (SELECT id FROM Evaluations WHERE specification = ?1 AND id < ?2)
                    AND derivation NOT IN (SELECT derivation FROM Derivations WHERE evaluation = ?2)
-                   AND EXISTS (SELECT 1 FROM Derivations old JOIN Derivations new
-                                 ON new.job_name = old.job_name AND new.evaluation = ?2
-                               WHERE old.derivation = Builds.derivation
-                                 AND old.evaluation = Builds.evaluation)",
+                   AND (EXISTS (SELECT 1 FROM Derivations old
+                                WHERE old.derivation = Builds.derivation
+                                  AND old.evaluation = Builds.evaluation
+                                  AND old.job_name IN (SELECT job_name FROM new_names))
+                        OR EXISTS (SELECT 1 FROM JobAliases old
+                                   WHERE old.build = Builds.id
+                                     AND old.job_name IN (SELECT job_name FROM new_names)))",
             )?
-            .execute(params![spec, eval, now, status::CANCELED, status::SCHEDULED])?;
+            .query_map(params![spec, eval, status::SCHEDULED], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<std::result::Result<_, _>>()?;
+        let canceled = Db::cancel_scheduled(&tx, &superseded, in_flight, now)?;
         tx.commit()?;
         Ok(canceled)
     }
 
     /// Closes an evaluation that failed part-way: it is recorded as failed
-    /// with its reason, its builds not yet started are canceled, and the
-    /// stamp moves on so the next commit gets a new chance.
+    /// with its reason, its builds not yet handed to the daemon are
+    /// canceled (those of `in_flight` derivations end with their real
+    /// result), and the stamp moves on so the next commit gets a new
+    /// chance.
     pub fn fail_evaluation(
         &mut self,
         spec: &str,
         eval: EvalId,
         commit: &str,
         error: &str,
+        in_flight: &HashSet<String>,
         now: i64,
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
@@ -564,13 +638,36 @@ impl Db {
             "UPDATE Evaluations SET status = ?2, error = ?3, evaltime = ?4 WHERE id = ?1",
         )?
         .execute(params![eval, eval_status::FAILED, error, now])?;
-        tx.prepare_cached(
-            "UPDATE Builds SET status = ?2, stoptime = ?3 WHERE evaluation = ?1 AND status = ?4",
-        )?
-        .execute(params![eval, status::CANCELED, now, status::SCHEDULED])?;
+        let scheduled: Vec<(BuildId, String)> = tx
+            .prepare_cached(
+                "SELECT id, derivation FROM Builds WHERE evaluation = ?1 AND status = ?2",
+            )?
+            .query_map(params![eval, status::SCHEDULED], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<std::result::Result<_, _>>()?;
+        Db::cancel_scheduled(&tx, &scheduled, in_flight, now)?;
         Db::set_stamp(&tx, spec, commit)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Cancels `builds` (id, derivation) but those of `in_flight`
+    /// derivations; returns how many.
+    fn cancel_scheduled(
+        tx: &Transaction,
+        builds: &[(BuildId, String)],
+        in_flight: &HashSet<String>,
+        now: i64,
+    ) -> Result<usize> {
+        let mut cancel = tx.prepare_cached(
+            "UPDATE Builds SET status = ?2, stoptime = ?3 WHERE id = ?1 AND status = ?4",
+        )?;
+        let mut canceled = 0;
+        for (id, drv) in builds {
+            if !in_flight.contains(drv) {
+                canceled += cancel.execute(params![id, status::CANCELED, now, status::SCHEDULED])?;
+            }
+        }
+        Ok(canceled)
     }
 
     /// Rolls back an evaluation whose jobs could not all be registered;
@@ -617,6 +714,7 @@ impl Db {
             [eval],
         )?;
         tx.execute("DELETE FROM Checkouts WHERE evaluation = ?1", [eval])?;
+        tx.execute("DELETE FROM JobAliases WHERE evaluation = ?1", [eval])?;
         tx.execute("DELETE FROM Builds WHERE evaluation = ?1", [eval])?;
         tx.execute("DELETE FROM Derivations WHERE evaluation = ?1", [eval])?;
         tx.execute("DELETE FROM Evaluations WHERE id = ?1", [eval])?;

@@ -173,6 +173,11 @@ impl Tally {
         Ok(())
     }
 
+    /// How many jobs (distinct names) the output has given so far.
+    pub fn jobs(&self) -> usize {
+        self.names.len()
+    }
+
     /// Whether the output, now ended, was complete.
     pub fn finish(&self) -> Result<(), String> {
         match self.done {

@@ -316,7 +316,7 @@ fn an_evaluation_still_running_is_in_progress() {
     let (_, v) = get(&db, &root, "/api/evaluations?nr=1");
     assert_eq!(v[0]["id"], eval);
     assert_eq!(v[0]["in-progress"], 1);
-    db.complete_evaluation("hello", eval, "fedcba", 60).unwrap();
+    db.complete_evaluation("hello", eval, "fedcba", &Default::default(), 60).unwrap();
     assert_eq!(
         get(&db, &root, "/api/evaluations?nr=1").1[0]["in-progress"],
         0
@@ -428,13 +428,37 @@ fn latest_builds_walk_an_index_even_with_statistics() {
     );
     let queue = crate::db::query_plan(
         conn,
-        &crate::db::read::queued_builds_sql(),
-        rusqlite::params![10, -1, 5, 7],
+        &crate::db::read::queued_builds_sql(false),
+        rusqlite::params![10, -1, 5, 7, None::<String>],
     );
     assert!(
         queue.contains("Builds_queue") && !queue.contains("TEMP B-TREE"),
         "{queue}"
     );
+    // One job's builds, under any of its names, are reached by id.
+    let plan_of_job = |sql: &str, params: &[&dyn rusqlite::ToSql]| {
+        crate::db::query_plan(conn, sql, params)
+    };
+    let job = Some("job7".to_string());
+    for p in [
+        plan(&BuildFilter {
+            job: job.clone(),
+            ..Default::default()
+        }),
+        plan_of_job(
+            &crate::db::read::queued_builds_sql(true),
+            rusqlite::params![10, None::<i64>, None::<i64>, None::<i64>, job],
+        ),
+    ] {
+        assert!(
+            p.contains("Derivations_job_name (job_name=?)")
+                && p.contains("JobAliases_job_name (job_name=?)")
+                && p.contains("SEARCH b USING INTEGER PRIMARY KEY (rowid=?)")
+                && !p.contains("SCAN b")
+                && !p.contains("SCAN d"),
+            "{p}"
+        );
+    }
 }
 
 /// Listings longer than a page come out the same, in the same order, as

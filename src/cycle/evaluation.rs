@@ -172,6 +172,14 @@ impl Cycle {
         match env.db.add_jobs(&self.spec.name, e.id, &jobs, env.unix_now) {
             Ok(added) => {
                 e.registered += jobs.len();
+                if added.len() < jobs.len() {
+                    log::info!(target: EVALUATION,
+                        "spec={:?} evaluation {}: {} job(s) share another job's derivation: one build, found under each name",
+                        self.spec.name,
+                        e.id,
+                        jobs.len() - added.len()
+                    );
+                }
                 log::debug!(target: EVALUATION,
                     "spec={:?} evaluation {}: {} jobs registered so far",
                     self.spec.name,
@@ -188,8 +196,11 @@ impl Cycle {
     }
 
     /// Records the outcome; then the queue is read again from the start.
+    /// Builds already handed to the daemon keep their real result.
     pub(super) fn close_evaluation(&mut self, e: Evaluation, env: &mut Env) {
         let name = self.spec.name.clone();
+        let in_flight = &self.building.in_flight;
+        let jobs = e.tally.jobs();
         let Evaluation {
             id, commit, error, ..
         } = e;
@@ -207,20 +218,30 @@ impl Cycle {
             (Some(error), false) => {
                 log::error!(target: EVALUATION, "spec={name:?} evaluation {id} of {commit} failed: {error}");
                 env.db
-                    .fail_evaluation(&name, id, &commit, &error, env.unix_now)
+                    .fail_evaluation(&name, id, &commit, &error, in_flight, env.unix_now)
             }
             (None, _) => env
                 .db
-                .complete_evaluation(&name, id, &commit, env.unix_now)
-                .map(|canceled| {
-                    let superseded = match canceled {
-                        0 => String::new(),
-                        n => format!(", {n} superseded build(s) canceled"),
-                    };
+                .complete_evaluation(&name, id, &commit, in_flight, env.unix_now)
+                .and_then(|canceled| {
+                    let size = env.db.evaluation_size(id)?;
                     log::info!(target: EVALUATION,
-                        "spec={name:?} evaluation {id} of {commit} done: {} jobs{superseded}",
-                        e.registered
+                        "spec={name:?} evaluation {id} of {commit} done: {}{}",
+                        describe_size(size),
+                        match canceled {
+                            0 => String::new(),
+                            n => format!(", {n} superseded build(s) canceled"),
+                        }
                     );
+                    if size.0 != jobs {
+                        // Never silent: a job the evaluator printed and no
+                        // query finds is a bug to report.
+                        log::error!(target: EVALUATION,
+                            "spec={name:?} evaluation {id}: the evaluator printed {jobs} jobs, {} are registered",
+                            size.0
+                        );
+                    }
+                    Ok(())
                 }),
         };
         if let Err(err) = result {
@@ -229,6 +250,18 @@ impl Cycle {
         }
         self.reload_queue();
     }
+}
+
+/// `2 jobs, 1 build (2 jobs share a derivation)`, or `3 jobs` when each
+/// has its own build: (job names, builds) of an evaluation.
+pub fn describe_size((jobs, builds): (usize, usize)) -> String {
+    if jobs == builds {
+        return format!("{jobs} jobs");
+    }
+    format!(
+        "{jobs} jobs, {builds} build(s) ({} job name(s) share another job's derivation)",
+        jobs.saturating_sub(builds)
+    )
 }
 
 /// The single argument of the evaluator script, an alist it `read`s.

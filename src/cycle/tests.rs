@@ -301,9 +301,60 @@ fn a_crashing_evaluator_fails_the_evaluation_with_its_own_one_line_message() {
     );
     assert!(error.chars().count() <= 1001, "{} characters", error.len());
     assert!(!error.contains("Backtrace"));
-    // Its builds not yet started are canceled; the commit is done with.
-    assert_eq!(w.count("SELECT COUNT(*) FROM Builds WHERE status = 4"), 1);
+    // Its build was handed to the daemon already: it is not canceled, and
+    // ends with its real result.  The commit is done with.
+    assert_eq!(w.count("SELECT COUNT(*) FROM Builds WHERE status = 4"), 0);
     assert_eq!(w.db.stamp("hello").unwrap().as_deref(), Some(COMMIT_1));
+}
+
+/// Tester's finding: a build the daemon was building when the evaluator
+/// failed was recorded canceled although it was built.
+#[test]
+fn an_evaluator_failure_cancels_builds_not_yet_handed_over_and_spares_those_in_flight() {
+    let mut w = World::new();
+    let mut c = w.cycle(true, false);
+    w.feed(&mut c, Input::Tick);
+    w.feed(&mut c, fetched(COMMIT_1));
+    let cmds = w.feed(&mut c, output(&[&job_line("a", DRV_A)]));
+    assert_eq!(batch_of(&cmds), vec![DRV_A]);
+    // b is registered while a's batch runs, then the evaluator dies.
+    assert!(batch_of(&w.feed(&mut c, output(&[&job_line("b", DRV_B)]))).is_empty());
+    w.feed(&mut c, exited(false));
+    let status_of = |w: &World, drv: &str| {
+        w.count(&format!("SELECT status FROM Builds WHERE derivation = '{drv}'"))
+    };
+    assert_eq!(w.evaluation_rows()[0].1, 1, "failed");
+    assert_eq!(status_of(&w, DRV_B), status::CANCELED);
+    assert_eq!(status_of(&w, DRV_A), status::SCHEDULED);
+    w.built(&[DRV_A]);
+    let cmds = w.feed(&mut c, Input::BatchDone { daemon_error: None });
+    assert!(batch_of(&cmds).is_empty(), "the canceled build is not built");
+    assert_eq!(status_of(&w, DRV_A), status::SUCCEEDED);
+}
+
+/// Issue 14: two job names, one derivation.  The evaluator's count (2)
+/// is met, one build is handed to the daemon, both names are registered.
+#[test]
+fn two_job_names_of_one_derivation_are_one_build_under_both_names() {
+    let mut w = World::new();
+    let mut c = w.cycle(true, false);
+    let lines = [job_line("alpha", DRV_A), job_line("beta", DRV_A)];
+    w.feed(&mut c, Input::Tick);
+    w.feed(&mut c, fetched(COMMIT_1));
+    let cmds = w.feed(&mut c, output(&strs(&lines)));
+    assert_eq!(batch_of(&cmds), vec![DRV_A]);
+    w.feed(&mut c, output(&["(done 2)"]));
+    w.feed(&mut c, exited(true));
+    assert_eq!(w.evaluation_rows()[0].1, 0, "succeeded");
+    assert_eq!(w.db.evaluation_size(1).unwrap(), (2, 1));
+    assert_eq!(
+        w.count("SELECT COUNT(*) FROM JobAliases WHERE job_name = 'beta'"),
+        1
+    );
+    w.built(&[DRV_A]);
+    let cmds = w.feed(&mut c, Input::BatchDone { daemon_error: None });
+    assert!(batch_of(&cmds).is_empty(), "built once");
+    assert!(c.building().is_idle());
 }
 
 #[test]
@@ -397,25 +448,25 @@ fn a_poll_due_during_a_long_batch_fetches_and_evaluates_at_once_and_supersedes()
     let cmds = w.at(60).feed(&mut c, Input::Tick);
     assert!(matches!(cmds[..], [Command::SpawnFetch(_)]), "{cmds:?}");
     w.feed(&mut c, fetched(COMMIT_2));
-    // Job "a" now has another derivation: the old one is superseded.
-    // (Its build is in flight, so it is not "scheduled" in the database's
-    // sense only once the daemon starts it; here it has not started.)
+    // Job "a" now has another derivation: the old one is superseded,
+    // but its build is in the daemon's hands already (not started yet):
+    // it is not canceled, and ends with its real result.
     w.feed(&mut c, output(&[&job_line("a", DRV_B), "(done 1)"]));
     w.feed(&mut c, exited(true));
     assert_eq!(
         w.count("SELECT COUNT(*) FROM Evaluations WHERE status = 0"),
         2
     );
-    assert_eq!(w.count("SELECT COUNT(*) FROM Builds WHERE status = 4"), 1);
-    assert_eq!(
-        w.count(&format!(
-            "SELECT evaluation FROM Builds WHERE status = 4 AND derivation = '{DRV_A}'"
-        )),
-        1
-    );
+    assert_eq!(w.count("SELECT COUNT(*) FROM Builds WHERE status = 4"), 0);
     // The batch ends; the new evaluation's build is next.
     w.built(&[DRV_A]);
     let cmds = w.feed(&mut c, Input::BatchDone { daemon_error: None });
+    assert_eq!(
+        w.count(&format!(
+            "SELECT status FROM Builds WHERE evaluation = 1 AND derivation = '{DRV_A}'"
+        )),
+        status::SUCCEEDED
+    );
     assert_eq!(batch_of(&cmds), vec![DRV_B]);
 }
 

@@ -69,7 +69,7 @@ pub struct ProductView {
 impl Db {
     /// Registers the products of the succeeded builds of `derivations` in
     /// `spec` (builds that have none yet): for each of `outputs` whose
-    /// `job` matches the build's job name and whose output the build has,
+    /// `job` matches one of the build's job names and whose output the build has,
     /// the file `OUTPUT/PATH` if `file_size` finds it.  Returns how many.
     pub fn register_products(
         &mut self,
@@ -94,6 +94,8 @@ impl Db {
                  WHERE b.derivation = ?1 AND e.specification = ?2 AND b.status = 0
                    AND NOT EXISTS (SELECT 1 FROM BuildProducts p WHERE p.build = b.id)",
             )?;
+            let mut others =
+                tx.prepare_cached("SELECT job_name FROM JobAliases WHERE build = ?1")?;
             let mut insert = tx.prepare_cached(
                 "INSERT INTO BuildProducts (build, type, file_size, path) VALUES (?1, ?2, ?3, ?4)",
             )?;
@@ -104,8 +106,12 @@ impl Db {
                     })?
                     .collect::<std::result::Result<_, _>>()?;
                 for (build, job, output, path) in rows {
+                    let mut names: Vec<String> = others
+                        .query_map([build], |r| r.get(0))?
+                        .collect::<std::result::Result<_, _>>()?;
+                    names.push(job);
                     for (re, o) in &patterns {
-                        if o.output != output || !re.is_match(&job) {
+                        if o.output != output || !names.iter().any(|n| re.is_match(n)) {
                             continue;
                         }
                         let file = match o.path.as_str() {

@@ -2,7 +2,9 @@
 //! the job history.  Like those of `read.rs`, each walks an index and is
 //! bounded by a limit, except where a comment gives the cost.
 
-use super::read::{BUILD_COLUMNS, BuildView, EVAL_COLUMNS, build_joins, build_row};
+use super::read::{
+    BUILD_COLUMNS, BuildView, EVAL_COLUMNS, build_joins, build_row, contains_like, names_like,
+};
 use super::{Db, EvalId, Result, eval_status, status};
 use rusqlite::{OptionalExtension, Row, params};
 
@@ -233,8 +235,8 @@ impl Db {
                AND {}",
             build_joins("Builds b", "JOIN"),
             match filter.job {
-                Some(_) => "d.job_name LIKE ?4 ESCAPE '\\'",
-                None => "?4 IS NULL",
+                Some(_) => names_like(4, Some(1)),
+                None => "?4 IS NULL".into(),
             }
         )
     }
@@ -251,7 +253,7 @@ impl Db {
         let (lo, hi) = filter.status.unzip();
         let pattern = filter.job.as_deref().map(like_substring);
         let clause = Db::eval_builds_where(filter);
-        let builds = self
+        let mut builds = self
             .conn
             .prepare_cached(&format!(
                 "{BUILD_COLUMNS} {clause} ORDER BY b.id LIMIT ?5 OFFSET ?6"
@@ -261,6 +263,8 @@ impl Db {
                 build_row,
             )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
+        let needle = filter.job.as_deref().unwrap_or_default();
+        self.name_builds(&mut builds, &|name| contains_like(name, needle))?;
         let total = self
             .conn
             .prepare_cached(&format!("SELECT COUNT(*) {clause}"))?
@@ -278,12 +282,13 @@ impl Db {
         // the SEARCH_WINDOW most recent builds only, and says so.
         let sql = format!(
             "{BUILD_COLUMNS} {}
-             WHERE d.job_name LIKE ?1 ESCAPE '\\'
+             WHERE {}
                AND b.id > (SELECT COALESCE(MAX(id), 0) FROM Builds) - ?3
              ORDER BY b.id DESC LIMIT ?2",
-            build_joins("Builds b", "CROSS JOIN")
+            build_joins("Builds b", "CROSS JOIN"),
+            names_like(1, None)
         );
-        let builds = self
+        let mut builds = self
             .conn
             .prepare_cached(&sql)?
             .query_map(
@@ -291,6 +296,7 @@ impl Db {
                 build_row,
             )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
+        self.name_builds(&mut builds, &|name| contains_like(name, needle))?;
         let total: i64 = self
             .conn
             .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM Builds")?

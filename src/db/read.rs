@@ -13,7 +13,12 @@ pub struct BuildView {
     pub evaluation: EvalId,
     pub specification: String,
     pub branch: Option<String>,
+    /// The job name it is shown under: the first registered, or the one a
+    /// query asked for when the build has several.
     pub job_name: String,
+    /// Its other job names in its evaluation: jobs whose derivation is
+    /// the same (`JobAliases`, migration 15), built once.
+    pub other_names: Vec<String>,
     pub system: String,
     pub nix_name: String,
     pub derivation: String,
@@ -188,6 +193,7 @@ pub(super) fn build_row(r: &Row) -> rusqlite::Result<BuildView> {
         specification: r.get(2)?,
         branch: r.get(3)?,
         job_name: r.get(4)?,
+        other_names: Vec::new(),
         system: r.get(5)?,
         nix_name: r.get(6)?,
         derivation: r.get(7)?,
@@ -218,8 +224,8 @@ pub(crate) fn latest_builds_sql(filter: &BuildFilter) -> String {
     let selective =
         filter.job.is_some() || filter.evaluation.is_some() || filter.derivation.is_some();
     let job = match filter.job {
-        Some(_) => "d.job_name = ?3",
-        None => "?3 IS NULL",
+        Some(_) => format!("b.id IN ({})", builds_named(3)),
+        None => "?3 IS NULL".into(),
     };
     let evaluation = match filter.evaluation {
         Some(_) => "b.evaluation = ?5",
@@ -274,6 +280,41 @@ pub(crate) fn with_latest_builds_params<T>(
     ])
 }
 
+/// The builds of the job named by parameter `n`, under any of its names:
+/// as the first (`Derivations_job_name`, then `Builds_derivation`) and as
+/// another name of a build (`JobAliases_job_name`).  A job has few
+/// builds, so a query whose rows are these reaches `Builds` by id.
+pub(crate) fn builds_named(n: u8) -> String {
+    format!(
+        "SELECT nb.id FROM Derivations nd
+           JOIN Builds nb ON nb.derivation = nd.derivation AND nb.evaluation = nd.evaluation
+           WHERE nd.job_name = ?{n}
+         UNION ALL SELECT build FROM JobAliases WHERE job_name = ?{n}"
+    )
+}
+
+/// Whether the job names of build `b` match the LIKE pattern of parameter
+/// `n`: its first name, or another (the subquery is read once per query,
+/// `JobAliases` being small: only jobs that share a derivation).  With
+/// `eval`, one evaluation's other names only (the key's prefix).
+pub(crate) fn names_like(n: u8, eval: Option<u8>) -> String {
+    let eval = eval.map(|e| format!("evaluation = ?{e} AND ")).unwrap_or_default();
+    format!(
+        "(d.job_name LIKE ?{n} ESCAPE '\\'
+          OR b.id IN (SELECT build FROM JobAliases WHERE {eval}job_name LIKE ?{n} ESCAPE '\\'))"
+    )
+}
+
+/// Whether `name` contains `word` as SQL's LIKE finds it (ASCII letters
+/// in either case): the name a search shows of a build that has several.
+pub(crate) fn contains_like(name: &str, word: &str) -> bool {
+    let (name, word) = (name.as_bytes(), word.as_bytes());
+    word.is_empty()
+        || name
+            .windows(word.len())
+            .any(|w| w.eq_ignore_ascii_case(word))
+}
+
 /// The latest build of a derivation: `Builds_derivation` (derivation,
 /// evaluation) walked backwards, no sort.
 pub(crate) const BUILD_OF_DERIVATION: &str = "SELECT id FROM Builds WHERE derivation = ?1
@@ -295,7 +336,7 @@ pub(crate) const OUTPUT: &str = "SELECT o.name, o.build FROM Outputs o
 /// (evaluation, status) matches the status range too and would read every
 /// finished build of each evaluation.
 pub(crate) const PREVIOUS_FINISHED_BUILD: &str =
-    "SELECT b.status FROM Derivations d INDEXED BY Derivations_job_name
+    "SELECT d.evaluation, b.status FROM Derivations d INDEXED BY Derivations_job_name
      CROSS JOIN Builds b INDEXED BY Builds_derivation
        ON b.derivation = d.derivation AND b.evaluation = d.evaluation
      CROSS JOIN Evaluations e ON e.id = d.evaluation
@@ -304,23 +345,50 @@ pub(crate) const PREVIOUS_FINISHED_BUILD: &str =
        AND b.status BETWEEN 0 AND 3
      ORDER BY d.evaluation DESC LIMIT 1";
 
+/// The same among the builds that had job ?1 as another name
+/// (`JobAliases_job_name`, then each build by id); the later of the two
+/// answers is the previous build.
+pub(crate) const PREVIOUS_FINISHED_BUILD_OF_ALIAS: &str =
+    "SELECT a.evaluation, b.status FROM JobAliases a INDEXED BY JobAliases_job_name
+     CROSS JOIN Builds b ON b.id = a.build
+     CROSS JOIN Derivations d ON d.derivation = b.derivation AND d.evaluation = b.evaluation
+     CROSS JOIN Evaluations e ON e.id = a.evaluation
+     WHERE a.job_name = CAST(?1 AS TEXT) AND a.evaluation < CAST(?2 AS INTEGER)
+       AND d.system = CAST(?3 AS TEXT) AND e.specification = CAST(?4 AS TEXT)
+       AND b.status BETWEEN 0 AND 3
+     ORDER BY a.evaluation DESC LIMIT 1";
+
 /// The SQL of [`Db::jobs`]: evaluation ?1, system ?2, after key ?3, at
-/// most ?4; the jobs named ?5 only (through `Derivations_job_name`) or
-/// every job (through `Derivations_evaluation`, in rowid order).  Each
-/// finds its build in `Builds_derivation` (derivation, evaluation).
+/// most ?4 derivations; the jobs named ?5 only (through
+/// `Derivations_job_name`, and `JobAliases`' key for another name of a
+/// build) or every job (through `Derivations_evaluation`, in rowid order,
+/// each with its build's other names through `JobAliases_build`).  Each
+/// finds its build in `Builds_derivation` (derivation, evaluation).  Rows
+/// are (key, name, build, status, other name or NULL); a job's key is its
+/// derivation's rowid, which another name of its build shares.
 pub(crate) fn jobs_sql(by_name: bool) -> String {
-    format!(
-        "SELECT d.rowid, d.job_name, b.id, b.status FROM Derivations d
-         JOIN Builds b ON b.derivation = d.derivation AND b.evaluation = d.evaluation
-         WHERE d.evaluation = ?1 AND {} AND (?2 IS NULL OR d.system = ?2)
-           AND d.rowid > ?3
-         ORDER BY d.rowid LIMIT ?4",
-        if by_name {
-            "d.job_name = ?5"
-        } else {
-            "?5 IS NULL"
-        }
-    )
+    if by_name {
+        return "SELECT d.rowid, d.job_name, b.id, b.status, NULL FROM Derivations d
+                JOIN Builds b ON b.derivation = d.derivation AND b.evaluation = d.evaluation
+                WHERE d.evaluation = ?1 AND d.job_name = ?5 AND (?2 IS NULL OR d.system = ?2)
+                  AND d.rowid > ?3
+                UNION ALL
+                SELECT d.rowid, NULL, b.id, b.status, a.job_name FROM JobAliases a
+                JOIN Builds b ON b.id = a.build
+                JOIN Derivations d ON d.derivation = b.derivation AND d.evaluation = b.evaluation
+                WHERE a.evaluation = ?1 AND a.job_name = ?5 AND (?2 IS NULL OR d.system = ?2)
+                  AND d.rowid > ?3"
+            .into();
+    }
+    "SELECT j.key, j.name, j.build, j.status, a.job_name FROM
+       (SELECT d.rowid AS key, d.job_name AS name, b.id AS build, b.status AS status
+        FROM Derivations d
+        JOIN Builds b ON b.derivation = d.derivation AND b.evaluation = d.evaluation
+        WHERE d.evaluation = ?1 AND ?5 IS NULL AND (?2 IS NULL OR d.system = ?2)
+          AND d.rowid > ?3
+        ORDER BY d.rowid LIMIT ?4) j
+     LEFT JOIN JobAliases a INDEXED BY JobAliases_build ON a.build = j.build"
+        .into()
 }
 
 /// Parameter `n`, an integer ID compared for equality.  Written as a
@@ -334,16 +402,28 @@ fn bound_id(n: u8) -> String {
     format!("CAST(?{n} AS INTEGER)")
 }
 
-/// The SQL of [`Db::queued_builds`].
-pub(crate) fn queued_builds_sql() -> String {
+/// The SQL of [`Db::queued_builds`]: the whole queue down its index, or
+/// one job's builds (few) sorted.
+pub(crate) fn queued_builds_sql(by_job: bool) -> String {
+    let (builds, job) = match by_job {
+        true => (
+            build_joins("Builds b", "JOIN"),
+            format!("b.id IN ({})", builds_named(5)),
+        ),
+        false => (build_joins(QUEUE_WALK, "CROSS JOIN"), "?5 IS NULL".into()),
+    };
     format!(
-        "{BUILD_COLUMNS} {}
-         WHERE b.status < 0
+        "{BUILD_COLUMNS} {builds}
+         WHERE b.status < 0 AND {job}
            AND (?2 IS NULL OR (-b.status, b.timestamp, b.id) > (-?2, ?3, ?4))
          ORDER BY b.status DESC, b.timestamp, b.id
-         LIMIT ?1",
-        build_joins(QUEUE_WALK, "CROSS JOIN")
+         LIMIT ?1"
     )
+}
+
+/// Which of a build's names it is shown under: the one `job` asks for.
+fn shown_name(job: Option<&str>) -> impl Fn(&str) -> bool + '_ {
+    move |name| job == Some(name)
 }
 
 impl Db {
@@ -359,7 +439,7 @@ impl Db {
             .query_row([id], build_row)
             .optional()?;
         match build {
-            Some(b) => Ok(self.complete(vec![b])?.pop()),
+            Some(b) => Ok(self.complete(vec![b], &|_| false)?.pop()),
             None => Ok(None),
         }
     }
@@ -371,16 +451,18 @@ impl Db {
             stmt.query_map(p, build_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })?;
-        self.complete(builds)
+        self.complete(builds, &shown_name(filter.job.as_deref()))
     }
 
     /// Unfinished builds: started ones first, then by submission time;
     /// `after` is the (status, timestamp, id) of the last one of a
-    /// previous page.
+    /// previous page; with `job`, that job's only (under any of its
+    /// names).
     pub fn queued_builds(
         &self,
         limit: u32,
         after: Option<(i64, i64, i64)>,
+        job: Option<&str>,
     ) -> Result<Vec<BuildView>> {
         let (st, ts, id) = match after {
             Some((st, ts, id)) => (Some(st), Some(ts), Some(id)),
@@ -388,10 +470,10 @@ impl Db {
         };
         let builds = self
             .conn
-            .prepare_cached(&queued_builds_sql())?
-            .query_map(params![limit, st, ts, id], build_row)?
+            .prepare_cached(&queued_builds_sql(job.is_some()))?
+            .query_map(params![limit, st, ts, id, job], build_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        self.complete(builds)
+        self.complete(builds, &shown_name(job))
     }
 
     /// The latest evaluations, newest first, of one specification or of
@@ -463,58 +545,63 @@ impl Db {
     }
 
     /// Jobs of one evaluation, in the order they were registered, at
-    /// most `limit` after `filter.after`; with names, those jobs only
-    /// (one `Derivations_job_name` lookup each).  Each finds its build by
-    /// (derivation, evaluation) in `Builds_derivation`.
+    /// most `limit` derivations after `filter.after`, each under every
+    /// name (jobs sharing a derivation share its build and key); with
+    /// names, those jobs only (one lookup of each name).  Each finds its
+    /// build by (derivation, evaluation) in `Builds_derivation`.
     pub fn jobs(&self, filter: &JobFilter, limit: u32) -> Result<Vec<JobView>> {
-        let row = |r: &Row| {
-            Ok(JobView {
-                key: r.get(0)?,
-                name: r.get(1)?,
-                build: r.get(2)?,
-                status: r.get(3)?,
-            })
-        };
-        let Some(names) = &filter.names else {
-            return Ok(self
-                .conn
-                .prepare_cached(&jobs_sql(false))?
-                .query_map(
-                    params![
-                        filter.evaluation,
-                        filter.system,
-                        filter.after.unwrap_or(i64::MIN),
-                        limit,
-                        None::<String>
-                    ],
-                    row,
-                )?
-                .collect::<rusqlite::Result<Vec<_>>>()?);
-        };
-        // One lookup per name, then the same order and continuation as
-        // the walk over the whole evaluation.
-        let mut stmt = self.conn.prepare_cached(&jobs_sql(true))?;
         let after = filter.after.unwrap_or(i64::MIN);
         let mut jobs = Vec::new();
-        for name in names {
-            let rows = stmt.query_map(
-                params![filter.evaluation, filter.system, after, limit, name],
-                row,
-            )?;
-            for job in rows {
-                jobs.push(job?);
+        let mut add = |r: &Row| -> rusqlite::Result<()> {
+            let (key, build, status) = (r.get(0)?, r.get(2)?, r.get(3)?);
+            for name in [r.get::<_, Option<String>>(1)?, r.get(4)?]
+                .into_iter()
+                .flatten()
+            {
+                jobs.push(JobView {
+                    key,
+                    name,
+                    build,
+                    status,
+                });
+            }
+            Ok(())
+        };
+        match &filter.names {
+            None => {
+                let mut stmt = self.conn.prepare_cached(&jobs_sql(false))?;
+                let p = params![filter.evaluation, filter.system, after, limit, None::<String>];
+                let mut rows = stmt.query(p)?;
+                while let Some(r) = rows.next()? {
+                    add(r)?;
+                }
+            }
+            Some(names) => {
+                let mut stmt = self.conn.prepare_cached(&jobs_sql(true))?;
+                for name in names {
+                    let p = params![filter.evaluation, filter.system, after, limit, name];
+                    let mut rows = stmt.query(p)?;
+                    while let Some(r) = rows.next()? {
+                        add(r)?;
+                    }
+                }
             }
         }
-        jobs.sort_by_key(|j| j.key);
-        jobs.dedup_by_key(|j| j.key);
-        jobs.truncate(limit as usize);
+        // The same order and continuation whichever way they were found;
+        // the walk repeats a job for each other name of its build, and a
+        // request may repeat a name.
+        jobs.sort_by(|a, b| (a.key, &a.name).cmp(&(b.key, &b.name)));
+        jobs.dedup_by(|a, b| (a.key, &a.name) == (b.key, &b.name));
+        if filter.names.is_some() {
+            jobs.truncate(limit as usize);
+        }
         Ok(jobs)
     }
 
     /// The specification's last `nr` evaluations, newest first, each with
     /// those of the named jobs it has; an evaluation with none of them is
-    /// left out.  Each name walks `Derivations_job_name` from the oldest
-    /// of those evaluations on.
+    /// left out.  Each name walks `Derivations_job_name` and
+    /// `JobAliases_job_name` from the oldest of those evaluations on.
     pub fn jobs_history(
         &self,
         spec: &str,
@@ -525,10 +612,15 @@ impl Db {
         let Some(oldest) = evals.last().map(|e| e.id) else {
             return Ok(Vec::new());
         };
+        // A name's builds as the first name of each, then as another.
         let mut stmt = self.conn.prepare_cached(
             "SELECT d.evaluation, d.rowid, b.id, b.status FROM Derivations d
              JOIN Builds b ON b.derivation = d.derivation AND b.evaluation = d.evaluation
-             WHERE d.job_name = ?1 AND d.evaluation >= ?2",
+             WHERE d.job_name = ?1 AND d.evaluation >= ?2
+             UNION ALL
+             SELECT a.evaluation, a.build, b.id, b.status FROM JobAliases a
+             JOIN Builds b ON b.id = a.build
+             WHERE a.job_name = ?1 AND a.evaluation >= ?2",
         )?;
         let mut jobs: Vec<Vec<JobView>> = vec![Vec::new(); evals.len()];
         for name in names {
@@ -570,7 +662,7 @@ impl Db {
             build_joins("Builds b", "CROSS JOIN")
         );
         for k in 0..query.words.len() {
-            sql.push_str(&format!(" AND d.job_name LIKE ?{} ESCAPE '\\'", k + 6));
+            sql.push_str(&format!(" AND {}", names_like(k as u8 + 6, None)));
         }
         sql.push_str(" ORDER BY b.id DESC LIMIT 1");
         let (lo, hi) = query.status.unzip();
@@ -589,16 +681,51 @@ impl Db {
             .prepare_cached(&sql)?
             .query_row(rusqlite::params_from_iter(values), build_row)
             .optional()?;
-        Ok(self.complete(build.into_iter().collect())?.pop())
+        let words = |name: &str| query.words.iter().all(|w| contains_like(name, w));
+        Ok(self.complete(build.into_iter().collect(), &words)?.pop())
     }
 
-    /// Fills in each build's outputs and weather.
-    fn complete(&self, mut builds: Vec<BuildView>) -> Result<Vec<BuildView>> {
+    /// Gives each build its other names, shown under the first of its
+    /// names that `shown` takes (else its first name).  One lookup in
+    /// `JobAliases_build` each, which finds nothing for most builds.
+    pub(super) fn name_builds(
+        &self,
+        builds: &mut [BuildView],
+        shown: &dyn Fn(&str) -> bool,
+    ) -> Result<()> {
+        let mut others = self.conn.prepare_cached(&format!(
+            "SELECT job_name FROM JobAliases WHERE build = {} ORDER BY job_name",
+            bound_id(1)
+        ))?;
+        for b in builds {
+            let mut names: Vec<String> = others
+                .query_map([b.id], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            if names.is_empty() {
+                continue;
+            }
+            names.insert(0, std::mem::take(&mut b.job_name));
+            let k = names.iter().position(|n| shown(n)).unwrap_or(0);
+            b.job_name = names.remove(k);
+            b.other_names = names;
+        }
+        Ok(())
+    }
+
+    /// Fills in each build's names (see [`Db::name_builds`]), outputs and
+    /// weather, the latter for the name it is shown under.
+    fn complete(
+        &self,
+        mut builds: Vec<BuildView>,
+        shown: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<BuildView>> {
+        self.name_builds(&mut builds, shown)?;
         let mut outputs = self.conn.prepare_cached(&format!(
             "SELECT name, path FROM Outputs WHERE build = {} ORDER BY name",
             bound_id(1)
         ))?;
         let mut previous = self.conn.prepare_cached(PREVIOUS_FINISHED_BUILD)?;
+        let mut previous_alias = self.conn.prepare_cached(PREVIOUS_FINISHED_BUILD_OF_ALIAS)?;
         for b in &mut builds {
             b.outputs = outputs
                 .query_map([b.id], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -607,13 +734,13 @@ impl Db {
                 b.products = self.products(b.id)?;
             }
             if weather::counts(b.status) {
-                let prev: Option<i64> = previous
-                    .query_row(
-                        params![b.job_name, b.evaluation, b.system, b.specification],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                b.weather = weather::of(b.status, prev);
+                let p = params![b.job_name, b.evaluation, b.system, b.specification];
+                let row = |r: &Row| Ok((r.get::<_, EvalId>(0)?, r.get::<_, i64>(1)?));
+                let first = previous.query_row(p, row).optional()?;
+                let other = previous_alias.query_row(p, row).optional()?;
+                // The job's latest earlier build, under either kind of name.
+                let prev = first.into_iter().chain(other).max_by_key(|(e, _)| *e);
+                b.weather = weather::of(b.status, prev.map(|(_, st)| st));
             }
         }
         Ok(builds)

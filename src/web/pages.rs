@@ -187,6 +187,22 @@ fn parse_eval_id(id: &str) -> Result<i64, super::Response> {
     }
 }
 
+/// A build's job name, and its other names (jobs of the same derivation).
+fn job_names(b: &BuildView) -> String {
+    match b.other_names.is_empty() {
+        true => esc(&b.job_name),
+        false => format!(
+            "{} <small>(also {})</small>",
+            esc(&b.job_name),
+            b.other_names
+                .iter()
+                .map(|n| esc(n))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 fn build_row(b: &BuildView, now: i64, with_eval: bool) -> String {
     let finished = status::is_final(b.status);
     let eval = match with_eval {
@@ -201,7 +217,7 @@ fn build_row(b: &BuildView, now: i64, with_eval: bool) -> String {
     format!(
         "<tr><td><a href=\"/build/{id}/details\">{id}</a></td><td>{}</td>{eval}<td>{}</td>\
          <td class=\"hide-s\">{}</td><td>{}</td><td class=\"hide-s\">{}</td></tr>\n",
-        esc(&b.job_name),
+        job_names(b),
         html::status_badge(b.status),
         esc(&b.system),
         html::time(now, if finished { b.stoptime } else { b.timestamp }),
@@ -393,7 +409,7 @@ pub fn build_details(db: &Db, id: &str, ctx: &Ctx) -> Page {
          <dt>Queued</dt><dd>{}</dd><dt>Started</dt><dd>{}</dd><dt>Finished</dt><dd>{}</dd>\
          <dt>Duration</dt><dd>{took}</dd>{limits}{reason}</dl>\
          <h2>Outputs</h2>{}<h2>Log</h2>{log}{}",
-        esc(&b.job_name),
+        job_names(&b),
         html::status_badge(b.status),
         url(&b.specification),
         esc(&b.specification),
