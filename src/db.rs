@@ -793,4 +793,6 @@ pub(crate) fn query_plan(conn: &Connection, sql: &str, params: impl rusqlite::Pa
 }
 
 #[cfg(test)]
+mod alias_tests;
+#[cfg(test)]
 mod tests;

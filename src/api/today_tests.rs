@@ -146,6 +146,19 @@ fn weather_walks_the_job_name_index() {
         !plan.contains("TEMP B-TREE") && !plan.contains("SCAN"),
         "{plan}"
     );
+    // The same job as another name of a build: its own index, then by id.
+    let plan = crate::db::query_plan(
+        db.connection(),
+        crate::db::read::PREVIOUS_FINISHED_BUILD_OF_ALIAS,
+        rusqlite::params!["ok", 5, "x86_64-linux", "hello"],
+    );
+    assert!(
+        plan.starts_with("SEARCH a USING INDEX JobAliases_job_name (job_name=? AND evaluation<?)")
+            && plan.contains("SEARCH b USING INTEGER PRIMARY KEY (rowid=?)")
+            && !plan.contains("TEMP B-TREE")
+            && !plan.contains("SCAN"),
+        "{plan}"
+    );
 }
 
 #[test]
@@ -316,6 +329,11 @@ fn jobs_walk_indexes() {
     );
     assert!(
         named.contains("Derivations_job_name (job_name=? AND evaluation=?"),
+        "{named}"
+    );
+    assert!(all.contains("JobAliases_build (build=?)"), "{all}");
+    assert!(
+        named.contains("SEARCH a USING PRIMARY KEY (evaluation=? AND job_name=?)"),
         "{named}"
     );
     for plan in [&all, &named] {
