@@ -2,6 +2,7 @@
 //! guix-daemon and the real Guix evaluator.
 
 mod admin;
+mod aliases;
 mod chaos;
 mod cli;
 mod cycle;
