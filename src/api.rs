@@ -238,14 +238,22 @@ fn build(db: &Db, id: &str) -> Reply {
     Ok(json_response(200, &build_json(&find_build(db, id)?)))
 }
 
-/// `nr`, required, capped so that a huge value is merely the cap.
-fn limit(req: &Request) -> Result<u32, Response> {
+/// `nr`, required, at most `max`: a larger one is refused rather than
+/// cut, so that a client asking for more never takes what it gets for
+/// all there is (the dashboard's `page` is refused the same way).
+fn limit(req: &Request, max: u32) -> Result<u32, Response> {
     let bad = || error(400, "Parameter nr: a number is required.");
     let nr = req.param("nr").ok_or_else(bad)?;
     if nr.is_empty() || !nr.bytes().all(|c| c.is_ascii_digit()) {
         return Err(bad());
     }
-    Ok(nr.parse::<u64>().unwrap_or(u64::MAX).min(MAX_NR as u64) as u32)
+    match nr.parse::<u32>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(error(
+            400,
+            &format!("Parameter nr: at most {max} (asked for {nr})."),
+        )),
+    }
 }
 
 /// Status filter values: a number, or Cuirass's names for ranges.
@@ -348,7 +356,7 @@ impl Pager {
         Some(listing.and_then(|listing| {
             let remaining = match listing {
                 Listing::Jobs(_) => u32::MAX,
-                _ => limit(req)?,
+                _ => limit(req, MAX_NR)?,
             };
             Ok(Pager {
                 listing,

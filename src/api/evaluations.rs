@@ -97,7 +97,7 @@ pub(super) fn evaluation(db: &Db, req: &Request) -> Reply {
 /// specification or of all, newest first.
 pub(super) fn evaluations(db: &Db, req: &Request) -> Reply {
     let evals = db
-        .latest_evaluations(limit(req)?, req.param("spec"))
+        .latest_evaluations(limit(req, super::MAX_NR)?, req.param("spec"))
         .map_err(db_error)?;
     let out: Vec<EvaluationJson> = evals.iter().map(evaluation_json).collect();
     Ok(json_response(200, &out))

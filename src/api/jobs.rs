@@ -83,7 +83,7 @@ pub(super) fn jobs_history(db: &Db, req: &Request) -> Reply {
         .filter(|s| !s.is_empty())
         .ok_or_else(|| error(400, "Parameter spec: a specification name is required."))?;
     let names = names(req, true)?.unwrap_or_default();
-    let nr = super::limit(req)?.min(MAX_HISTORY);
+    let nr = super::limit(req, MAX_HISTORY)?;
     let rows = db.jobs_history(spec, &names, nr).map_err(db_error)?;
     let out: Vec<HistoryJson> = rows
         .iter()

@@ -220,7 +220,7 @@ fn every_route_against_a_real_database() {
     };
     assert_eq!(list("/api/latestbuilds?nr=100"), expect);
     assert_eq!(list("/api/latestbuilds?nr=2"), expect[..2]);
-    assert_eq!(list("/api/latestbuilds?nr=1000000000000"), expect);
+    assert_eq!(list("/api/latestbuilds?nr=1000"), expect);
     assert_eq!(
         list(&format!("/api/latestbuilds?nr=10&job=fail&project={name}")),
         [fail_id]
