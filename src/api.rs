@@ -346,10 +346,7 @@ impl Pager {
         }
         let listing = match routes::of(req)?.route {
             Route::LatestBuilds => latest_filter(req).map(Listing::Latest),
-            Route::Queue => Ok(Listing::Queue(
-                None,
-                req.param("job").map(str::to_string),
-            )),
+            Route::Queue => Ok(Listing::Queue(None, req.param("job").map(str::to_string))),
             Route::Jobs => jobs::job_filter(req).map(Listing::Jobs),
             _ => return None,
         };

@@ -642,7 +642,9 @@ impl Db {
             .prepare_cached(
                 "SELECT id, derivation FROM Builds WHERE evaluation = ?1 AND status = ?2",
             )?
-            .query_map(params![eval, status::SCHEDULED], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map(params![eval, status::SCHEDULED], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
             .collect::<std::result::Result<_, _>>()?;
         Db::cancel_scheduled(&tx, &scheduled, in_flight, now)?;
         Db::set_stamp(&tx, spec, commit)?;
@@ -664,7 +666,8 @@ impl Db {
         let mut canceled = 0;
         for (id, drv) in builds {
             if !in_flight.contains(drv) {
-                canceled += cancel.execute(params![id, status::CANCELED, now, status::SCHEDULED])?;
+                canceled +=
+                    cancel.execute(params![id, status::CANCELED, now, status::SCHEDULED])?;
             }
         }
         Ok(canceled)

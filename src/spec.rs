@@ -4,8 +4,10 @@
 //! Files made only of data (`quote`, `quasiquote`, `list`, `cons`...) are
 //! read here without Guile; files with real code are evaluated by Guile
 //! through `src/read-spec.scm`, which writes the value back as plain data.
-//! Unknown keys are accepted with a warning, as the original Cuirass simply
-//! ignored them; everything else that is wrong is an error naming the place.
+//! Unknown keys are errors, as unknown fields of today's records are in
+//! Cuirass (the 2018 original ignored them, which let a typo such as
+//! `#:brnach` follow master silently); everything that is wrong is an
+//! error naming the place, in the file's own text even when Guile read it.
 
 use crate::sexp::{self, Datum, EvalError, Kind, Pos};
 pub use record::{BuildOutput, Channel, Introduction, Record};
@@ -210,8 +212,14 @@ fn one_spec(item: &Datum) -> Result<Specification, (Pos, String)> {
             ));
         };
         let Some(k) = KEYS.iter().find(|x| **x == k) else {
-            log::warn!(target: crate::logging::SPEC, "ignoring unknown specification key #:{k}");
-            continue;
+            let known: Vec<String> = KEYS.iter().map(|k| format!("#:{k}")).collect();
+            return Err((
+                entry.pos,
+                format!(
+                    "unknown specification key #:{k} (known: {})",
+                    known.join(", ")
+                ),
+            ));
         };
         if found.iter().any(|(x, _, _)| x == k) {
             return Err((entry.pos, format!("#:{k} given twice")));
@@ -488,8 +496,71 @@ pub fn read_spec_file(
     let [value] = forms.as_slice() else {
         return Err(not_data(format!("{} values", forms.len())));
     };
-    // Positions refer to Guile's output, not to the file: drop them.
-    specs_from_data(&file, value).map_err(|e| SpecError { pos: None, ..e })
+    // Positions refer to Guile's output, not to the file: the entry at
+    // fault is looked for in the file's own text.
+    specs_from_data(&file, value).map_err(|e| {
+        let source = sexp::parse_all(&text).unwrap_or_default();
+        let pos = e.pos.and_then(|p| source_position(&source, value, p));
+        SpecError { pos, ..e }
+    })
+}
+
+/// The parts of a datum: a list's items, a dotted list's head and tail.
+fn parts(d: &Datum) -> Vec<&Datum> {
+    match &d.kind {
+        Kind::List(items) | Kind::Vector(items) => items.iter().collect(),
+        Kind::Dotted(head, tail) => head.iter().chain([&**tail]).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A field name or a key: a symbol that is not a record's tag, or a
+/// keyword.
+fn is_key(d: &Datum) -> bool {
+    match &d.kind {
+        Kind::Symbol(s) => !s.starts_with('<'),
+        Kind::Keyword(_) => true,
+        _ => false,
+    }
+}
+
+/// The key heading the innermost entry of `d` at or around `pos`: `bogus`
+/// for an error at `(bogus . 3)` or at its `3`.
+fn key_at(d: &Datum, pos: Pos) -> Option<&Datum> {
+    let parts = parts(d);
+    if let Some(k) = parts.iter().find_map(|p| key_at(p, pos)) {
+        return Some(k);
+    }
+    let here = d.pos == pos || parts.iter().any(|p| p.pos == pos);
+    parts.first().copied().filter(|k| here && is_key(k))
+}
+
+/// Where the forms of `d` headed by `key` start.
+fn forms_headed_by(d: &Datum, key: &Datum, found: &mut Vec<Pos>) {
+    let parts = parts(d);
+    if parts.first().is_some_and(|h| h.kind == key.kind) {
+        found.push(d.pos);
+    }
+    for p in parts {
+        forms_headed_by(p, key, found);
+    }
+}
+
+/// Where, in the file's `source`, the entry of Guile's `output` at `pos`
+/// was written: the one form headed by the same key (`(bogus 3)` in a
+/// record, `(#:bogus . 1)` in an alist), if only one is; None when the
+/// key is written in several places (`name` in a specification and in a
+/// channel) or made by code.
+fn source_position(source: &[Datum], output: &Datum, pos: Pos) -> Option<Pos> {
+    let key = key_at(output, pos)?;
+    let mut found = Vec::new();
+    for form in source {
+        forms_headed_by(form, key, &mut found);
+    }
+    match found[..] {
+        [pos] => Some(pos),
+        _ => None,
+    }
 }
 
 /// The subcommand of the child that re-reads a specification file on

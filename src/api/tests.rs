@@ -230,7 +230,10 @@ fn latest_builds_and_filters() {
         let (code, v) = get(&db, &root, target);
         let msg = v["error"].as_str().unwrap_or_default();
         assert_eq!(code, 400, "{target}: {v}");
-        assert!(msg.starts_with(&format!("Parameter nr: at most {max} ")), "{msg}");
+        assert!(
+            msg.starts_with(&format!("Parameter nr: at most {max} ")),
+            "{msg}"
+        );
     }
     assert_eq!(q("/api/latestbuilds?nr=1000"), [2, 1]);
     let (code, _) = get(&db, &root, "/api/jobs/history?spec=hello&names=ok&nr=100");
@@ -332,7 +335,8 @@ fn an_evaluation_still_running_is_in_progress() {
     let (_, v) = get(&db, &root, "/api/evaluations?nr=1");
     assert_eq!(v[0]["id"], eval);
     assert_eq!(v[0]["in-progress"], 1);
-    db.complete_evaluation("hello", eval, "fedcba", &Default::default(), 60).unwrap();
+    db.complete_evaluation("hello", eval, "fedcba", &Default::default(), 60)
+        .unwrap();
     assert_eq!(
         get(&db, &root, "/api/evaluations?nr=1").1[0]["in-progress"],
         0
@@ -452,9 +456,8 @@ fn latest_builds_walk_an_index_even_with_statistics() {
         "{queue}"
     );
     // One job's builds, under any of its names, are reached by id.
-    let plan_of_job = |sql: &str, params: &[&dyn rusqlite::ToSql]| {
-        crate::db::query_plan(conn, sql, params)
-    };
+    let plan_of_job =
+        |sql: &str, params: &[&dyn rusqlite::ToSql]| crate::db::query_plan(conn, sql, params);
     let job = Some("job7".to_string());
     for p in [
         plan(&BuildFilter {

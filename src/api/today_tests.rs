@@ -199,8 +199,15 @@ fn one_evaluation_and_evaluations_of_one_specification() {
     // One running, one failed with its reason.
     let running = db.begin_evaluation("other", "fff", 400).unwrap();
     let failed = db.begin_evaluation("hello", "eee", 500).unwrap();
-    db.fail_evaluation("hello", failed, "eee", "evaluator: no such file", &Default::default(), 510)
-        .unwrap();
+    db.fail_evaluation(
+        "hello",
+        failed,
+        "eee",
+        "evaluator: no such file",
+        &Default::default(),
+        510,
+    )
+    .unwrap();
     let (_, v) = get(&db, &root, "/api/evaluations?nr=10&spec=hello");
     assert_eq!(ids(&v), [failed, 1]);
     assert_eq!(

@@ -114,8 +114,14 @@ impl Cycle {
             Some(why) => {
                 let recorded = self.open_evaluation(&key, &checkouts, env).and_then(|id| {
                     log::error!(target: EVALUATION, "spec={name:?} evaluation {id} failed: {why}");
-                    env.db
-                        .fail_evaluation(&name, id, &key, &why, &self.building.in_flight, env.unix_now)
+                    env.db.fail_evaluation(
+                        &name,
+                        id,
+                        &key,
+                        &why,
+                        &self.building.in_flight,
+                        env.unix_now,
+                    )
                 });
                 if let Err(e) = recorded {
                     log::error!(target: EVALUATION, "spec={name:?} cannot record a failed evaluation: {e}");

@@ -321,14 +321,19 @@ fn an_evaluator_failure_cancels_builds_not_yet_handed_over_and_spares_those_in_f
     assert!(batch_of(&w.feed(&mut c, output(&[&job_line("b", DRV_B)]))).is_empty());
     w.feed(&mut c, exited(false));
     let status_of = |w: &World, drv: &str| {
-        w.count(&format!("SELECT status FROM Builds WHERE derivation = '{drv}'"))
+        w.count(&format!(
+            "SELECT status FROM Builds WHERE derivation = '{drv}'"
+        ))
     };
     assert_eq!(w.evaluation_rows()[0].1, 1, "failed");
     assert_eq!(status_of(&w, DRV_B), status::CANCELED);
     assert_eq!(status_of(&w, DRV_A), status::SCHEDULED);
     w.built(&[DRV_A]);
     let cmds = w.feed(&mut c, Input::BatchDone { daemon_error: None });
-    assert!(batch_of(&cmds).is_empty(), "the canceled build is not built");
+    assert!(
+        batch_of(&cmds).is_empty(),
+        "the canceled build is not built"
+    );
     assert_eq!(status_of(&w, DRV_A), status::SUCCEEDED);
 }
 

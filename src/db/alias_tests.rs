@@ -97,7 +97,10 @@ fn two_job_names_one_derivation_one_build_found_under_both_names() {
     }
     // The build's own page names it first as alpha.
     let b = db.build(pkg).unwrap().unwrap();
-    assert_eq!((b.job_name.as_str(), b.other_names.clone()), ("alpha", vec!["beta".into()]));
+    assert_eq!(
+        (b.job_name.as_str(), b.other_names.clone()),
+        ("alpha", vec!["beta".into()])
+    );
     // /api/jobs: every name, with the same build and status.
     let jobs = |asked: Option<&[&str]>| -> Vec<(String, BuildId, i64)> {
         let filter = JobFilter {
@@ -141,7 +144,10 @@ fn two_job_names_one_derivation_one_build_found_under_both_names() {
         .unwrap();
     assert_eq!((found.id, found.job_name.as_str()), (pkg, "beta"));
     let search = db.search_builds("bet", 10).unwrap();
-    assert_eq!(names(&search.builds), vec![(pkg, "beta".into(), vec!["alpha".into()])]);
+    assert_eq!(
+        names(&search.builds),
+        vec![(pkg, "beta".into(), vec!["alpha".into()])]
+    );
     let (page, total) = db
         .evaluation_builds(
             e,
@@ -153,7 +159,10 @@ fn two_job_names_one_derivation_one_build_found_under_both_names() {
             0,
         )
         .unwrap();
-    assert_eq!((names(&page), total), (vec![(pkg, "beta".into(), vec!["alpha".into()])], 1));
+    assert_eq!(
+        (names(&page), total),
+        (vec![(pkg, "beta".into(), vec!["alpha".into()])], 1)
+    );
     // Rolled back with its evaluation (foreign keys are on).
     let tx = db.conn.transaction().unwrap();
     Db::delete_evaluation(&tx, e).unwrap();
@@ -166,12 +175,22 @@ fn weather_and_superseding_follow_a_job_under_any_of_its_names() {
     let mut db = Db::open_in_memory().unwrap();
     db.add_specifications(&[spec("a")]).unwrap();
     // 1: beta is another name of alpha's build, which succeeds.
-    evaluate(&mut db, "c1", &[&[job("alpha", "p1"), job("beta", "p1")]], 1);
+    evaluate(
+        &mut db,
+        "c1",
+        &[&[job("alpha", "p1"), job("beta", "p1")]],
+        1,
+    );
     db.build_finished(&job("", "p1").derivation, status::SUCCEEDED, None, 2)
         .unwrap();
     // 2: beta has its own derivation, which fails: beta's weather
     // compares with its build as another name.
-    evaluate(&mut db, "c2", &[&[job("alpha", "p1"), job("beta", "p2")]], 3);
+    evaluate(
+        &mut db,
+        "c2",
+        &[&[job("alpha", "p1"), job("beta", "p2")]],
+        3,
+    );
     db.build_finished(&job("", "p2").derivation, status::FAILED, None, 4)
         .unwrap();
     let latest = |db: &Db, job: &str| {
@@ -184,14 +203,24 @@ fn weather_and_superseding_follow_a_job_under_any_of_its_names() {
     assert_eq!(latest(&db, "beta").weather, weather::NEW_FAILURE);
     // 3: beta is again another name, of a build that succeeds: compared
     // with its own build of evaluation 2.
-    evaluate(&mut db, "c3", &[&[job("alpha", "p3"), job("beta", "p3")]], 5);
+    evaluate(
+        &mut db,
+        "c3",
+        &[&[job("alpha", "p3"), job("beta", "p3")]],
+        5,
+    );
     db.build_finished(&job("", "p3").derivation, status::SUCCEEDED, None, 6)
         .unwrap();
     assert_eq!(latest(&db, "beta").weather, weather::NEW_SUCCESS);
     assert_eq!(latest(&db, "alpha").weather, weather::STILL_SUCCEEDING);
     // 4 supersedes the scheduled build of 4's predecessor whose other
     // name (gamma) now has another derivation.
-    evaluate(&mut db, "c4", &[&[job("delta", "p4"), job("gamma", "p4")]], 7);
+    evaluate(
+        &mut db,
+        "c4",
+        &[&[job("delta", "p4"), job("gamma", "p4")]],
+        7,
+    );
     evaluate(&mut db, "c5", &[&[job("gamma", "p5")]], 8);
     assert_eq!(
         count(
@@ -218,7 +247,10 @@ fn builds_in_flight_keep_their_real_result_when_an_evaluation_fails_or_supersede
     let status_of = |db: &Db, drv: &str| {
         count(
             db,
-            &format!("SELECT status FROM Builds WHERE derivation = '{}'", job("", drv).derivation),
+            &format!(
+                "SELECT status FROM Builds WHERE derivation = '{}'",
+                job("", drv).derivation
+            ),
         )
     };
     assert_eq!(status_of(&db, "two"), status::CANCELED);
@@ -236,7 +268,10 @@ fn builds_in_flight_keep_their_real_result_when_an_evaluation_fails_or_supersede
     db.add_jobs("a", e3, &[job("x", "x2"), job("y", "y2")], 5)
         .unwrap();
     let flying: HashSet<String> = [job("", "x1").derivation].into_iter().collect();
-    assert_eq!(db.complete_evaluation("a", e3, "c3", &flying, 6).unwrap(), 1);
+    assert_eq!(
+        db.complete_evaluation("a", e3, "c3", &flying, 6).unwrap(),
+        1
+    );
     assert_eq!(status_of(&db, "x1"), status::SCHEDULED);
     assert_eq!(status_of(&db, "y1"), status::CANCELED);
 }

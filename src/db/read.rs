@@ -298,7 +298,9 @@ pub(crate) fn builds_named(n: u8) -> String {
 /// `JobAliases` being small: only jobs that share a derivation).  With
 /// `eval`, one evaluation's other names only (the key's prefix).
 pub(crate) fn names_like(n: u8, eval: Option<u8>) -> String {
-    let eval = eval.map(|e| format!("evaluation = ?{e} AND ")).unwrap_or_default();
+    let eval = eval
+        .map(|e| format!("evaluation = ?{e} AND "))
+        .unwrap_or_default();
     format!(
         "(d.job_name LIKE ?{n} ESCAPE '\\'
           OR b.id IN (SELECT build FROM JobAliases WHERE {eval}job_name LIKE ?{n} ESCAPE '\\'))"
@@ -570,7 +572,13 @@ impl Db {
         match &filter.names {
             None => {
                 let mut stmt = self.conn.prepare_cached(&jobs_sql(false))?;
-                let p = params![filter.evaluation, filter.system, after, limit, None::<String>];
+                let p = params![
+                    filter.evaluation,
+                    filter.system,
+                    after,
+                    limit,
+                    None::<String>
+                ];
                 let mut rows = stmt.query(p)?;
                 while let Some(r) = rows.next()? {
                     add(r)?;

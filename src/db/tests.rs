@@ -164,8 +164,15 @@ fn failed_evaluation_moves_the_stamp_and_keeps_the_reason() {
     let mut db = Db::open_in_memory().unwrap();
     db.add_specifications(&[spec("a")]).unwrap();
     let eval = db.begin_evaluation("a", "bad", 5).unwrap();
-    db.fail_evaluation("a", eval, "bad", "evaluator exited with status 1", &Default::default(), 6)
-        .unwrap();
+    db.fail_evaluation(
+        "a",
+        eval,
+        "bad",
+        "evaluator exited with status 1",
+        &Default::default(),
+        6,
+    )
+    .unwrap();
     assert_eq!(db.stamp("a").unwrap().as_deref(), Some("bad"));
     assert_eq!(
         count(&db, "SELECT status FROM Evaluations"),
@@ -255,7 +262,8 @@ fn a_completed_evaluation_cancels_the_scheduled_builds_it_supersedes() {
         1,
     )
     .unwrap();
-    db.complete_evaluation("a", e1, "c1", &Default::default(), 1).unwrap();
+    db.complete_evaluation("a", e1, "c1", &Default::default(), 1)
+        .unwrap();
     db.build_started(&job_with("z", "1").derivation, "log", 2)
         .unwrap();
     // Another spec's build of a job with the same name is not touched.
@@ -273,7 +281,11 @@ fn a_completed_evaluation_cancels_the_scheduled_builds_it_supersedes() {
         )
         .unwrap();
     assert_eq!(added.len(), 3);
-    assert_eq!(db.complete_evaluation("a", e2, "c2", &Default::default(), 4).unwrap(), 1);
+    assert_eq!(
+        db.complete_evaluation("a", e2, "c2", &Default::default(), 4)
+            .unwrap(),
+        1
+    );
     let status_of = |eval: EvalId, drv: &str| -> i64 {
         db.connection()
             .query_row(
@@ -309,8 +321,15 @@ fn interrupted_evaluations_are_rolled_back_and_failed_ones_cancel_their_builds()
     let e1 = db.begin_evaluation("a", "c1", 1).unwrap();
     db.add_jobs("a", e1, &[job("one"), job("two")], 1).unwrap();
     db.build_started(&job("one").derivation, "log", 2).unwrap();
-    db.fail_evaluation("a", e1, "c1", "evaluator killed by signal 9", &Default::default(), 3)
-        .unwrap();
+    db.fail_evaluation(
+        "a",
+        e1,
+        "c1",
+        "evaluator killed by signal 9",
+        &Default::default(),
+        3,
+    )
+    .unwrap();
     assert_eq!(
         count(&db, "SELECT status FROM Evaluations WHERE id = 1"),
         eval_status::FAILED

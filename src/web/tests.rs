@@ -53,11 +53,24 @@ fn fixture() -> (Db, PathBuf) {
         .begin_evaluation("hello", "abcdef0123456789", NOW - 3600)
         .unwrap();
     db.add_jobs("hello", eval, &jobs, NOW - 3600).unwrap();
-    db.complete_evaluation("hello", eval, "abcdef0123456789", &Default::default(), NOW - 3590)
-        .unwrap();
+    db.complete_evaluation(
+        "hello",
+        eval,
+        "abcdef0123456789",
+        &Default::default(),
+        NOW - 3590,
+    )
+    .unwrap();
     let quiet = db.begin_evaluation("quiet", "fedcba", NOW - 100).unwrap();
-    db.fail_evaluation("quiet", quiet, "fedcba", "boom <oops>", &Default::default(), NOW - 40)
-        .unwrap();
+    db.fail_evaluation(
+        "quiet",
+        quiet,
+        "fedcba",
+        "boom <oops>",
+        &Default::default(),
+        NOW - 40,
+    )
+    .unwrap();
     let root = std::env::temp_dir().join(format!(
         "cuirass-web-{}-{:?}",
         std::process::id(),

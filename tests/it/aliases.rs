@@ -46,7 +46,13 @@ fn two_job_names_one_derivation_build_once_both_found() {
     let nonce = nonce();
     let repo = Repo::new(setup.tmp.path(), &[("ci.scm", "jobs/alias-jobs.scm")]);
     let name = format!("aliases-{nonce}");
-    let spec = setup.write_spec(&spec_text(&name, &repo.url(), "ci.scm", "cuirass-jobs", &nonce));
+    let spec = setup.write_spec(&spec_text(
+        &name,
+        &repo.url(),
+        "ci.scm",
+        "cuirass-jobs",
+        &nonce,
+    ));
     let daemon = Running::start(&setup, &["-S", spec.to_str().unwrap()], &[]);
     let port = daemon.port();
     let get = |target: &str| {
@@ -69,23 +75,38 @@ fn two_job_names_one_derivation_build_once_both_found() {
 
     wait_until(Duration::from_secs(120), "both builds to finish", || {
         count(&setup.db(), "SELECT COUNT(*) FROM Builds WHERE status >= 0") == 2
-            && count(&setup.db(), "SELECT COUNT(*) FROM Evaluations WHERE status = 0") == 1
+            && count(
+                &setup.db(),
+                "SELECT COUNT(*) FROM Evaluations WHERE status = 0",
+            ) == 1
     });
     let conn = setup.db();
     let drv: String = conn
-        .query_row("SELECT derivation FROM Builds WHERE id = ?1", [id], |r| r.get(0))
+        .query_row("SELECT derivation FROM Builds WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert!(drv.ends_with(&format!("-alias-pkg-{nonce}.drv")), "{drv}");
     // One build of the derivation in the database, one build request
     // started at the daemon, its output in the store.
     assert_eq!(
-        count(&conn, &format!("SELECT COUNT(*) FROM Builds WHERE derivation = '{drv}'")),
+        count(
+            &conn,
+            &format!("SELECT COUNT(*) FROM Builds WHERE derivation = '{drv}'")
+        ),
         1
     );
     let started = format!("started {drv}");
-    assert_eq!(daemon.log_text().matches(&started).count(), 1, "{}", daemon.log_text());
+    assert_eq!(
+        daemon.log_text().matches(&started).count(),
+        1,
+        "{}",
+        daemon.log_text()
+    );
     let out: String = conn
-        .query_row("SELECT path FROM Outputs WHERE build = ?1", [id], |r| r.get(0))
+        .query_row("SELECT path FROM Outputs WHERE build = ?1", [id], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(
         std::fs::read_to_string(setup.host_path(&out)).unwrap(),
@@ -93,7 +114,9 @@ fn two_job_names_one_derivation_build_once_both_found() {
     );
     // The evaluator's count and the log say what happened.
     let eval: i64 = conn
-        .query_row("SELECT evaluation FROM Builds WHERE id = ?1", [id], |r| r.get(0))
+        .query_row("SELECT evaluation FROM Builds WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
         .unwrap();
     let log = daemon.log_text();
     assert!(
@@ -113,7 +136,9 @@ fn two_job_names_one_derivation_build_once_both_found() {
             "{job}"
         );
         assert_eq!(
-            builds(&get(&format!("/api/latestbuilds?nr=10&jobset={name}&job={job}&status=succeeded"))),
+            builds(&get(&format!(
+                "/api/latestbuilds?nr=10&jobset={name}&job={job}&status=succeeded"
+            ))),
             vec![(id, job.to_string(), 0)],
             "{job}"
         );
@@ -126,7 +151,10 @@ fn two_job_names_one_derivation_build_once_both_found() {
         assert_eq!(jobs(&history[0]["jobs"]), vec![(job.to_string(), id, 0)]);
         let (status, head, _) = get_raw(port, &format!("/search/latest?query=spec:{name}+{job}"));
         assert_eq!(status, 302, "{head}");
-        assert!(head.contains(&format!("Location: /build/{id}/details")), "{head}");
+        assert!(
+            head.contains(&format!("Location: /build/{id}/details")),
+            "{head}"
+        );
         let (status, _, body) = get_raw(port, &format!("/search?query={job}"));
         let body = String::from_utf8(body).unwrap();
         assert_eq!(status, 200);
@@ -143,7 +171,9 @@ fn two_job_names_one_derivation_build_once_both_found() {
     let all = jobs(&get(&format!("/api/jobs?evaluation={eval}")));
     assert_eq!(all.len(), 3, "{all:?}");
     assert!(all.contains(&("alpha".into(), id, 0)) && all.contains(&("beta".into(), id, 0)));
-    let history = get(&format!("/api/jobs/history?spec={name}&names=alpha,beta&nr=10"));
+    let history = get(&format!(
+        "/api/jobs/history?spec={name}&names=alpha,beta&nr=10"
+    ));
     assert_eq!(
         jobs(&history[0]["jobs"]),
         vec![("alpha".into(), id, 0), ("beta".into(), id, 0)]
