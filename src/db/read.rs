@@ -35,6 +35,9 @@ pub struct BuildView {
     /// One of [`weather`]: how this build compares with the job's
     /// previous finished build in the same specification.
     pub weather: i64,
+    /// Whether `weather` is the one kept when the build finished (else it
+    /// finished before weathers were kept, and the reader computes it).
+    pub weather_kept: bool,
     /// Files registered by its spec's `build-outputs`.
     pub products: Vec<super::channels::ProductView>,
 }
@@ -50,6 +53,17 @@ pub mod weather {
     pub const NEW_FAILURE: i64 = 1;
     pub const STILL_SUCCEEDING: i64 = 2;
     pub const STILL_FAILING: i64 = 3;
+
+    /// How pages, `/metrics` and events name a weather.
+    pub fn name(w: i64) -> &'static str {
+        match w {
+            NEW_SUCCESS => "new-success",
+            NEW_FAILURE => "new-failure",
+            STILL_SUCCEEDING => "still-succeeding",
+            STILL_FAILING => "still-failing",
+            _ => "unknown",
+        }
+    }
 
     /// Whether a build in this status counts as a success or a failure:
     /// pending and canceled builds say nothing about the job.
@@ -157,7 +171,7 @@ pub struct OutputView {
 pub(super) const BUILD_COLUMNS: &str =
     "SELECT b.id, b.evaluation, e.specification, s.branch, d.job_name,
         d.system, d.nix_name, b.derivation, b.log, b.status, b.timestamp, b.starttime, b.stoptime,
-        b.priority, b.timeout, b.maxsilent, b.errormsg, b.worker";
+        b.priority, b.timeout, b.maxsilent, b.errormsg, b.worker, b.weather";
 
 /// The joins from `builds` (Builds as `b`, perhaps with an index named)
 /// to its derivation, evaluation and specification.  `CROSS JOIN` pins
@@ -197,7 +211,8 @@ pub(super) fn build_row(r: &Row) -> rusqlite::Result<BuildView> {
         starttime: r.get(11)?,
         stoptime: r.get(12)?,
         outputs: Vec::new(),
-        weather: weather::UNKNOWN,
+        weather: r.get::<_, Option<i64>>(18)?.unwrap_or(weather::UNKNOWN),
+        weather_kept: r.get::<_, Option<i64>>(18)?.is_some(),
         products: Vec::new(),
         priority: r.get(13)?,
         timeout: r.get(14)?,
@@ -606,7 +621,11 @@ impl Db {
             if b.status == super::status::SUCCEEDED {
                 b.products = self.products(b.id)?;
             }
-            if weather::counts(b.status) {
+            // Kept when the build finished; computed for builds that
+            // finished before weathers were kept (migration 17).
+            if !weather::counts(b.status) {
+                b.weather = weather::UNKNOWN;
+            } else if !b.weather_kept {
                 let prev: Option<i64> = previous
                     .query_row(
                         params![b.job_name, b.evaluation, b.system, b.specification],

@@ -3,6 +3,8 @@
 use super::HttpCounters;
 use crate::db::Db;
 use crate::db::dashboard::{DbMetrics, Histogram};
+use crate::db::events::delivery;
+use crate::db::read::weather;
 use crate::db::{eval_status, status};
 use crate::html::status_name;
 use crate::http::Response;
@@ -125,6 +127,7 @@ pub fn render(m: &DbMetrics, counters: &HttpCounters) -> String {
         "Time from a finished build's start to its end.",
         &m.build_duration,
     );
+    weathers(&mut out, m);
     header(
         &mut out,
         "cuirass_http_requests_total",
@@ -146,4 +149,43 @@ pub fn render(m: &DbMetrics, counters: &HttpCounters) -> String {
     );
     let _ = writeln!(out, "cuirass_database_size_bytes {}", m.size_bytes);
     out
+}
+
+/// Weather counters by specification, and notification events by
+/// delivery state.
+fn weathers(out: &mut String, m: &DbMetrics) {
+    header(
+        out,
+        "cuirass_build_weather_total",
+        "counter",
+        "Finished builds by specification and weather (new-failure and new-success are changes), counted as they finish.",
+    );
+    for (spec, w, n) in &m.weathers {
+        let _ = writeln!(
+            out,
+            "cuirass_build_weather_total{{spec=\"{}\",weather=\"{}\"}} {n}",
+            label(spec),
+            weather::name(*w)
+        );
+    }
+    header(
+        out,
+        "cuirass_events",
+        "gauge",
+        "Events (weather changes, failed evaluations) by notification delivery state.",
+    );
+    for d in [
+        delivery::QUEUED,
+        delivery::SENT,
+        delivery::GAVE_UP,
+        delivery::NONE,
+    ] {
+        let n: i64 = m
+            .events
+            .iter()
+            .filter(|(st, _)| *st == d)
+            .map(|(_, n)| n)
+            .sum();
+        let _ = writeln!(out, "cuirass_events{{delivery=\"{}\"}} {n}", delivery::name(d));
+    }
 }
