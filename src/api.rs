@@ -59,6 +59,7 @@ pub fn respond(db: &Db, req: &Request) -> Response {
         | Route::Metrics
         | Route::Machines
         | Route::ApiMachines
+        | Route::EventsFeed
         | Route::AttemptLog
         | Route::Login
         | Route::Logout => Err(not_found()),
@@ -438,6 +439,7 @@ fn build_listing(db: &Db, req: &Request) -> Reply {
 pub mod admin;
 #[cfg(test)]
 mod admin_tests;
+pub mod events;
 mod evaluations;
 mod items;
 mod records;

@@ -12,6 +12,7 @@
 //! so a restart loses nothing: what was queued is read again, its
 //! attempts counted, and retried at once.
 
+use crate::db::events::{EventView, kind};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,9 @@ use std::time::{Duration, Instant};
 pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// How often the database is asked for new events.
 pub const FETCH_EVERY: Duration = Duration::from_secs(1);
+/// Attempts at one event before it is given up (with `--notify-retry`
+/// 30: over about 3 hours).
+pub const MAX_ATTEMPTS: u32 = 10;
 /// The most events held in memory; the rest wait in the database.
 pub const MAX_HELD: usize = 1000;
 
@@ -229,6 +233,29 @@ impl Notifier {
     pub fn fetch_soon(&mut self, now: Instant) {
         self.next_fetch = self.next_fetch.min(now);
     }
+}
+
+/// The page an event is about: its build's, or its evaluation's.
+pub fn page_path(e: &EventView) -> String {
+    match e.build {
+        Some(b) => format!("/build/{b}/details"),
+        None => format!("/eval/{}", e.evaluation),
+    }
+}
+
+/// One line saying what happened, for a mail's subject or a feed entry's
+/// title: `hello: job "test" newly failed (build 42)`.  Names from the
+/// database are quoted with escapes, so the line stays one line.
+pub fn summary(e: &EventView) -> String {
+    let job = e.job_name.as_deref().unwrap_or("?");
+    let build = e.build.unwrap_or(0);
+    let what = match e.kind.as_str() {
+        kind::NEW_FAILURE => format!("job {job:?} newly failed (build {build})"),
+        kind::FIXED => format!("job {job:?} fixed (build {build})"),
+        kind::EVALUATION_FAILED => format!("evaluation {} failed", e.evaluation),
+        other => format!("{other:?} (evaluation {})", e.evaluation),
+    };
+    format!("{:?}: {what}", e.specification)
 }
 
 #[cfg(test)]

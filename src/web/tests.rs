@@ -99,6 +99,7 @@ fn get_with(db: &Db, root: &Path, target: &str, counters: &HttpCounters) -> (u16
         logs: &logs,
         counters,
         session: None,
+        base_url: "http://ci.example.org",
     };
     let r = respond(db, &request(target), &ctx);
     (
@@ -705,6 +706,7 @@ fn operators_see_buttons_with_their_csrf_token_and_visitors_none() {
             logs: &logs,
             counters: &counters,
             session,
+            base_url: "http://ci.example.org",
         };
         String::from_utf8(respond(&db, &request(target), &ctx).body).unwrap()
     };
