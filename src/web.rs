@@ -108,4 +108,6 @@ fn db_error(e: crate::db::Error) -> Response {
 }
 
 #[cfg(test)]
+mod events_tests;
+#[cfg(test)]
 mod tests;
