@@ -439,8 +439,8 @@ fn build_listing(db: &Db, req: &Request) -> Reply {
 pub mod admin;
 #[cfg(test)]
 mod admin_tests;
-pub mod events;
 mod evaluations;
+pub mod events;
 mod items;
 mod records;
 pub use items::build_of_item;

@@ -348,7 +348,10 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Command, String> {
         return Err("--notify-timeout: must be at least 1 second".into());
     }
     let notify_command = m.opt_str("notify-command");
-    if notify_command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+    if notify_command
+        .as_deref()
+        .is_some_and(|c| c.trim().is_empty())
+    {
         return Err("--notify-command: empty command".into());
     }
     let interval_secs = number(&m, "interval", 300u64)?;
@@ -361,7 +364,11 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Command, String> {
         Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
             u.trim_end_matches('/').to_string()
         }
-        Some(u) => return Err(format!("--base-url: '{u}' is not an http:// or https:// URL")),
+        Some(u) => {
+            return Err(format!(
+                "--base-url: '{u}' is not an http:// or https:// URL"
+            ));
+        }
         None => format!("http://{listen}:{port}"),
     };
     Ok(Command::Run(Box::new(Config {
@@ -448,10 +455,7 @@ mod tests {
         assert_eq!(c.daemon_socket, PathBuf::from(DEFAULT_DAEMON_SOCKET));
         assert_eq!(c.notify_command, None);
         assert_eq!(c.base_url, "http://localhost:8080");
-        assert_eq!(
-            (c.notify.timeout.as_secs(), c.notify.max_running),
-            (60, 4)
-        );
+        assert_eq!((c.notify.timeout.as_secs(), c.notify.max_running), (60, 4));
         assert_eq!(c.notify.retry.as_secs(), 30);
     }
 

@@ -238,16 +238,18 @@ impl EventLoop {
         db.set_notifying(notify.is_some());
         let http = match config.one_shot {
             true => None,
-            false => Some(HttpServer::bind(
-                &config.listen,
-                config.port,
-                poll.registry(),
-                HTTP_LISTENER,
-                HTTP_CONN_BASE,
-                logs.clone(),
-                admin::load_auth(&config)?,
-            )?
-            .with_base_url(&config.base_url)),
+            false => Some(
+                HttpServer::bind(
+                    &config.listen,
+                    config.port,
+                    poll.registry(),
+                    HTTP_LISTENER,
+                    HTTP_CONN_BASE,
+                    logs.clone(),
+                    admin::load_auth(&config)?,
+                )?
+                .with_base_url(&config.base_url),
+            ),
         };
         let mut event_loop = EventLoop {
             config,

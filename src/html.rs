@@ -125,9 +125,7 @@ pub fn rfc3339(t: i64) -> String {
 /// newline and return; U+FFFE, U+FFFF) replaced by U+FFFD, since an
 /// evaluator's error message may hold any of them.
 pub fn xml_text(s: &str) -> String {
-    let allowed = |c: char| {
-        !matches!(c, '\u{0}'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}')
-    };
+    let allowed = |c: char| !matches!(c, '\u{0}'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}');
     let cleaned: String = s
         .chars()
         .map(|c| if allowed(c) { c } else { '\u{fffd}' })

@@ -282,9 +282,7 @@ impl Db {
         let total = self
             .conn
             .prepare_cached(&format!("SELECT COUNT(*) {clause}"))?
-            .query_row(params![eval, lo, hi, pattern, filter.weather], |r| {
-                r.get(0)
-            })?;
+            .query_row(params![eval, lo, hi, pattern, filter.weather], |r| r.get(0))?;
         Ok((builds, total))
     }
 

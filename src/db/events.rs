@@ -228,9 +228,7 @@ impl Db {
             "SELECT id, attempts FROM Events INDEXED BY Events_queued
              WHERE delivery = 0 AND id > ?1 ORDER BY id LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![after, limit as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
+        let rows = stmt.query_map(params![after, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 

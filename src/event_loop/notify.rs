@@ -265,7 +265,10 @@ impl EventLoop {
                 log::info!(target: logging::NOTIFY, "notify event {id}: delivered (attempt {attempts})")
             }
             (Some(why), false) => {
-                let wait = self.notify.as_ref().map_or(Duration::ZERO, |n| n.machine.backoff(attempts));
+                let wait = self
+                    .notify
+                    .as_ref()
+                    .map_or(Duration::ZERO, |n| n.machine.backoff(attempts));
                 log::warn!(target: logging::NOTIFY,
                     "notify event {id}: attempt {attempts} failed: {why}; retry in {} s",
                     wait.as_secs()

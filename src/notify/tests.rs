@@ -158,8 +158,14 @@ fn a_hanging_command_does_not_hold_the_others() {
         [Command::Spawn(1), Command::Spawn(2)]
     );
     // 1 hangs; 2, 3 and 4 go through the other place one after another.
-    assert_eq!(b.exit(2, true, 1), [record(2, 1, None, false), Command::Spawn(3)]);
-    assert_eq!(b.exit(3, true, 2), [record(3, 1, None, false), Command::Spawn(4)]);
+    assert_eq!(
+        b.exit(2, true, 1),
+        [record(2, 1, None, false), Command::Spawn(3)]
+    );
+    assert_eq!(
+        b.exit(3, true, 2),
+        [record(3, 1, None, false), Command::Spawn(4)]
+    );
     assert_eq!(b.exit(4, true, 3), [record(4, 1, None, false)]);
     assert!(!b.n.settled());
 }
@@ -206,7 +212,10 @@ fn an_exit_for_an_event_not_running_is_ignored_and_zero_settings_are_raised() {
     let mut b = Bed::new(zero);
     assert_eq!(b.exit(42, true, 0), []);
     // One at a time, one attempt.
-    assert_eq!(b.tick_fetching(vec![(1, 0), (2, 0)], 1), [Command::Spawn(1)]);
+    assert_eq!(
+        b.tick_fetching(vec![(1, 0), (2, 0)], 1),
+        [Command::Spawn(1)]
+    );
     assert_eq!(
         b.exit(1, false, 1),
         [

@@ -16,7 +16,8 @@ fn weathered() -> (Db, PathBuf) {
         .collect();
     let eval = db.begin_evaluation("hello", "c2", NOW - 600).unwrap();
     db.add_jobs("hello", eval, &jobs, NOW - 600).unwrap();
-    db.complete_evaluation("hello", eval, "c2", NOW - 590).unwrap();
+    db.complete_evaluation("hello", eval, "c2", NOW - 590)
+        .unwrap();
     db.build_finished(&jobs[0].derivation, 1, None, NOW - 500)
         .unwrap();
     db.build_finished(&jobs[1].derivation, 1, None, NOW - 400)
@@ -63,7 +64,12 @@ fn metrics_count_weathers_by_specification_and_events_by_delivery() {
             .unwrap_or_else(|| panic!("{name} {labels:?}\n{text}"))
             .2
     };
-    let weather = |w| value("cuirass_build_weather_total", &[("spec", "hello"), ("weather", w)]);
+    let weather = |w| {
+        value(
+            "cuirass_build_weather_total",
+            &[("spec", "hello"), ("weather", w)],
+        )
+    };
     assert_eq!(weather("new-failure"), 1.0);
     assert_eq!(weather("new-success"), 1.0);
     assert_eq!(weather("still-failing"), 1.0);
@@ -82,7 +88,9 @@ fn the_feed_lists_events_newest_first_escaped_with_absolute_links() {
     let (db, root) = weathered();
     let (code, ct, xml) = get_with(&db, &root, "/events/rss", &HttpCounters::default());
     assert_eq!((code, ct.as_str()), (200, feed::CONTENT_TYPE));
-    assert!(xml.starts_with("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<feed xmlns=\"http://www.w3.org/2005/Atom\">"));
+    assert!(xml.starts_with(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<feed xmlns=\"http://www.w3.org/2005/Atom\">"
+    ));
     assert!(xml.ends_with("</feed>\n"));
     let titles: Vec<&str> = xml
         .split("<title>")
@@ -101,7 +109,10 @@ fn the_feed_lists_events_newest_first_escaped_with_absolute_links() {
     assert!(xml.contains("<link href=\"http://ci.example.org/build/7/details\"/>"));
     assert!(xml.contains("<link href=\"http://ci.example.org/eval/2\"/>"));
     assert!(xml.contains("Error: boom &lt;oops&gt;</content>"));
-    assert!(xml.contains("<updated>2023-11-14T22:08:20Z</updated>"), "{xml}");
+    assert!(
+        xml.contains("<updated>2023-11-14T22:08:20Z</updated>"),
+        "{xml}"
+    );
     // Every element opened is closed, in order (a small well-formedness
     // check: no XML parser among the dependencies).
     let mut open: Vec<String> = Vec::new();

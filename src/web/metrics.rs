@@ -37,6 +37,11 @@ pub fn metrics(db: &Db, counters: &HttpCounters) -> Response {
     }
 }
 
+/// The count of `key` in (key, count) rows, 0 when absent.
+fn count_of(rows: &[(i64, i64)], key: i64) -> i64 {
+    rows.iter().filter(|(k, _)| *k == key).map(|(_, n)| n).sum()
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
@@ -69,12 +74,7 @@ pub fn render(m: &DbMetrics, counters: &HttpCounters) -> String {
         "Builds in the database, by status.",
     );
     for &s in STATUSES {
-        let n: i64 = m
-            .builds
-            .iter()
-            .filter(|(st, _)| *st == s)
-            .map(|(_, n)| n)
-            .sum();
+        let n = count_of(&m.builds, s);
         let _ = writeln!(out, "cuirass_builds{{status=\"{}\"}} {n}", status_name(s));
     }
     let odd: i64 = m
@@ -104,12 +104,7 @@ pub fn render(m: &DbMetrics, counters: &HttpCounters) -> String {
         ("failed", eval_status::FAILED),
         ("in-progress", eval_status::IN_PROGRESS),
     ] {
-        let n: i64 = m
-            .evaluations
-            .iter()
-            .filter(|(st, _)| *st == s)
-            .map(|(_, n)| n)
-            .sum();
+        let n = count_of(&m.evaluations, s);
         let _ = writeln!(
             out,
             "cuirass_evaluations_total{{outcome=\"{outcome}\"}} {n}"
@@ -180,12 +175,11 @@ fn weathers(out: &mut String, m: &DbMetrics) {
         delivery::GAVE_UP,
         delivery::NONE,
     ] {
-        let n: i64 = m
-            .events
-            .iter()
-            .filter(|(st, _)| *st == d)
-            .map(|(_, n)| n)
-            .sum();
-        let _ = writeln!(out, "cuirass_events{{delivery=\"{}\"}} {n}", delivery::name(d));
+        let n = count_of(&m.events, d);
+        let _ = writeln!(
+            out,
+            "cuirass_events{{delivery=\"{}\"}} {n}",
+            delivery::name(d)
+        );
     }
 }

@@ -92,7 +92,12 @@ pub(super) fn request(target: &str) -> Request {
     }
 }
 
-pub(super) fn get_with(db: &Db, root: &Path, target: &str, counters: &HttpCounters) -> (u16, String, String) {
+pub(super) fn get_with(
+    db: &Db,
+    root: &Path,
+    target: &str,
+    counters: &HttpCounters,
+) -> (u16, String, String) {
     let logs = buildlog::Places::new(root, root.join("copies"));
     let ctx = Ctx {
         now: NOW,

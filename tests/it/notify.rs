@@ -191,15 +191,27 @@ fn weather_changes_and_failed_evaluations_reach_the_command_and_the_feed_and_a_h
     });
     let got = events_in(&events);
     let kinds: Vec<&str> = got.iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["new-failure", "fixed", "evaluation-failed"], "{got:?}");
+    assert_eq!(
+        kinds,
+        ["new-failure", "fixed", "evaluation-failed"],
+        "{got:?}"
+    );
     assert!(got.iter().all(|e| e["specification"] == "a"));
     let (failed, fixed, broken) = (&got[0], &got[1], &got[2]);
     let build_of_eval = |k: usize| a[k].0;
     assert_eq!(failed["evaluation"], build_of_eval(1));
     assert_eq!(failed["commit"], commits[1].as_str());
     assert_eq!(failed["job"], "flip");
-    assert_eq!((&failed["status"], &failed["weather"]), (&1.into(), &"new-failure".into()));
-    assert!(failed["derivation"].as_str().unwrap().ends_with(&format!("-flip-{nonce}.drv")));
+    assert_eq!(
+        (&failed["status"], &failed["weather"]),
+        (&1.into(), &"new-failure".into())
+    );
+    assert!(
+        failed["derivation"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("-flip-{nonce}.drv"))
+    );
     let failed_build: i64 = q(
         &setup,
         &format!(
@@ -213,20 +225,33 @@ fn weather_changes_and_failed_evaluations_reach_the_command_and_the_feed_and_a_h
         failed["url"],
         format!("{base}/build/{failed_build}/details")
     );
-    assert_eq!((&fixed["status"], &fixed["weather"]), (&0.into(), &"new-success".into()));
+    assert_eq!(
+        (&fixed["status"], &fixed["weather"]),
+        (&0.into(), &"new-success".into())
+    );
     assert_eq!(fixed["commit"], commits[2].as_str());
     assert_eq!(broken["build"], Value::Null);
     assert_eq!(broken["commit"], commits[4].as_str());
     assert!(
-        broken["error"].as_str().unwrap().contains("broken on purpose"),
+        broken["error"]
+            .as_str()
+            .unwrap()
+            .contains("broken on purpose"),
         "{broken}"
     );
-    assert!(broken["url"].as_str().unwrap().starts_with(&format!("{base}/eval/")));
+    assert!(
+        broken["url"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{base}/eval/"))
+    );
     assert_eq!(broken["notifications"], serde_json::json!([]));
 
     // `hang`'s command was killed at its limit and tried again.
     wait_until(Duration::from_secs(60), "a retried hanging command", || {
-        running.log_text().contains("attempt 2 failed: timed out after 2 s")
+        running
+            .log_text()
+            .contains("attempt 2 failed: timed out after 2 s")
     });
     let hung_events = events_in(&hung);
     let first_id = &hung_events[0]["id"];
@@ -262,9 +287,14 @@ fn weather_changes_and_failed_evaluations_reach_the_command_and_the_feed_and_a_h
     assert_eq!(xml.matches("<entry>").count(), 6, "{xml}");
     let first_entry = xml.split("<entry>").nth(1).unwrap();
     assert!(first_entry.contains("evaluation") && first_entry.contains("failed"));
-    assert!(xml.contains(&format!("<link href=\"{base}/build/{failed_build}/details\"/>")));
+    assert!(xml.contains(&format!(
+        "<link href=\"{base}/build/{failed_build}/details\"/>"
+    )));
     // The dashboard's filter, and /metrics.
-    let (_, _, page) = get_raw(port, &format!("/eval/{}?status=newly-failed", build_of_eval(1)));
+    let (_, _, page) = get_raw(
+        port,
+        &format!("/eval/{}?status=newly-failed", build_of_eval(1)),
+    );
     let page = String::from_utf8(page).unwrap();
     assert!(page.contains("newly-failed (1)"), "{page}");
     let (_, _, metrics) = get_raw(port, "/metrics");
@@ -284,8 +314,7 @@ fn weather_changes_and_failed_evaluations_reach_the_command_and_the_feed_and_a_h
     running.signal(libc::SIGTERM);
     let mut running = running;
     assert!(running.wait_for_exit(Duration::from_secs(30)).is_some());
-    let hang_attempts =
-        "SELECT attempts FROM Events WHERE specification = 'hang' ORDER BY id";
+    let hang_attempts = "SELECT attempts FROM Events WHERE specification = 'hang' ORDER BY id";
     let before = q(&setup, hang_attempts);
     let all = setup.tmp.path().join("all.jsonl");
     let command = format!("cat >> {}", all.display());
@@ -307,4 +336,37 @@ fn weather_changes_and_failed_evaluations_reach_the_command_and_the_feed_and_a_h
     assert_eq!(after, expected);
     drop(running);
     assert_sound(&setup.db);
+}
+
+/// A one-shot run sends its events before it exits.
+#[test]
+fn a_one_shot_run_sends_the_event_of_its_failed_evaluation_before_it_exits() {
+    require_daemon();
+    let setup = Setup::new("notify-once");
+    let repo = Repo::new(setup.tmp.path(), &[("ci.scm", "jobs/weather-jobs.scm")]);
+    let commit = set_mode(&repo, "broken");
+    let spec = setup.write_spec(&spec_text(
+        "once",
+        &repo.url(),
+        "ci.scm",
+        "cuirass-jobs",
+        &nonce(),
+    ));
+    let events = setup.tmp.path().join("events.jsonl");
+    let command = format!("sleep 1; cat >> {}", events.display());
+    let out = setup.one_shot(&["-S", spec.to_str().unwrap(), "--notify-command", &command]);
+    assert!(out.status.success());
+    let got = events_in(&events);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        (&got[0]["kind"], &got[0]["commit"]),
+        (&"evaluation-failed".into(), &commit.as_str().into())
+    );
+    assert!(
+        got[0]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://localhost:8080/eval/")
+    );
+    assert_eq!(q(&setup, "SELECT delivery, attempts FROM Events"), [[1, 1]]);
 }

@@ -93,7 +93,11 @@ fn weather_is_kept_when_a_build_finishes_and_changes_are_events() {
     assert_eq!(
         kinds(&db),
         [
-            (kind::NEW_FAILURE.into(), j.clone(), Some(weather::NEW_FAILURE)),
+            (
+                kind::NEW_FAILURE.into(),
+                j.clone(),
+                Some(weather::NEW_FAILURE)
+            ),
             (kind::FIXED.into(), j, Some(weather::NEW_SUCCESS)),
         ]
     );
@@ -119,10 +123,15 @@ fn weather_is_kept_when_a_build_finishes_and_changes_are_events() {
     assert_eq!((build[0].weather, build[0].weather_kept), (-1, false));
     let id: i64 = db
         .connection()
-        .query_row("SELECT MAX(id) FROM Builds WHERE status = 0", [], |r| r.get(0))
+        .query_row("SELECT MAX(id) FROM Builds WHERE status = 0", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     let b = db.build(id).unwrap().unwrap();
-    assert_eq!((b.weather, b.weather_kept), (weather::STILL_SUCCEEDING, true));
+    assert_eq!(
+        (b.weather, b.weather_kept),
+        (weather::STILL_SUCCEEDING, true)
+    );
 }
 
 #[test]
@@ -151,9 +160,11 @@ fn a_restarted_build_loses_its_weather_until_it_finishes_again() {
     let drvs = history(&mut db, &[("ok", 0), ("bad", 1)]);
     let id: i64 = db
         .connection()
-        .query_row("SELECT id FROM Builds WHERE derivation = ?1", [&drvs[1]], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT id FROM Builds WHERE derivation = ?1",
+            [&drvs[1]],
+            |r| r.get(0),
+        )
         .unwrap();
     db.restart_build(id).unwrap();
     assert_eq!(kept(&db, &drvs[1]), [None]);
@@ -254,9 +265,15 @@ fn an_evaluation_rolled_back_takes_its_events_with_it() {
 #[test]
 fn a_finishing_builds_job_and_previous_build_are_two_index_lookups() {
     let db = Db::open_in_memory().unwrap();
-    let plan = crate::db::query_plan(db.connection(), JOB_OF_BUILD, params!["/gnu/store/x.drv", 3]);
+    let plan = crate::db::query_plan(
+        db.connection(),
+        JOB_OF_BUILD,
+        params!["/gnu/store/x.drv", 3],
+    );
     assert!(
-        plan.starts_with("SEARCH d USING INDEX sqlite_autoindex_Derivations_1 (derivation=? AND evaluation=?)"),
+        plan.starts_with(
+            "SEARCH d USING INDEX sqlite_autoindex_Derivations_1 (derivation=? AND evaluation=?)"
+        ),
         "{plan}"
     );
     assert!(
