@@ -59,6 +59,7 @@ pub fn respond(db: &Db, req: &Request) -> Response {
         | Route::Metrics
         | Route::Machines
         | Route::ApiMachines
+        | Route::EventsFeed
         | Route::AttemptLog
         | Route::Login
         | Route::Logout => Err(not_found()),
@@ -450,6 +451,7 @@ pub mod admin;
 #[cfg(test)]
 mod admin_tests;
 mod evaluations;
+pub mod events;
 mod items;
 mod records;
 pub use items::build_of_item;

@@ -1,5 +1,6 @@
 //! Subprocesses whose standard output and error the event loop watches:
-//! the fetch child, the compile step and the evaluator.  Each runs in its
+//! the fetch child, the compile step, the evaluator and notification
+//! commands.  Each runs in its
 //! own process group so a timeout kills whatever it spawned as well.
 
 use mio::unix::pipe::Receiver;
@@ -58,8 +59,20 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
-pub fn spawn(mut cmd: Command, registry: &Registry, out: Token, err: Token) -> io::Result<Proc> {
-    cmd.stdin(Stdio::null())
+pub fn spawn(cmd: Command, registry: &Registry, out: Token, err: Token) -> io::Result<Proc> {
+    spawn_with_stdin(cmd, Stdio::null(), registry, out, err)
+}
+
+/// [`spawn`] with `stdin` as the child's standard input (a notification
+/// command reads its event there).
+pub fn spawn_with_stdin(
+    mut cmd: Command,
+    stdin: Stdio,
+    registry: &Registry,
+    out: Token,
+    err: Token,
+) -> io::Result<Proc> {
+    cmd.stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);

@@ -150,6 +150,36 @@ pub const OPTIONS: &[OptionDef] = &[
         Arity::Value("SECONDS"),
         "kill a git fetch or compilation running longer than this (default 1800)",
     ),
+    opt(
+        "",
+        "notify-command",
+        Arity::Value("COMMAND"),
+        "run COMMAND with sh -c for each event (new failure, fix, failed evaluation), the event's JSON on its stdin",
+    ),
+    opt(
+        "",
+        "notify-timeout",
+        Arity::Value("SECONDS"),
+        "kill a notification command running longer than this; the attempt failed (default 60)",
+    ),
+    opt(
+        "",
+        "notify-jobs",
+        Arity::Value("N"),
+        "notification commands running at once, at most (default 4)",
+    ),
+    opt(
+        "",
+        "notify-retry",
+        Arity::Value("SECONDS"),
+        "wait before retrying a failed notification, doubled at each attempt up to an hour (default 30)",
+    ),
+    opt(
+        "",
+        "base-url",
+        Arity::Value("URL"),
+        "the server's address as people reach it, for links in notifications and the feed (default http://HOST:PORT)",
+    ),
     opt("V", "version", Arity::Flag, "print the version and exit"),
     opt("h", "help", Arity::Flag, "print this help and exit"),
 ];
@@ -183,6 +213,11 @@ pub struct Config {
     /// The push webhooks' shared secret, a file.
     pub webhook_secret: Option<PathBuf>,
     pub secure_cookies: bool,
+    /// Run with `sh -c` for each event (`event_loop::notify`).
+    pub notify_command: Option<String>,
+    pub notify: crate::notify::Settings,
+    /// Where people reach the server, without a trailing `/`.
+    pub base_url: String,
 }
 
 #[derive(Debug, PartialEq)]
@@ -304,10 +339,38 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Command, String> {
     if m.opt_present("check") && !m.opt_present("specifications") {
         return Err("--check needs -S FILE, the file to check".into());
     }
+    let notify_jobs = number(&m, "notify-jobs", 4usize)?;
+    if notify_jobs == 0 {
+        return Err("--notify-jobs: must be at least 1".into());
+    }
+    let notify_timeout = number(&m, "notify-timeout", 60u64)?;
+    if notify_timeout == 0 {
+        return Err("--notify-timeout: must be at least 1 second".into());
+    }
+    let notify_command = m.opt_str("notify-command");
+    if notify_command
+        .as_deref()
+        .is_some_and(|c| c.trim().is_empty())
+    {
+        return Err("--notify-command: empty command".into());
+    }
     let interval_secs = number(&m, "interval", 300u64)?;
     if interval_secs == 0 {
         return Err("--interval: must be at least 1 second".into());
     }
+    let port = number(&m, "port", 8080u16)?;
+    let listen = m.opt_str("listen").unwrap_or_else(|| "localhost".into());
+    let base_url = match m.opt_str("base-url") {
+        Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+            u.trim_end_matches('/').to_string()
+        }
+        Some(u) => {
+            return Err(format!(
+                "--base-url: '{u}' is not an http:// or https:// URL"
+            ));
+        }
+        None => format!("http://{listen}:{port}"),
+    };
     Ok(Command::Run(Box::new(Config {
         one_shot: m.opt_present("one-shot"),
         check: m.opt_present("check"),
@@ -323,8 +386,8 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Command, String> {
         specifications: m.opt_str("specifications").map(PathBuf::from),
         database,
         log_dir,
-        port: number(&m, "port", 8080u16)?,
-        listen: m.opt_str("listen").unwrap_or_else(|| "localhost".into()),
+        port,
+        listen,
         interval_secs,
         use_substitutes: m.opt_present("use-substitutes"),
         offload: !m.opt_present("no-offload"),
@@ -338,6 +401,14 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Command, String> {
         admin_tokens: m.opt_str("admin-tokens").map(PathBuf::from),
         webhook_secret: m.opt_str("webhook-secret").map(PathBuf::from),
         secure_cookies: m.opt_present("secure-cookies"),
+        notify_command,
+        notify: crate::notify::Settings {
+            timeout: std::time::Duration::from_secs(notify_timeout),
+            max_running: notify_jobs,
+            retry: std::time::Duration::from_secs(number(&m, "notify-retry", 30u64)?),
+            max_attempts: crate::notify::MAX_ATTEMPTS,
+        },
+        base_url,
     })))
 }
 
@@ -382,6 +453,10 @@ mod tests {
         );
         assert_eq!(c.evaluator, vec!["guix", "repl", "--"]);
         assert_eq!(c.daemon_socket, PathBuf::from(DEFAULT_DAEMON_SOCKET));
+        assert_eq!(c.notify_command, None);
+        assert_eq!(c.base_url, "http://localhost:8080");
+        assert_eq!((c.notify.timeout.as_secs(), c.notify.max_running), (60, 4));
+        assert_eq!(c.notify.retry.as_secs(), 30);
     }
 
     #[test]
@@ -433,9 +508,24 @@ mod tests {
                 "--evaluator=/bin/ev x",
                 "--evaluation-timeout=5",
                 "--fetch-timeout=7",
+                "--notify-command=cat >> /tmp/events",
+                "--notify-timeout=9",
+                "--notify-jobs=2",
+                "--notify-retry=3",
+                "--base-url=https://ci.example.org/",
             ],
             &user_env(),
         );
+        assert_eq!(c.notify_command.as_deref(), Some("cat >> /tmp/events"));
+        assert_eq!(
+            (
+                c.notify.timeout.as_secs(),
+                c.notify.max_running,
+                c.notify.retry.as_secs()
+            ),
+            (9, 2, 3)
+        );
+        assert_eq!(c.base_url, "https://ci.example.org");
         assert!(c.one_shot && c.fallback && c.use_substitutes);
         assert_eq!(c.cache_dir, PathBuf::from("/cache"));
         assert_eq!(
@@ -462,6 +552,10 @@ mod tests {
             (vec!["--interval=0"], "--interval"),
             (vec!["--threads=-1"], "--threads"),
             (vec!["--bogus"], "bogus"),
+            (vec!["--notify-jobs=0"], "--notify-jobs"),
+            (vec!["--notify-timeout=0"], "--notify-timeout"),
+            (vec!["--notify-command= "], "--notify-command"),
+            (vec!["--base-url=ci.example.org"], "--base-url"),
             (vec!["stray"], "stray"),
         ] {
             let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();

@@ -189,7 +189,7 @@ const MIGRATIONS: &[&str] = &[
        path      TEXT NOT NULL,
        FOREIGN KEY (build) REFERENCES Builds (id));
      CREATE INDEX IF NOT EXISTS BuildProducts_build ON BuildProducts (build);",
-    // 15: a job's other names.  Two jobs of one evaluation may have one
+    // 13: a job's other names.  Two jobs of one evaluation may have one
     // derivation (a package under two names); the 2018 key (derivation,
     // evaluation) holds one Derivations row and one build, under the
     // first name, as 2018's readers expect.  Each further name is a row
@@ -205,6 +205,38 @@ const MIGRATIONS: &[&str] = &[
        FOREIGN KEY (build) REFERENCES Builds (id)) WITHOUT ROWID;
      CREATE INDEX IF NOT EXISTS JobAliases_job_name ON JobAliases (job_name, evaluation);
      CREATE INDEX IF NOT EXISTS JobAliases_build ON JobAliases (build);",
+    // 14: weather and notifications.  A finished build's weather is
+    // computed once, when it finishes, and kept (NULL: finished before,
+    // computed when read).  `WeatherCounts` counts them by specification
+    // for /metrics, as `BuildDurations` does durations.  `Events` are the
+    // weather changes and failed evaluations, with what a notification
+    // says (copied, so that it outlives a deleted specification), and
+    // their delivery to the notification command: the queue survives a
+    // restart; its partial index holds only what is left to send.
+    "ALTER TABLE Builds ADD COLUMN weather INTEGER;
+     CREATE TABLE IF NOT EXISTS WeatherCounts (
+       specification TEXT NOT NULL,
+       weather       INTEGER NOT NULL,
+       count         INTEGER NOT NULL,
+       PRIMARY KEY (specification, weather)) WITHOUT ROWID;
+     CREATE TABLE IF NOT EXISTS Events (
+       id            INTEGER PRIMARY KEY AUTOINCREMENT,
+       timestamp     INTEGER NOT NULL,
+       kind          TEXT NOT NULL,
+       specification TEXT NOT NULL,
+       evaluation    INTEGER NOT NULL,
+       revision      TEXT NOT NULL,
+       build         INTEGER,
+       job_name      TEXT,
+       derivation    TEXT,
+       status        INTEGER,
+       weather       INTEGER,
+       error         TEXT,
+       delivery      INTEGER NOT NULL,
+       attempts      INTEGER NOT NULL DEFAULT 0,
+       last_error    TEXT);
+     CREATE INDEX IF NOT EXISTS Events_queued ON Events (id) WHERE delivery = 0;
+     CREATE INDEX IF NOT EXISTS Events_evaluation ON Events (evaluation);",
 ];
 
 pub fn schema_version() -> usize {
@@ -249,6 +281,9 @@ pub struct JobRecord {
 
 pub struct Db {
     conn: Connection,
+    /// Whether new events are queued for the notification command
+    /// ([`events::delivery`]); without one they are only listed.
+    notifying: bool,
 }
 
 impl Db {
@@ -277,7 +312,10 @@ impl Db {
         // large database from re-reading index pages.
         conn.pragma_update(None, "cache_size", -16 * 1024)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let mut db = Db { conn };
+        let mut db = Db {
+            conn,
+            notifying: false,
+        };
         db.migrate()?;
         Ok(db)
     }
@@ -638,6 +676,15 @@ impl Db {
             "UPDATE Evaluations SET status = ?2, error = ?3, evaltime = ?4 WHERE id = ?1",
         )?
         .execute(params![eval, eval_status::FAILED, error, now])?;
+        let event = events::NewEvent {
+            kind: events::kind::EVALUATION_FAILED,
+            specification: spec,
+            evaluation: eval,
+            revision: commit,
+            build: None,
+            error: Some(error),
+        };
+        Db::insert_event(&tx, &event, now, events::delivery::initial(self.notifying))?;
         let scheduled: Vec<(BuildId, String)> = tx
             .prepare_cached(
                 "SELECT id, derivation FROM Builds WHERE evaluation = ?1 AND status = ?2",
@@ -718,6 +765,7 @@ impl Db {
         )?;
         tx.execute("DELETE FROM Checkouts WHERE evaluation = ?1", [eval])?;
         tx.execute("DELETE FROM JobAliases WHERE evaluation = ?1", [eval])?;
+        tx.execute("DELETE FROM Events WHERE evaluation = ?1", [eval])?;
         tx.execute("DELETE FROM Builds WHERE evaluation = ?1", [eval])?;
         tx.execute("DELETE FROM Derivations WHERE evaluation = ?1", [eval])?;
         tx.execute("DELETE FROM Evaluations WHERE id = ?1", [eval])?;
@@ -774,6 +822,7 @@ impl Db {
 pub mod admin;
 pub mod channels;
 pub mod dashboard;
+pub mod events;
 pub mod machines;
 pub mod read;
 mod statuses;

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 mod admin;
 mod children;
 mod daemon;
+mod notify;
 mod reload;
 
 const SIGNAL: Token = Token(0);
@@ -49,6 +50,9 @@ enum Event {
     ChildStdout(usize),
     ChildStderr(usize),
     Daemon(usize),
+    /// A notification command's pipes, by its place.
+    NotifyStdout(usize),
+    NotifyStderr(usize),
     Unknown,
 }
 
@@ -62,6 +66,12 @@ impl Event {
             RELOAD_STDOUT => return Event::ReloadStdout,
             RELOAD_STDERR => return Event::ReloadStderr,
             _ => {}
+        }
+        if let Some(offset) = token.0.checked_sub(notify::NOTIFY_TOKEN_BASE) {
+            return match offset % 2 {
+                0 => Event::NotifyStdout(offset / 2),
+                _ => Event::NotifyStderr(offset / 2),
+            };
         }
         let Some(offset) = token.0.checked_sub(SPEC_TOKEN_BASE) else {
             return Event::Unknown;
@@ -85,6 +95,8 @@ impl Event {
             Event::Signal => SIGNAL,
             Event::ReloadStdout => RELOAD_STDOUT,
             Event::ReloadStderr => RELOAD_STDERR,
+            Event::NotifyStdout(p) => Token(notify::NOTIFY_TOKEN_BASE + 2 * p),
+            Event::NotifyStderr(p) => Token(notify::NOTIFY_TOKEN_BASE + 2 * p + 1),
             Event::Http | Event::Unknown => Token(usize::MAX),
         }
     }
@@ -104,6 +116,7 @@ impl Event {
                 format!("spec={} child output", spec(i))
             }
             Event::Daemon(i) => format!("spec={} daemon connection", spec(i)),
+            Event::NotifyStdout(_) | Event::NotifyStderr(_) => "a notification command".into(),
             Event::Unknown => "an unknown token".into(),
         }
     }
@@ -190,13 +203,15 @@ pub struct EventLoop {
     copier: Copier,
     /// Running builds' output, as it arrives.
     live: LiveLogs,
+    /// Notification commands, with `--notify-command`.
+    notify: Option<notify::Notify>,
 }
 
 /// Ends cuirass with an error message (one-shot) or is logged (daemon).
 pub type Fatal = String;
 
 impl EventLoop {
-    pub fn new(config: Config, db: Db) -> Result<EventLoop, Fatal> {
+    pub fn new(config: Config, mut db: Db) -> Result<EventLoop, Fatal> {
         let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
         let signals = SignalPipe::install(poll.registry(), SIGNAL)
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
@@ -216,17 +231,25 @@ impl EventLoop {
             )
         })?;
         let logs = buildlog::Places::new(buildlog::DAEMON_LOG_ROOT, &config.log_dir);
+        let notify = config
+            .notify_command
+            .clone()
+            .map(|command| notify::Notify::new(&config, command, now));
+        db.set_notifying(notify.is_some());
         let http = match config.one_shot {
             true => None,
-            false => Some(HttpServer::bind(
-                &config.listen,
-                config.port,
-                poll.registry(),
-                HTTP_LISTENER,
-                HTTP_CONN_BASE,
-                logs.clone(),
-                admin::load_auth(&config)?,
-            )?),
+            false => Some(
+                HttpServer::bind(
+                    &config.listen,
+                    config.port,
+                    poll.registry(),
+                    HTTP_LISTENER,
+                    HTTP_CONN_BASE,
+                    logs.clone(),
+                    admin::load_auth(&config)?,
+                )?
+                .with_base_url(&config.base_url),
+            ),
         };
         let mut event_loop = EventLoop {
             config,
@@ -243,6 +266,7 @@ impl EventLoop {
             copier: Copier::new(logs.clone()),
             live: LiveLogs::new(logs.clone()),
             logs,
+            notify,
         };
         for spec in specs {
             event_loop.add_slot(spec, now);
@@ -294,6 +318,7 @@ impl EventLoop {
             if self.config.one_shot
                 && !self.copier.busy()
                 && self.slots.iter().all(|s| s.cycle.is_finished())
+                && self.notify_settled(turn)
             {
                 break;
             }
@@ -387,6 +412,12 @@ impl EventLoop {
         if let Some(at) = self.reload.as_ref().map(reload::Reload::deadline) {
             next = next.min(at);
         }
+        if let Some(n) = self.notify.as_ref() {
+            if n.wants_read() {
+                return now;
+            }
+            next = next.min(n.poll_at());
+        }
         if self.copier.busy() {
             return now;
         }
@@ -410,6 +441,7 @@ impl EventLoop {
             Event::ChildStdout(i) if i < self.slots.len() => self.child_stdout(i),
             Event::ChildStderr(i) if i < self.slots.len() => self.child_stderr(i),
             Event::Daemon(i) if i < self.slots.len() => self.daemon_io(i),
+            Event::NotifyStdout(p) | Event::NotifyStderr(p) => self.notify_output(p),
             _ => {}
         }
     }
@@ -490,6 +522,9 @@ impl EventLoop {
                 self.feed(index, Input::Tick, now);
             }
         }
+        if !self.stopping {
+            self.notify_advance(now);
+        }
         if now >= self.next_status_log {
             self.next_status_log = now + STATUS_EVERY;
             self.log_status();
@@ -539,6 +574,7 @@ impl EventLoop {
         if let Some(reload) = self.reload.take() {
             reload.kill();
         }
+        self.notify_shutdown();
         match self.db.reset_started_builds() {
             Ok(n) if n > 0 => log::info!("{n} in-flight build(s) rescheduled for next time"),
             Ok(_) => {}

@@ -91,9 +91,9 @@ pub fn time(now: i64, t: i64) -> String {
     format!("<time title=\"{}\">{}</time>", utc(t), ago(now, t))
 }
 
-/// `2024-05-01 12:00:00 UTC`, by the days-to-civil algorithm, so that no
-/// time-zone database is needed.
-pub fn utc(t: i64) -> String {
+/// (year, month, day, hour, minute, second) of Unix time `t`, by the
+/// days-to-civil algorithm, so that no time-zone database is needed.
+fn civil(t: i64) -> (i64, i64, i64, i64, i64, i64) {
     let days = t.div_euclid(86_400);
     let secs = t.rem_euclid(86_400);
     let z = days + 719_468;
@@ -105,12 +105,32 @@ pub fn utc(t: i64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    (year, month, day, secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+/// `2024-05-01 12:00:00 UTC`.
+pub fn utc(t: i64) -> String {
+    let (y, mo, d, h, mi, s) = civil(t);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
+}
+
+/// `2024-05-01T12:00:00Z`, as Atom feeds want times (RFC 3339).
+pub fn rfc3339(t: i64) -> String {
+    let (y, mo, d, h, mi, s) = civil(t);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+/// Text for XML content or a quoted attribute: escaped as [`esc`] does,
+/// and the characters XML 1.0 forbids (control characters but tab,
+/// newline and return; U+FFFE, U+FFFF) replaced by U+FFFD, since an
+/// evaluator's error message may hold any of them.
+pub fn xml_text(s: &str) -> String {
+    let allowed = |c: char| !matches!(c, '\u{0}'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}');
+    let cleaned: String = s
+        .chars()
+        .map(|c| if allowed(c) { c } else { '\u{fffd}' })
+        .collect();
+    esc(&cleaned)
 }
 
 /// `1h 2m`, `3m 4s`, `5s`.
@@ -228,6 +248,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn xml_text_escapes_and_drops_what_xml_forbids() {
+        assert_eq!(
+            xml_text("a<b>&\"c'\u{1}\td\n\u{ffff}é"),
+            "a&lt;b&gt;&amp;&quot;c&#39;\u{fffd}\td\n\u{fffd}é"
+        );
+    }
+
+    #[test]
     fn escaping() {
         assert_eq!(
             esc("<script>alert('x') & \"y\"</script>"),
@@ -249,6 +277,7 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(utc(1_700_000_000), "2023-11-14 22:13:20 UTC");
         assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(duration(5), "5s");
         assert_eq!(duration(65), "1m 5s");
         assert_eq!(duration(3725), "1h 2m");

@@ -134,6 +134,8 @@ pub struct HttpServer {
     auth: Auth,
     /// What answered actions ask of the loop, in order.
     effects: Vec<Effect>,
+    /// Where people reach the server (`--base-url`), for absolute links.
+    base_url: String,
 }
 
 /// What one turn of a connection needs beyond the connection.
@@ -144,6 +146,7 @@ struct Turn<'a> {
     logs: &'a buildlog::Places,
     auth: &'a mut Auth,
     effects: &'a mut Vec<Effect>,
+    base_url: &'a str,
 }
 
 impl HttpServer {
@@ -186,12 +189,19 @@ impl HttpServer {
                         logs,
                         auth,
                         effects: Vec::new(),
+                        base_url: format!("http://{name}"),
                     });
                 }
                 Err(e) => last = Some(format!("cannot listen on {name} ({a}): {e}")),
             }
         }
         Err(last.unwrap_or_else(|| format!("cannot listen on {name}: no address")))
+    }
+
+    /// The server as people reach it, for the feed's absolute links.
+    pub fn with_base_url(mut self, url: &str) -> HttpServer {
+        self.base_url = url.to_string();
+        self
     }
 
     /// What the actions answered since the last call asked of the loop.
@@ -332,6 +342,7 @@ impl HttpServer {
             logs: &self.logs,
             auth: &mut self.auth,
             effects: &mut self.effects,
+            base_url: &self.base_url,
         };
         let outcome = step(conn, &mut turn);
         match outcome {
@@ -526,6 +537,7 @@ fn step(conn: &mut Conn, turn: &mut Turn) -> Step {
                             logs,
                             counters: &*turn.counters,
                             session: web::session(turn.auth, &req, now),
+                            base_url: turn.base_url,
                         },
                     );
                     turn.counters.record(routes::pattern(&req), response.status);

@@ -26,6 +26,9 @@
 //! - `buildlog`: build logs found, decoded (a sans-I/O codec), streamed a
 //!   chunk per turn and copied per build; running builds' live logs,
 //!   written as their output arrives and followed by `/build/ID/log/raw`.
+//! - `notify`: which queued event (weather change, failed evaluation)
+//!   goes to the notification command when: order, concurrency,
+//!   timeouts, retries with backoff (a sans-I/O machine).
 //! - `routes`: every HTTP route in one table (dispatch, `/metrics` labels).
 //! - `admin`: write access (tokens, sessions, CSRF, the trigger rate
 //!   limit, webhook signatures) and the [`admin::Effect`]s an action asks
@@ -64,6 +67,7 @@ pub mod http;
 pub mod http_server;
 pub mod job;
 pub mod logging;
+pub mod notify;
 pub mod records;
 pub mod routes;
 pub mod sexp;

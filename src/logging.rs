@@ -25,3 +25,5 @@ pub const HTTP: &str = "cuirass::http";
 pub const SPEC: &str = "cuirass::spec";
 /// Operators' actions, triggers and webhooks: who did what.
 pub const ADMIN: &str = "cuirass::admin";
+/// Notification commands: events delivered, retried, given up.
+pub const NOTIFY: &str = "cuirass::notify";

@@ -21,6 +21,8 @@ pub enum Route {
     Metrics,
     Machines,
     ApiMachines,
+    /// The Atom feed of events (weather changes, failed evaluations).
+    EventsFeed,
     Jobsets,
     Specifications,
     BuildOfDerivation,
@@ -80,6 +82,7 @@ pub const ROUTES: &[(&str, Route)] = &[
     ("/metrics", Route::Metrics),
     ("/machines", Route::Machines),
     ("/api/machines", Route::ApiMachines),
+    ("/events/rss", Route::EventsFeed),
     ("/jobsets", Route::Jobsets),
     ("/specifications", Route::Specifications),
     ("/api/latestbuilds", Route::LatestBuilds),

@@ -7,6 +7,7 @@
 
 mod admin;
 mod badge;
+mod feed;
 mod machines;
 mod metrics;
 mod pages;
@@ -33,6 +34,9 @@ pub struct Ctx<'a> {
     /// The operator's dashboard session, if logged in: pages then show
     /// the action buttons.
     pub session: Option<&'a crate::admin::Session>,
+    /// Where people reach the server (`--base-url`), without a trailing
+    /// `/`: the feed's links are absolute.
+    pub base_url: &'a str,
 }
 
 /// Requests answered, by route pattern and status code.  Patterns are a
@@ -72,6 +76,7 @@ pub fn respond(db: &Db, req: &Request, ctx: &Ctx) -> Response {
         Route::Metrics => Ok(metrics::metrics(db, ctx.counters)),
         Route::Machines => machines::machines(db, ctx.now),
         Route::ApiMachines => Ok(api::machines::machines(db, ctx.now)),
+        Route::EventsFeed => feed::feed(db, ctx),
         Route::BuildLog | Route::LogOfItem | Route::AttemptLog | Route::Download => {
             Ok(buildlog::serve::whole(db, ctx.logs, req))
         }
@@ -102,5 +107,7 @@ fn db_error(e: crate::db::Error) -> Response {
     error_page(500, "Database error.")
 }
 
+#[cfg(test)]
+mod events_tests;
 #[cfg(test)]
 mod tests;

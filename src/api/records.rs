@@ -38,6 +38,16 @@ fn notification_json(d: &Datum) -> Value {
     Value::Object(out)
 }
 
+/// A record's `notifications`, each as an object with its `type`.
+pub(super) fn notifications_json(r: &Record) -> Vec<Value> {
+    parsed(&r.notifications)
+        .and_then(|d| {
+            d.as_list()
+                .map(|l| l.iter().map(notification_json).collect())
+        })
+        .unwrap_or_default()
+}
+
 pub(super) fn record_json(name: &str, r: &Record) -> Value {
     let channels: Vec<Value> = r
         .channels
@@ -60,12 +70,7 @@ pub(super) fn record_json(name: &str, r: &Record) -> Value {
         .iter()
         .map(|o| json!({"job": o.job, "type": o.kind, "output": o.output, "path": o.path}))
         .collect();
-    let notifications: Vec<Value> = parsed(&r.notifications)
-        .and_then(|d| {
-            d.as_list()
-                .map(|l| l.iter().map(notification_json).collect())
-        })
-        .unwrap_or_default();
+    let notifications = notifications_json(r);
     json!({
         "name": name,
         "build": parsed(&r.build).map_or(Value::Null, |d| datum_json(&d)),

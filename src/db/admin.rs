@@ -212,7 +212,7 @@ impl Db {
             tx.prepare_cached("SELECT max(attempt) FROM BuildAttempts WHERE build = ?1")?;
         let mut schedule = tx.prepare_cached(
             "UPDATE Builds SET status = ?2, starttime = 0, stoptime = 0, log = '',
-               errormsg = NULL, timestamp = ?3
+               errormsg = NULL, weather = NULL, timestamp = ?3
              WHERE id = ?1",
         )?;
         let mut out = Vec::with_capacity(order.len());

@@ -154,6 +154,7 @@ fn two_job_names_one_derivation_one_build_found_under_both_names() {
             &EvalBuildFilter {
                 job: Some("eta".into()),
                 status: None,
+                weather: None,
             },
             10,
             0,

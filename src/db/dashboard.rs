@@ -68,6 +68,8 @@ pub struct EvalBuildFilter {
     pub status: Option<(i64, i64)>,
     /// A substring of the job name, matched literally.
     pub job: Option<String>,
+    /// One of [`super::read::weather`]: builds whose kept weather it is.
+    pub weather: Option<i64>,
 }
 
 /// A histogram in Prometheus's shape: for each upper bound, how many
@@ -90,6 +92,10 @@ pub struct DbMetrics {
     pub build_duration: Histogram,
     pub evaluation_duration: Histogram,
     pub size_bytes: i64,
+    /// (specification, weather, finished builds), from `WeatherCounts`.
+    pub weathers: Vec<(String, i64, i64)>,
+    /// (delivery state, events), from `Events`.
+    pub events: Vec<(i64, i64)>,
 }
 
 /// A SQL LIKE pattern matching `needle` anywhere, with its own `%`, `_`
@@ -164,6 +170,18 @@ impl Db {
         Ok(counts)
     }
 
+    /// How many of an evaluation's builds are new failures: its failed
+    /// builds (through `Builds_evaluation`), each one's kept weather read.
+    pub fn evaluation_new_failures(&self, eval: EvalId) -> Result<i64> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM Builds
+                 WHERE evaluation = ?1 AND status BETWEEN 1 AND 3 AND weather = 1",
+            )?
+            .query_row([eval], |r| r.get(0))?)
+    }
+
     fn with_counts(&self, mut evals: Vec<EvalSummary>) -> Result<Vec<EvalSummary>> {
         for e in &mut evals {
             e.counts = self.evaluation_counts(e.id)?;
@@ -232,7 +250,7 @@ impl Db {
         format!(
             "{} WHERE b.evaluation = ?1
                AND (?2 IS NULL OR +b.status BETWEEN ?2 AND ?3)
-               AND {}",
+               AND {} AND (?5 IS NULL OR b.weather = ?5)",
             build_joins("Builds b", "JOIN"),
             match filter.job {
                 Some(_) => names_like(4, Some(1)),
@@ -256,10 +274,10 @@ impl Db {
         let mut builds = self
             .conn
             .prepare_cached(&format!(
-                "{BUILD_COLUMNS} {clause} ORDER BY b.id LIMIT ?5 OFFSET ?6"
+                "{BUILD_COLUMNS} {clause} ORDER BY b.id LIMIT ?6 OFFSET ?7"
             ))?
             .query_map(
-                params![eval, lo, hi, pattern, limit, offset as i64],
+                params![eval, lo, hi, pattern, filter.weather, limit, offset as i64],
                 build_row,
             )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -268,7 +286,7 @@ impl Db {
         let total = self
             .conn
             .prepare_cached(&format!("SELECT COUNT(*) {clause}"))?
-            .query_row(params![eval, lo, hi, pattern], |r| r.get(0))?;
+            .query_row(params![eval, lo, hi, pattern, filter.weather], |r| r.get(0))?;
         Ok((builds, total))
     }
 
@@ -347,6 +365,8 @@ impl Db {
             build_duration,
             evaluation_duration,
             size_bytes: pages * page_size,
+            weathers: self.weather_counts()?,
+            events: self.event_counts()?,
         })
     }
 

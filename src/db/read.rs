@@ -17,7 +17,7 @@ pub struct BuildView {
     /// query asked for when the build has several.
     pub job_name: String,
     /// Its other job names in its evaluation: jobs whose derivation is
-    /// the same (`JobAliases`, migration 15), built once.
+    /// the same (`JobAliases`, migration 13), built once.
     pub other_names: Vec<String>,
     pub system: String,
     pub nix_name: String,
@@ -40,6 +40,9 @@ pub struct BuildView {
     /// One of [`weather`]: how this build compares with the job's
     /// previous finished build in the same specification.
     pub weather: i64,
+    /// Whether `weather` is the one kept when the build finished (else it
+    /// finished before weathers were kept, and the reader computes it).
+    pub weather_kept: bool,
     /// Files registered by its spec's `build-outputs`.
     pub products: Vec<super::channels::ProductView>,
 }
@@ -55,6 +58,17 @@ pub mod weather {
     pub const NEW_FAILURE: i64 = 1;
     pub const STILL_SUCCEEDING: i64 = 2;
     pub const STILL_FAILING: i64 = 3;
+
+    /// How pages, `/metrics` and events name a weather.
+    pub fn name(w: i64) -> &'static str {
+        match w {
+            NEW_SUCCESS => "new-success",
+            NEW_FAILURE => "new-failure",
+            STILL_SUCCEEDING => "still-succeeding",
+            STILL_FAILING => "still-failing",
+            _ => "unknown",
+        }
+    }
 
     /// Whether a build in this status counts as a success or a failure:
     /// pending and canceled builds say nothing about the job.
@@ -162,7 +176,7 @@ pub struct OutputView {
 pub(super) const BUILD_COLUMNS: &str =
     "SELECT b.id, b.evaluation, e.specification, s.branch, d.job_name,
         d.system, d.nix_name, b.derivation, b.log, b.status, b.timestamp, b.starttime, b.stoptime,
-        b.priority, b.timeout, b.maxsilent, b.errormsg, b.worker";
+        b.priority, b.timeout, b.maxsilent, b.errormsg, b.worker, b.weather";
 
 /// The joins from `builds` (Builds as `b`, perhaps with an index named)
 /// to its derivation, evaluation and specification.  `CROSS JOIN` pins
@@ -203,7 +217,8 @@ pub(super) fn build_row(r: &Row) -> rusqlite::Result<BuildView> {
         starttime: r.get(11)?,
         stoptime: r.get(12)?,
         outputs: Vec::new(),
-        weather: weather::UNKNOWN,
+        weather: r.get::<_, Option<i64>>(18)?.unwrap_or(weather::UNKNOWN),
+        weather_kept: r.get::<_, Option<i64>>(18)?.is_some(),
         products: Vec::new(),
         priority: r.get(13)?,
         timeout: r.get(14)?,
@@ -359,6 +374,28 @@ pub(crate) const PREVIOUS_FINISHED_BUILD_OF_ALIAS: &str =
        AND d.system = CAST(?3 AS TEXT) AND e.specification = CAST(?4 AS TEXT)
        AND b.status BETWEEN 0 AND 3
      ORDER BY a.evaluation DESC LIMIT 1";
+
+/// The status of the latest finished build of `job` (name, evaluation,
+/// system) before that evaluation in specification `spec`, under the name
+/// as a first name or as another name of a build (`JobAliases`), from the
+/// prepared [`PREVIOUS_FINISHED_BUILD`] and
+/// [`PREVIOUS_FINISHED_BUILD_OF_ALIAS`]; `None` for a job's first build.
+pub(crate) fn previous_status(
+    first: &mut rusqlite::CachedStatement,
+    alias: &mut rusqlite::CachedStatement,
+    (name, eval, system): (&str, EvalId, &str),
+    spec: &str,
+) -> Result<Option<i64>> {
+    let p = params![name, eval, system, spec];
+    let row = |r: &Row| Ok((r.get::<_, EvalId>(0)?, r.get::<_, i64>(1)?));
+    let first = first.query_row(p, row).optional()?;
+    let other = alias.query_row(p, row).optional()?;
+    Ok(first
+        .into_iter()
+        .chain(other)
+        .max_by_key(|(e, _)| *e)
+        .map(|(_, st)| st))
+}
 
 /// The SQL of [`Db::jobs`]: evaluation ?1, system ?2, after key ?3, at
 /// most ?4 derivations; the jobs named ?5 only (through
@@ -716,6 +753,9 @@ impl Db {
             let k = names.iter().position(|n| shown(n)).unwrap_or(0);
             b.job_name = names.remove(k);
             b.other_names = names;
+            // The weather kept when it finished is its first name's; under
+            // another name it is computed for that name.
+            b.weather_kept &= k == 0;
         }
         Ok(())
     }
@@ -741,14 +781,15 @@ impl Db {
             if b.status == super::status::SUCCEEDED {
                 b.products = self.products(b.id)?;
             }
-            if weather::counts(b.status) {
-                let p = params![b.job_name, b.evaluation, b.system, b.specification];
-                let row = |r: &Row| Ok((r.get::<_, EvalId>(0)?, r.get::<_, i64>(1)?));
-                let first = previous.query_row(p, row).optional()?;
-                let other = previous_alias.query_row(p, row).optional()?;
-                // The job's latest earlier build, under either kind of name.
-                let prev = first.into_iter().chain(other).max_by_key(|(e, _)| *e);
-                b.weather = weather::of(b.status, prev.map(|(_, st)| st));
+            // Kept when the build finished; computed for builds that
+            // finished before weathers were kept (migration 14).
+            if !weather::counts(b.status) {
+                b.weather = weather::UNKNOWN;
+            } else if !b.weather_kept {
+                let job = (b.job_name.as_str(), b.evaluation, b.system.as_str());
+                let prev =
+                    previous_status(&mut previous, &mut previous_alias, job, &b.specification)?;
+                b.weather = weather::of(b.status, prev);
             }
         }
         Ok(builds)

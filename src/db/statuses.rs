@@ -1,13 +1,17 @@
-//! Build statuses as the daemon reports them, and the build-duration
-//! histogram fed as builds finish.
+//! Build statuses as the daemon reports them, and what is kept as
+//! builds finish: the build-duration histogram, each build's weather and
+//! its counts, and the events of weather changes.
 
+use super::events::{self, Weathers};
 use super::{BuildId, Db, Result, status};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 /// The unfinished builds of one derivation, looked up for each status
-/// change the daemon reports.
+/// change the daemon reports, oldest evaluation first (the index's own
+/// order): a derivation pending in two evaluations finishes in both at
+/// once, and the later one's weather compares with the earlier one's.
 pub(super) const PENDING_BUILDS_OF_DERIVATION: &str =
-    "SELECT id, starttime FROM Builds WHERE derivation = ?1 AND status < 0";
+    "SELECT id, starttime, evaluation FROM Builds WHERE derivation = ?1 AND status < 0";
 
 /// Upper bounds of the build-duration histogram's buckets, in seconds:
 /// from a trivial derivation to a day-long toolchain build.
@@ -26,6 +30,16 @@ impl Default for Durations {
             buckets: [(0, 0.0); BUILD_DURATION_BOUNDS.len() + 1],
         }
     }
+}
+
+/// What one transaction's finished builds add up to, written once at
+/// its end ([`Db::add_tally`]).
+#[derive(Debug, Default)]
+struct Tally {
+    durations: Durations,
+    weathers: Weathers,
+    /// How new events start ([`events::delivery`]).
+    delivery: i64,
 }
 
 impl Durations {
@@ -67,17 +81,17 @@ impl Db {
         now: i64,
     ) -> Result<usize> {
         debug_assert!(status::is_final(final_status));
+        let mut tally = self.tally();
         let tx = self.conn.transaction()?;
-        let mut durations = Durations::default();
         let changed = Db::finish(
             &tx,
             derivation,
             final_status,
             (log, None, None),
             now,
-            &mut durations,
+            &mut tally,
         )?;
-        Db::add_durations(&tx, &durations)?;
+        Db::add_tally(&tx, &tally)?;
         tx.commit()?;
         Ok(changed.len())
     }
@@ -88,21 +102,29 @@ impl Db {
         updates: &[(String, i64, Option<String>)],
         now: i64,
     ) -> Result<()> {
+        let mut tally = self.tally();
         let tx = self.conn.transaction()?;
-        let mut durations = Durations::default();
         for (drv, st, log) in updates {
             let details = (log.as_deref(), None, None);
-            Db::finish(&tx, drv, *st, details, now, &mut durations)?;
+            Db::finish(&tx, drv, *st, details, now, &mut tally)?;
         }
-        Db::add_durations(&tx, &durations)?;
+        Db::add_tally(&tx, &tally)?;
         tx.commit()?;
         Ok(())
     }
 
+    fn tally(&self) -> Tally {
+        Tally {
+            delivery: events::delivery::initial(self.notifying),
+            ..Tally::default()
+        }
+    }
+
     /// Every build reaches a final status with a start time here, so this
-    /// is where the duration histogram is fed; `durations` collects one
-    /// entry per build, written by [`Db::add_durations`] once per
-    /// transaction rather than once per build.  `(log, reason, worker)`:
+    /// is where the duration histogram is fed and the weather computed
+    /// (once: it is kept); `tally` collects one entry per build, written
+    /// by [`Db::add_tally`] once per transaction rather than once per
+    /// build.  A weather change is an event, in the same transaction.  `(log, reason, worker)`:
     /// the log file, if known now, the daemon's reason for a failure, and
     /// the machine it ran on unless one was recorded already.
     fn finish(
@@ -111,29 +133,81 @@ impl Db {
         st: i64,
         (log, reason, worker): (Option<&str>, Option<&str>, Option<&str>),
         now: i64,
-        durations: &mut Durations,
+        tally: &mut Tally,
     ) -> Result<Vec<BuildId>> {
         // A SELECT then an UPDATE by row id: RETURNING would build and
         // drop an ephemeral table per statement, the costliest part of it.
         let mut pending = tx.prepare_cached(PENDING_BUILDS_OF_DERIVATION)?;
         let mut update = tx.prepare_cached(
             "UPDATE Builds SET status = ?2, stoptime = ?3, starttime = ?4,
-               log = coalesce(?5, log), errormsg = ?6, worker = coalesce(worker, ?7)
+               log = coalesce(?5, log), errormsg = ?6, worker = coalesce(worker, ?7),
+               weather = ?8
              WHERE id = ?1",
         )?;
         // Collected before any is changed, so that the updates cannot move
         // rows under the SELECT's cursor.
         let builds = pending
             .query_map(params![drv], |r| {
-                Ok((r.get::<_, BuildId>(0)?, r.get::<_, i64>(1)?))
+                Ok((
+                    r.get::<_, BuildId>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             })?
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        for &(id, started) in &builds {
+        for &(id, started, eval) in &builds {
             let started = if started == 0 { now } else { started };
-            update.execute(params![id, st, now, started, log, reason, worker])?;
-            durations.add(now - started);
+            let weather = Db::weather_on_finish(tx, (id, drv, eval, st), now, tally)?;
+            update.execute(params![id, st, now, started, log, reason, worker, weather])?;
+            tally.durations.add(now - started);
         }
-        Ok(builds.into_iter().map(|(id, _)| id).collect())
+        Ok(builds.into_iter().map(|(id, ..)| id).collect())
+    }
+
+    /// The weather of build `id` (of `drv` in evaluation `eval`) finishing
+    /// in status `st`, counted, and its event if it is a change; `None`
+    /// for a status that says nothing about its job (canceled).
+    fn weather_on_finish(
+        tx: &Transaction,
+        (id, drv, eval, st): (BuildId, &str, i64, i64),
+        now: i64,
+        tally: &mut Tally,
+    ) -> Result<Option<i64>> {
+        use super::read::weather;
+        if !weather::counts(st) {
+            return Ok(None);
+        }
+        let Some(job) = Db::job_of(tx, drv, eval)? else {
+            return Ok(None);
+        };
+        let w = weather::of(st, job.previous);
+        *tally
+            .weathers
+            .entry((job.specification.clone(), w))
+            .or_default() += 1;
+        if let Some(kind) = events::kind::of_weather(w) {
+            let event = events::NewEvent {
+                kind,
+                specification: &job.specification,
+                evaluation: eval,
+                revision: &job.revision,
+                build: Some(events::EventBuild {
+                    id,
+                    job_name: &job.job_name,
+                    derivation: drv,
+                    status: st,
+                    weather: w,
+                }),
+                error: None,
+            };
+            Db::insert_event(tx, &event, now, tally.delivery)?;
+        }
+        Ok(Some(w))
+    }
+
+    fn add_tally(tx: &Transaction, tally: &Tally) -> Result<()> {
+        Db::add_durations(tx, &tally.durations)?;
+        Db::add_weathers(tx, &tally.weathers)
     }
 
     fn add_durations(tx: &Transaction, durations: &Durations) -> Result<()> {
@@ -178,7 +252,7 @@ impl Db {
                 _ => None,
             })
             .collect();
-        let mut durations = Durations::default();
+        let mut tally = self.tally();
         let tx = self.conn.transaction()?;
         for u in updates {
             match u {
@@ -221,7 +295,7 @@ impl Db {
                         *status,
                         (log.as_deref(), reason.as_deref(), worker),
                         now,
-                        &mut durations,
+                        &mut tally,
                     )?;
                     if let Some(log) = log.as_ref().filter(|_| !ids.is_empty()) {
                         logged.push((ids, log.clone()));
@@ -229,7 +303,7 @@ impl Db {
                 }
             }
         }
-        Db::add_durations(&tx, &durations)?;
+        Db::add_tally(&tx, &tally)?;
         tx.commit()?;
         Ok(logged)
     }

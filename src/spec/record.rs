@@ -34,6 +34,42 @@ pub struct Record {
     pub is_active: bool,
 }
 
+/// An `email` notification of a spec: whom its events are mailed to
+/// (fields as written; the notification command does the mailing).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Email {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub server: Option<String>,
+}
+
+impl Record {
+    /// The `email` records of `notifications`, in order.
+    pub fn emails(&self) -> Vec<Email> {
+        let Ok(forms) = crate::sexp::parse_all(&self.notifications) else {
+            return Vec::new();
+        };
+        let items = forms.first().and_then(Datum::as_list).unwrap_or_default();
+        items
+            .iter()
+            .filter(|n| is_record(n, "email"))
+            .map(|n| {
+                let field = |name: &str| {
+                    n.as_list()?.iter().skip(1).find_map(|f| {
+                        let (k, v) = f.as_pair()?;
+                        (k.as_symbol()? == name).then(|| v.as_str().map(String::from))?
+                    })
+                };
+                Email {
+                    from: field("from"),
+                    to: field("to"),
+                    server: field("server"),
+                }
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Channel {
     pub name: String,

@@ -3,6 +3,8 @@
 use super::HttpCounters;
 use crate::db::Db;
 use crate::db::dashboard::{DbMetrics, Histogram};
+use crate::db::events::delivery;
+use crate::db::read::weather;
 use crate::db::{eval_status, status};
 use crate::html::status_name;
 use crate::http::Response;
@@ -33,6 +35,11 @@ pub fn metrics(db: &Db, counters: &HttpCounters) -> Response {
             Response::new(500, CONTENT_TYPE, b"# database error\n".to_vec())
         }
     }
+}
+
+/// The count of `key` in (key, count) rows, 0 when absent.
+fn count_of(rows: &[(i64, i64)], key: i64) -> i64 {
+    rows.iter().filter(|(k, _)| *k == key).map(|(_, n)| n).sum()
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -67,12 +74,7 @@ pub fn render(m: &DbMetrics, counters: &HttpCounters) -> String {
         "Builds in the database, by status.",
     );
     for &s in STATUSES {
-        let n: i64 = m
-            .builds
-            .iter()
-            .filter(|(st, _)| *st == s)
-            .map(|(_, n)| n)
-            .sum();
+        let n = count_of(&m.builds, s);
         let _ = writeln!(out, "cuirass_builds{{status=\"{}\"}} {n}", status_name(s));
     }
     let odd: i64 = m
@@ -102,12 +104,7 @@ pub fn render(m: &DbMetrics, counters: &HttpCounters) -> String {
         ("failed", eval_status::FAILED),
         ("in-progress", eval_status::IN_PROGRESS),
     ] {
-        let n: i64 = m
-            .evaluations
-            .iter()
-            .filter(|(st, _)| *st == s)
-            .map(|(_, n)| n)
-            .sum();
+        let n = count_of(&m.evaluations, s);
         let _ = writeln!(
             out,
             "cuirass_evaluations_total{{outcome=\"{outcome}\"}} {n}"
@@ -125,6 +122,7 @@ pub fn render(m: &DbMetrics, counters: &HttpCounters) -> String {
         "Time from a finished build's start to its end.",
         &m.build_duration,
     );
+    weathers(&mut out, m);
     header(
         &mut out,
         "cuirass_http_requests_total",
@@ -146,4 +144,42 @@ pub fn render(m: &DbMetrics, counters: &HttpCounters) -> String {
     );
     let _ = writeln!(out, "cuirass_database_size_bytes {}", m.size_bytes);
     out
+}
+
+/// Weather counters by specification, and notification events by
+/// delivery state.
+fn weathers(out: &mut String, m: &DbMetrics) {
+    header(
+        out,
+        "cuirass_build_weather_total",
+        "counter",
+        "Finished builds by specification and weather (new-failure and new-success are changes), counted as they finish.",
+    );
+    for (spec, w, n) in &m.weathers {
+        let _ = writeln!(
+            out,
+            "cuirass_build_weather_total{{spec=\"{}\",weather=\"{}\"}} {n}",
+            label(spec),
+            weather::name(*w)
+        );
+    }
+    header(
+        out,
+        "cuirass_events",
+        "gauge",
+        "Events (weather changes, failed evaluations) by notification delivery state.",
+    );
+    for d in [
+        delivery::QUEUED,
+        delivery::SENT,
+        delivery::GAVE_UP,
+        delivery::NONE,
+    ] {
+        let n = count_of(&m.events, d);
+        let _ = writeln!(
+            out,
+            "cuirass_events{{delivery=\"{}\"}} {n}",
+            delivery::name(d)
+        );
+    }
 }

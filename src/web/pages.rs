@@ -6,7 +6,7 @@
 use super::{Ctx, Page, db_error, error_page, html};
 use crate::db::Db;
 use crate::db::dashboard::{Counts, EvalBuildFilter, EvalSummary};
-use crate::db::read::BuildView;
+use crate::db::read::{BuildView, weather};
 use crate::db::{eval_status, status};
 use crate::html::{self, esc, url};
 use crate::http::Request;
@@ -171,11 +171,16 @@ pub fn jobset(db: &Db, req: &Request, name: &str, ctx: &Ctx) -> Page {
     Ok(html(200, html::page(name, &[], &body)))
 }
 
+/// The filter of builds that are new failures.
+const NEWLY_FAILED: &str = "newly-failed";
+
 /// The evaluation page's status filters: (parameter value, status range).
 const FILTERS: &[(&str, Option<(i64, i64)>)] = &[
     ("all", None),
     ("succeeded", Some((status::SUCCEEDED, status::SUCCEEDED))),
     ("failed", Some((status::FAILED, status::FAILED_OTHER))),
+    // Failed builds whose job's previous build succeeded (their weather).
+    (NEWLY_FAILED, Some((status::FAILED, status::FAILED_OTHER))),
     ("pending", Some((status::SCHEDULED, status::STARTED))),
     ("canceled", Some((status::CANCELED, status::CANCELED))),
 ];
@@ -240,7 +245,7 @@ pub fn evaluation(db: &Db, req: &Request, id: &str, ctx: &Ctx) -> Page {
     let Some(&(_, range)) = FILTERS.iter().find(|(n, _)| *n == chosen) else {
         return Err(error_page(
             400,
-            "Parameter status: all, succeeded, failed, pending or canceled is required.",
+            "Parameter status: all, succeeded, failed, newly-failed, pending or canceled is required.",
         ));
     };
     let job = req.param("job").filter(|j| !j.is_empty());
@@ -248,6 +253,7 @@ pub fn evaluation(db: &Db, req: &Request, id: &str, ctx: &Ctx) -> Page {
     let filter = EvalBuildFilter {
         status: range,
         job: job.map(str::to_string),
+        weather: (chosen == NEWLY_FAILED).then_some(weather::NEW_FAILURE),
     };
     let offset = u64::from(page - 1) * u64::from(BUILDS_PER_PAGE);
     let (builds, total) = db
@@ -255,6 +261,7 @@ pub fn evaluation(db: &Db, req: &Request, id: &str, ctx: &Ctx) -> Page {
         .map_err(db_error)?;
     let job_q = job.map(|j| format!("&job={}", url(j))).unwrap_or_default();
     let c = &eval.counts;
+    let newly_failed = db.evaluation_new_failures(id).map_err(db_error)?;
     let filters: String = FILTERS
         .iter()
         .map(|(name, _)| {
@@ -262,6 +269,7 @@ pub fn evaluation(db: &Db, req: &Request, id: &str, ctx: &Ctx) -> Page {
                 "all" => c.total(),
                 "succeeded" => c.succeeded,
                 "failed" => c.failed,
+                NEWLY_FAILED => newly_failed,
                 "pending" => c.pending,
                 _ => c.canceled,
             };
@@ -396,6 +404,9 @@ pub fn build_details(db: &Db, id: &str, ctx: &Ctx) -> Page {
     let mut reason = b.errormsg.as_deref().map_or(String::new(), |r| {
         format!("<dt>Reason</dt><dd>{}</dd>", esc(r))
     });
+    if finished && b.weather != weather::UNKNOWN {
+        reason += &format!("<dt>Weather</dt><dd>{}</dd>", weather::name(b.weather));
+    }
     if let Some(w) = &b.worker {
         let w = esc(w);
         reason += &format!("<dt>Machine</dt><dd><a href=\"/machines\">{w}</a></dd>");

@@ -6,7 +6,7 @@ use crate::spec::Specification;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-const NOW: i64 = 1_700_000_000;
+pub(super) const NOW: i64 = 1_700_000_000;
 const ODD: &str = "a&b \"q\" <'x'>";
 
 fn spec(name: &str) -> Specification {
@@ -25,7 +25,7 @@ fn spec(name: &str) -> Specification {
     }
 }
 
-fn job(name: &str, nonce: &str) -> JobRecord {
+pub(super) fn job(name: &str, nonce: &str) -> JobRecord {
     let id: String = name.chars().filter(char::is_ascii_alphanumeric).collect();
     JobRecord {
         job_name: name.into(),
@@ -41,7 +41,7 @@ fn job(name: &str, nonce: &str) -> JobRecord {
 /// 20 s, a 60-line log), bad (failed), `<script>alert(1)</script>`
 /// (failed-dependency), 100%_done (scheduled); `ODD`: no evaluation;
 /// `quiet`: one failed evaluation.
-fn fixture() -> (Db, PathBuf) {
+pub(super) fn fixture() -> (Db, PathBuf) {
     let mut db = Db::open_in_memory().unwrap();
     db.add_specifications(&[spec("hello"), spec(ODD), spec("quiet")])
         .unwrap();
@@ -97,7 +97,7 @@ fn fixture() -> (Db, PathBuf) {
     (db, root)
 }
 
-fn request(target: &str) -> Request {
+pub(super) fn request(target: &str) -> Request {
     let text = format!("GET {target} HTTP/1.1\r\n\r\n");
     match parse_request(text.as_bytes()) {
         Ok(Parsed::Complete(req, _)) => req,
@@ -105,13 +105,19 @@ fn request(target: &str) -> Request {
     }
 }
 
-fn get_with(db: &Db, root: &Path, target: &str, counters: &HttpCounters) -> (u16, String, String) {
+pub(super) fn get_with(
+    db: &Db,
+    root: &Path,
+    target: &str,
+    counters: &HttpCounters,
+) -> (u16, String, String) {
     let logs = buildlog::Places::new(root, root.join("copies"));
     let ctx = Ctx {
         now: NOW,
         logs: &logs,
         counters,
         session: None,
+        base_url: "http://ci.example.org",
     };
     let r = respond(db, &request(target), &ctx);
     (
@@ -122,19 +128,19 @@ fn get_with(db: &Db, root: &Path, target: &str, counters: &HttpCounters) -> (u16
 }
 
 /// A page: 200, HTML, and the body.
-fn page(db: &Db, root: &Path, target: &str) -> String {
+pub(super) fn page(db: &Db, root: &Path, target: &str) -> String {
     let (code, ct, body) = get_with(db, root, target, &HttpCounters::default());
     assert_eq!((code, ct.as_str()), (200, HTML), "{target}: {body}");
     assert!(body.contains("<meta name=\"viewport\""));
     body
 }
 
-fn status_of(db: &Db, root: &Path, target: &str) -> u16 {
+pub(super) fn status_of(db: &Db, root: &Path, target: &str) -> u16 {
     get_with(db, root, target, &HttpCounters::default()).0
 }
 
 /// The rows of the page's table body.
-fn rows(body: &str) -> Vec<&str> {
+pub(super) fn rows(body: &str) -> Vec<&str> {
     match body.split_once("<tbody>") {
         Some((_, rest)) => rest
             .split("</tbody>")
@@ -718,6 +724,7 @@ fn operators_see_buttons_with_their_csrf_token_and_visitors_none() {
             logs: &logs,
             counters: &counters,
             session,
+            base_url: "http://ci.example.org",
         };
         String::from_utf8(respond(&db, &request(target), &ctx).body).unwrap()
     };

@@ -15,6 +15,7 @@ mod http_hostile;
 mod jobs;
 mod logs;
 mod names;
+mod notify;
 mod offload;
 mod one_shot;
 mod refs;

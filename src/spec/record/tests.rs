@@ -91,6 +91,14 @@ fn every_field_and_the_data_forms() {
         }]
     );
     assert!(a.notifications.starts_with("((<email> (from . \"a@b\")"));
+    assert_eq!(
+        a.emails(),
+        [Email {
+            from: Some("a@b".into()),
+            to: Some("c@d".into()),
+            server: Some("s".into()),
+        }]
+    );
     assert_eq!((a.period, a.priority, a.is_active), (3600, 0, false));
     assert!(!s[0].is_active());
     let b = s[1].record.as_ref().unwrap();
