@@ -23,11 +23,14 @@ mod admin;
 mod children;
 mod daemon;
 mod reload;
+mod roots;
 
 const SIGNAL: Token = Token(0);
 const HTTP_LISTENER: Token = Token(1);
 const RELOAD_STDOUT: Token = Token(2);
 const RELOAD_STDERR: Token = Token(3);
+/// The daemon connection that registers GC roots.
+const ROOTS_DAEMON: Token = Token(4);
 /// HTTP connections take tokens from here up, far above the specs'.
 const HTTP_CONN_BASE: usize = 1 << 20;
 const SPEC_TOKEN_BASE: usize = 16;
@@ -46,6 +49,7 @@ enum Event {
     Http,
     ReloadStdout,
     ReloadStderr,
+    Roots,
     ChildStdout(usize),
     ChildStderr(usize),
     Daemon(usize),
@@ -61,6 +65,7 @@ impl Event {
             SIGNAL => return Event::Signal,
             RELOAD_STDOUT => return Event::ReloadStdout,
             RELOAD_STDERR => return Event::ReloadStderr,
+            ROOTS_DAEMON => return Event::Roots,
             _ => {}
         }
         let Some(offset) = token.0.checked_sub(SPEC_TOKEN_BASE) else {
@@ -85,6 +90,7 @@ impl Event {
             Event::Signal => SIGNAL,
             Event::ReloadStdout => RELOAD_STDOUT,
             Event::ReloadStderr => RELOAD_STDERR,
+            Event::Roots => ROOTS_DAEMON,
             Event::Http | Event::Unknown => Token(usize::MAX),
         }
     }
@@ -100,6 +106,7 @@ impl Event {
             Event::Signal => "signals".into(),
             Event::Http => "an HTTP connection".into(),
             Event::ReloadStdout | Event::ReloadStderr => "re-reading the specifications".into(),
+            Event::Roots => "the GC roots' daemon connection".into(),
             Event::ChildStdout(i) | Event::ChildStderr(i) => {
                 format!("spec={} child output", spec(i))
             }
@@ -190,6 +197,8 @@ pub struct EventLoop {
     copier: Copier,
     /// Running builds' output, as it arrives.
     live: LiveLogs,
+    /// GC roots and the retention of old evaluations.
+    roots: roots::Roots,
 }
 
 /// Ends cuirass with an error message (one-shot) or is logged (daemon).
@@ -216,6 +225,7 @@ impl EventLoop {
             )
         })?;
         let logs = buildlog::Places::new(buildlog::DAEMON_LOG_ROOT, &config.log_dir);
+        let roots = roots::Roots::new(&config, now)?;
         let http = match config.one_shot {
             true => None,
             false => Some(HttpServer::bind(
@@ -243,6 +253,7 @@ impl EventLoop {
             copier: Copier::new(logs.clone()),
             live: LiveLogs::new(logs.clone()),
             logs,
+            roots,
         };
         for spec in specs {
             event_loop.add_slot(spec, now);
@@ -293,6 +304,7 @@ impl EventLoop {
             }
             if self.config.one_shot
                 && !self.copier.busy()
+                && !self.roots.busy()
                 && self.slots.iter().all(|s| s.cycle.is_finished())
             {
                 break;
@@ -387,7 +399,7 @@ impl EventLoop {
         if let Some(at) = self.reload.as_ref().map(reload::Reload::deadline) {
             next = next.min(at);
         }
-        if self.copier.busy() {
+        if self.copier.busy() || self.roots.has_work() {
             return now;
         }
         next.max(now)
@@ -407,6 +419,7 @@ impl EventLoop {
                 }
             }
             Event::ReloadStdout | Event::ReloadStderr => self.reload_output(),
+            Event::Roots => self.roots_io(),
             Event::ChildStdout(i) if i < self.slots.len() => self.child_stdout(i),
             Event::ChildStderr(i) if i < self.slots.len() => self.child_stderr(i),
             Event::Daemon(i) if i < self.slots.len() => self.daemon_io(i),
@@ -479,6 +492,7 @@ impl EventLoop {
         self.apply_effects(now);
         self.reap_reload(now);
         self.copier.step();
+        self.roots_turn(now);
         for index in 0..self.slots.len() {
             self.read_leftovers(index);
             if self.slots[index].conn.as_ref().is_some_and(|c| c.more) {

@@ -25,3 +25,7 @@ pub const HTTP: &str = "cuirass::http";
 pub const SPEC: &str = "cuirass::spec";
 /// Operators' actions, triggers and webhooks: who did what.
 pub const ADMIN: &str = "cuirass::admin";
+/// GC roots made, released and expired (`gcroots`).
+pub const GC_ROOTS: &str = "cuirass::gcroots";
+/// Old evaluations deleted (`retention`).
+pub const RETENTION: &str = "cuirass::retention";
