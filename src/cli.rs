@@ -448,7 +448,10 @@ mod tests {
         );
         assert_eq!(c.evaluator, vec!["guix", "repl", "--"]);
         assert_eq!(c.daemon_socket, PathBuf::from(DEFAULT_DAEMON_SOCKET));
-        assert_eq!(c.gc_roots_dir, PathBuf::from("/home/u/.cache/cuirass/gcroots"));
+        assert_eq!(
+            c.gc_roots_dir,
+            PathBuf::from("/home/u/.cache/cuirass/gcroots")
+        );
         assert_eq!((c.ttl_secs, c.retention_secs), (30 * 86_400, None));
     }
 
@@ -460,7 +463,18 @@ mod tests {
         assert_eq!(parse_duration("2w"), Ok(14 * 86_400));
         assert_eq!(parse_duration("1m"), Ok(30 * 86_400));
         assert_eq!(parse_duration("0s"), Ok(0));
-        for bad in ["", "d", "30", "-1d", "+1d", "1.5d", "1y", "1 d", "99999999999999999999d", "é"] {
+        for bad in [
+            "",
+            "d",
+            "30",
+            "-1d",
+            "+1d",
+            "1.5d",
+            "1y",
+            "1 d",
+            "99999999999999999999d",
+            "é",
+        ] {
             let e = parse_duration(bad).unwrap_err();
             assert!(e.contains("not a duration"), "{bad:?}: {e}");
         }

@@ -181,16 +181,16 @@ impl Planner {
     /// One bounded piece of work; see the module docs.
     pub fn step(&mut self, db: &mut Db, now: i64) {
         let mut work = Work::default();
-        if self.in_flight.is_none() {
-            if let Some((at, roots)) = self.retry.take() {
-                match now >= at {
-                    true => {
-                        for r in roots {
-                            work.add(r);
-                        }
+        if self.in_flight.is_none()
+            && let Some((at, roots)) = self.retry.take()
+        {
+            match now >= at {
+                true => {
+                    for r in roots {
+                        work.add(r);
                     }
-                    false => self.retry = Some((at, roots)),
                 }
+                false => self.retry = Some((at, roots)),
             }
         }
         if let Err(e) = self.plan(db, now, &mut work) {
@@ -350,7 +350,7 @@ impl Planner {
         }
         self.catch_up = match done {
             true => {
-                log::info!(target: GC_ROOTS, "roots of the builds that succeeded in the last {} s looked at", self.ttl);
+                log::info!(target: GC_ROOTS, "start-up: every build that succeeded within the ttl ({} s) looked at for roots", self.ttl);
                 None
             }
             false => Some((after, until)),
@@ -431,8 +431,9 @@ impl Planner {
             "{} GC root(s) not made: {why}; trying again in {RETRY_AFTER} s",
             roots.len()
         );
-        self.commands
-            .push_back(Command::Remove(roots.iter().map(|r| r.item.clone()).collect()));
+        self.commands.push_back(Command::Remove(
+            roots.iter().map(|r| r.item.clone()).collect(),
+        ));
         self.retry = Some((now + RETRY_AFTER, roots));
     }
 

@@ -64,7 +64,11 @@ impl Db {
         )?;
         let page = builds
             .query_map(params![after.0, after.1, until, limit as i64], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, BuildId>(1)?, r.get::<_, i64>(2)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, BuildId>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut outputs = self

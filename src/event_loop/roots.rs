@@ -56,13 +56,13 @@ impl Roots {
             )
         })?;
         if dir.to_str().is_none() {
-            return Err(format!(
-                "--gc-roots-directory {}: not UTF-8",
-                dir.display()
-            ));
+            return Err(format!("--gc-roots-directory {}: not UTF-8", dir.display()));
         }
         std::fs::create_dir_all(&dir).map_err(|e| {
-            format!("cannot create the GC roots directory {}: {e}", dir.display())
+            format!(
+                "cannot create the GC roots directory {}: {e}",
+                dir.display()
+            )
         })?;
         let unix = unix_now();
         Ok(Roots {
@@ -119,10 +119,11 @@ impl EventLoop {
             }
         }
         let idle = self.roots.conn.as_ref().is_some_and(|c| c.due == 0);
-        if idle && !self.roots.planner.busy() {
-            if let Some(mut conn) = self.roots.conn.take() {
-                let _ = self.poll.registry().deregister(&mut conn.stream);
-            }
+        if idle
+            && !self.roots.planner.busy()
+            && let Some(mut conn) = self.roots.conn.take()
+        {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
         }
     }
 

@@ -135,7 +135,11 @@ fn a_pending_drv_is_kept_until_its_build_ends_and_a_success_keeps_its_outputs() 
     // The API says the output is there while its root is.
     let id: i64 = db
         .connection()
-        .query_row("SELECT id FROM Builds WHERE derivation = ?1", [drv("a")], |r| r.get(0))
+        .query_row(
+            "SELECT id FROM Builds WHERE derivation = ?1",
+            [drv("a")],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(db.build(id).unwrap().unwrap().kept_until, [Some(1110)]);
 }
@@ -146,9 +150,16 @@ fn a_drv_stays_while_another_evaluation_has_it_pending() {
     let mut p = planner(1000);
     let first = evaluate(&mut db, "c1", &["a"], 1000);
     evaluate(&mut db, "c2", &["a"], 1001);
-    assert_eq!(settle(&mut p, &mut db, 1001).make.len(), 1, "one root per item");
+    assert_eq!(
+        settle(&mut p, &mut db, 1001).make.len(),
+        1,
+        "one root per item"
+    );
     db.connection()
-        .execute("UPDATE Builds SET status = 4 WHERE evaluation = ?1", [first])
+        .execute(
+            "UPDATE Builds SET status = 4 WHERE evaluation = ?1",
+            [first],
+        )
         .unwrap();
     p.finished(&drv("a"), false);
     assert_eq!(settle(&mut p, &mut db, 1002), Asked::default());
@@ -252,7 +263,10 @@ fn a_chunk_the_daemon_refused_is_retried_later_and_its_symlinks_go() {
     p.failed("cannot reach guix-daemon", 1000);
     assert_eq!(p.poll_command(), Some(Command::Remove(vec![drv("a")])));
     assert!(!p.busy(), "a one-shot run does not wait for the retry");
-    assert_eq!(step(&mut p, &mut db, 1000 + RETRY_AFTER - 1), Asked::default());
+    assert_eq!(
+        step(&mut p, &mut db, 1000 + RETRY_AFTER - 1),
+        Asked::default()
+    );
     let asked = step(&mut p, &mut db, 1000 + RETRY_AFTER);
     assert_eq!(items(&asked.make), [drv("a")]);
     assert_eq!(rows(&db).len(), 1);
@@ -288,17 +302,21 @@ fn restarts_are_rescanned_and_deleted_builds_release_their_outputs() {
     assert_eq!(rows(&db), [(out("a"), Some(1100))]);
     // A restart: `b` is pending again, behind the walk's cursor.
     db.connection()
-        .execute("UPDATE Builds SET status = -2 WHERE derivation = ?1", [drv("b")])
+        .execute(
+            "UPDATE Builds SET status = -2 WHERE derivation = ?1",
+            [drv("b")],
+        )
         .unwrap();
     assert_eq!(settle(&mut p, &mut db, 1001), Asked::default());
     p.rescan(1001);
     let asked = settle(&mut p, &mut db, 1001);
-    assert_eq!((items(&asked.make), asked.remove), (vec![drv("b").as_str()], vec![]));
+    assert_eq!(
+        (items(&asked.make), asked.remove),
+        (vec![drv("b").as_str()], vec![])
+    );
     // `a`'s rows deleted (the retention's work): its output's root goes.
     db.connection()
-        .execute_batch(&format!(
-            "DELETE FROM Outputs WHERE build = 1; DELETE FROM Builds WHERE id = 1;"
-        ))
+        .execute_batch("DELETE FROM Outputs WHERE build = 1; DELETE FROM Builds WHERE id = 1;")
         .unwrap();
     p.recheck([out("a")]);
     let asked = settle(&mut p, &mut db, 1002);
@@ -350,7 +368,13 @@ fn links_are_named_after_store_items_only() {
         p.link_of("/gnu/store/abc-hello"),
         Some(PathBuf::from("/var/cache/cuirass/gcroots/abc-hello"))
     );
-    for bad in ["hello", "/gnu/store/", "/gnu/store/..", "/gnu/store/.", "/x\0y/a\0b"] {
+    for bad in [
+        "hello",
+        "/gnu/store/",
+        "/gnu/store/..",
+        "/gnu/store/.",
+        "/x\0y/a\0b",
+    ] {
         assert_eq!(p.link_of(bad), None, "{bad:?}");
     }
 }

@@ -37,8 +37,12 @@ fn db_with_specs(names: &[&str]) -> Db {
 /// An evaluation of `spec` made at `at` whose builds all succeeded, with
 /// a checkout, an attempt and a product on its first build.
 fn evaluation(db: &mut Db, spec: &str, at: i64, jobs: usize) -> crate::db::EvalId {
-    let jobs: Vec<JobRecord> = (0..jobs).map(|i| job(&format!("{spec}{at}j{i}"), 3)).collect();
-    let eval = db.register_evaluation(spec, &format!("c{at}"), &jobs, at).unwrap();
+    let jobs: Vec<JobRecord> = (0..jobs)
+        .map(|i| job(&format!("{spec}{at}j{i}"), 3))
+        .collect();
+    let eval = db
+        .register_evaluation(spec, &format!("c{at}"), &jobs, at)
+        .unwrap();
     let c = db.connection();
     c.execute(
         "UPDATE Builds SET status = 0, starttime = ?2, stoptime = ?2 WHERE evaluation = ?1",
@@ -95,7 +99,10 @@ fn assert_sound(db: &Db) {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!(check, "ok");
-    assert_eq!(count(db, "SELECT COUNT(*) FROM pragma_foreign_key_check"), 0);
+    assert_eq!(
+        count(db, "SELECT COUNT(*) FROM pragma_foreign_key_check"),
+        0
+    );
 }
 
 #[test]
@@ -110,7 +117,8 @@ fn old_evaluations_go_and_the_latest_the_successful_and_the_pending_stay() {
     let b1 = evaluation(&mut db, "b", old, 1);
     let b2 = evaluation(&mut db, "b", old + 1, 1);
     let b3 = db.begin_evaluation("b", "c3", old + 2).unwrap();
-    db.fail_evaluation("b", b3, "c3", "broken", old + 2).unwrap();
+    db.fail_evaluation("b", b3, "c3", "broken", old + 2)
+        .unwrap();
     // c: an old one with a build pending again, and one in progress.
     let c1 = evaluation(&mut db, "c", old, 2);
     db.connection()
@@ -151,7 +159,10 @@ fn old_evaluations_go_and_the_latest_the_successful_and_the_pending_stay() {
     }
     // c1 keeps its finished build too: evaluations go whole.
     assert_eq!(
-        count(&db, &format!("SELECT COUNT(*) FROM Builds WHERE evaluation = {c1}")),
+        count(
+            &db,
+            &format!("SELECT COUNT(*) FROM Builds WHERE evaluation = {c1}")
+        ),
         2
     );
     assert_sound(&db);
@@ -184,7 +195,10 @@ fn a_large_evaluation_goes_in_chunks_of_bounded_size() {
             builds += d.builds.len();
         }
         // Between chunks, what is left still holds together.
-        assert_eq!(count(&db, "SELECT COUNT(*) FROM pragma_foreign_key_check"), 0);
+        assert_eq!(
+            count(&db, "SELECT COUNT(*) FROM pragma_foreign_key_check"),
+            0
+        );
     }
     assert_eq!(builds, 300);
     assert!(chunks >= 3, "{chunks} chunks");
@@ -210,7 +224,10 @@ fn an_evaluation_whose_build_is_restarted_midway_is_kept_with_it() {
     run(&mut r, &mut db, now);
     assert!(evaluations(&db).contains(&old));
     assert_eq!(
-        count(&db, &format!("SELECT COUNT(*) FROM Builds WHERE evaluation = {old}")),
+        count(
+            &db,
+            &format!("SELECT COUNT(*) FROM Builds WHERE evaluation = {old}")
+        ),
         1,
         "only its pending build is left"
     );

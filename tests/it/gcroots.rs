@@ -124,13 +124,20 @@ fn a_queued_drv_and_a_fresh_output_survive_guix_gc_until_released() {
 
     // `slow` builds; `queued` waits its turn, its `.drv` rooted.
     let mut queued = None;
-    wait_until(Duration::from_secs(120), "queued's root while slow builds", || {
-        queued = build_of(&conn, "queued");
-        let slow = build_of(&conn, "slow");
-        matches!((&queued, slow), (Some((_, drv, -2)), Some((_, _, -1))) if rooted(&conn, drv))
-    });
+    wait_until(
+        Duration::from_secs(120),
+        "queued's root while slow builds",
+        || {
+            queued = build_of(&conn, "queued");
+            let slow = build_of(&conn, "slow");
+            matches!((&queued, slow), (Some((_, drv, -2)), Some((_, _, -1))) if rooted(&conn, drv))
+        },
+    );
     let (queued_id, queued_drv, _) = queued.unwrap();
-    assert!(std::fs::read_link(link(&setup, &queued_drv)).is_ok_and(|t| t.to_str() == Some(queued_drv.as_str())));
+    assert!(
+        std::fs::read_link(link(&setup, &queued_drv))
+            .is_ok_and(|t| t.to_str() == Some(queued_drv.as_str()))
+    );
     assert_refused(&setup, &queued_drv);
     assert_eq!(build_of(&conn, "queued").unwrap().2, -2, "still queued");
 
@@ -138,7 +145,8 @@ fn a_queued_drv_and_a_fresh_output_survive_guix_gc_until_released() {
     let mut slow = None;
     wait_until(Duration::from_secs(120), "slow's output rooted", || {
         slow = build_of(&conn, "slow").filter(|s| s.2 == 0);
-        slow.as_ref().is_some_and(|s| rooted(&conn, &output_of(&conn, s.0)))
+        slow.as_ref()
+            .is_some_and(|s| rooted(&conn, &output_of(&conn, s.0)))
     });
     let (slow_id, slow_drv, _) = slow.unwrap();
     let slow_out = output_of(&conn, slow_id);
@@ -146,7 +154,10 @@ fn a_queued_drv_and_a_fresh_output_survive_guix_gc_until_released() {
     let (_, b) = get_json(port, &format!("/build/{slow_id}"));
     assert_eq!(b["buildoutputs"]["out"]["path"], slow_out.as_str());
     assert_eq!(b["buildoutputs"]["out"]["available"], true, "{b}");
-    assert!(!rooted(&conn, &slow_drv), "a finished build's .drv is let go");
+    assert!(
+        !rooted(&conn, &slow_drv),
+        "a finished build's .drv is let go"
+    );
 
     // `queued` failed: its `.drv` is let go, and guix gc may take it.
     wait_until(Duration::from_secs(60), "queued's root released", || {
@@ -158,9 +169,11 @@ fn a_queued_drv_and_a_fresh_output_survive_guix_gc_until_released() {
     assert_eq!(q["buildoutputs"]["out"]["available"], false);
 
     // The ttl has passed: the output is no longer claimed, and goes.
-    wait_until(Duration::from_secs(60), "slow's output root to expire", || {
-        !rooted(&conn, &slow_out)
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "slow's output root to expire",
+        || !rooted(&conn, &slow_out),
+    );
     assert!(!link(&setup, &slow_out).exists());
     let (_, b) = get_json(port, &format!("/build/{slow_id}"));
     assert_eq!(b["buildoutputs"]["out"]["available"], false, "{b}");
@@ -299,9 +312,11 @@ fn retention_deletes_old_evaluations_and_nothing_else() {
 
     std::thread::sleep(Duration::from_secs(2));
     let running = Running::start(&setup, &["--interval", "100000", "--retention", "1s"], &[]);
-    wait_until(Duration::from_secs(60), "the old evaluation deleted", || {
-        rows_of(&conn, old) == 0 && old_outputs.iter().all(|o| !rooted(&conn, o))
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "the old evaluation deleted",
+        || rows_of(&conn, old) == 0 && old_outputs.iter().all(|o| !rooted(&conn, o)),
+    );
     // Its log copies, its attempt's, and its roots' symlinks are gone.
     assert_eq!(copies(&old_builds), 0);
     assert!(!attempt_log.exists());
@@ -311,7 +326,10 @@ fn retention_deletes_old_evaluations_and_nothing_else() {
     // Nothing else: the latest evaluations, the pending one, their roots.
     let now: Vec<(i64, i64)> = kept.iter().map(|&(e, _)| (e, rows_of(&conn, e))).collect();
     assert_eq!(now, kept);
-    assert!(copies(&build_ids(&conn, latest)) >= 3, "the latest builds' logs stay");
+    assert!(
+        copies(&build_ids(&conn, latest)) >= 3,
+        "the latest builds' logs stay"
+    );
     for out in &latest_outputs {
         assert!(rooted(&conn, out) && link(&setup, out).exists(), "{out}");
     }
