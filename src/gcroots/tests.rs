@@ -236,7 +236,9 @@ fn chunks_are_bounded_and_one_is_in_flight_at_a_time() {
         (!a.make.is_empty()).then_some(a.make.len())
     })
     .collect();
-    assert_eq!(sizes, [MAKE_CHUNK, 50]);
+    let mut expected = vec![MAKE_CHUNK; (450 - MAKE_CHUNK) / MAKE_CHUNK];
+    expected.push((450 - MAKE_CHUNK) % MAKE_CHUNK);
+    assert_eq!(sizes, expected);
     assert_eq!(rows(&db).len(), 450);
     assert!(!p.busy());
 }
@@ -377,4 +379,24 @@ fn links_are_named_after_store_items_only() {
     ] {
         assert_eq!(p.link_of(bad), None, "{bad:?}");
     }
+}
+
+#[test]
+fn a_failing_database_pauses_the_planner_instead_of_spinning() {
+    let mut db = db_with_spec();
+    let mut p = planner(1000);
+    evaluate(&mut db, "c1", &["a"], 1000);
+    db.connection().execute_batch("DROP TABLE GcRoots").unwrap();
+    p.step(&mut db, 1000);
+    assert_eq!(p.poll_command(), None);
+    assert!(!p.has_work() && !p.busy(), "a one-shot run is not held");
+    db.connection()
+        .execute_batch("CREATE TABLE GcRoots (item TEXT PRIMARY KEY, expires INTEGER) WITHOUT ROWID; CREATE INDEX GcRoots_expires ON GcRoots (expires) WHERE expires IS NOT NULL;")
+        .unwrap();
+    assert_eq!(
+        step(&mut p, &mut db, 1000 + RETRY_AFTER - 1),
+        Asked::default()
+    );
+    let asked = settle(&mut p, &mut db, 1000 + RETRY_AFTER);
+    assert_eq!(items(&asked.make), [drv("a")]);
 }
