@@ -51,6 +51,12 @@ fn link(setup: &Setup, item: &str) -> PathBuf {
     roots_dir(setup).join(item.rsplit('/').next().unwrap())
 }
 
+/// Whether `item`'s symlink is there (its target is a path inside the
+/// root, so it dangles from the host).
+fn linked(setup: &Setup, item: &str) -> bool {
+    std::fs::read_link(link(setup, item)).is_ok_and(|t| t.to_str() == Some(item))
+}
+
 fn rooted(conn: &Connection, item: &str) -> bool {
     conn.query_row("SELECT 1 FROM GcRoots WHERE item = ?1", [item], |_| Ok(()))
         .optional()
@@ -134,10 +140,7 @@ fn a_queued_drv_and_a_fresh_output_survive_guix_gc_until_released() {
         },
     );
     let (queued_id, queued_drv, _) = queued.unwrap();
-    assert!(
-        std::fs::read_link(link(&setup, &queued_drv))
-            .is_ok_and(|t| t.to_str() == Some(queued_drv.as_str()))
-    );
+    assert!(linked(&setup, &queued_drv));
     assert_refused(&setup, &queued_drv);
     assert_eq!(build_of(&conn, "queued").unwrap().2, -2, "still queued");
 
@@ -163,7 +166,7 @@ fn a_queued_drv_and_a_fresh_output_survive_guix_gc_until_released() {
     wait_until(Duration::from_secs(60), "queued's root released", || {
         build_of(&conn, "queued").is_some_and(|q| q.2 == 1) && !rooted(&conn, &queued_drv)
     });
-    assert!(!link(&setup, &queued_drv).exists(), "its symlink is gone");
+    assert!(!linked(&setup, &queued_drv), "its symlink is gone");
     assert_deleted(&setup, &queued_drv);
     let (_, q) = get_json(port, &format!("/build/{queued_id}"));
     assert_eq!(q["buildoutputs"]["out"]["available"], false);
@@ -174,7 +177,7 @@ fn a_queued_drv_and_a_fresh_output_survive_guix_gc_until_released() {
         "slow's output root to expire",
         || !rooted(&conn, &slow_out),
     );
-    assert!(!link(&setup, &slow_out).exists());
+    assert!(!linked(&setup, &slow_out));
     let (_, b) = get_json(port, &format!("/build/{slow_id}"));
     assert_eq!(b["buildoutputs"]["out"]["available"], false, "{b}");
     let (code, _, body) = get_raw(port, &format!("/build/{slow_id}/details"));
@@ -248,15 +251,24 @@ fn build_ids(conn: &Connection, eval: i64) -> Vec<i64> {
 fn retention_deletes_old_evaluations_and_nothing_else() {
     require_daemon();
     let setup = Setup::new("retention");
-    let repo = Repo::new(setup.tmp.path(), &[("ci.scm", "jobs/keyword-jobs.scm")]);
+    // One repository each: a one-shot run polls every spec, and an
+    // unchanged commit makes no evaluation.
+    let jobs = [("ci.scm", "jobs/keyword-jobs.scm")];
+    let repo_s = Repo::named(setup.tmp.path(), "s", &jobs);
+    let repo_t = Repo::named(setup.tmp.path(), "t", &jobs);
     let s = format!("ret-s-{}", nonce());
     let t = format!("ret-t-{}", nonce());
-    let old = evaluate(&setup, &s, &repo, &nonce());
-    repo.commit("second");
-    let latest = evaluate(&setup, &s, &repo, &nonce());
-    let t_old = evaluate(&setup, &t, &repo, &nonce());
-    repo.commit("third");
-    let t_latest = evaluate(&setup, &t, &repo, &nonce());
+    let old = evaluate(&setup, &s, &repo_s, &nonce());
+    repo_s.commit("second");
+    let latest = evaluate(&setup, &s, &repo_s, &nonce());
+    let t_old = evaluate(&setup, &t, &repo_t, &nonce());
+    repo_t.commit("second");
+    let t_latest = evaluate(&setup, &t, &repo_t, &nonce());
+    let evals: Vec<i64> = query_rows::<i64>(&db(&setup), "SELECT id FROM Evaluations ORDER BY id")
+        .into_iter()
+        .map(|mut r| r.remove(0))
+        .collect();
+    assert_eq!(evals, [old, latest, t_old, t_latest]);
 
     let conn = db(&setup);
     let logs = setup.tmp.path().join("build-logs");
@@ -266,7 +278,7 @@ fn retention_deletes_old_evaluations_and_nothing_else() {
     assert_eq!(old_outputs.len(), 3, "ok-1, ok-2 and dep-on-ok");
     for out in old_outputs.iter().chain(&latest_outputs) {
         assert!(rooted(&conn, out), "one-shot roots {out}");
-        assert!(link(&setup, out).exists());
+        assert!(linked(&setup, out));
     }
     let copies = |ids: &[i64]| {
         ids.iter()
@@ -321,7 +333,7 @@ fn retention_deletes_old_evaluations_and_nothing_else() {
     assert_eq!(copies(&old_builds), 0);
     assert!(!attempt_log.exists());
     for out in &old_outputs {
-        assert!(!link(&setup, out).exists(), "{out}'s symlink");
+        assert!(!linked(&setup, out), "{out}'s symlink");
     }
     // Nothing else: the latest evaluations, the pending one, their roots.
     let now: Vec<(i64, i64)> = kept.iter().map(|&(e, _)| (e, rows_of(&conn, e))).collect();
@@ -331,7 +343,7 @@ fn retention_deletes_old_evaluations_and_nothing_else() {
         "the latest builds' logs stay"
     );
     for out in &latest_outputs {
-        assert!(rooted(&conn, out) && link(&setup, out).exists(), "{out}");
+        assert!(rooted(&conn, out) && linked(&setup, out), "{out}");
     }
     let log = running.log_text();
     assert!(
