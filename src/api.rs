@@ -145,6 +145,8 @@ struct BuildJson<'a> {
     starttime: i64,
     stoptime: i64,
     derivation: &'a str,
+    /// `{"out": {"path": "/gnu/store/…", "available": true}}`: `available`
+    /// while cuirass's GC root keeps the output (see `gcroots`).
     buildoutputs: Map<String, Value>,
     system: &'a str,
     nixname: &'a str,
@@ -185,7 +187,13 @@ fn build_json(b: &BuildView) -> BuildJson<'_> {
         buildoutputs: b
             .outputs
             .iter()
-            .map(|(name, path)| (name.clone(), json!({ "path": path })))
+            .zip(&b.kept_until)
+            .map(|((name, path), kept)| {
+                (
+                    name.clone(),
+                    json!({ "path": path, "available": kept.is_some() }),
+                )
+            })
             .collect(),
         system: &b.system,
         nixname: &b.nix_name,

@@ -105,6 +105,19 @@ impl Places {
             .find(|s| s.path.is_file())
     }
 
+    /// Every file cuirass may keep for build `id` (its log copy, tail,
+    /// and the copies of its earlier runs `attempts`), whether or not it
+    /// exists: what goes when the build is deleted.
+    pub fn files_of(&self, id: BuildId, attempts: &[i64]) -> Vec<PathBuf> {
+        let kinds = [Compression::Gzip, Compression::Bzip2];
+        let mut files: Vec<PathBuf> = kinds.iter().map(|&c| self.copy_path(id, c)).collect();
+        files.push(self.tail_path(id));
+        for &a in attempts {
+            files.extend(kinds.iter().map(|&c| self.attempt_path(id, a, c)));
+        }
+        files
+    }
+
     pub fn tail_path(&self, id: BuildId) -> PathBuf {
         self.copies.join(format!("{id}.tail"))
     }

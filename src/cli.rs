@@ -55,6 +55,24 @@ pub const OPTIONS: &[OptionDef] = &[
     ),
     opt(
         "",
+        "gc-roots-directory",
+        Arity::Value("DIR"),
+        "where the GC roots of pending builds' .drv files and succeeded builds' outputs live (default: gcroots in the cache directory)",
+    ),
+    opt(
+        "",
+        "ttl",
+        Arity::Value("DURATION"),
+        "keep succeeded builds' outputs from the garbage collector for DURATION (Ns, Nh, Nd, Nw or Nm; default 30d)",
+    ),
+    opt(
+        "",
+        "retention",
+        Arity::Value("DURATION"),
+        "delete evaluations older than DURATION with their builds and logs, except each spec's latest ones and pending builds (default: keep all)",
+    ),
+    opt(
+        "",
         "fallback",
         Arity::Flag,
         "build locally when a substitute fails",
@@ -197,6 +215,12 @@ pub struct Config {
     pub database: PathBuf,
     /// Per-build copies of build logs (`buildlog::copy`).
     pub log_dir: PathBuf,
+    /// The GC roots' symlinks (`gcroots`); the daemon must see this path.
+    pub gc_roots_dir: PathBuf,
+    /// How long a succeeded build's outputs stay GC roots, in seconds.
+    pub ttl_secs: u64,
+    /// Evaluations older than this many seconds are deleted (`retention`).
+    pub retention_secs: Option<u64>,
     pub port: u16,
     pub listen: String,
     pub interval_secs: u64,
@@ -278,6 +302,37 @@ fn number<T: std::str::FromStr>(m: &getopts::Matches, name: &str, default: T) ->
     }
 }
 
+/// Cuirass's default `--ttl`: 30 days.
+pub const DEFAULT_TTL_SECS: u64 = 30 * 86_400;
+
+/// A duration as Guix writes them (`string->duration`): a number and a
+/// unit, `s` seconds, `h` hours, `d` days, `w` weeks or `m` months of 30
+/// days.  Errors say what was expected.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let bad = || format!("'{text}' is not a duration (Ns, Nh, Nd, Nw or Nm, e.g. 30d)");
+    let unit = text.chars().last().ok_or_else(bad)?;
+    let count: u64 = text[..text.len() - unit.len_utf8()]
+        .parse()
+        .ok()
+        .filter(|_| text.as_bytes()[0].is_ascii_digit())
+        .ok_or_else(bad)?;
+    let scale = match unit {
+        's' => 1,
+        'h' => 3600,
+        'd' => 86_400,
+        'w' => 7 * 86_400,
+        'm' => 30 * 86_400,
+        _ => return Err(bad()),
+    };
+    count.checked_mul(scale).ok_or_else(bad)
+}
+
+fn duration_option(m: &getopts::Matches, name: &str) -> Result<Option<u64>, String> {
+    m.opt_str(name)
+        .map(|s| parse_duration(&s).map_err(|e| format!("--{name}: {e}")))
+        .transpose()
+}
+
 fn home(env: &dyn Env) -> PathBuf {
     PathBuf::from(env.var("HOME").unwrap_or_else(|| "/".into()))
 }
@@ -336,6 +391,14 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Command, String> {
     let log_dir = m
         .opt_str("log-directory")
         .map_or_else(|| database.with_file_name("build-logs"), PathBuf::from);
+    let gc_roots_dir = m
+        .opt_str("gc-roots-directory")
+        .map_or_else(|| cache_dir.join("gcroots"), PathBuf::from);
+    let ttl_secs = duration_option(&m, "ttl")?.unwrap_or(DEFAULT_TTL_SECS);
+    let retention_secs = duration_option(&m, "retention")?;
+    if retention_secs == Some(0) {
+        return Err("--retention: must be at least 1 second".into());
+    }
     if m.opt_present("check") && !m.opt_present("specifications") {
         return Err("--check needs -S FILE, the file to check".into());
     }
@@ -386,6 +449,9 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Command, String> {
         specifications: m.opt_str("specifications").map(PathBuf::from),
         database,
         log_dir,
+        gc_roots_dir,
+        ttl_secs,
+        retention_secs,
         port,
         listen,
         interval_secs,
@@ -457,6 +523,42 @@ mod tests {
         assert_eq!(c.base_url, "http://localhost:8080");
         assert_eq!((c.notify.timeout.as_secs(), c.notify.max_running), (60, 4));
         assert_eq!(c.notify.retry.as_secs(), 30);
+        assert_eq!(
+            c.gc_roots_dir,
+            PathBuf::from("/home/u/.cache/cuirass/gcroots")
+        );
+        assert_eq!((c.ttl_secs, c.retention_secs), (30 * 86_400, None));
+    }
+
+    #[test]
+    fn durations_are_guix_s() {
+        assert_eq!(parse_duration("2s"), Ok(2));
+        assert_eq!(parse_duration("3h"), Ok(3 * 3600));
+        assert_eq!(parse_duration("30d"), Ok(30 * 86_400));
+        assert_eq!(parse_duration("2w"), Ok(14 * 86_400));
+        assert_eq!(parse_duration("1m"), Ok(30 * 86_400));
+        assert_eq!(parse_duration("0s"), Ok(0));
+        for bad in [
+            "",
+            "d",
+            "30",
+            "-1d",
+            "+1d",
+            "1.5d",
+            "1y",
+            "1 d",
+            "99999999999999999999d",
+            "é",
+        ] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains("not a duration"), "{bad:?}: {e}");
+        }
+        let c = run(
+            &["--ttl=2s", "--retention=90d", "--gc-roots-directory=/r"],
+            &user_env(),
+        );
+        assert_eq!((c.ttl_secs, c.retention_secs), (2, Some(90 * 86_400)));
+        assert_eq!(c.gc_roots_dir, PathBuf::from("/r"));
     }
 
     #[test]
@@ -557,6 +659,8 @@ mod tests {
             (vec!["--notify-command= "], "--notify-command"),
             (vec!["--base-url=ci.example.org"], "--base-url"),
             (vec!["stray"], "stray"),
+            (vec!["--ttl=30"], "--ttl"),
+            (vec!["--retention=0d"], "--retention"),
         ] {
             let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
             let err = parse(&args, &env).unwrap_err();

@@ -237,6 +237,16 @@ const MIGRATIONS: &[&str] = &[
        last_error    TEXT);
      CREATE INDEX IF NOT EXISTS Events_queued ON Events (id) WHERE delivery = 0;
      CREATE INDEX IF NOT EXISTS Events_evaluation ON Events (evaluation);",
+    // 15: the GC roots cuirass holds (`gcroots`): one row per store item
+    // whose symlink exists and is registered with the daemon.  `expires`
+    // is when an output's root may go (Unix seconds); NULL for a `.drv`,
+    // held while a build of it is pending.  The API says an output is
+    // available while its row exists.
+    "CREATE TABLE IF NOT EXISTS GcRoots (
+       item    TEXT NOT NULL PRIMARY KEY,
+       expires INTEGER) WITHOUT ROWID;
+     CREATE INDEX IF NOT EXISTS GcRoots_expires ON GcRoots (expires)
+       WHERE expires IS NOT NULL;",
 ];
 
 pub fn schema_version() -> usize {
@@ -823,8 +833,10 @@ pub mod admin;
 pub mod channels;
 pub mod dashboard;
 pub mod events;
+pub mod gcroots;
 pub mod machines;
 pub mod read;
+pub mod retention;
 mod statuses;
 
 #[cfg(test)]

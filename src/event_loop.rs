@@ -24,11 +24,14 @@ mod children;
 mod daemon;
 mod notify;
 mod reload;
+mod roots;
 
 const SIGNAL: Token = Token(0);
 const HTTP_LISTENER: Token = Token(1);
 const RELOAD_STDOUT: Token = Token(2);
 const RELOAD_STDERR: Token = Token(3);
+/// The daemon connection that registers GC roots.
+const ROOTS_DAEMON: Token = Token(4);
 /// HTTP connections take tokens from here up, far above the specs'.
 const HTTP_CONN_BASE: usize = 1 << 20;
 const SPEC_TOKEN_BASE: usize = 16;
@@ -47,6 +50,7 @@ enum Event {
     Http,
     ReloadStdout,
     ReloadStderr,
+    Roots,
     ChildStdout(usize),
     ChildStderr(usize),
     Daemon(usize),
@@ -65,6 +69,7 @@ impl Event {
             SIGNAL => return Event::Signal,
             RELOAD_STDOUT => return Event::ReloadStdout,
             RELOAD_STDERR => return Event::ReloadStderr,
+            ROOTS_DAEMON => return Event::Roots,
             _ => {}
         }
         if let Some(offset) = token.0.checked_sub(notify::NOTIFY_TOKEN_BASE) {
@@ -97,6 +102,7 @@ impl Event {
             Event::ReloadStderr => RELOAD_STDERR,
             Event::NotifyStdout(p) => Token(notify::NOTIFY_TOKEN_BASE + 2 * p),
             Event::NotifyStderr(p) => Token(notify::NOTIFY_TOKEN_BASE + 2 * p + 1),
+            Event::Roots => ROOTS_DAEMON,
             Event::Http | Event::Unknown => Token(usize::MAX),
         }
     }
@@ -112,6 +118,7 @@ impl Event {
             Event::Signal => "signals".into(),
             Event::Http => "an HTTP connection".into(),
             Event::ReloadStdout | Event::ReloadStderr => "re-reading the specifications".into(),
+            Event::Roots => "the GC roots' daemon connection".into(),
             Event::ChildStdout(i) | Event::ChildStderr(i) => {
                 format!("spec={} child output", spec(i))
             }
@@ -205,6 +212,8 @@ pub struct EventLoop {
     live: LiveLogs,
     /// Notification commands, with `--notify-command`.
     notify: Option<notify::Notify>,
+    /// GC roots and the retention of old evaluations.
+    roots: roots::Roots,
 }
 
 /// Ends cuirass with an error message (one-shot) or is logged (daemon).
@@ -236,6 +245,7 @@ impl EventLoop {
             .clone()
             .map(|command| notify::Notify::new(&config, command, now));
         db.set_notifying(notify.is_some());
+        let roots = roots::Roots::new(&config, now)?;
         let http = match config.one_shot {
             true => None,
             false => Some(
@@ -267,6 +277,7 @@ impl EventLoop {
             live: LiveLogs::new(logs.clone()),
             logs,
             notify,
+            roots,
         };
         for spec in specs {
             event_loop.add_slot(spec, now);
@@ -317,6 +328,7 @@ impl EventLoop {
             }
             if self.config.one_shot
                 && !self.copier.busy()
+                && !self.roots.busy()
                 && self.slots.iter().all(|s| s.cycle.is_finished())
                 && self.notify_settled(turn)
             {
@@ -418,7 +430,7 @@ impl EventLoop {
             }
             next = next.min(n.poll_at());
         }
-        if self.copier.busy() {
+        if self.copier.busy() || self.roots.has_work() {
             return now;
         }
         next.max(now)
@@ -438,6 +450,7 @@ impl EventLoop {
                 }
             }
             Event::ReloadStdout | Event::ReloadStderr => self.reload_output(),
+            Event::Roots => self.roots_io(),
             Event::ChildStdout(i) if i < self.slots.len() => self.child_stdout(i),
             Event::ChildStderr(i) if i < self.slots.len() => self.child_stderr(i),
             Event::Daemon(i) if i < self.slots.len() => self.daemon_io(i),
@@ -511,6 +524,7 @@ impl EventLoop {
         self.apply_effects(now);
         self.reap_reload(now);
         self.copier.step();
+        self.roots_turn(now);
         for index in 0..self.slots.len() {
             self.read_leftovers(index);
             if self.slots[index].conn.as_ref().is_some_and(|c| c.more) {

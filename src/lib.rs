@@ -23,6 +23,11 @@
 //!   daemon, and its statuses, machines (`@ build-remote`) and output.
 //! - `cycle`: one specification's cycle, a sans-I/O state machine (the
 //!   evaluation track and the building track).
+//! - `gcroots`: the GC roots of pending builds' `.drv` files and of
+//!   succeeded builds' outputs (until `--ttl`), planned without I/O: the
+//!   loop makes the symlinks and registers them with the daemon.
+//! - `retention`: old evaluations deleted with their builds (`--retention`),
+//!   a bounded chunk per turn.
 //! - `buildlog`: build logs found, decoded (a sans-I/O codec), streamed a
 //!   chunk per turn and copied per build; running builds' live logs,
 //!   written as their output arrives and followed by `/build/ID/log/raw`.
@@ -62,6 +67,7 @@ pub mod db;
 pub mod drv;
 pub mod event_loop;
 pub mod fetch;
+pub mod gcroots;
 pub mod html;
 pub mod http;
 pub mod http_server;
@@ -69,6 +75,7 @@ pub mod job;
 pub mod logging;
 pub mod notify;
 pub mod records;
+pub mod retention;
 pub mod routes;
 pub mod sexp;
 pub mod signals;

@@ -27,3 +27,7 @@ pub const SPEC: &str = "cuirass::spec";
 pub const ADMIN: &str = "cuirass::admin";
 /// Notification commands: events delivered, retried, given up.
 pub const NOTIFY: &str = "cuirass::notify";
+/// GC roots made, released and expired (`gcroots`).
+pub const GC_ROOTS: &str = "cuirass::gcroots";
+/// Old evaluations deleted (`retention`).
+pub const RETENTION: &str = "cuirass::retention";

@@ -44,6 +44,8 @@ pub mod op {
     pub const IS_VALID_PATH: u64 = 1;
     pub const BUILD_PATHS: u64 = 9;
     pub const ADD_TEMP_ROOT: u64 = 11;
+    pub const ADD_INDIRECT_ROOT: u64 = 12;
+    pub const SYNC_WITH_GC: u64 = 13;
     pub const SET_OPTIONS: u64 = 19;
     pub const QUERY_DERIVATION_OUTPUTS: u64 = 22;
     pub const QUERY_VALID_PATHS: u64 = 31;
@@ -303,6 +305,15 @@ pub enum Request {
     AddTempRoot(String),
     /// Op 22; replies `Strings`, the output paths of a `.drv`.
     QueryDerivationOutputs(String),
+    /// Op 12: makes the symlink at this absolute path an indirect GC
+    /// root (the daemon links to it from its `gcroots/auto`); replies
+    /// `Unit` (the daemon's constant 1 is dropped).  The symlink must
+    /// exist before a collection looks: a dangling one is dropped.
+    AddIndirectRoot(String),
+    /// Op 13: waits until no garbage collection is running; replies
+    /// `Unit`.  A collection that began before a root was added may
+    /// not have seen it; once this returns, every later one does.
+    SyncWithGc,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,6 +396,15 @@ impl Request {
                 put_u64(out, op::QUERY_DERIVATION_OUTPUTS);
                 put_bytes(out, drv.as_bytes());
                 Expect::Strings
+            }
+            Request::AddIndirectRoot(link) => {
+                put_u64(out, op::ADD_INDIRECT_ROOT);
+                put_bytes(out, link.as_bytes());
+                Expect::Ignored
+            }
+            Request::SyncWithGc => {
+                put_u64(out, op::SYNC_WITH_GC);
+                Expect::Ignored
             }
         }
     }

@@ -112,7 +112,13 @@ fn specifications_and_jobsets() {
 
 #[test]
 fn a_build_is_a_hydra_object() {
-    let (db, root) = fixture();
+    let (mut db, root) = fixture();
+    // Its `out` is kept from the garbage collector; its `doc` no longer.
+    db.add_gc_roots(&[crate::db::gcroots::RootRow {
+        item: job("ok").outputs[0].1.clone(),
+        expires: Some(10_000),
+    }])
+    .unwrap();
     let (code, b) = get(&db, &root, "/build/1");
     assert_eq!(code, 200);
     let expect = serde_json::json!({
@@ -120,8 +126,8 @@ fn a_build_is_a_hydra_object() {
         "timestamp": 200, "starttime": 150, "stoptime": 200,
         "derivation": job("ok").derivation,
         "buildoutputs": {
-            "doc": {"path": job("ok").outputs[1].1},
-            "out": {"path": job("ok").outputs[0].1}
+            "doc": {"path": job("ok").outputs[1].1, "available": false},
+            "out": {"path": job("ok").outputs[0].1, "available": true}
         },
         "system": "x86_64-linux", "nixname": "ok-1.0", "buildstatus": 0,
         "weather": -1, "busy": 0, "priority": 0, "finished": 1, "buildproducts": [],

@@ -29,6 +29,10 @@ pub struct BuildView {
     pub stoptime: i64,
     /// (output name, store path), by name.
     pub outputs: Vec<(String, String)>,
+    /// For each of `outputs`, until when cuirass's GC root keeps it from
+    /// `guix gc` (Unix seconds); None when no root holds it (not built,
+    /// or its root expired: it may be gone).
+    pub kept_until: Vec<Option<i64>>,
     /// Its job's priority, and limits in seconds (`None`: the daemon's).
     pub priority: i64,
     pub timeout: Option<i64>,
@@ -217,6 +221,7 @@ pub(super) fn build_row(r: &Row) -> rusqlite::Result<BuildView> {
         starttime: r.get(11)?,
         stoptime: r.get(12)?,
         outputs: Vec::new(),
+        kept_until: Vec::new(),
         weather: r.get::<_, Option<i64>>(18)?.unwrap_or(weather::UNKNOWN),
         weather_kept: r.get::<_, Option<i64>>(18)?.is_some(),
         products: Vec::new(),
@@ -769,15 +774,20 @@ impl Db {
     ) -> Result<Vec<BuildView>> {
         self.name_builds(&mut builds, shown)?;
         let mut outputs = self.conn.prepare_cached(&format!(
-            "SELECT name, path FROM Outputs WHERE build = {} ORDER BY name",
+            "SELECT o.name, o.path, r.expires FROM Outputs o
+               LEFT JOIN GcRoots r ON r.item = o.path
+             WHERE o.build = {} ORDER BY o.name",
             bound_id(1)
         ))?;
         let mut previous = self.conn.prepare_cached(PREVIOUS_FINISHED_BUILD)?;
         let mut previous_alias = self.conn.prepare_cached(PREVIOUS_FINISHED_BUILD_OF_ALIAS)?;
         for b in &mut builds {
-            b.outputs = outputs
-                .query_map([b.id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            let rows = outputs
+                .query_map([b.id], |r| {
+                    Ok(((r.get(0)?, r.get(1)?), r.get::<_, Option<i64>>(2)?))
+                })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            (b.outputs, b.kept_until) = rows.into_iter().unzip();
             if b.status == super::status::SUCCEEDED {
                 b.products = self.products(b.id)?;
             }

@@ -82,6 +82,9 @@ impl EventLoop {
                     }
                 },
                 Effect::Requeue { spec } => {
+                    // Restarted builds want their `.drv` kept again, and
+                    // canceled ones no longer.
+                    self.roots.planner.rescan(unix_now());
                     if let Some(i) = self.live_slot(&spec) {
                         self.slots[i].cycle.requeue();
                         self.feed(i, Input::Tick, now);
@@ -97,6 +100,8 @@ impl EventLoop {
                     None => {}
                 },
                 Effect::SpecStopped { spec } => {
+                    // A deleted specification's builds are gone.
+                    self.roots.planner.rescan(unix_now());
                     if let Some(i) = self.live_slot(&spec) {
                         self.feed(i, Input::Stop, now);
                     }

@@ -188,8 +188,13 @@ impl EventLoop {
             }
         }
         for u in &updates {
-            if let Update::Finished { derivation, .. } = u {
+            if let Update::Finished {
+                derivation, status, ..
+            } = u
+            {
                 self.live.finished(derivation);
+                let succeeded = *status == crate::db::status::SUCCEEDED;
+                self.roots.planner.finished(derivation, succeeded);
             }
         }
     }

@@ -370,12 +370,20 @@ pub fn build_details(db: &Db, id: &str, ctx: &Ctx) -> Page {
         true => html::duration(b.stoptime - b.starttime),
         false => "—".into(),
     };
+    // An output is only said to be there while cuirass's GC root keeps
+    // it: past the ttl, `guix gc` may have deleted it.
     let outputs: Vec<String> = b
         .outputs
         .iter()
-        .map(|(name, path)| {
+        .zip(&b.kept_until)
+        .map(|((name, path), kept)| {
+            let kept = match (kept, b.status) {
+                (Some(t), _) => format!("kept until {}", html::utc(*t)),
+                (None, status::SUCCEEDED) => "not kept: guix gc may have deleted it".into(),
+                (None, _) => "—".into(),
+            };
             format!(
-                "<tr><td>{}</td><td><code>{}</code></td></tr>\n",
+                "<tr><td>{}</td><td><code>{}</code></td><td>{kept}</td></tr>\n",
                 esc(name),
                 esc(path)
             )
@@ -430,7 +438,7 @@ pub fn build_details(db: &Db, id: &str, ctx: &Ctx) -> Page {
         html::time(now, b.timestamp),
         html::time(now, b.starttime),
         html::time(now, if finished { b.stoptime } else { 0 }),
-        html::table(&["Name", "Store path"], &outputs, "No outputs."),
+        html::table(&["Name", "Store path", "GC root"], &outputs, "No outputs."),
         attempts(db, &b, now)?,
         e = b.evaluation,
     );

@@ -239,6 +239,39 @@ fn requests_wait_for_the_handshake_and_each_other() {
     );
 }
 
+/// A connected client with its handshake bytes consumed.
+fn connected() -> Client {
+    let mut c = Client::new();
+    c.receive(&words(&[WORKER_MAGIC_2, 0x163])).unwrap();
+    c.receive(&words(&[tag::LAST])).unwrap();
+    let n = c.pending_output().len();
+    c.consume_output(n);
+    assert!(matches!(c.poll_event(), Some(Event::Connected { .. })));
+    c
+}
+
+#[test]
+fn gc_root_requests_encode_and_drop_the_daemons_constant() {
+    let mut c = connected();
+    let link = "/var/cache/cuirass/gcroots/abc-hello";
+    c.request(Request::AddIndirectRoot(link.into()));
+    c.request(Request::SyncWithGc);
+    let mut want = words(&[op::ADD_INDIRECT_ROOT]);
+    put_bytes(&mut want, link.as_bytes());
+    assert_eq!(c.pending_output(), want);
+    c.consume_output(want.len());
+    // "last", then the word 1 the daemon always writes.
+    c.receive(&words(&[tag::LAST])).unwrap();
+    assert_eq!(c.poll_event(), None, "the reply's word is still due");
+    c.receive(&words(&[1])).unwrap();
+    assert_eq!(c.poll_event(), Some(Event::Reply(Reply::Unit)));
+    assert_eq!(c.pending_output(), words(&[op::SYNC_WITH_GC]));
+    c.consume_output(8);
+    c.receive(&words(&[tag::LAST, 1])).unwrap();
+    assert_eq!(c.poll_event(), Some(Event::Reply(Reply::Unit)));
+    assert_eq!(c.outstanding(), 0);
+}
+
 #[test]
 fn handshake_errors() {
     let mut c = Client::new();

@@ -8,6 +8,7 @@ mod cli;
 mod cycle;
 mod daemon;
 mod faults;
+mod gcroots;
 mod guix_ci;
 mod hostile;
 mod http;

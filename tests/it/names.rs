@@ -17,6 +17,8 @@ const PARTS: &[&str] = &[
     "cuirass::cycle",
     "cuirass::db",
     "cuirass::event_loop",
+    "cuirass::gcroots",
+    "cuirass::retention",
 ];
 
 /// `[2026-01-01T00:00:00Z INFO  cuirass::building] text` → (target, text).
