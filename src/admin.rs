@@ -13,6 +13,7 @@ pub mod client;
 pub mod webhook;
 
 use crate::http::Request;
+use crate::records::BuildId;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -45,7 +46,7 @@ pub enum Effect {
     Requeue { spec: String },
     /// Keep build `build`'s log copy as that of its attempt `attempt`
     /// (the next run's copy would replace it).
-    KeepLog { build: i64, attempt: i64 },
+    KeepLog { build: BuildId, attempt: i64 },
     /// A specification was added or edited (and is active): poll it.
     SpecChanged(Box<crate::spec::Specification>),
     /// A specification was deactivated or deleted: stop its cycle.

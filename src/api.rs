@@ -6,6 +6,7 @@
 use crate::db::read::{BuildFilter, BuildView, JobFilter};
 use crate::db::{Db, status};
 use crate::http::{Request, Response};
+use crate::records::{BuildId, EvalId};
 use crate::routes::{self, Route};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -134,8 +135,8 @@ fn specifications(db: &Db) -> Reply {
 /// for 2018's clients.
 #[derive(Serialize)]
 struct BuildJson<'a> {
-    id: i64,
-    evaluation: i64,
+    id: BuildId,
+    evaluation: EvalId,
     /// The specification's name, both: 2018's `jobset` was its branch,
     /// today's is its name, and today's clients are the ones that read it.
     project: &'a str,
@@ -238,7 +239,7 @@ fn parse_id(id: &str) -> Result<i64, Response> {
 /// The build `/build/ID…` names: 400 for a bad ID, 404 for none.
 pub fn find_build(db: &Db, id: &str) -> Result<BuildView, Response> {
     let id = parse_id(id)?;
-    db.build(id)
+    db.build(BuildId(id))
         .map_err(db_error)?
         .ok_or_else(|| error(404, &format!("Build with ID {id} doesn't exist.")))
 }
@@ -310,7 +311,7 @@ fn latest_filter(req: &Request) -> Result<BuildFilter, Response> {
         derivation: text("derivation"),
         job: text("job"),
         system: text("system"),
-        evaluation,
+        evaluation: evaluation.map(EvalId),
         status,
         after: None,
     })
@@ -331,7 +332,7 @@ enum Listing {
     Latest(BuildFilter),
     /// The (status, timestamp, id) of the last build of the previous
     /// page, and the job asked for (`job=`), if any.
-    Queue(Option<(i64, i64, i64)>, Option<String>),
+    Queue(Option<(i64, i64, BuildId)>, Option<String>),
     /// Every job of the evaluation: there is no `nr`.
     Jobs(JobFilter),
 }

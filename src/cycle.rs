@@ -247,7 +247,7 @@ impl Cycle {
             next_poll: now,
             rounds: 0,
             building: Building {
-                next_page: Some(0),
+                next_page: Some(BuildId(0)),
                 ..Building::default()
             },
             commands: VecDeque::new(),

@@ -476,7 +476,7 @@ impl Db {
              VALUES (?1, ?2, ?3, ?4)",
         )?
         .execute(params![spec, commit, status, now])?;
-        Ok(tx.last_insert_rowid())
+        Ok(EvalId(tx.last_insert_rowid()))
     }
 
     /// Inserts jobs' derivations, builds and outputs; `added` hears of
@@ -529,7 +529,7 @@ impl Db {
                 job.limits.timeout.map(|t| t as i64),
                 job.limits.max_silent_time.map(|t| t as i64)
             ])?;
-            let build = tx.last_insert_rowid();
+            let build = BuildId(tx.last_insert_rowid());
             for (name, path) in &job.outputs {
                 output_stmt.execute(params![build, name, path])?;
             }

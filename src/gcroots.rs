@@ -115,7 +115,7 @@ impl Planner {
             dir,
             ttl,
             pending: PendingWalk::Restart,
-            catch_up: Some(((now.saturating_sub(ttl), 0), now)),
+            catch_up: Some(((now.saturating_sub(ttl), BuildId(0)), now)),
             succeeded: VecDeque::new(),
             recheck: VecDeque::new(),
             sweep: None,
@@ -321,7 +321,7 @@ impl Planner {
         let mut after = match self.pending {
             PendingWalk::After { id, .. } => id,
             PendingWalk::Restart => match db.first_pending_build()? {
-                Some(first) => first - 1,
+                Some(first) => BuildId(first.0 - 1),
                 // Only builds registered from now on can be pending.
                 None => db.max_build_id()?,
             },

@@ -248,7 +248,7 @@ pub fn page_path(e: &EventView) -> String {
 /// database are quoted with escapes, so the line stays one line.
 pub fn summary(e: &EventView) -> String {
     let job = e.job_name.as_deref().unwrap_or("?");
-    let build = e.build.unwrap_or(0);
+    let build = e.build.map_or(0, |b| b.0);
     let what = match e.kind.as_str() {
         kind::NEW_FAILURE => format!("job {job:?} newly failed (build {build})"),
         kind::FIXED => format!("job {job:?} fixed (build {build})"),

@@ -3,8 +3,83 @@
 //! pending build.  A leaf module, so that `db` and `build` depend on it
 //! and not on each other.
 
-pub type EvalId = i64;
-pub type BuildId = i64;
+use rusqlite::types::{FromSql, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use std::fmt;
+
+/// Row ids of `Evaluations` and `Builds`: SQLite integers, as in the 2018
+/// tables and in the API's `id`, `evaluation` and `build` fields (JSON
+/// numbers).  Distinct types so that an evaluation id is never passed as a
+/// build id; `.0` is the number, for arithmetic and formatting.
+macro_rules! row_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default,
+            serde::Serialize, serde::Deserialize,
+        )]
+        #[serde(transparent)]
+        pub struct $name(pub i64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = std::num::ParseIntError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                s.parse().map($name)
+            }
+        }
+
+        // Tests and page arithmetic compare ids with numbers as written.
+        impl PartialEq<i64> for $name {
+            fn eq(&self, n: &i64) -> bool {
+                self.0 == *n
+            }
+        }
+
+        impl PartialEq<$name> for i64 {
+            fn eq(&self, id: &$name) -> bool {
+                *self == id.0
+            }
+        }
+
+        impl PartialEq<$name> for serde_json::Value {
+            fn eq(&self, id: &$name) -> bool {
+                self.as_i64() == Some(id.0)
+            }
+        }
+
+        impl From<i64> for $name {
+            fn from(n: i64) -> Self {
+                $name(n)
+            }
+        }
+
+        impl ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::from(self.0))
+            }
+        }
+
+        impl FromSql for $name {
+            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+                i64::column_result(value).map($name)
+            }
+        }
+    };
+}
+
+row_id!(
+    /// An evaluation's id (`Evaluations.id`).
+    EvalId
+);
+row_id!(
+    /// A build's id (`Builds.id`).
+    BuildId
+);
 
 /// Build statuses: Hydra's, plus two of Cuirass's own.
 pub mod status {

@@ -15,6 +15,7 @@ use crate::db::Db;
 use crate::db::admin::{ActionError, Restarted};
 use crate::http::{Request, Response};
 use crate::logging::ADMIN;
+use crate::records::{BuildId, EvalId};
 use crate::routes::{self, Route};
 use crate::spec::Specification;
 use serde_json::{Value, json};
@@ -236,27 +237,31 @@ fn run(
     let requeue = |spec: String| Effect::Requeue { spec };
     match route {
         Route::RestartBuild => {
-            let restarted = db.restart_build(id()?).map_err(action_error)?;
+            let restarted = db.restart_build(BuildId(id()?)).map_err(action_error)?;
             Ok(restarted_json(&restarted, effects))
         }
         Route::RestartEvaluation => {
-            let restarted = db.restart_failed_builds(id()?).map_err(action_error)?;
+            let restarted = db
+                .restart_failed_builds(EvalId(id()?))
+                .map_err(action_error)?;
             Ok(restarted_json(&restarted, effects))
         }
         Route::CancelBuild => {
-            let c = db.cancel_build(id()?, now.unix).map_err(action_error)?;
+            let c = db
+                .cancel_build(BuildId(id()?), now.unix)
+                .map_err(action_error)?;
             effects.push(requeue(c.specification));
             Ok(json!({ "canceled": c.builds }))
         }
         Route::CancelEvaluation => {
             let c = db
-                .cancel_evaluation(id()?, now.unix)
+                .cancel_evaluation(EvalId(id()?), now.unix)
                 .map_err(action_error)?;
             effects.push(requeue(c.specification));
             Ok(json!({ "canceled": c.builds }))
         }
         Route::RetryEvaluation => {
-            let eval = id()?;
+            let eval = EvalId(id()?);
             let (spec, commit) = db.evaluation_commit(eval).map_err(action_error)?;
             active_spec(db, &spec)?;
             effects.push(Effect::Trigger {

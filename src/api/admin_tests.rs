@@ -7,6 +7,7 @@ use super::*;
 use crate::admin::{Auth, Effect, Tokens};
 use crate::db::JobRecord;
 use crate::http::{Parsed, parse_request};
+use crate::records::BuildId;
 use std::time::Instant;
 
 const TOKEN: &str = "0123456789abcdef0123";
@@ -41,12 +42,12 @@ fn call(db: &mut Db, auth: &mut Auth, target: &str, body: &str) -> (u16, Value, 
 }
 
 fn status_of(db: &Db, id: i64) -> i64 {
-    db.build(id).unwrap().unwrap().status
+    db.build(BuildId(id)).unwrap().unwrap().status
 }
 
 /// `hello`'s evaluation 3: base fails, mid and top failed-dependency
 /// (top depends on mid and base, mid on base), lone failed on its own.
-fn chain(db: &mut Db) -> [i64; 4] {
+fn chain(db: &mut Db) -> [BuildId; 4] {
     let mut base = job("base");
     let mut mid = job("mid");
     let mut top = job("top");
@@ -105,9 +106,9 @@ fn restart_follows_failed_dependencies_in_order_and_keeps_attempts() {
     assert_eq!(order, [base, mid, top]);
     assert_eq!(v["restarted"][0]["attempt"], 2);
     for id in [base, mid, top] {
-        assert_eq!(status_of(&db, id), status::SCHEDULED);
+        assert_eq!(status_of(&db, id.0), status::SCHEDULED);
     }
-    assert_eq!(status_of(&db, lone), status::FAILED);
+    assert_eq!(status_of(&db, lone.0), status::FAILED);
     assert_eq!(
         effects,
         [
@@ -188,8 +189,8 @@ fn evaluation_actions_cancel_restart_and_retry() {
         .map(|r| r["build"].as_i64().unwrap())
         .collect();
     let at = |b: i64| order.iter().position(|&x| x == b).unwrap();
-    assert!(at(base) < at(mid) && at(mid) < at(top), "{order:?}");
-    assert!(order.contains(&lone));
+    assert!(at(base.0) < at(mid.0) && at(mid.0) < at(top.0), "{order:?}");
+    assert!(order.contains(&lone.0));
     assert!(effects.contains(&Effect::Requeue {
         spec: "hello".into()
     }));
@@ -202,7 +203,7 @@ fn evaluation_actions_cancel_restart_and_retry() {
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["canceled"].as_array().unwrap().len(), 4);
     for id in [base, mid, top, lone] {
-        assert_eq!(status_of(&db, id), status::CANCELED);
+        assert_eq!(status_of(&db, id.0), status::CANCELED);
     }
     assert_eq!(
         effects,
@@ -321,7 +322,7 @@ fn specification_actions() {
         409
     );
     // Its history stays.
-    assert!(db.build(1).unwrap().is_some());
+    assert!(db.build(BuildId(1)).unwrap().is_some());
     let (code, _, effects) = call(
         &mut db,
         &mut auth,
@@ -350,7 +351,7 @@ fn specification_actions() {
         );
         assert_eq!(code, 400, "{v}");
     }
-    assert!(db.build(1).unwrap().is_some());
+    assert!(db.build(BuildId(1)).unwrap().is_some());
     let (code, v, effects) = call(
         &mut db,
         &mut auth,
@@ -364,7 +365,7 @@ fn specification_actions() {
             spec: "hello".into()
         }]
     );
-    assert!(db.build(1).unwrap().is_none());
+    assert!(db.build(BuildId(1)).unwrap().is_none());
     assert_eq!(db.specification_active("hello").unwrap(), None);
     let left: i64 = db
         .connection()
@@ -375,7 +376,10 @@ fn specification_actions() {
         )
         .unwrap();
     assert_eq!(left, 0);
-    assert!(db.build(5).unwrap().is_some(), "other's builds stay");
+    assert!(
+        db.build(BuildId(5)).unwrap().is_some(),
+        "other's builds stay"
+    );
 }
 
 #[test]
@@ -389,7 +393,7 @@ fn every_action_wants_post_and_a_valid_token() {
     let mut n = 0;
     for target in actions {
         n += 1;
-        let before = db.build(1).unwrap();
+        let before = db.build(BuildId(1)).unwrap();
         let (r, e) = act(&mut db, &post(&target, "", ""), &mut auth, now()).unwrap();
         assert_eq!((r.status, e.len()), (401, 0), "{target}");
         assert!(r.headers.contains(&("WWW-Authenticate", "Bearer".into())));
@@ -403,7 +407,7 @@ fn every_action_wants_post_and_a_valid_token() {
             // The read API says the same.
             assert_eq!(respond(&db, &tests::request(&target, method)).status, 405);
         }
-        assert_eq!(db.build(1).unwrap(), before, "{target}");
+        assert_eq!(db.build(BuildId(1)).unwrap(), before, "{target}");
     }
     assert_eq!(n, 11);
     // Without a token file, every token is wrong.

@@ -6,6 +6,7 @@ use super::{Reply, db_error, error, json_response, limit, number};
 use crate::db::Db;
 use crate::db::read::EvaluationView;
 use crate::http::Request;
+use crate::records::EvalId;
 use serde::Serialize;
 
 /// One checkout of an evaluation: one per channel as recorded, or for an
@@ -49,7 +50,7 @@ pub(super) fn checkouts(e: &EvaluationView) -> Vec<CheckoutJson<'_>> {
 /// Today's evaluation object plus 2018's `in-progress`.
 #[derive(Serialize)]
 struct EvaluationJson<'a> {
-    id: i64,
+    id: EvalId,
     specification: &'a str,
     /// −1 started, 0 succeeded, 1 failed (2 aborted, which cuirass never
     /// records).
@@ -87,7 +88,7 @@ fn evaluation_json(e: &EvaluationView) -> EvaluationJson<'_> {
 pub(super) fn evaluation(db: &Db, req: &Request) -> Reply {
     let id = number(req, "id")?.ok_or_else(|| error(400, "Parameter id: a number is required."))?;
     let e = db
-        .evaluation_view(id)
+        .evaluation_view(EvalId(id))
         .map_err(db_error)?
         .ok_or_else(|| error(404, &format!("Evaluation with ID {id} doesn't exist.")))?;
     Ok(json_response(200, &evaluation_json(&e)))

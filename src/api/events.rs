@@ -45,6 +45,7 @@ pub fn event_bytes(e: &EventView, base_url: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::{BuildId, EvalId};
 
     /// A record spec with an email notification, as the database keeps it.
     fn stored_record() -> String {
@@ -65,9 +66,9 @@ mod tests {
             timestamp: 1_700_000_000,
             kind: "new-failure".into(),
             specification: "r".into(),
-            evaluation: 7,
+            evaluation: EvalId(7),
             revision: "abc".into(),
-            build: Some(42),
+            build: Some(BuildId(42)),
             job_name: Some("hello".into()),
             derivation: Some("/gnu/store/x-hello.drv".into()),
             status: Some(1),

@@ -8,6 +8,7 @@ use super::{Reply, Response, client_status, db_error, error, json_response, numb
 use crate::db::Db;
 use crate::db::read::{JobFilter, JobView};
 use crate::http::Request;
+use crate::records::{BuildId, EvalId};
 use serde::Serialize;
 
 /// The most evaluations one request looks back over.
@@ -18,7 +19,7 @@ pub const MAX_NAMES: usize = 50;
 #[derive(Serialize)]
 pub(super) struct JobJson<'a> {
     name: &'a str,
-    build: i64,
+    build: BuildId,
     /// The build's status, as in build objects.
     status: i64,
 }
@@ -58,8 +59,10 @@ fn names(req: &Request, required: bool) -> Result<Option<Vec<String>>, Response>
 /// `/api/jobs?evaluation=N[&names=a,b][&system=S]`.
 pub(super) fn job_filter(req: &Request) -> Result<JobFilter, Response> {
     Ok(JobFilter {
-        evaluation: number(req, "evaluation")?
-            .ok_or_else(|| error(400, "Parameter evaluation: a number is required."))?,
+        evaluation: EvalId(
+            number(req, "evaluation")?
+                .ok_or_else(|| error(400, "Parameter evaluation: a number is required."))?,
+        ),
         names: names(req, false)?,
         system: req.param("system").map(str::to_string),
         after: None,
@@ -68,7 +71,7 @@ pub(super) fn job_filter(req: &Request) -> Result<JobFilter, Response> {
 
 #[derive(Serialize)]
 struct HistoryJson<'a> {
-    evaluation: i64,
+    evaluation: EvalId,
     checkouts: Vec<CheckoutJson<'a>>,
     jobs: Vec<JobJson<'a>>,
 }

@@ -412,7 +412,7 @@ fn latest_builds_walk_an_index_even_with_statistics() {
         },
         // A later page starts where the previous one ended.
         BuildFilter {
-            after: Some((1000, 42)),
+            after: Some((1000, BuildId(42))),
             ..Default::default()
         },
     ] {
@@ -429,7 +429,7 @@ fn latest_builds_walk_an_index_even_with_statistics() {
     });
     assert!(p.contains("Derivations_job_name"), "{p}");
     let p = plan(&BuildFilter {
-        evaluation: Some(2),
+        evaluation: Some(EvalId(2)),
         ..Default::default()
     });
     assert!(p.contains("Builds_evaluation"), "{p}");

@@ -36,7 +36,7 @@ fn latest_builds_jobset_is_the_specification_unless_project_is_given() {
     assert_eq!(q("/api/latestbuilds?nr=10&jobset=other"), Vec::<i64>::new());
     assert_eq!(
         q("/api/latestbuilds?nr=10&jobset=master"),
-        Vec::<i64>::new()
+        Vec::<EvalId>::new()
     );
     // 2018's: project names it, jobset is its branch.
     assert_eq!(
@@ -45,7 +45,7 @@ fn latest_builds_jobset_is_the_specification_unless_project_is_given() {
     );
     assert_eq!(
         q("/api/latestbuilds?nr=10&project=hello&jobset=hello"),
-        Vec::<i64>::new()
+        Vec::<EvalId>::new()
     );
     // Derivation, alone and with the others.
     let drv = job("bad").derivation;
@@ -60,14 +60,14 @@ fn latest_builds_jobset_is_the_specification_unless_project_is_given() {
         q(&format!(
             "/api/latestbuilds?nr=10&derivation={drv}&status=0"
         )),
-        Vec::<i64>::new()
+        Vec::<EvalId>::new()
     );
     assert_eq!(
         q(&format!(
             "/api/latestbuilds?nr=10&derivation={}",
             job("wip").derivation
         )),
-        Vec::<i64>::new()
+        Vec::<EvalId>::new()
     );
 }
 
@@ -209,7 +209,7 @@ fn one_evaluation_and_evaluations_of_one_specification() {
     )
     .unwrap();
     let (_, v) = get(&db, &root, "/api/evaluations?nr=10&spec=hello");
-    assert_eq!(ids(&v), [failed, 1]);
+    assert_eq!(ids(&v), [failed, EvalId(1)]);
     assert_eq!(
         (
             &v[0]["status"],
@@ -240,11 +240,11 @@ fn one_evaluation_and_evaluations_of_one_specification() {
     );
     assert_eq!(
         ids(&get(&db, &root, "/api/evaluations?nr=10&spec=none").1),
-        Vec::<i64>::new()
+        Vec::<EvalId>::new()
     );
     assert_eq!(
         ids(&get(&db, &root, "/api/evaluations?nr=10").1),
-        [failed, running, 2, 1]
+        [failed, running, EvalId(2), EvalId(1)]
     );
 }
 

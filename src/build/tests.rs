@@ -1,11 +1,12 @@
 use super::*;
+use crate::records::{BuildId, EvalId};
 use crate::wire::{PROTOCOL_VERSION, WORKER_MAGIC_2, put_bytes, put_strings, put_u64, tag};
 
 fn pending(id: i64, limits: Limits) -> PendingBuild {
     PendingBuild {
-        id,
+        id: BuildId(id),
         derivation: format!("/gnu/store/{id:a<32}-job{id}.drv"),
-        evaluation: 1,
+        evaluation: EvalId(1),
         specification: "s".into(),
         limits,
     }

@@ -95,6 +95,7 @@ mod tests {
     use super::*;
     use crate::buildlog::serve::LogStream;
     use crate::buildlog::{Compression, Source};
+    use crate::records::BuildId;
 
     #[test]
     fn a_followed_live_log_is_sent_as_it_grows_and_ends_with_the_build() {
@@ -112,8 +113,8 @@ mod tests {
             compression: Compression::Plain,
             live: true,
         };
-        let mut stream = LogStream::follow(&source, 7, true).unwrap();
-        assert_eq!(stream.following(), Some(7));
+        let mut stream = LogStream::follow(&source, BuildId(7), true).unwrap();
+        assert_eq!(stream.following(), Some(BuildId(7)));
         let mut out = Vec::new();
         stream.next(&mut out).unwrap();
         assert_eq!(out, b"7\r\nline 1\n\r\n");

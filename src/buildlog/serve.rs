@@ -23,6 +23,7 @@
 use super::{Compression, Decoder, Places, Source};
 use crate::db::Db;
 use crate::http::{self, Length, Request, Response};
+use crate::records::BuildId;
 use crate::routes::Route;
 use std::fs::File;
 use std::io::Read;
@@ -52,7 +53,7 @@ pub struct LogStream {
     text: Vec<u8>,
     done: bool,
     /// The build whose live log this is, while it may still grow.
-    follow: Option<i64>,
+    follow: Option<BuildId>,
     /// The file's size as last seen, for a followed log.
     seen: u64,
 }
@@ -106,7 +107,7 @@ fn prepare(
     places: &Places,
     req: &Request,
     chunked: bool,
-) -> Result<(Response, LogStream, i64), Response> {
+) -> Result<(Response, LogStream, BuildId), Response> {
     let (b, attempt) = match log_request(req) {
         Some(LogOf::Download(id)) => return download(db, id),
         Some(LogOf::Build(id)) => (crate::api::find_build(db, id)?, None),
@@ -157,7 +158,7 @@ const STORE: &str = "/gnu/store/";
 /// `/download/ID`: the file of build product ID, if it is (still) in the
 /// store once every symbolic link is resolved, as
 /// `application/octet-stream` named after the file.
-fn download(db: &Db, id: &str) -> Result<(Response, LogStream, i64), Response> {
+fn download(db: &Db, id: &str) -> Result<(Response, LogStream, BuildId), Response> {
     let missing = || not_found(format!("Build product {id} doesn't exist."));
     let id: i64 = id.parse().map_err(|_| missing())?;
     let product = db
@@ -231,7 +232,7 @@ pub fn whole(db: &Db, places: &Places, req: &Request) -> Response {
 }
 
 /// A 500 for a log that cannot be read; `why` names the file.
-fn unreadable(id: i64, why: &str) -> Response {
+fn unreadable(id: BuildId, why: &str) -> Response {
     log::warn!(target: crate::logging::HTTP, "http: build {id}: log {why}");
     crate::api::error(500, &format!("Unreadable log of build {id}: {why}."))
 }
@@ -267,7 +268,7 @@ impl LogStream {
     /// Opens the live log (plain) of running build `id`, to be followed
     /// as it grows: its length is unknown, so it goes chunked (or until
     /// the connection closes for HTTP/1.0).
-    pub fn follow(source: &Source, id: i64, chunked: bool) -> std::io::Result<LogStream> {
+    pub fn follow(source: &Source, id: BuildId, chunked: bool) -> std::io::Result<LogStream> {
         let mut s = LogStream::open(source, false, chunked)?;
         s.length = if chunked {
             Length::Chunked
@@ -279,7 +280,7 @@ impl LogStream {
     }
 
     /// The build a followed log belongs to, while it may grow.
-    pub fn following(&self) -> Option<i64> {
+    pub fn following(&self) -> Option<BuildId> {
         self.follow
     }
 

@@ -508,19 +508,19 @@ fn each_build_keeps_its_own_copy_and_tail() {
     let places = dir.places();
     let mut copier = copy::Copier::new(places.clone());
     let gz = places.daemon.join("ab/x.drv.gz");
-    copier.push(vec![1, 4], gz.to_str().unwrap());
+    copier.push(vec![BuildId(1), BuildId(4)], gz.to_str().unwrap());
     // Outside the daemon's directory: ignored.
-    copier.push(vec![2], "/etc/passwd");
+    copier.push(vec![BuildId(2)], "/etc/passwd");
     run(&mut copier);
     for id in [1, 4] {
         assert_eq!(
-            std::fs::read(places.copy_path(id, Compression::Gzip)).unwrap(),
+            std::fs::read(places.copy_path(BuildId(id), Compression::Gzip)).unwrap(),
             REAL_GZ
         );
         // A small copy's tail is decoded when asked for: no .tail file.
-        assert!(!places.tail_path(id).exists());
+        assert!(!places.tail_path(BuildId(id)).exists());
     }
-    assert!(places.copy_of(2).is_none());
+    assert!(places.copy_of(BuildId(2)).is_none());
     // The daemon rewrites its log for a rebuild: build 1 keeps its own.
     std::fs::write(&gz, gzip(b"second attempt\n")).unwrap();
     let r = serve::whole(&db, &places, &request("/build/1/log/raw", ""));
@@ -530,10 +530,10 @@ fn each_build_keeps_its_own_copy_and_tail() {
         .flat_map(|i| format!("{i}\n").into_bytes())
         .collect();
     let plain = dir.daemon_file("z.drv", &text);
-    copier.push(vec![3], &plain);
+    copier.push(vec![BuildId(3)], &plain);
     let turns = run(&mut copier);
     assert!(turns > 2, "{turns} turns");
-    let copy = places.copy_of(3).unwrap();
+    let copy = places.copy_of(BuildId(3)).unwrap();
     assert_eq!(copy.compression, Compression::Gzip);
     assert_eq!(
         decode_split(
@@ -545,21 +545,21 @@ fn each_build_keeps_its_own_copy_and_tail() {
         .unwrap(),
         text
     );
-    let tail = std::fs::read(places.tail_path(3)).unwrap();
+    let tail = std::fs::read(places.tail_path(BuildId(3))).unwrap();
     assert!(tail.starts_with(b"399950\n") && tail.ends_with(b"399999\n"));
     // A corrupt log is copied (it is the log), but has no tail.
     let bad = dir.daemon_file("bad.drv.gz", b"\x1f\x8b\x08\x00garbage");
-    copier.push(vec![5], &bad);
+    copier.push(vec![BuildId(5)], &bad);
     run(&mut copier);
-    assert!(places.copy_of(5).is_some());
-    assert!(!places.tail_path(5).exists());
+    assert!(places.copy_of(BuildId(5)).is_some());
+    assert!(!places.tail_path(BuildId(5)).exists());
     // A vanished log: no copy, no temporary file left.
     copier.push(
-        vec![6],
+        vec![BuildId(6)],
         places.daemon.join("ab/gone.drv.gz").to_str().unwrap(),
     );
     run(&mut copier);
-    assert!(places.copy_of(6).is_none());
+    assert!(places.copy_of(BuildId(6)).is_none());
     let names: Vec<_> = std::fs::read_dir(&places.copies)
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -577,14 +577,23 @@ fn tails_come_from_the_tail_file_or_the_end_of_the_log() {
     let places = dir.places();
     let build = |db: &Db, id| db.build(id).unwrap().unwrap();
     // No copy yet: the compressed log, decoded.
-    assert_eq!(tail_text(&places, &build(&db, 1), 50).unwrap(), REAL_TEXT);
-    assert_eq!(tail_text(&places, &build(&db, 2), 50).unwrap(), REAL_TEXT);
-    assert_eq!(tail_text(&places, &build(&db, 3), 50).unwrap_err(), NO_LOG);
-    // A copy's tail file wins.
-    std::fs::write(places.copy_path(1, Compression::Gzip), REAL_GZ).unwrap();
-    std::fs::write(places.tail_path(1), b"from the tail file\n").unwrap();
     assert_eq!(
-        tail_text(&places, &build(&db, 1), 50).unwrap(),
+        tail_text(&places, &build(&db, BuildId(1)), 50).unwrap(),
+        REAL_TEXT
+    );
+    assert_eq!(
+        tail_text(&places, &build(&db, BuildId(2)), 50).unwrap(),
+        REAL_TEXT
+    );
+    assert_eq!(
+        tail_text(&places, &build(&db, BuildId(3)), 50).unwrap_err(),
+        NO_LOG
+    );
+    // A copy's tail file wins.
+    std::fs::write(places.copy_path(BuildId(1), Compression::Gzip), REAL_GZ).unwrap();
+    std::fs::write(places.tail_path(BuildId(1)), b"from the tail file\n").unwrap();
+    assert_eq!(
+        tail_text(&places, &build(&db, BuildId(1)), 50).unwrap(),
         b"from the tail file\n"
     );
     // A large plain log: its end, read with one seek.
@@ -595,14 +604,14 @@ fn tails_come_from_the_tail_file_or_the_end_of_the_log() {
     db.connection()
         .execute("UPDATE Builds SET log = ?1 WHERE id = 3", [&plain])
         .unwrap();
-    let t = tail_text(&places, &build(&db, 3), 3).unwrap();
+    let t = tail_text(&places, &build(&db, BuildId(3)), 3).unwrap();
     assert_eq!(t, b"999997\n999998\n999999\n");
     // A compressed one too large to decode for its tail is said so.
     let big = dir.daemon_file("big.drv.gz", &gzip(&vec![b'y'; TAIL_SCAN + 10]));
     db.connection()
         .execute("UPDATE Builds SET log = ?1 WHERE id = 2", [&big])
         .unwrap();
-    let e = tail_text(&places, &build(&db, 2), 3).unwrap_err();
+    let e = tail_text(&places, &build(&db, BuildId(2)), 3).unwrap_err();
     assert!(e.contains("too long"), "{e}");
     let _ = &mut db;
 }

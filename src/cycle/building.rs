@@ -62,7 +62,7 @@ impl Building {
 impl Cycle {
     pub(super) fn reload_queue(&mut self) {
         self.building.queue.clear();
-        self.building.next_page = Some(0);
+        self.building.next_page = Some(BuildId(0));
     }
 
     pub(super) fn batch_done(&mut self, daemon_error: Option<&str>) {

@@ -351,7 +351,7 @@ fn two_job_names_of_one_derivation_are_one_build_under_both_names() {
     w.feed(&mut c, output(&["(done 2)"]));
     w.feed(&mut c, exited(true));
     assert_eq!(w.evaluation_rows()[0].1, 0, "succeeded");
-    assert_eq!(w.db.evaluation_size(1).unwrap(), (2, 1));
+    assert_eq!(w.db.evaluation_size(EvalId(1)).unwrap(), (2, 1));
     assert_eq!(
         w.count("SELECT COUNT(*) FROM JobAliases WHERE job_name = 'beta'"),
         1

@@ -300,7 +300,7 @@ fn the_alias_migration_keeps_an_older_database_and_its_builds() {
     .unwrap();
     let mut db = Db::setup(conn).unwrap();
     assert_eq!(db.user_version().unwrap(), MIGRATIONS.len());
-    assert_eq!(db.evaluation_size(1).unwrap(), (1, 1));
+    assert_eq!(db.evaluation_size(EvalId(1)).unwrap(), (1, 1));
     let e = db.begin_evaluation("a", "d", 2).unwrap();
     db.add_jobs("a", e, &[job("alpha", "q"), job("beta", "q")], 2)
         .unwrap();

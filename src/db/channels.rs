@@ -3,6 +3,7 @@
 
 use super::{Db, EvalId, Result};
 use crate::fetch::Checkout;
+use crate::records::BuildId;
 use rusqlite::params;
 
 /// One checkout of an evaluation, as served.
@@ -58,7 +59,7 @@ impl Db {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProductView {
     pub id: i64,
-    pub build: i64,
+    pub build: BuildId,
     pub kind: String,
     /// Bytes, when registered.
     pub file_size: i64,
@@ -131,7 +132,7 @@ impl Db {
     }
 
     /// A build's products, by id.
-    pub fn products(&self, build: i64) -> Result<Vec<ProductView>> {
+    pub fn products(&self, build: BuildId) -> Result<Vec<ProductView>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, build, type, file_size, path FROM BuildProducts WHERE build = ?1 ORDER BY id",
         )?;

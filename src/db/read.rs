@@ -110,7 +110,7 @@ pub struct BuildFilter {
     pub derivation: Option<String>,
     /// Only builds after this (stop time, id) in the listing's order: the
     /// next page of a listing answered a page at a time.
-    pub after: Option<(i64, i64)>,
+    pub after: Option<(i64, BuildId)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -505,7 +505,7 @@ impl Db {
     pub fn queued_builds(
         &self,
         limit: u32,
-        after: Option<(i64, i64, i64)>,
+        after: Option<(i64, i64, BuildId)>,
         job: Option<&str>,
     ) -> Result<Vec<BuildView>> {
         let (st, ts, id) = match after {

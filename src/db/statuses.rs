@@ -3,7 +3,7 @@
 //! its counts, and the events of weather changes.
 
 use super::events::{self, Weathers};
-use super::{BuildId, Db, Result, status};
+use super::{BuildId, Db, EvalId, Result, status};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 /// The unfinished builds of one derivation, looked up for each status
@@ -151,7 +151,7 @@ impl Db {
                 Ok((
                     r.get::<_, BuildId>(0)?,
                     r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
+                    r.get::<_, EvalId>(2)?,
                 ))
             })?
             .collect::<std::result::Result<Vec<_>, _>>()?;
@@ -169,7 +169,7 @@ impl Db {
     /// for a status that says nothing about its job (canceled).
     fn weather_on_finish(
         tx: &Transaction,
-        (id, drv, eval, st): (BuildId, &str, i64, i64),
+        (id, drv, eval, st): (BuildId, &str, EvalId, i64),
         now: i64,
         tally: &mut Tally,
     ) -> Result<Option<i64>> {

@@ -113,7 +113,7 @@ impl EventLoop {
     /// The copy of a restarted build's log becomes its attempt's: the
     /// next run's copy takes the build's name.  Renames only, so nothing
     /// here is slow.
-    fn keep_log(&self, build: i64, attempt: i64) {
+    fn keep_log(&self, build: crate::records::BuildId, attempt: i64) {
         for c in [Compression::Gzip, Compression::Bzip2] {
             let from = self.logs.copy_path(build, c);
             if from.is_file() {

@@ -141,7 +141,10 @@ fn a_pending_drv_is_kept_until_its_build_ends_and_a_success_keeps_its_outputs() 
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(db.build(id).unwrap().unwrap().kept_until, [Some(1110)]);
+    assert_eq!(
+        db.build(BuildId(id)).unwrap().unwrap().kept_until,
+        [Some(1110)]
+    );
 }
 
 #[test]
@@ -190,7 +193,7 @@ fn an_output_expires_after_the_ttl_from_its_latest_success() {
         .connection()
         .query_row("SELECT MAX(id) FROM Builds", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(db.build(id).unwrap().unwrap().kept_until, [None]);
+    assert_eq!(db.build(BuildId(id)).unwrap().unwrap().kept_until, [None]);
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::db::{JobRecord, status};
+use crate::records::EvalId;
 use crate::spec::Specification;
 
 const DAY: i64 = 86_400;
@@ -46,7 +47,7 @@ fn evaluation(db: &mut Db, spec: &str, at: i64, jobs: usize) -> crate::db::EvalI
     let c = db.connection();
     c.execute(
         "UPDATE Builds SET status = 0, starttime = ?2, stoptime = ?2 WHERE evaluation = ?1",
-        [eval, at],
+        [eval, EvalId(at)],
     )
     .unwrap();
     c.execute(
@@ -69,7 +70,7 @@ fn evaluation(db: &mut Db, spec: &str, at: i64, jobs: usize) -> crate::db::EvalI
     eval
 }
 
-fn evaluations(db: &Db) -> Vec<i64> {
+fn evaluations(db: &Db) -> Vec<EvalId> {
     let mut stmt = db
         .connection()
         .prepare("SELECT id FROM Evaluations ORDER BY id")
@@ -218,7 +219,7 @@ fn an_evaluation_whose_build_is_restarted_midway_is_kept_with_it() {
     db.connection()
         .execute(
             "UPDATE Builds SET status = ?2 WHERE id = (SELECT MAX(id) FROM Builds WHERE evaluation = ?1)",
-            [old, status::SCHEDULED],
+            [old, EvalId(status::SCHEDULED)],
         )
         .unwrap();
     run(&mut r, &mut db, now);

@@ -11,6 +11,7 @@ use crate::db::Db;
 use crate::html::esc;
 use crate::http::{Request, Response};
 use crate::logging::ADMIN;
+use crate::records::{BuildId, EvalId};
 use crate::routes::{self, Route};
 
 /// The session a page is shown to, if its cookie names a live one.
@@ -125,7 +126,7 @@ fn button(s: &Session, action: &str, label: &str, next: &str, confirm: Option<&s
 }
 
 /// The buttons of a build's page, or nothing for a visitor.
-pub fn build_buttons(ctx: &Ctx, id: i64, status: i64) -> String {
+pub fn build_buttons(ctx: &Ctx, id: BuildId, status: i64) -> String {
     let Some(s) = ctx.session else {
         return String::new();
     };
@@ -153,7 +154,7 @@ pub fn build_buttons(ctx: &Ctx, id: i64, status: i64) -> String {
 }
 
 /// The buttons of an evaluation's page.
-pub fn evaluation_buttons(ctx: &Ctx, id: i64) -> String {
+pub fn evaluation_buttons(ctx: &Ctx, id: EvalId) -> String {
     let Some(s) = ctx.session else {
         return String::new();
     };

@@ -10,6 +10,7 @@ use crate::db::read::{BuildView, weather};
 use crate::db::{eval_status, status};
 use crate::html::{self, esc, url};
 use crate::http::Request;
+use crate::records::{BuildId, EvalId};
 
 /// Evaluations on one page of a specification.
 pub const EVALS_PER_PAGE: u32 = 20;
@@ -53,7 +54,7 @@ fn eval_status_label(e: &EvalSummary) -> String {
 }
 
 /// The three counts, each linking to the builds it counts.
-fn counts_cells(eval: i64, c: &Counts) -> String {
+fn counts_cells(eval: EvalId, c: &Counts) -> String {
     format!(
         "<td><a class=\"n-ok\" href=\"/eval/{eval}?status=succeeded\">{}</a></td>\
          <td><a class=\"n-fail\" href=\"/eval/{eval}?status=failed\">{}</a></td>\
@@ -185,9 +186,11 @@ const FILTERS: &[(&str, Option<(i64, i64)>)] = &[
     ("canceled", Some((status::CANCELED, status::CANCELED))),
 ];
 
-fn parse_eval_id(id: &str) -> Result<i64, super::Response> {
+/// A build's or an evaluation's id in a page's path: 400 for anything but
+/// a positive decimal number.
+fn parse_row_id<T: From<i64>>(id: &str) -> Result<T, super::Response> {
     match id.parse::<i64>() {
-        Ok(n) if n > 0 && id.bytes().all(|c| c.is_ascii_digit()) => Ok(n),
+        Ok(n) if n > 0 && id.bytes().all(|c| c.is_ascii_digit()) => Ok(T::from(n)),
         _ => Err(error_page(400, &format!("Invalid ID: {id}."))),
     }
 }
@@ -236,7 +239,7 @@ fn build_row(b: &BuildView, now: i64, with_eval: bool) -> String {
 
 pub fn evaluation(db: &Db, req: &Request, id: &str, ctx: &Ctx) -> Page {
     let now = ctx.now;
-    let id = parse_eval_id(id)?;
+    let id: EvalId = parse_row_id(id)?;
     let eval = db
         .evaluation(id)
         .map_err(db_error)?
@@ -359,7 +362,7 @@ pub fn tail(log: &[u8], n: usize) -> String {
 }
 
 pub fn build_details(db: &Db, id: &str, ctx: &Ctx) -> Page {
-    let id = parse_eval_id(id)?;
+    let id: BuildId = parse_row_id(id)?;
     let b = db
         .build(id)
         .map_err(db_error)?

@@ -2,6 +2,7 @@ use super::*;
 use crate::db::JobRecord;
 use crate::db::dashboard::like_substring;
 use crate::http::{Parsed, parse_request};
+use crate::records::{BuildId, EvalId};
 use crate::spec::Specification;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -306,8 +307,11 @@ fn an_evaluation_lists_its_checkouts() {
         commit: commit.into(),
         directory: format!("/cache/{channel}").into(),
     };
-    db.add_checkouts(2, &[checkout("mine", "abc123"), checkout("guix", "")])
-        .unwrap();
+    db.add_checkouts(
+        EvalId(2),
+        &[checkout("mine", "abc123"), checkout("guix", "")],
+    )
+    .unwrap();
     let body = page(&db, &root, "/eval/2");
     assert!(
         body.contains("<dt>Checkouts</dt><dd>guix <code>(left to guix time-machine)</code><br>mine <code>abc123</code></dd>"),
@@ -685,7 +689,7 @@ fn a_build_page_shows_the_limits_and_why_it_failed() {
     db.register_evaluation("hello", "c9", &[slow.clone()], NOW - 100)
         .unwrap();
     let id = db
-        .pending_builds_page("hello", 0, 1000)
+        .pending_builds_page("hello", BuildId(0), 1000)
         .unwrap()
         .last()
         .unwrap()

@@ -104,7 +104,7 @@ fn weather_is_kept_when_a_build_finishes_and_changes_are_events() {
     let e = &db.latest_events(1).unwrap()[0];
     assert_eq!(
         (e.evaluation, e.revision.as_str(), e.status, e.timestamp),
-        (4, "c3", Some(0), 13)
+        (EvalId(4), "c3", Some(0), 13)
     );
     assert_eq!(e.derivation.as_deref(), Some(drvs[0].as_str()));
     // Counted by spec and weather; canceled says nothing.
@@ -127,7 +127,7 @@ fn weather_is_kept_when_a_build_finishes_and_changes_are_events() {
             r.get(0)
         })
         .unwrap();
-    let b = db.build(id).unwrap().unwrap();
+    let b = db.build(BuildId(id)).unwrap().unwrap();
     assert_eq!(
         (b.weather, b.weather_kept),
         (weather::STILL_SUCCEEDING, true)
@@ -166,13 +166,16 @@ fn a_restarted_build_loses_its_weather_until_it_finishes_again() {
             |r| r.get(0),
         )
         .unwrap();
-    db.restart_build(id).unwrap();
+    db.restart_build(BuildId(id)).unwrap();
     assert_eq!(kept(&db, &drvs[1]), [None]);
     let filter = crate::db::dashboard::EvalBuildFilter {
         weather: Some(weather::NEW_FAILURE),
         ..Default::default()
     };
-    assert_eq!(db.evaluation_builds(2, &filter, 10, 0).unwrap().1, 0);
+    assert_eq!(
+        db.evaluation_builds(EvalId(2), &filter, 10, 0).unwrap().1,
+        0
+    );
     db.build_finished(&drvs[1], status::SUCCEEDED, None, 30)
         .unwrap();
     assert_eq!(kept(&db, &drvs[1]), [Some(weather::STILL_SUCCEEDING)]);
