@@ -198,7 +198,7 @@ fn build_json(b: &BuildView) -> BuildJson<'_> {
             .collect(),
         system: &b.system,
         nixname: &b.nix_name,
-        buildstatus: client_status(b.status),
+        buildstatus: b.status.code(),
         weather: b.weather,
         busy: (b.status == status::STARTED) as i64,
         priority: b.priority,
@@ -214,18 +214,6 @@ fn build_json(b: &BuildView) -> BuildJson<'_> {
         maxsilent: b.max_silent_time,
         errormsg: b.errormsg.as_deref(),
         worker: b.worker.as_deref(),
-    }
-}
-
-/// A build status as today's clients accept it, −3 (submitted) to 4:
-/// Guix 1.5.0's `(guix ci)` fails on any other.  A database written by
-/// another program may hold Hydra's further failure codes (5 and up,
-/// e.g. 7 timed out), which are failures of another kind.
-pub fn client_status(st: i64) -> i64 {
-    match st {
-        -3..=4 => st,
-        5.. => status::FAILED_OTHER,
-        _ => status::SCHEDULED,
     }
 }
 
@@ -417,7 +405,7 @@ impl Pager {
                     .queued_builds(n, *after, job.as_deref())
                     .map_err(db_error)?;
                 if let Some(last) = page.last() {
-                    *after = Some((last.status, last.timestamp, last.id));
+                    *after = Some((last.status.code(), last.timestamp, last.id));
                 }
                 page
             }

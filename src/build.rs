@@ -3,8 +3,8 @@
 //! the event loop moves the bytes of [`Batch::client`].
 
 use crate::logging::BUILDING;
+use crate::records::{BuildStatus, PendingBuild, status};
 pub use crate::records::{Limits, Update};
-use crate::records::{PendingBuild, status};
 use crate::trace::{self, LineSplitter, Piece};
 use crate::wire::{BuildOptions, Client, Event, Reply, Request};
 use std::collections::{HashMap, VecDeque};
@@ -72,7 +72,7 @@ enum Phase {
 
 #[derive(Debug, Default, Clone)]
 struct ItemState {
-    status: Option<i64>,
+    status: Option<BuildStatus>,
     log: Option<String>,
     dependencies_failed: bool,
     /// The daemon's timeout message, which comes before `build-failed`.
@@ -422,7 +422,7 @@ impl Batch {
                     self.index
                         .get(input.as_str())
                         .and_then(|&j| self.states[j].status)
-                        .is_some_and(|s| s > status::SUCCEEDED)
+                        .is_some_and(|s| s.is_final() && s != status::SUCCEEDED)
                 });
                 if self.states[i].dependencies_failed || input_failed {
                     self.states[i].status = Some(status::FAILED_DEPENDENCY);

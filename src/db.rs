@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::collections::HashSet;
 use std::path::Path;
 
-pub use crate::records::{BuildId, EvalId, PendingBuild, eval_status, status};
+pub use crate::records::{BuildId, BuildStatus, EvalId, PendingBuild, eval_status, status};
 
 /// Migration 1: the original tables, without a secondary index.  Public
 /// so that the benchmarks can generate a large database in them and let

@@ -3,7 +3,7 @@
 //! relative times, durations).  Every byte of text that comes from the
 //! database or the request reaches a page through [`esc`] or [`url`].
 
-use crate::db::status;
+use crate::db::{BuildStatus, status};
 
 /// Escapes text for HTML (and XML) content and quoted attribute values.
 pub fn esc(s: &str) -> String {
@@ -37,7 +37,7 @@ pub fn url(s: &str) -> String {
 }
 
 /// Hydra's status names, as the API's `status` filter spells them.
-pub fn status_name(s: i64) -> &'static str {
+pub fn status_name(s: BuildStatus) -> &'static str {
     match s {
         status::SCHEDULED => "scheduled",
         status::STARTED => "started",
@@ -46,12 +46,11 @@ pub fn status_name(s: i64) -> &'static str {
         status::FAILED_DEPENDENCY => "failed-dependency",
         status::FAILED_OTHER => "failed-other",
         status::CANCELED => "canceled",
-        _ => "unknown",
     }
 }
 
 /// A status as a coloured label; the class carries the colour.
-pub fn status_badge(s: i64) -> String {
+pub fn status_badge(s: BuildStatus) -> String {
     let name = status_name(s);
     format!("<span class=\"st st-{name}\">{name}</span>")
 }

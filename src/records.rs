@@ -81,18 +81,122 @@ row_id!(
     BuildId
 );
 
-/// Build statuses: Hydra's, plus two of Cuirass's own.
-pub mod status {
-    pub const SCHEDULED: i64 = -2;
-    pub const STARTED: i64 = -1;
-    pub const SUCCEEDED: i64 = 0;
-    pub const FAILED: i64 = 1;
-    pub const FAILED_DEPENDENCY: i64 = 2;
-    pub const FAILED_OTHER: i64 = 3;
-    pub const CANCELED: i64 = 4;
+/// A build's status, as the `Builds.status` column and the API's
+/// `buildstatus` write it: Hydra's numbers, plus two of Cuirass's own
+/// (−2 scheduled, −1 started).  Final statuses are ≥ 0.  Other numbers in a
+/// column are read as [`BuildStatus::of_column`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BuildStatus {
+    Scheduled,
+    Started,
+    Succeeded,
+    Failed,
+    FailedDependency,
+    FailedOther,
+    Canceled,
+}
 
-    pub fn is_final(status: i64) -> bool {
-        status >= 0
+impl BuildStatus {
+    pub const ALL: [BuildStatus; 7] = [
+        BuildStatus::Scheduled,
+        BuildStatus::Started,
+        BuildStatus::Succeeded,
+        BuildStatus::Failed,
+        BuildStatus::FailedDependency,
+        BuildStatus::FailedOther,
+        BuildStatus::Canceled,
+    ];
+
+    /// The number in the database and the API.
+    pub const fn code(self) -> i64 {
+        match self {
+            BuildStatus::Scheduled => -2,
+            BuildStatus::Started => -1,
+            BuildStatus::Succeeded => 0,
+            BuildStatus::Failed => 1,
+            BuildStatus::FailedDependency => 2,
+            BuildStatus::FailedOther => 3,
+            BuildStatus::Canceled => 4,
+        }
+    }
+
+    /// The status numbered `code`; `None` for a number no status has.
+    pub fn from_code(code: i64) -> Option<BuildStatus> {
+        BuildStatus::ALL.into_iter().find(|s| s.code() == code)
+    }
+
+    /// The status a `Builds.status` column's `code` means.  A database
+    /// written by another program may hold Hydra's further failure codes
+    /// (5 and up, e.g. 7 timed out), failures of another kind, or today's
+    /// Cuirass's −3 (submitted: not yet started), scheduled to us.
+    pub fn of_column(code: i64) -> BuildStatus {
+        match BuildStatus::from_code(code) {
+            Some(st) => st,
+            None if code > 0 => BuildStatus::FailedOther,
+            None => BuildStatus::Scheduled,
+        }
+    }
+
+    /// Succeeded, failed (in any way) or canceled: the build is over.
+    pub const fn is_final(self) -> bool {
+        self.code() >= 0
+    }
+}
+
+impl fmt::Display for BuildStatus {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        self.code().fmt(f)
+    }
+}
+
+impl ToSql for BuildStatus {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.code()))
+    }
+}
+
+impl FromSql for BuildStatus {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        i64::column_result(value).map(BuildStatus::of_column)
+    }
+}
+
+// Unit tests compare statuses with numbers read by hand from SQL.
+#[cfg(test)]
+impl PartialEq<BuildStatus> for i64 {
+    fn eq(&self, st: &BuildStatus) -> bool {
+        *self == st.code()
+    }
+}
+
+#[cfg(test)]
+impl PartialEq<i64> for BuildStatus {
+    fn eq(&self, code: &i64) -> bool {
+        self.code() == *code
+    }
+}
+
+impl serde::Serialize for BuildStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(self.code())
+    }
+}
+
+/// The statuses by their names, for code that reads as the 2018 sources
+/// did (`status::SUCCEEDED`).
+pub mod status {
+    use super::BuildStatus;
+
+    pub const SCHEDULED: BuildStatus = BuildStatus::Scheduled;
+    pub const STARTED: BuildStatus = BuildStatus::Started;
+    pub const SUCCEEDED: BuildStatus = BuildStatus::Succeeded;
+    pub const FAILED: BuildStatus = BuildStatus::Failed;
+    pub const FAILED_DEPENDENCY: BuildStatus = BuildStatus::FailedDependency;
+    pub const FAILED_OTHER: BuildStatus = BuildStatus::FailedOther;
+    pub const CANCELED: BuildStatus = BuildStatus::Canceled;
+
+    pub fn is_final(status: BuildStatus) -> bool {
+        status.is_final()
     }
 }
 
@@ -129,7 +233,7 @@ pub enum Update {
     /// `…drv' failed with exit code 1`; `None` when it said nothing.
     Finished {
         derivation: String,
-        status: i64,
+        status: BuildStatus,
         log: Option<String>,
         reason: Option<String>,
     },

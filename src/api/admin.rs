@@ -527,7 +527,7 @@ pub fn attempts(db: &Db, id: &str) -> Reply {
         .map(|a| {
             json!({
                 "attempt": a.attempt,
-                "buildstatus": super::client_status(a.status),
+                "buildstatus": a.status.code(),
                 "starttime": a.starttime,
                 "stoptime": a.stoptime,
                 "errormsg": a.errormsg,

@@ -42,7 +42,7 @@ fn call(db: &mut Db, auth: &mut Auth, target: &str, body: &str) -> (u16, Value, 
 }
 
 fn status_of(db: &Db, id: i64) -> i64 {
-    db.build(BuildId(id)).unwrap().unwrap().status
+    db.build(BuildId(id)).unwrap().unwrap().status.code()
 }
 
 /// `hello`'s evaluation 3: base fails, mid and top failed-dependency

@@ -71,7 +71,7 @@ mod tests {
             build: Some(BuildId(42)),
             job_name: Some("hello".into()),
             derivation: Some("/gnu/store/x-hello.drv".into()),
-            status: Some(1),
+            status: Some(crate::db::status::FAILED),
             weather: Some(1),
             error: None,
             delivery: 0,

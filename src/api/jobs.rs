@@ -4,9 +4,9 @@
 //! Cuirass that Guix 1.5.0's `evaluation-jobs` and `jobs-history` read.
 
 use super::evaluations::{CheckoutJson, checkouts};
-use super::{Reply, Response, client_status, db_error, error, json_response, number};
-use crate::db::Db;
+use super::{Reply, Response, db_error, error, json_response, number};
 use crate::db::read::{JobFilter, JobView};
+use crate::db::{BuildStatus, Db};
 use crate::http::Request;
 use crate::records::{BuildId, EvalId};
 use serde::Serialize;
@@ -21,14 +21,14 @@ pub(super) struct JobJson<'a> {
     name: &'a str,
     build: BuildId,
     /// The build's status, as in build objects.
-    status: i64,
+    status: BuildStatus,
 }
 
 pub(super) fn job_json(j: &JobView) -> JobJson<'_> {
     JobJson {
         name: &j.name,
         build: j.build,
-        status: client_status(j.status),
+        status: j.status,
     }
 }
 

@@ -61,9 +61,15 @@ pub(super) fn fixture() -> (Db, PathBuf) {
     enc.finish().unwrap();
     let ok = &jobs[0].derivation;
     db.build_started(ok, log.to_str().unwrap(), 150).unwrap();
-    db.build_finished(ok, 0, None, 200).unwrap();
-    db.build_finished(&jobs[1].derivation, 1, Some("/etc/passwd"), 300)
+    db.build_finished(ok, crate::db::status::SUCCEEDED, None, 200)
         .unwrap();
+    db.build_finished(
+        &jobs[1].derivation,
+        crate::db::status::FAILED,
+        Some("/etc/passwd"),
+        300,
+    )
+    .unwrap();
     db.build_started(&jobs[2].derivation, "", 250).unwrap();
     (db, root)
 }
@@ -272,7 +278,8 @@ fn names_with_plus_are_found_written_bare_or_as_2b() {
     db.register_evaluation("libsigc++", "abc", &[gtk.clone(), spaced.clone()], 100)
         .unwrap();
     for j in [&gtk, &spaced] {
-        db.build_finished(&j.derivation, 0, None, 200).unwrap();
+        db.build_finished(&j.derivation, crate::db::status::SUCCEEDED, None, 200)
+            .unwrap();
     }
     let root = std::env::temp_dir();
     let names = |t: &str| {

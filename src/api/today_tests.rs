@@ -164,8 +164,9 @@ fn weather_walks_the_job_name_index() {
 #[test]
 fn statuses_outside_today_range_are_mapped_into_it() {
     assert_eq!(
-        [-9, -3, -2, -1, 0, 1, 2, 3, 4, 5, 7, 11].map(client_status),
-        [-2, -3, -2, -1, 0, 1, 2, 3, 4, 3, 3, 3]
+        [-9, -3, -2, -1, 0, 1, 2, 3, 4, 5, 7, 11]
+            .map(|c| crate::db::BuildStatus::of_column(c).code()),
+        [-2, -2, -2, -1, 0, 1, 2, 3, 4, 3, 3, 3]
     );
     let (db, root) = fixture();
     set_status(&db, 2, 7, 300);
@@ -535,7 +536,8 @@ fn a_2018_database_serves_todays_routes() {
     hello.nix_name = "hello-2.11".into();
     db.register_evaluation("guix", "def456", &[hello.clone()], 200)
         .unwrap();
-    db.build_finished(&hello.derivation, 1, None, 300).unwrap();
+    db.build_finished(&hello.derivation, crate::db::status::FAILED, None, 300)
+        .unwrap();
     let (_, b) = get(&db, root, "/api/latestbuilds?nr=1");
     assert_eq!((&b[0]["id"], &b[0]["weather"]), (&2.into(), &1.into()));
     let (_, h) = get(&db, root, "/api/jobs/history?spec=guix&names=hello&nr=5");

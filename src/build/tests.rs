@@ -94,7 +94,10 @@ fn started(capture: &[u8]) -> Vec<String> {
 
 /// Feeds a capture of the real daemon to a batch of its derivations and
 /// returns each finished one's (name, status, reason).
-fn outcome(capture: &[u8], limits: Limits) -> Vec<(String, i64, Option<String>)> {
+fn outcome(
+    capture: &[u8],
+    limits: Limits,
+) -> Vec<(String, crate::db::BuildStatus, Option<String>)> {
     let items = started(capture)
         .into_iter()
         .map(|derivation| Item {
@@ -268,7 +271,7 @@ fn offloaded_builds_name_their_machine_and_their_output_is_theirs() {
         let fail = String::from_utf8_lossy(output_of(&output, "cap-fail")).into_owned();
         assert!(fail.contains("about to fail\n") && !fail.contains("line 1"));
         // Statuses are unchanged by all this.
-        let finished: Vec<i64> = updates
+        let finished: Vec<crate::db::BuildStatus> = updates
             .iter()
             .filter_map(|u| match u {
                 Update::Finished { status, .. } => Some(*status),

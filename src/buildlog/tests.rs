@@ -362,13 +362,28 @@ fn db_with_logs(dir: &Dir) -> Db {
     db.register_evaluation("s", "abc", &jobs, 100).unwrap();
     let gz = dir.daemon_file("x.drv.gz", REAL_GZ);
     let bz = dir.daemon_file("y.drv.bz2", REAL_BZ2);
-    db.build_finished(&jobs[0].derivation, 0, Some(&gz), 200)
-        .unwrap();
-    db.build_finished(&jobs[1].derivation, 1, Some(&bz), 200)
-        .unwrap();
+    db.build_finished(
+        &jobs[0].derivation,
+        crate::db::status::SUCCEEDED,
+        Some(&gz),
+        200,
+    )
+    .unwrap();
+    db.build_finished(
+        &jobs[1].derivation,
+        crate::db::status::FAILED,
+        Some(&bz),
+        200,
+    )
+    .unwrap();
     db.build_started(&jobs[2].derivation, "", 150).unwrap();
-    db.build_finished(&jobs[3].derivation, 1, Some("/etc/passwd"), 200)
-        .unwrap();
+    db.build_finished(
+        &jobs[3].derivation,
+        crate::db::status::FAILED,
+        Some("/etc/passwd"),
+        200,
+    )
+    .unwrap();
     db
 }
 

@@ -88,7 +88,7 @@ impl World {
 
     /// What the loop records from a batch's trace events.
     fn built(&mut self, drvs: &[&str]) {
-        let done: Vec<(String, i64, Option<String>)> = drvs
+        let done: Vec<(String, crate::db::BuildStatus, Option<String>)> = drvs
             .iter()
             .map(|d| (d.to_string(), status::SUCCEEDED, None))
             .collect();

@@ -3,7 +3,7 @@
 //! their earlier attempts kept), canceling scheduled builds, and
 //! specifications activated, deactivated and deleted.
 
-use super::{BuildId, Db, Error, EvalId, Transaction, params, status};
+use super::{BuildId, BuildStatus, Db, Error, EvalId, Transaction, params, status};
 use rusqlite::OptionalExtension;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -45,7 +45,7 @@ pub struct Restarted {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
     pub attempt: i64,
-    pub status: i64,
+    pub status: BuildStatus,
     pub starttime: i64,
     pub stoptime: i64,
     pub log: String,
@@ -68,7 +68,7 @@ impl Db {
     /// finished.
     pub fn restart_build(&mut self, id: BuildId) -> ActionResult<Vec<Restarted>> {
         let tx = self.conn.transaction()?;
-        let st: Option<i64> = tx
+        let st: Option<BuildStatus> = tx
             .prepare_cached("SELECT status FROM Builds WHERE id = ?1")?
             .query_row([id], |r| r.get(0))
             .optional()?;
@@ -260,7 +260,7 @@ impl Db {
     /// daemon goes on).  Errors: NotFound, Conflict.
     pub fn cancel_build(&mut self, id: BuildId, now: i64) -> ActionResult<Canceled> {
         let tx = self.conn.transaction()?;
-        let row: Option<(i64, String)> = tx
+        let row: Option<(BuildStatus, String)> = tx
             .prepare_cached(
                 "SELECT b.status, e.specification FROM Builds b
                  JOIN Evaluations e ON e.id = b.evaluation WHERE b.id = ?1",

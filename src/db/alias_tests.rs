@@ -102,7 +102,7 @@ fn two_job_names_one_derivation_one_build_found_under_both_names() {
         ("alpha", vec!["beta".into()])
     );
     // /api/jobs: every name, with the same build and status.
-    let jobs = |asked: Option<&[&str]>| -> Vec<(String, BuildId, i64)> {
+    let jobs = |asked: Option<&[&str]>| -> Vec<(String, BuildId, crate::db::BuildStatus)> {
         let filter = JobFilter {
             evaluation: e,
             names: asked.map(|n| n.iter().map(|s| s.to_string()).collect()),
@@ -116,8 +116,14 @@ fn two_job_names_one_derivation_one_build_found_under_both_names() {
     };
     let all = jobs(None);
     assert_eq!(all.len(), 3, "{all:?}");
-    assert!(all.contains(&("alpha".into(), pkg, 0)) && all.contains(&("beta".into(), pkg, 0)));
-    assert_eq!(jobs(Some(&["beta"])), vec![("beta".into(), pkg, 0)]);
+    assert!(
+        all.contains(&("alpha".into(), pkg, crate::db::status::SUCCEEDED))
+            && all.contains(&("beta".into(), pkg, crate::db::status::SUCCEEDED))
+    );
+    assert_eq!(
+        jobs(Some(&["beta"])),
+        vec![("beta".into(), pkg, crate::db::status::SUCCEEDED)]
+    );
     assert_eq!(jobs(Some(&["beta", "beta", "alpha"])).len(), 2);
     // A page boundary keeps a build's names together.
     let first = db
@@ -133,7 +139,10 @@ fn two_job_names_one_derivation_one_build_found_under_both_names() {
     // /api/jobs/history.
     let history = db.jobs_history("a", &["beta".into()], 10).unwrap();
     assert_eq!(history.len(), 1);
-    assert_eq!((history[0].1[0].build, history[0].1[0].status), (pkg, 0));
+    assert_eq!(
+        (history[0].1[0].build, history[0].1[0].status),
+        (pkg, crate::db::status::SUCCEEDED)
+    );
     // Searches show the name they matched.
     let found = db
         .search_latest(&SearchQuery {

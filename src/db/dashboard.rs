@@ -5,7 +5,7 @@
 use super::read::{
     BUILD_COLUMNS, BuildView, EVAL_COLUMNS, build_joins, build_row, contains_like, names_like,
 };
-use super::{Db, EvalId, Result, eval_status, status};
+use super::{BuildStatus, Db, EvalId, Result, eval_status, status};
 use rusqlite::{OptionalExtension, Row, params};
 
 /// An evaluation's builds, counted by what an operator asks first.
@@ -20,11 +20,11 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn add(&mut self, st: i64, n: i64) {
+    fn add(&mut self, st: BuildStatus, n: i64) {
         match st {
             status::SUCCEEDED => self.succeeded += n,
             status::CANCELED => self.canceled += n,
-            s if s < 0 => self.pending += n,
+            s if !s.is_final() => self.pending += n,
             _ => self.failed += n,
         }
     }

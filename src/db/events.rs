@@ -5,7 +5,7 @@
 //! restart) and what `/events/rss` lists.  Also the weather counts of
 //! `/metrics`.
 
-use super::{BuildId, Db, EvalId, Result};
+use super::{BuildId, BuildStatus, Db, EvalId, Result};
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 use std::collections::BTreeMap;
 
@@ -77,7 +77,7 @@ pub(super) struct EventBuild<'a> {
     pub id: BuildId,
     pub job_name: &'a str,
     pub derivation: &'a str,
-    pub status: i64,
+    pub status: BuildStatus,
     pub weather: i64,
 }
 
@@ -96,7 +96,7 @@ pub struct EventView {
     pub build: Option<BuildId>,
     pub job_name: Option<String>,
     pub derivation: Option<String>,
-    pub status: Option<i64>,
+    pub status: Option<BuildStatus>,
     pub weather: Option<i64>,
     /// A failed evaluation's reason.
     pub error: Option<String>,
@@ -116,7 +116,7 @@ pub(super) struct JobOfBuild {
     /// The status of the job's previous finished build in its
     /// specification, under the name as a first or another name
     /// (`read::previous_status`).
-    pub previous: Option<i64>,
+    pub previous: Option<BuildStatus>,
 }
 
 /// The job of (derivation ?1, evaluation ?2): its name, system,

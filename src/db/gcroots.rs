@@ -67,7 +67,7 @@ impl Db {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, BuildId>(1)?,
-                    r.get::<_, i64>(2)?,
+                    r.get::<_, super::BuildStatus>(2)?,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -91,7 +91,7 @@ mod tests {
         }
     }
 
-    fn finished(name: &str, st: i64) -> Update {
+    fn finished(name: &str, st: crate::db::BuildStatus) -> Update {
         Update::Finished {
             derivation: drv(name),
             status: st,

@@ -3,7 +3,7 @@
 //! millions of builds.
 
 use super::dashboard::SEARCH_WINDOW;
-use super::{BuildId, Db, EvalId, Result};
+use super::{BuildId, BuildStatus, Db, EvalId, Result};
 use rusqlite::{OptionalExtension, Row, params};
 
 /// A build joined with its derivation, evaluation and specification.
@@ -23,7 +23,7 @@ pub struct BuildView {
     pub nix_name: String,
     pub derivation: String,
     pub log: String,
-    pub status: i64,
+    pub status: BuildStatus,
     pub timestamp: i64,
     pub starttime: i64,
     pub stoptime: i64,
@@ -54,7 +54,7 @@ pub struct BuildView {
 /// A finished build compared with its job's previous one (the values of
 /// today's Cuirass, `build-weather`).
 pub mod weather {
-    use crate::db::status;
+    use crate::db::{BuildStatus, status};
 
     /// Not finished, canceled, or no earlier build to compare with.
     pub const UNKNOWN: i64 = -1;
@@ -76,13 +76,13 @@ pub mod weather {
 
     /// Whether a build in this status counts as a success or a failure:
     /// pending and canceled builds say nothing about the job.
-    pub fn counts(st: i64) -> bool {
-        (status::SUCCEEDED..status::CANCELED).contains(&st)
+    pub fn counts(st: BuildStatus) -> bool {
+        st.is_final() && st != status::CANCELED
     }
 
     /// The weather of a build in status `current` whose job's previous
     /// finished build (succeeded or failed) had status `previous`.
-    pub fn of(current: i64, previous: Option<i64>) -> i64 {
+    pub fn of(current: BuildStatus, previous: Option<BuildStatus>) -> i64 {
         let succeeded = |st| st == status::SUCCEEDED;
         match previous {
             Some(prev) if counts(current) => match (succeeded(prev), succeeded(current)) {
@@ -144,7 +144,7 @@ pub struct JobView {
     pub key: i64,
     pub name: String,
     pub build: BuildId,
-    pub status: i64,
+    pub status: BuildStatus,
 }
 
 /// Which jobs of an evaluation `/api/jobs` lists; `None` matches all.
@@ -390,9 +390,9 @@ pub(crate) fn previous_status(
     alias: &mut rusqlite::CachedStatement,
     (name, eval, system): (&str, EvalId, &str),
     spec: &str,
-) -> Result<Option<i64>> {
+) -> Result<Option<BuildStatus>> {
     let p = params![name, eval, system, spec];
-    let row = |r: &Row| Ok((r.get::<_, EvalId>(0)?, r.get::<_, i64>(1)?));
+    let row = |r: &Row| Ok((r.get::<_, EvalId>(0)?, r.get::<_, BuildStatus>(1)?));
     let first = first.query_row(p, row).optional()?;
     let other = alias.query_row(p, row).optional()?;
     Ok(first

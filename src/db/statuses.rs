@@ -3,7 +3,7 @@
 //! its counts, and the events of weather changes.
 
 use super::events::{self, Weathers};
-use super::{BuildId, Db, EvalId, Result, status};
+use super::{BuildId, BuildStatus, Db, EvalId, Result, status};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 /// The unfinished builds of one derivation, looked up for each status
@@ -76,7 +76,7 @@ impl Db {
     pub fn build_finished(
         &mut self,
         derivation: &str,
-        final_status: i64,
+        final_status: BuildStatus,
         log: Option<&str>,
         now: i64,
     ) -> Result<usize> {
@@ -99,7 +99,7 @@ impl Db {
     /// Applies many build updates in one transaction (a batch's outcome).
     pub fn finish_builds(
         &mut self,
-        updates: &[(String, i64, Option<String>)],
+        updates: &[(String, BuildStatus, Option<String>)],
         now: i64,
     ) -> Result<()> {
         let mut tally = self.tally();
@@ -130,7 +130,7 @@ impl Db {
     fn finish(
         tx: &Transaction,
         drv: &str,
-        st: i64,
+        st: BuildStatus,
         (log, reason, worker): (Option<&str>, Option<&str>, Option<&str>),
         now: i64,
         tally: &mut Tally,
@@ -169,7 +169,7 @@ impl Db {
     /// for a status that says nothing about its job (canceled).
     fn weather_on_finish(
         tx: &Transaction,
-        (id, drv, eval, st): (BuildId, &str, EvalId, i64),
+        (id, drv, eval, st): (BuildId, &str, EvalId, BuildStatus),
         now: i64,
         tally: &mut Tally,
     ) -> Result<Option<i64>> {
@@ -309,7 +309,7 @@ impl Db {
     }
 
     /// Build `id`'s status, None for no such build.
-    pub fn build_status(&self, id: BuildId) -> Result<Option<i64>> {
+    pub fn build_status(&self, id: BuildId) -> Result<Option<BuildStatus>> {
         Ok(self
             .conn
             .prepare_cached("SELECT status FROM Builds WHERE id = ?1")?

@@ -146,7 +146,7 @@ fn build_times_are_always_set_when_finished() {
     );
     // A final status is never overwritten by a late event.
     assert_eq!(
-        db.build_finished(&job("one").derivation, 1, None, 40)
+        db.build_finished(&job("one").derivation, crate::db::status::FAILED, None, 40)
             .unwrap(),
         0
     );

@@ -39,7 +39,8 @@ fn evaluate(db: &mut Db, commit: &str, names: &[&str], now: i64) -> crate::db::E
 }
 
 fn finish(db: &mut Db, p: &mut Planner, name: &str, st: i64, now: i64) {
-    db.build_finished(&drv(name), st, None, now).unwrap();
+    db.build_finished(&drv(name), crate::db::BuildStatus::of_column(st), None, now)
+        .unwrap();
     p.finished(&drv(name), st == status::SUCCEEDED);
 }
 
@@ -117,7 +118,7 @@ fn a_pending_drv_is_kept_until_its_build_ends_and_a_success_keeps_its_outputs() 
     assert!(asked.remove.is_empty());
     assert_eq!(rows(&db), [(drv("a"), None), (drv("b"), None)]);
 
-    finish(&mut db, &mut p, "a", status::SUCCEEDED, 1010);
+    finish(&mut db, &mut p, "a", status::SUCCEEDED.code(), 1010);
     let asked = settle(&mut p, &mut db, 1010);
     assert_eq!(asked.remove, [drv("a")]);
     assert_eq!(
@@ -127,7 +128,7 @@ fn a_pending_drv_is_kept_until_its_build_ends_and_a_success_keeps_its_outputs() 
             expires: Some(1010 + TTL as i64)
         }]
     );
-    finish(&mut db, &mut p, "b", status::CANCELED, 1011);
+    finish(&mut db, &mut p, "b", status::CANCELED.code(), 1011);
     let asked = settle(&mut p, &mut db, 1011);
     assert_eq!((asked.remove, asked.make), (vec![drv("b")], vec![]));
     assert_eq!(rows(&db), [(out("a"), Some(1110))]);
@@ -174,14 +175,14 @@ fn an_output_expires_after_the_ttl_from_its_latest_success() {
     let mut db = db_with_spec();
     let mut p = planner(1000);
     evaluate(&mut db, "c1", &["a"], 1000);
-    finish(&mut db, &mut p, "a", status::SUCCEEDED, 1000);
+    finish(&mut db, &mut p, "a", status::SUCCEEDED.code(), 1000);
     settle(&mut p, &mut db, 1000);
     assert_eq!(rows(&db), [(out("a"), Some(1100))]);
     // The same derivation again, built (settled) later: the root is
     // extended in place, with nothing to make.
     evaluate(&mut db, "c2", &["a"], 1050);
     settle(&mut p, &mut db, 1050);
-    finish(&mut db, &mut p, "a", status::SUCCEEDED, 1060);
+    finish(&mut db, &mut p, "a", status::SUCCEEDED.code(), 1060);
     let asked = settle(&mut p, &mut db, 1060);
     assert_eq!((asked.make, asked.remove), (vec![], vec![drv("a")]));
     assert_eq!(rows(&db), [(out("a"), Some(1160))]);
@@ -201,9 +202,15 @@ fn at_start_up_recent_successes_get_roots_and_older_ones_do_not() {
     let mut db = db_with_spec();
     let mut earlier = planner(0);
     evaluate(&mut db, "c1", &["old", "recent", "failed"], 500);
-    finish(&mut db, &mut earlier, "old", status::SUCCEEDED, 800);
-    finish(&mut db, &mut earlier, "recent", status::SUCCEEDED, 950);
-    finish(&mut db, &mut earlier, "failed", status::FAILED, 960);
+    finish(&mut db, &mut earlier, "old", status::SUCCEEDED.code(), 800);
+    finish(
+        &mut db,
+        &mut earlier,
+        "recent",
+        status::SUCCEEDED.code(),
+        950,
+    );
+    finish(&mut db, &mut earlier, "failed", status::FAILED.code(), 960);
     // A new process, 1000 s in: the ttl covers successes after 900.
     let mut p = planner(1000);
     let asked = settle(&mut p, &mut db, 1000);
@@ -301,8 +308,8 @@ fn restarts_are_rescanned_and_deleted_builds_release_their_outputs() {
     let mut db = db_with_spec();
     let mut p = planner(1000);
     evaluate(&mut db, "c1", &["a", "b"], 1000);
-    finish(&mut db, &mut p, "a", status::SUCCEEDED, 1000);
-    finish(&mut db, &mut p, "b", status::FAILED, 1000);
+    finish(&mut db, &mut p, "a", status::SUCCEEDED.code(), 1000);
+    finish(&mut db, &mut p, "b", status::FAILED.code(), 1000);
     settle(&mut p, &mut db, 1000);
     assert_eq!(rows(&db), [(out("a"), Some(1100))]);
     // A restart: `b` is pending again, behind the walk's cursor.
@@ -334,7 +341,7 @@ fn a_shorter_ttl_after_a_restart_takes_effect_at_the_first_sweep() {
     let mut db = db_with_spec();
     let mut p = planner(1000);
     evaluate(&mut db, "c1", &["a"], 1000);
-    finish(&mut db, &mut p, "a", status::SUCCEEDED, 1000);
+    finish(&mut db, &mut p, "a", status::SUCCEEDED.code(), 1000);
     settle(&mut p, &mut db, 1000);
     let mut p = Planner::new(PathBuf::from("/r"), 10, 1020);
     let asked = settle(&mut p, &mut db, 1020);

@@ -219,7 +219,7 @@ fn an_evaluation_whose_build_is_restarted_midway_is_kept_with_it() {
     db.connection()
         .execute(
             "UPDATE Builds SET status = ?2 WHERE id = (SELECT MAX(id) FROM Builds WHERE evaluation = ?1)",
-            [old, EvalId(status::SCHEDULED)],
+            [old, EvalId(status::SCHEDULED.code())],
         )
         .unwrap();
     run(&mut r, &mut db, now);

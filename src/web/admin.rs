@@ -126,7 +126,7 @@ fn button(s: &Session, action: &str, label: &str, next: &str, confirm: Option<&s
 }
 
 /// The buttons of a build's page, or nothing for a visitor.
-pub fn build_buttons(ctx: &Ctx, id: BuildId, status: i64) -> String {
+pub fn build_buttons(ctx: &Ctx, id: BuildId, status: crate::db::BuildStatus) -> String {
     let Some(s) = ctx.session else {
         return String::new();
     };

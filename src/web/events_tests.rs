@@ -18,12 +18,27 @@ fn weathered() -> (Db, PathBuf) {
     db.add_jobs("hello", eval, &jobs, NOW - 600).unwrap();
     db.complete_evaluation("hello", eval, "c2", &Default::default(), NOW - 590)
         .unwrap();
-    db.build_finished(&jobs[0].derivation, 1, None, NOW - 500)
-        .unwrap();
-    db.build_finished(&jobs[1].derivation, 1, None, NOW - 400)
-        .unwrap();
-    db.build_finished(&jobs[2].derivation, 0, None, NOW - 300)
-        .unwrap();
+    db.build_finished(
+        &jobs[0].derivation,
+        crate::db::status::FAILED,
+        None,
+        NOW - 500,
+    )
+    .unwrap();
+    db.build_finished(
+        &jobs[1].derivation,
+        crate::db::status::FAILED,
+        None,
+        NOW - 400,
+    )
+    .unwrap();
+    db.build_finished(
+        &jobs[2].derivation,
+        crate::db::status::SUCCEEDED,
+        None,
+        NOW - 300,
+    )
+    .unwrap();
     (db, root)
 }
 

@@ -1,10 +1,10 @@
 //! `/metrics`, in Prometheus's text exposition format (version 0.0.4).
 
 use super::HttpCounters;
-use crate::db::Db;
 use crate::db::dashboard::{DbMetrics, Histogram};
 use crate::db::events::delivery;
 use crate::db::read::weather;
+use crate::db::{BuildStatus, Db};
 use crate::db::{eval_status, status};
 use crate::html::status_name;
 use crate::http::Response;
@@ -17,7 +17,7 @@ pub const EVAL_BUCKETS: &[f64] = &[
     1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 ];
 
-const STATUSES: &[i64] = &[
+const STATUSES: &[BuildStatus] = &[
     status::SCHEDULED,
     status::STARTED,
     status::SUCCEEDED,
@@ -74,13 +74,13 @@ pub fn render(m: &DbMetrics, counters: &HttpCounters) -> String {
         "Builds in the database, by status.",
     );
     for &s in STATUSES {
-        let n = count_of(&m.builds, s);
+        let n = count_of(&m.builds, s.code());
         let _ = writeln!(out, "cuirass_builds{{status=\"{}\"}} {n}", status_name(s));
     }
     let odd: i64 = m
         .builds
         .iter()
-        .filter(|(st, _)| !STATUSES.contains(st))
+        .filter(|(st, _)| !STATUSES.iter().any(|s| s.code() == *st))
         .map(|(_, n)| n)
         .sum();
     if odd > 0 {

@@ -178,12 +178,27 @@ const NEWLY_FAILED: &str = "newly-failed";
 /// The evaluation page's status filters: (parameter value, status range).
 const FILTERS: &[(&str, Option<(i64, i64)>)] = &[
     ("all", None),
-    ("succeeded", Some((status::SUCCEEDED, status::SUCCEEDED))),
-    ("failed", Some((status::FAILED, status::FAILED_OTHER))),
+    (
+        "succeeded",
+        Some((status::SUCCEEDED.code(), status::SUCCEEDED.code())),
+    ),
+    (
+        "failed",
+        Some((status::FAILED.code(), status::FAILED_OTHER.code())),
+    ),
     // Failed builds whose job's previous build succeeded (their weather).
-    (NEWLY_FAILED, Some((status::FAILED, status::FAILED_OTHER))),
-    ("pending", Some((status::SCHEDULED, status::STARTED))),
-    ("canceled", Some((status::CANCELED, status::CANCELED))),
+    (
+        NEWLY_FAILED,
+        Some((status::FAILED.code(), status::FAILED_OTHER.code())),
+    ),
+    (
+        "pending",
+        Some((status::SCHEDULED.code(), status::STARTED.code())),
+    ),
+    (
+        "canceled",
+        Some((status::CANCELED.code(), status::CANCELED.code())),
+    ),
 ];
 
 /// A build's or an evaluation's id in a page's path: 400 for anything but

@@ -89,12 +89,27 @@ pub(super) fn fixture() -> (Db, PathBuf) {
     enc.finish().unwrap();
     db.build_started(&jobs[0].derivation, log.to_str().unwrap(), NOW - 3000)
         .unwrap();
-    db.build_finished(&jobs[0].derivation, 0, None, NOW - 2980)
-        .unwrap();
-    db.build_finished(&jobs[1].derivation, 1, None, NOW - 2900)
-        .unwrap();
-    db.build_finished(&jobs[2].derivation, 2, None, NOW - 2900)
-        .unwrap();
+    db.build_finished(
+        &jobs[0].derivation,
+        crate::db::status::SUCCEEDED,
+        None,
+        NOW - 2980,
+    )
+    .unwrap();
+    db.build_finished(
+        &jobs[1].derivation,
+        crate::db::status::FAILED,
+        None,
+        NOW - 2900,
+    )
+    .unwrap();
+    db.build_finished(
+        &jobs[2].derivation,
+        crate::db::status::FAILED_DEPENDENCY,
+        None,
+        NOW - 2900,
+    )
+    .unwrap();
     (db, root)
 }
 
@@ -428,7 +443,8 @@ fn badges_count_the_latest_evaluation() {
     .2;
     assert!(pending.contains(">0 passed, 0 failed</text>"));
     let fine = job("fine", "g").derivation;
-    db.build_finished(&fine, 0, None, NOW).unwrap();
+    db.build_finished(&fine, crate::db::status::SUCCEEDED, None, NOW)
+        .unwrap();
     assert_eq!(eval, 3);
     let green = get_with(
         &db,
@@ -697,7 +713,7 @@ fn a_build_page_shows_the_limits_and_why_it_failed() {
     db.apply_build_updates(
         &[crate::build::Update::Finished {
             derivation: slow.derivation,
-            status: 1,
+            status: crate::db::status::FAILED,
             log: None,
             reason: Some("timed out after 3 seconds <&>".into()),
         }],

@@ -32,8 +32,16 @@ fn admin_world() -> (cuirass::db::Db, cuirass::admin::Auth, u32) {
         .expect("evaluation");
     db.finish_builds(
         &[
-            (jobs[0].derivation.clone(), 1, None),
-            (jobs[1].derivation.clone(), 2, None),
+            (
+                jobs[0].derivation.clone(),
+                cuirass::db::status::FAILED,
+                None,
+            ),
+            (
+                jobs[1].derivation.clone(),
+                cuirass::db::status::FAILED_DEPENDENCY,
+                None,
+            ),
         ],
         2,
     )

@@ -50,8 +50,13 @@ fn history(db: &mut Db, runs: &[(&str, i64)]) -> Vec<String> {
         let j = job("j", variant);
         db.register_evaluation("a", &format!("c{k}"), std::slice::from_ref(&j), 1)
             .unwrap();
-        db.build_finished(&j.derivation, *st, None, 10 + k as i64)
-            .unwrap();
+        db.build_finished(
+            &j.derivation,
+            crate::db::BuildStatus::of_column(*st),
+            None,
+            10 + k as i64,
+        )
+        .unwrap();
         drvs.push(j.derivation);
     }
     drvs
@@ -64,12 +69,12 @@ fn weather_is_kept_when_a_build_finishes_and_changes_are_events() {
     let drvs = history(
         &mut db,
         &[
-            ("ok", status::SUCCEEDED),
-            ("bad", status::FAILED),
-            ("bad2", status::FAILED_DEPENDENCY),
-            ("ok", status::SUCCEEDED),
-            ("ok", status::SUCCEEDED),
-            ("x", status::CANCELED),
+            ("ok", status::SUCCEEDED.code()),
+            ("bad", status::FAILED.code()),
+            ("bad2", status::FAILED_DEPENDENCY.code()),
+            ("ok", status::SUCCEEDED.code()),
+            ("ok", status::SUCCEEDED.code()),
+            ("x", status::CANCELED.code()),
         ],
     );
     let mut distinct = drvs.clone();
@@ -103,7 +108,12 @@ fn weather_is_kept_when_a_build_finishes_and_changes_are_events() {
     );
     let e = &db.latest_events(1).unwrap()[0];
     assert_eq!(
-        (e.evaluation, e.revision.as_str(), e.status, e.timestamp),
+        (
+            e.evaluation,
+            e.revision.as_str(),
+            e.status.map(|s| s.code()),
+            e.timestamp
+        ),
         (EvalId(4), "c3", Some(0), 13)
     );
     assert_eq!(e.derivation.as_deref(), Some(drvs[0].as_str()));
@@ -138,7 +148,7 @@ fn weather_is_kept_when_a_build_finishes_and_changes_are_events() {
 fn a_derivation_pending_in_two_evaluations_compares_the_later_with_the_earlier() {
     let mut db = Db::open_in_memory().unwrap();
     db.add_specifications(&[spec("a")]).unwrap();
-    history(&mut db, &[("old", status::FAILED)]);
+    history(&mut db, &[("old", status::FAILED.code())]);
     let j = job("j", "same");
     db.register_evaluation("a", "c1", std::slice::from_ref(&j), 1)
         .unwrap();
@@ -189,15 +199,19 @@ fn the_newly_failed_filter_and_count_find_new_failures_only() {
     db.register_evaluation("a", "c1", &[ok.clone(), bad.clone(), worse.clone()], 1)
         .unwrap();
     for j in [&ok, &bad, &worse] {
-        db.build_finished(&j.derivation, 0, None, 2).unwrap();
+        db.build_finished(&j.derivation, crate::db::status::SUCCEEDED, None, 2)
+            .unwrap();
     }
     let (ok2, bad2, worse2) = (job("ok", "2"), job("bad", "2"), job("worse", "2"));
     let eval = db
         .register_evaluation("a", "c2", &[ok2.clone(), bad2.clone(), worse2.clone()], 3)
         .unwrap();
-    db.build_finished(&ok2.derivation, 0, None, 4).unwrap();
-    db.build_finished(&bad2.derivation, 1, None, 4).unwrap();
-    db.build_finished(&worse2.derivation, 3, None, 4).unwrap();
+    db.build_finished(&ok2.derivation, crate::db::status::SUCCEEDED, None, 4)
+        .unwrap();
+    db.build_finished(&bad2.derivation, crate::db::status::FAILED, None, 4)
+        .unwrap();
+    db.build_finished(&worse2.derivation, crate::db::status::FAILED_OTHER, None, 4)
+        .unwrap();
     assert_eq!(db.evaluation_new_failures(eval).unwrap(), 2);
     let filter = crate::db::dashboard::EvalBuildFilter {
         status: Some((1, 3)),
@@ -267,7 +281,8 @@ fn an_evaluation_rolled_back_takes_its_events_with_it() {
     let bad = job("j", "bad");
     db.add_jobs("a", eval, std::slice::from_ref(&bad), 5)
         .unwrap();
-    db.build_finished(&bad.derivation, 1, None, 6).unwrap();
+    db.build_finished(&bad.derivation, crate::db::status::FAILED, None, 6)
+        .unwrap();
     assert_eq!(kinds(&db).len(), 1);
     db.abandon_evaluation(eval).unwrap();
     assert_eq!(kinds(&db).len(), 0);
