@@ -353,7 +353,7 @@ impl Pager {
             Listing::Queue(after) => {
                 let page = db.queued_builds(n, *after).map_err(db_error)?;
                 if let Some(last) = page.last() {
-                    *after = Some((last.status, last.timestamp, last.id));
+                    *after = Some((last.status, last.rank, last.id));
                 }
                 page
             }

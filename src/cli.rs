@@ -120,6 +120,12 @@ pub const OPTIONS: &[OptionDef] = &[
         Arity::Value("SECONDS"),
         "kill a git fetch or compilation running longer than this (default 1800)",
     ),
+    opt(
+        "",
+        "max-builds",
+        Arity::Value("N"),
+        "builds handed to guix-daemon at once, in queue order (default 2)",
+    ),
     opt("V", "version", Arity::Flag, "print the version and exit"),
     opt("h", "help", Arity::Flag, "print this help and exit"),
 ];
@@ -142,6 +148,8 @@ pub struct Config {
     pub evaluator: Vec<String>,
     pub evaluation_timeout_secs: u64,
     pub fetch_timeout_secs: u64,
+    /// Builds in flight at once, each in its own build request (≥ 1).
+    pub max_builds: usize,
     pub daemon_socket: PathBuf,
 }
 
@@ -286,6 +294,7 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Command, String> {
         evaluator,
         evaluation_timeout_secs: number(&m, "evaluation-timeout", 3600u64)?,
         fetch_timeout_secs: number(&m, "fetch-timeout", 1800u64)?,
+        max_builds: number(&m, "max-builds", 2usize)?.max(1),
         daemon_socket: env
             .var("GUIX_DAEMON_SOCKET")
             .map(PathBuf::from)

@@ -1,8 +1,9 @@
 //! The single-threaded mio loop: the only driver of work.  It keeps the
 //! tokens, buffers, children, daemon connections, signals and the clock;
 //! it turns readiness into [`Input`]s for each specification's
-//! [`Cycle`] and carries out the [`Command`]s that come back.  No policy
-//! lives here: what a cycle does next is decided in `cycle`.
+//! [`Cycle`] and for the build queue's [`Dispatcher`], and carries out the
+//! commands that come back.  No policy lives here: what a cycle does next
+//! is decided in `cycle`, which build starts next in `queue`.
 
 use crate::build::{self, Batch};
 use crate::buildlog::{self, copy::Copier};
@@ -12,6 +13,7 @@ use crate::cycle::{Command, Cycle, Env, Input, Settings, State};
 use crate::db::Db;
 use crate::http_server::HttpServer;
 use crate::logging;
+use crate::queue::{self, Dispatcher};
 use crate::signals::SignalPipe;
 use mio::net::UnixStream;
 use mio::{Events, Poll, Token};
@@ -29,6 +31,8 @@ const RELOAD_STDOUT: Token = Token(2);
 const RELOAD_STDERR: Token = Token(3);
 /// HTTP connections take tokens from here up, far above the specs'.
 const HTTP_CONN_BASE: usize = 1 << 20;
+/// The dispatcher's daemon connections, one per slot, below HTTP's.
+const DAEMON_TOKEN_BASE: usize = 1 << 19;
 const SPEC_TOKEN_BASE: usize = 16;
 const TOKENS_PER_SPEC: usize = 4;
 
@@ -62,6 +66,12 @@ impl Event {
             RELOAD_STDERR => return Event::ReloadStderr,
             _ => {}
         }
+        if let Some(slot) = token.0.checked_sub(DAEMON_TOKEN_BASE) {
+            return match token.0 < HTTP_CONN_BASE {
+                true => Event::Daemon(slot),
+                false => Event::Unknown,
+            };
+        }
         let Some(offset) = token.0.checked_sub(SPEC_TOKEN_BASE) else {
             return Event::Unknown;
         };
@@ -69,7 +79,6 @@ impl Event {
         match offset % TOKENS_PER_SPEC {
             0 => Event::ChildStdout(index),
             1 => Event::ChildStderr(index),
-            2 => Event::Daemon(index),
             _ => Event::Unknown,
         }
     }
@@ -80,7 +89,7 @@ impl Event {
         match self {
             Event::ChildStdout(i) => spec(i, 0),
             Event::ChildStderr(i) => spec(i, 1),
-            Event::Daemon(i) => spec(i, 2),
+            Event::Daemon(slot) => Token(DAEMON_TOKEN_BASE + slot),
             Event::Signal => SIGNAL,
             Event::ReloadStdout => RELOAD_STDOUT,
             Event::ReloadStderr => RELOAD_STDERR,
@@ -102,7 +111,7 @@ impl Event {
             Event::ChildStdout(i) | Event::ChildStderr(i) => {
                 format!("spec={} child output", spec(i))
             }
-            Event::Daemon(i) => format!("spec={} daemon connection", spec(i)),
+            Event::Daemon(slot) => format!("build slot {slot}'s daemon connection"),
             Event::Unknown => "an unknown token".into(),
         }
     }
@@ -150,7 +159,7 @@ struct Running {
     stdout: String,
 }
 
-/// A daemon connection carrying one batch.
+/// A daemon connection carrying one build request.
 struct Conn {
     stream: UnixStream,
     batch: Batch,
@@ -161,7 +170,6 @@ struct Conn {
 struct Slot {
     cycle: Cycle,
     child: Option<Running>,
-    conn: Option<Conn>,
 }
 
 pub struct EventLoop {
@@ -170,6 +178,9 @@ pub struct EventLoop {
     poll: Poll,
     signals: SignalPipe,
     slots: Vec<Slot>,
+    /// Every spec's builds, in queue order, and their connections.
+    dispatcher: Dispatcher,
+    conns: Vec<Option<Conn>>,
     evaluator_script: PathBuf,
     stopping: bool,
     next_status_log: Instant,
@@ -210,7 +221,11 @@ impl EventLoop {
                 logs.clone(),
             )?),
         };
+        let dispatcher = Dispatcher::new(config.max_builds, config.one_shot);
+        let conns = (0..dispatcher.slots()).map(|_| None).collect();
         let mut event_loop = EventLoop {
+            dispatcher,
+            conns,
             config,
             db,
             poll,
@@ -243,7 +258,6 @@ impl EventLoop {
         self.slots.push(Slot {
             cycle: Cycle::new(spec, settings, now),
             child: None,
-            conn: None,
         });
     }
 
@@ -271,6 +285,7 @@ impl EventLoop {
             }
             if self.config.one_shot
                 && !self.copier.busy()
+                && self.dispatcher.is_idle()
                 && self.slots.iter().all(|s| s.cycle.is_finished())
             {
                 break;
@@ -304,7 +319,7 @@ impl EventLoop {
             }
         }
         self.shutdown();
-        let failures: Vec<String> = self
+        let mut failures: Vec<String> = self
             .slots
             .iter()
             .filter_map(|s| {
@@ -313,6 +328,9 @@ impl EventLoop {
                     .map(|f| format!("spec {:?}: {f}", s.cycle.spec.name))
             })
             .collect();
+        if let Some(f) = self.dispatcher.failure() {
+            failures.push(format!("builds: {f}"));
+        }
         match failures.is_empty() {
             true => Ok(()),
             false => Err(failures.join("; ")),
@@ -358,6 +376,9 @@ impl EventLoop {
                 return now;
             }
         }
+        if let Some(at) = self.dispatcher.poll_at(now) {
+            next = next.min(at);
+        }
         if let Some(at) = self.http.as_ref().and_then(HttpServer::poll_at) {
             next = next.min(at);
         }
@@ -385,7 +406,7 @@ impl EventLoop {
             Event::ReloadStdout | Event::ReloadStderr => self.reload_output(),
             Event::ChildStdout(i) if i < self.slots.len() => self.child_stdout(i),
             Event::ChildStderr(i) if i < self.slots.len() => self.child_stderr(i),
-            Event::Daemon(i) if i < self.slots.len() => self.daemon_io(i),
+            Event::Daemon(slot) if slot < self.conns.len() => self.daemon_io(slot),
             _ => {}
         }
     }
@@ -425,6 +446,33 @@ impl EventLoop {
         }
     }
 
+    /// Feeds one input to the dispatcher and carries out its commands.
+    fn feed_dispatcher(&mut self, input: queue::Input, now: Instant) {
+        let read_drv = |path: &str| std::fs::read(path);
+        let slots = &self.slots;
+        let active = |spec: &str| slots.iter().any(|s| s.cycle.spec.name == spec);
+        let mut env = queue::Env {
+            now,
+            unix_now: unix_now(),
+            db: &mut self.db,
+            read_drv: &read_drv,
+            active: &active,
+        };
+        self.dispatcher.handle(input, &mut env);
+        while let Some(command) = self.dispatcher.poll_command() {
+            match command {
+                queue::Command::Open {
+                    slot,
+                    build,
+                    spec,
+                    item,
+                    limits,
+                } => self.open_batch(slot, (build, &spec), item, limits, now),
+                queue::Command::Close { slot } => self.close_batch(slot),
+            }
+        }
+    }
+
     fn execute(&mut self, index: usize, command: Command, now: Instant) {
         match command {
             Command::SpawnFetch(target) => self.spawn_fetch(index, &target, now),
@@ -435,8 +483,7 @@ impl EventLoop {
                     child.proc.kill();
                 }
             }
-            Command::OpenBatch(items, limits) => self.open_batch(index, items, limits, now),
-            Command::CloseBatch => self.close_batch(index),
+            Command::QueueChanged => self.feed_dispatcher(queue::Input::Changed, now),
         }
     }
 
@@ -450,10 +497,15 @@ impl EventLoop {
         for index in 0..self.slots.len() {
             self.read_leftovers(index);
             self.reap_child(index, now);
-            self.settle_batch(index, now);
             if !self.stopping {
                 self.feed(index, Input::Tick, now);
             }
+        }
+        for slot in 0..self.conns.len() {
+            self.settle_batch(slot, now);
+        }
+        if !self.stopping {
+            self.feed_dispatcher(queue::Input::Tick, now);
         }
         if now >= self.next_status_log {
             self.next_status_log = now + STATUS_EVERY;
@@ -467,28 +519,23 @@ impl EventLoop {
             *by_state.entry(slot.cycle.state().name()).or_insert(0) += 1;
         }
         let states: Vec<String> = by_state.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        let queued: usize = self.slots.iter().map(|s| s.cycle.building().queued()).sum();
-        let running: usize = self
-            .slots
-            .iter()
-            .filter_map(|s| s.conn.as_ref())
-            .map(|c| c.batch.running())
-            .sum();
+        let running = self.dispatcher.running();
         let today = self.db.evaluations_since(unix_now() - 86_400).unwrap_or(0);
         log::info!(
-            "status: specs {} ({}), builds queued {queued}, running {running}, evaluations in 24h {today}",
+            "status: specs {} ({}), builds running {running}, evaluations in 24h {today}",
             self.slots.len(),
             states.join(", ")
         );
     }
 
     /// Every cycle is told to stop: children are killed, half-registered
-    /// evaluations rolled back, batches dropped.
+    /// evaluations rolled back; builds in flight are dropped.
     fn stop_all(&mut self) {
         let now = Instant::now();
         for index in 0..self.slots.len() {
             self.feed(index, Input::Stop, now);
         }
+        self.feed_dispatcher(queue::Input::Stop, now);
     }
 
     /// Waits for killed children and puts in-flight builds back to
@@ -499,8 +546,8 @@ impl EventLoop {
                 child.proc.kill();
                 let _ = child.proc.child.wait();
             }
-            slot.conn = None;
         }
+        self.conns.iter_mut().for_each(|c| *c = None);
         if let Some(reload) = self.reload.take() {
             reload.kill();
         }

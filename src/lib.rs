@@ -16,8 +16,10 @@
 //! - `child`: subprocesses whose pipes the event loop watches.
 //! - `build`: one batch of derivations of one limit class handed to the
 //!   daemon, and its statuses.
-//! - `cycle`: one specification's cycle, a sans-I/O state machine (the
-//!   evaluation track and the building track).
+//! - `cycle`: one specification's cycle, a sans-I/O state machine (fetch,
+//!   compile, evaluate).
+//! - `queue`: every spec's builds in one queue by priority, handed to the
+//!   daemon one build per request in that order (sans-I/O).
 //! - `buildlog`: build logs found, decoded (a sans-I/O codec), streamed a
 //!   chunk per turn and copied per build.
 //! - `api`: the HTTP routes over the database; the only JSON serializer.
@@ -50,6 +52,7 @@ pub mod http;
 pub mod http_server;
 pub mod job;
 pub mod logging;
+pub mod queue;
 pub mod sexp;
 pub mod signals;
 pub mod spec;

@@ -149,7 +149,9 @@ impl Cycle {
                     e.id,
                     e.registered
                 );
-                self.building.queue.extend(added);
+                if !added.is_empty() {
+                    self.commands.push_back(Command::QueueChanged);
+                }
             }
             Err(err) => {
                 self.fail_evaluation(e, format!("cannot register jobs: {err}"));
@@ -198,7 +200,8 @@ impl Cycle {
             // The stamp did not move, so the next poll evaluates again.
             log::error!(target: EVALUATION, "spec={name:?} cannot record evaluation {id}: {err}");
         }
-        self.reload_queue();
+        // Superseded builds were canceled, a failure's builds deleted.
+        self.commands.push_back(Command::QueueChanged);
     }
 }
 

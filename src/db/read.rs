@@ -30,6 +30,8 @@ pub struct BuildView {
     pub max_silent_time: Option<i64>,
     /// The daemon's reason for a failure: `timed out after 3 seconds`.
     pub errormsg: Option<String>,
+    /// Its class in the queue: spec priority × 10 + job priority.
+    pub rank: i64,
     /// One of [`weather`]: how this build compares with the job's
     /// previous finished build in the same specification.
     pub weather: i64,
@@ -151,7 +153,7 @@ pub struct OutputView {
 pub(super) const BUILD_COLUMNS: &str =
     "SELECT b.id, b.evaluation, e.specification, s.branch, d.job_name,
         d.system, d.nix_name, b.derivation, b.log, b.status, b.timestamp, b.starttime, b.stoptime,
-        b.priority, b.timeout, b.maxsilent, b.errormsg";
+        b.priority, b.timeout, b.maxsilent, b.errormsg, b.queue_rank";
 
 /// The joins from `builds` (Builds as `b`, perhaps with an index named)
 /// to its derivation, evaluation and specification.  `CROSS JOIN` pins
@@ -196,6 +198,7 @@ pub(super) fn build_row(r: &Row) -> rusqlite::Result<BuildView> {
         timeout: r.get(14)?,
         max_silent_time: r.get(15)?,
         errormsg: r.get(16)?,
+        rank: r.get(17)?,
     })
 }
 
@@ -331,8 +334,8 @@ pub(crate) fn queued_builds_sql() -> String {
     format!(
         "{BUILD_COLUMNS} {}
          WHERE b.status < 0
-           AND (?2 IS NULL OR (-b.status, b.timestamp, b.id) > (-?2, ?3, ?4))
-         ORDER BY b.status DESC, b.timestamp, b.id
+           AND (?2 IS NULL OR (-b.status, b.queue_rank, b.id) > (-?2, ?3, ?4))
+         ORDER BY b.status DESC, b.queue_rank, b.id
          LIMIT ?1",
         build_joins(QUEUE_WALK, "CROSS JOIN")
     )
@@ -366,9 +369,9 @@ impl Db {
         self.complete(builds)
     }
 
-    /// Unfinished builds: started ones first, then by submission time;
-    /// `after` is the (status, timestamp, id) of the last one of a
-    /// previous page.
+    /// Unfinished builds: started ones first, then in dispatch order
+    /// (rank, then id); `after` is the (status, rank, id) of the last one
+    /// of a previous page.
     pub fn queued_builds(
         &self,
         limit: u32,

@@ -131,6 +131,9 @@ impl Db {
             update.execute(params![id, st, now, started, log, reason])?;
             durations.add(now - started);
         }
+        if st == status::SUCCEEDED && !builds.is_empty() {
+            Db::reschedule_dependents(tx, drv)?;
+        }
         Ok(builds.into_iter().map(|(id, _)| id).collect())
     }
 

@@ -1,6 +1,6 @@
-//! Batches on daemon connections: opening them, moving their bytes,
-//! recording the statuses they report, and telling the cycle how they
-//! ended.
+//! Build requests on daemon connections, one per dispatcher slot:
+//! opening them, moving their bytes, recording the statuses they report,
+//! and telling the dispatcher how they ended.
 
 use super::*;
 use crate::build::{Item, Limits, Update};
@@ -11,8 +11,9 @@ use std::io::{Read, Write};
 impl EventLoop {
     pub(super) fn open_batch(
         &mut self,
-        index: usize,
-        items: Vec<Item>,
+        slot: usize,
+        (build, spec): (crate::db::BuildId, &str),
+        item: Item,
         limits: Limits,
         now: Instant,
     ) {
@@ -23,29 +24,27 @@ impl EventLoop {
                     "cannot reach guix-daemon at {}: {e}",
                     self.config.daemon_socket.display()
                 );
-                self.feed(index, Input::BatchLost(why), now);
+                self.feed_dispatcher(queue::Input::Lost { slot, why }, now);
                 return;
             }
         };
         if let Err(e) = self.poll.registry().register(
             &mut stream,
-            Event::Daemon(index).token(),
+            Event::Daemon(slot).token(),
             Interest::READABLE | Interest::WRITABLE,
         ) {
             let why = format!("cannot watch the daemon socket: {e}");
-            self.feed(index, Input::BatchLost(why), now);
+            self.feed_dispatcher(queue::Input::Lost { slot, why }, now);
             return;
         }
         log::info!(
             target: BUILDING,
-            "spec={:?} batch of {} derivation(s) submitted ({}), {} more queued",
-            self.slots[index].cycle.spec.name,
-            items.len(),
+            "build {build} of spec={spec:?} submitted in slot {slot} ({}): {:?}",
             build::describe_limits(limits),
-            self.slots[index].cycle.building().queued()
+            item.derivation
         );
-        let batch = Batch::new(items, batch_options(&self.config, limits), limits);
-        self.slots[index].conn = Some(Conn {
+        let batch = Batch::new(vec![item], batch_options(&self.config, limits), limits);
+        self.conns[slot] = Some(Conn {
             stream,
             batch,
             wants_write: true,
@@ -54,38 +53,40 @@ impl EventLoop {
 
     /// Drops the connection: the daemon stops the batch's builds, which
     /// go back to scheduled.
-    pub(super) fn close_batch(&mut self, index: usize) {
-        if let Some(mut conn) = self.slots[index].conn.take() {
+    pub(super) fn close_batch(&mut self, slot: usize) {
+        if let Some(mut conn) = self.conns[slot].take() {
             let _ = self.poll.registry().deregister(&mut conn.stream);
             let drvs: Vec<String> = conn.batch.derivations().map(String::from).collect();
             if let Err(e) = self.db.reschedule(&drvs) {
-                log::error!(target: logging::BUILDING, "spec={:?} {e}", self.slots[index].cycle.spec.name);
+                log::error!(target: logging::BUILDING, "slot {slot}: {e}");
             }
         }
     }
 
-    /// Tells the cycle once the batch in flight is done.
-    pub(super) fn settle_batch(&mut self, index: usize, now: Instant) {
-        let done = self.slots[index]
-            .conn
+    /// Tells the dispatcher once the slot's build is done.
+    pub(super) fn settle_batch(&mut self, slot: usize, now: Instant) {
+        let done = self.conns[slot]
             .as_ref()
             .is_some_and(|c| c.batch.is_done());
         if !done {
             return;
         }
-        let mut conn = self.slots[index].conn.take().unwrap();
+        let mut conn = self.conns[slot].take().unwrap();
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let updates = conn.batch.take_updates();
-        self.apply_updates(index, updates);
+        self.apply_updates(updates);
         let daemon_error = conn.batch.daemon_error().map(String::from);
-        self.feed(index, Input::BatchDone { daemon_error }, now);
+        self.feed_dispatcher(queue::Input::Done { slot, daemon_error }, now);
     }
 
     /// Reads until WouldBlock (mio is edge-triggered) and writes what is
     /// queued.  No cap: with verbosity 0 the daemon sends only trace lines.
-    pub(super) fn daemon_io(&mut self, index: usize) {
-        let label = format!("spec={:?} builds", self.slots[index].cycle.spec.name);
-        let Some(conn) = self.slots[index].conn.as_mut() else {
+    pub(super) fn daemon_io(&mut self, slot: usize) {
+        let label = match self.dispatcher.in_flight(slot) {
+            Some(b) => format!("build {} of spec={:?}", b.id, b.specification),
+            None => format!("slot {slot}"),
+        };
+        let Some(conn) = self.conns[slot].as_mut() else {
             return;
         };
         let mut failure = None;
@@ -113,19 +114,18 @@ impl EventLoop {
             }
         }
         if failure.is_none() {
-            failure = flush(conn, self.poll.registry(), Event::Daemon(index).token()).err();
+            failure = flush(conn, self.poll.registry(), Event::Daemon(slot).token()).err();
         }
         let updates = conn.batch.take_updates();
-        self.apply_updates(index, updates);
+        self.apply_updates(updates);
         if let Some(why) = failure {
-            let count = self.slots[index].conn.as_ref().map_or(0, |c| c.batch.len());
-            self.close_batch(index);
-            let why = format!("lost guix-daemon during a batch of {count}: {why}");
-            self.feed(index, Input::BatchLost(why), Instant::now());
+            self.close_batch(slot);
+            let why = format!("lost guix-daemon during {label}: {why}");
+            self.feed_dispatcher(queue::Input::Lost { slot, why }, Instant::now());
         }
     }
 
-    fn apply_updates(&mut self, index: usize, mut updates: Vec<Update>) {
+    fn apply_updates(&mut self, mut updates: Vec<Update>) {
         if updates.is_empty() {
             return;
         }
@@ -150,7 +150,7 @@ impl EventLoop {
                 }
             }
             Err(e) => {
-                log::error!(target: logging::BUILDING, "spec={:?} {e}", self.slots[index].cycle.spec.name)
+                log::error!(target: logging::BUILDING, "{e}")
             }
         }
     }

@@ -1,0 +1,225 @@
+//! The build queue: its order, and why a pending build waits.
+//!
+//! A scheduled build's place is its `queue_rank` (its spec's priority ×
+//! 10 plus its job's, 0 first; today's Cuirass, `build-priority`), then
+//! its id (age).  Builds wait for their inputs: a build whose input
+//! derivation has a pending build of its own is dispatched after it, and
+//! one whose input's latest build failed is failed-dependency without
+//! reaching the daemon.
+
+use super::{BuildId, Db, PendingBuild, Result, status};
+use crate::build::Limits;
+use rusqlite::{OptionalExtension, Transaction, params};
+
+/// The priority of a spec that gives none (and of every 2018 spec).
+pub const DEFAULT_SPEC_PRIORITY: i64 = 9;
+
+/// The priority of the spec of evaluation `eval`, 0–9: its
+/// `Specifications.priority` when that column exists (today's spec
+/// records), else [`DEFAULT_SPEC_PRIORITY`].
+pub(super) fn spec_priority_of_evaluation(tx: &Transaction, eval: BuildId) -> Result<i64> {
+    let has_column: bool = tx
+        .prepare_cached(
+            "SELECT COUNT(*) FROM pragma_table_info('Specifications') WHERE name = 'priority'",
+        )?
+        .query_row([], |r| r.get::<_, i64>(0))?
+        > 0;
+    if !has_column {
+        return Ok(DEFAULT_SPEC_PRIORITY);
+    }
+    let priority: Option<Option<i64>> = tx
+        .prepare_cached(
+            "SELECT s.priority FROM Evaluations e
+             JOIN Specifications s ON s.repo_name = e.specification WHERE e.id = ?1",
+        )?
+        .query_row([eval], |r| r.get(0))
+        .optional()?;
+    Ok(priority
+        .flatten()
+        .unwrap_or(DEFAULT_SPEC_PRIORITY)
+        .clamp(0, 9))
+}
+
+/// Whether a scheduled build may be handed to the daemon now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// No longer scheduled (started, finished or deleted since read).
+    Gone,
+    /// An input's latest build is pending: this one goes after it.
+    Waiting { input: BuildId },
+    /// An input's latest build failed: this one cannot be built.
+    InputFailed { input: BuildId },
+    Ready,
+}
+
+/// Where a pending build stands, for its JSON and its page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Waiting {
+    /// Handed to the daemon.
+    Started,
+    /// `position` builds (1-based, started ones included) start before
+    /// it or with it, in queue order.
+    Queued { position: i64 },
+    /// Its input's build `input` (status `status`) must succeed first.
+    Dependency { input: BuildId, status: i64 },
+    /// Its specification is not polled any more: nothing dispatches it.
+    Inactive,
+}
+
+/// The latest build of each input derivation of build `?1`: (id, status).
+const INPUT_BUILDS: &str = "SELECT b.id, b.status FROM Inputs i
+     JOIN Builds b ON b.id = (SELECT max(id) FROM Builds WHERE derivation = i.derivation)
+     WHERE i.build = ?1";
+
+impl Db {
+    /// Up to `limit` scheduled builds of every spec after `after` (a
+    /// previous page's last `(rank, id)`), in dispatch order: one page of
+    /// the queue, down `Builds_queue` (keyset pagination, so every page
+    /// costs the same, however long the queue).
+    pub fn dispatch_page(
+        &self,
+        after: Option<(i64, BuildId)>,
+        limit: usize,
+    ) -> Result<Vec<PendingBuild>> {
+        let (rank, id) = after.unwrap_or((i64::MIN, 0));
+        // Literal statuses: the partial index's WHERE must be provable.
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT b.id, b.derivation, b.evaluation, e.specification, b.maxsilent, b.timeout,
+                    b.queue_rank
+             FROM Builds b INDEXED BY Builds_queue JOIN Evaluations e ON e.id = b.evaluation
+             WHERE b.status < 0 AND b.status = -2 AND (b.queue_rank, b.id) > (?1, ?2)
+             ORDER BY b.status DESC, b.queue_rank, b.id LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![rank, id, limit as i64], |r| {
+            Ok(PendingBuild {
+                id: r.get(0)?,
+                derivation: r.get(1)?,
+                evaluation: r.get(2)?,
+                specification: r.get(3)?,
+                limits: Limits {
+                    max_silent_time: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
+                    timeout: r.get::<_, Option<i64>>(5)?.map(|t| t as u64),
+                },
+                rank: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Whether build `id` may be dispatched now; see [`Readiness`].
+    pub fn readiness(&self, id: BuildId) -> Result<Readiness> {
+        let own: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT status FROM Builds WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?;
+        if own != Some(status::SCHEDULED) {
+            return Ok(Readiness::Gone);
+        }
+        Ok(match self.blocking_input(id)? {
+            Some((input, st)) if st < 0 => Readiness::Waiting { input },
+            Some((input, _)) => Readiness::InputFailed { input },
+            None => Readiness::Ready,
+        })
+    }
+
+    /// The input build that keeps build `id` from starting: a pending one
+    /// first, else a failed one (failed, failed-dependency, failed-other);
+    /// (id, status).
+    fn blocking_input(&self, id: BuildId) -> Result<Option<(BuildId, i64)>> {
+        let inputs = self
+            .conn
+            .prepare_cached(INPUT_BUILDS)?
+            .query_map([id], |r| Ok((r.get::<_, BuildId>(0)?, r.get::<_, i64>(1)?)))?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let failed = |s: i64| {
+            matches!(
+                s,
+                status::FAILED | status::FAILED_DEPENDENCY | status::FAILED_OTHER
+            )
+        };
+        Ok(inputs
+            .iter()
+            .find(|(_, s)| *s < 0)
+            .or_else(|| inputs.iter().find(|(_, s)| failed(*s)))
+            .copied())
+    }
+
+    /// Build `id` is failed-dependency because build `input` failed; it
+    /// never reached the daemon, so it has no log and took no time.
+    pub fn fail_dependency(&mut self, id: BuildId, input: BuildId, now: i64) -> Result<usize> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE Builds SET status = ?2, starttime = ?3, stoptime = ?3,
+                   errormsg = 'dependency build ' || ?4 || ' failed'
+                 WHERE id = ?1 AND status = -2",
+            )?
+            .execute(params![id, status::FAILED_DEPENDENCY, now, input])?)
+    }
+
+    /// `derivation` was built: builds that were failed-dependency and list
+    /// it as an input are scheduled again (a restarted input, or a newer
+    /// evaluation that built it); one still missing another input is
+    /// failed again when its turn comes.  Returns how many.
+    pub(super) fn reschedule_dependents(tx: &Transaction, derivation: &str) -> Result<usize> {
+        Ok(tx
+            .prepare_cached(
+                "UPDATE Builds SET status = -2, starttime = 0, stoptime = 0, errormsg = NULL
+                 WHERE status = 2 AND id IN (SELECT build FROM Inputs WHERE derivation = ?1)",
+            )?
+            .execute([derivation])?)
+    }
+
+    /// Whether `spec` is polled: it exists, and is not marked inactive
+    /// (`Specifications.is_active` = 0, when that column exists).
+    pub fn spec_is_active(&self, spec: &str) -> Result<bool> {
+        let has_column: bool = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM pragma_table_info('Specifications') WHERE name = 'is_active'",
+            )?
+            .query_row([], |r| r.get::<_, i64>(0))?
+            > 0;
+        let sql = match has_column {
+            true => "SELECT is_active FROM Specifications WHERE repo_name = ?1",
+            false => "SELECT 1 FROM Specifications WHERE repo_name = ?1",
+        };
+        let active: Option<Option<i64>> = self
+            .conn
+            .prepare_cached(sql)?
+            .query_row([spec], |r| r.get(0))
+            .optional()?;
+        Ok(matches!(active, Some(Some(a)) if a != 0) || matches!(active, Some(None)))
+    }
+
+    /// Where pending build `id` (status `st`, rank `rank`, of `spec`)
+    /// stands.  The position counts every pending build ahead of it in
+    /// queue order: an index range count, O(position).
+    pub fn waiting(&self, id: BuildId, st: i64, rank: i64, spec: &str) -> Result<Option<Waiting>> {
+        if status::is_final(st) {
+            return Ok(None);
+        }
+        if st == status::STARTED {
+            return Ok(Some(Waiting::Started));
+        }
+        if !self.spec_is_active(spec)? {
+            return Ok(Some(Waiting::Inactive));
+        }
+        if let Some((input, status)) = self.blocking_input(id)? {
+            return Ok(Some(Waiting::Dependency { input, status }));
+        }
+        let ahead: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT (SELECT COUNT(*) FROM Builds INDEXED BY Builds_queue
+                         WHERE status < 0 AND status = -1)
+                      + (SELECT COUNT(*) FROM Builds INDEXED BY Builds_queue
+                         WHERE status < 0 AND status = -2 AND (queue_rank, id) < (?1, ?2))",
+            )?
+            .query_row(params![rank, id], |r| r.get(0))?;
+        Ok(Some(Waiting::Queued {
+            position: ahead + 1,
+        }))
+    }
+}
