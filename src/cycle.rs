@@ -1,11 +1,10 @@
 //! One specification's cycle, as a sans-I/O state machine.
 //!
-//! A specification runs two tracks side by side:
+//! Its states, [`State`]: Idle → Fetching → (Compiling →) Evaluating →
+//! Idle, one round per poll.  Every transition is one arm of the
+//! `match (state, input)` in [`Cycle::handle`] and goes through
+//! [`Cycle::set_state`], which logs it with the input that caused it.
 //!
-//! - the **evaluation track**, [`State`]: Idle → Fetching → (Compiling →)
-//!   Evaluating → Idle, one round per poll.  Every transition is one arm of
-//!   the `match (state, input)` in [`Cycle::handle`] and goes through
-//!   [`Cycle::set_state`], which logs it with the input that caused it;
 //! Builds are not the cycle's: every spec's builds form one queue, which
 //! `queue::Dispatcher` hands to the daemon in priority order.  The cycle
 //! says when it added or canceled builds ([`Command::QueueChanged`]); a
@@ -31,7 +30,6 @@ use std::time::{Duration, Instant};
 
 #[cfg(test)]
 mod tests;
-
 
 /// How a cycle runs; fixed for a spec's lifetime.
 #[derive(Debug, Clone)]

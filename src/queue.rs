@@ -86,9 +86,12 @@ pub enum Input {
         slot: usize,
         daemon_error: Option<String>,
     },
-    /// The daemon could not be reached for `slot`'s build, or went away;
-    /// the loop put the build back to scheduled.
-    Lost { slot: usize, why: String },
+    /// The daemon could not be reached for `slot`'s build, or went away:
+    /// the build is scheduled again, after a growing delay.
+    Lost {
+        slot: usize,
+        why: String,
+    },
     Stop,
 }
 
@@ -205,8 +208,10 @@ impl Dispatcher {
                 self.restart();
             }
             Input::Lost { slot, why } => {
-                if let Some(slot) = self.slots.get_mut(slot) {
-                    *slot = None;
+                if let Some(b) = self.slots.get_mut(slot).and_then(Option::take)
+                    && let Err(e) = env.db.reschedule(&[b.derivation])
+                {
+                    log::error!(target: BUILDING, "{e}");
                 }
                 let delay = self.backoff.failed();
                 self.retry_at = Some(env.now + delay);
@@ -254,6 +259,9 @@ impl Dispatcher {
                 break;
             };
             let limits = build.limits;
+            if let Err(e) = env.db.mark_dispatched(build.id, env.unix_now) {
+                log::error!(target: BUILDING, "{e}");
+            }
             self.commands.push_back(Command::Open {
                 slot,
                 build: build.id,

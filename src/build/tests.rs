@@ -3,6 +3,7 @@ use crate::wire::{PROTOCOL_VERSION, WORKER_MAGIC_2, put_bytes, put_strings, put_
 
 fn pending(id: i64, limits: Limits) -> PendingBuild {
     PendingBuild {
+        rank: 90,
         id,
         derivation: format!("/gnu/store/{id:a<32}-job{id}.drv"),
         evaluation: 1,

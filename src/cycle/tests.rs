@@ -80,15 +80,6 @@ impl World {
         std::iter::from_fn(|| cycle.poll_command()).collect()
     }
 
-    /// What the loop records from a batch's trace events.
-    fn built(&mut self, drvs: &[&str]) {
-        let done: Vec<(String, i64, Option<String>)> = drvs
-            .iter()
-            .map(|d| (d.to_string(), status::SUCCEEDED, None))
-            .collect();
-        self.db.finish_builds(&done, 1_700_000_000).unwrap();
-    }
-
     fn count(&self, sql: &str) -> i64 {
         self.db
             .connection()
@@ -166,16 +157,13 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-fn batch_of(commands: &[Command]) -> Vec<String> {
-    commands
-        .iter()
-        .find_map(|c| match c {
-            Command::OpenBatch(items, _) => {
-                Some(items.iter().map(|i| i.derivation.clone()).collect())
-            }
-            _ => None,
-        })
-        .unwrap_or_default()
+/// Whether the commands tell the dispatcher to read the queue again.
+fn queue_changed(commands: &[Command]) -> bool {
+    commands.contains(&Command::QueueChanged)
+}
+
+fn scheduled(w: &World) -> i64 {
+    w.count("SELECT COUNT(*) FROM Builds WHERE status = -2")
 }
 
 #[test]
@@ -199,19 +187,19 @@ fn a_new_commit_without_compile_is_evaluated_and_its_builds_start_while_evaluati
         other => panic!("{other:?}"),
     }
     assert_eq!(c.state().name(), "Evaluating");
-    // The first job's build is handed over before the evaluator ends.
+    // The first job's build is queued before the evaluator ends, and the
+    // dispatcher told.
     let cmds = w.feed(&mut c, output(&[&job_line("a", DRV_A)]));
-    assert_eq!(batch_of(&cmds), vec![DRV_A]);
+    assert!(queue_changed(&cmds), "{cmds:?}");
+    assert_eq!(scheduled(&w), 1);
     let cmds = w.feed(&mut c, output(&[&job_line("b", DRV_B), "(done 2)"]));
-    assert!(cmds.is_empty(), "one batch at a time: {cmds:?}");
-    w.feed(&mut c, exited(true));
+    assert!(queue_changed(&cmds), "{cmds:?}");
+    let cmds = w.feed(&mut c, exited(true));
+    assert!(queue_changed(&cmds), "{cmds:?}");
     assert_eq!(c.state().name(), "Idle");
     assert_eq!(w.evaluation_rows(), vec![(COMMIT_1.into(), 0, None)]);
     assert_eq!(w.db.stamp("hello").unwrap().as_deref(), Some(COMMIT_1));
-    // The first batch ends: the second job's build goes next.
-    w.built(&[DRV_A]);
-    let cmds = w.feed(&mut c, Input::BatchDone { daemon_error: None });
-    assert_eq!(batch_of(&cmds), vec![DRV_B]);
+    assert_eq!(scheduled(&w), 2);
 }
 
 #[test]
@@ -350,7 +338,7 @@ fn an_evaluator_past_its_timeout_is_killed_once_and_the_evaluation_fails() {
 }
 
 #[test]
-fn without_a_daemon_the_evaluation_is_postponed_and_batches_back_off() {
+fn without_a_daemon_the_evaluation_is_postponed() {
     let mut w = World::new();
     let mut c = w.cycle(true, false);
     w.daemon_up.set(false);
@@ -362,23 +350,8 @@ fn without_a_daemon_the_evaluation_is_postponed_and_batches_back_off() {
     w.daemon_up.set(true);
     w.at(60);
     let cmds = w.evaluate(&mut c, COMMIT_1, &strs(&two_jobs()));
-    assert_eq!(batch_of(&cmds), vec![DRV_A, DRV_B]);
-    // The daemon goes away mid-batch: retries after 1, 2, 4 s.
-    for (secs, delay) in [(70, 1), (80, 2), (90, 4)] {
-        let cmds = w.at(secs).feed(&mut c, Input::BatchLost("gone".into()));
-        assert!(cmds.is_empty());
-        let retry = w.start + Duration::from_secs(secs + delay);
-        assert!(c.poll_at().unwrap() <= retry);
-        assert!(w.at(secs + delay - 1).feed(&mut c, Input::Tick).is_empty());
-        // Back in order, the lost batch's builds with the rest.
-        assert_eq!(
-            batch_of(&w.at(secs + delay).feed(&mut c, Input::Tick)),
-            vec![DRV_A, DRV_B]
-        );
-    }
-    w.built(&[DRV_A, DRV_B]);
-    w.feed(&mut c, Input::BatchDone { daemon_error: None });
-    assert!(c.building().is_idle());
+    assert!(queue_changed(&cmds));
+    assert_eq!(scheduled(&w), 2);
 }
 
 #[test]
@@ -386,7 +359,7 @@ fn a_poll_due_during_a_long_batch_fetches_and_evaluates_at_once_and_supersedes()
     let mut w = World::new();
     let mut c = w.cycle(true, false);
     let cmds = w.evaluate(&mut c, COMMIT_1, &[&job_line("a", DRV_A), "(done 1)"]);
-    assert_eq!(batch_of(&cmds), vec![DRV_A]);
+    assert!(queue_changed(&cmds));
     // The batch runs on; the poll falls due and goes ahead regardless.
     let cmds = w.at(60).feed(&mut c, Input::Tick);
     assert!(matches!(cmds[..], [Command::SpawnFetch(_)]), "{cmds:?}");
@@ -407,10 +380,7 @@ fn a_poll_due_during_a_long_batch_fetches_and_evaluates_at_once_and_supersedes()
         )),
         1
     );
-    // The batch ends; the new evaluation's build is next.
-    w.built(&[DRV_A]);
-    let cmds = w.feed(&mut c, Input::BatchDone { daemon_error: None });
-    assert_eq!(batch_of(&cmds), vec![DRV_B]);
+    assert_eq!(scheduled(&w), 1);
 }
 
 #[test]
@@ -418,11 +388,8 @@ fn one_shot_finishes_after_one_round_once_everything_is_built() {
     let mut w = World::new();
     let mut c = w.cycle(true, true);
     assert!(!c.is_finished());
-    let cmds = w.evaluate(&mut c, COMMIT_1, &strs(&two_jobs()));
-    assert_eq!(batch_of(&cmds), vec![DRV_A, DRV_B]);
-    assert!(!c.is_finished(), "a batch is in flight");
-    w.built(&[DRV_A, DRV_B]);
-    w.feed(&mut c, Input::BatchDone { daemon_error: None });
+    w.evaluate(&mut c, COMMIT_1, &strs(&two_jobs()));
+    // The builds are the dispatcher's; the loop waits for both.
     assert!(c.is_finished());
     assert_eq!(c.failure(), None);
     // No second poll in one-shot mode.
@@ -494,14 +461,10 @@ fn sigterm_in_each_state_kills_the_child_and_leaves_nothing_in_progress() {
         let mut c = w.cycle(false, false);
         reach(&mut w, &mut c);
         assert_eq!(c.state().name(), name);
-        let batch = c.building().batch_open();
         let cmds = w.feed(&mut c, Input::Stop);
         let mut expected = vec![];
         if name != "Idle" {
             expected.push(Command::KillChild);
-        }
-        if batch {
-            expected.push(Command::CloseBatch);
         }
         assert_eq!(cmds, expected, "{name}");
         assert_eq!(c.state().name(), "Stopped");
@@ -510,35 +473,6 @@ fn sigterm_in_each_state_kills_the_child_and_leaves_nothing_in_progress() {
         assert_eq!(w.count("SELECT COUNT(*) FROM Builds"), 0, "{name}");
         // Late exits change nothing.
         assert!(w.feed(&mut c, exited(true)).is_empty());
-        assert!(
-            w.feed(&mut c, Input::BatchDone { daemon_error: None })
-                .is_empty()
-        );
         assert!(c.is_finished());
     }
-}
-
-#[test]
-fn builds_left_pending_by_an_earlier_run_are_loaded_a_page_at_a_time() {
-    let mut w = World::new();
-    // Register PAGE + 1 builds of two derivations over many evaluations.
-    for i in 0..=(PAGE / 2) {
-        let jobs: Vec<JobRecord> = [DRV_A, DRV_B]
-            .iter()
-            .map(|d| job::job_record("x", d, Limits::default(), None, &w.drvs[*d]).unwrap())
-            .enumerate()
-            .map(|(k, mut j)| {
-                j.job_name = format!("j{k}");
-                j
-            })
-            .collect();
-        w.db.register_evaluation("hello", &format!("{i:040}"), &jobs, 1)
-            .unwrap();
-    }
-    let mut c = w.cycle(true, false);
-    // The first page's first derivations make the batch; duplicates of a
-    // derivation in flight wait for the next one.
-    let cmds = w.feed(&mut c, Input::Tick);
-    assert_eq!(batch_of(&cmds), vec![DRV_A, DRV_B]);
-    assert!(c.building().queued() <= PAGE);
 }

@@ -46,9 +46,13 @@ pub enum Readiness {
     /// No longer scheduled (started, finished or deleted since read).
     Gone,
     /// An input's latest build is pending: this one goes after it.
-    Waiting { input: BuildId },
+    Waiting {
+        input: BuildId,
+    },
     /// An input's latest build failed: this one cannot be built.
-    InputFailed { input: BuildId },
+    InputFailed {
+        input: BuildId,
+    },
     Ready,
 }
 
@@ -145,6 +149,18 @@ impl Db {
             .copied())
     }
 
+    /// Build `id` was handed to the daemon: it is listed as started (the
+    /// daemon's `build-started` sets the real start time); a lost
+    /// connection puts it back with [`Db::reschedule`].
+    pub fn mark_dispatched(&mut self, id: BuildId, now: i64) -> Result<usize> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE Builds SET status = -1, starttime = ?2 WHERE id = ?1 AND status = -2",
+            )?
+            .execute(params![id, now])?)
+    }
+
     /// Build `id` is failed-dependency because build `input` failed; it
     /// never reached the daemon, so it has no log and took no time.
     pub fn fail_dependency(&mut self, id: BuildId, input: BuildId, now: i64) -> Result<usize> {
@@ -171,17 +187,21 @@ impl Db {
             .execute([derivation])?)
     }
 
-    /// Whether `spec` is polled: it exists, and is not marked inactive
-    /// (`Specifications.is_active` = 0, when that column exists).
-    pub fn spec_is_active(&self, spec: &str) -> Result<bool> {
-        let has_column: bool = self
+    /// Whether `Specifications` has today's `is_active` column.
+    fn has_is_active(&self) -> Result<bool> {
+        Ok(self
             .conn
             .prepare_cached(
                 "SELECT COUNT(*) FROM pragma_table_info('Specifications') WHERE name = 'is_active'",
             )?
             .query_row([], |r| r.get::<_, i64>(0))?
-            > 0;
-        let sql = match has_column {
+            > 0)
+    }
+
+    /// Whether `spec` is polled: it exists, and is not marked inactive
+    /// (`Specifications.is_active` = 0, when that column exists).
+    pub fn spec_is_active(&self, spec: &str) -> Result<bool> {
+        let sql = match self.has_is_active()? {
             true => "SELECT is_active FROM Specifications WHERE repo_name = ?1",
             false => "SELECT 1 FROM Specifications WHERE repo_name = ?1",
         };
@@ -194,8 +214,10 @@ impl Db {
     }
 
     /// Where pending build `id` (status `st`, rank `rank`, of `spec`)
-    /// stands.  The position counts every pending build ahead of it in
-    /// queue order: an index range count, O(position).
+    /// stands.  Its position counts the started builds and the scheduled
+    /// ones of active specs ahead of it in queue order (an index range
+    /// walk, O(position)); builds ahead that wait for an input are
+    /// counted too, so it is the latest place it can start at.
     pub fn waiting(&self, id: BuildId, st: i64, rank: i64, spec: &str) -> Result<Option<Waiting>> {
         if status::is_final(st) {
             return Ok(None);
@@ -209,14 +231,21 @@ impl Db {
         if let Some((input, status)) = self.blocking_input(id)? {
             return Ok(Some(Waiting::Dependency { input, status }));
         }
+        let active = match self.has_is_active()? {
+            true => "AND s.is_active != 0",
+            false => "",
+        };
         let ahead: i64 = self
             .conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT (SELECT COUNT(*) FROM Builds INDEXED BY Builds_queue
                          WHERE status < 0 AND status = -1)
-                      + (SELECT COUNT(*) FROM Builds INDEXED BY Builds_queue
-                         WHERE status < 0 AND status = -2 AND (queue_rank, id) < (?1, ?2))",
-            )?
+                      + (SELECT COUNT(*) FROM Builds b INDEXED BY Builds_queue
+                         JOIN Evaluations e ON e.id = b.evaluation
+                         JOIN Specifications s ON s.repo_name = e.specification
+                         WHERE b.status < 0 AND b.status = -2
+                           AND (b.queue_rank, b.id) < (?1, ?2) {active})"
+            ))?
             .query_row(params![rank, id], |r| r.get(0))?;
         Ok(Some(Waiting::Queued {
             position: ahead + 1,

@@ -65,9 +65,7 @@ impl EventLoop {
 
     /// Tells the dispatcher once the slot's build is done.
     pub(super) fn settle_batch(&mut self, slot: usize, now: Instant) {
-        let done = self.conns[slot]
-            .as_ref()
-            .is_some_and(|c| c.batch.is_done());
+        let done = self.conns[slot].as_ref().is_some_and(|c| c.batch.is_done());
         if !done {
             return;
         }

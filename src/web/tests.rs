@@ -645,11 +645,12 @@ fn a_build_page_shows_the_limits_and_why_it_failed() {
     db.register_evaluation("hello", "c9", &[slow.clone()], NOW - 100)
         .unwrap();
     let id = db
-        .pending_builds_page("hello", 0, 1000)
+        .dispatch_page(None, 1000)
         .unwrap()
-        .last()
-        .unwrap()
-        .id;
+        .iter()
+        .map(|p| p.id)
+        .max()
+        .unwrap();
     db.apply_build_updates(
         &[crate::build::Update::Finished {
             derivation: slow.derivation,
