@@ -3,6 +3,7 @@
 //! and types are those of Cuirass and Hydra, which clients such as Guix's
 //! `(guix ci)` read.
 
+use crate::db::queue::Waiting;
 use crate::db::read::{BuildFilter, BuildView, JobFilter};
 use crate::db::{Db, status};
 use crate::http::{Request, Response};
@@ -128,6 +129,9 @@ struct BuildJson<'a> {
     /// Why the build failed, as the daemon said it: `timed out after 3
     /// seconds`; null otherwise.
     errormsg: Option<&'a str>,
+    /// Pending builds only: see [`waiting_json`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waiting: Option<Value>,
 }
 
 fn build_json(b: &BuildView) -> BuildJson<'_> {
@@ -160,6 +164,22 @@ fn build_json(b: &BuildView) -> BuildJson<'_> {
         timeout: b.timeout,
         maxsilent: b.max_silent_time,
         errormsg: b.errormsg.as_deref(),
+        waiting: b.waiting.as_ref().map(waiting_json),
+    }
+}
+
+/// Where a pending build stands: `{"reason": "queued", "position": N}`
+/// (1 = next to start, started builds included), `{"reason": "started"}`,
+/// `{"reason": "dependency", "build": ID, "status": S}` (an input's
+/// build that must succeed first), or `{"reason": "inactive"}`.
+pub fn waiting_json(w: &Waiting) -> Value {
+    match w {
+        Waiting::Started => json!({ "reason": "started" }),
+        Waiting::Queued { position } => json!({ "reason": "queued", "position": position }),
+        Waiting::Dependency { input, status } => {
+            json!({ "reason": "dependency", "build": input, "status": status })
+        }
+        Waiting::Inactive => json!({ "reason": "inactive" }),
     }
 }
 
@@ -268,8 +288,9 @@ const JOBS_PAGE: u32 = 10 * PAGE;
 
 enum Listing {
     Latest(BuildFilter),
-    /// The (status, timestamp, id) of the last build of the previous page.
-    Queue(Option<(i64, i64, i64)>),
+    /// The (status, rank, id) of the last build of the previous page, and
+    /// how many builds so far count for positions.
+    Queue(Option<(i64, i64, i64)>, i64),
     /// Every job of the evaluation: there is no `nr`.
     Jobs(JobFilter),
 }
@@ -294,7 +315,7 @@ impl Pager {
         let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
         let listing = match segs.as_slice() {
             ["api", "latestbuilds"] => latest_filter(req).map(Listing::Latest),
-            ["api", "queue"] => Ok(Listing::Queue(None)),
+            ["api", "queue"] => Ok(Listing::Queue(None, 0)),
             ["api", "jobs"] => jobs::job_filter(req).map(Listing::Jobs),
             _ => return None,
         };
@@ -350,8 +371,9 @@ impl Pager {
                 }
                 page
             }
-            Listing::Queue(after) => {
-                let page = db.queued_builds(n, *after).map_err(db_error)?;
+            Listing::Queue(after, ahead) => {
+                let (page, now_ahead) = db.queued_builds(n, *after, *ahead).map_err(db_error)?;
+                *ahead = now_ahead;
                 if let Some(last) = page.last() {
                     *after = Some((last.status, last.rank, last.id));
                 }

@@ -7,6 +7,7 @@
 //! one whose input's latest build failed is failed-dependency without
 //! reaching the daemon.
 
+use super::read::BuildView;
 use super::{BuildId, Db, PendingBuild, Result, status};
 use crate::build::Limits;
 use rusqlite::{OptionalExtension, Transaction, params};
@@ -219,6 +220,36 @@ impl Db {
     /// walk, O(position)); builds ahead that wait for an input are
     /// counted too, so it is the latest place it can start at.
     pub fn waiting(&self, id: BuildId, st: i64, rank: i64, spec: &str) -> Result<Option<Waiting>> {
+        self.waiting_with(id, st, spec, || {
+            let active = match self.has_is_active()? {
+                true => "AND s.is_active != 0",
+                false => "",
+            };
+            let ahead: i64 = self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT (SELECT COUNT(*) FROM Builds INDEXED BY Builds_queue
+                             WHERE status < 0 AND status = -1)
+                          + (SELECT COUNT(*) FROM Builds b INDEXED BY Builds_queue
+                             JOIN Evaluations e ON e.id = b.evaluation
+                             JOIN Specifications s ON s.repo_name = e.specification
+                             WHERE b.status < 0 AND b.status = -2
+                               AND (b.queue_rank, b.id) < (?1, ?2) {active})"
+                ))?
+                .query_row(params![rank, id], |r| r.get(0))?;
+            Ok(ahead + 1)
+        })
+    }
+
+    /// [`Db::waiting`] with the position given by `position` when it is
+    /// asked for.
+    fn waiting_with(
+        &self,
+        id: BuildId,
+        st: i64,
+        spec: &str,
+        position: impl FnOnce() -> Result<i64>,
+    ) -> Result<Option<Waiting>> {
         if status::is_final(st) {
             return Ok(None);
         }
@@ -231,24 +262,22 @@ impl Db {
         if let Some((input, status)) = self.blocking_input(id)? {
             return Ok(Some(Waiting::Dependency { input, status }));
         }
-        let active = match self.has_is_active()? {
-            true => "AND s.is_active != 0",
-            false => "",
-        };
-        let ahead: i64 = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT (SELECT COUNT(*) FROM Builds INDEXED BY Builds_queue
-                         WHERE status < 0 AND status = -1)
-                      + (SELECT COUNT(*) FROM Builds b INDEXED BY Builds_queue
-                         JOIN Evaluations e ON e.id = b.evaluation
-                         JOIN Specifications s ON s.repo_name = e.specification
-                         WHERE b.status < 0 AND b.status = -2
-                           AND (b.queue_rank, b.id) < (?1, ?2) {active})"
-            ))?
-            .query_row(params![rank, id], |r| r.get(0))?;
         Ok(Some(Waiting::Queued {
-            position: ahead + 1,
+            position: position()?,
         }))
+    }
+
+    /// Fills in the `waiting` of a page of `/api/queue` (in its order),
+    /// which follows `ahead` builds that count for positions; returns the
+    /// count after this page.  A page costs O(page), not O(position).
+    pub(super) fn fill_waiting(&self, builds: &mut [BuildView], mut ahead: i64) -> Result<i64> {
+        for b in builds {
+            let counts = b.status == status::STARTED || self.spec_is_active(&b.specification)?;
+            b.waiting = self.waiting_with(b.id, b.status, &b.specification, || Ok(ahead + 1))?;
+            if counts {
+                ahead += 1;
+            }
+        }
+        Ok(ahead)
     }
 }

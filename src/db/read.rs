@@ -32,6 +32,9 @@ pub struct BuildView {
     pub errormsg: Option<String>,
     /// Its class in the queue: spec priority × 10 + job priority.
     pub rank: i64,
+    /// Where it stands while pending: filled by single-build reads and
+    /// by [`Db::queued_builds`]; None in other listings.
+    pub waiting: Option<super::queue::Waiting>,
     /// One of [`weather`]: how this build compares with the job's
     /// previous finished build in the same specification.
     pub weather: i64,
@@ -199,6 +202,7 @@ pub(super) fn build_row(r: &Row) -> rusqlite::Result<BuildView> {
         max_silent_time: r.get(15)?,
         errormsg: r.get(16)?,
         rank: r.get(17)?,
+        waiting: None,
     })
 }
 
@@ -354,7 +358,13 @@ impl Db {
             .query_row([id], build_row)
             .optional()?;
         match build {
-            Some(b) => Ok(self.complete(vec![b])?.pop()),
+            Some(b) => {
+                let mut b = self.complete(vec![b])?.pop();
+                if let Some(b) = b.as_mut() {
+                    b.waiting = self.waiting(b.id, b.status, b.rank, &b.specification)?;
+                }
+                Ok(b)
+            }
             None => Ok(None),
         }
     }
@@ -370,13 +380,16 @@ impl Db {
     }
 
     /// Unfinished builds: started ones first, then in dispatch order
-    /// (rank, then id); `after` is the (status, rank, id) of the last one
-    /// of a previous page.
+    /// (rank, then id), each with where it stands; `after` is the
+    /// (status, rank, id) of the last one of a previous page and `ahead`
+    /// the number of builds before it that count for positions (0, then
+    /// what the previous call returned).
     pub fn queued_builds(
         &self,
         limit: u32,
         after: Option<(i64, i64, i64)>,
-    ) -> Result<Vec<BuildView>> {
+        ahead: i64,
+    ) -> Result<(Vec<BuildView>, i64)> {
         let (st, ts, id) = match after {
             Some((st, ts, id)) => (Some(st), Some(ts), Some(id)),
             None => (None, None, None),
@@ -386,7 +399,9 @@ impl Db {
             .prepare_cached(&queued_builds_sql())?
             .query_map(params![limit, st, ts, id], build_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        self.complete(builds)
+        let mut builds = self.complete(builds)?;
+        let ahead = self.fill_waiting(&mut builds, ahead)?;
+        Ok((builds, ahead))
     }
 
     /// The latest evaluations, newest first, of one specification or of

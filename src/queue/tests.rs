@@ -125,12 +125,30 @@ impl World {
 
     /// The job names of `/api/queue`, in its order.
     fn queue(&self) -> Vec<String> {
-        self.db
-            .queued_builds(1000, None)
-            .unwrap()
-            .into_iter()
-            .map(|b| b.job_name)
-            .collect()
+        // Two pages of 4: positions carry on from one page to the next.
+        let (mut page, ahead) = self.db.queued_builds(4, None, 0).unwrap();
+        if let Some(last) = page.last() {
+            let after = Some((last.status, last.rank, last.id));
+            page.extend(self.db.queued_builds(1000, after, ahead).unwrap().0);
+        }
+        for (i, b) in page.iter().enumerate() {
+            let expect = match b.status {
+                status::STARTED => Waiting::Started,
+                _ => Waiting::Queued {
+                    position: i as i64 + 1,
+                },
+            };
+            if b.waiting
+                .as_ref()
+                .is_some_and(|w| matches!(w, Waiting::Queued { .. } | Waiting::Started))
+            {
+                assert_eq!(b.waiting, Some(expect), "{}", b.job_name);
+                // A single build's read says the same.
+                let one = self.db.build(b.id).unwrap().unwrap();
+                assert_eq!(one.waiting, b.waiting, "{}", b.job_name);
+            }
+        }
+        page.into_iter().map(|b| b.job_name).collect()
     }
 }
 
