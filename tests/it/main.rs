@@ -14,6 +14,7 @@ mod jobs;
 mod logs;
 mod names;
 mod one_shot;
+mod queue;
 mod refs;
 mod support;
 mod web;
