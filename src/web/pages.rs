@@ -344,9 +344,12 @@ pub fn build_details(db: &Db, id: &str, ctx: &Ctx) -> Page {
         seconds(b.timeout),
         b.priority
     );
-    let reason = b.errormsg.as_deref().map_or(String::new(), |r| {
+    let mut reason = b.errormsg.as_deref().map_or(String::new(), |r| {
         format!("<dt>Reason</dt><dd>{}</dd>", esc(r))
     });
+    if let Some(w) = &b.waiting {
+        reason.push_str(&format!("<dt>Waiting</dt><dd>{}</dd>", waiting_html(w)));
+    }
     let body = format!(
         "<dl><dt>Job</dt><dd>{}</dd><dt>Status</dt><dd>{}</dd>\
          <dt>Specification</dt><dd><a href=\"/jobset/{}\">{}</a></dd>\
@@ -430,4 +433,19 @@ pub fn search(db: &Db, req: &Request, now: i64) -> Page {
         200,
         html::page(&format!("Jobs matching “{query}”"), &[], &body),
     ))
+}
+
+/// Where a pending build stands, for its page.
+fn waiting_html(w: &crate::db::queue::Waiting) -> String {
+    use crate::db::queue::Waiting;
+    match w {
+        Waiting::Started => "being built".into(),
+        Waiting::Queued { position: 1 } => "next to start".into(),
+        Waiting::Queued { position } => format!("number {position} in the queue"),
+        Waiting::Dependency { input, status } => format!(
+            "for its input, <a href=\"/build/{input}/details\">build {input}</a> ({})",
+            html::status_name(*status)
+        ),
+        Waiting::Inactive => "its specification is inactive".into(),
+    }
 }
