@@ -80,8 +80,9 @@ impl EventLoop {
     /// Reads until WouldBlock (mio is edge-triggered) and writes what is
     /// queued.  No cap: with verbosity 0 the daemon sends only trace lines.
     pub(super) fn daemon_io(&mut self, slot: usize) {
+        // The daemon's events name their derivation; the spec says whose.
         let label = match self.dispatcher.in_flight(slot) {
-            Some(b) => format!("build {} of spec={:?}", b.id, b.specification),
+            Some(b) => format!("spec={:?} builds", b.specification),
             None => format!("slot {slot}"),
         };
         let Some(conn) = self.conns[slot].as_mut() else {

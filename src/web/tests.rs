@@ -675,18 +675,28 @@ fn a_pending_builds_page_says_why_it_waits() {
     let lib = job("lib", "w");
     let mut app = job("app", "w");
     app.inputs = vec![lib.derivation.clone()];
-    db.register_evaluation("hello", "w1", &[lib, app], NOW).unwrap();
+    db.register_evaluation("hello", "w1", &[lib, app], NOW)
+        .unwrap();
     let queue = db.dispatch_page(None, 10).unwrap();
-    let at = |name: &str| queue.iter().position(|p| p.derivation.contains(name)).unwrap();
+    let at = |name: &str| {
+        queue
+            .iter()
+            .position(|p| p.derivation.contains(name))
+            .unwrap()
+    };
     let (lib_id, app_id) = (queue[at("-lib-")].id, queue[at("-app-")].id);
     let started: i64 = db
         .connection()
-        .query_row("SELECT COUNT(*) FROM Builds WHERE status = -1", [], |r| r.get(0))
+        .query_row("SELECT COUNT(*) FROM Builds WHERE status = -1", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     let position = started + at("-lib-") as i64 + 1;
     let body = page(&db, &root, &format!("/build/{lib_id}/details"));
     assert!(
-        body.contains(&format!("<dt>Waiting</dt><dd>number {position} in the queue</dd>")),
+        body.contains(&format!(
+            "<dt>Waiting</dt><dd>number {position} in the queue</dd>"
+        )),
         "{body}"
     );
     let body = page(&db, &root, &format!("/build/{app_id}/details"));
