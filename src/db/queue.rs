@@ -162,19 +162,6 @@ impl Db {
             .execute(params![id, now])?)
     }
 
-    /// Build `id` is failed-dependency because build `input` failed; it
-    /// never reached the daemon, so it has no log and took no time.
-    pub fn fail_dependency(&mut self, id: BuildId, input: BuildId, now: i64) -> Result<usize> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "UPDATE Builds SET status = ?2, starttime = ?3, stoptime = ?3,
-                   errormsg = 'dependency build ' || ?4 || ' failed'
-                 WHERE id = ?1 AND status = -2",
-            )?
-            .execute(params![id, status::FAILED_DEPENDENCY, now, input])?)
-    }
-
     /// `derivation` was built: builds that were failed-dependency and list
     /// it as an input are scheduled again (a restarted input, or a newer
     /// evaluation that built it); one still missing another input is
@@ -271,10 +258,29 @@ impl Db {
     /// which follows `ahead` builds that count for positions; returns the
     /// count after this page.  A page costs O(page), not O(position).
     pub(super) fn fill_waiting(&self, builds: &mut [BuildView], mut ahead: i64) -> Result<i64> {
+        // A page holds few specs: each is looked up once.
+        let mut active = std::collections::HashMap::new();
         for b in builds {
-            let counts = b.status == status::STARTED || self.spec_is_active(&b.specification)?;
-            b.waiting = self.waiting_with(b.id, b.status, &b.specification, || Ok(ahead + 1))?;
-            if counts {
+            let spec_active = match active.get(&b.specification) {
+                Some(&a) => a,
+                None => {
+                    let a = self.spec_is_active(&b.specification)?;
+                    active.insert(b.specification.clone(), a);
+                    a
+                }
+            };
+            b.waiting = match (b.status, spec_active) {
+                (st, _) if status::is_final(st) => None,
+                (status::STARTED, _) => Some(Waiting::Started),
+                (_, false) => Some(Waiting::Inactive),
+                _ => Some(match self.blocking_input(b.id)? {
+                    Some((input, status)) => Waiting::Dependency { input, status },
+                    None => Waiting::Queued {
+                        position: ahead + 1,
+                    },
+                }),
+            };
+            if b.status == status::STARTED || spec_active {
                 ahead += 1;
             }
         }

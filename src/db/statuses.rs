@@ -215,6 +215,27 @@ impl Db {
         Ok(logged)
     }
 
+    /// Build `id` is failed-dependency because build `input` failed; it
+    /// never reached the daemon, so it has no log, and took no time (a
+    /// zero in the duration histogram, like every finished build).
+    pub fn fail_dependency(&mut self, id: BuildId, input: BuildId, now: i64) -> Result<usize> {
+        let tx = self.conn.transaction()?;
+        let changed = tx
+            .prepare_cached(
+                "UPDATE Builds SET status = ?2, starttime = ?3, stoptime = ?3,
+                   errormsg = 'dependency build ' || ?4 || ' failed'
+                 WHERE id = ?1 AND status = -2",
+            )?
+            .execute(params![id, status::FAILED_DEPENDENCY, now, input])?;
+        let mut durations = Durations::default();
+        if changed > 0 {
+            durations.add(0);
+        }
+        Db::add_durations(&tx, &durations)?;
+        tx.commit()?;
+        Ok(changed)
+    }
+
     /// At start-up, builds left `started` by a previous process go back to
     /// `scheduled`: the daemon forgot them when our connection closed.
     pub fn reset_started_builds(&mut self) -> Result<usize> {
