@@ -169,7 +169,8 @@ fn build_json(b: &BuildView) -> BuildJson<'_> {
 }
 
 /// Where a pending build stands: `{"reason": "queued", "position": N}`
-/// (1 = next to start, started builds included), `{"reason": "started"}`,
+/// (1 = next to start, started builds included; with `"at_least": true`
+/// when more than `POSITION_LIMIT` are ahead), `{"reason": "started"}`,
 /// `{"reason": "dependency", "build": ID, "status": S}` (an input's
 /// build that must succeed first), or `{"reason": "inactive"}`.
 pub fn waiting_json(w: &Waiting) -> Value {
@@ -178,6 +179,9 @@ pub fn waiting_json(w: &Waiting) -> Value {
         Waiting::Queued { position } => json!({ "reason": "queued", "position": position }),
         Waiting::Dependency { input, status } => {
             json!({ "reason": "dependency", "build": input, "status": status })
+        }
+        Waiting::QueuedBeyond { position } => {
+            json!({ "reason": "queued", "position": position, "at_least": true })
         }
         Waiting::Inactive => json!({ "reason": "inactive" }),
     }

@@ -15,9 +15,9 @@
 //! build failed is made failed-dependency without reaching the daemon.
 //!
 //! The queue is read a page at a time from a keyset cursor, at most
-//! [`SCAN_PER_TURN`] rows per turn, whatever its length; each finished
-//! build, or builds added, sends the cursor back to the front (a
-//! finished build may unblock builds skipped earlier).
+//! [`SCAN_PER_TURN`] rows per turn, whatever its length; builds added,
+//! or a build finished while others were skipped as waiting for an
+//! input, send the cursor back to the front.
 
 use crate::build::{Item, Limits};
 use crate::db::queue::Readiness;
@@ -123,6 +123,9 @@ pub struct Dispatcher {
     failed_in_scan: bool,
     /// Rows remain that this turn had no budget for: wake at once.
     more: bool,
+    /// The scan passed over builds waiting for an input: a build ending
+    /// may let them go, so the next one reads from the front again.
+    skipped_waiting: bool,
     retry_at: Option<Instant>,
     backoff: Backoff,
     one_shot: bool,
@@ -140,6 +143,7 @@ impl Dispatcher {
             exhausted: false,
             failed_in_scan: false,
             more: false,
+            skipped_waiting: false,
             retry_at: None,
             backoff: Backoff::default(),
             one_shot,
@@ -194,7 +198,13 @@ impl Dispatcher {
             Input::Tick => {}
             Input::Changed => self.restart(),
             Input::Done { slot, daemon_error } => {
-                if let Some(b) = self.slots.get_mut(slot).and_then(Option::take) {
+                let done = self.slots.get_mut(slot).and_then(Option::take);
+                let dependents = done.as_ref().is_some_and(|b| {
+                    env.db
+                        .has_scheduled_dependents(&b.derivation)
+                        .unwrap_or(true)
+                });
+                if let Some(b) = done {
                     log::info!(target: BUILDING,
                         "build {} of spec={:?} done{}",
                         b.id,
@@ -205,7 +215,13 @@ impl Dispatcher {
                     );
                 }
                 self.backoff.succeeded();
-                self.restart();
+                // Otherwise nothing before the cursor can start now (no
+                // build skipped, none that needs this one): the
+                // scan goes on where it was (1,000 builds in a row then
+                // cost one page read, not one each).
+                if self.skipped_waiting || dependents {
+                    self.restart();
+                }
             }
             Input::Lost { slot, why } => {
                 if let Some(b) = self.slots.get_mut(slot).and_then(Option::take)
@@ -240,6 +256,7 @@ impl Dispatcher {
         self.cursor = None;
         self.exhausted = false;
         self.failed_in_scan = false;
+        self.skipped_waiting = false;
     }
 
     /// Hands the next ready builds to free slots, in queue order.
@@ -330,7 +347,11 @@ impl Dispatcher {
         }
         match env.db.readiness(pending.id) {
             Ok(Readiness::Ready) => {}
-            Ok(Readiness::Gone | Readiness::Waiting { .. }) => return None,
+            Ok(Readiness::Gone) => return None,
+            Ok(Readiness::Waiting { .. }) => {
+                self.skipped_waiting = true;
+                return None;
+            }
             Ok(Readiness::InputFailed { input }) => {
                 log::info!(target: BUILDING,
                     "build {} of spec={:?} failed-dependency: input build {input} failed",

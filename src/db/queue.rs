@@ -67,9 +67,17 @@ pub enum Waiting {
     Queued { position: i64 },
     /// Its input's build `input` (status `status`) must succeed first.
     Dependency { input: BuildId, status: i64 },
+    /// More than [`POSITION_LIMIT`] builds are ahead: its position is
+    /// `position` or later.
+    QueuedBeyond { position: i64 },
     /// Its specification is not polled any more: nothing dispatches it.
     Inactive,
 }
+
+/// A single build's position is counted up to this many builds ahead, so
+/// that a request for a build at the back of a huge queue stays short
+/// (counting 100,000 takes 0.1 s).
+pub const POSITION_LIMIT: i64 = 10_000;
 
 /// The latest build of each input derivation of build `?1`: (id, status).
 const INPUT_BUILDS: &str = "SELECT b.id, b.status FROM Inputs i
@@ -162,6 +170,18 @@ impl Db {
             .execute(params![id, now])?)
     }
 
+    /// Whether a scheduled build lists `derivation` as an input: once it
+    /// is built, such a build may start (or was just scheduled again).
+    pub fn has_scheduled_dependents(&self, derivation: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM Inputs i JOIN Builds b ON b.id = i.build
+                                WHERE i.derivation = ?1 AND b.status = -2)",
+            )?
+            .query_row([derivation], |r| r.get(0))?)
+    }
+
     /// `derivation` was built: builds that were failed-dependency and list
     /// it as an input are scheduled again (a restarted input, or a newer
     /// evaluation that built it); one still missing another input is
@@ -204,8 +224,9 @@ impl Db {
     /// Where pending build `id` (status `st`, rank `rank`, of `spec`)
     /// stands.  Its position counts the started builds and the scheduled
     /// ones of active specs ahead of it in queue order (an index range
-    /// walk, O(position)); builds ahead that wait for an input are
-    /// counted too, so it is the latest place it can start at.
+    /// walk, O(position), stopped after [`POSITION_LIMIT`]); builds ahead
+    /// that wait for an input are counted too, so it is the latest place
+    /// it can start at.
     pub fn waiting(&self, id: BuildId, st: i64, rank: i64, spec: &str) -> Result<Option<Waiting>> {
         self.waiting_with(id, st, spec, || {
             let active = match self.has_is_active()? {
@@ -217,14 +238,22 @@ impl Db {
                 .prepare_cached(&format!(
                     "SELECT (SELECT COUNT(*) FROM Builds INDEXED BY Builds_queue
                              WHERE status < 0 AND status = -1)
-                          + (SELECT COUNT(*) FROM Builds b INDEXED BY Builds_queue
-                             JOIN Evaluations e ON e.id = b.evaluation
-                             JOIN Specifications s ON s.repo_name = e.specification
-                             WHERE b.status < 0 AND b.status = -2
-                               AND (b.queue_rank, b.id) < (?1, ?2) {active})"
+                          + (SELECT COUNT(*) FROM
+                          (SELECT 1 FROM Builds b INDEXED BY Builds_queue
+                           JOIN Evaluations e ON e.id = b.evaluation
+                           JOIN Specifications s ON s.repo_name = e.specification
+                           WHERE b.status < 0 AND b.status = -2
+                             AND (b.queue_rank, b.id) < (?1, ?2) {active}
+                           LIMIT ?3))"
                 ))?
-                .query_row(params![rank, id], |r| r.get(0))?;
+                .query_row(params![rank, id, POSITION_LIMIT + 1], |r| r.get(0))?;
             Ok(ahead + 1)
+        })
+        .map(|w| match w {
+            Some(Waiting::Queued { position }) if position > POSITION_LIMIT + 1 => {
+                Some(Waiting::QueuedBeyond { position })
+            }
+            w => w,
         })
     }
 

@@ -369,3 +369,28 @@ fn a_long_queue_blocked_on_an_input_is_scanned_a_bounded_chunk_per_turn() {
 }
 
 use crate::db::read::BuildView;
+
+#[test]
+fn a_position_far_back_is_counted_up_to_a_limit() {
+    let mut w = World::new(1, &[("a", None)]);
+    let n = crate::db::queue::POSITION_LIMIT as usize + 5;
+    let jobs: Vec<JobRecord> = (0..n).map(|i| job(&format!("j{i}"), 0, &[])).collect();
+    w.db.register_evaluation("a", "c1", &jobs, 1).unwrap();
+    let at = |w: &World, id: i64| {
+        let b = w.db.build(id).unwrap().unwrap();
+        w.db.waiting(b.id, b.status, b.rank, "a").unwrap().unwrap()
+    };
+    let limit = crate::db::queue::POSITION_LIMIT;
+    assert_eq!(
+        at(&w, limit + 1),
+        Waiting::Queued {
+            position: limit + 1
+        }
+    );
+    assert_eq!(
+        at(&w, n as i64),
+        Waiting::QueuedBeyond {
+            position: limit + 2
+        }
+    );
+}

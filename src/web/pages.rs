@@ -442,6 +442,7 @@ fn waiting_html(w: &crate::db::queue::Waiting) -> String {
         Waiting::Started => "being built".into(),
         Waiting::Queued { position: 1 } => "next to start".into(),
         Waiting::Queued { position } => format!("number {position} in the queue"),
+        Waiting::QueuedBeyond { position } => format!("number {position} or later in the queue"),
         Waiting::Dependency { input, status } => format!(
             "for its input, <a href=\"/build/{input}/details\">build {input}</a> ({})",
             html::status_name(*status)
