@@ -42,6 +42,8 @@ pub struct Settings {
     pub evaluation_timeout: Duration,
     /// Evaluate and build once, then finish.
     pub one_shot: bool,
+    /// The job file of record specs (src/build-types.scm, written out).
+    pub build_types: PathBuf,
     /// The spec's checkout, `CACHE/NAME`.
     pub checkout: PathBuf,
     /// `-L` directories, after the spec's own load path.
@@ -58,6 +60,8 @@ pub struct Env<'a> {
     pub read_drv: &'a dyn Fn(&str) -> std::io::Result<Vec<u8>>,
     /// Whether guix-daemon accepts connections; the reason when not.
     pub daemon: &'a dyn Fn() -> Result<(), String>,
+    /// The size of a file (a build product), if it is there.
+    pub file_size: &'a dyn Fn(&str) -> Option<u64>,
 }
 
 /// Everything that can happen to a cycle.
@@ -90,6 +94,15 @@ pub enum Input {
     },
     /// The child of the current step could not be started.
     SpawnFailed(String),
+    /// An operator, the hook or a webhook asks for an evaluation now;
+    /// with a commit, of that commit, even if it was evaluated already
+    /// (an evaluation retried).  A round under way ends first.
+    Trigger {
+        commit: Option<String>,
+    },
+    /// Builds of this spec ended (the dispatcher's requests for these
+    /// derivations); their statuses are recorded.
+    BuildsDone(Vec<String>),
     /// SIGTERM or SIGINT.
     Stop,
 }
@@ -106,6 +119,8 @@ impl Input {
             Input::EvaluatorLines(_) | Input::EvaluatorLineTooLong(_) => "evaluator output",
             Input::EvaluatorExited { .. } => "evaluator exited",
             Input::SpawnFailed(_) => "cannot start a child",
+            Input::Trigger { .. } => "triggered",
+            Input::BuildsDone(_) => "builds done",
             Input::Stop => "stop",
         }
     }
@@ -119,7 +134,12 @@ pub enum Command {
     /// `./bootstrap`, `./configure`, `make` in the checkout.
     SpawnCompile,
     /// The evaluator, with its single argument (see src/evaluate.scm).
-    SpawnEvaluator { arguments: String },
+    /// With `time_machine`, the Guix of those channels (the text of a
+    /// channels file) runs it, through `guix time-machine`.
+    SpawnEvaluator {
+        arguments: String,
+        time_machine: Option<String>,
+    },
     /// Kill the running child; its exit still arrives as an input.
     KillChild,
     /// Builds were added or canceled: the queue must be read again.
@@ -130,6 +150,8 @@ pub enum Command {
 #[derive(Debug)]
 pub struct Evaluation {
     pub id: EvalId,
+    /// The stamp it moves: the commit, or for a record spec the commits
+    /// of its channels, in order, separated by spaces.
     pub commit: String,
     deadline: Instant,
     killed: bool,
@@ -150,8 +172,13 @@ pub struct Evaluation {
 pub enum State {
     /// Waiting for the next poll.
     Idle,
-    /// The fetch child updates the checkout.
-    Fetching { deadline: Instant, killed: bool },
+    /// The fetch child updates the checkout; `again` is a commit to
+    /// evaluate even if it was evaluated already.
+    Fetching {
+        deadline: Instant,
+        killed: bool,
+        again: Option<String>,
+    },
     /// `./bootstrap`, `./configure`, `make` for `commit`.
     Compiling {
         commit: String,
@@ -187,6 +214,9 @@ pub struct Cycle {
     /// Why a one-shot run could not do this spec's work (not the commit's
     /// fault: an unreachable remote, a missing branch, no daemon).
     failure: Option<String>,
+    /// A trigger that came during a round: done when the round ends.
+    /// `Some(None)`: the latest commit; `Some(Some(c))`: commit c again.
+    triggered: Option<Option<String>>,
 }
 
 impl Cycle {
@@ -200,6 +230,7 @@ impl Cycle {
             rounds: 0,
             commands: VecDeque::new(),
             failure: None,
+            triggered: None,
         }
     }
 
@@ -225,11 +256,13 @@ impl Cycle {
     /// the dispatcher's).
     pub fn is_finished(&self) -> bool {
         matches!(self.state, State::Stopped)
-            || (self.rounds >= 1 && matches!(self.state, State::Idle))
+            || (matches!(self.state, State::Idle) && (self.rounds >= 1 || !self.spec.is_active()))
     }
 
+    /// An inactive spec is never polled; switched back on, its next
+    /// poll, already due, comes at once.
     fn polls(&self) -> bool {
-        !(self.settings.one_shot && self.rounds >= 1)
+        !(self.settings.one_shot && self.rounds >= 1) && self.spec.is_active()
     }
 
     /// When the machine must next be given [`Input::Tick`], if ever.
@@ -241,6 +274,7 @@ impl Cycle {
             State::Fetching {
                 deadline,
                 killed: false,
+                ..
             }
             | State::Compiling {
                 deadline,
@@ -275,22 +309,35 @@ impl Cycle {
             (State::Stopped, _) => State::Stopped,
 
             // Stopping: kill the child, roll back an evaluation half
-            // registered (its commit is evaluated again next time), drop
-            // the batch (its builds go back to scheduled).
+            // registered (its commit is evaluated again next time).
             (state, Input::Stop) => {
                 self.stop(state, env);
                 State::Stopped
             }
 
-            // The poll timer: fetch, whatever the building track is doing.
+            // The poll timer: fetch, whatever the queue is building.
+            // A period not yet over since the last evaluation (one made
+            // before a restart too) holds the poll until it is.
+            (State::Idle, Input::Tick)
+                if self.polls() && env.now >= self.next_poll && self.period_left(env).is_some() =>
+            {
+                self.next_poll = env.now + self.period_left(env).unwrap_or_default();
+                State::Idle
+            }
             (State::Idle, Input::Tick) if self.polls() && env.now >= self.next_poll => {
-                self.next_poll = env.now + self.settings.interval;
-                self.commands
-                    .push_back(Command::SpawnFetch(fetch::Target::of(&self.spec)));
-                State::Fetching {
-                    deadline: env.now + self.settings.fetch_timeout,
-                    killed: false,
-                }
+                self.fetch(None, env)
+            }
+
+            // A trigger: fetch now (the commit asked for, if any), or
+            // once the round under way ends.
+            (State::Idle, Input::Trigger { commit }) => self.fetch(commit.clone(), env),
+            (state, Input::Trigger { commit }) => {
+                self.triggered = Some(commit.clone());
+                state
+            }
+            (State::Idle, Input::Tick) if self.triggered.is_some() => {
+                let commit = self.triggered.take().flatten();
+                self.fetch(commit, env)
             }
 
             // A child past its deadline is killed; its exit ends the step.
@@ -298,6 +345,7 @@ impl Cycle {
                 State::Fetching {
                     deadline,
                     killed: false,
+                    again,
                 },
                 Input::Tick,
             ) if env.now >= deadline => {
@@ -306,6 +354,7 @@ impl Cycle {
                 State::Fetching {
                     deadline,
                     killed: true,
+                    again,
                 }
             }
             (
@@ -334,9 +383,16 @@ impl Cycle {
                 State::Evaluating(e)
             }
 
+            // A record spec's fetch printed one line per channel.
+            (State::Fetching { .. }, Input::FetchExited { stdout, reason, .. })
+                if self.spec.record.is_some() =>
+            {
+                self.channels_fetched(stdout, reason, env)
+            }
+
             // The fetch printed a commit: new ones are compiled or
             // evaluated, a known one ends the round.
-            (State::Fetching { .. }, Input::FetchExited { ok, stdout, reason }) => {
+            (State::Fetching { again, .. }, Input::FetchExited { ok, stdout, reason }) => {
                 let commit = ok.then(|| fetch::parse_child_output(stdout)).flatten();
                 match commit {
                     None => {
@@ -348,14 +404,18 @@ impl Cycle {
                         }
                         self.end_round()
                     }
-                    Some(commit) => self.new_commit(commit, env),
+                    Some(commit) => {
+                        let again = again.as_deref() == Some(commit.as_str());
+                        self.new_commit(commit, again, env)
+                    }
                 }
             }
 
             // Compiled: evaluate.  A failed compilation ends the round; the
             // commit is tried again at the next poll (no stamp moved).
             (State::Compiling { commit, .. }, Input::CompileExited { ok: true, .. }) => {
-                self.begin_evaluation(commit, env)
+                let checkouts = self.own_checkout(&commit);
+                self.begin_evaluation(commit, checkouts, env)
             }
             (State::Compiling { .. }, Input::CompileExited { ok: false, reason }) => {
                 log::error!(target: COMPILE, "spec={:?} compilation failed: {reason}", self.spec.name);
@@ -422,11 +482,33 @@ impl Cycle {
                 self.end_round()
             }
 
+            // Builds end whatever the cycle is doing.
+            (state, Input::BuildsDone(drvs)) => {
+                self.register_products(drvs, env);
+                state
+            }
+
             // Anything else changes nothing: a Tick with nothing due, or a
             // late input of a step already left.
             (state, _) => state,
         };
         self.set_state(from, next, &input);
+    }
+
+    /// Starts a round: fetches the spec's branch (or tag, or commit), or
+    /// `again`, a commit to evaluate whether or not it was already.
+    fn fetch(&mut self, again: Option<String>, env: &mut Env) -> State {
+        self.next_poll = env.now + self.settings.interval;
+        let target = match &again {
+            Some(commit) => fetch::Target::Commit(commit.clone()),
+            None => fetch::Target::of(&self.spec),
+        };
+        self.commands.push_back(Command::SpawnFetch(target));
+        State::Fetching {
+            deadline: env.now + self.settings.fetch_timeout,
+            killed: false,
+            again,
+        }
     }
 
     fn end_round(&mut self) -> State {
@@ -452,6 +534,7 @@ impl Cycle {
     }
 }
 
+mod channels;
 mod evaluation;
 
 pub use evaluation::evaluator_arguments;

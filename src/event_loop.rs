@@ -6,7 +6,7 @@
 //! is decided in `cycle`, which build starts next in `queue`.
 
 use crate::build::{self, Batch};
-use crate::buildlog::{self, copy::Copier};
+use crate::buildlog::{self, copy::Copier, live::LiveLogs};
 use crate::child::{self, Proc};
 use crate::cli::Config;
 use crate::cycle::{Command, Cycle, Env, Input, Settings, State};
@@ -21,6 +21,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
+mod admin;
 mod children;
 mod daemon;
 mod reload;
@@ -164,6 +165,13 @@ struct Conn {
     stream: UnixStream,
     batch: Batch,
     wants_write: bool,
+    /// Logs of builds finished in this request, copied once it ends:
+    /// guix-daemon reports a build killed at its timeout before it has
+    /// finished writing (and compressing) its log.
+    copies: Vec<(Vec<crate::db::BuildId>, String)>,
+    /// The turn's read cap stopped reading before `WouldBlock`: mio will
+    /// not tell again, so the next turn reads on.
+    more: bool,
 }
 
 /// One specification: its machine and the I/O the loop keeps for it.
@@ -182,6 +190,8 @@ pub struct EventLoop {
     dispatcher: Dispatcher,
     conns: Vec<Option<Conn>>,
     evaluator_script: PathBuf,
+    /// The job file of record specs.
+    build_types: PathBuf,
     stopping: bool,
     next_status_log: Instant,
     http: Option<HttpServer>,
@@ -189,6 +199,8 @@ pub struct EventLoop {
     logs: buildlog::Places,
     /// Per-build log copies, a chunk per turn.
     copier: Copier,
+    /// Running builds' output, as it arrives.
+    live: LiveLogs,
 }
 
 /// Ends cuirass with an error message (one-shot) or is logged (daemon).
@@ -199,10 +211,15 @@ impl EventLoop {
         let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
         let signals = SignalPipe::install(poll.registry(), SIGNAL)
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-        let evaluator_script = write_evaluator_script(&config)?;
+        let evaluator_script = write_evaluator_script(&config, "evaluate", EVALUATOR_SCRIPT)?;
+        let build_types = write_evaluator_script(&config, "build-types", BUILD_TYPES_SCRIPT)?;
         let now = Instant::now();
         let specs = db.specifications().map_err(|e| e.to_string())?;
-        let specs: Vec<_> = specs.into_iter().filter(|s| usable_name(&s.name)).collect();
+        let inactive = db.inactive_specifications().map_err(|e| e.to_string())?;
+        let specs: Vec<_> = specs
+            .into_iter()
+            .filter(|s| usable_name(&s.name) && !inactive.contains(&s.name))
+            .collect();
         std::fs::create_dir_all(&config.log_dir).map_err(|e| {
             format!(
                 "cannot create the log directory {}: {e}",
@@ -219,6 +236,7 @@ impl EventLoop {
                 HTTP_LISTENER,
                 HTTP_CONN_BASE,
                 logs.clone(),
+                admin::load_auth(&config)?,
             )?),
         };
         let dispatcher = Dispatcher::new(config.max_builds, config.one_shot);
@@ -232,11 +250,13 @@ impl EventLoop {
             signals,
             slots: Vec::new(),
             evaluator_script,
+            build_types,
             stopping: false,
             next_status_log: now + STATUS_EVERY,
             http,
             reload: None,
             copier: Copier::new(logs.clone()),
+            live: LiveLogs::new(logs.clone()),
             logs,
         };
         for spec in specs {
@@ -252,6 +272,7 @@ impl EventLoop {
             compile_timeout: Duration::from_secs(self.config.fetch_timeout_secs),
             evaluation_timeout: Duration::from_secs(self.config.evaluation_timeout_secs),
             one_shot: self.config.one_shot,
+            build_types: self.build_types.clone(),
             checkout: self.config.cache_dir.join(&spec.name),
             load_path: self.config.load_path.clone(),
         };
@@ -376,6 +397,9 @@ impl EventLoop {
                 return now;
             }
         }
+        if self.conns.iter().flatten().any(|c| c.more) {
+            return now;
+        }
         if let Some(at) = self.dispatcher.poll_at(now) {
             next = next.min(at);
         }
@@ -395,8 +419,9 @@ impl EventLoop {
         match kind {
             Event::Http => {
                 if let Some(http) = self.http.as_mut() {
-                    http.handle(self.poll.registry(), event, &self.db, Instant::now());
+                    http.handle(self.poll.registry(), event, &mut self.db, Instant::now());
                 }
+                self.apply_effects(Instant::now());
             }
             Event::Signal => {
                 for sig in self.signals.drain() {
@@ -417,7 +442,10 @@ impl EventLoop {
                 log::info!("signal {sig}: stopping");
                 self.stopping = true;
             }
-            libc::SIGHUP => self.start_reload(),
+            libc::SIGHUP => {
+                self.reload_auth();
+                self.start_reload();
+            }
             // Exits are noticed by `advance`, which looks at every child.
             _ => {}
         }
@@ -438,6 +466,7 @@ impl EventLoop {
             unix_now: unix_now(),
             db: &mut self.db,
             read_drv: &read_drv,
+            file_size: &|path: &str| std::fs::metadata(path).ok().map(|m| m.len()),
             daemon: &daemon,
         };
         self.slots[index].cycle.handle(input, &mut env);
@@ -450,7 +479,14 @@ impl EventLoop {
     fn feed_dispatcher(&mut self, input: queue::Input, now: Instant) {
         let read_drv = |path: &str| std::fs::read(path);
         let slots = &self.slots;
-        let active = |spec: &str| slots.iter().any(|s| s.cycle.spec.name == spec);
+        // A live cycle of an active spec: a stopped one is a tombstone.
+        let active = |spec: &str| {
+            slots.iter().any(|s| {
+                s.cycle.spec.name == spec
+                    && s.cycle.spec.is_active()
+                    && !matches!(s.cycle.state(), State::Stopped)
+            })
+        };
         let mut env = queue::Env {
             now,
             unix_now: unix_now(),
@@ -477,7 +513,10 @@ impl EventLoop {
         match command {
             Command::SpawnFetch(target) => self.spawn_fetch(index, &target, now),
             Command::SpawnCompile => self.spawn_compile(index, now),
-            Command::SpawnEvaluator { arguments } => self.spawn_evaluator(index, &arguments, now),
+            Command::SpawnEvaluator {
+                arguments,
+                time_machine,
+            } => self.spawn_evaluator(index, &arguments, time_machine.as_deref(), now),
             Command::KillChild => {
                 if let Some(child) = self.slots[index].child.as_mut() {
                     child.proc.kill();
@@ -490,8 +529,9 @@ impl EventLoop {
     /// Settles whatever finished and ticks every cycle.
     fn advance(&mut self, now: Instant) {
         if let Some(http) = self.http.as_mut() {
-            http.tick(self.poll.registry(), &self.db, now);
+            http.tick(self.poll.registry(), &mut self.db, now);
         }
+        self.apply_effects(now);
         self.reap_reload(now);
         self.copier.step();
         for index in 0..self.slots.len() {
@@ -502,6 +542,9 @@ impl EventLoop {
             }
         }
         for slot in 0..self.conns.len() {
+            if self.conns[slot].as_ref().is_some_and(|c| c.more) {
+                self.daemon_io(slot);
+            }
             self.settle_batch(slot, now);
         }
         if !self.stopping {
@@ -575,13 +618,12 @@ fn step_of(state: &State) -> Option<Step> {
     }
 }
 
-fn write_evaluator_script(config: &Config) -> Result<PathBuf, Fatal> {
+fn write_evaluator_script(config: &Config, name: &str, text: &str) -> Result<PathBuf, Fatal> {
     let dir = config.cache_dir.join(".cuirass");
     std::fs::create_dir_all(&dir)
         .map_err(|e| format!("cannot create the cache directory {}: {e}", dir.display()))?;
-    let path = dir.join(format!("evaluate-{}.scm", std::process::id()));
-    std::fs::write(&path, EVALUATOR_SCRIPT)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let path = dir.join(format!("{name}-{}.scm", std::process::id()));
+    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(path)
 }
 
@@ -599,10 +641,17 @@ fn usable_name(name: &str) -> bool {
 }
 
 pub const EVALUATOR_SCRIPT: &str = include_str!("evaluate.scm");
+/// The job file of `specification` records: what each build type means.
+pub const BUILD_TYPES_SCRIPT: &str = include_str!("build-types.scm");
 
 pub use crate::cycle::evaluator_arguments;
 
 /// The options a batch's connection sets: ours, and its limit class.
 fn batch_options(config: &Config, limits: build::Limits) -> crate::wire::BuildOptions {
-    build::build_options(config.use_substitutes, config.fallback, limits)
+    build::build_options(
+        config.use_substitutes,
+        config.fallback,
+        config.offload,
+        limits,
+    )
 }

@@ -16,18 +16,9 @@ use rusqlite::{OptionalExtension, Transaction, params};
 pub const DEFAULT_SPEC_PRIORITY: i64 = 9;
 
 /// The priority of the spec of evaluation `eval`, 0–9: its
-/// `Specifications.priority` when that column exists (today's spec
-/// records), else [`DEFAULT_SPEC_PRIORITY`].
+/// `Specifications.priority` (today's spec records), else
+/// [`DEFAULT_SPEC_PRIORITY`].
 pub(super) fn spec_priority_of_evaluation(tx: &Transaction, eval: BuildId) -> Result<i64> {
-    let has_column: bool = tx
-        .prepare_cached(
-            "SELECT COUNT(*) FROM pragma_table_info('Specifications') WHERE name = 'priority'",
-        )?
-        .query_row([], |r| r.get::<_, i64>(0))?
-        > 0;
-    if !has_column {
-        return Ok(DEFAULT_SPEC_PRIORITY);
-    }
     let priority: Option<Option<i64>> = tx
         .prepare_cached(
             "SELECT s.priority FROM Evaluations e
@@ -195,30 +186,10 @@ impl Db {
             .execute([derivation])?)
     }
 
-    /// Whether `Specifications` has today's `is_active` column.
-    fn has_is_active(&self) -> Result<bool> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT COUNT(*) FROM pragma_table_info('Specifications') WHERE name = 'is_active'",
-            )?
-            .query_row([], |r| r.get::<_, i64>(0))?
-            > 0)
-    }
-
     /// Whether `spec` is polled: it exists, and is not marked inactive
-    /// (`Specifications.is_active` = 0, when that column exists).
+    /// (`Specifications.is_active` = 0).
     pub fn spec_is_active(&self, spec: &str) -> Result<bool> {
-        let sql = match self.has_is_active()? {
-            true => "SELECT is_active FROM Specifications WHERE repo_name = ?1",
-            false => "SELECT 1 FROM Specifications WHERE repo_name = ?1",
-        };
-        let active: Option<Option<i64>> = self
-            .conn
-            .prepare_cached(sql)?
-            .query_row([spec], |r| r.get(0))
-            .optional()?;
-        Ok(matches!(active, Some(Some(a)) if a != 0) || matches!(active, Some(None)))
+        Ok(self.specification_active(spec)?.unwrap_or(false))
     }
 
     /// Where pending build `id` (status `st`, rank `rank`, of `spec`)
@@ -229,13 +200,9 @@ impl Db {
     /// it can start at.
     pub fn waiting(&self, id: BuildId, st: i64, rank: i64, spec: &str) -> Result<Option<Waiting>> {
         self.waiting_with(id, st, spec, || {
-            let active = match self.has_is_active()? {
-                true => "AND s.is_active != 0",
-                false => "",
-            };
             let ahead: i64 = self
                 .conn
-                .prepare_cached(&format!(
+                .prepare_cached(
                     "SELECT (SELECT COUNT(*) FROM Builds INDEXED BY Builds_queue
                              WHERE status < 0 AND status = -1)
                           + (SELECT COUNT(*) FROM
@@ -243,9 +210,9 @@ impl Db {
                            JOIN Evaluations e ON e.id = b.evaluation
                            JOIN Specifications s ON s.repo_name = e.specification
                            WHERE b.status < 0 AND b.status = -2
-                             AND (b.queue_rank, b.id) < (?1, ?2) {active}
-                           LIMIT ?3))"
-                ))?
+                             AND (b.queue_rank, b.id) < (?1, ?2) AND s.is_active != 0
+                           LIMIT ?3))",
+                )?
                 .query_row(params![rank, id, POSITION_LIMIT + 1], |r| r.get(0))?;
             Ok(ahead + 1)
         })

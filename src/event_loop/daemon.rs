@@ -3,10 +3,13 @@
 //! and telling the dispatcher how they ended.
 
 use super::*;
-use crate::build::{Item, Limits, Update};
+use crate::build::{Item, Limits, Output, Update};
 use crate::logging::BUILDING;
 use mio::Interest;
 use std::io::{Read, Write};
+
+/// Bytes read from one daemon connection per loop turn.
+const DAEMON_READ_CAP: usize = 1 << 20;
 
 impl EventLoop {
     pub(super) fn open_batch(
@@ -48,6 +51,8 @@ impl EventLoop {
             stream,
             batch,
             wants_write: true,
+            more: false,
+            copies: Vec::new(),
         });
     }
 
@@ -57,9 +62,22 @@ impl EventLoop {
         if let Some(mut conn) = self.conns[slot].take() {
             let _ = self.poll.registry().deregister(&mut conn.stream);
             let drvs: Vec<String> = conn.batch.derivations().map(String::from).collect();
+            for drv in &drvs {
+                self.live.finished(drv);
+            }
             if let Err(e) = self.db.reschedule(&drvs) {
                 log::error!(target: logging::BUILDING, "slot {slot}: {e}");
             }
+            self.copy_logs(conn.copies);
+        }
+    }
+
+    /// Hands the logs of the request's finished builds to the copier,
+    /// once the daemon is done with the request (and so with their log
+    /// files).
+    fn copy_logs(&mut self, copies: Vec<(Vec<crate::db::BuildId>, String)>) {
+        for (builds, log) in copies {
+            self.copier.push(builds, &log);
         }
     }
 
@@ -72,13 +90,26 @@ impl EventLoop {
         let mut conn = self.conns[slot].take().unwrap();
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let updates = conn.batch.take_updates();
-        self.apply_updates(updates);
+        let output = conn.batch.take_output();
+        let logged = self.apply_updates(updates, output);
+        conn.copies.extend(logged);
+        self.copy_logs(std::mem::take(&mut conn.copies));
         let daemon_error = conn.batch.daemon_error().map(String::from);
+        let spec = self
+            .dispatcher
+            .in_flight(slot)
+            .map(|b| b.specification.clone());
         self.feed_dispatcher(queue::Input::Done { slot, daemon_error }, now);
+        // Its spec's build outputs become products.
+        if let Some(i) = spec.and_then(|spec| self.live_slot(&spec)) {
+            let drvs = conn.batch.derivations().map(String::from).collect();
+            self.feed(i, Input::BuildsDone(drvs), now);
+        }
     }
 
-    /// Reads until WouldBlock (mio is edge-triggered) and writes what is
-    /// queued.  No cap: with verbosity 0 the daemon sends only trace lines.
+    /// Reads until WouldBlock (mio is edge-triggered), or up to
+    /// [`DAEMON_READ_CAP`] (builders' output comes this way, and a
+    /// builder may print without end), and writes what is queued.
     pub(super) fn daemon_io(&mut self, slot: usize) {
         // The daemon's events name their derivation; the spec says whose.
         let label = match self.dispatcher.in_flight(slot) {
@@ -90,7 +121,13 @@ impl EventLoop {
         };
         let mut failure = None;
         let mut buf = [0u8; 64 * 1024];
+        let mut read = 0;
+        conn.more = false;
         loop {
+            if read >= DAEMON_READ_CAP {
+                conn.more = true;
+                break;
+            }
             match conn.stream.read(&mut buf) {
                 Ok(0) => {
                     if !conn.batch.is_done() {
@@ -99,6 +136,7 @@ impl EventLoop {
                     break;
                 }
                 Ok(n) => {
+                    read += n;
                     if let Err(e) = conn.batch.receive(&buf[..n], &label) {
                         failure = Some(format!("protocol error: {e}"));
                         break;
@@ -116,7 +154,11 @@ impl EventLoop {
             failure = flush(conn, self.poll.registry(), Event::Daemon(slot).token()).err();
         }
         let updates = conn.batch.take_updates();
-        self.apply_updates(updates);
+        let output = conn.batch.take_output();
+        let logged = self.apply_updates(updates, output);
+        if let Some(conn) = self.conns[slot].as_mut() {
+            conn.copies.extend(logged);
+        }
         if let Some(why) = failure {
             self.close_batch(slot);
             let why = format!("lost guix-daemon during {label}: {why}");
@@ -124,9 +166,25 @@ impl EventLoop {
         }
     }
 
-    fn apply_updates(&mut self, mut updates: Vec<Update>) {
+    /// Records statuses and live output.  A build's output precedes its
+    /// final status on the wire, and is written before it here, so that a
+    /// client following its live log sees the whole once it has ended.
+    /// Returns the logs to copy once the request ends: (builds, log file).
+    fn apply_updates(
+        &mut self,
+        mut updates: Vec<Update>,
+        output: Vec<Output>,
+    ) -> Vec<(Vec<crate::db::BuildId>, String)> {
+        for u in &updates {
+            if let Update::Started { derivation, .. } = u {
+                self.live.started(derivation);
+            }
+        }
+        for o in &output {
+            self.live.append(&o.derivation, &o.bytes);
+        }
         if updates.is_empty() {
-            return;
+            return Vec::new();
         }
         // Settled without a trace event, a build may still have a log from
         // an earlier attempt.
@@ -140,18 +198,21 @@ impl EventLoop {
                 *log = self.logs.daemon_log_of(derivation);
             }
         }
-        match self.db.apply_build_updates(&updates, unix_now()) {
+        let logged = match self.db.apply_build_updates(&updates, unix_now()) {
             // The daemon's log is rewritten when the derivation is built
             // again: each build keeps a copy of its own.
-            Ok(logged) => {
-                for (builds, log) in logged {
-                    self.copier.push(builds, &log);
-                }
-            }
+            Ok(logged) => logged,
             Err(e) => {
-                log::error!(target: logging::BUILDING, "{e}")
+                log::error!(target: logging::BUILDING, "{e}");
+                Vec::new()
+            }
+        };
+        for u in &updates {
+            if let Update::Finished { derivation, .. } = u {
+                self.live.finished(derivation);
             }
         }
+        logged
     }
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests: the real binary, real git repositories, the real
 //! guix-daemon and the real Guix evaluator.
 
+mod admin;
 mod chaos;
 mod cli;
 mod cycle;
@@ -13,8 +14,10 @@ mod http_hostile;
 mod jobs;
 mod logs;
 mod names;
+mod offload;
 mod one_shot;
 mod queue;
 mod refs;
+mod specs;
 mod support;
 mod web;
