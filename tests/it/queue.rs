@@ -48,6 +48,39 @@ fn starts(conn: &rusqlite::Connection) -> Vec<(String, i64, i64)> {
     .collect()
 }
 
+/// A channel `q` whose module `(q NAME)` gives, as a spec record's
+/// `(build '(custom (q NAME)))`, the jobs `JOBS` of
+/// fixtures/jobs/queue-jobs.scm (NAME, JOBS) for each pair of `modules`.
+fn queue_channel(parent: &std::path::Path, nonce: &str, modules: &[(&str, &str)]) -> Repo {
+    let repo = Repo::named(parent, "q", &[]);
+    let fixture = std::fs::read_to_string(fixture("jobs/queue-jobs.scm")).unwrap();
+    let (_, body) = fixture.split_once("(guix derivations))\n").unwrap();
+    let body = body.replace("(define (cuirass-jobs store", "(define (queue-jobs store");
+    std::fs::create_dir_all(repo.dir.join("q")).unwrap();
+    for (name, jobs) in modules {
+        let module = format!(
+            "(define-module (q {name})\n  #:use-module (guix store)\n  \
+             #:use-module (guix derivations)\n  #:use-module (test-shell)\n  \
+             #:export (cuirass-jobs))\n{body}\n\
+             (define (cuirass-jobs store arguments)\n  \
+               (queue-jobs store '((nonce . \"{nonce}\") (jobs {jobs}))))\n"
+        );
+        std::fs::write(repo.dir.join(format!("q/{name}.scm")), module).unwrap();
+    }
+    repo.commit("the q channel");
+    repo
+}
+
+/// A spec record of channel `q` building `(q NAME)`, with `priority`.
+fn record(name: &str, q: &Repo, priority: i64) -> String {
+    format!(
+        "(specification (name \"{name}\") (build '(custom (q {name})))\n\
+           (channels (list (channel (name 'q) (url \"{}\") (branch \"master\"))))\n\
+           (priority {priority}))",
+        q.url()
+    )
+}
+
 /// Two specs of different priorities queue behind a long build: the
 /// queue lists them by spec priority, then job priority, and that is the
 /// order in which the daemon starts them (one build per request).
@@ -55,12 +88,17 @@ fn starts(conn: &rusqlite::Connection) -> Vec<(String, i64, i64)> {
 fn two_specs_queued_behind_a_long_build_start_in_the_order_the_queue_lists() {
     require_daemon();
     let setup = Setup::new("queue-order");
-    let repo = Repo::new(setup.tmp.path(), &[("jobs.scm", "jobs/queue-jobs.scm")]);
     let n = nonce();
-    let url = repo.url();
-    let first = spec("first", &url, &n, r#"("long" 0 "sleep 6")"#);
-    let low = spec("low", &url, &n, r#"("l5" 5 "sleep 1") ("l1" 1 "sleep 1")"#);
-    let high = spec("high", &url, &n, r#"("h3" 3 "sleep 1") ("h0" 0 "sleep 1")"#);
+    let q = queue_channel(
+        setup.tmp.path(),
+        &n,
+        &[
+            ("first", r#"("long" 0 "sleep 6")"#),
+            ("low", r#"("l5" 5 "sleep 1") ("l1" 1 "sleep 1")"#),
+            ("high", r#"("h3" 3 "sleep 1") ("h0" 0 "sleep 1")"#),
+        ],
+    );
+    let first = record("first", &q, 9);
     let file = setup.write_spec(&format!("(list {first})"));
     let port = free_port();
     let args = [
@@ -80,21 +118,8 @@ fn two_specs_queued_behind_a_long_build_start_in_the_order_the_queue_lists() {
     wait_until(Duration::from_secs(60), "the long build to start", || {
         count(&conn, "SELECT COUNT(*) FROM Builds WHERE status = -1") == 1
     });
-    // Today's spec records give specs a priority (0 first, 9 by default):
-    // the column, should this database not have it yet, and the values.
-    let has_priority = count(
-        &conn,
-        "SELECT COUNT(*) FROM pragma_table_info('Specifications') WHERE name = 'priority'",
-    );
-    if has_priority == 0 {
-        conn.execute_batch("ALTER TABLE Specifications ADD COLUMN priority INTEGER")
-            .unwrap();
-    }
-    conn.execute_batch(
-        "INSERT INTO Specifications (repo_name, url, load_path, file, proc, arguments, priority)
-         VALUES ('low', '', '', '', '', '', 7), ('high', '', '', '', '', '', 1);",
-    )
-    .unwrap();
+    // Spec records give specs a priority (0 first, 9 by default).
+    let (low, high) = (record("low", &q, 7), record("high", &q, 1));
     std::fs::write(&file, format!("(list {first} {low} {high})")).unwrap();
     cuirass.signal(libc::SIGHUP);
     wait_until(Duration::from_secs(60), "both specs' builds queued", || {
