@@ -3,8 +3,8 @@
 //! and types are those of Cuirass and Hydra, which clients such as Guix's
 //! `(guix ci)` read.
 
-use crate::db::queue::Waiting;
-use crate::db::read::{BuildFilter, BuildView, JobFilter};
+use crate::db::queue::{Counted, Waiting};
+use crate::db::read::{BuildFilter, BuildView, JobFilter, QueueFilter};
 use crate::db::{Db, status};
 use crate::http::{Request, Response};
 use crate::routes::{self, Route};
@@ -323,6 +323,19 @@ fn latest_filter(req: &Request) -> Result<BuildFilter, Response> {
     })
 }
 
+/// `/api/queue`'s filters: those of `/api/latestbuilds` that a pending
+/// build has (`jobset` names the specification).
+fn queue_filter(req: &Request) -> Result<QueueFilter, Response> {
+    let text = |k: &str| req.param(k).map(str::to_string);
+    Ok(QueueFilter {
+        specification: text("jobset"),
+        job: text("job"),
+        system: text("system"),
+        evaluation: number(req, "evaluation")?,
+        derivation: text("derivation"),
+    })
+}
+
 /// Build listings are answered at most this many builds per loop turn, so
 /// that a large `nr` never holds up the other clients for long: with each
 /// build's weather looked up, 100 builds took 1.4 ms on the benchmark's
@@ -337,8 +350,8 @@ const JOBS_PAGE: u32 = 10 * PAGE;
 enum Listing {
     Latest(BuildFilter),
     /// The (status, rank, id) of the last build of the previous page, and
-    /// how many builds so far count for positions.
-    Queue(Option<(i64, i64, i64)>, i64),
+    /// how far positions were counted.
+    Queue(QueueFilter, Option<(i64, i64, i64)>, Counted),
     /// Every job of the evaluation: there is no `nr`.
     Jobs(JobFilter),
 }
@@ -362,7 +375,7 @@ impl Pager {
         }
         let listing = match routes::of(req)?.route {
             Route::LatestBuilds => latest_filter(req).map(Listing::Latest),
-            Route::Queue => Ok(Listing::Queue(None, 0)),
+            Route::Queue => queue_filter(req).map(|f| Listing::Queue(f, None, Counted::default())),
             Route::Jobs => jobs::job_filter(req).map(Listing::Jobs),
             _ => return None,
         };
@@ -418,9 +431,11 @@ impl Pager {
                 }
                 page
             }
-            Listing::Queue(after, ahead) => {
-                let (page, now_ahead) = db.queued_builds(n, *after, *ahead).map_err(db_error)?;
-                *ahead = now_ahead;
+            Listing::Queue(filter, after, counted) => {
+                let (page, now_counted) = db
+                    .queued_builds(filter, n, *after, *counted)
+                    .map_err(db_error)?;
+                *counted = now_counted;
                 if let Some(last) = page.last() {
                     *after = Some((last.status, last.rank, last.id));
                 }

@@ -666,7 +666,7 @@ mod statuses;
 
 #[cfg(test)]
 use statuses::PENDING_BUILDS_OF_DERIVATION;
-pub use statuses::{BUILD_DURATION_BOUNDS, duration_bucket};
+pub use statuses::{BUILD_DURATION_BOUNDS, Logged, duration_bucket};
 
 /// What SQLite's planner does with `sql`, its steps joined by "; ", for
 /// tests that pin a query to its index.

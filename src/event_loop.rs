@@ -5,7 +5,7 @@
 //! commands that come back.  No policy lives here: what a cycle does next
 //! is decided in `cycle`, which build starts next in `queue`.
 
-use crate::build::{self, Batch};
+use crate::build::{self, Batch, Limits};
 use crate::buildlog::{self, copy::Copier, live::LiveLogs};
 use crate::child::{self, Proc};
 use crate::cli::Config;
@@ -160,18 +160,78 @@ struct Running {
     stdout: String,
 }
 
-/// A daemon connection carrying one build request.
+/// A slot's daemon connection.  It stays open from one build request to
+/// the next of the same limit class, so that the handshake, set-options
+/// and the daemon's worker process (a fork per connection) are paid once
+/// per connection, not per build.
 struct Conn {
     stream: UnixStream,
-    batch: Batch,
+    /// The request in flight, or the connection waiting for the next.
+    work: Work,
+    /// The limits its set-options carried: a build of another class
+    /// needs a new connection (an absent limit is the daemon's own, which
+    /// only a fresh worker has).
+    limits: Limits,
+    /// Requests it carried; see [`REQUESTS_PER_CONNECTION`].
+    requests: usize,
+    /// The daemon closed it: it carries no more requests.
+    eof: bool,
     wants_write: bool,
-    /// Logs of builds finished in this request, copied once it ends:
-    /// guix-daemon reports a build killed at its timeout before it has
-    /// finished writing (and compressing) its log.
-    copies: Vec<(Vec<crate::db::BuildId>, String)>,
     /// The turn's read cap stopped reading before `WouldBlock`: mio will
     /// not tell again, so the next turn reads on.
     more: bool,
+}
+
+enum Work {
+    Building(Box<Batch>),
+    Idle(crate::wire::Client),
+}
+
+impl Work {
+    fn client(&self) -> &crate::wire::Client {
+        match self {
+            Work::Building(b) => &b.client,
+            Work::Idle(c) => c,
+        }
+    }
+
+    fn client_mut(&mut self) -> &mut crate::wire::Client {
+        match self {
+            Work::Building(b) => &mut b.client,
+            Work::Idle(c) => c,
+        }
+    }
+
+    fn batch(&self) -> Option<&Batch> {
+        match self {
+            Work::Building(b) => Some(b),
+            Work::Idle(_) => None,
+        }
+    }
+}
+
+/// Build requests one connection carries at most.  guix-daemon's worker
+/// keeps the outputs it built as temporary GC roots until its connection
+/// closes: a fresh connection now and then lets `guix gc` collect them
+/// (a batch of 200 builds held them as long).
+const REQUESTS_PER_CONNECTION: usize = 200;
+
+/// Status changes wait this long at most before they are written, so that
+/// a turn's (or a few turns') changes go in one transaction; a request's
+/// end, a lost connection and an HTTP request write them at once.
+const WRITE_DELAY: Duration = Duration::from_millis(50);
+
+/// Status changes not yet written: see [`WRITE_DELAY`].
+#[derive(Default)]
+struct Unwritten {
+    /// Builds handed to the daemon.
+    dispatched: Vec<crate::db::BuildId>,
+    updates: Vec<build::Update>,
+    since: Option<Instant>,
+    /// Logs of finished builds, copied once their request has ended:
+    /// guix-daemon reports a build killed at its timeout before it has
+    /// finished writing (and compressing) its log.
+    copies: Vec<crate::db::Logged>,
 }
 
 /// One specification: its machine and the I/O the loop keeps for it.
@@ -189,6 +249,7 @@ pub struct EventLoop {
     /// Every spec's builds, in queue order, and their connections.
     dispatcher: Dispatcher,
     conns: Vec<Option<Conn>>,
+    unwritten: Unwritten,
     evaluator_script: PathBuf,
     /// The job file of record specs.
     build_types: PathBuf,
@@ -244,6 +305,7 @@ impl EventLoop {
         let mut event_loop = EventLoop {
             dispatcher,
             conns,
+            unwritten: Unwritten::default(),
             config,
             db,
             poll,
@@ -400,6 +462,9 @@ impl EventLoop {
         if self.conns.iter().flatten().any(|c| c.more) {
             return now;
         }
+        if let Some(since) = self.unwritten.since {
+            next = next.min(since + WRITE_DELAY);
+        }
         if let Some(at) = self.dispatcher.poll_at(now) {
             next = next.min(at);
         }
@@ -418,6 +483,8 @@ impl EventLoop {
     fn dispatch(&mut self, kind: Event, event: &mio::event::Event) {
         match kind {
             Event::Http => {
+                // Requests see every status the loop knows of.
+                self.write_statuses();
                 if let Some(http) = self.http.as_mut() {
                     http.handle(self.poll.registry(), event, &mut self.db, Instant::now());
                 }
@@ -550,6 +617,9 @@ impl EventLoop {
         if !self.stopping {
             self.feed_dispatcher(queue::Input::Tick, now);
         }
+        if self.unwritten.since.is_some_and(|t| now >= t + WRITE_DELAY) {
+            self.write_statuses();
+        }
         if now >= self.next_status_log {
             self.next_status_log = now + STATUS_EVERY;
             self.log_status();
@@ -584,6 +654,7 @@ impl EventLoop {
     /// Waits for killed children and puts in-flight builds back to
     /// `scheduled`.
     fn shutdown(&mut self) {
+        self.write_statuses();
         for slot in &mut self.slots {
             if let Some(mut child) = slot.child.take() {
                 child.proc.kill();

@@ -97,7 +97,9 @@ pub enum Input {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Connect to the daemon in `slot` and build `item` with `limits`.
+    /// Build `item` with `limits` on `slot`'s daemon connection; the
+    /// loop records `build` as started with its turn's other statuses
+    /// ([`Db::record_statuses`]).
     Open {
         slot: usize,
         build: BuildId,
@@ -276,9 +278,6 @@ impl Dispatcher {
                 break;
             };
             let limits = build.limits;
-            if let Err(e) = env.db.mark_dispatched(build.id, env.unix_now) {
-                log::error!(target: BUILDING, "{e}");
-            }
             self.commands.push_back(Command::Open {
                 slot,
                 build: build.id,

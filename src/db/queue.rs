@@ -65,15 +65,31 @@ pub enum Waiting {
     Inactive,
 }
 
+/// How far a listing of the queue, answered a page at a time, has
+/// counted positions; the default at its first page.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counted {
+    /// Builds that count for positions (started ones, scheduled ones of
+    /// active specs) up to the last one listed.
+    pub ahead: i64,
+    /// A filtered listing's last scheduled build counted, (rank, id):
+    /// the builds after it, up to the next one listed, are counted then.
+    pub last: Option<(i64, BuildId)>,
+    /// A filtered listing has counted every started build.
+    pub started: bool,
+}
+
 /// A single build's position is counted up to this many builds ahead, so
 /// that a request for a build at the back of a huge queue stays short
 /// (counting 100,000 takes 0.1 s).
 pub const POSITION_LIMIT: i64 = 10_000;
 
 /// The latest build of each input derivation of build `?1`: (id, status).
+/// Parameters go through `CAST`: SQLite re-prepares a statement at each
+/// call when a bound value might change its plan (partial indexes).
 const INPUT_BUILDS: &str = "SELECT b.id, b.status FROM Inputs i
      JOIN Builds b ON b.id = (SELECT max(id) FROM Builds WHERE derivation = i.derivation)
-     WHERE i.build = ?1";
+     WHERE i.build = CAST(?1 AS INTEGER)";
 
 impl Db {
     /// Up to `limit` scheduled builds of every spec after `after` (a
@@ -114,7 +130,7 @@ impl Db {
     pub fn readiness(&self, id: BuildId) -> Result<Readiness> {
         let own: Option<i64> = self
             .conn
-            .prepare_cached("SELECT status FROM Builds WHERE id = ?1")?
+            .prepare_cached("SELECT status FROM Builds WHERE id = CAST(?1 AS INTEGER)")?
             .query_row([id], |r| r.get(0))
             .optional()?;
         if own != Some(status::SCHEDULED) {
@@ -151,12 +167,13 @@ impl Db {
 
     /// Build `id` was handed to the daemon: it is listed as started (the
     /// daemon's `build-started` sets the real start time); a lost
-    /// connection puts it back with [`Db::reschedule`].
-    pub fn mark_dispatched(&mut self, id: BuildId, now: i64) -> Result<usize> {
-        Ok(self
-            .conn
+    /// connection puts it back with [`Db::reschedule`].  Written with the
+    /// statuses of a loop turn ([`Db::record_statuses`]).
+    pub(super) fn mark_dispatched(tx: &Transaction, id: BuildId, now: i64) -> Result<usize> {
+        Ok(tx
             .prepare_cached(
-                "UPDATE Builds SET status = -1, starttime = ?2 WHERE id = ?1 AND status = -2",
+                "UPDATE Builds SET status = -1, starttime = ?2
+                 WHERE id = CAST(?1 AS INTEGER) AND status = -2",
             )?
             .execute(params![id, now])?)
     }
@@ -167,8 +184,9 @@ impl Db {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM Inputs i JOIN Builds b ON b.id = i.build
-                                WHERE i.derivation = ?1 AND b.status = -2)",
+                "SELECT EXISTS (SELECT 1 FROM Inputs i INDEXED BY Inputs_derivation
+                                CROSS JOIN Builds b ON b.id = i.build
+                                WHERE i.derivation = CAST(?1 AS TEXT) AND b.status = -2)",
             )?
             .query_row([derivation], |r| r.get(0))?)
     }
@@ -250,10 +268,16 @@ impl Db {
         }))
     }
 
-    /// Fills in the `waiting` of a page of `/api/queue` (in its order),
-    /// which follows `ahead` builds that count for positions; returns the
-    /// count after this page.  A page costs O(page), not O(position).
-    pub(super) fn fill_waiting(&self, builds: &mut [BuildView], mut ahead: i64) -> Result<i64> {
+    /// Fills in the `waiting` of a page of the whole queue (in its
+    /// order), which follows `counted.ahead` builds that count for
+    /// positions; returns the count after this page.  A page costs
+    /// O(page), not O(position).
+    pub(super) fn fill_waiting(
+        &self,
+        builds: &mut [BuildView],
+        counted: Counted,
+    ) -> Result<Counted> {
+        let mut ahead = counted.ahead;
         // A page holds few specs: each is looked up once.
         let mut active = std::collections::HashMap::new();
         for b in builds {
@@ -280,6 +304,73 @@ impl Db {
                 ahead += 1;
             }
         }
-        Ok(ahead)
+        Ok(Counted { ahead, ..counted })
+    }
+
+    /// [`Db::fill_waiting`] for a filtered listing, whose builds are not
+    /// consecutive in the queue: the builds between two listed ones are
+    /// counted (an index range walk, so a page costs O(the queue it
+    /// spans), stopped past [`POSITION_LIMIT`]), and every started build
+    /// counts, listed or not.
+    pub(super) fn fill_waiting_filtered(
+        &self,
+        builds: &mut [BuildView],
+        mut counted: Counted,
+    ) -> Result<Counted> {
+        for b in builds {
+            if status::is_final(b.status) {
+                b.waiting = None;
+                continue;
+            }
+            if b.status == status::STARTED {
+                b.waiting = Some(Waiting::Started);
+                continue;
+            }
+            if !counted.started {
+                counted.ahead = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT COUNT(*) FROM Builds INDEXED BY Builds_queue
+                         WHERE status < 0 AND status = -1",
+                    )?
+                    .query_row([], |r| r.get(0))?;
+                counted.started = true;
+            }
+            if counted.ahead <= POSITION_LIMIT {
+                let (rank, id) = counted.last.unwrap_or((i64::MIN, 0));
+                counted.ahead += self
+                    .conn
+                    .prepare_cached(
+                        "SELECT COUNT(*) FROM
+                         (SELECT 1 FROM Builds b INDEXED BY Builds_queue
+                          JOIN Evaluations e ON e.id = b.evaluation
+                          JOIN Specifications s ON s.repo_name = e.specification
+                          WHERE b.status < 0 AND b.status = -2
+                            AND (b.queue_rank, b.id) > (?1, ?2)
+                            AND (b.queue_rank, b.id) < (?3, ?4) AND s.is_active != 0
+                          LIMIT ?5)",
+                    )?
+                    .query_row(
+                        params![rank, id, b.rank, b.id, POSITION_LIMIT + 1 - counted.ahead],
+                        |r| r.get::<_, i64>(0),
+                    )?;
+            }
+            let active = self.spec_is_active(&b.specification)?;
+            b.waiting = Some(match (active, self.blocking_input(b.id)?) {
+                (false, _) => Waiting::Inactive,
+                (true, Some((input, status))) => Waiting::Dependency { input, status },
+                (true, None) if counted.ahead > POSITION_LIMIT => Waiting::QueuedBeyond {
+                    position: counted.ahead + 1,
+                },
+                (true, None) => Waiting::Queued {
+                    position: counted.ahead + 1,
+                },
+            });
+            if active {
+                counted.ahead += 1;
+                counted.last = Some((b.rank, b.id));
+            }
+        }
+        Ok(counted)
     }
 }

@@ -3,6 +3,7 @@
 //! millions of builds.
 
 use super::dashboard::SEARCH_WINDOW;
+use super::queue::Counted;
 use super::{BuildId, Db, EvalId, Result};
 use rusqlite::{OptionalExtension, Row, params};
 
@@ -341,15 +342,54 @@ fn bound_id(n: u8) -> String {
     format!("CAST(?{n} AS INTEGER)")
 }
 
-/// The SQL of [`Db::queued_builds`].
-pub(crate) fn queued_builds_sql() -> String {
+/// Which pending builds `/api/queue` lists: all of them, or those of one
+/// specification, job, system, evaluation or derivation (as
+/// `/api/latestbuilds` filters), always in dispatch order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueFilter {
+    pub specification: Option<String>,
+    pub job: Option<String>,
+    pub system: Option<String>,
+    pub evaluation: Option<EvalId>,
+    /// A `.drv` file name.
+    pub derivation: Option<String>,
+}
+
+impl QueueFilter {
+    pub fn is_empty(&self) -> bool {
+        *self == QueueFilter::default()
+    }
+}
+
+/// The SQL of [`Db::queued_builds`].  An evaluation or a derivation names
+/// few builds: their indexes drive the query, which sorts them.
+/// Otherwise the walk down `Builds_queue` checks the filters along the
+/// way, in dispatch order.
+pub(crate) fn queued_builds_sql(filter: &QueueFilter) -> String {
+    let selective = filter.evaluation.is_some() || filter.derivation.is_some();
     format!(
         "{BUILD_COLUMNS} {}
          WHERE b.status < 0
            AND (?2 IS NULL OR (-b.status, b.queue_rank, b.id) > (-?2, ?3, ?4))
+           AND (?5 IS NULL OR e.specification = ?5)
+           AND (?6 IS NULL OR d.job_name = ?6)
+           AND (?7 IS NULL OR d.system = ?7)
+           AND {}
+           AND {}
          ORDER BY b.status DESC, b.queue_rank, b.id
          LIMIT ?1",
-        build_joins(QUEUE_WALK, "CROSS JOIN")
+        match selective {
+            true => build_joins("Builds b", "JOIN"),
+            false => build_joins(QUEUE_WALK, "CROSS JOIN"),
+        },
+        match filter.evaluation {
+            Some(_) => "b.evaluation = ?8",
+            None => "?8 IS NULL",
+        },
+        match filter.derivation {
+            Some(_) => "b.derivation = ?9",
+            None => "?9 IS NULL",
+        },
     )
 }
 
@@ -387,29 +427,46 @@ impl Db {
         self.complete(builds)
     }
 
-    /// Unfinished builds: started ones first, then in dispatch order
-    /// (rank, then id), each with where it stands; `after` is the
-    /// (status, rank, id) of the last one of a previous page and `ahead`
-    /// the number of builds before it that count for positions (0, then
-    /// what the previous call returned).
+    /// Unfinished builds that `filter` lets through: started ones first,
+    /// then in dispatch order (rank, then id), each with where it stands
+    /// in the whole queue; `after` is the (status, rank, id) of the last
+    /// one of a previous page and `counted` what the previous call
+    /// returned (the default at first).
     pub fn queued_builds(
         &self,
+        filter: &QueueFilter,
         limit: u32,
         after: Option<(i64, i64, i64)>,
-        ahead: i64,
-    ) -> Result<(Vec<BuildView>, i64)> {
+        counted: Counted,
+    ) -> Result<(Vec<BuildView>, Counted)> {
         let (st, ts, id) = match after {
             Some((st, ts, id)) => (Some(st), Some(ts), Some(id)),
             None => (None, None, None),
         };
         let builds = self
             .conn
-            .prepare_cached(&queued_builds_sql())?
-            .query_map(params![limit, st, ts, id], build_row)?
+            .prepare_cached(&queued_builds_sql(filter))?
+            .query_map(
+                params![
+                    limit,
+                    st,
+                    ts,
+                    id,
+                    filter.specification,
+                    filter.job,
+                    filter.system,
+                    filter.evaluation,
+                    filter.derivation
+                ],
+                build_row,
+            )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut builds = self.complete(builds)?;
-        let ahead = self.fill_waiting(&mut builds, ahead)?;
-        Ok((builds, ahead))
+        let counted = match filter.is_empty() {
+            true => self.fill_waiting(&mut builds, counted)?,
+            false => self.fill_waiting_filtered(&mut builds, counted)?,
+        };
+        Ok((builds, counted))
     }
 
     /// The latest evaluations, newest first, of one specification or of

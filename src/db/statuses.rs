@@ -9,6 +9,16 @@ use rusqlite::{OptionalExtension, Transaction, params};
 pub(super) const PENDING_BUILDS_OF_DERIVATION: &str =
     "SELECT id, starttime FROM Builds WHERE derivation = ?1 AND status < 0";
 
+/// Builds of one derivation that finished with a log, which each of them
+/// keeps a copy of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    pub derivation: String,
+    pub builds: Vec<BuildId>,
+    /// The daemon's log file.
+    pub log: String,
+}
+
 /// Upper bounds of the build-duration histogram's buckets, in seconds:
 /// from a trivial derivation to a day-long toolchain build.
 pub const BUILD_DURATION_BOUNDS: &[i64] =
@@ -162,9 +172,27 @@ impl Db {
         updates: &[crate::records::Update],
         now: i64,
     ) -> Result<Vec<(Vec<BuildId>, String)>> {
+        Ok(self
+            .record_statuses(&[], updates, now)?
+            .into_iter()
+            .map(|l| (l.builds, l.log))
+            .collect())
+    }
+
+    /// Writes what the loop gathered since its last write, in one
+    /// transaction: builds handed to the daemon (`dispatched`: listed as
+    /// started from now, unless no longer scheduled), then the daemon's
+    /// `updates`, as [`Db::apply_build_updates`] does.  Returns the
+    /// builds finished with a log.
+    pub fn record_statuses(
+        &mut self,
+        dispatched: &[BuildId],
+        updates: &[crate::records::Update],
+        now: i64,
+    ) -> Result<Vec<Logged>> {
         use crate::records::Update;
         let mut logged = Vec::new();
-        if updates.is_empty() {
+        if updates.is_empty() && dispatched.is_empty() {
             return Ok(logged);
         }
         let finished_here: std::collections::HashSet<&str> = updates
@@ -183,6 +211,9 @@ impl Db {
             .collect();
         let mut durations = Durations::default();
         let tx = self.conn.transaction()?;
+        for &id in dispatched {
+            Db::mark_dispatched(&tx, id, now)?;
+        }
         for u in updates {
             match u {
                 Update::Started { derivation, log } => {
@@ -227,7 +258,11 @@ impl Db {
                         &mut durations,
                     )?;
                     if let Some(log) = log.as_ref().filter(|_| !ids.is_empty()) {
-                        logged.push((ids, log.clone()));
+                        logged.push(Logged {
+                            derivation: derivation.clone(),
+                            builds: ids,
+                            log: log.clone(),
+                        });
                     }
                 }
             }

@@ -2,7 +2,8 @@
 //! `.drv` files, time as a value, no daemon and no sleeping.
 
 use super::*;
-use crate::db::queue::Waiting;
+use crate::db::queue::{Counted, Waiting};
+use crate::db::read::QueueFilter;
 use crate::db::{JobRecord, status};
 use crate::spec::Specification;
 use std::collections::HashSet;
@@ -88,7 +89,19 @@ impl World {
             active: &active,
         };
         self.d.handle(input, &mut env);
-        std::iter::from_fn(|| self.d.poll_command()).collect()
+        let cmds: Vec<Command> = std::iter::from_fn(|| self.d.poll_command()).collect();
+        // What the loop writes for the builds it hands to the daemon.
+        let dispatched: Vec<_> = cmds
+            .iter()
+            .filter_map(|c| match c {
+                Command::Open { build, .. } => Some(*build),
+                Command::Close { .. } => None,
+            })
+            .collect();
+        self.db
+            .record_statuses(&dispatched, &[], 1_700_000_000)
+            .unwrap();
+        cmds
     }
 
     fn evaluate(&mut self, spec: &str, commit: &str, jobs: &[JobRecord]) {
@@ -120,10 +133,18 @@ impl World {
     /// The job names of `/api/queue`, in its order.
     fn queue(&self) -> Vec<String> {
         // Two pages of 4: positions carry on from one page to the next.
-        let (mut page, ahead) = self.db.queued_builds(4, None, 0).unwrap();
+        let (mut page, ahead) = self
+            .db
+            .queued_builds(&QueueFilter::default(), 4, None, Counted::default())
+            .unwrap();
         if let Some(last) = page.last() {
             let after = Some((last.status, last.rank, last.id));
-            page.extend(self.db.queued_builds(1000, after, ahead).unwrap().0);
+            page.extend(
+                self.db
+                    .queued_builds(&QueueFilter::default(), 1000, after, ahead)
+                    .unwrap()
+                    .0,
+            );
         }
         for (i, b) in page.iter().enumerate() {
             let expect = match b.status {

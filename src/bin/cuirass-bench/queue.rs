@@ -108,7 +108,8 @@ pub fn run() -> Result<Vec<Figure>, String> {
     let mut page = Vec::new();
     for _ in 0..20 {
         let start = Instant::now();
-        db.queued_builds(100, None, 0).map_err(e)?;
+        db.queued_builds(&Default::default(), 100, None, Default::default())
+            .map_err(e)?;
         page.push(secs(start.elapsed()));
     }
     figures.push(Figure::new(
