@@ -45,7 +45,7 @@ impl EventLoop {
         let conn = self.conns[slot].as_mut().expect("connected above");
         log::info!(
             target: BUILDING,
-            "build {build} of spec={spec:?} submitted in slot {slot} ({}, request {} of its connection): {:?}",
+            "build {build} of spec={spec:?} submitted in slot {slot} ({}), request {} of its connection: {:?}",
             build::describe_limits(limits),
             conn.requests + 1,
             item.derivation

@@ -181,6 +181,9 @@ fn two_specs_queued_behind_a_long_build_start_in_the_order_the_queue_lists() {
         })
         .collect();
     assert!(submitted.windows(2).all(|w| w[0] < w[1]), "{log}");
+    // One slot, one limit class: one connection carried every request.
+    assert!(log.contains("request 5 of its connection"), "{log}");
+    assert!(!log.contains("request 6 of"), "{log}");
     drop(cuirass);
     assert_sound(&setup.db);
 }
