@@ -65,6 +65,34 @@ pub enum Waiting {
     Inactive,
 }
 
+/// Scheduled builds of active specs strictly between (rank ?1, id ?2)
+/// and (rank ?3, id ?4) in queue order, at most about ?5: three ranges of
+/// `Builds_queue` (the rest of rank ?1, the ranks between, the start of
+/// rank ?3), since SQLite seeks a row-value range `(rank, id) > (…)` on
+/// its first column only, and would walk a whole rank's builds; the join
+/// order is pinned so that the walk drives it.
+fn scheduled_between_sql() -> String {
+    let part = |range: &str| {
+        format!(
+            "(SELECT COUNT(*) FROM
+              (SELECT 1 FROM Builds b INDEXED BY Builds_queue
+               CROSS JOIN Evaluations e ON e.id = b.evaluation
+               CROSS JOIN Specifications s ON s.repo_name = e.specification
+               WHERE b.status < 0 AND b.status = -2 AND {range} AND s.is_active != 0
+               LIMIT ?5))"
+        )
+    };
+    format!(
+        "SELECT {} + {} + {}",
+        part(
+            "b.queue_rank = ?1 AND b.id > ?2
+             AND b.id < CASE WHEN ?1 < ?3 THEN 9223372036854775807 ELSE ?4 END"
+        ),
+        part("b.queue_rank > ?1 AND b.queue_rank < ?3"),
+        part("b.queue_rank = ?3 AND ?1 < ?3 AND b.id < ?4"),
+    )
+}
+
 /// How far a listing of the queue, answered a page at a time, has
 /// counted positions; the default at its first page.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -340,16 +368,7 @@ impl Db {
                 let (rank, id) = counted.last.unwrap_or((i64::MIN, 0));
                 counted.ahead += self
                     .conn
-                    .prepare_cached(
-                        "SELECT COUNT(*) FROM
-                         (SELECT 1 FROM Builds b INDEXED BY Builds_queue
-                          JOIN Evaluations e ON e.id = b.evaluation
-                          JOIN Specifications s ON s.repo_name = e.specification
-                          WHERE b.status < 0 AND b.status = -2
-                            AND (b.queue_rank, b.id) > (?1, ?2)
-                            AND (b.queue_rank, b.id) < (?3, ?4) AND s.is_active != 0
-                          LIMIT ?5)",
-                    )?
+                    .prepare_cached(&scheduled_between_sql())?
                     .query_row(
                         params![rank, id, b.rank, b.id, POSITION_LIMIT + 1 - counted.ahead],
                         |r| r.get::<_, i64>(0),

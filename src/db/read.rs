@@ -361,18 +361,19 @@ impl QueueFilter {
     }
 }
 
-/// The SQL of [`Db::queued_builds`].  An evaluation or a derivation names
-/// few builds: their indexes drive the query, which sorts them.
-/// Otherwise the walk down `Builds_queue` checks the filters along the
-/// way, in dispatch order.
+/// The SQL of [`Db::queued_builds`].  A job, an evaluation or a
+/// derivation names few builds: their indexes drive the query, which
+/// sorts them.  Otherwise the walk down `Builds_queue` checks the filters
+/// along the way, in dispatch order.
 pub(crate) fn queued_builds_sql(filter: &QueueFilter) -> String {
-    let selective = filter.evaluation.is_some() || filter.derivation.is_some();
+    let selective =
+        filter.job.is_some() || filter.evaluation.is_some() || filter.derivation.is_some();
     format!(
         "{BUILD_COLUMNS} {}
          WHERE b.status < 0
            AND (?2 IS NULL OR (-b.status, b.queue_rank, b.id) > (-?2, ?3, ?4))
            AND (?5 IS NULL OR e.specification = ?5)
-           AND (?6 IS NULL OR d.job_name = ?6)
+           AND {}
            AND (?7 IS NULL OR d.system = ?7)
            AND {}
            AND {}
@@ -381,6 +382,10 @@ pub(crate) fn queued_builds_sql(filter: &QueueFilter) -> String {
         match selective {
             true => build_joins("Builds b", "JOIN"),
             false => build_joins(QUEUE_WALK, "CROSS JOIN"),
+        },
+        match filter.job {
+            Some(_) => "d.job_name = ?6",
+            None => "?6 IS NULL",
         },
         match filter.evaluation {
             Some(_) => "b.evaluation = ?8",

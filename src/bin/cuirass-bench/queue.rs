@@ -4,6 +4,7 @@
 //! `/api/queue` and one build's `waiting` cost at depth.
 
 use crate::common::*;
+use cuirass::db::read::QueueFilter;
 use cuirass::db::{Db, JobRecord};
 use cuirass::queue::{Dispatcher, Env, Input};
 use std::time::Instant;
@@ -118,6 +119,39 @@ pub fn run() -> Result<Vec<Figure>, String> {
         "ms",
         Some(Target::AtMost(50.0)),
     ));
+    // A filter the whole queue's walk checks: one job near the back (its
+    // position counted up to 10,000 ahead), and one system, which every
+    // build has (positions counted between listed builds).
+    for (what, filter) in [
+        (
+            "job=q99999, at the back",
+            QueueFilter {
+                job: Some("q99999".into()),
+                ..QueueFilter::default()
+            },
+        ),
+        (
+            "system=x86_64-linux, all",
+            QueueFilter {
+                system: Some("x86_64-linux".into()),
+                ..QueueFilter::default()
+            },
+        ),
+    ] {
+        let mut page = Vec::new();
+        for _ in 0..10 {
+            let start = Instant::now();
+            db.queued_builds(&filter, 100, None, Default::default())
+                .map_err(e)?;
+            page.push(secs(start.elapsed()));
+        }
+        figures.push(Figure::new(
+            &format!("queue: /api/queue?nr=100&{what} of 100,000 pending"),
+            median(page) * 1e3,
+            "ms",
+            Some(Target::AtMost(50.0)),
+        ));
+    }
     let last = db
         .build(PENDING as i64)
         .map_err(e)?
