@@ -3,7 +3,8 @@
 //! and types are those of Cuirass and Hydra, which clients such as Guix's
 //! `(guix ci)` read.
 
-use crate::db::read::{BuildFilter, BuildView, JobFilter};
+use crate::db::queue::{Counted, Waiting};
+use crate::db::read::{BuildFilter, BuildView, JobFilter, QueueFilter};
 use crate::db::{Db, status};
 use crate::http::{Request, Response};
 use crate::records::{BuildId, EvalId};
@@ -171,6 +172,9 @@ struct BuildJson<'a> {
     /// The machine that ran the build (`localhost`, or the build machine
     /// `guix offload` sent it to); null before it started.
     worker: Option<&'a str>,
+    /// Pending builds only: see [`waiting_json`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waiting: Option<Value>,
 }
 
 fn build_json(b: &BuildView) -> BuildJson<'_> {
@@ -214,6 +218,26 @@ fn build_json(b: &BuildView) -> BuildJson<'_> {
         maxsilent: b.max_silent_time,
         errormsg: b.errormsg.as_deref(),
         worker: b.worker.as_deref(),
+        waiting: b.waiting.as_ref().map(waiting_json),
+    }
+}
+
+/// Where a pending build stands: `{"reason": "queued", "position": N}`
+/// (1 = next to start, started builds included; with `"at_least": true`
+/// when more than `POSITION_LIMIT` are ahead), `{"reason": "started"}`,
+/// `{"reason": "dependency", "build": ID, "status": S}` (an input's
+/// build that must succeed first), or `{"reason": "inactive"}`.
+pub fn waiting_json(w: &Waiting) -> Value {
+    match w {
+        Waiting::Started => json!({ "reason": "started" }),
+        Waiting::Queued { position } => json!({ "reason": "queued", "position": position }),
+        Waiting::Dependency { input, status } => {
+            json!({ "reason": "dependency", "build": input, "status": status })
+        }
+        Waiting::QueuedBeyond { position } => {
+            json!({ "reason": "queued", "position": position, "at_least": true })
+        }
+        Waiting::Inactive => json!({ "reason": "inactive" }),
     }
 }
 
@@ -305,6 +329,19 @@ fn latest_filter(req: &Request) -> Result<BuildFilter, Response> {
     })
 }
 
+/// `/api/queue`'s filters: those of `/api/latestbuilds` that a pending
+/// build has (`jobset` names the specification).
+fn queue_filter(req: &Request) -> Result<QueueFilter, Response> {
+    let text = |k: &str| req.param(k).map(str::to_string);
+    Ok(QueueFilter {
+        specification: text("jobset"),
+        job: text("job"),
+        system: text("system"),
+        evaluation: number(req, "evaluation")?.map(EvalId),
+        derivation: text("derivation"),
+    })
+}
+
 /// Build listings are answered at most this many builds per loop turn, so
 /// that a large `nr` never holds up the other clients for long: with each
 /// build's weather looked up, 100 builds took 1.4 ms on the benchmark's
@@ -318,9 +355,9 @@ const JOBS_PAGE: u32 = 10 * PAGE;
 
 enum Listing {
     Latest(BuildFilter),
-    /// The (status, timestamp, id) of the last build of the previous
-    /// page, and the job asked for (`job=`), if any.
-    Queue(Option<(i64, i64, BuildId)>, Option<String>),
+    /// The (status, rank, id) of the last build of the previous page, and
+    /// how far positions were counted.
+    Queue(QueueFilter, Option<(i64, i64, BuildId)>, Counted),
     /// Every job of the evaluation: there is no `nr`.
     Jobs(JobFilter),
 }
@@ -344,7 +381,7 @@ impl Pager {
         }
         let listing = match routes::of(req)?.route {
             Route::LatestBuilds => latest_filter(req).map(Listing::Latest),
-            Route::Queue => Ok(Listing::Queue(None, req.param("job").map(str::to_string))),
+            Route::Queue => queue_filter(req).map(|f| Listing::Queue(f, None, Counted::default())),
             Route::Jobs => jobs::job_filter(req).map(Listing::Jobs),
             _ => return None,
         };
@@ -400,12 +437,13 @@ impl Pager {
                 }
                 page
             }
-            Listing::Queue(after, job) => {
-                let page = db
-                    .queued_builds(n, *after, job.as_deref())
+            Listing::Queue(filter, after, counted) => {
+                let (page, now_counted) = db
+                    .queued_builds(filter, n, *after, *counted)
                     .map_err(db_error)?;
+                *counted = now_counted;
                 if let Some(last) = page.last() {
-                    *after = Some((last.status.code(), last.timestamp, last.id));
+                    *after = Some((last.status.code(), last.rank, last.id));
                 }
                 page
             }

@@ -142,8 +142,22 @@ impl Batch {
     /// A batch of `items` of one limit class, built with `options` (from
     /// [`build_options`] with the same `limits`).
     pub fn new(items: Vec<Item>, options: BuildOptions, limits: Limits) -> Batch {
-        let mut client = Client::new();
-        client.request(Request::SetOptions(options));
+        Batch::on(Client::new(), items, Some(options), limits)
+    }
+
+    /// A batch on `client`, a connection that may have carried earlier
+    /// batches (see [`Batch::into_client`]): it sends set-options first
+    /// when `options` is given, else builds with the options in effect.
+    pub fn on(
+        mut client: Client,
+        items: Vec<Item>,
+        options: Option<BuildOptions>,
+        limits: Limits,
+    ) -> Batch {
+        let replies_before_build = usize::from(options.is_some());
+        if let Some(options) = options {
+            client.request(Request::SetOptions(options));
+        }
         client.request(Request::BuildPaths(
             items.iter().map(|i| i.derivation.clone()).collect(),
             0,
@@ -159,7 +173,7 @@ impl Batch {
             items,
             index,
             phase: Phase::Building,
-            replies_before_build: 1,
+            replies_before_build,
             lines: LineSplitter::with_options(trace::MAX_LINE, true),
             updates: Vec::new(),
             checking: Vec::new(),
@@ -168,6 +182,12 @@ impl Batch {
             pids: HashMap::new(),
             output: Vec::new(),
         }
+    }
+
+    /// The connection, once the batch is done, for the next one: the
+    /// daemon's worker process keeps the options it was given.
+    pub fn into_client(self) -> Client {
+        self.client
     }
 
     pub fn len(&self) -> usize {

@@ -198,6 +198,12 @@ pub const OPTIONS: &[OptionDef] = &[
         Arity::Value("URL"),
         "the server's address as people reach it, for links in notifications and the feed (default http://HOST:PORT)",
     ),
+    opt(
+        "",
+        "max-builds",
+        Arity::Value("N"),
+        "builds handed to guix-daemon at once, in queue order (default 2)",
+    ),
     opt("V", "version", Arity::Flag, "print the version and exit"),
     opt("h", "help", Arity::Flag, "print this help and exit"),
 ];
@@ -231,6 +237,8 @@ pub struct Config {
     pub evaluator: Vec<String>,
     pub evaluation_timeout_secs: u64,
     pub fetch_timeout_secs: u64,
+    /// Builds in flight at once, each in its own build request (≥ 1).
+    pub max_builds: usize,
     pub daemon_socket: PathBuf,
     /// The operators' token file (`admin::Tokens::parse`).
     pub admin_tokens: Option<PathBuf>,
@@ -460,6 +468,7 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Command, String> {
         evaluator,
         evaluation_timeout_secs: number(&m, "evaluation-timeout", 3600u64)?,
         fetch_timeout_secs: number(&m, "fetch-timeout", 1800u64)?,
+        max_builds: number(&m, "max-builds", 2usize)?.max(1),
         daemon_socket: env
             .var("GUIX_DAEMON_SOCKET")
             .map(PathBuf::from)

@@ -1,45 +1,35 @@
 //! One specification's cycle, as a sans-I/O state machine.
 //!
-//! A specification runs two tracks side by side:
+//! Its states, [`State`]: Idle → Fetching → (Compiling →) Evaluating →
+//! Idle, one round per poll.  Every transition is one arm of the
+//! `match (state, input)` in [`Cycle::handle`] and goes through
+//! [`Cycle::set_state`], which logs it with the input that caused it.
 //!
-//! - the **evaluation track**, [`State`]: Idle → Fetching → (Compiling →)
-//!   Evaluating → Idle, one round per poll.  Every transition is one arm of
-//!   the `match (state, input)` in [`Cycle::handle`] and goes through
-//!   [`Cycle::set_state`], which logs it with the input that caused it;
-//! - the **building track**, [`Building`]: the spec's pending builds, loaded
-//!   a page at a time, handed to the daemon in batches.  It runs whatever
-//!   the evaluation track does, so a poll that falls due during a long
-//!   build fetches and evaluates the new commit at once (its jobs join the
-//!   queue, and builds it supersedes are canceled).
+//! Builds are not the cycle's: every spec's builds form one queue, which
+//! `queue::Dispatcher` hands to the daemon in priority order.  The cycle
+//! says when it added or canceled builds ([`Command::QueueChanged`]); a
+//! poll that falls due during a long build fetches and evaluates at once.
 //!
 //! The machine is given inputs ([`Input`]: a child exited, the evaluator
-//! printed lines, a batch ended, time passed, stop) with `now`, and answers
-//! with commands ([`Command`]: spawn a child, kill it, open or close a
-//! batch) for the event loop to carry out, and with [`Cycle::poll_at`], the
+//! printed lines, time passed, stop) with `now`, and answers with commands
+//! ([`Command`]: spawn a child, kill it, the queue changed) for the event
+//! loop to carry out, and with [`Cycle::poll_at`], the
 //! next time it must be woken.  It writes the database directly (an
 //! in-memory one in unit tests); the only other things it touches are the
 //! `.drv` files it reads and the daemon probe, both given by the loop in
 //! [`Env`].
 
-use crate::build::{self, Item, Limits};
-use crate::db::{BuildId, Db, EvalId, JobRecord, PendingBuild, status};
-use crate::drv::Derivation;
+use crate::db::{Db, EvalId, JobRecord};
 use crate::fetch;
 use crate::job;
-use crate::logging::{BUILDING, COMPILE, EVALUATION, FETCH};
+use crate::logging::{COMPILE, EVALUATION, FETCH};
 use crate::spec::Specification;
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[cfg(test)]
 mod tests;
-
-/// Pending builds are read from the database this many at a time, so a
-/// queue of 100,000 never stalls the loop.
-pub const PAGE: usize = 1000;
-/// In one-shot mode, give up on an unreachable daemon after this many tries.
-pub const ONE_SHOT_DAEMON_TRIES: u32 = 5;
 
 /// How a cycle runs; fixed for a spec's lifetime.
 #[derive(Debug, Clone)]
@@ -72,6 +62,10 @@ pub struct Env<'a> {
     pub daemon: &'a dyn Fn() -> Result<(), String>,
     /// The size of a file (a build product), if it is there.
     pub file_size: &'a dyn Fn(&str) -> Option<u64>,
+    /// Derivations the queue has handed to guix-daemon and that have not
+    /// ended: an evaluation's failure or a newer commit leaves their
+    /// builds to end with their real result.
+    pub in_flight: &'a std::collections::HashSet<String>,
 }
 
 /// Everything that can happen to a cycle.
@@ -104,18 +98,15 @@ pub enum Input {
     },
     /// The child of the current step could not be started.
     SpawnFailed(String),
-    /// The batch in flight ended; its statuses are recorded.
-    BatchDone {
-        daemon_error: Option<String>,
-    },
-    /// The daemon could not be reached, or went away mid-batch.
-    BatchLost(String),
     /// An operator, the hook or a webhook asks for an evaluation now;
     /// with a commit, of that commit, even if it was evaluated already
     /// (an evaluation retried).  A round under way ends first.
     Trigger {
         commit: Option<String>,
     },
+    /// Builds of this spec ended (the dispatcher's requests for these
+    /// derivations); their statuses are recorded.
+    BuildsDone(Vec<String>),
     /// SIGTERM or SIGINT.
     Stop,
 }
@@ -132,9 +123,8 @@ impl Input {
             Input::EvaluatorLines(_) | Input::EvaluatorLineTooLong(_) => "evaluator output",
             Input::EvaluatorExited { .. } => "evaluator exited",
             Input::SpawnFailed(_) => "cannot start a child",
-            Input::BatchDone { .. } => "batch done",
-            Input::BatchLost(_) => "daemon lost",
             Input::Trigger { .. } => "triggered",
+            Input::BuildsDone(_) => "builds done",
             Input::Stop => "stop",
         }
     }
@@ -156,10 +146,8 @@ pub enum Command {
     },
     /// Kill the running child; its exit still arrives as an input.
     KillChild,
-    /// Connect to the daemon and build these, all of one limit class.
-    OpenBatch(Vec<Item>, Limits),
-    /// Drop the batch's connection: the daemon stops its builds.
-    CloseBatch,
+    /// Builds were added or canceled: the queue must be read again.
+    QueueChanged,
 }
 
 /// An evaluation being registered while the evaluator runs.
@@ -226,7 +214,6 @@ pub struct Cycle {
     next_poll: Instant,
     /// Completed rounds of the evaluation track (one-shot stops after one).
     rounds: u32,
-    building: Building,
     commands: VecDeque<Command>,
     /// Why a one-shot run could not do this spec's work (not the commit's
     /// fault: an unreachable remote, a missing branch, no daemon).
@@ -237,8 +224,7 @@ pub struct Cycle {
 }
 
 impl Cycle {
-    /// A cycle polls at once; builds left pending by earlier runs are
-    /// loaded at the first turn.
+    /// A cycle polls at once.
     pub fn new(spec: Specification, settings: Settings, now: Instant) -> Cycle {
         Cycle {
             spec,
@@ -246,10 +232,6 @@ impl Cycle {
             state: State::Idle,
             next_poll: now,
             rounds: 0,
-            building: Building {
-                next_page: Some(BuildId(0)),
-                ..Building::default()
-            },
             commands: VecDeque::new(),
             failure: None,
             triggered: None,
@@ -258,10 +240,6 @@ impl Cycle {
 
     pub fn state(&self) -> &State {
         &self.state
-    }
-
-    pub fn building(&self) -> &Building {
-        &self.building
     }
 
     pub fn failure(&self) -> Option<&str> {
@@ -278,11 +256,11 @@ impl Cycle {
         self.spec = spec;
     }
 
-    /// One-shot work is done: one round, and nothing left to build.
+    /// One-shot evaluation is done: one round (the queue's builds are
+    /// the dispatcher's).
     pub fn is_finished(&self) -> bool {
-        let idle = matches!(self.state, State::Idle) && self.building.is_idle();
         matches!(self.state, State::Stopped)
-            || (idle && (self.rounds >= 1 || !self.spec.is_active()))
+            || (matches!(self.state, State::Idle) && (self.rounds >= 1 || !self.spec.is_active()))
     }
 
     /// An inactive spec is never polled; switched back on, its next
@@ -310,9 +288,6 @@ impl Cycle {
             State::Evaluating(e) if !e.killed => consider(e.deadline),
             _ => {}
         }
-        if let Some(t) = self.building.retry_at {
-            consider(t);
-        }
         at
     }
 
@@ -338,14 +313,13 @@ impl Cycle {
             (State::Stopped, _) => State::Stopped,
 
             // Stopping: kill the child, roll back an evaluation half
-            // registered (its commit is evaluated again next time), drop
-            // the batch (its builds go back to scheduled).
+            // registered (its commit is evaluated again next time).
             (state, Input::Stop) => {
                 self.stop(state, env);
                 State::Stopped
             }
 
-            // The poll timer: fetch, whatever the building track is doing.
+            // The poll timer: fetch, whatever the queue is building.
             // A period not yet over since the last evaluation (one made
             // before a restart too) holds the poll until it is.
             (State::Idle, Input::Tick)
@@ -512,14 +486,9 @@ impl Cycle {
                 self.end_round()
             }
 
-            // The building track runs beside every state of the other.
-            (state, Input::BatchDone { daemon_error }) => {
-                self.register_products(env);
-                self.batch_done(daemon_error.as_deref());
-                state
-            }
-            (state, Input::BatchLost(why)) => {
-                self.batch_lost(why, env);
+            // Builds end whatever the cycle is doing.
+            (state, Input::BuildsDone(drvs)) => {
+                self.register_products(drvs, env);
                 state
             }
 
@@ -528,9 +497,6 @@ impl Cycle {
             (state, _) => state,
         };
         self.set_state(from, next, &input);
-        if !matches!(self.state, State::Stopped) {
-            self.fill_batch(env);
-        }
     }
 
     /// Starts a round: fetches the spec's branch (or tag, or commit), or
@@ -549,18 +515,12 @@ impl Cycle {
         }
     }
 
-    /// The spec's pending builds changed outside the cycle (an operator
-    /// restarted or canceled some): they are read again from the
-    /// database, in order.
-    pub fn requeue(&mut self) {
-        self.reload_queue();
-    }
-
     fn end_round(&mut self) -> State {
         self.rounds += 1;
         State::Idle
     }
 
+    /// Stopping: the dispatcher drops the builds in flight.
     fn stop(&mut self, state: State, env: &mut Env) {
         match state {
             State::Fetching { .. } | State::Compiling { .. } => {
@@ -575,16 +535,10 @@ impl Cycle {
             }
             State::Idle | State::Stopped => {}
         }
-        if self.building.batch_open {
-            self.building.batch_open = false;
-            self.commands.push_back(Command::CloseBatch);
-        }
     }
 }
 
-mod building;
 mod channels;
 mod evaluation;
 
-pub use building::{Backoff, Building};
 pub use evaluation::evaluator_arguments;

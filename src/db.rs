@@ -247,6 +247,19 @@ const MIGRATIONS: &[&str] = &[
        expires INTEGER) WITHOUT ROWID;
      CREATE INDEX IF NOT EXISTS GcRoots_expires ON GcRoots (expires)
        WHERE expires IS NOT NULL;",
+    // 16: the queue's order.  `queue_rank` is the spec's priority × 10
+    // plus the job's (0 first), fixed when the build is queued; pending
+    // builds start by (rank, id), started ones listed first, down one
+    // index.  Builds pending before this version get their spec's
+    // priority, or the default, 9.
+    "ALTER TABLE Builds ADD COLUMN queue_rank INTEGER NOT NULL DEFAULT 90;
+     UPDATE Builds SET queue_rank = 10 * coalesce(
+         (SELECT min(max(s.priority, 0), 9) FROM Evaluations e
+          JOIN Specifications s ON s.repo_name = e.specification
+          WHERE e.id = Builds.evaluation), 9) + priority
+       WHERE status < 0;
+     DROP INDEX IF EXISTS Builds_queue;
+     CREATE INDEX Builds_queue ON Builds (status DESC, queue_rank, id) WHERE status < 0;",
 ];
 
 pub fn schema_version() -> usize {
@@ -458,7 +471,7 @@ impl Db {
     ) -> Result<EvalId> {
         let tx = self.conn.transaction()?;
         let eval = Db::insert_evaluation(&tx, spec, commit, eval_status::SUCCEEDED, now)?;
-        Db::insert_jobs(&tx, eval, jobs, now, |_, _| {})?;
+        Db::insert_jobs(&tx, eval, jobs, now, |_, _, _| {})?;
         Db::set_stamp(&tx, spec, commit)?;
         tx.commit()?;
         Ok(eval)
@@ -488,7 +501,7 @@ impl Db {
         eval: EvalId,
         jobs: &[JobRecord],
         now: i64,
-        mut added: impl FnMut(BuildId, &JobRecord),
+        mut added: impl FnMut(BuildId, &JobRecord, i64),
     ) -> Result<usize> {
         let mut aliases = 0;
         let mut drv_stmt = tx.prepare_cached(
@@ -497,9 +510,10 @@ impl Db {
         )?;
         let mut build_stmt = tx.prepare_cached(
             "INSERT INTO Builds (derivation, evaluation, log, status, timestamp, starttime, stoptime,
-                                 priority, timeout, maxsilent)
-             VALUES (?1, ?2, '', ?3, ?4, 0, 0, ?5, ?6, ?7)",
+                                 priority, timeout, maxsilent, queue_rank)
+             VALUES (?1, ?2, '', ?3, ?4, 0, 0, ?5, ?6, ?7, ?8)",
         )?;
+        let spec_rank = queue::spec_priority_of_evaluation(tx, eval)? * 10;
         let mut output_stmt =
             tx.prepare_cached("INSERT INTO Outputs (build, name, path) VALUES (?1, ?2, ?3)")?;
         let mut input_stmt =
@@ -527,7 +541,8 @@ impl Db {
                 now,
                 job.priority,
                 job.limits.timeout.map(|t| t as i64),
-                job.limits.max_silent_time.map(|t| t as i64)
+                job.limits.max_silent_time.map(|t| t as i64),
+                spec_rank + job.priority
             ])?;
             let build = BuildId(tx.last_insert_rowid());
             for (name, path) in &job.outputs {
@@ -536,7 +551,7 @@ impl Db {
             for input in &job.inputs {
                 input_stmt.execute(params![build, input])?;
             }
-            added(build, job);
+            added(build, job, spec_rank + job.priority);
         }
         Ok(aliases)
     }
@@ -608,9 +623,10 @@ impl Db {
     ) -> Result<Vec<PendingBuild>> {
         let tx = self.conn.transaction()?;
         let mut added = Vec::with_capacity(jobs.len());
-        Db::insert_jobs(&tx, eval, jobs, now, |id, job| {
+        Db::insert_jobs(&tx, eval, jobs, now, |id, job, rank| {
             added.push(PendingBuild {
                 id,
+                rank,
                 derivation: job.derivation.clone(),
                 evaluation: eval,
                 specification: spec.to_string(),
@@ -782,36 +798,6 @@ impl Db {
         Ok(())
     }
 
-    /// Up to `limit` of a specification's builds not yet in a final
-    /// status whose id is above `after`, oldest first: one page of the
-    /// queue (keyset pagination, so every page costs the same).
-    pub fn pending_builds_page(
-        &self,
-        spec: &str,
-        after: BuildId,
-        limit: usize,
-    ) -> Result<Vec<PendingBuild>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT b.id, b.derivation, b.evaluation, e.specification, b.maxsilent, b.timeout
-             FROM Builds b JOIN Evaluations e ON e.id = b.evaluation
-             WHERE b.status < 0 AND e.specification = ?1 AND b.id > ?2
-             ORDER BY b.id LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![spec, after, limit as i64], |r| {
-            Ok(PendingBuild {
-                id: r.get(0)?,
-                derivation: r.get(1)?,
-                evaluation: r.get(2)?,
-                specification: r.get(3)?,
-                limits: Limits {
-                    max_silent_time: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
-                    timeout: r.get::<_, Option<i64>>(5)?.map(|t| t as u64),
-                },
-            })
-        })?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
-    }
-
     pub fn evaluations_since(&self, since: i64) -> Result<i64> {
         Ok(self
             .conn
@@ -835,13 +821,14 @@ pub mod dashboard;
 pub mod events;
 pub mod gcroots;
 pub mod machines;
+pub mod queue;
 pub mod read;
 pub mod retention;
 mod statuses;
 
 #[cfg(test)]
 use statuses::PENDING_BUILDS_OF_DERIVATION;
-pub use statuses::{BUILD_DURATION_BOUNDS, duration_bucket};
+pub use statuses::{BUILD_DURATION_BOUNDS, Logged, duration_bucket};
 
 /// What SQLite's planner does with `sql`, its steps joined by "; ", for
 /// tests that pin a query to its index.

@@ -1,10 +1,11 @@
 //! The single-threaded mio loop: the only driver of work.  It keeps the
 //! tokens, buffers, children, daemon connections, signals and the clock;
 //! it turns readiness into [`Input`]s for each specification's
-//! [`Cycle`] and carries out the [`Command`]s that come back.  No policy
-//! lives here: what a cycle does next is decided in `cycle`.
+//! [`Cycle`] and for the build queue's [`Dispatcher`], and carries out the
+//! commands that come back.  No policy lives here: what a cycle does next
+//! is decided in `cycle`, which build starts next in `queue`.
 
-use crate::build::{self, Batch};
+use crate::build::{self, Batch, Limits};
 use crate::buildlog::{self, copy::Copier, live::LiveLogs};
 use crate::child::{self, Proc};
 use crate::cli::Config;
@@ -12,6 +13,7 @@ use crate::cycle::{Command, Cycle, Env, Input, Settings, State};
 use crate::db::Db;
 use crate::http_server::HttpServer;
 use crate::logging;
+use crate::queue::{self, Dispatcher};
 use crate::signals::SignalPipe;
 use mio::net::UnixStream;
 use mio::{Events, Poll, Token};
@@ -34,6 +36,8 @@ const RELOAD_STDERR: Token = Token(3);
 const ROOTS_DAEMON: Token = Token(4);
 /// HTTP connections take tokens from here up, far above the specs'.
 const HTTP_CONN_BASE: usize = 1 << 20;
+/// The dispatcher's daemon connections, one per slot, below HTTP's.
+const DAEMON_TOKEN_BASE: usize = 1 << 19;
 const SPEC_TOKEN_BASE: usize = 16;
 const TOKENS_PER_SPEC: usize = 4;
 
@@ -72,6 +76,12 @@ impl Event {
             ROOTS_DAEMON => return Event::Roots,
             _ => {}
         }
+        if let Some(slot) = token.0.checked_sub(DAEMON_TOKEN_BASE) {
+            return match token.0 < HTTP_CONN_BASE {
+                true => Event::Daemon(slot),
+                false => Event::Unknown,
+            };
+        }
         if let Some(offset) = token.0.checked_sub(notify::NOTIFY_TOKEN_BASE) {
             return match offset % 2 {
                 0 => Event::NotifyStdout(offset / 2),
@@ -85,7 +95,6 @@ impl Event {
         match offset % TOKENS_PER_SPEC {
             0 => Event::ChildStdout(index),
             1 => Event::ChildStderr(index),
-            2 => Event::Daemon(index),
             _ => Event::Unknown,
         }
     }
@@ -96,7 +105,7 @@ impl Event {
         match self {
             Event::ChildStdout(i) => spec(i, 0),
             Event::ChildStderr(i) => spec(i, 1),
-            Event::Daemon(i) => spec(i, 2),
+            Event::Daemon(slot) => Token(DAEMON_TOKEN_BASE + slot),
             Event::Signal => SIGNAL,
             Event::ReloadStdout => RELOAD_STDOUT,
             Event::ReloadStderr => RELOAD_STDERR,
@@ -122,7 +131,7 @@ impl Event {
             Event::ChildStdout(i) | Event::ChildStderr(i) => {
                 format!("spec={} child output", spec(i))
             }
-            Event::Daemon(i) => format!("spec={} daemon connection", spec(i)),
+            Event::Daemon(slot) => format!("build slot {slot}'s daemon connection"),
             Event::NotifyStdout(_) | Event::NotifyStderr(_) => "a notification command".into(),
             Event::Unknown => "an unknown token".into(),
         }
@@ -171,25 +180,84 @@ struct Running {
     stdout: String,
 }
 
-/// A daemon connection carrying one batch.
+/// A slot's daemon connection.  It stays open from one build request to
+/// the next of the same limit class, so that the handshake, set-options
+/// and the daemon's worker process (a fork per connection) are paid once
+/// per connection, not per build.
 struct Conn {
     stream: UnixStream,
-    batch: Batch,
+    /// The request in flight, or the connection waiting for the next.
+    work: Work,
+    /// The limits its set-options carried: a build of another class
+    /// needs a new connection (an absent limit is the daemon's own, which
+    /// only a fresh worker has).
+    limits: Limits,
+    /// Requests it carried; see [`REQUESTS_PER_CONNECTION`].
+    requests: usize,
+    /// The daemon closed it: it carries no more requests.
+    eof: bool,
     wants_write: bool,
     /// The turn's read cap stopped reading before `WouldBlock`: mio will
     /// not tell again, so the next turn reads on.
     more: bool,
 }
 
+enum Work {
+    Building(Box<Batch>),
+    Idle(crate::wire::Client),
+}
+
+impl Work {
+    fn client(&self) -> &crate::wire::Client {
+        match self {
+            Work::Building(b) => &b.client,
+            Work::Idle(c) => c,
+        }
+    }
+
+    fn client_mut(&mut self) -> &mut crate::wire::Client {
+        match self {
+            Work::Building(b) => &mut b.client,
+            Work::Idle(c) => c,
+        }
+    }
+
+    fn batch(&self) -> Option<&Batch> {
+        match self {
+            Work::Building(b) => Some(b),
+            Work::Idle(_) => None,
+        }
+    }
+}
+
+/// Build requests one connection carries at most.  guix-daemon's worker
+/// keeps the outputs it built as temporary GC roots until its connection
+/// closes: a fresh connection now and then lets `guix gc` collect them
+/// (a batch of 200 builds held them as long).
+const REQUESTS_PER_CONNECTION: usize = 200;
+
+/// Status changes wait this long at most before they are written, so that
+/// a turn's (or a few turns') changes go in one transaction; a request's
+/// end, a lost connection and an HTTP request write them at once.
+const WRITE_DELAY: Duration = Duration::from_millis(50);
+
+/// Status changes not yet written: see [`WRITE_DELAY`].
+#[derive(Default)]
+struct Unwritten {
+    /// Builds handed to the daemon.
+    dispatched: Vec<crate::db::BuildId>,
+    updates: Vec<build::Update>,
+    since: Option<Instant>,
+    /// Logs of finished builds, copied once their request has ended:
+    /// guix-daemon reports a build killed at its timeout before it has
+    /// finished writing (and compressing) its log.
+    copies: Vec<crate::db::Logged>,
+}
+
 /// One specification: its machine and the I/O the loop keeps for it.
 struct Slot {
     cycle: Cycle,
     child: Option<Running>,
-    conn: Option<Conn>,
-    /// Logs of builds finished in the batch in flight, copied once the
-    /// batch ends: guix-daemon reports a build killed at its timeout
-    /// before it has finished writing (and compressing) its log.
-    copies: Vec<(Vec<crate::db::BuildId>, String)>,
 }
 
 pub struct EventLoop {
@@ -198,6 +266,10 @@ pub struct EventLoop {
     poll: Poll,
     signals: SignalPipe,
     slots: Vec<Slot>,
+    /// Every spec's builds, in queue order, and their connections.
+    dispatcher: Dispatcher,
+    conns: Vec<Option<Conn>>,
+    unwritten: Unwritten,
     evaluator_script: PathBuf,
     /// The job file of record specs.
     build_types: PathBuf,
@@ -261,7 +333,12 @@ impl EventLoop {
                 .with_base_url(&config.base_url),
             ),
         };
+        let dispatcher = Dispatcher::new(config.max_builds, config.one_shot);
+        let conns = (0..dispatcher.slots()).map(|_| None).collect();
         let mut event_loop = EventLoop {
+            dispatcher,
+            conns,
+            unwritten: Unwritten::default(),
             config,
             db,
             poll,
@@ -299,8 +376,6 @@ impl EventLoop {
         self.slots.push(Slot {
             cycle: Cycle::new(spec, settings, now),
             child: None,
-            conn: None,
-            copies: Vec::new(),
         });
     }
 
@@ -329,6 +404,7 @@ impl EventLoop {
             if self.config.one_shot
                 && !self.copier.busy()
                 && !self.roots.busy()
+                && self.dispatcher.is_idle()
                 && self.slots.iter().all(|s| s.cycle.is_finished())
                 && self.notify_settled(turn)
             {
@@ -363,7 +439,7 @@ impl EventLoop {
             }
         }
         self.shutdown();
-        let failures: Vec<String> = self
+        let mut failures: Vec<String> = self
             .slots
             .iter()
             .filter_map(|s| {
@@ -372,6 +448,9 @@ impl EventLoop {
                     .map(|f| format!("spec {:?}: {f}", s.cycle.spec.name))
             })
             .collect();
+        if let Some(f) = self.dispatcher.failure() {
+            failures.push(format!("builds: {f}"));
+        }
         match failures.is_empty() {
             true => Ok(()),
             false => Err(failures.join("; ")),
@@ -413,10 +492,18 @@ impl EventLoop {
                 .child
                 .as_ref()
                 .is_some_and(|c| c.proc.wants_read() != (false, false))
-                || slot.conn.as_ref().is_some_and(|c| c.more)
             {
                 return now;
             }
+        }
+        if self.conns.iter().flatten().any(|c| c.more) {
+            return now;
+        }
+        if let Some(since) = self.unwritten.since {
+            next = next.min(since + WRITE_DELAY);
+        }
+        if let Some(at) = self.dispatcher.poll_at(now) {
+            next = next.min(at);
         }
         if let Some(at) = self.http.as_ref().and_then(HttpServer::poll_at) {
             next = next.min(at);
@@ -439,6 +526,8 @@ impl EventLoop {
     fn dispatch(&mut self, kind: Event, event: &mio::event::Event) {
         match kind {
             Event::Http => {
+                // Requests see every status the loop knows of.
+                self.write_statuses();
                 if let Some(http) = self.http.as_mut() {
                     http.handle(self.poll.registry(), event, &mut self.db, Instant::now());
                 }
@@ -453,7 +542,7 @@ impl EventLoop {
             Event::Roots => self.roots_io(),
             Event::ChildStdout(i) if i < self.slots.len() => self.child_stdout(i),
             Event::ChildStderr(i) if i < self.slots.len() => self.child_stderr(i),
-            Event::Daemon(i) if i < self.slots.len() => self.daemon_io(i),
+            Event::Daemon(slot) if slot < self.conns.len() => self.daemon_io(slot),
             Event::NotifyStdout(p) | Event::NotifyStderr(p) => self.notify_output(p),
             _ => {}
         }
@@ -484,6 +573,7 @@ impl EventLoop {
                 .map_err(|e| format!("cannot connect to guix-daemon at {}: {e}", socket.display()))
         };
         let read_drv = |path: &str| std::fs::read(path);
+        let in_flight = self.dispatcher.in_flight_derivations();
         let mut env = Env {
             now,
             unix_now: unix_now(),
@@ -491,10 +581,45 @@ impl EventLoop {
             read_drv: &read_drv,
             file_size: &|path: &str| std::fs::metadata(path).ok().map(|m| m.len()),
             daemon: &daemon,
+            in_flight: &in_flight,
         };
         self.slots[index].cycle.handle(input, &mut env);
         while let Some(command) = self.slots[index].cycle.poll_command() {
             self.execute(index, command, now);
+        }
+    }
+
+    /// Feeds one input to the dispatcher and carries out its commands.
+    fn feed_dispatcher(&mut self, input: queue::Input, now: Instant) {
+        let read_drv = |path: &str| std::fs::read(path);
+        let slots = &self.slots;
+        // A live cycle of an active spec: a stopped one is a tombstone.
+        let active = |spec: &str| {
+            slots.iter().any(|s| {
+                s.cycle.spec.name == spec
+                    && s.cycle.spec.is_active()
+                    && !matches!(s.cycle.state(), State::Stopped)
+            })
+        };
+        let mut env = queue::Env {
+            now,
+            unix_now: unix_now(),
+            db: &mut self.db,
+            read_drv: &read_drv,
+            active: &active,
+        };
+        self.dispatcher.handle(input, &mut env);
+        while let Some(command) = self.dispatcher.poll_command() {
+            match command {
+                queue::Command::Open {
+                    slot,
+                    build,
+                    spec,
+                    item,
+                    limits,
+                } => self.open_batch(slot, (build, &spec), item, limits, now),
+                queue::Command::Close { slot } => self.close_batch(slot),
+            }
         }
     }
 
@@ -511,8 +636,7 @@ impl EventLoop {
                     child.proc.kill();
                 }
             }
-            Command::OpenBatch(items, limits) => self.open_batch(index, items, limits, now),
-            Command::CloseBatch => self.close_batch(index),
+            Command::QueueChanged => self.feed_dispatcher(queue::Input::Changed, now),
         }
     }
 
@@ -527,17 +651,23 @@ impl EventLoop {
         self.roots_turn(now);
         for index in 0..self.slots.len() {
             self.read_leftovers(index);
-            if self.slots[index].conn.as_ref().is_some_and(|c| c.more) {
-                self.daemon_io(index);
-            }
             self.reap_child(index, now);
-            self.settle_batch(index, now);
             if !self.stopping {
                 self.feed(index, Input::Tick, now);
             }
         }
+        for slot in 0..self.conns.len() {
+            if self.conns[slot].as_ref().is_some_and(|c| c.more) {
+                self.daemon_io(slot);
+            }
+            self.settle_batch(slot, now);
+        }
         if !self.stopping {
+            self.feed_dispatcher(queue::Input::Tick, now);
             self.notify_advance(now);
+        }
+        if self.unwritten.since.is_some_and(|t| now >= t + WRITE_DELAY) {
+            self.write_statuses();
         }
         if now >= self.next_status_log {
             self.next_status_log = now + STATUS_EVERY;
@@ -551,40 +681,36 @@ impl EventLoop {
             *by_state.entry(slot.cycle.state().name()).or_insert(0) += 1;
         }
         let states: Vec<String> = by_state.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        let queued: usize = self.slots.iter().map(|s| s.cycle.building().queued()).sum();
-        let running: usize = self
-            .slots
-            .iter()
-            .filter_map(|s| s.conn.as_ref())
-            .map(|c| c.batch.running())
-            .sum();
+        let running = self.dispatcher.running();
         let today = self.db.evaluations_since(unix_now() - 86_400).unwrap_or(0);
         log::info!(
-            "status: specs {} ({}), builds queued {queued}, running {running}, evaluations in 24h {today}",
+            "status: specs {} ({}), builds running {running}, evaluations in 24h {today}",
             self.slots.len(),
             states.join(", ")
         );
     }
 
     /// Every cycle is told to stop: children are killed, half-registered
-    /// evaluations rolled back, batches dropped.
+    /// evaluations rolled back; builds in flight are dropped.
     fn stop_all(&mut self) {
         let now = Instant::now();
         for index in 0..self.slots.len() {
             self.feed(index, Input::Stop, now);
         }
+        self.feed_dispatcher(queue::Input::Stop, now);
     }
 
     /// Waits for killed children and puts in-flight builds back to
     /// `scheduled`.
     fn shutdown(&mut self) {
+        self.write_statuses();
         for slot in &mut self.slots {
             if let Some(mut child) = slot.child.take() {
                 child.proc.kill();
                 let _ = child.proc.child.wait();
             }
-            slot.conn = None;
         }
+        self.conns.iter_mut().for_each(|c| *c = None);
         if let Some(reload) = self.reload.take() {
             reload.kill();
         }

@@ -21,8 +21,10 @@
 //! - `child`: subprocesses whose pipes the event loop watches.
 //! - `build`: one batch of derivations of one limit class handed to the
 //!   daemon, and its statuses, machines (`@ build-remote`) and output.
-//! - `cycle`: one specification's cycle, a sans-I/O state machine (the
-//!   evaluation track and the building track).
+//! - `cycle`: one specification's cycle, a sans-I/O state machine (fetch,
+//!   compile, evaluate).
+//! - `queue`: every spec's builds in one queue by priority, handed to the
+//!   daemon one build per request in that order (sans-I/O).
 //! - `gcroots`: the GC roots of pending builds' `.drv` files and of
 //!   succeeded builds' outputs (until `--ttl`), planned without I/O: the
 //!   loop makes the symlinks and registers them with the daemon.
@@ -74,6 +76,7 @@ pub mod http_server;
 pub mod job;
 pub mod logging;
 pub mod notify;
+pub mod queue;
 pub mod records;
 pub mod retention;
 pub mod routes;

@@ -250,9 +250,11 @@ pub enum Update {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingBuild {
     pub id: BuildId,
+    /// Its place class in the queue: spec priority × 10 + job priority.
+    pub rank: i64,
     pub derivation: String,
     pub evaluation: EvalId,
     pub specification: String,
-    /// Its job's limits: builds are batched by them.
+    /// Its job's limits, which its build request's options carry.
     pub limits: Limits,
 }

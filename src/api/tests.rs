@@ -319,6 +319,88 @@ fn the_queue_puts_started_builds_first() {
     assert_eq!(get(&db, &root, "/api/queue").0, 400);
 }
 
+/// `/api/queue` takes `/api/latestbuilds`' filters: the builds that
+/// match, in dispatch order, each with its place in the whole queue.
+#[test]
+fn the_queue_filtered_keeps_dispatch_order_and_whole_queue_positions() {
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("hello", Some("master")), spec("other", None)])
+        .unwrap();
+    // `other` goes first (priority 1, against the default 9).
+    db.connection()
+        .execute(
+            "UPDATE Specifications SET priority = 1 WHERE repo_name = 'other'",
+            [],
+        )
+        .unwrap();
+    let jobs = |prefix: &str, n: usize| -> Vec<JobRecord> {
+        (0..n)
+            .map(|i| {
+                let mut j = job(&format!("{prefix}{i}"));
+                j.system = ["x86_64-linux", "i686-linux"][i % 2].into();
+                j.priority = (i % 3) as i64;
+                j
+            })
+            .collect()
+    };
+    db.register_evaluation("hello", "abc", &jobs("j", 80), 100)
+        .unwrap();
+    db.register_evaluation("other", "def", &jobs("k", 40), 100)
+        .unwrap();
+    db.connection()
+        .execute("UPDATE Builds SET status = -1 WHERE id % 11 = 0", [])
+        .unwrap();
+    let (_, all) = get(&db, Path::new("/"), "/api/queue?nr=1000");
+    let all = all.as_array().unwrap().clone();
+    assert_eq!(all.len(), 120);
+    let j7 = all.iter().find(|b| b["job"] == "j7").unwrap()["derivation"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    type Keep<'a> = &'a dyn Fn(&Value) -> bool;
+    let filters: [(&str, Keep); 6] = [
+        ("jobset=hello", &|b| b["jobset"] == "hello"),
+        ("system=i686-linux", &|b| b["system"] == "i686-linux"),
+        ("jobset=other&system=x86_64-linux", &|b| {
+            b["jobset"] == "other" && b["system"] == "x86_64-linux"
+        }),
+        ("evaluation=2", &|b| b["evaluation"] == 2),
+        ("job=j7", &|b| b["job"] == "j7"),
+        (&format!("derivation={j7}"), &|b| b["job"] == "j7"),
+    ];
+    for (query, keep) in filters {
+        let expect: Vec<&Value> = all.iter().filter(|b| keep(b)).collect();
+        assert!(!expect.is_empty(), "{query}");
+        // Pages of 50 (`PAGE`): positions carry over from one to the next.
+        let (code, got) = get(&db, Path::new("/"), &format!("/api/queue?nr=1000&{query}"));
+        assert_eq!(code, 200, "{query}");
+        let got = got.as_array().unwrap();
+        assert_eq!(
+            got.iter().map(|b| &b["id"]).collect::<Vec<_>>(),
+            expect.iter().map(|b| &b["id"]).collect::<Vec<_>>(),
+            "{query}"
+        );
+        for (g, e) in got.iter().zip(&expect) {
+            assert_eq!(g["waiting"], e["waiting"], "{query}: build {}", g["id"]);
+        }
+    }
+    // Positions are the whole queue's: `other`'s first scheduled build
+    // comes right after the started ones.
+    let started = all.iter().filter(|b| b["buildstatus"] == -1).count() as i64;
+    let (_, other) = get(&db, Path::new("/"), "/api/queue?nr=100&jobset=other");
+    let first = other
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["waiting"]["reason"] == "queued")
+        .unwrap();
+    assert_eq!(first["waiting"]["position"], started + 1);
+    assert_eq!(
+        get(&db, Path::new("/"), "/api/queue?nr=5&evaluation=x").0,
+        400
+    );
+}
+
 #[test]
 fn evaluations_newest_first() {
     let (db, root) = fixture();
@@ -459,10 +541,25 @@ fn latest_builds_walk_an_index_even_with_statistics() {
         p.starts_with("SCAN b USING INDEX Builds_finished") && !p.contains("TEMP B-TREE"),
         "{p}"
     );
+    let none = None::<String>;
     let queue = crate::db::query_plan(
         conn,
-        &crate::db::read::queued_builds_sql(false),
-        rusqlite::params![10, -1, 5, 7, None::<String>],
+        &crate::db::read::queued_builds_sql(&Default::default()),
+        rusqlite::params![10, -1, 5, 7, none, none, none, None::<i64>, none],
+    );
+    assert!(
+        queue.contains("Builds_queue") && !queue.contains("TEMP B-TREE"),
+        "{queue}"
+    );
+    // A specification's queue walks it too, in its order.
+    let spec = crate::db::read::QueueFilter {
+        specification: Some("hello".into()),
+        ..Default::default()
+    };
+    let queue = crate::db::query_plan(
+        conn,
+        &crate::db::read::queued_builds_sql(&spec),
+        rusqlite::params![10, -1, 5, 7, "hello", none, none, None::<i64>, none],
     );
     assert!(
         queue.contains("Builds_queue") && !queue.contains("TEMP B-TREE"),
@@ -478,8 +575,21 @@ fn latest_builds_walk_an_index_even_with_statistics() {
             ..Default::default()
         }),
         plan_of_job(
-            &crate::db::read::queued_builds_sql(true),
-            rusqlite::params![10, None::<i64>, None::<i64>, None::<i64>, job],
+            &crate::db::read::queued_builds_sql(&crate::db::read::QueueFilter {
+                job: job.clone(),
+                ..Default::default()
+            }),
+            rusqlite::params![
+                10,
+                None::<i64>,
+                None::<i64>,
+                None::<i64>,
+                None::<String>,
+                job,
+                None::<String>,
+                None::<i64>,
+                None::<String>
+            ],
         ),
     ] {
         assert!(

@@ -19,6 +19,8 @@ mod bookkeeping;
 mod common;
 #[path = "cuirass-bench/http_client.rs"]
 mod http_client;
+#[path = "cuirass-bench/queue.rs"]
+mod queue;
 #[path = "cuirass-bench/registration.rs"]
 mod registration;
 #[path = "cuirass-bench/restart.rs"]
@@ -40,6 +42,7 @@ const BENCHES: &[(&str, Bench)] = &[
     ("bookkeeping", bookkeeping::run),
     ("restart", restart::run),
     ("api", api::run),
+    ("queue", queue::run),
 ];
 
 fn main() -> ExitCode {

@@ -4,6 +4,7 @@ use crate::wire::{PROTOCOL_VERSION, WORKER_MAGIC_2, put_bytes, put_strings, put_
 
 fn pending(id: i64, limits: Limits) -> PendingBuild {
     PendingBuild {
+        rank: 90,
         id: BuildId(id),
         derivation: format!("/gnu/store/{id:a<32}-job{id}.drv"),
         evaluation: EvalId(1),
@@ -331,4 +332,66 @@ fn build_remote_is_found_across_frames_and_not_in_long_lines() {
     assert!(frame_remote(&mut partial, line.as_bytes()).is_empty());
     assert!(partial.is_empty());
     assert_eq!(frame_remote(&mut partial, line.as_bytes()).len(), 1);
+}
+
+/// A connection carries one batch after another: the second sends no
+/// set-options (the daemon's worker keeps those of the first) and is
+/// settled by its own events alone.
+#[test]
+fn a_batch_on_a_used_connection_builds_with_the_options_in_effect() {
+    let drv = |n: &str| format!("/gnu/store/{}-{n}.drv", "a".repeat(32));
+    let item = |n: &str| Item {
+        derivation: drv(n),
+        outputs: vec![drv(n).trim_end_matches(".drv").to_string()],
+        inputs: Vec::new(),
+    };
+    // The daemon's answer to build-paths: trace lines, then success.
+    let built = |n: &str| {
+        let mut out = Vec::new();
+        let log = format!(
+            "@ build-started {d} - x86_64-linux /var/log/guix/drvs/aa/{n}.drv.gz 42\n\
+             @ build-succeeded {d} -\n",
+            d = drv(n)
+        );
+        for line in log.split_inclusive('\n') {
+            put_u64(&mut out, tag::NEXT);
+            put_bytes(&mut out, line.as_bytes());
+        }
+        put_u64(&mut out, tag::LAST);
+        put_u64(&mut out, 1);
+        out
+    };
+    let finished = |b: &mut Batch| -> Vec<(String, crate::db::BuildStatus)> {
+        b.take_updates()
+            .into_iter()
+            .filter_map(|u| match u {
+                Update::Finished {
+                    derivation, status, ..
+                } => Some((derivation, status)),
+                _ => None,
+            })
+            .collect()
+    };
+    let l = limits(Some(60), None);
+    let mut first = Batch::new(vec![item("one")], build_options(false, false, false, l), l);
+    let mut hello = Vec::new();
+    for w in [WORKER_MAGIC_2, PROTOCOL_VERSION, tag::LAST, tag::LAST] {
+        put_u64(&mut hello, w);
+    }
+    first.receive(&hello, "test").unwrap();
+    first.receive(&built("one"), "test").unwrap();
+    assert!(first.is_done());
+    assert_eq!(finished(&mut first), [(drv("one"), status::SUCCEEDED)]);
+
+    let mut client = first.into_client();
+    let n = client.pending_output().len();
+    client.consume_output(n);
+    let mut second = Batch::on(client, vec![item("two")], None, l);
+    let mut op = Vec::new();
+    put_u64(&mut op, crate::wire::op::BUILD_PATHS);
+    assert!(second.client.pending_output().starts_with(&op));
+    second.receive(&built("two"), "test").unwrap();
+    assert!(second.is_done());
+    assert_eq!(finished(&mut second), [(drv("two"), status::SUCCEEDED)]);
+    assert_eq!(second.daemon_error(), None);
 }

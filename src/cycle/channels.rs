@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::fetch::{Checkout, Outcome};
+use crate::logging::BUILDING;
 use crate::sexp::{Datum, Kind, Pos};
 use crate::spec::Record;
 
@@ -114,14 +115,8 @@ impl Cycle {
             Some(why) => {
                 let recorded = self.open_evaluation(&key, &checkouts, env).and_then(|id| {
                     log::error!(target: EVALUATION, "spec={name:?} evaluation {id} failed: {why}");
-                    env.db.fail_evaluation(
-                        &name,
-                        id,
-                        &key,
-                        &why,
-                        &self.building.in_flight,
-                        env.unix_now,
-                    )
+                    env.db
+                        .fail_evaluation(&name, id, &key, &why, env.in_flight, env.unix_now)
                 });
                 if let Err(e) = recorded {
                     log::error!(target: EVALUATION, "spec={name:?} cannot record a failed evaluation: {e}");
@@ -143,9 +138,9 @@ impl Cycle {
         (elapsed < period).then(|| Duration::from_secs((period - elapsed.max(0)) as u64))
     }
 
-    /// The files the spec's `build-outputs` names, of the batch's builds
-    /// that succeeded, become build products.
-    pub(super) fn register_products(&mut self, env: &mut Env) {
+    /// The files the spec's `build-outputs` names, of the builds of
+    /// `drvs` that succeeded, become build products.
+    pub(super) fn register_products(&mut self, drvs: &[String], env: &mut Env) {
         let Some(record) = self
             .spec
             .record
@@ -154,10 +149,9 @@ impl Cycle {
         else {
             return;
         };
-        let drvs: Vec<String> = self.building.in_flight.iter().cloned().collect();
         match env
             .db
-            .register_products(&self.spec.name, &drvs, &record.build_outputs, env.file_size)
+            .register_products(&self.spec.name, drvs, &record.build_outputs, env.file_size)
         {
             Ok(0) => {}
             Ok(n) => {

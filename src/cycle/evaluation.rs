@@ -186,7 +186,9 @@ impl Cycle {
                     e.id,
                     e.registered
                 );
-                self.building.queue.extend(added);
+                if !added.is_empty() {
+                    self.commands.push_back(Command::QueueChanged);
+                }
             }
             Err(err) => {
                 self.fail_evaluation(e, format!("cannot register jobs: {err}"));
@@ -199,7 +201,7 @@ impl Cycle {
     /// Builds already handed to the daemon keep their real result.
     pub(super) fn close_evaluation(&mut self, e: Evaluation, env: &mut Env) {
         let name = self.spec.name.clone();
-        let in_flight = &self.building.in_flight;
+        let in_flight = env.in_flight;
         let jobs = e.tally.jobs();
         let Evaluation {
             id, commit, error, ..
@@ -248,7 +250,8 @@ impl Cycle {
             // The stamp did not move, so the next poll evaluates again.
             log::error!(target: EVALUATION, "spec={name:?} cannot record evaluation {id}: {err}");
         }
-        self.reload_queue();
+        // Superseded builds were canceled, a failure's builds deleted.
+        self.commands.push_back(Command::QueueChanged);
     }
 }
 

@@ -3,8 +3,9 @@
 //! come from fixtures/drv.
 
 use super::*;
+use crate::db::status;
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 const DRV_A: &str = "/gnu/store/axsa2j6r5dw6snj74b5ii0xnj73chc6a-fixture-a.drv";
 const DRV_B: &str = "/gnu/store/my13jx1ck7gc9k6dzp6lfmvz7fl4vpsj-fixture-b.drv";
@@ -17,6 +18,8 @@ struct World {
     daemon_up: Cell<bool>,
     start: Instant,
     now: Instant,
+    /// What the queue has handed to the daemon.
+    in_flight: HashSet<String>,
 }
 
 impl World {
@@ -35,6 +38,7 @@ impl World {
             daemon_up: Cell::new(true),
             start: now,
             now,
+            in_flight: HashSet::new(),
         }
     }
 
@@ -81,18 +85,10 @@ impl World {
             read_drv: &read_drv,
             file_size: &|_: &str| Some(6),
             daemon: &daemon,
+            in_flight: &self.in_flight,
         };
         cycle.handle(input, &mut env);
         std::iter::from_fn(|| cycle.poll_command()).collect()
-    }
-
-    /// What the loop records from a batch's trace events.
-    fn built(&mut self, drvs: &[&str]) {
-        let done: Vec<(String, crate::db::BuildStatus, Option<String>)> = drvs
-            .iter()
-            .map(|d| (d.to_string(), status::SUCCEEDED, None))
-            .collect();
-        self.db.finish_builds(&done, 1_700_000_000).unwrap();
     }
 
     fn count(&self, sql: &str) -> i64 {
@@ -172,16 +168,13 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-fn batch_of(commands: &[Command]) -> Vec<String> {
-    commands
-        .iter()
-        .find_map(|c| match c {
-            Command::OpenBatch(items, _) => {
-                Some(items.iter().map(|i| i.derivation.clone()).collect())
-            }
-            _ => None,
-        })
-        .unwrap_or_default()
+/// Whether the commands tell the dispatcher to read the queue again.
+fn queue_changed(commands: &[Command]) -> bool {
+    commands.contains(&Command::QueueChanged)
+}
+
+fn scheduled(w: &World) -> i64 {
+    w.count("SELECT COUNT(*) FROM Builds WHERE status = -2")
 }
 
 #[test]
@@ -205,19 +198,19 @@ fn a_new_commit_without_compile_is_evaluated_and_its_builds_start_while_evaluati
         other => panic!("{other:?}"),
     }
     assert_eq!(c.state().name(), "Evaluating");
-    // The first job's build is handed over before the evaluator ends.
+    // The first job's build is queued before the evaluator ends, and the
+    // dispatcher told.
     let cmds = w.feed(&mut c, output(&[&job_line("a", DRV_A)]));
-    assert_eq!(batch_of(&cmds), vec![DRV_A]);
+    assert!(queue_changed(&cmds), "{cmds:?}");
+    assert_eq!(scheduled(&w), 1);
     let cmds = w.feed(&mut c, output(&[&job_line("b", DRV_B), "(done 2)"]));
-    assert!(cmds.is_empty(), "one batch at a time: {cmds:?}");
-    w.feed(&mut c, exited(true));
+    assert!(queue_changed(&cmds), "{cmds:?}");
+    let cmds = w.feed(&mut c, exited(true));
+    assert!(queue_changed(&cmds), "{cmds:?}");
     assert_eq!(c.state().name(), "Idle");
     assert_eq!(w.evaluation_rows(), vec![(COMMIT_1.into(), 0, None)]);
     assert_eq!(w.db.stamp("hello").unwrap().as_deref(), Some(COMMIT_1));
-    // The first batch ends: the second job's build goes next.
-    w.built(&[DRV_A]);
-    let cmds = w.feed(&mut c, Input::BatchDone { daemon_error: None });
-    assert_eq!(batch_of(&cmds), vec![DRV_B]);
+    assert_eq!(scheduled(&w), 2);
 }
 
 #[test]
@@ -281,6 +274,8 @@ fn a_crashing_evaluator_fails_the_evaluation_with_its_own_one_line_message() {
     w.feed(&mut c, Input::Tick);
     w.feed(&mut c, fetched(COMMIT_1));
     w.feed(&mut c, output(&[&job_line("a", DRV_A)]));
+    // The queue hands its build to the daemon.
+    w.in_flight.insert(DRV_A.to_string());
     let whole_job = format!("((#:job-name . \"x\") {})", "(#:junk . 1) ".repeat(500));
     w.feed(
         &mut c,
@@ -316,9 +311,11 @@ fn an_evaluator_failure_cancels_builds_not_yet_handed_over_and_spares_those_in_f
     w.feed(&mut c, Input::Tick);
     w.feed(&mut c, fetched(COMMIT_1));
     let cmds = w.feed(&mut c, output(&[&job_line("a", DRV_A)]));
-    assert_eq!(batch_of(&cmds), vec![DRV_A]);
-    // b is registered while a's batch runs, then the evaluator dies.
-    assert!(batch_of(&w.feed(&mut c, output(&[&job_line("b", DRV_B)]))).is_empty());
+    assert!(cmds.contains(&Command::QueueChanged), "{cmds:?}");
+    // The queue hands a's build to the daemon; b is registered while it
+    // runs, then the evaluator dies.
+    w.in_flight.insert(DRV_A.to_string());
+    w.feed(&mut c, output(&[&job_line("b", DRV_B)]));
     w.feed(&mut c, exited(false));
     let status_of = |w: &World, drv: &str| {
         w.count(&format!(
@@ -328,17 +325,10 @@ fn an_evaluator_failure_cancels_builds_not_yet_handed_over_and_spares_those_in_f
     assert_eq!(w.evaluation_rows()[0].1, 1, "failed");
     assert_eq!(status_of(&w, DRV_B), status::CANCELED);
     assert_eq!(status_of(&w, DRV_A), status::SCHEDULED);
-    w.built(&[DRV_A]);
-    let cmds = w.feed(&mut c, Input::BatchDone { daemon_error: None });
-    assert!(
-        batch_of(&cmds).is_empty(),
-        "the canceled build is not built"
-    );
-    assert_eq!(status_of(&w, DRV_A), status::SUCCEEDED);
 }
 
 /// Issue 14: two job names, one derivation.  The evaluator's count (2)
-/// is met, one build is handed to the daemon, both names are registered.
+/// is met, one build is queued, both names are registered.
 #[test]
 fn two_job_names_of_one_derivation_are_one_build_under_both_names() {
     let mut w = World::new();
@@ -346,8 +336,7 @@ fn two_job_names_of_one_derivation_are_one_build_under_both_names() {
     let lines = [job_line("alpha", DRV_A), job_line("beta", DRV_A)];
     w.feed(&mut c, Input::Tick);
     w.feed(&mut c, fetched(COMMIT_1));
-    let cmds = w.feed(&mut c, output(&strs(&lines)));
-    assert_eq!(batch_of(&cmds), vec![DRV_A]);
+    w.feed(&mut c, output(&strs(&lines)));
     w.feed(&mut c, output(&["(done 2)"]));
     w.feed(&mut c, exited(true));
     assert_eq!(w.evaluation_rows()[0].1, 0, "succeeded");
@@ -356,10 +345,7 @@ fn two_job_names_of_one_derivation_are_one_build_under_both_names() {
         w.count("SELECT COUNT(*) FROM JobAliases WHERE job_name = 'beta'"),
         1
     );
-    w.built(&[DRV_A]);
-    let cmds = w.feed(&mut c, Input::BatchDone { daemon_error: None });
-    assert!(batch_of(&cmds).is_empty(), "built once");
-    assert!(c.building().is_idle());
+    assert_eq!(w.count("SELECT COUNT(*) FROM Builds"), 1, "built once");
 }
 
 #[test]
@@ -412,7 +398,7 @@ fn an_evaluator_past_its_timeout_is_killed_once_and_the_evaluation_fails() {
 }
 
 #[test]
-fn without_a_daemon_the_evaluation_is_postponed_and_batches_back_off() {
+fn without_a_daemon_the_evaluation_is_postponed() {
     let mut w = World::new();
     let mut c = w.cycle(true, false);
     w.daemon_up.set(false);
@@ -424,23 +410,8 @@ fn without_a_daemon_the_evaluation_is_postponed_and_batches_back_off() {
     w.daemon_up.set(true);
     w.at(60);
     let cmds = w.evaluate(&mut c, COMMIT_1, &strs(&two_jobs()));
-    assert_eq!(batch_of(&cmds), vec![DRV_A, DRV_B]);
-    // The daemon goes away mid-batch: retries after 1, 2, 4 s.
-    for (secs, delay) in [(70, 1), (80, 2), (90, 4)] {
-        let cmds = w.at(secs).feed(&mut c, Input::BatchLost("gone".into()));
-        assert!(cmds.is_empty());
-        let retry = w.start + Duration::from_secs(secs + delay);
-        assert!(c.poll_at().unwrap() <= retry);
-        assert!(w.at(secs + delay - 1).feed(&mut c, Input::Tick).is_empty());
-        // Back in order, the lost batch's builds with the rest.
-        assert_eq!(
-            batch_of(&w.at(secs + delay).feed(&mut c, Input::Tick)),
-            vec![DRV_A, DRV_B]
-        );
-    }
-    w.built(&[DRV_A, DRV_B]);
-    w.feed(&mut c, Input::BatchDone { daemon_error: None });
-    assert!(c.building().is_idle());
+    assert!(queue_changed(&cmds));
+    assert_eq!(scheduled(&w), 2);
 }
 
 #[test]
@@ -448,7 +419,7 @@ fn a_poll_due_during_a_long_batch_fetches_and_evaluates_at_once_and_supersedes()
     let mut w = World::new();
     let mut c = w.cycle(true, false);
     let cmds = w.evaluate(&mut c, COMMIT_1, &[&job_line("a", DRV_A), "(done 1)"]);
-    assert_eq!(batch_of(&cmds), vec![DRV_A]);
+    assert!(queue_changed(&cmds));
     // The batch runs on; the poll falls due and goes ahead regardless.
     let cmds = w.at(60).feed(&mut c, Input::Tick);
     assert!(matches!(cmds[..], [Command::SpawnFetch(_)]), "{cmds:?}");
@@ -462,17 +433,14 @@ fn a_poll_due_during_a_long_batch_fetches_and_evaluates_at_once_and_supersedes()
         w.count("SELECT COUNT(*) FROM Evaluations WHERE status = 0"),
         2
     );
-    assert_eq!(w.count("SELECT COUNT(*) FROM Builds WHERE status = 4"), 0);
-    // The batch ends; the new evaluation's build is next.
-    w.built(&[DRV_A]);
-    let cmds = w.feed(&mut c, Input::BatchDone { daemon_error: None });
+    assert_eq!(w.count("SELECT COUNT(*) FROM Builds WHERE status = 4"), 1);
     assert_eq!(
         w.count(&format!(
-            "SELECT status FROM Builds WHERE evaluation = 1 AND derivation = '{DRV_A}'"
+            "SELECT evaluation FROM Builds WHERE status = 4 AND derivation = '{DRV_A}'"
         )),
-        status::SUCCEEDED
+        1
     );
-    assert_eq!(batch_of(&cmds), vec![DRV_B]);
+    assert_eq!(scheduled(&w), 1);
 }
 
 #[test]
@@ -480,11 +448,8 @@ fn one_shot_finishes_after_one_round_once_everything_is_built() {
     let mut w = World::new();
     let mut c = w.cycle(true, true);
     assert!(!c.is_finished());
-    let cmds = w.evaluate(&mut c, COMMIT_1, &strs(&two_jobs()));
-    assert_eq!(batch_of(&cmds), vec![DRV_A, DRV_B]);
-    assert!(!c.is_finished(), "a batch is in flight");
-    w.built(&[DRV_A, DRV_B]);
-    w.feed(&mut c, Input::BatchDone { daemon_error: None });
+    w.evaluate(&mut c, COMMIT_1, &strs(&two_jobs()));
+    // The builds are the dispatcher's; the loop waits for both.
     assert!(c.is_finished());
     assert_eq!(c.failure(), None);
     // No second poll in one-shot mode.
@@ -556,14 +521,10 @@ fn sigterm_in_each_state_kills_the_child_and_leaves_nothing_in_progress() {
         let mut c = w.cycle(false, false);
         reach(&mut w, &mut c);
         assert_eq!(c.state().name(), name);
-        let batch = c.building().batch_open();
         let cmds = w.feed(&mut c, Input::Stop);
         let mut expected = vec![];
         if name != "Idle" {
             expected.push(Command::KillChild);
-        }
-        if batch {
-            expected.push(Command::CloseBatch);
         }
         assert_eq!(cmds, expected, "{name}");
         assert_eq!(c.state().name(), "Stopped");
@@ -572,37 +533,8 @@ fn sigterm_in_each_state_kills_the_child_and_leaves_nothing_in_progress() {
         assert_eq!(w.count("SELECT COUNT(*) FROM Builds"), 0, "{name}");
         // Late exits change nothing.
         assert!(w.feed(&mut c, exited(true)).is_empty());
-        assert!(
-            w.feed(&mut c, Input::BatchDone { daemon_error: None })
-                .is_empty()
-        );
         assert!(c.is_finished());
     }
-}
-
-#[test]
-fn builds_left_pending_by_an_earlier_run_are_loaded_a_page_at_a_time() {
-    let mut w = World::new();
-    // Register PAGE + 1 builds of two derivations over many evaluations.
-    for i in 0..=(PAGE / 2) {
-        let jobs: Vec<JobRecord> = [DRV_A, DRV_B]
-            .iter()
-            .map(|d| job::job_record("x", d, Limits::default(), None, &w.drvs[*d]).unwrap())
-            .enumerate()
-            .map(|(k, mut j)| {
-                j.job_name = format!("j{k}");
-                j
-            })
-            .collect();
-        w.db.register_evaluation("hello", &format!("{i:040}"), &jobs, 1)
-            .unwrap();
-    }
-    let mut c = w.cycle(true, false);
-    // The first page's first derivations make the batch; duplicates of a
-    // derivation in flight wait for the next one.
-    let cmds = w.feed(&mut c, Input::Tick);
-    assert_eq!(batch_of(&cmds), vec![DRV_A, DRV_B]);
-    assert!(c.building().queued() <= PAGE);
 }
 
 #[test]

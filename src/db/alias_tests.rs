@@ -84,10 +84,23 @@ fn two_job_names_one_derivation_one_build_found_under_both_names() {
     };
     // Pending: the queue finds it under either name.
     for (job, others) in [("alpha", "beta"), ("beta", "alpha")] {
-        let q = db.queued_builds(10, None, Some(job)).unwrap();
+        let filter = crate::db::read::QueueFilter {
+            job: Some(job.into()),
+            ..Default::default()
+        };
+        let (q, _) = db
+            .queued_builds(&filter, 10, None, Default::default())
+            .unwrap();
         assert_eq!(names(&q), vec![(pkg, job.into(), vec![others.into()])]);
     }
-    assert_eq!(db.queued_builds(10, None, Some("delta")).unwrap(), vec![]);
+    let delta = crate::db::read::QueueFilter {
+        job: Some("delta".into()),
+        ..Default::default()
+    };
+    let (q, _) = db
+        .queued_builds(&delta, 10, None, Default::default())
+        .unwrap();
+    assert_eq!(q, vec![]);
     db.build_finished(&job("x", "pkg").derivation, status::SUCCEEDED, None, 20)
         .unwrap();
     for (job, others) in [("alpha", "beta"), ("beta", "alpha")] {

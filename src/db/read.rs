@@ -3,6 +3,7 @@
 //! millions of builds.
 
 use super::dashboard::SEARCH_WINDOW;
+use super::queue::Counted;
 use super::{BuildId, BuildStatus, Db, EvalId, Result};
 use rusqlite::{OptionalExtension, Row, params};
 
@@ -41,6 +42,11 @@ pub struct BuildView {
     pub errormsg: Option<String>,
     /// The machine that ran it: `localhost` or a build machine's name.
     pub worker: Option<String>,
+    /// Its class in the queue: spec priority × 10 + job priority.
+    pub rank: i64,
+    /// Where it stands while pending: filled by single-build reads and
+    /// by [`Db::queued_builds`]; None in other listings.
+    pub waiting: Option<super::queue::Waiting>,
     /// One of [`weather`]: how this build compares with the job's
     /// previous finished build in the same specification.
     pub weather: i64,
@@ -180,7 +186,7 @@ pub struct OutputView {
 pub(super) const BUILD_COLUMNS: &str =
     "SELECT b.id, b.evaluation, e.specification, s.branch, d.job_name,
         d.system, d.nix_name, b.derivation, b.log, b.status, b.timestamp, b.starttime, b.stoptime,
-        b.priority, b.timeout, b.maxsilent, b.errormsg, b.worker, b.weather";
+        b.priority, b.timeout, b.maxsilent, b.errormsg, b.worker, b.weather, b.queue_rank";
 
 /// The joins from `builds` (Builds as `b`, perhaps with an index named)
 /// to its derivation, evaluation and specification.  `CROSS JOIN` pins
@@ -230,6 +236,8 @@ pub(super) fn build_row(r: &Row) -> rusqlite::Result<BuildView> {
         max_silent_time: r.get(15)?,
         errormsg: r.get(16)?,
         worker: r.get(17)?,
+        rank: r.get(19)?,
+        waiting: None,
     })
 }
 
@@ -446,22 +454,60 @@ fn bound_id(n: u8) -> String {
     format!("CAST(?{n} AS INTEGER)")
 }
 
-/// The SQL of [`Db::queued_builds`]: the whole queue down its index, or
-/// one job's builds (few) sorted.
-pub(crate) fn queued_builds_sql(by_job: bool) -> String {
-    let (builds, job) = match by_job {
-        true => (
-            build_joins("Builds b", "JOIN"),
-            format!("b.id IN ({})", builds_named(5)),
-        ),
-        false => (build_joins(QUEUE_WALK, "CROSS JOIN"), "?5 IS NULL".into()),
-    };
+/// Which pending builds `/api/queue` lists: all of them, or those of one
+/// specification, job, system, evaluation or derivation (as
+/// `/api/latestbuilds` filters), always in dispatch order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueFilter {
+    pub specification: Option<String>,
+    pub job: Option<String>,
+    pub system: Option<String>,
+    pub evaluation: Option<EvalId>,
+    /// A `.drv` file name.
+    pub derivation: Option<String>,
+}
+
+impl QueueFilter {
+    pub fn is_empty(&self) -> bool {
+        *self == QueueFilter::default()
+    }
+}
+
+/// The SQL of [`Db::queued_builds`].  A job, an evaluation or a
+/// derivation names few builds: their indexes drive the query, which
+/// sorts them.  Otherwise the walk down `Builds_queue` checks the filters
+/// along the way, in dispatch order.
+pub(crate) fn queued_builds_sql(filter: &QueueFilter) -> String {
+    let selective =
+        filter.job.is_some() || filter.evaluation.is_some() || filter.derivation.is_some();
     format!(
-        "{BUILD_COLUMNS} {builds}
-         WHERE b.status < 0 AND {job}
-           AND (?2 IS NULL OR (-b.status, b.timestamp, b.id) > (-?2, ?3, ?4))
-         ORDER BY b.status DESC, b.timestamp, b.id
-         LIMIT ?1"
+        "{BUILD_COLUMNS} {}
+         WHERE b.status < 0
+           AND (?2 IS NULL OR (-b.status, b.queue_rank, b.id) > (-?2, ?3, ?4))
+           AND (?5 IS NULL OR e.specification = ?5)
+           AND {}
+           AND (?7 IS NULL OR d.system = ?7)
+           AND {}
+           AND {}
+         ORDER BY b.status DESC, b.queue_rank, b.id
+         LIMIT ?1",
+        match selective {
+            true => build_joins("Builds b", "JOIN"),
+            false => build_joins(QUEUE_WALK, "CROSS JOIN"),
+        },
+        match filter.job {
+            // Under any of its names.
+            Some(_) => format!("b.id IN ({})", builds_named(6)),
+            None => "?6 IS NULL".into(),
+        },
+        match filter.evaluation {
+            Some(_) => "b.evaluation = ?8",
+            None => "?8 IS NULL",
+        },
+        match filter.derivation {
+            Some(_) => "b.derivation = ?9",
+            None => "?9 IS NULL",
+        },
     )
 }
 
@@ -483,7 +529,13 @@ impl Db {
             .query_row([id], build_row)
             .optional()?;
         match build {
-            Some(b) => Ok(self.complete(vec![b], &|_| false)?.pop()),
+            Some(b) => {
+                let mut b = self.complete(vec![b], &|_| false)?.pop();
+                if let Some(b) = b.as_mut() {
+                    b.waiting = self.waiting(b.id, b.status, b.rank, &b.specification)?;
+                }
+                Ok(b)
+            }
             None => Ok(None),
         }
     }
@@ -498,26 +550,46 @@ impl Db {
         self.complete(builds, &shown_name(filter.job.as_deref()))
     }
 
-    /// Unfinished builds: started ones first, then by submission time;
-    /// `after` is the (status, timestamp, id) of the last one of a
-    /// previous page; with `job`, that job's only (under any of its
-    /// names).
+    /// Unfinished builds that `filter` lets through: started ones first,
+    /// then in dispatch order (rank, then id), under the name asked for, each with where it stands
+    /// in the whole queue; `after` is the (status, rank, id) of the last
+    /// one of a previous page and `counted` what the previous call
+    /// returned (the default at first).
     pub fn queued_builds(
         &self,
+        filter: &QueueFilter,
         limit: u32,
         after: Option<(i64, i64, BuildId)>,
-        job: Option<&str>,
-    ) -> Result<Vec<BuildView>> {
+        counted: Counted,
+    ) -> Result<(Vec<BuildView>, Counted)> {
         let (st, ts, id) = match after {
             Some((st, ts, id)) => (Some(st), Some(ts), Some(id)),
             None => (None, None, None),
         };
         let builds = self
             .conn
-            .prepare_cached(&queued_builds_sql(job.is_some()))?
-            .query_map(params![limit, st, ts, id, job], build_row)?
+            .prepare_cached(&queued_builds_sql(filter))?
+            .query_map(
+                params![
+                    limit,
+                    st,
+                    ts,
+                    id,
+                    filter.specification,
+                    filter.job,
+                    filter.system,
+                    filter.evaluation,
+                    filter.derivation
+                ],
+                build_row,
+            )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        self.complete(builds, &shown_name(job))
+        let mut builds = self.complete(builds, &shown_name(filter.job.as_deref()))?;
+        let counted = match filter.is_empty() {
+            true => self.fill_waiting(&mut builds, counted)?,
+            false => self.fill_waiting_filtered(&mut builds, counted)?,
+        };
+        Ok((builds, counted))
     }
 
     /// The latest evaluations, newest first, of one specification or of

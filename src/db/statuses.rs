@@ -13,6 +13,16 @@ use rusqlite::{OptionalExtension, Transaction, params};
 pub(super) const PENDING_BUILDS_OF_DERIVATION: &str =
     "SELECT id, starttime, evaluation FROM Builds WHERE derivation = ?1 AND status < 0";
 
+/// Builds of one derivation that finished with a log, which each of them
+/// keeps a copy of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    pub derivation: String,
+    pub builds: Vec<BuildId>,
+    /// The daemon's log file.
+    pub log: String,
+}
+
 /// Upper bounds of the build-duration histogram's buckets, in seconds:
 /// from a trivial derivation to a day-long toolchain build.
 pub const BUILD_DURATION_BOUNDS: &[i64] =
@@ -161,6 +171,9 @@ impl Db {
             update.execute(params![id, st, now, started, log, reason, worker, weather])?;
             tally.durations.add(now - started);
         }
+        if st == status::SUCCEEDED && !builds.is_empty() {
+            Db::reschedule_dependents(tx, drv)?;
+        }
         Ok(builds.into_iter().map(|(id, ..)| id).collect())
     }
 
@@ -233,9 +246,27 @@ impl Db {
         updates: &[crate::records::Update],
         now: i64,
     ) -> Result<Vec<(Vec<BuildId>, String)>> {
+        Ok(self
+            .record_statuses(&[], updates, now)?
+            .into_iter()
+            .map(|l| (l.builds, l.log))
+            .collect())
+    }
+
+    /// Writes what the loop gathered since its last write, in one
+    /// transaction: builds handed to the daemon (`dispatched`: listed as
+    /// started from now, unless no longer scheduled), then the daemon's
+    /// `updates`, as [`Db::apply_build_updates`] does.  Returns the
+    /// builds finished with a log.
+    pub fn record_statuses(
+        &mut self,
+        dispatched: &[BuildId],
+        updates: &[crate::records::Update],
+        now: i64,
+    ) -> Result<Vec<Logged>> {
         use crate::records::Update;
         let mut logged = Vec::new();
-        if updates.is_empty() {
+        if updates.is_empty() && dispatched.is_empty() {
             return Ok(logged);
         }
         let finished_here: std::collections::HashSet<&str> = updates
@@ -254,6 +285,9 @@ impl Db {
             .collect();
         let mut tally = self.tally();
         let tx = self.conn.transaction()?;
+        for &id in dispatched {
+            Db::mark_dispatched(&tx, id, now)?;
+        }
         for u in updates {
             match u {
                 Update::Started { derivation, log } => {
@@ -298,7 +332,11 @@ impl Db {
                         &mut tally,
                     )?;
                     if let Some(log) = log.as_ref().filter(|_| !ids.is_empty()) {
-                        logged.push((ids, log.clone()));
+                        logged.push(Logged {
+                            derivation: derivation.clone(),
+                            builds: ids,
+                            log: log.clone(),
+                        });
                     }
                 }
             }
@@ -306,6 +344,27 @@ impl Db {
         Db::add_tally(&tx, &tally)?;
         tx.commit()?;
         Ok(logged)
+    }
+
+    /// Build `id` is failed-dependency because build `input` failed; it
+    /// never reached the daemon, so it has no log, and took no time (a
+    /// zero in the duration histogram, like every finished build).
+    pub fn fail_dependency(&mut self, id: BuildId, input: BuildId, now: i64) -> Result<usize> {
+        let tx = self.conn.transaction()?;
+        let changed = tx
+            .prepare_cached(
+                "UPDATE Builds SET status = ?2, starttime = ?3, stoptime = ?3,
+                   errormsg = 'dependency build ' || ?4 || ' failed'
+                 WHERE id = ?1 AND status = -2",
+            )?
+            .execute(params![id, status::FAILED_DEPENDENCY, now, input])?;
+        let mut durations = Durations::default();
+        if changed > 0 {
+            durations.add(0);
+        }
+        Db::add_durations(&tx, &durations)?;
+        tx.commit()?;
+        Ok(changed)
     }
 
     /// Build `id`'s status, None for no such build.

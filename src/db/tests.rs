@@ -99,13 +99,12 @@ fn evaluation_registers_every_job_in_one_go() {
         2
     );
     assert_eq!(count(&db, "SELECT COUNT(*) FROM Outputs"), 2);
-    let pending = db.pending_builds_page("a", BuildId(0), 100).unwrap();
+    let pending = db.dispatch_page(None, 100).unwrap();
     assert_eq!(pending.len(), 2);
-    assert!(pending.iter().all(|p| p.evaluation == eval));
     assert!(
-        db.pending_builds_page("other", BuildId(0), 100)
-            .unwrap()
-            .is_empty()
+        pending
+            .iter()
+            .all(|p| p.evaluation == eval && p.specification == "a")
     );
 }
 
@@ -475,8 +474,9 @@ fn a_jobs_limits_priority_inputs_and_failure_reason_are_kept() {
         added.iter().map(|p| p.limits).collect::<Vec<_>>(),
         [limits, Limits::default()]
     );
-    let pending = db.pending_builds_page("a", BuildId(0), 100).unwrap();
-    assert_eq!(pending, added);
+    // Job priority 5 goes after the other job's default, 0.
+    let pending = db.dispatch_page(None, 100).unwrap();
+    assert_eq!(pending, vec![added[1].clone(), added[0].clone()]);
     assert_eq!(count(&db, "SELECT COUNT(*) FROM Inputs WHERE build = 1"), 2);
     let row: (i64, Option<i64>, Option<i64>) = db
         .connection()
@@ -532,7 +532,7 @@ fn a_database_of_schema_7_gains_the_job_columns() {
     }
     let db = Db::open(&path).unwrap();
     assert_eq!(db.user_version().unwrap(), schema_version());
-    let pending = db.pending_builds_page("a", BuildId(0), 100).unwrap();
+    let pending = db.dispatch_page(None, 100).unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].limits, Limits::default());
     let priority: i64 = db

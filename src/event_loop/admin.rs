@@ -81,30 +81,34 @@ impl EventLoop {
                         log::warn!(target: logging::ADMIN, "spec={spec:?} triggered but not polled")
                     }
                 },
-                Effect::Requeue { spec } => {
-                    // Restarted builds want their `.drv` kept again, and
-                    // canceled ones no longer.
+                // Restarted builds join the queue, canceled ones leave it;
+                // restarted builds want their `.drv` kept again, and
+                // canceled ones no longer.
+                Effect::Requeue { .. } => {
                     self.roots.planner.rescan(unix_now());
-                    if let Some(i) = self.live_slot(&spec) {
-                        self.slots[i].cycle.requeue();
-                        self.feed(i, Input::Tick, now);
-                    }
+                    self.feed_dispatcher(queue::Input::Changed, now);
                 }
                 Effect::KeepLog { build, attempt } => self.keep_log(build, attempt),
-                Effect::SpecChanged(spec) => match self.live_slot(&spec.name) {
-                    Some(i) => self.slots[i].cycle.replace_spec(*spec),
-                    None if usable_name(&spec.name) => {
-                        log::info!(target: logging::SPEC, "spec={:?} added", spec.name);
-                        self.add_slot(*spec, now);
+                // An activated spec's pending builds may go; a stopped
+                // one's wait (those in flight end).
+                Effect::SpecChanged(spec) => {
+                    match self.live_slot(&spec.name) {
+                        Some(i) => self.slots[i].cycle.replace_spec(*spec),
+                        None if usable_name(&spec.name) => {
+                            log::info!(target: logging::SPEC, "spec={:?} added", spec.name);
+                            self.add_slot(*spec, now);
+                        }
+                        None => {}
                     }
-                    None => {}
-                },
+                    self.feed_dispatcher(queue::Input::Changed, now);
+                }
                 Effect::SpecStopped { spec } => {
                     // A deleted specification's builds are gone.
                     self.roots.planner.rescan(unix_now());
                     if let Some(i) = self.live_slot(&spec) {
                         self.feed(i, Input::Stop, now);
                     }
+                    self.feed_dispatcher(queue::Input::Changed, now);
                 }
             }
         }

@@ -1,10 +1,13 @@
-//! Batches on daemon connections: opening them, moving their bytes,
-//! recording the statuses they report, and telling the cycle how they
-//! ended.
+//! Build requests on daemon connections, one per dispatcher slot:
+//! opening the connections (or reusing them, see [`Conn`]), moving their
+//! bytes, gathering the statuses they report and writing them a few
+//! turns at a time ([`WRITE_DELAY`]), and telling the dispatcher how each
+//! request ended.
 
 use super::*;
-use crate::build::{Item, Limits, Output, Update};
+use crate::build::{Item, Output, Update};
 use crate::logging::BUILDING;
+use crate::wire::Client;
 use mio::Interest;
 use std::io::{Read, Write};
 
@@ -12,99 +15,173 @@ use std::io::{Read, Write};
 const DAEMON_READ_CAP: usize = 1 << 20;
 
 impl EventLoop {
+    /// Sends build `build`'s request on `slot`'s connection: the one
+    /// left open by the slot's previous request when it has the same
+    /// limits, else a new one (with set-options for `limits`).
     pub(super) fn open_batch(
         &mut self,
-        index: usize,
-        items: Vec<Item>,
+        slot: usize,
+        (build, spec): (crate::db::BuildId, &str),
+        item: Item,
         limits: Limits,
         now: Instant,
     ) {
-        let mut stream = match UnixStream::connect(&self.config.daemon_socket) {
-            Ok(s) => s,
-            Err(e) => {
-                let why = format!(
-                    "cannot reach guix-daemon at {}: {e}",
-                    self.config.daemon_socket.display()
-                );
-                self.feed(index, Input::BatchLost(why), now);
-                return;
+        let reusable = self.conns[slot].as_ref().is_some_and(|c| {
+            matches!(c.work, Work::Idle(_))
+                && !c.eof
+                && c.limits == limits
+                && c.requests < REQUESTS_PER_CONNECTION
+        });
+        if !reusable {
+            self.drop_idle(slot);
+            match self.connect(slot, limits) {
+                Ok(conn) => self.conns[slot] = Some(conn),
+                Err(why) => {
+                    self.feed_dispatcher(queue::Input::Lost { slot, why }, now);
+                    return;
+                }
             }
-        };
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            Event::Daemon(index).token(),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            let why = format!("cannot watch the daemon socket: {e}");
-            self.feed(index, Input::BatchLost(why), now);
-            return;
         }
+        let conn = self.conns[slot].as_mut().expect("connected above");
         log::info!(
             target: BUILDING,
-            "spec={:?} batch of {} derivation(s) submitted ({}), {} more queued",
-            self.slots[index].cycle.spec.name,
-            items.len(),
+            "build {build} of spec={spec:?} submitted in slot {slot} ({}), request {} of its connection: {:?}",
             build::describe_limits(limits),
-            self.slots[index].cycle.building().queued()
+            conn.requests + 1,
+            item.derivation
         );
-        let batch = Batch::new(items, batch_options(&self.config, limits), limits);
-        self.slots[index].conn = Some(Conn {
+        let options = (conn.requests == 0).then(|| batch_options(&self.config, limits));
+        let client = match std::mem::replace(&mut conn.work, Work::Idle(Client::default())) {
+            Work::Idle(client) => client,
+            Work::Building(_) => unreachable!("a slot's dispatcher sends one request at a time"),
+        };
+        conn.work = Work::Building(Box::new(Batch::on(client, vec![item], options, limits)));
+        conn.requests += 1;
+        self.unwritten.dispatched.push(build);
+        self.unwritten.since.get_or_insert(now);
+        if let Err(e) = flush(conn, self.poll.registry(), Event::Daemon(slot).token()) {
+            self.close_batch(slot);
+            let why = format!("lost guix-daemon in slot {slot}: {e}");
+            self.feed_dispatcher(queue::Input::Lost { slot, why }, now);
+        }
+    }
+
+    fn connect(&mut self, slot: usize, limits: Limits) -> Result<Conn, String> {
+        let mut stream = UnixStream::connect(&self.config.daemon_socket).map_err(|e| {
+            format!(
+                "cannot reach guix-daemon at {}: {e}",
+                self.config.daemon_socket.display()
+            )
+        })?;
+        self.poll
+            .registry()
+            .register(
+                &mut stream,
+                Event::Daemon(slot).token(),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| format!("cannot watch the daemon socket: {e}"))?;
+        Ok(Conn {
             stream,
-            batch,
+            work: Work::Idle(Client::new()),
+            limits,
+            requests: 0,
+            eof: false,
             wants_write: true,
             more: false,
-        });
+        })
     }
 
-    /// Drops the connection: the daemon stops the batch's builds, which
-    /// go back to scheduled.
-    pub(super) fn close_batch(&mut self, index: usize) {
-        if let Some(mut conn) = self.slots[index].conn.take() {
-            let _ = self.poll.registry().deregister(&mut conn.stream);
-            let drvs: Vec<String> = conn.batch.derivations().map(String::from).collect();
-            for drv in &drvs {
-                self.live.finished(drv);
-            }
-            if let Err(e) = self.db.reschedule(&drvs) {
-                log::error!(target: logging::BUILDING, "spec={:?} {e}", self.slots[index].cycle.spec.name);
-            }
-        }
-        self.copy_logs(index);
-    }
-
-    /// Hands the logs of the batch's finished builds to the copier, once
-    /// the daemon is done with the batch (and so with their log files).
-    fn copy_logs(&mut self, index: usize) {
-        for (builds, log) in std::mem::take(&mut self.slots[index].copies) {
-            self.copier.push(builds, &log);
-        }
-    }
-
-    /// Tells the cycle once the batch in flight is done.
-    pub(super) fn settle_batch(&mut self, index: usize, now: Instant) {
-        let done = self.slots[index]
-            .conn
+    /// Closes `slot`'s connection if it carries no request.
+    fn drop_idle(&mut self, slot: usize) {
+        if self.conns[slot]
             .as_ref()
-            .is_some_and(|c| c.batch.is_done());
-        if !done {
+            .is_some_and(|c| matches!(c.work, Work::Idle(_)))
+            && let Some(mut conn) = self.conns[slot].take()
+        {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+        }
+    }
+
+    /// Drops the connection: the daemon stops the request's build, which
+    /// goes back to scheduled (what the daemon reported is written first).
+    pub(super) fn close_batch(&mut self, slot: usize) {
+        let Some(mut conn) = self.conns[slot].take() else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let Work::Building(batch) = conn.work else {
+            return;
+        };
+        self.write_statuses();
+        let drvs: Vec<String> = batch.derivations().map(String::from).collect();
+        for drv in &drvs {
+            self.live.finished(drv);
+        }
+        if let Err(e) = self.db.reschedule(&drvs) {
+            log::error!(target: logging::BUILDING, "slot {slot}: {e}");
+        }
+        self.copy_logs(&drvs);
+    }
+
+    /// Hands the logs of the request's finished builds to the copier,
+    /// once the daemon is done with the request (and so with their log
+    /// files).
+    fn copy_logs(&mut self, drvs: &[String]) {
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unwritten.copies)
+            .into_iter()
+            .partition(|l| drvs.contains(&l.derivation));
+        self.unwritten.copies = later;
+        for l in now {
+            self.copier.push(l.builds, &l.log);
+        }
+    }
+
+    /// Once the slot's request is done: its statuses are written, its
+    /// logs copied, and the dispatcher told; the connection waits for
+    /// the slot's next request.
+    pub(super) fn settle_batch(&mut self, slot: usize, now: Instant) {
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return;
+        };
+        if !conn.work.batch().is_some_and(Batch::is_done) {
             return;
         }
-        let mut conn = self.slots[index].conn.take().unwrap();
-        let _ = self.poll.registry().deregister(&mut conn.stream);
-        let updates = conn.batch.take_updates();
-        let output = conn.batch.take_output();
-        self.apply_updates(index, updates, output);
-        self.copy_logs(index);
-        let daemon_error = conn.batch.daemon_error().map(String::from);
-        self.feed(index, Input::BatchDone { daemon_error }, now);
+        let Work::Building(mut batch) =
+            std::mem::replace(&mut conn.work, Work::Idle(Client::default()))
+        else {
+            unreachable!("checked above");
+        };
+        let updates = batch.take_updates();
+        let output = batch.take_output();
+        let daemon_error = batch.daemon_error().map(String::from);
+        let drvs: Vec<String> = batch.derivations().map(String::from).collect();
+        conn.work = Work::Idle((*batch).into_client());
+        self.gather(updates, output, now);
+        // The dispatcher reads them (a build's inputs, its dependents).
+        self.write_statuses();
+        self.copy_logs(&drvs);
+        let spec = self
+            .dispatcher
+            .in_flight(slot)
+            .map(|b| b.specification.clone());
+        self.feed_dispatcher(queue::Input::Done { slot, daemon_error }, now);
+        // Its spec's build outputs become products.
+        if let Some(i) = spec.and_then(|spec| self.live_slot(&spec)) {
+            self.feed(i, Input::BuildsDone(drvs), now);
+        }
     }
 
     /// Reads until WouldBlock (mio is edge-triggered), or up to
     /// [`DAEMON_READ_CAP`] (builders' output comes this way, and a
     /// builder may print without end), and writes what is queued.
-    pub(super) fn daemon_io(&mut self, index: usize) {
-        let label = format!("spec={:?} builds", self.slots[index].cycle.spec.name);
-        let Some(conn) = self.slots[index].conn.as_mut() else {
+    pub(super) fn daemon_io(&mut self, slot: usize) {
+        // The daemon's events name their derivation; the spec says whose.
+        let label = match self.dispatcher.in_flight(slot) {
+            Some(b) => format!("spec={:?} builds", b.specification),
+            None => format!("slot {slot}"),
+        };
+        let Some(conn) = self.conns[slot].as_mut() else {
             return;
         };
         let mut failure = None;
@@ -118,14 +195,19 @@ impl EventLoop {
             }
             match conn.stream.read(&mut buf) {
                 Ok(0) => {
-                    if !conn.batch.is_done() {
+                    conn.eof = true;
+                    if !conn.work.batch().is_none_or(Batch::is_done) {
                         failure = Some("the daemon closed the connection".to_string());
                     }
                     break;
                 }
                 Ok(n) => {
                     read += n;
-                    if let Err(e) = conn.batch.receive(&buf[..n], &label) {
+                    let received = match &mut conn.work {
+                        Work::Building(batch) => batch.receive(&buf[..n], &label),
+                        Work::Idle(_) => Err("bytes between requests".to_string()),
+                    };
+                    if let Err(e) = received {
                         failure = Some(format!("protocol error: {e}"));
                         break;
                     }
@@ -138,24 +220,34 @@ impl EventLoop {
                 }
             }
         }
-        if failure.is_none() {
-            failure = flush(conn, self.poll.registry(), Event::Daemon(index).token()).err();
+        if failure.is_none() && !conn.eof {
+            failure = flush(conn, self.poll.registry(), Event::Daemon(slot).token()).err();
         }
-        let updates = conn.batch.take_updates();
-        let output = conn.batch.take_output();
-        self.apply_updates(index, updates, output);
-        if let Some(why) = failure {
-            let count = self.slots[index].conn.as_ref().map_or(0, |c| c.batch.len());
-            self.close_batch(index);
-            let why = format!("lost guix-daemon during a batch of {count}: {why}");
-            self.feed(index, Input::BatchLost(why), Instant::now());
+        let building = matches!(conn.work, Work::Building(_));
+        if let Work::Building(batch) = &mut conn.work {
+            let updates = batch.take_updates();
+            let output = batch.take_output();
+            self.gather(updates, output, Instant::now());
+        }
+        match failure {
+            Some(why) if building => {
+                self.close_batch(slot);
+                let why = format!("lost guix-daemon during {label}: {why}");
+                self.feed_dispatcher(queue::Input::Lost { slot, why }, Instant::now());
+            }
+            Some(why) => {
+                log::info!(target: BUILDING, "slot {slot}: idle daemon connection closed: {why}");
+                self.drop_idle(slot);
+            }
+            None => {}
         }
     }
 
-    /// Records statuses and live output.  A build's output precedes its
-    /// final status on the wire, and is written before it here, so that a
-    /// client following its live log sees the whole once it has ended.
-    fn apply_updates(&mut self, index: usize, mut updates: Vec<Update>, output: Vec<Output>) {
+    /// Takes in what a read brought: live output at once, statuses for
+    /// the next write.  A build's output precedes its final status on the
+    /// wire and is written before its live file goes, so that a client
+    /// following it sees the whole once it has ended.
+    fn gather(&mut self, mut updates: Vec<Update>, output: Vec<Output>, now: Instant) {
         for u in &updates {
             if let Update::Started { derivation, .. } = u {
                 self.live.started(derivation);
@@ -167,32 +259,51 @@ impl EventLoop {
         if updates.is_empty() {
             return;
         }
-        // Settled without a trace event, a build may still have a log from
-        // an earlier attempt.
         for u in &mut updates {
-            if let Update::Finished {
-                derivation,
-                log: log @ None,
-                ..
-            } = u
-            {
-                *log = self.logs.daemon_log_of(derivation);
+            match u {
+                // Settled without a trace event, a build may still have a
+                // log from an earlier attempt.
+                Update::Finished {
+                    derivation,
+                    log: log @ None,
+                    ..
+                } => {
+                    *log = self.logs.daemon_log_of(derivation);
+                    self.live.finished(derivation);
+                }
+                Update::Finished { derivation, .. } => self.live.finished(derivation),
+                Update::Started { .. } | Update::Remote { .. } => {}
             }
         }
-        match self.db.apply_build_updates(&updates, unix_now()) {
-            // The daemon's log is rewritten when the derivation is built
-            // again: each build keeps a copy of its own.
-            Ok(logged) => self.slots[index].copies.extend(logged),
-            Err(e) => {
-                log::error!(target: logging::BUILDING, "spec={:?} {e}", self.slots[index].cycle.spec.name)
-            }
+        self.unwritten.updates.extend(updates);
+        self.unwritten.since.get_or_insert(now);
+    }
+
+    /// Writes the gathered status changes in one transaction.  The
+    /// daemon's log is rewritten when a derivation is built again: each
+    /// finished build keeps a copy of its own, made once its request ends.
+    pub(super) fn write_statuses(&mut self) {
+        if self.unwritten.since.take().is_none() {
+            return;
         }
+        let dispatched = std::mem::take(&mut self.unwritten.dispatched);
+        let updates = std::mem::take(&mut self.unwritten.updates);
+        match self.db.record_statuses(&dispatched, &updates, unix_now()) {
+            Ok(logged) => self.unwritten.copies.extend(logged),
+            Err(e) => log::error!(
+                target: logging::BUILDING,
+                "cannot record {} build(s) dispatched and {} status change(s): {e}",
+                dispatched.len(),
+                updates.len()
+            ),
+        }
+        // Once written: a succeeded build's outputs get their roots, a
+        // finished build's `.drv` may lose its.
         for u in &updates {
             if let Update::Finished {
                 derivation, status, ..
             } = u
             {
-                self.live.finished(derivation);
                 let succeeded = *status == crate::db::status::SUCCEEDED;
                 self.roots.planner.finished(derivation, succeeded);
             }
@@ -204,18 +315,18 @@ impl EventLoop {
 /// remain, so an idle connection does not wake the loop.
 fn flush(conn: &mut Conn, registry: &mio::Registry, token: Token) -> Result<(), String> {
     loop {
-        let out = conn.batch.client.pending_output();
+        let out = conn.work.client().pending_output();
         if out.is_empty() {
             break;
         }
         match conn.stream.write(out) {
-            Ok(n) => conn.batch.client.consume_output(n),
+            Ok(n) => conn.work.client_mut().consume_output(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e.to_string()),
         }
     }
-    let wants_write = !conn.batch.client.pending_output().is_empty();
+    let wants_write = !conn.work.client().pending_output().is_empty();
     if wants_write != conn.wants_write {
         let interest = if wants_write {
             Interest::READABLE | Interest::WRITABLE

@@ -12,7 +12,7 @@ use std::process::{Command as Process, Stdio};
 
 /// Tokens of notification children: two a place (stdout, stderr), far
 /// above the specs' and below the HTTP connections'.
-pub(super) const NOTIFY_TOKEN_BASE: usize = 1 << 19;
+pub(super) const NOTIFY_TOKEN_BASE: usize = 1 << 18;
 
 /// A notification command running for an event.
 struct Sending {

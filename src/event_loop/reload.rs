@@ -152,5 +152,7 @@ impl EventLoop {
                 }
             }
         }
+        // Specs added or switched on: their pending builds may go.
+        self.feed_dispatcher(crate::queue::Input::Changed, now);
     }
 }

@@ -437,6 +437,9 @@ pub fn build_details(db: &Db, id: &str, ctx: &Ctx) -> Page {
         let w = esc(w);
         reason += &format!("<dt>Machine</dt><dd><a href=\"/machines\">{w}</a></dd>");
     }
+    if let Some(w) = &b.waiting {
+        reason.push_str(&format!("<dt>Waiting</dt><dd>{}</dd>", waiting_html(w)));
+    }
     let body = format!(
         "<dl><dt>Job</dt><dd>{}</dd><dt>Status</dt><dd>{}</dd>\
          <dt>Specification</dt><dd><a href=\"/jobset/{}\">{}</a></dd>\
@@ -528,6 +531,22 @@ pub fn search(db: &Db, req: &Request, now: i64) -> Page {
         200,
         html::page(&format!("Jobs matching “{query}”"), &[], &body),
     ))
+}
+
+/// Where a pending build stands, for its page.
+fn waiting_html(w: &crate::db::queue::Waiting) -> String {
+    use crate::db::queue::Waiting;
+    match w {
+        Waiting::Started => "being built".into(),
+        Waiting::Queued { position: 1 } => "next to start".into(),
+        Waiting::Queued { position } => format!("number {position} in the queue"),
+        Waiting::QueuedBeyond { position } => format!("number {position} or later in the queue"),
+        Waiting::Dependency { input, status } => format!(
+            "for its input, <a href=\"/build/{input}/details\">build {input}</a> ({})",
+            html::status_name(*status)
+        ),
+        Waiting::Inactive => "its specification is inactive".into(),
+    }
 }
 
 /// A restarted build's earlier runs, each with its log.

@@ -2,7 +2,7 @@ use super::*;
 use crate::db::JobRecord;
 use crate::db::dashboard::like_substring;
 use crate::http::{Parsed, parse_request};
-use crate::records::{BuildId, EvalId};
+use crate::records::EvalId;
 use crate::spec::Specification;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -705,11 +705,12 @@ fn a_build_page_shows_the_limits_and_why_it_failed() {
     db.register_evaluation("hello", "c9", &[slow.clone()], NOW - 100)
         .unwrap();
     let id = db
-        .pending_builds_page("hello", BuildId(0), 1000)
+        .dispatch_page(None, 1000)
         .unwrap()
-        .last()
-        .unwrap()
-        .id;
+        .iter()
+        .map(|p| p.id)
+        .max()
+        .unwrap();
     db.apply_build_updates(
         &[crate::build::Update::Finished {
             derivation: slow.derivation,
@@ -726,6 +727,47 @@ fn a_build_page_shows_the_limits_and_why_it_failed() {
         body.contains("<dt>Reason</dt><dd>timed out after 3 seconds &lt;&amp;&gt;</dd>"),
         "{body}"
     );
+}
+
+#[test]
+fn a_pending_builds_page_says_why_it_waits() {
+    let (mut db, root) = fixture();
+    let lib = job("lib", "w");
+    let mut app = job("app", "w");
+    app.inputs = vec![lib.derivation.clone()];
+    db.register_evaluation("hello", "w1", &[lib, app], NOW)
+        .unwrap();
+    let queue = db.dispatch_page(None, 10).unwrap();
+    let at = |name: &str| {
+        queue
+            .iter()
+            .position(|p| p.derivation.contains(name))
+            .unwrap()
+    };
+    let (lib_id, app_id) = (queue[at("-lib-")].id, queue[at("-app-")].id);
+    let started: i64 = db
+        .connection()
+        .query_row("SELECT COUNT(*) FROM Builds WHERE status = -1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let position = started + at("-lib-") as i64 + 1;
+    let body = page(&db, &root, &format!("/build/{lib_id}/details"));
+    assert!(
+        body.contains(&format!(
+            "<dt>Waiting</dt><dd>number {position} in the queue</dd>"
+        )),
+        "{body}"
+    );
+    let body = page(&db, &root, &format!("/build/{app_id}/details"));
+    assert!(
+        body.contains(&format!(
+            "<dt>Waiting</dt><dd>for its input, <a href=\"/build/{lib_id}/details\">build {lib_id}</a> (scheduled)</dd>"
+        )),
+        "{body}"
+    );
+    let body = page(&db, &root, "/build/1/details");
+    assert!(!body.contains("<dt>Waiting</dt>"));
 }
 
 #[test]

@@ -161,8 +161,12 @@ fn sigterm_stops_within_two_seconds_and_leaves_nothing_started() {
         &sleepy_args(&nonce, 30, 2),
     )]));
     let mut daemon = Running::start(&setup, &["-S", spec.to_str().unwrap()], &[]);
+    // Started by the daemon (its log named), not only handed to it.
     wait_until(Duration::from_secs(60), "a started build", || {
-        query_i64(&setup, "SELECT COUNT(*) FROM Builds WHERE status = -1") >= 1
+        query_i64(
+            &setup,
+            "SELECT COUNT(*) FROM Builds WHERE status = -1 AND log != ''",
+        ) >= 1
     });
     daemon.signal(libc::SIGTERM);
     let status = daemon

@@ -120,7 +120,7 @@ fn per_job_limits_fail_builds_on_time_with_the_reason_and_spare_the_others() {
     assert!(out.status.success());
     assert!(took < Duration::from_secs(45), "the run took {took:?}");
     let log = String::from_utf8_lossy(&out.stderr);
-    // One batch, and so one connection, per limit class.
+    // One connection per limit class: its set-options carry the limits.
     assert!(
         log.contains("(max-silent-time 2 s, timeout 120 s)"),
         "{log}"

@@ -19,6 +19,7 @@ mod names;
 mod notify;
 mod offload;
 mod one_shot;
+mod queue;
 mod refs;
 mod specs;
 mod support;

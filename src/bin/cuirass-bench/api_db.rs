@@ -284,7 +284,10 @@ pub fn side_by_side(path: &Path) -> Result<Vec<Figure>, String> {
     let d = |e: cuirass::db::Error| e.to_string();
     let filter = cuirass::db::read::BuildFilter::default();
     let ours_latest = time(50, || db.latest_builds(&filter, 100).map_err(d))?;
-    let ours_queue = time(50, || db.queued_builds(100, None, None).map_err(d))?;
+    let ours_queue = time(50, || {
+        db.queued_builds(&Default::default(), 100, None, Default::default())
+            .map_err(d)
+    })?;
     let conn = db.connection();
     let orig_latest = time(10, || original_query(conn, LATEST_ORIGINAL).map_err(s))?;
     let orig_queue = time(10, || original_query(conn, QUEUE_ORIGINAL).map_err(s))?;

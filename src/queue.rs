@@ -1,0 +1,404 @@
+//! The global build queue's dispatcher, a sans-I/O state machine.
+//!
+//! Every spec's scheduled builds form one queue, ordered by rank (spec
+//! priority × 10 + job priority, 0 first) then age (id): see `db::queue`.
+//! The dispatcher keeps up to `slots` builds in flight, **one derivation
+//! per build request**: guix-daemon starts the derivations of one request
+//! in an order of its own (a set sorted by store file name, not the order
+//! sent), while each request runs in its own daemon process and starts
+//! its build at once.  So builds start exactly in queue order, and
+//! `/api/queue` can say which comes next.
+//!
+//! A build whose input derivation has a pending build of its own is
+//! skipped until that one is done (the daemon would otherwise build the
+//! input out of turn, inside this request); a build whose input's latest
+//! build failed is made failed-dependency without reaching the daemon.
+//!
+//! The queue is read a page at a time from a keyset cursor, at most
+//! [`SCAN_PER_TURN`] rows per turn, whatever its length; builds added,
+//! or a build finished while others were skipped as waiting for an
+//! input, send the cursor back to the front.
+
+use crate::build::{Item, Limits};
+use crate::db::queue::Readiness;
+use crate::db::{BuildId, Db, PendingBuild, status};
+use crate::drv::Derivation;
+use crate::logging::BUILDING;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+#[cfg(test)]
+mod tests;
+
+/// Scheduled builds read from the database at a time.
+pub const PAGE: usize = 1000;
+/// Queue rows looked at in one loop turn at most: a queue of 100,000
+/// builds waiting on inputs never stalls the loop.
+pub const SCAN_PER_TURN: usize = PAGE;
+
+/// In one-shot mode, give up on an unreachable daemon after this many tries.
+pub const ONE_SHOT_DAEMON_TRIES: u32 = 5;
+
+/// Doubling reconnection delays, capped.
+#[derive(Debug, Clone, Default)]
+pub struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    pub const MAX: Duration = Duration::from_secs(60);
+
+    pub fn failed(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let secs = 1u64 << self.failures.min(6).saturating_sub(1);
+        Duration::from_secs(secs).min(Backoff::MAX)
+    }
+
+    pub fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
+/// What the dispatcher needs from the world besides the database.
+pub struct Env<'a> {
+    pub now: Instant,
+    /// Unix seconds, for the database's times.
+    pub unix_now: i64,
+    pub db: &'a mut Db,
+    /// Reads a `.drv` file.
+    pub read_drv: &'a dyn Fn(&str) -> std::io::Result<Vec<u8>>,
+    /// Whether a spec is polled; builds of other specs wait.
+    pub active: &'a dyn Fn(&str) -> bool,
+}
+
+#[derive(Debug)]
+pub enum Input {
+    /// Time passed: a retry may be due, or the scan may go on.
+    Tick,
+    /// Builds were added or canceled: read the queue from the front.
+    Changed,
+    /// The build in `slot` is done; its status is recorded.
+    Done {
+        slot: usize,
+        daemon_error: Option<String>,
+    },
+    /// The daemon could not be reached for `slot`'s build, or went away:
+    /// the build is scheduled again, after a growing delay.
+    Lost {
+        slot: usize,
+        why: String,
+    },
+    Stop,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Build `item` with `limits` on `slot`'s daemon connection; the
+    /// loop records `build` as started with its turn's other statuses
+    /// ([`Db::record_statuses`]).
+    Open {
+        slot: usize,
+        build: BuildId,
+        spec: String,
+        item: Item,
+        limits: Limits,
+    },
+    /// Drop `slot`'s connection: the daemon stops the build.
+    Close { slot: usize },
+}
+
+#[derive(Debug)]
+pub struct Dispatcher {
+    /// The build in flight in each slot.
+    slots: Vec<Option<PendingBuild>>,
+    page: VecDeque<PendingBuild>,
+    /// `(rank, id)` of the last row read; None: from the front.
+    cursor: Option<(i64, BuildId)>,
+    /// The whole queue was read since the last restart.
+    exhausted: bool,
+    /// The scan made builds failed-dependency: their dependents, skipped
+    /// earlier in it, must be looked at again.
+    failed_in_scan: bool,
+    /// Rows remain that this turn had no budget for: wake at once.
+    more: bool,
+    /// The scan passed over builds waiting for an input: a build ending
+    /// may let them go, so the next one reads from the front again.
+    skipped_waiting: bool,
+    retry_at: Option<Instant>,
+    backoff: Backoff,
+    one_shot: bool,
+    failure: Option<String>,
+    stopped: bool,
+    commands: VecDeque<Command>,
+}
+
+impl Dispatcher {
+    pub fn new(slots: usize, one_shot: bool) -> Dispatcher {
+        Dispatcher {
+            slots: vec![None; slots.max(1)],
+            page: VecDeque::new(),
+            cursor: None,
+            exhausted: false,
+            failed_in_scan: false,
+            more: false,
+            skipped_waiting: false,
+            retry_at: None,
+            backoff: Backoff::default(),
+            one_shot,
+            failure: None,
+            stopped: false,
+            commands: VecDeque::new(),
+        }
+    }
+
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The build in flight in `slot`.
+    pub fn in_flight(&self, slot: usize) -> Option<&PendingBuild> {
+        self.slots.get(slot).and_then(Option::as_ref)
+    }
+
+    /// The derivations of the builds in flight.
+    pub fn in_flight_derivations(&self) -> std::collections::HashSet<String> {
+        self.slots
+            .iter()
+            .flatten()
+            .map(|b| b.derivation.clone())
+            .collect()
+    }
+
+    pub fn running(&self) -> usize {
+        self.slots.iter().flatten().count()
+    }
+
+    /// Why a one-shot run gave up building (the daemon stayed away).
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+
+    /// Nothing in flight, nothing left to look at, no retry waiting.
+    pub fn is_idle(&self) -> bool {
+        self.running() == 0
+            && self.page.is_empty()
+            && self.exhausted
+            && self.retry_at.is_none()
+            && !self.more
+    }
+
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// When the dispatcher must next be given [`Input::Tick`], if ever.
+    pub fn poll_at(&self, now: Instant) -> Option<Instant> {
+        match self.more {
+            true => Some(now),
+            false => self.retry_at,
+        }
+    }
+
+    /// Feeds one input; commands come out of [`Dispatcher::poll_command`].
+    pub fn handle(&mut self, input: Input, env: &mut Env) {
+        match input {
+            Input::Tick => {}
+            Input::Changed => self.restart(),
+            Input::Done { slot, daemon_error } => {
+                let done = self.slots.get_mut(slot).and_then(Option::take);
+                let dependents = done.as_ref().is_some_and(|b| {
+                    env.db
+                        .has_scheduled_dependents(&b.derivation)
+                        .unwrap_or(true)
+                });
+                if let Some(b) = done {
+                    log::info!(target: BUILDING,
+                        "build {} of spec={:?} done{}",
+                        b.id,
+                        b.specification,
+                        daemon_error
+                            .map(|e| format!(" ({})", e.trim_end()))
+                            .unwrap_or_default()
+                    );
+                }
+                self.backoff.succeeded();
+                // Otherwise nothing before the cursor can start now (no
+                // build skipped, none that needs this one): the
+                // scan goes on where it was (1,000 builds in a row then
+                // cost one page read, not one each).
+                if self.skipped_waiting || dependents {
+                    self.restart();
+                }
+            }
+            Input::Lost { slot, why } => {
+                if let Some(b) = self.slots.get_mut(slot).and_then(Option::take)
+                    && let Err(e) = env.db.reschedule(&[b.derivation])
+                {
+                    log::error!(target: BUILDING, "{e}");
+                }
+                let delay = self.backoff.failed();
+                self.retry_at = Some(env.now + delay);
+                log::error!(target: BUILDING, "{why}; retrying in {} s", delay.as_secs());
+                if self.one_shot && self.backoff.failures() >= ONE_SHOT_DAEMON_TRIES {
+                    self.failure = Some(why);
+                }
+                self.restart();
+            }
+            Input::Stop => {
+                for (slot, b) in self.slots.iter_mut().enumerate() {
+                    if b.take().is_some() {
+                        self.commands.push_back(Command::Close { slot });
+                    }
+                }
+                self.stopped = true;
+            }
+        }
+        if !self.stopped {
+            self.fill(env);
+        }
+    }
+
+    fn restart(&mut self) {
+        self.page.clear();
+        self.cursor = None;
+        self.exhausted = false;
+        self.failed_in_scan = false;
+        self.skipped_waiting = false;
+    }
+
+    /// Hands the next ready builds to free slots, in queue order.
+    fn fill(&mut self, env: &mut Env) {
+        self.more = false;
+        if self.failure.is_some() {
+            return;
+        }
+        match self.retry_at {
+            Some(at) if env.now < at => return,
+            Some(_) => self.retry_at = None,
+            None => {}
+        }
+        let mut budget = SCAN_PER_TURN;
+        while let Some(slot) = self.slots.iter().position(Option::is_none) {
+            let Some((build, item)) = self.next_ready(env, &mut budget) else {
+                break;
+            };
+            let limits = build.limits;
+            self.commands.push_back(Command::Open {
+                slot,
+                build: build.id,
+                spec: build.specification.clone(),
+                item,
+                limits,
+            });
+            self.slots[slot] = Some(build);
+        }
+    }
+
+    /// The next build in queue order that may start, spending `budget`
+    /// rows; sets `more` when the budget ran out first.
+    fn next_ready(&mut self, env: &mut Env, budget: &mut usize) -> Option<(PendingBuild, Item)> {
+        loop {
+            if self.page.is_empty() {
+                if self.exhausted && self.failed_in_scan {
+                    // Dependents of builds failed in this scan were
+                    // skipped as waiting: one more pass fails them too.
+                    self.restart();
+                }
+                if self.exhausted {
+                    return None;
+                }
+                if *budget == 0 {
+                    self.more = true;
+                    return None;
+                }
+                match env.db.dispatch_page(self.cursor, PAGE) {
+                    Ok(page) => {
+                        self.exhausted = page.len() < PAGE;
+                        if let Some(last) = page.last() {
+                            self.cursor = Some((last.rank, last.id));
+                        }
+                        self.page.extend(page);
+                    }
+                    Err(e) => {
+                        log::error!(target: BUILDING, "{e}");
+                        return None;
+                    }
+                }
+                continue;
+            }
+            if *budget == 0 {
+                self.more = true;
+                return None;
+            }
+            *budget -= 1;
+            let pending = self.page.pop_front()?;
+            if let Some(ready) = self.consider(pending, env) {
+                return Some(ready);
+            }
+        }
+    }
+
+    /// Whether `pending` starts now; records it as failed-dependency or
+    /// canceled when it never can.
+    fn consider(&mut self, pending: PendingBuild, env: &mut Env) -> Option<(PendingBuild, Item)> {
+        let busy = self
+            .slots
+            .iter()
+            .flatten()
+            .any(|b| b.derivation == pending.derivation);
+        if busy || !(env.active)(&pending.specification) {
+            return None;
+        }
+        match env.db.readiness(pending.id) {
+            Ok(Readiness::Ready) => {}
+            Ok(Readiness::Gone) => return None,
+            Ok(Readiness::Waiting { .. }) => {
+                self.skipped_waiting = true;
+                return None;
+            }
+            Ok(Readiness::InputFailed { input }) => {
+                log::info!(target: BUILDING,
+                    "build {} of spec={:?} failed-dependency: input build {input} failed",
+                    pending.id,
+                    pending.specification
+                );
+                if let Err(e) = env.db.fail_dependency(pending.id, input, env.unix_now) {
+                    log::error!(target: BUILDING, "{e}");
+                }
+                self.failed_in_scan = true;
+                return None;
+            }
+            Err(e) => {
+                log::error!(target: BUILDING, "{e}");
+                return None;
+            }
+        }
+        // A derivation collected since evaluation cannot be built.
+        let drv = (env.read_drv)(&pending.derivation)
+            .ok()
+            .and_then(|bytes| Derivation::parse(&bytes).ok());
+        let Some(drv) = drv else {
+            log::warn!(target: BUILDING,
+                "build {} of spec={:?} canceled: {:?} no longer in the store",
+                pending.id,
+                pending.specification,
+                pending.derivation
+            );
+            let canceled = [(pending.derivation.clone(), status::CANCELED, None)];
+            if let Err(e) = env.db.finish_builds(&canceled, env.unix_now) {
+                log::error!(target: BUILDING, "{e}");
+            }
+            return None;
+        };
+        let item = Item {
+            outputs: drv.outputs.iter().map(|o| o.path.clone()).collect(),
+            inputs: drv.input_drvs.iter().map(|(d, _)| d.clone()).collect(),
+            derivation: pending.derivation.clone(),
+        };
+        Some((pending, item))
+    }
+}
