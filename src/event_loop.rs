@@ -200,6 +200,9 @@ struct Conn {
     /// The turn's read cap stopped reading before `WouldBlock`: mio will
     /// not tell again, so the next turn reads on.
     more: bool,
+    /// When its last request ended, while it waits for the next; closed
+    /// after [`IDLE_CONNECTION`].
+    idle_since: Option<Instant>,
 }
 
 enum Work {
@@ -235,6 +238,12 @@ impl Work {
 /// closes: a fresh connection now and then lets `guix gc` collect them
 /// (a batch of 200 builds held them as long).
 const REQUESTS_PER_CONNECTION: usize = 200;
+
+/// How long a slot's connection waits for its next request before it is
+/// closed, for the same reason: the daemon's temporary roots on what the
+/// last builds used and made go with it, so that `guix gc` may collect a
+/// failed build's `.drv` once cuirass's own root on it is gone.
+const IDLE_CONNECTION: Duration = Duration::from_secs(2);
 
 /// Status changes wait this long at most before they are written, so that
 /// a turn's (or a few turns') changes go in one transaction; a request's
@@ -499,6 +508,9 @@ impl EventLoop {
         if self.conns.iter().flatten().any(|c| c.more) {
             return now;
         }
+        for since in self.conns.iter().flatten().filter_map(|c| c.idle_since) {
+            next = next.min(since + IDLE_CONNECTION);
+        }
         if let Some(since) = self.unwritten.since {
             next = next.min(since + WRITE_DELAY);
         }
@@ -661,6 +673,13 @@ impl EventLoop {
                 self.daemon_io(slot);
             }
             self.settle_batch(slot, now);
+            if self.conns[slot]
+                .as_ref()
+                .and_then(|c| c.idle_since)
+                .is_some_and(|t| now >= t + IDLE_CONNECTION)
+            {
+                self.drop_idle(slot);
+            }
         }
         if !self.stopping {
             self.feed_dispatcher(queue::Input::Tick, now);

@@ -57,6 +57,7 @@ impl EventLoop {
         };
         conn.work = Work::Building(Box::new(Batch::on(client, vec![item], options, limits)));
         conn.requests += 1;
+        conn.idle_since = None;
         self.unwritten.dispatched.push(build);
         self.unwritten.since.get_or_insert(now);
         if let Err(e) = flush(conn, self.poll.registry(), Event::Daemon(slot).token()) {
@@ -89,11 +90,12 @@ impl EventLoop {
             eof: false,
             wants_write: true,
             more: false,
+            idle_since: None,
         })
     }
 
     /// Closes `slot`'s connection if it carries no request.
-    fn drop_idle(&mut self, slot: usize) {
+    pub(super) fn drop_idle(&mut self, slot: usize) {
         if self.conns[slot]
             .as_ref()
             .is_some_and(|c| matches!(c.work, Work::Idle(_)))
@@ -157,6 +159,7 @@ impl EventLoop {
         let daemon_error = batch.daemon_error().map(String::from);
         let drvs: Vec<String> = batch.derivations().map(String::from).collect();
         conn.work = Work::Idle((*batch).into_client());
+        conn.idle_since = Some(now);
         self.gather(updates, output, now);
         // The dispatcher reads them (a build's inputs, its dependents).
         self.write_statuses();

@@ -122,6 +122,9 @@ fn a_queued_drv_and_a_fresh_output_survive_guix_gc_until_released() {
             "100000",
             "--ttl",
             "10s",
+            // One build at a time, so that `queued` waits behind `slow`.
+            "--max-builds",
+            "1",
         ],
         &[],
     );
@@ -167,7 +170,14 @@ fn a_queued_drv_and_a_fresh_output_survive_guix_gc_until_released() {
         build_of(&conn, "queued").is_some_and(|q| q.2 == 1) && !rooted(&conn, &queued_drv)
     });
     assert!(!linked(&setup, &queued_drv), "its symlink is gone");
-    assert_deleted(&setup, &queued_drv);
+    // The daemon's worker held it as a temporary root while the build
+    // slot's connection stayed open; cuirass closes an idle one after 2 s.
+    wait_until(
+        Duration::from_secs(20),
+        "guix gc to take queued's .drv",
+        || gc_delete(&setup, &[&queued_drv]).status.success(),
+    );
+    assert!(!setup.host_path(&queued_drv).exists());
     let (_, q) = get_json(port, &format!("/build/{queued_id}"));
     assert_eq!(q["buildoutputs"]["out"]["available"], false);
 
