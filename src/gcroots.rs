@@ -380,16 +380,29 @@ impl Planner {
                 expires: Some(e), ..
             }) if e < until => db.set_gc_root_expiry(&path, until)?,
             Some(_) => {}
-            None => {
-                self.queued.insert(path.clone());
-                let row = RootRow {
-                    item: path,
-                    expires: Some(until),
-                };
-                self.outputs.push(row, now);
-            }
+            None => self.gather(path, Some(until), now),
         }
         Ok(())
+    }
+
+    /// Queues `item` for the next chunk of its kind.  A name the daemon
+    /// would refuse (not directly in the store) is left out, or the
+    /// chunk would fail at every retry.
+    fn gather(&mut self, item: String, expires: Option<i64>, now: i64) {
+        let in_store = item
+            .strip_prefix(crate::drv::STORE_DIR)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .is_some_and(|name| base_name(&item) == Some(name));
+        if !in_store {
+            log::error!(target: GC_ROOTS, "{item:?} is not a store item: no root for it");
+            return;
+        }
+        self.queued.insert(item.clone());
+        let row = RootRow { item, expires };
+        match expires {
+            None => self.drvs.push(row, now),
+            Some(_) => self.outputs.push(row, now),
+        }
     }
 
     /// An output queued with an earlier expiry succeeded again.
@@ -429,12 +442,7 @@ impl Planner {
                     more = true;
                     break;
                 }
-                self.queued.insert(drv.clone());
-                let row = RootRow {
-                    item: drv,
-                    expires: None,
-                };
-                self.drvs.push(row, now);
+                self.gather(drv, None, now);
             }
             after = id;
         }
@@ -534,8 +542,8 @@ impl Planner {
                 log::debug!(target: GC_ROOTS, "{} GC root(s) made, held by {file}", keep.len())
             }
             Ok(false) => self.commands.push_back(Command::Remove(vec![file.into()])),
-            // Its rows may exist: the file stays, the sweep and the next
-            // start-up's scan settle it.
+            // Its rows may exist: the symlink stays (if none does, the
+            // next start-up's scan removes it).
             Err(e) => log::error!(target: GC_ROOTS, "{e}"),
         }
     }

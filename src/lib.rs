@@ -24,8 +24,9 @@
 //! - `cycle`: one specification's cycle, a sans-I/O state machine (the
 //!   evaluation track and the building track).
 //! - `gcroots`: the GC roots of pending builds' `.drv` files and of
-//!   succeeded builds' outputs (until `--ttl`), planned without I/O: the
-//!   loop makes the symlinks and registers them with the daemon.
+//!   succeeded builds' outputs (until `--ttl`), planned without I/O, a
+//!   store file per chunk of items (`gcroots::maker`: the exchange with
+//!   the daemon); the loop makes the symlinks and talks to the daemon.
 //! - `retention`: old evaluations deleted with their builds (`--retention`),
 //!   a bounded chunk per turn.
 //! - `buildlog`: build logs found, decoded (a sans-I/O codec), streamed a

@@ -503,6 +503,23 @@ fn links_are_named_after_store_items_only() {
 }
 
 #[test]
+fn items_not_directly_in_the_store_get_no_root_and_hold_up_nothing() {
+    let mut db = db_with_spec();
+    let mut p = planner(1000);
+    let mut odd = job("odd");
+    odd.outputs = vec![
+        ("out".into(), "/tmp/odd".into()),
+        ("doc".into(), format!("{}/doc", out("odd"))),
+        ("lib".into(), out("odd")),
+    ];
+    db.register_evaluation("s", "c1", &[odd], 1000).unwrap();
+    finish(&mut db, &mut p, "odd", status::SUCCEEDED, 1000);
+    let asked = settle(&mut p, &mut db, 1000);
+    assert_eq!(items(&asked.make), [out("odd")]);
+    assert_eq!(rows(&db), [(out("odd"), Some(1100))]);
+}
+
+#[test]
 fn a_failing_database_pauses_the_planner_instead_of_spinning() {
     let mut db = db_with_spec();
     let mut p = planner(1000);
