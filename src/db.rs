@@ -238,15 +238,19 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX IF NOT EXISTS Events_queued ON Events (id) WHERE delivery = 0;
      CREATE INDEX IF NOT EXISTS Events_evaluation ON Events (evaluation);",
     // 15: the GC roots cuirass holds (`gcroots`): one row per store item
-    // whose symlink exists and is registered with the daemon.  `expires`
-    // is when an output's root may go (Unix seconds); NULL for a `.drv`,
-    // held while a build of it is pending.  The API says an output is
-    // available while its row exists.
+    // kept.  `root` is the store file whose references include the item,
+    // whose symlink exists and is registered with the daemon (one per
+    // chunk of items; it goes with its last row).  `expires` is when an
+    // output's row may go (Unix seconds); NULL for a `.drv`, held while
+    // a build of it is pending.  The API says an output is available
+    // while its row exists.
     "CREATE TABLE IF NOT EXISTS GcRoots (
        item    TEXT NOT NULL PRIMARY KEY,
-       expires INTEGER) WITHOUT ROWID;
+       expires INTEGER,
+       root    TEXT NOT NULL) WITHOUT ROWID;
      CREATE INDEX IF NOT EXISTS GcRoots_expires ON GcRoots (expires)
-       WHERE expires IS NOT NULL;",
+       WHERE expires IS NOT NULL;
+     CREATE INDEX IF NOT EXISTS GcRoots_root ON GcRoots (root);",
     // 16: the queue's order.  `queue_rank` is the spec's priority × 10
     // plus the job's (0 first), fixed when the build is queued; pending
     // builds start by (rank, id), started ones listed first, down one

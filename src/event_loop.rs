@@ -411,13 +411,15 @@ impl EventLoop {
                 break;
             }
             if self.config.one_shot
-                && !self.copier.busy()
-                && !self.roots.busy()
                 && self.dispatcher.is_idle()
                 && self.slots.iter().all(|s| s.cycle.is_finished())
-                && self.notify_settled(turn)
             {
-                break;
+                // No build is left to end: the last roots need not wait
+                // for company.
+                self.roots.planner.flush();
+                if !self.copier.busy() && !self.roots.busy() && self.notify_settled(turn) {
+                    break;
+                }
             }
             let timeout = self
                 .next_wakeup(turn)

@@ -26,8 +26,9 @@
 //! - `queue`: every spec's builds in one queue by priority, handed to the
 //!   daemon one build per request in that order (sans-I/O).
 //! - `gcroots`: the GC roots of pending builds' `.drv` files and of
-//!   succeeded builds' outputs (until `--ttl`), planned without I/O: the
-//!   loop makes the symlinks and registers them with the daemon.
+//!   succeeded builds' outputs (until `--ttl`), planned without I/O, a
+//!   store file per chunk of items (`gcroots::maker`: the exchange with
+//!   the daemon); the loop makes the symlinks and talks to the daemon.
 //! - `retention`: old evaluations deleted with their builds (`--retention`),
 //!   a bounded chunk per turn.
 //! - `buildlog`: build logs found, decoded (a sans-I/O codec), streamed a

@@ -42,6 +42,7 @@ pub mod tag {
 /// Operation numbers, from the daemon's worker-protocol.hh.
 pub mod op {
     pub const IS_VALID_PATH: u64 = 1;
+    pub const ADD_TEXT_TO_STORE: u64 = 8;
     pub const BUILD_PATHS: u64 = 9;
     pub const ADD_TEMP_ROOT: u64 = 11;
     pub const ADD_INDIRECT_ROOT: u64 = 12;
@@ -269,7 +270,7 @@ impl Cursor<'_> {
 }
 
 /// Build settings sent with op 19, in the daemon's field order.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BuildOptions {
     pub keep_failed: bool,
     pub keep_going: bool,
@@ -288,7 +289,7 @@ pub struct BuildOptions {
     pub settings: Vec<(String, String)>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// Op 1; replies `Bool`. A path outside the store fails with status 1.
     IsValidPath(String),
@@ -314,6 +315,15 @@ pub enum Request {
     /// `Unit`.  A collection that began before a root was added may
     /// not have seen it; once this returns, every later one does.
     SyncWithGc,
+    /// Op 8: a store file `name` holding `text`, which refers to
+    /// `references` (each must be valid, or the daemon fails with
+    /// status 1); replies `Path`, the file's store path, a temporary
+    /// root of this connection until it closes.
+    AddTextToStore {
+        name: String,
+        text: String,
+        references: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -322,6 +332,8 @@ pub enum Reply {
     Bool(bool),
     Int(u64),
     Strings(Vec<String>),
+    /// One store path.
+    Path(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -346,6 +358,7 @@ enum Expect {
     Bool,
     Int,
     Strings,
+    Path,
 }
 
 impl Request {
@@ -405,6 +418,17 @@ impl Request {
             Request::SyncWithGc => {
                 put_u64(out, op::SYNC_WITH_GC);
                 Expect::Ignored
+            }
+            Request::AddTextToStore {
+                name,
+                text,
+                references,
+            } => {
+                put_u64(out, op::ADD_TEXT_TO_STORE);
+                put_bytes(out, name.as_bytes());
+                put_bytes(out, text.as_bytes());
+                put_strings(out, references);
+                Expect::Path
             }
         }
     }
@@ -622,6 +646,7 @@ impl Client {
             Expect::Bool => run(buf, |c| c.u64().map(|v| Reply::Bool(v != 0)))?,
             Expect::Int => run(buf, |c| c.u64().map(Reply::Int))?,
             Expect::Strings => run(buf, |c| c.strings().map(Reply::Strings))?,
+            Expect::Path => run(buf, |c| c.string().map(Reply::Path))?,
         };
         Ok(match status {
             Status::Complete(reply, n) => {

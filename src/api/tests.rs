@@ -120,10 +120,13 @@ fn specifications_and_jobsets() {
 fn a_build_is_a_hydra_object() {
     let (mut db, root) = fixture();
     // Its `out` is kept from the garbage collector; its `doc` no longer.
-    db.add_gc_roots(&[crate::db::gcroots::RootRow {
-        item: job("ok").outputs[0].1.clone(),
-        expires: Some(10_000),
-    }])
+    db.add_gc_roots(
+        &[crate::db::gcroots::RootRow {
+            item: job("ok").outputs[0].1.clone(),
+            expires: Some(10_000),
+        }],
+        "/gnu/store/r-cuirass-gc-roots",
+    )
     .unwrap();
     let (code, b) = get(&db, &root, "/build/1");
     assert_eq!(code, 200);

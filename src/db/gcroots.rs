@@ -134,23 +134,33 @@ impl Db {
             .optional()?)
     }
 
-    /// Records roots just made, in one transaction; an existing row
-    /// keeps the later expiry.
-    pub fn add_gc_roots(&mut self, roots: &[RootRow]) -> Result<()> {
+    /// Records roots just made, held by the store file `root`, in one
+    /// transaction.  An item that has a row already keeps its root file
+    /// (so that file still goes with its last row) and the later expiry.
+    pub fn add_gc_roots(&mut self, roots: &[RootRow], root: &str) -> Result<()> {
         let tx = self.conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO GcRoots (item, expires) VALUES (?1, ?2)
+                "INSERT INTO GcRoots (item, expires, root) VALUES (?1, ?2, ?3)
                  ON CONFLICT (item) DO UPDATE SET expires = CASE
                    WHEN expires IS NULL OR excluded.expires IS NULL THEN NULL
                    ELSE MAX(expires, excluded.expires) END",
             )?;
             for r in roots {
-                stmt.execute(params![r.item, r.expires])?;
+                stmt.execute(params![r.item, r.expires, root])?;
             }
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Whether some row is held by the store file `root`: its symlink
+    /// must stay.
+    pub fn gc_root_file_held(&self, root: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM GcRoots WHERE root = ?1)")?
+            .query_row([root], |r| r.get(0))?)
     }
 
     /// Sets the expiry of an output's root that exists.
@@ -161,17 +171,33 @@ impl Db {
         Ok(())
     }
 
-    /// Forgets roots whose symlinks are going, in one transaction.
-    pub fn remove_gc_roots(&mut self, items: &[String]) -> Result<()> {
+    /// Forgets these items' rows, in one transaction; returns the root
+    /// files that no row is held by any more, whose symlinks must go.
+    pub fn remove_gc_roots(&mut self, items: &[String]) -> Result<Vec<String>> {
         let tx = self.conn.transaction()?;
+        let mut emptied = Vec::new();
         {
-            let mut stmt = tx.prepare_cached("DELETE FROM GcRoots WHERE item = ?1")?;
+            let mut delete =
+                tx.prepare_cached("DELETE FROM GcRoots WHERE item = ?1 RETURNING root")?;
+            let mut roots = std::collections::BTreeSet::new();
             for item in items {
-                stmt.execute([item])?;
+                if let Some(root) = delete
+                    .query_row([item], |r| r.get::<_, String>(0))
+                    .optional()?
+                {
+                    roots.insert(root);
+                }
+            }
+            let mut held =
+                tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM GcRoots WHERE root = ?1)")?;
+            for root in roots {
+                if !held.query_row([&root], |r| r.get::<_, bool>(0))? {
+                    emptied.push(root);
+                }
             }
         }
         tx.commit()?;
-        Ok(())
+        Ok(emptied)
     }
 
     /// Up to `limit` rows after `after`, by item (a sweep's page).

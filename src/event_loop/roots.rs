@@ -1,22 +1,25 @@
-//! GC roots and retention in the loop: the planner's chunks of symlinks
-//! made and registered over a daemon connection of their own, symlinks
-//! removed, the ones no root accounts for found at start-up, and the
-//! retention's chunks with the log copies they delete.  The decisions
-//! are `gcroots::Planner`'s and `retention::Retention`'s.
+//! GC roots and retention in the loop: the planner's chunks rooted over
+//! a daemon connection of their own (one per chunk: the daemon holds the
+//! root file as a temporary root of the connection until it closes), root
+//! files' symlinks removed, the ones no row is held by found at start-up,
+//! and the retention's chunks with the log copies they delete.  The
+//! decisions are `gcroots::Planner`'s, `gcroots::maker::Maker`'s and
+//! `retention::Retention`'s.
 
 use super::*;
 use crate::db::gcroots::RootRow;
+use crate::gcroots::maker::{Maker, Next};
 use crate::gcroots::{Command as RootsCommand, Planner};
 use crate::logging::{GC_ROOTS, RETENTION};
 use crate::retention::Retention;
-use crate::wire::{self, Reply, Request};
+use crate::wire;
 use mio::Interest;
 use std::io::{Read, Write};
 
 /// How often an idle planner looks for new work (new builds, expiries).
 const ROOTS_PACE: Duration = Duration::from_millis(100);
-/// A chunk's daemon requests must all be answered within this (a
-/// collection in progress holds sync-with-gc back).
+/// A chunk must be made within this (a collection in progress holds
+/// sync-with-gc back).
 const ROOTS_TIMEOUT: Duration = Duration::from_secs(300);
 /// Directory entries looked at per turn by the start-up scan.
 const SCAN_CHUNK: usize = 500;
@@ -33,14 +36,12 @@ pub(super) struct Roots {
     retention: Option<Retention>,
 }
 
-/// The daemon connection that registers roots.
+/// The daemon connection that makes the chunk in flight.
 struct RootsConn {
     stream: UnixStream,
     client: wire::Client,
     wants_write: bool,
-    /// Replies due for the chunk in flight; the last one is the valid
-    /// items.
-    due: usize,
+    maker: Maker,
     deadline: Instant,
 }
 
@@ -92,12 +93,7 @@ impl Roots {
 impl EventLoop {
     /// One turn's roots and retention work.
     pub(super) fn roots_turn(&mut self, now: Instant) {
-        if self
-            .roots
-            .conn
-            .as_ref()
-            .is_some_and(|c| c.due > 0 && now >= c.deadline)
-        {
+        if self.roots.conn.as_ref().is_some_and(|c| now >= c.deadline) {
             self.roots_lost("the daemon did not answer in time".into());
         }
         self.scan_roots();
@@ -109,27 +105,19 @@ impl EventLoop {
         }
     }
 
-    /// Carries out the planner's commands, then closes an idle
-    /// connection (each holds a daemon process).
+    /// Carries out the planner's commands.
     fn run_roots_commands(&mut self, now: Instant) {
         while let Some(command) = self.roots.planner.poll_command() {
             match command {
-                RootsCommand::Remove(items) => self.remove_roots(&items),
+                RootsCommand::Remove(files) => self.remove_roots(&files),
                 RootsCommand::Make(roots) => self.make_roots(roots, now),
             }
         }
-        let idle = self.roots.conn.as_ref().is_some_and(|c| c.due == 0);
-        if idle
-            && !self.roots.planner.busy()
-            && let Some(mut conn) = self.roots.conn.take()
-        {
-            let _ = self.poll.registry().deregister(&mut conn.stream);
-        }
     }
 
-    fn remove_roots(&mut self, items: &[String]) {
-        for item in items {
-            let Some(link) = self.roots.planner.link_of(item) else {
+    fn remove_roots(&mut self, files: &[String]) {
+        for file in files {
+            let Some(link) = self.roots.planner.link_of(file) else {
                 continue;
             };
             match std::fs::remove_file(&link) {
@@ -140,52 +128,27 @@ impl EventLoop {
         }
     }
 
-    /// Makes the chunk's symlinks and queues their registration, the
-    /// wait for a collection in progress, and the validity query.
+    /// Opens the chunk's connection and sends its first requests.
     fn make_roots(&mut self, roots: Vec<RootRow>, now: Instant) {
-        let mut links = Vec::new();
-        let mut items = Vec::new();
-        for r in &roots {
-            let Some(link) = self.roots.planner.link_of(&r.item) else {
-                log::error!(target: GC_ROOTS, "{:?} is not a store item: no root for it", r.item);
-                continue;
-            };
-            match make_symlink(&r.item, &link) {
-                Ok(()) => {
-                    // The directory is UTF-8 (checked at start) and so is the item.
-                    links.push(link.to_string_lossy().into_owned());
-                    items.push(r.item.clone());
-                }
-                Err(e) => log::error!(target: GC_ROOTS, "cannot make {}: {e}", link.display()),
-            }
-        }
-        if items.is_empty() {
-            self.roots.planner.made(&mut self.db, &[], unix_now());
-            return;
-        }
-        if self.roots.conn.is_none() {
-            match self.connect_roots() {
-                Ok(conn) => self.roots.conn = Some(conn),
-                Err(why) => {
-                    self.roots.planner.failed(&why, unix_now());
-                    return;
-                }
+        let items = roots.into_iter().map(|r| r.item).collect();
+        let (maker, first) = Maker::new(self.roots.planner.dir(), items);
+        match self.connect_roots(maker, now) {
+            Ok(conn) => self.roots.conn = Some(conn),
+            Err(why) => {
+                self.roots.planner.failed(&why, None, unix_now());
+                return;
             }
         }
         let conn = self.roots.conn.as_mut().expect("connected above");
-        for link in links {
-            conn.client.request(Request::AddIndirectRoot(link));
+        for request in first {
+            conn.client.request(request);
         }
-        conn.client.request(Request::SyncWithGc);
-        conn.client.request(Request::QueryValidPaths(items));
-        conn.due = conn.client.outstanding();
-        conn.deadline = now + ROOTS_TIMEOUT;
         if let Err(why) = flush_roots(conn, self.poll.registry()) {
             self.roots_lost(why);
         }
     }
 
-    fn connect_roots(&mut self) -> Result<RootsConn, String> {
+    fn connect_roots(&mut self, maker: Maker, now: Instant) -> Result<RootsConn, String> {
         let socket = &self.config.daemon_socket;
         let mut stream = UnixStream::connect(socket)
             .map_err(|e| format!("cannot reach guix-daemon at {}: {e}", socket.display()))?;
@@ -201,31 +164,40 @@ impl EventLoop {
             stream,
             client: wire::Client::new(),
             wants_write: true,
-            due: 0,
-            deadline: Instant::now() + ROOTS_TIMEOUT,
+            maker,
+            deadline: now + ROOTS_TIMEOUT,
         })
+    }
+
+    /// Closes the chunk's connection (each holds a daemon process, and
+    /// the temporary root of the chunk's file).
+    fn close_roots(&mut self) -> Option<RootsConn> {
+        let mut conn = self.roots.conn.take()?;
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        Some(conn)
     }
 
     /// The connection failed: the chunk in flight is tried again later.
     fn roots_lost(&mut self, why: String) {
-        if let Some(mut conn) = self.roots.conn.take() {
-            let _ = self.poll.registry().deregister(&mut conn.stream);
-        }
-        self.roots.planner.failed(&why, unix_now());
+        let file = self
+            .close_roots()
+            .and_then(|c| c.maker.file().map(String::from));
+        self.roots.planner.failed(&why, file.as_deref(), unix_now());
         self.run_roots_commands(Instant::now());
     }
 
     /// Reads the daemon's answers (mio is edge-triggered: until
-    /// WouldBlock, or the cap) and writes what is queued.
+    /// WouldBlock, or the cap), feeds them to the chunk's maker and
+    /// writes what it asks.
     pub(super) fn roots_io(&mut self) {
         let Some(conn) = self.roots.conn.as_mut() else {
             return;
         };
         let mut failure = None;
-        let mut valid = None;
+        let mut done = None;
         let mut buf = [0u8; 16 * 1024];
         let mut read = 0;
-        while read < ROOTS_READ_CAP && failure.is_none() {
+        while read < ROOTS_READ_CAP && failure.is_none() && done.is_none() {
             match conn.stream.read(&mut buf) {
                 Ok(0) => {
                     failure = Some("the daemon closed the connection".to_string());
@@ -242,12 +214,23 @@ impl EventLoop {
             }
             while let Some(event) = conn.client.poll_event() {
                 match event {
-                    wire::Event::Reply(reply) => {
-                        conn.due = conn.due.saturating_sub(1);
-                        if let (0, Reply::Strings(paths)) = (conn.due, reply) {
-                            valid = Some(paths);
+                    wire::Event::Reply(reply) => match conn.maker.reply(reply) {
+                        Next::Wait => {}
+                        Next::Send(requests) => {
+                            requests.into_iter().for_each(|r| conn.client.request(r))
                         }
-                    }
+                        Next::Link { link, file, then } => match make_symlink(&file, &link) {
+                            Ok(()) => then.into_iter().for_each(|r| conn.client.request(r)),
+                            Err(e) => {
+                                failure
+                                    .get_or_insert(format!("cannot make {}: {e}", link.display()));
+                            }
+                        },
+                        Next::Done { file, valid } => done = Some((file, valid)),
+                        Next::Failed(why) => {
+                            failure.get_or_insert(why);
+                        }
+                    },
                     wire::Event::Failed { message, .. } => {
                         failure.get_or_insert(format!("the daemon refused: {message}"));
                     }
@@ -255,23 +238,22 @@ impl EventLoop {
                 }
             }
         }
+        if let Some((file, valid)) = done {
+            self.close_roots();
+            let now = unix_now();
+            self.roots
+                .planner
+                .made(&mut self.db, file.as_deref(), &valid, now);
+            self.run_roots_commands(Instant::now());
+            return;
+        }
         if failure.is_none() {
             failure = flush_roots(conn, self.poll.registry()).err();
         }
-        // More to read next turn: mio will not say so again.
-        let more = read >= ROOTS_READ_CAP;
-        if let Some(valid) = valid {
-            self.roots.planner.made(&mut self.db, &valid, unix_now());
-            self.run_roots_commands(Instant::now());
-        } else if let Some(why) = failure {
-            if self.roots.conn.as_ref().is_some_and(|c| c.due > 0) {
-                self.roots_lost(why);
-            } else if let Some(mut conn) = self.roots.conn.take() {
-                // An idle connection the daemon closed: the next chunk
-                // opens another.
-                let _ = self.poll.registry().deregister(&mut conn.stream);
-            }
-        } else if more {
+        if let Some(why) = failure {
+            self.roots_lost(why);
+        } else if read >= ROOTS_READ_CAP {
+            // More to read: mio will not say so again.
             self.roots_io();
         }
     }
@@ -300,7 +282,15 @@ impl EventLoop {
                 break;
             }
         }
-        let stale = self.roots.planner.stale_links(&self.db, &links);
+        let making = self
+            .roots
+            .conn
+            .as_ref()
+            .and_then(|c| c.maker.file().map(String::from));
+        let stale = self
+            .roots
+            .planner
+            .stale_links(&self.db, &links, making.as_deref());
         let dir = self.roots.planner.dir().to_path_buf();
         for name in &stale {
             if let Err(e) = std::fs::remove_file(dir.join(name)) {
@@ -308,7 +298,7 @@ impl EventLoop {
             }
         }
         if !stale.is_empty() {
-            log::info!(target: GC_ROOTS, "{} symlink(s) without a root removed from {}", stale.len(), dir.display());
+            log::info!(target: GC_ROOTS, "{} symlink(s) no GC root is held by removed from {}", stale.len(), dir.display());
         }
         if ended {
             self.roots.scan = None;
@@ -344,8 +334,8 @@ impl EventLoop {
     }
 }
 
-/// A symlink at `link` to `item`; one already there to `item` is kept,
-/// one to something else replaced.
+/// A symlink at `link` to `item` (a root file); one already there to
+/// `item` is kept, one to something else replaced.
 fn make_symlink(item: &str, link: &std::path::Path) -> io::Result<()> {
     match std::os::unix::fs::symlink(item, link) {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {

@@ -251,6 +251,37 @@ fn connected() -> Client {
 }
 
 #[test]
+fn add_text_to_store_sends_name_text_references_and_replies_the_path() {
+    let mut c = connected();
+    let refs = vec![
+        "/gnu/store/aaa-x".to_string(),
+        "/gnu/store/bbb-y".to_string(),
+    ];
+    c.request(Request::AddTextToStore {
+        name: "roots".into(),
+        text: "x\ny\n".into(),
+        references: refs.clone(),
+    });
+    let mut want = words(&[op::ADD_TEXT_TO_STORE]);
+    put_bytes(&mut want, b"roots");
+    put_bytes(&mut want, b"x\ny\n");
+    put_strings(&mut want, &refs);
+    assert_eq!(c.pending_output(), want);
+    c.consume_output(want.len());
+    let mut reply = words(&[tag::LAST]);
+    put_bytes(&mut reply, b"/gnu/store/ccc-roots");
+    // Split inside the path: nothing until it is whole.
+    c.receive(&reply[..20]).unwrap();
+    assert_eq!(c.poll_event(), None);
+    c.receive(&reply[20..]).unwrap();
+    assert_eq!(
+        c.poll_event(),
+        Some(Event::Reply(Reply::Path("/gnu/store/ccc-roots".into())))
+    );
+    assert_eq!(c.outstanding(), 0);
+}
+
+#[test]
 fn gc_root_requests_encode_and_drop_the_daemons_constant() {
     let mut c = connected();
     let link = "/var/cache/cuirass/gcroots/abc-hello";

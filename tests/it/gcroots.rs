@@ -46,22 +46,44 @@ fn roots_dir(setup: &Setup) -> PathBuf {
     setup.cache.join("gcroots")
 }
 
-/// The symlink of `item`'s root, as a host path.
-fn link(setup: &Setup, item: &str) -> PathBuf {
-    roots_dir(setup).join(item.rsplit('/').next().unwrap())
+/// The store file whose references hold `item`, from its row.
+fn root_file(conn: &Connection, item: &str) -> Option<String> {
+    conn.query_row("SELECT root FROM GcRoots WHERE item = ?1", [item], |r| {
+        r.get(0)
+    })
+    .optional()
+    .unwrap_or(None)
 }
 
-/// Whether `item`'s symlink is there (its target is a path inside the
-/// root, so it dangles from the host).
-fn linked(setup: &Setup, item: &str) -> bool {
-    std::fs::read_link(link(setup, item)).is_ok_and(|t| t.to_str() == Some(item))
+/// Whether the symlink of root file `file` is there (its target is a
+/// path inside the root, so it dangles from the host).
+fn file_linked(setup: &Setup, file: &str) -> bool {
+    let link = roots_dir(setup).join(file.rsplit('/').next().unwrap());
+    std::fs::read_link(link).is_ok_and(|t| t.to_str() == Some(file))
+}
+
+/// Whether `item` has a row and the symlink of its root file is there.
+fn linked(setup: &Setup, conn: &Connection, item: &str) -> bool {
+    root_file(conn, item).is_some_and(|f| file_linked(setup, &f))
 }
 
 fn rooted(conn: &Connection, item: &str) -> bool {
-    conn.query_row("SELECT 1 FROM GcRoots WHERE item = ?1", [item], |_| Ok(()))
-        .optional()
-        .unwrap_or(None)
-        .is_some()
+    root_file(conn, item).is_some()
+}
+
+/// What the daemon says `file` refers to.
+fn references(setup: &Setup, file: &str) -> Vec<String> {
+    let out = setup
+        .guix
+        .command("guix")
+        .args(["gc", "--references", file])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "guix gc --references {file}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
 }
 
 fn db(setup: &Setup) -> Connection {
@@ -143,7 +165,10 @@ fn a_queued_drv_and_a_fresh_output_survive_guix_gc_until_released() {
         },
     );
     let (queued_id, queued_drv, _) = queued.unwrap();
-    assert!(linked(&setup, &queued_drv));
+    assert!(linked(&setup, &conn, &queued_drv));
+    // One file holds the evaluation's .drvs.
+    let drvs_file = root_file(&conn, &queued_drv).unwrap();
+    assert!(references(&setup, &drvs_file).contains(&queued_drv));
     assert_refused(&setup, &queued_drv);
     assert_eq!(build_of(&conn, "queued").unwrap().2, -2, "still queued");
 
@@ -156,6 +181,10 @@ fn a_queued_drv_and_a_fresh_output_survive_guix_gc_until_released() {
     });
     let (slow_id, slow_drv, _) = slow.unwrap();
     let slow_out = output_of(&conn, slow_id);
+    let out_file = root_file(&conn, &slow_out).unwrap();
+    assert_ne!(out_file, drvs_file, ".drvs and outputs go apart");
+    assert!(file_linked(&setup, &out_file));
+    assert!(references(&setup, &out_file).contains(&slow_out));
     assert_refused(&setup, &slow_out);
     let (_, b) = get_json(port, &format!("/build/{slow_id}"));
     assert_eq!(b["buildoutputs"]["out"]["path"], slow_out.as_str());
@@ -169,7 +198,10 @@ fn a_queued_drv_and_a_fresh_output_survive_guix_gc_until_released() {
     wait_until(Duration::from_secs(60), "queued's root released", || {
         build_of(&conn, "queued").is_some_and(|q| q.2 == 1) && !rooted(&conn, &queued_drv)
     });
-    assert!(!linked(&setup, &queued_drv), "its symlink is gone");
+    assert!(
+        !file_linked(&setup, &drvs_file),
+        "its file's symlink is gone with the last .drv held"
+    );
     // The daemon's worker held it as a temporary root while the build
     // slot's connection stayed open; cuirass closes an idle one after 2 s.
     wait_until(
@@ -187,7 +219,7 @@ fn a_queued_drv_and_a_fresh_output_survive_guix_gc_until_released() {
         "slow's output root to expire",
         || !rooted(&conn, &slow_out),
     );
-    assert!(!linked(&setup, &slow_out));
+    assert!(!file_linked(&setup, &out_file));
     let (_, b) = get_json(port, &format!("/build/{slow_id}"));
     assert_eq!(b["buildoutputs"]["out"]["available"], false, "{b}");
     let (code, _, body) = get_raw(port, &format!("/build/{slow_id}/details"));
@@ -288,8 +320,12 @@ fn retention_deletes_old_evaluations_and_nothing_else() {
     assert_eq!(old_outputs.len(), 3, "ok-1, ok-2 and dep-on-ok");
     for out in old_outputs.iter().chain(&latest_outputs) {
         assert!(rooted(&conn, out), "one-shot roots {out}");
-        assert!(linked(&setup, out));
+        assert!(linked(&setup, &conn, out));
     }
+    let old_files: Vec<String> = old_outputs
+        .iter()
+        .filter_map(|o| root_file(&conn, o))
+        .collect();
     let copies = |ids: &[i64]| {
         ids.iter()
             .filter(|id| logs.join(format!("{id}.log.gz")).exists())
@@ -342,8 +378,8 @@ fn retention_deletes_old_evaluations_and_nothing_else() {
     // Its log copies, its attempt's, and its roots' symlinks are gone.
     assert_eq!(copies(&old_builds), 0);
     assert!(!attempt_log.exists());
-    for out in &old_outputs {
-        assert!(!linked(&setup, out), "{out}'s symlink");
+    for file in &old_files {
+        assert!(!file_linked(&setup, file), "{file}'s symlink");
     }
     // Nothing else: the latest evaluations, the pending one, their roots.
     let now: Vec<(i64, i64)> = kept.iter().map(|&(e, _)| (e, rows_of(&conn, e))).collect();
@@ -353,7 +389,7 @@ fn retention_deletes_old_evaluations_and_nothing_else() {
         "the latest builds' logs stay"
     );
     for out in &latest_outputs {
-        assert!(rooted(&conn, out) && linked(&setup, out), "{out}");
+        assert!(linked(&setup, &conn, out), "{out}");
     }
     let log = running.log_text();
     assert!(
