@@ -40,6 +40,8 @@ const BENCHES: &[(&str, Bench)] = &[
     ("bookkeeping", bookkeeping::run),
     ("restart", restart::run),
     ("api", api::run),
+    ("scale-db", api::generate_10m),
+    ("api-10m", api::run_10m),
 ];
 
 fn main() -> ExitCode {

@@ -1,7 +1,7 @@
 //! The HTTP API under load: the real `cuirass` daemon over a database of
 //! 1,000,000 builds, driven by the blocking clients of `http_client`.
 
-use crate::api_db::{self, BUILDS, Rng};
+use crate::api_db::{self, Rng, Shape};
 use crate::common::*;
 use crate::http_client::{Client, closed_loop, quantile_ms};
 use std::path::Path;
@@ -21,11 +21,12 @@ const HOL_TRIALS: usize = 50;
 const HOL_DELAY: Duration = Duration::from_micros(200);
 
 /// The path of the `i`th request of a run.
-type PathOf = fn(u64) -> String;
+type PathOf = Box<dyn Fn(u64) -> String>;
 
-/// `/build/ID` for a pseudo-random ID spread over the whole table.
-fn build_path(i: u64) -> String {
-    format!("/build/{}", 1 + Rng(i).next() % BUILDS as u64)
+/// `/build/ID` for a pseudo-random ID spread over the whole table of
+/// `builds` builds.
+fn build_path(builds: i64) -> impl Fn(u64) -> String + Send + Sync + Clone + 'static {
+    move |i| format!("/build/{}", 1 + Rng(i).next() % builds as u64)
 }
 
 /// The CPUs to pin the daemon and the load generator to, if there are two
@@ -119,7 +120,11 @@ fn sequential(client: &mut Client, path: impl Fn(u64) -> String) -> Result<(f64,
 
 /// The small request's extra wait while a large one is served, in ms
 /// (median over trials), and the large one's own time alone.
-fn head_of_line(port: u16, small_alone: f64) -> Result<(f64, f64), String> {
+fn head_of_line(
+    port: u16,
+    small_alone: f64,
+    build_path: &dyn Fn(u64) -> String,
+) -> Result<(f64, f64), String> {
     const LARGE: &str = "/api/latestbuilds?nr=1000";
     let mut large = Client::connect(port)?;
     let mut small = Client::connect(port)?;
@@ -144,9 +149,26 @@ fn head_of_line(port: u16, small_alone: f64) -> Result<(f64, f64), String> {
     ))
 }
 
+/// The figures on the 1,000,000-build database.
 pub fn run() -> Result<Vec<Figure>, String> {
+    run_on(&api_db::ONE_MILLION)
+}
+
+/// The figures on the 10,000,000-build database.
+pub fn run_10m() -> Result<Vec<Figure>, String> {
+    run_on(&api_db::TEN_MILLION)
+}
+
+/// Generates (once) the 10,000,000-build database in the 2018 schema.
+pub fn generate_10m() -> Result<Vec<Figure>, String> {
+    api_db::original(&api_db::TEN_MILLION)?;
+    Ok(Vec::new())
+}
+
+fn run_on(shape: &Shape) -> Result<Vec<Figure>, String> {
     let cuirass = cuirass_binary()?;
-    let template = api_db::template()?;
+    let template = api_db::template(shape)?;
+    let build_path = build_path(shape.builds());
     let tmp = TempDir::new("api");
     let db = tmp.path().join("cuirass.db");
     std::fs::copy(&template, &db).map_err(|e| format!("copying {}: {e}", template.display()))?;
@@ -184,14 +206,19 @@ pub fn run() -> Result<Vec<Figure>, String> {
 
     let mut client = Client::connect(port)?;
     let routes: [(&str, PathOf); 4] = [
-        ("/api/latestbuilds?nr=100", |_| {
-            "/api/latestbuilds?nr=100".into()
-        }),
-        ("/api/queue?nr=100", |_| "/api/queue?nr=100".into()),
-        ("/build/ID (random ID)", build_path),
-        ("/api/evaluations?nr=20", |_| {
-            "/api/evaluations?nr=20".into()
-        }),
+        (
+            "/api/latestbuilds?nr=100",
+            Box::new(|_| "/api/latestbuilds?nr=100".into()),
+        ),
+        (
+            "/api/queue?nr=100",
+            Box::new(|_| "/api/queue?nr=100".into()),
+        ),
+        ("/build/ID (random ID)", Box::new(build_path.clone())),
+        (
+            "/api/evaluations?nr=20",
+            Box::new(|_| "/api/evaluations?nr=20".into()),
+        ),
     ];
     let mut build_median = 0.0;
     for (name, path) in routes {
@@ -218,7 +245,7 @@ pub fn run() -> Result<Vec<Figure>, String> {
     }
     drop(client);
 
-    let (extra, large_alone) = head_of_line(port, build_median)?;
+    let (extra, large_alone) = head_of_line(port, build_median, &build_path)?;
     figures.push(
         Figure::new(
             "API head-of-line: extra wait of /build/ID behind /api/latestbuilds?nr=1000",
@@ -234,7 +261,14 @@ pub fn run() -> Result<Vec<Figure>, String> {
 
     // Warm-up at full concurrency, so that the RSS baseline includes the
     // connections' buffers and SQLite's page cache after random reads.
-    closed_loop(port, CONNECTIONS, 50_000, LOAD_LIMIT, load_cpu, build_path)?;
+    closed_loop(
+        port,
+        CONNECTIONS,
+        50_000,
+        LOAD_LIMIT,
+        load_cpu,
+        build_path.clone(),
+    )?;
     let before = rss_mib(pid)?;
     let load = closed_loop(
         port,

@@ -1,19 +1,67 @@
-//! The API benchmark's database: 1,000,000 builds over 100 evaluations,
-//! generated once with plain SQL and cached, and the original Cuirass's
-//! queries timed beside ours on it.
+//! The API benchmarks' databases, generated once with plain SQL straight
+//! into the 2018 tables and cached: 1,000,000 builds over 100 evaluations,
+//! and the farm's shape, 10,000,000 builds over 130 evaluations of 75,000
+//! jobs.  The original Cuirass's queries are timed beside ours on them.
 
 use crate::common::*;
 use rusqlite::{Connection, params};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Bump whenever the generated rows change: the cached file is keyed by it.
-pub const DB_VERSION: &str = "api-v1";
-pub const EVALUATIONS: i64 = 100;
-pub const JOBS_PER_EVALUATION: i64 = 10_000;
-pub const BUILDS: i64 = EVALUATIONS * JOBS_PER_EVALUATION;
+/// The shape of a generated database.
+pub struct Shape {
+    /// The cache directory's name: change it whenever the generated rows
+    /// change, since the cached file is keyed by it.
+    pub version: &'static str,
+    pub evaluations: i64,
+    pub jobs_per_evaluation: i64,
+    pub systems: &'static [&'static str],
+    /// The share (percent) of finished builds in the last evaluations,
+    /// newest first; older ones are all finished.
+    pub done_share: &'static [u64],
+    /// How many jobs of the second-to-last evaluation are started.
+    pub started: i64,
+    /// Whether the cache keeps a copy in the 2018 schema, before any
+    /// migration, for the upgrade benchmark.
+    pub keep_original: bool,
+}
 
-const SYSTEMS: [&str; 3] = ["x86_64-linux", "i686-linux", "aarch64-linux"];
+impl Shape {
+    pub fn builds(&self) -> i64 {
+        self.evaluations * self.jobs_per_evaluation
+    }
+}
+
+/// The 1,000,000-build database of the earlier benchmarks (18,000 queued).
+pub const ONE_MILLION: Shape = Shape {
+    version: "api-v1",
+    evaluations: 100,
+    jobs_per_evaluation: 10_000,
+    systems: &["x86_64-linux", "i686-linux", "aarch64-linux"],
+    done_share: &[0, 40, 80],
+    started: 2,
+    keep_original: false,
+};
+
+/// ci.guix.gnu.org's shape: 130 evaluations of 15,000 packages for 5
+/// systems, the last evaluation queued entirely and a third of the one
+/// before (100,000 pending, 20 of them started).
+pub const TEN_MILLION: Shape = Shape {
+    version: "scale-v1",
+    evaluations: 130,
+    jobs_per_evaluation: 75_000,
+    systems: &[
+        "x86_64-linux",
+        "i686-linux",
+        "aarch64-linux",
+        "armhf-linux",
+        "powerpc64le-linux",
+    ],
+    done_share: &[0, 67],
+    started: 20,
+    keep_original: true,
+};
+
 const SPECS: [(&str, &str); 2] = [
     ("guix-master", "master"),
     ("guix-core-updates", "core-updates"),
@@ -49,18 +97,13 @@ fn store_hash(rng: &mut Rng) -> String {
 }
 
 /// The status of a build of evaluation `eval`: older evaluations are
-/// done (mostly succeeded, Hydra-like failure rates); the last three are
-/// still being built, so the queue holds about 18,000 builds, two of
-/// them started.
-fn build_status(rng: &mut Rng, eval: i64, job: i64) -> i64 {
-    let done_share = match EVALUATIONS - eval {
-        0 => 0,
-        1 => 40,
-        2 => 80,
-        _ => 100,
-    };
-    if (rng.below(100) as i64) >= done_share {
-        return if eval == EVALUATIONS - 1 && job < 2 {
+/// done (mostly succeeded, Hydra-like failure rates); the last ones are
+/// still being built (`Shape::done_share`).
+fn build_status(shape: &Shape, rng: &mut Rng, eval: i64, job: i64) -> i64 {
+    let age = (shape.evaluations - eval) as usize;
+    let done_share = shape.done_share.get(age).copied().unwrap_or(100);
+    if rng.below(100) >= done_share {
+        return if eval == shape.evaluations - 1 && job < shape.started {
             -1
         } else {
             -2
@@ -84,11 +127,16 @@ fn outputs_of(package: i64) -> &'static [&'static str] {
     }
 }
 
-fn generate(path: &Path) -> Result<(), String> {
+/// Writes `shape`'s rows into the 2018 tables of a new file at `path`.
+fn generate_original(shape: &Shape, path: &Path) -> Result<(), String> {
     let e = |e: rusqlite::Error| format!("generating {}: {e}", path.display());
     let mut conn = Connection::open(path).map_err(e)?;
-    conn.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
-        .map_err(e)?;
+    // Derivations' primary key is inserted in random order (store hashes):
+    // a page cache of 3 GiB keeps that index in memory while it grows.
+    conn.execute_batch(
+        "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -3000000;",
+    )
+    .map_err(e)?;
     // The 2018 tables without an index: letting `Db::open` index them
     // afterwards is much faster than keeping indexes up to date row by row.
     conn.execute_batch(cuirass::db::ORIGINAL_TABLES)
@@ -106,7 +154,7 @@ fn generate(path: &Path) -> Result<(), String> {
     }
     // Each job's derivation changes in about a fifth of the evaluations,
     // as packages are updated; the rest is the same derivation again.
-    let mut drvs: Vec<String> = (0..JOBS_PER_EVALUATION)
+    let mut drvs: Vec<String> = (0..shape.jobs_per_evaluation)
         .map(|_| store_hash(&mut rng))
         .collect();
     {
@@ -126,7 +174,8 @@ fn generate(path: &Path) -> Result<(), String> {
             .prepare("INSERT INTO Outputs VALUES (?1, ?2, ?3)")
             .map_err(e)?;
         let mut id = 0i64;
-        for eval in 1..=EVALUATIONS {
+        let systems = shape.systems.len() as i64;
+        for eval in 1..=shape.evaluations {
             let spec = SPECS[(eval % 4 == 0) as usize].0;
             let revision: String = (0..40)
                 .map(|_| char::from_digit(rng.below(16) as u32, 16).unwrap())
@@ -134,11 +183,14 @@ fn generate(path: &Path) -> Result<(), String> {
             eval_stmt
                 .execute(params![eval, spec, revision])
                 .map_err(e)?;
+            if eval % 10 == 0 {
+                eprintln!("  … evaluation {eval} of {}", shape.evaluations);
+            }
             let created = FIRST_EVALUATION + eval * EVALUATION_EVERY;
-            for job in 0..JOBS_PER_EVALUATION {
+            for job in 0..shape.jobs_per_evaluation {
                 id += 1;
-                let package = job / SYSTEMS.len() as i64;
-                let system = SYSTEMS[(job % SYSTEMS.len() as i64) as usize];
+                let package = job / systems;
+                let system = shape.systems[(job % systems) as usize];
                 if rng.below(5) == 0 {
                     drvs[job as usize] = store_hash(&mut rng);
                 }
@@ -156,7 +208,7 @@ fn generate(path: &Path) -> Result<(), String> {
                         nix_name
                     ])
                     .map_err(e)?;
-                let status = build_status(&mut rng, eval, job);
+                let status = build_status(shape, &mut rng, eval, job);
                 let timestamp = created + rng.below(600) as i64;
                 let (log, start, stop) = match status {
                     -2 => (String::new(), 0, 0),
@@ -189,7 +241,7 @@ fn generate(path: &Path) -> Result<(), String> {
                     out_stmt.execute(params![id, name, path]).map_err(e)?;
                 }
             }
-            if eval == EVALUATIONS {
+            if eval == shape.evaluations {
                 tx.execute(
                     "INSERT INTO Stamps VALUES (?1, ?2)",
                     params![spec, revision],
@@ -199,32 +251,109 @@ fn generate(path: &Path) -> Result<(), String> {
         }
     }
     tx.commit().map_err(e)?;
-    drop(conn);
-    // Migrations 2 and 3, their indexes, WAL: as cuirass itself opens it.
-    let db = cuirass::db::Db::open(path).map_err(|e| e.to_string())?;
-    db.connection()
-        .execute_batch("ANALYZE; PRAGMA wal_checkpoint(TRUNCATE);")
-        .map_err(e)?;
     Ok(())
 }
 
-/// The cached database, generated on first use (about a minute).
-pub fn template() -> Result<PathBuf, String> {
-    let dir = PathBuf::from("/var/tmp/cuirass-bench").join(DB_VERSION);
+/// Migrates the 2018 database at `path` as cuirass itself opens it (every
+/// migration, its indexes, WAL), then gathers the planner's statistics.
+/// Returns the seconds `Db::open` took: the upgrade in place.
+fn migrate(path: &Path) -> Result<f64, String> {
+    let e = |e: rusqlite::Error| format!("migrating {}: {e}", path.display());
+    let start = Instant::now();
+    let db = cuirass::db::Db::open(path).map_err(|e| e.to_string())?;
+    let upgrade = secs(start.elapsed());
+    db.connection()
+        .execute_batch("ANALYZE; PRAGMA wal_checkpoint(TRUNCATE);")
+        .map_err(e)?;
+    Ok(upgrade)
+}
+
+fn remove_db(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), String> {
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", from.display()));
+    }
+    std::fs::rename(from, to).map_err(|e| format!("{}: {e}", to.display()))
+}
+
+/// The cache directory of `shape`.
+pub fn cache_dir(shape: &Shape) -> PathBuf {
+    PathBuf::from("/var/tmp/cuirass-bench").join(shape.version)
+}
+
+/// The cached 2018 database of `shape` (`original.db`), generated on
+/// first use, when `shape.keep_original`.
+pub fn original(shape: &Shape) -> Result<PathBuf, String> {
+    let dir = cache_dir(shape);
+    let path = dir.join("original.db");
+    if path.exists() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tmp = dir.join(format!("original.db.{}", std::process::id()));
+    eprintln!(
+        "  generating {} builds into {}…",
+        shape.builds(),
+        path.display()
+    );
+    let start = Instant::now();
+    let made = generate_original(shape, &tmp);
+    if made.is_err() {
+        remove_db(&tmp);
+    }
+    made?;
+    rename(&tmp, &path)?;
+    eprintln!("  generated in {:.0} s", start.elapsed().as_secs_f64());
+    Ok(path)
+}
+
+/// The cached, migrated and analyzed database of `shape` (`builds.db`),
+/// made on first use; when `shape.keep_original`, from a copy of
+/// [`original`], and the time its upgrade took is kept beside it in
+/// `upgrade-seconds`.
+pub fn template(shape: &Shape) -> Result<PathBuf, String> {
+    let dir = cache_dir(shape);
     let path = dir.join("builds.db");
     if path.exists() {
         return Ok(path);
     }
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let tmp = dir.join(format!("builds.db.{}", std::process::id()));
-    eprintln!("  generating {BUILDS} builds into {}…", path.display());
     let start = Instant::now();
-    generate(&tmp)?;
-    for suffix in ["-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", tmp.display()));
+    let made = (|| {
+        if shape.keep_original {
+            let original = original(shape)?;
+            std::fs::copy(&original, &tmp)
+                .map_err(|e| format!("copying {}: {e}", original.display()))?;
+        } else {
+            eprintln!(
+                "  generating {} builds into {}…",
+                shape.builds(),
+                path.display()
+            );
+            generate_original(shape, &tmp)?;
+        }
+        eprintln!("  migrating {}…", tmp.display());
+        migrate(&tmp)
+    })();
+    match made {
+        Ok(upgrade) => {
+            let note = dir.join("upgrade-seconds");
+            std::fs::write(&note, format!("{upgrade:.1}\n"))
+                .map_err(|e| format!("{}: {e}", note.display()))?;
+        }
+        Err(e) => {
+            remove_db(&tmp);
+            return Err(e);
+        }
     }
-    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
-    eprintln!("  generated in {:.0} s", start.elapsed().as_secs_f64());
+    rename(&tmp, &path)?;
+    eprintln!("  made in {:.0} s", start.elapsed().as_secs_f64());
     Ok(path)
 }
 
