@@ -3,6 +3,7 @@
 //! bounded by a limit, except where a comment gives the cost.
 
 use super::read::{BUILD_COLUMNS, BuildView, EVAL_COLUMNS, build_joins, build_row};
+use super::search::NAME_LOOKUPS;
 use super::{Db, EvalId, Result, eval_status, status};
 use rusqlite::{OptionalExtension, Row, params};
 
@@ -117,14 +118,19 @@ fn eval_row(r: &Row) -> rusqlite::Result<EvalSummary> {
     })
 }
 
-/// How many of the most recent builds a job-name search looks at.
+/// How many of the most recent builds `/search/latest` looks at when
+/// its query names no job, only a specification, system or status.
 pub const SEARCH_WINDOW: i64 = 50_000;
 
-/// The builds a search found, and whether older builds were left out.
-#[derive(Debug, Default)]
-pub struct Search {
-    pub builds: Vec<BuildView>,
-    pub stopped_early: bool,
+/// The joins from an evaluation's derivations, walked in the order they
+/// were registered (`Derivations_evaluation`, rowid order), to their
+/// builds, evaluation and specification.
+fn derivation_joins() -> &'static str {
+    "FROM Derivations d INDEXED BY Derivations_evaluation
+     CROSS JOIN Builds b INDEXED BY Builds_derivation
+       ON b.derivation = d.derivation AND b.evaluation = d.evaluation
+     CROSS JOIN Evaluations e ON e.id = d.evaluation
+     LEFT JOIN Specifications s ON s.repo_name = e.specification"
 }
 
 /// Prometheus buckets count everything up to their bound; `per_bucket`
@@ -146,13 +152,14 @@ fn cumulative(bounds: impl Iterator<Item = f64>, per_bucket: &[i64], sum: f64) -
 }
 
 impl Db {
-    /// Counts one evaluation's builds through `Builds_evaluation`
-    /// (evaluation, status): an index-only walk of its builds.
+    /// Counts one evaluation's builds by status, as `BuildCounts` keeps
+    /// them (migration 10): a few rows, where counting walked the
+    /// evaluation's 75,000 builds.
     pub fn evaluation_counts(&self, eval: EvalId) -> Result<Counts> {
         let mut counts = Counts::default();
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT status, COUNT(*) FROM Builds WHERE evaluation = ?1 GROUP BY status",
-        )?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT status, count FROM BuildCounts WHERE evaluation = ?1")?;
         let mut rows = stmt.query([eval])?;
         while let Some(r) = rows.next()? {
             counts.add(r.get(0)?, r.get(1)?);
@@ -222,23 +229,14 @@ impl Db {
             .is_some())
     }
 
-    fn eval_builds_where(filter: &EvalBuildFilter) -> String {
-        // `+b.status` keeps the planner on (evaluation, status) for the
-        // evaluation alone, which is the selective part.
-        format!(
-            "{} WHERE b.evaluation = ?1
-               AND (?2 IS NULL OR +b.status BETWEEN ?2 AND ?3)
-               AND {}",
-            build_joins("Builds b", "JOIN"),
-            match filter.job {
-                Some(_) => "d.job_name LIKE ?4 ESCAPE '\\'",
-                None => "?4 IS NULL",
-            }
-        )
-    }
-
-    /// One page of an evaluation's builds, by id, and how many match in
-    /// all.  The count walks every matching build of the evaluation.
+    /// One page of an evaluation's builds and how many match in all.
+    /// Unfiltered, in the order they were registered (their ids'); with a
+    /// status filter, by status then id, the order of `Builds_evaluation`
+    /// (evaluation, status), so no page sorts the evaluation's 75,000
+    /// builds.  Totals come from `BuildCounts`.  A job filter goes through
+    /// the job names ([`Db::job_names_matching`]): a seek per matching
+    /// name, or, past [`NAME_LOOKUPS`] names, a walk of the evaluation
+    /// that counts every match.
     pub fn evaluation_builds(
         &self,
         eval: EvalId,
@@ -247,12 +245,68 @@ impl Db {
         offset: u64,
     ) -> Result<(Vec<BuildView>, i64)> {
         let (lo, hi) = filter.status.unzip();
+        if let Some(job) = &filter.job {
+            let names = self.job_names_matching(job)?;
+            if names.len() <= NAME_LOOKUPS {
+                let ids = self.evaluation_jobs_named(eval, &names, filter.status)?;
+                let page: Vec<_> = ids
+                    .iter()
+                    .skip(offset as usize)
+                    .take(limit as usize)
+                    .copied()
+                    .collect();
+                return Ok((self.builds_by_id(&page)?, ids.len() as i64));
+            }
+            return self.evaluation_builds_like(eval, filter, limit, offset);
+        }
+        let sql = match filter.status {
+            None => format!(
+                "{BUILD_COLUMNS} {} WHERE d.evaluation = ?1 AND ?2 IS NULL
+                 ORDER BY d.rowid LIMIT ?4 OFFSET ?5",
+                derivation_joins()
+            ),
+            Some(_) => format!(
+                "{BUILD_COLUMNS} {} WHERE b.evaluation = ?1 AND b.status BETWEEN ?2 AND ?3
+                 ORDER BY b.status, b.id LIMIT ?4 OFFSET ?5",
+                build_joins("Builds b INDEXED BY Builds_evaluation", "CROSS JOIN")
+            ),
+        };
+        let builds = self
+            .conn
+            .prepare_cached(&sql)?
+            .query_map(params![eval, lo, hi, limit, offset as i64], build_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let total = self
+            .conn
+            .prepare_cached(
+                "SELECT TOTAL(count) FROM BuildCounts WHERE evaluation = ?1
+                 AND (?2 IS NULL OR status BETWEEN ?2 AND ?3)",
+            )?
+            .query_row(params![eval, lo, hi], |r| r.get::<_, f64>(0))?;
+        Ok((builds, total as i64))
+    }
+
+    /// The job filter over a whole evaluation, for a substring that
+    /// matches more than [`NAME_LOOKUPS`] job names: a walk of its
+    /// builds, each joined with its derivation, counted in full.
+    fn evaluation_builds_like(
+        &self,
+        eval: EvalId,
+        filter: &EvalBuildFilter,
+        limit: u32,
+        offset: u64,
+    ) -> Result<(Vec<BuildView>, i64)> {
+        let (lo, hi) = filter.status.unzip();
         let pattern = filter.job.as_deref().map(like_substring);
-        let clause = Db::eval_builds_where(filter);
+        let clause = format!(
+            "{} WHERE d.evaluation = ?1 AND (?2 IS NULL OR b.status BETWEEN ?2 AND ?3)
+               AND d.job_name LIKE ?4 ESCAPE '\\'",
+            derivation_joins()
+        );
         let builds = self
             .conn
             .prepare_cached(&format!(
-                "{BUILD_COLUMNS} {clause} ORDER BY b.id LIMIT ?5 OFFSET ?6"
+                "{BUILD_COLUMNS} {clause} ORDER BY d.rowid LIMIT ?5 OFFSET ?6"
             ))?
             .query_map(
                 params![eval, lo, hi, pattern, limit, offset as i64],
@@ -266,54 +320,24 @@ impl Db {
         Ok((builds, total))
     }
 
-    /// Builds whose job name contains `needle`, newest first.  The walk
-    /// goes down the build ids and stops after `limit` matches, so a
-    /// common name is quick; a name that matches nothing reads every
-    /// build once.
-    pub fn search_builds(&self, needle: &str, limit: u32) -> Result<Search> {
-        // A substring search walks builds newest first and can meet few
-        // matches in a million rows, all in the loop's thread: it looks at
-        // the SEARCH_WINDOW most recent builds only, and says so.
-        let sql = format!(
-            "{BUILD_COLUMNS} {}
-             WHERE d.job_name LIKE ?1 ESCAPE '\\'
-               AND b.id > (SELECT COALESCE(MAX(id), 0) FROM Builds) - ?3
-             ORDER BY b.id DESC LIMIT ?2",
-            build_joins("Builds b", "CROSS JOIN")
-        );
-        let builds = self
-            .conn
-            .prepare_cached(&sql)?
-            .query_map(
-                params![like_substring(needle), limit, SEARCH_WINDOW],
-                build_row,
-            )?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let total: i64 = self
-            .conn
-            .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM Builds")?
-            .query_row([], |r| r.get(0))?;
-        Ok(Search {
-            stopped_early: (builds.len() as u32) < limit && total > SEARCH_WINDOW,
-            builds,
-        })
-    }
-
-    /// What `/metrics` shows.  Build counts are an index-only pass over
-    /// every build (`Builds_status_stoptime`, about 45 ms on a million);
-    /// build durations come from the histogram kept as builds finish
-    /// (`BuildDurations`); the rest reads small tables or the queue's
-    /// partial index.
+    /// What `/metrics` shows.  Build counts come from `BuildCounts`
+    /// (counting every build took half a second on ten million), build
+    /// durations from the histogram kept as builds finish
+    /// (`BuildDurations`); the rest reads small tables.
     pub fn metrics(&self, eval_buckets: &[f64]) -> Result<DbMetrics> {
         let builds: Vec<(i64, i64)> = self
             .conn
-            .prepare_cached("SELECT status, COUNT(*) FROM Builds GROUP BY status ORDER BY status")?
+            .prepare_cached(
+                "SELECT status, SUM(count) AS n FROM BuildCounts GROUP BY status
+                 HAVING n > 0 ORDER BY status",
+            )?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
-        let queue_length = self
-            .conn
-            .prepare_cached("SELECT COUNT(*) FROM Builds WHERE status < 0")?
-            .query_row([], |r| r.get(0))?;
+        let queue_length = builds
+            .iter()
+            .filter(|(st, _)| *st < 0)
+            .map(|(_, n)| n)
+            .sum();
         let evaluations: Vec<(i64, i64)> = self
             .conn
             .prepare_cached(

@@ -357,6 +357,26 @@ pub fn template(shape: &Shape) -> Result<PathBuf, String> {
     Ok(path)
 }
 
+/// The upgrade in place of `shape`'s 2018 database, timed when its
+/// cache was made.
+pub fn upgrade_figure(shape: &Shape) -> Result<Figure, String> {
+    let note = cache_dir(shape).join("upgrade-seconds");
+    let text = std::fs::read_to_string(&note).map_err(|e| format!("{}: {e}", note.display()))?;
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{}: not a number", note.display()))?;
+    Ok(Figure::new(
+        &format!(
+            "upgrade in place of the 2018 database of {} builds (every migration, Db::open)",
+            shape.builds()
+        ),
+        secs,
+        "s",
+        None,
+    ))
+}
+
 /// The original's `db-build-request`: one statement compiled per call,
 /// and then one more per build for its outputs (`db-get-outputs`).
 const ORIGINAL_BUILDS: &str = "SELECT Builds.id, Builds.timestamp, Builds.starttime,
