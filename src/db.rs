@@ -694,4 +694,6 @@ pub(crate) fn query_plan(conn: &Connection, sql: &str, params: impl rusqlite::Pa
 }
 
 #[cfg(test)]
+mod scale_tests;
+#[cfg(test)]
 mod tests;

@@ -133,6 +133,25 @@ fn derivation_joins() -> &'static str {
      LEFT JOIN Specifications s ON s.repo_name = e.specification"
 }
 
+/// The SQL of a page of an evaluation's builds (evaluation ?1, status
+/// range ?2–?3, ?4 builds after ?5): unfiltered, its derivations in
+/// registration order; by status, down `Builds_evaluation` (evaluation,
+/// status) in that index's order.
+pub(crate) fn eval_page_sql(by_status: bool) -> String {
+    match by_status {
+        false => format!(
+            "{BUILD_COLUMNS} {} WHERE d.evaluation = ?1 AND ?2 IS NULL
+             ORDER BY d.rowid LIMIT ?4 OFFSET ?5",
+            derivation_joins()
+        ),
+        true => format!(
+            "{BUILD_COLUMNS} {} WHERE b.evaluation = ?1 AND b.status BETWEEN ?2 AND ?3
+             ORDER BY b.status, b.id LIMIT ?4 OFFSET ?5",
+            build_joins("Builds b INDEXED BY Builds_evaluation", "CROSS JOIN")
+        ),
+    }
+}
+
 /// Prometheus buckets count everything up to their bound; `per_bucket`
 /// has one more entry than `bounds`, for what is above the last.
 fn cumulative(bounds: impl Iterator<Item = f64>, per_bucket: &[i64], sum: f64) -> Histogram {
@@ -259,18 +278,7 @@ impl Db {
             }
             return self.evaluation_builds_like(eval, filter, limit, offset);
         }
-        let sql = match filter.status {
-            None => format!(
-                "{BUILD_COLUMNS} {} WHERE d.evaluation = ?1 AND ?2 IS NULL
-                 ORDER BY d.rowid LIMIT ?4 OFFSET ?5",
-                derivation_joins()
-            ),
-            Some(_) => format!(
-                "{BUILD_COLUMNS} {} WHERE b.evaluation = ?1 AND b.status BETWEEN ?2 AND ?3
-                 ORDER BY b.status, b.id LIMIT ?4 OFFSET ?5",
-                build_joins("Builds b INDEXED BY Builds_evaluation", "CROSS JOIN")
-            ),
-        };
+        let sql = eval_page_sql(filter.status.is_some());
         let builds = self
             .conn
             .prepare_cached(&sql)?

@@ -70,6 +70,30 @@ const SPECS: [(&str, &str); 2] = [
 const FIRST_EVALUATION: i64 = 1_500_000_000;
 const EVALUATION_EVERY: i64 = 6 * 3600;
 
+fn insert_specifications(conn: &Connection) -> rusqlite::Result<()> {
+    for (name, branch) in SPECS {
+        conn.execute(
+            "INSERT OR IGNORE INTO Specifications
+               VALUES (?1, 'https://git.savannah.gnu.org/git/guix.git',
+               '.', 'build-aux/cuirass/gnu-system.scm', 'cuirass-jobs',
+               '((subset . \"all\"))', ?2, NULL, NULL, 1)",
+            params![name, branch],
+        )?;
+    }
+    Ok(())
+}
+
+/// Puts the specifications back into the database at `path` once the
+/// daemon has started without them (see [`side_by_side`]): the pages
+/// that list them read the table at each request, while the daemon,
+/// which read it at start-up, stays idle.
+pub fn restore_specifications(path: &Path) -> Result<(), String> {
+    let conn = Connection::open(path).map_err(|e| e.to_string())?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    insert_specifications(&conn).map_err(|e| e.to_string())
+}
+
 /// splitmix64: reproducible without a dependency.
 pub struct Rng(pub u64);
 
@@ -143,15 +167,7 @@ fn generate_original(shape: &Shape, path: &Path) -> Result<(), String> {
         .map_err(e)?;
     let tx = conn.transaction().map_err(e)?;
     let mut rng = Rng(42);
-    for (name, branch) in SPECS {
-        tx.execute(
-            "INSERT INTO Specifications VALUES (?1, 'https://git.savannah.gnu.org/git/guix.git',
-               '.', 'build-aux/cuirass/gnu-system.scm', 'cuirass-jobs',
-               '((subset . \"all\"))', ?2, NULL, NULL, 1)",
-            params![name, branch],
-        )
-        .map_err(e)?;
-    }
+    insert_specifications(&tx).map_err(e)?;
     // Each job's derivation changes in about a fifth of the evaluations,
     // as packages are updated; the rest is the same derivation again.
     let mut drvs: Vec<String> = (0..shape.jobs_per_evaluation)
