@@ -40,6 +40,7 @@ const BENCHES: &[(&str, Bench)] = &[
     ("bookkeeping", bookkeeping::run),
     ("restart", restart::run),
     ("api", api::run),
+    ("restart-1m", restart::run_1m),
     ("scale-db", api::generate_10m),
     ("api-10m", api::run_10m),
 ];

@@ -279,7 +279,10 @@ fn run_on(shape: &Shape) -> Result<Vec<Figure>, String> {
     let tmp = TempDir::new("api");
     let db = tmp.path().join("cuirass.db");
     std::fs::copy(&template, &db).map_err(|e| format!("copying {}: {e}", template.display()))?;
-    let mut figures = api_db::side_by_side(&db)?;
+    let mut figures = match shape.keep_original {
+        false => api_db::side_by_side(&db)?,
+        true => api_db::without_comparison(&db)?,
+    };
     let pin = cpus();
     let (daemon_cpu, load_cpu) = (pin.map(|p| p.0), pin.map(|p| p.1));
     // This thread sends the sequential requests; the later benchmarks,
@@ -297,7 +300,10 @@ fn run_on(shape: &Shape) -> Result<Vec<Figure>, String> {
     };
     figures.push(
         Figure::new(
-            "API: daemon start-up over 1,000,000 builds until /api/queue?nr=1 answers",
+            &format!(
+                "API: daemon start-up over {} builds until /api/queue?nr=1 answers",
+                shape.builds()
+            ),
             ready,
             "s",
             None,
