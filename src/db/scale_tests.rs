@@ -215,15 +215,16 @@ fn an_evaluation_page_filters_by_job_through_the_names() {
 /// evaluations of 75,000 jobs, as ANALYZE wrote it.
 const TEN_MILLION_STATS: &str = "ANALYZE; DELETE FROM sqlite_stat1;
      INSERT INTO sqlite_stat1 VALUES
-       ('Builds', 'Builds_evaluation', '9750000 75000 13393'),
-       ('Builds', 'Builds_finished', '9650000 2 1'),
-       ('Builds', 'Builds_queue', '100000 50000 7 1'),
-       ('Builds', 'Builds_derivation', '9750000 5 1'),
+       ('Builds', 'Builds_evaluation', '9750000 75000 15047'),
+       ('Builds', 'Builds_finished', '9650148 5 1'),
+       ('Builds', 'Builds_queue', '99852 49926 83 1'),
+       ('Builds', 'Builds_derivation', '9750000 4 1'),
        ('Derivations', 'Derivations_job_name', '9750000 130 1'),
        ('Derivations', 'Derivations_evaluation', '9750000 75000'),
-       ('Derivations', 'sqlite_autoindex_Derivations_1', '9750000 5 1'),
-       ('Outputs', 'Outputs_path', '12000000 2'),
-       ('BuildCounts', 'BuildCounts', '700 6 1'),
+       ('Derivations', 'sqlite_autoindex_Derivations_1', '9750000 4 1'),
+       ('Outputs', 'Outputs_path', '12750400 1'),
+       ('Outputs', 'sqlite_autoindex_Outputs_1', '12750400 2 1'),
+       ('BuildCounts', 'BuildCounts', '648 5 1'),
        ('JobNames', 'sqlite_autoindex_JobNames_1', '75000 1');
      ANALYZE sqlite_schema;";
 
