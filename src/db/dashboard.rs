@@ -265,7 +265,7 @@ impl Db {
     ) -> Result<(Vec<BuildView>, i64)> {
         let (lo, hi) = filter.status.unzip();
         if let Some(job) = &filter.job {
-            let names = self.job_names_matching(job)?;
+            let names = self.job_names_matching(job, NAME_LOOKUPS + 1)?;
             if names.len() <= NAME_LOOKUPS {
                 let ids = self.evaluation_jobs_named(eval, &names, filter.status)?;
                 let page: Vec<_> = ids

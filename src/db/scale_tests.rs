@@ -85,8 +85,8 @@ fn a_2018_database_gains_its_counts_and_job_names() {
     let db = Db::setup(conn).unwrap();
     assert_eq!(db.user_version().unwrap(), 10);
     counts_agree(&db);
-    assert_eq!(db.job_names_matching("ell").unwrap(), ["hello"]);
-    assert_eq!(db.job_names_matching("e").unwrap().len(), 2);
+    assert_eq!(db.job_names_matching("ell", 10).unwrap(), ["hello"]);
+    assert_eq!(db.job_names_matching("e", 10).unwrap().len(), 2);
 }
 
 /// A database of `evals` evaluations of the same `names` jobs.
@@ -238,13 +238,23 @@ fn searches_and_evaluation_pages_walk_indexes_with_ten_million_builds() {
         query_plan(conn, sql, rusqlite::params_from_iter(params))
     };
     let sorted = |p: &str| p.contains("TEMP B-TREE");
-    let p = plan(search::BUILDS_OF_NAME, 7);
+    let p = plan(search::DERIVATIONS_OF_NAME, 3);
+    assert!(
+        p == "SEARCH d USING COVERING INDEX Derivations_job_name (job_name=? AND evaluation>?)",
+        "{p}"
+    );
+    let p = plan(search::FILTERED_DERIVATIONS_OF_NAME, 7);
     assert!(
         p.starts_with("SEARCH d USING INDEX Derivations_job_name") && !sorted(&p),
         "{p}"
     );
+    let p = plan(search::BUILD_OF_DERIVATION_ROW, 1);
+    assert!(
+        p.contains("Builds_derivation (derivation=? AND evaluation=?)"),
+        "{p}"
+    );
     let p = plan(search::JOBS_OF_EVALUATION, 1);
-    assert!(p.contains("Derivations_evaluation"), "{p}");
+    assert!(p.contains("Derivations_evaluation") && !sorted(&p), "{p}");
     let p = plan(search::BUILD_OF_JOB, 4);
     assert!(
         p.contains("Builds_derivation (derivation=? AND evaluation=?)"),

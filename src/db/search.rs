@@ -8,14 +8,14 @@
 //! - few names: each name's builds down `Derivations_job_name` (job name,
 //!   evaluation), newest evaluation first, stopping at the evaluations the
 //!   answer no longer needs;
-//! - many names: evaluations newest first, each one's jobs checked against
-//!   the names, stopping once enough builds are found.  Many matching
-//!   names make matches dense, so few jobs are read.
+//! - many names (more than [`NAME_LOOKUPS`]; they are not all fetched):
+//!   evaluations newest first, each one's jobs newest first, each name
+//!   checked against the words, stopping once enough builds are found.
+//!   Many matching names make matches dense, so few jobs are read.
 
 use super::read::{BUILD_COLUMNS, BuildView, SearchQuery, build_joins, build_row};
 use super::{BuildId, Db, EvalId, Result};
 use rusqlite::{OptionalExtension, params};
-use std::collections::HashSet;
 
 /// Up to this many matching names, each name's builds are looked up (a
 /// seek each, about 10 µs); beyond, evaluations are walked.  On 75,000
@@ -38,7 +38,7 @@ pub struct Search {
 
 /// Filters besides the job name (`None`: any).
 #[derive(Debug, Clone, Copy, Default)]
-struct Filters<'a> {
+pub(super) struct Filters<'a> {
     specification: Option<&'a str>,
     system: Option<&'a str>,
     status: Option<(i64, i64)>,
@@ -49,76 +49,118 @@ fn phrase(needle: &str) -> String {
     format!("\"{}\"", needle.replace('"', "\"\""))
 }
 
-/// One name's builds in evaluations from ?2 on, newest first: a walk
-/// down `Derivations_job_name` from the newest evaluation, each step a
-/// seek in `Builds_derivation`.  The indexes are named and the join
-/// order pinned for the reasons given at `read::PREVIOUS_FINISHED_BUILD`.
-pub(crate) const BUILDS_OF_NAME: &str =
-    "SELECT d.evaluation, b.id FROM Derivations d INDEXED BY Derivations_job_name
+/// One name's derivations in evaluations from ?2 on, newest first, at
+/// most ?3: (evaluation, derivation rowid) read from
+/// `Derivations_job_name` (job name, evaluation) alone, an index-only
+/// walk from the newest evaluation.  A derivation's rowid orders an
+/// evaluation's jobs as their builds' ids do: both are given as the jobs
+/// are registered.
+pub(crate) const DERIVATIONS_OF_NAME: &str =
+    "SELECT d.evaluation, d.rowid FROM Derivations d INDEXED BY Derivations_job_name
+     WHERE d.job_name = CAST(?1 AS TEXT) AND d.evaluation >= CAST(?2 AS INTEGER)
+     ORDER BY d.evaluation DESC LIMIT ?3";
+
+/// The same with the filters of `/search/latest` (specification ?4,
+/// system ?5, statuses ?6–?7), each step a seek in `Builds_derivation`.
+/// The indexes are named and the join order pinned for the reasons
+/// given at `read::PREVIOUS_FINISHED_BUILD`.
+pub(crate) const FILTERED_DERIVATIONS_OF_NAME: &str =
+    "SELECT d.evaluation, d.rowid FROM Derivations d INDEXED BY Derivations_job_name
      CROSS JOIN Builds b INDEXED BY Builds_derivation
        ON b.derivation = d.derivation AND b.evaluation = d.evaluation
      CROSS JOIN Evaluations e ON e.id = d.evaluation
      WHERE d.job_name = CAST(?1 AS TEXT) AND d.evaluation >= CAST(?2 AS INTEGER)
-       AND (?3 IS NULL OR e.specification = ?3) AND (?4 IS NULL OR d.system = ?4)
-       AND (?5 IS NULL OR b.status BETWEEN ?5 AND ?6)
-     ORDER BY d.evaluation DESC LIMIT ?7";
+       AND (?4 IS NULL OR e.specification = ?4) AND (?5 IS NULL OR d.system = ?5)
+       AND (?6 IS NULL OR b.status BETWEEN ?6 AND ?7)
+     ORDER BY d.evaluation DESC LIMIT ?3";
 
-/// One evaluation's job names and derivation rows, through
-/// `Derivations_evaluation`: the walk over evaluations.
+/// The build of the derivation row ?1.
+pub(crate) const BUILD_OF_DERIVATION_ROW: &str = "SELECT b.id FROM Derivations d
+     CROSS JOIN Builds b INDEXED BY Builds_derivation
+       ON b.derivation = d.derivation AND b.evaluation = d.evaluation
+     WHERE d.rowid = CAST(?1 AS INTEGER)";
+
+/// One evaluation's jobs, newest first, through `Derivations_evaluation`
+/// walked backwards: the walk over evaluations.
 pub(crate) const JOBS_OF_EVALUATION: &str =
     "SELECT d.job_name, d.derivation, d.system FROM Derivations d INDEXED BY Derivations_evaluation
-     WHERE d.evaluation = CAST(?1 AS INTEGER)";
+     WHERE d.evaluation = CAST(?1 AS INTEGER) ORDER BY d.rowid DESC";
 
 /// The build of (derivation ?1, evaluation ?2) if its status is in range.
 pub(crate) const BUILD_OF_JOB: &str = "SELECT b.id FROM Builds b INDEXED BY Builds_derivation
      WHERE b.derivation = CAST(?1 AS TEXT) AND b.evaluation = CAST(?2 AS INTEGER)
        AND (?3 IS NULL OR b.status BETWEEN ?3 AND ?4)";
 
+/// Whether `name` contains `word`, ignoring case as the trigram index does
+/// (for the ASCII of job names).
+fn contains(name: &str, word: &str) -> bool {
+    let (name, word) = (name.as_bytes(), word.as_bytes());
+    word.is_empty()
+        || name
+            .windows(word.len())
+            .any(|w| w.eq_ignore_ascii_case(word))
+}
+
+/// How the builds of a search are found.
+enum Plan {
+    /// These names, each looked up.
+    Names(Vec<String>),
+    /// Too many names: every job tested against the words.
+    Walk,
+}
+
 impl Db {
-    /// The distinct job names containing `needle` (case-insensitive):
-    /// through the trigram index for three characters or more, else a
-    /// scan of the names (75,000 on ci.guix, a few milliseconds).
-    pub fn job_names_matching(&self, needle: &str) -> Result<Vec<String>> {
+    /// The distinct job names containing `needle` (case-insensitive), at
+    /// most `limit`: through the trigram index for three characters or
+    /// more, else a scan of the names (75,000 on ci.guix, a few
+    /// milliseconds when few match).
+    pub fn job_names_matching(&self, needle: &str, limit: usize) -> Result<Vec<String>> {
         let (sql, arg) = if needle.chars().count() >= 3 {
             (
-                "SELECT name FROM JobNamesText WHERE JobNamesText MATCH ?1",
+                "SELECT name FROM JobNamesText WHERE JobNamesText MATCH ?1 LIMIT ?2",
                 phrase(needle),
             )
         } else {
             (
-                "SELECT name FROM JobNames WHERE name LIKE ?1 ESCAPE '\\'",
+                "SELECT name FROM JobNames WHERE name LIKE ?1 ESCAPE '\\' LIMIT ?2",
                 super::dashboard::like_substring(needle),
             )
         };
         let names = self
             .conn
             .prepare_cached(sql)?
-            .query_map([arg], |r| r.get(0))?
+            .query_map(params![arg, limit as i64], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(names)
     }
 
-    /// The names containing every one of `words`.
-    fn names_with_all(&self, words: &[String]) -> Result<Vec<String>> {
-        let mut names: Option<Vec<String>> = None;
+    /// The names containing every one of `words`, when the rarest word
+    /// has at most [`NAME_LOOKUPS`] of them.
+    fn plan(&self, words: &[String]) -> Result<Plan> {
+        let mut rarest: Option<Vec<String>> = None;
         for w in words {
-            let found = self.job_names_matching(w)?;
-            names = Some(match names {
-                None => found,
-                Some(prev) => {
-                    let found: HashSet<String> = found.into_iter().collect();
-                    prev.into_iter().filter(|n| found.contains(n)).collect()
-                }
-            });
+            let names = self.job_names_matching(w, NAME_LOOKUPS + 1)?;
+            if rarest.as_ref().is_none_or(|r| names.len() < r.len()) {
+                rarest = Some(names);
+            }
         }
-        Ok(names.unwrap_or_default())
+        Ok(match rarest {
+            Some(names) if names.len() <= NAME_LOOKUPS => Plan::Names(
+                names
+                    .into_iter()
+                    .filter(|n| words.iter().all(|w| contains(n, w)))
+                    .collect(),
+            ),
+            Some(_) => Plan::Walk,
+            None => Plan::Names(Vec::new()),
+        })
     }
 
     /// Builds whose job name contains `needle`, newest first, at most
     /// `limit`, over every build ever recorded.
     pub fn search_builds(&self, needle: &str, limit: u32) -> Result<Search> {
-        let names = self.job_names_matching(needle)?;
-        let (ids, stopped_early) = self.builds_of_names(&names, Filters::default(), limit)?;
+        let words = [needle.to_string()];
+        let (ids, stopped_early) = self.builds_matching(&words, Filters::default(), limit)?;
         Ok(Search {
             builds: self.builds_by_id(&ids)?,
             stopped_early,
@@ -132,48 +174,64 @@ impl Db {
         if query.words.is_empty() {
             return self.search_latest_window(query);
         }
-        let names = self.names_with_all(&query.words)?;
         let filters = Filters {
             specification: query.specification.as_deref(),
             system: query.system.as_deref(),
             status: query.status,
         };
-        let (ids, _) = self.builds_of_names(&names, filters, 1)?;
+        let (ids, _) = self.builds_matching(&query.words, filters, 1)?;
         match ids.first() {
             Some(&id) => self.build(id),
             None => Ok(None),
         }
     }
 
-    /// The ids of up to `limit` builds of jobs named `names` passing
-    /// `f`, newest evaluation first, and whether the walk stopped early.
-    fn builds_of_names(
+    /// The ids of up to `limit` builds whose job name contains every one
+    /// of `words` and that pass `f`, newest evaluation first, and whether
+    /// the walk stopped early.
+    fn builds_matching(
+        &self,
+        words: &[String],
+        f: Filters,
+        limit: u32,
+    ) -> Result<(Vec<BuildId>, bool)> {
+        if limit == 0 {
+            return Ok((Vec::new(), false));
+        }
+        match self.plan(words)? {
+            Plan::Names(names) => Ok((self.lookup_names(&names, f, limit)?, false)),
+            Plan::Walk => self.walk_evaluations(words, f, limit),
+        }
+    }
+
+    pub(super) fn lookup_names(
         &self,
         names: &[String],
         f: Filters,
         limit: u32,
-    ) -> Result<(Vec<BuildId>, bool)> {
-        if names.is_empty() || limit == 0 {
-            return Ok((Vec::new(), false));
-        }
-        if names.len() <= NAME_LOOKUPS {
-            return Ok((self.lookup_names(names, f, limit)?, false));
-        }
-        self.walk_evaluations(names, f, limit)
-    }
-
-    fn lookup_names(&self, names: &[String], f: Filters, limit: u32) -> Result<Vec<BuildId>> {
+    ) -> Result<Vec<BuildId>> {
+        let filtered = f.specification.is_some() || f.system.is_some() || f.status.is_some();
         let (lo, hi) = f.status.unzip();
-        let mut stmt = self.conn.prepare_cached(BUILDS_OF_NAME)?;
-        // (evaluation, build), best first; once `limit` are found, a name
-        // need only be looked at from the last one's evaluation on.
-        let mut found: Vec<(EvalId, BuildId)> = Vec::new();
+        let mut stmt = self.conn.prepare_cached(match filtered {
+            true => FILTERED_DERIVATIONS_OF_NAME,
+            false => DERIVATIONS_OF_NAME,
+        })?;
+        // (evaluation, derivation row), best first; once `limit` are
+        // found, a name need only be looked at from the last one's
+        // evaluation on.
+        let mut found: Vec<(EvalId, i64)> = Vec::new();
         let mut since: EvalId = i64::MIN;
         for name in names {
-            let rows = stmt.query_map(
-                params![name, since, f.specification, f.system, lo, hi, limit],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
+            fn pair(r: &rusqlite::Row) -> rusqlite::Result<(EvalId, i64)> {
+                Ok((r.get(0)?, r.get(1)?))
+            }
+            let rows = match filtered {
+                true => stmt.query_map(
+                    params![name, since, limit, f.specification, f.system, lo, hi],
+                    pair,
+                )?,
+                false => stmt.query_map(params![name, since, limit], pair)?,
+            };
             for row in rows {
                 found.push(row?);
             }
@@ -185,16 +243,22 @@ impl Db {
         }
         found.sort_unstable_by(|a, b| b.cmp(a));
         found.truncate(limit as usize);
-        Ok(found.into_iter().map(|(_, id)| id).collect())
+        let mut build = self.conn.prepare_cached(BUILD_OF_DERIVATION_ROW)?;
+        let mut ids = Vec::with_capacity(found.len());
+        for (_, row) in found {
+            if let Some(id) = build.query_row([row], |r| r.get(0)).optional()? {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
     }
 
-    fn walk_evaluations(
+    pub(super) fn walk_evaluations(
         &self,
-        names: &[String],
+        words: &[String],
         f: Filters,
         limit: u32,
     ) -> Result<(Vec<BuildId>, bool)> {
-        let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
         let (lo, hi) = f.status.unzip();
         let evals: Vec<EvalId> = self
             .conn
@@ -209,36 +273,31 @@ impl Db {
         let mut ids = Vec::new();
         let mut read = 0;
         for eval in evals {
-            if read >= WALK_BUDGET {
-                return Ok((ids, true));
-            }
-            let mut in_eval = Vec::new();
             let mut rows = jobs.query([eval])?;
             while let Some(r) = rows.next()? {
+                if read >= WALK_BUDGET {
+                    return Ok((ids, true));
+                }
                 read += 1;
                 let text = |k| r.get_ref(k)?.as_str().map_err(rusqlite::Error::from);
                 let (name, system) = (text(0)?, text(2)?);
-                if !wanted.contains(name) || f.system.is_some_and(|s| s != system) {
+                if !words.iter().all(|w| contains(name, w)) || f.system.is_some_and(|s| s != system)
+                {
                     continue;
                 }
-                let drv = text(1)?;
                 if let Some(id) = build
-                    .query_row(params![drv, eval, lo, hi], |r| r.get::<_, BuildId>(0))
+                    .query_row(params![text(1)?, eval, lo, hi], |r| r.get::<_, BuildId>(0))
                     .optional()?
                 {
-                    in_eval.push(id);
+                    ids.push(id);
+                    if ids.len() >= limit as usize {
+                        return Ok((ids, false));
+                    }
                 }
-            }
-            in_eval.sort_unstable_by(|a, b| b.cmp(a));
-            ids.extend(in_eval);
-            if ids.len() >= limit as usize {
-                ids.truncate(limit as usize);
-                return Ok((ids, false));
             }
         }
         Ok((ids, false))
     }
-
     /// Builds by id, in the order given (without outputs and weather).
     pub(super) fn builds_by_id(&self, ids: &[BuildId]) -> Result<Vec<BuildView>> {
         let mut stmt = self.conn.prepare_cached(&format!(
