@@ -279,9 +279,9 @@ fn run_on(shape: &Shape) -> Result<Vec<Figure>, String> {
     let tmp = TempDir::new("api");
     let db = tmp.path().join("cuirass.db");
     std::fs::copy(&template, &db).map_err(|e| format!("copying {}: {e}", template.display()))?;
-    let mut figures = match shape.keep_original {
-        false => api_db::side_by_side(&db)?,
-        true => api_db::without_comparison(&db)?,
+    let mut figures = match shape.compare {
+        true => api_db::side_by_side(&db)?,
+        false => api_db::without_comparison(&db)?,
     };
     let pin = cpus();
     let (daemon_cpu, load_cpu) = (pin.map(|p| p.0), pin.map(|p| p.1));

@@ -21,9 +21,9 @@ pub struct Shape {
     pub done_share: &'static [u64],
     /// How many jobs of the second-to-last evaluation are started.
     pub started: i64,
-    /// Whether the cache keeps a copy in the 2018 schema, before any
-    /// migration, for the upgrade benchmark.
-    pub keep_original: bool,
+    /// Whether the original's queries are timed beside ours (minutes on
+    /// ten million builds).
+    pub compare: bool,
 }
 
 impl Shape {
@@ -40,7 +40,7 @@ pub const ONE_MILLION: Shape = Shape {
     systems: &["x86_64-linux", "i686-linux", "aarch64-linux"],
     done_share: &[0, 40, 80],
     started: 2,
-    keep_original: false,
+    compare: true,
 };
 
 /// ci.guix.gnu.org's shape: 130 evaluations of 15,000 packages for 5
@@ -59,7 +59,7 @@ pub const TEN_MILLION: Shape = Shape {
     ],
     done_share: &[0, 67],
     started: 20,
-    keep_original: true,
+    compare: false,
 };
 
 const SPECS: [(&str, &str); 2] = [
@@ -303,7 +303,7 @@ pub fn cache_dir(shape: &Shape) -> PathBuf {
 }
 
 /// The cached 2018 database of `shape` (`original.db`), generated on
-/// first use, when `shape.keep_original`.
+/// first use.
 pub fn original(shape: &Shape) -> Result<PathBuf, String> {
     let dir = cache_dir(shape);
     let path = dir.join("original.db");
@@ -328,38 +328,34 @@ pub fn original(shape: &Shape) -> Result<PathBuf, String> {
     Ok(path)
 }
 
-/// The cached, migrated and analyzed database of `shape` (`builds.db`),
-/// made on first use; when `shape.keep_original`, from a copy of
-/// [`original`], and the time its upgrade took is kept beside it in
-/// `upgrade-seconds`.
+/// The name of this schema's files in the cache: branches that each
+/// append a migration share the cache directory, and the schema
+/// version alone would mix their databases up.
+fn schema_key() -> String {
+    format!("{:016x}", cuirass::db::schema_fingerprint())
+}
+
+/// The cached database of `shape` migrated to this schema and analyzed
+/// (`builds-SCHEMA.db`), made on first use from a copy of [`original`];
+/// the time its upgrade took is kept beside it (`upgrade-SCHEMA.s`).
 pub fn template(shape: &Shape) -> Result<PathBuf, String> {
     let dir = cache_dir(shape);
-    let path = dir.join("builds.db");
+    let path = dir.join(format!("builds-{}.db", schema_key()));
     if path.exists() {
         return Ok(path);
     }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let original = original(shape)?;
     let tmp = dir.join(format!("builds.db.{}", std::process::id()));
     let start = Instant::now();
     let made = (|| {
-        if shape.keep_original {
-            let original = original(shape)?;
-            std::fs::copy(&original, &tmp)
-                .map_err(|e| format!("copying {}: {e}", original.display()))?;
-        } else {
-            eprintln!(
-                "  generating {} builds into {}…",
-                shape.builds(),
-                path.display()
-            );
-            generate_original(shape, &tmp)?;
-        }
+        std::fs::copy(&original, &tmp)
+            .map_err(|e| format!("copying {}: {e}", original.display()))?;
         eprintln!("  migrating {}…", tmp.display());
         migrate(&tmp)
     })();
     match made {
         Ok(upgrade) => {
-            let note = dir.join("upgrade-seconds");
+            let note = dir.join(format!("upgrade-{}.s", schema_key()));
             std::fs::write(&note, format!("{upgrade:.1}\n"))
                 .map_err(|e| format!("{}: {e}", note.display()))?;
         }
@@ -376,7 +372,7 @@ pub fn template(shape: &Shape) -> Result<PathBuf, String> {
 /// The upgrade in place of `shape`'s 2018 database, timed when its
 /// cache was made.
 pub fn upgrade_figure(shape: &Shape) -> Result<Figure, String> {
-    let note = cache_dir(shape).join("upgrade-seconds");
+    let note = cache_dir(shape).join(format!("upgrade-{}.s", schema_key()));
     let text = std::fs::read_to_string(&note).map_err(|e| format!("{}: {e}", note.display()))?;
     let secs: f64 = text
         .trim()
