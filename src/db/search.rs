@@ -38,7 +38,7 @@ pub struct Search {
 
 /// Filters besides the job name (`None`: any).
 #[derive(Debug, Clone, Copy, Default)]
-pub(super) struct Filters<'a> {
+struct Filters<'a> {
     specification: Option<&'a str>,
     system: Option<&'a str>,
     status: Option<(i64, i64)>,
@@ -204,12 +204,7 @@ impl Db {
         }
     }
 
-    pub(super) fn lookup_names(
-        &self,
-        names: &[String],
-        f: Filters,
-        limit: u32,
-    ) -> Result<Vec<BuildId>> {
+    fn lookup_names(&self, names: &[String], f: Filters, limit: u32) -> Result<Vec<BuildId>> {
         let filtered = f.specification.is_some() || f.system.is_some() || f.status.is_some();
         let (lo, hi) = f.status.unzip();
         let mut stmt = self.conn.prepare_cached(match filtered {
@@ -253,7 +248,7 @@ impl Db {
         Ok(ids)
     }
 
-    pub(super) fn walk_evaluations(
+    fn walk_evaluations(
         &self,
         words: &[String],
         f: Filters,
@@ -315,7 +310,7 @@ impl Db {
 
     /// The builds of one evaluation whose job is one of `names` (at most
     /// [`NAME_LOOKUPS`] of them, a seek each) and whose status is in
-    /// `status`: (id, status), by id.
+    /// `status`: their ids, in increasing order.
     pub(super) fn evaluation_jobs_named(
         &self,
         eval: EvalId,
