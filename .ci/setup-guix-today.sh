@@ -28,7 +28,11 @@ mount_root() {
 # What the tests use inside the root besides Guix: git for checkouts, make
 # for specifications that compile, busybox-static for builders in the store.
 packages=(guix ca-certificates git make busybox-static)
-installed() { chroot "$root" dpkg-query -W -f='${Status}\n' "${packages[@]}" 2>/dev/null | grep -vc '^install ok installed$' | grep -qx 0; }
+installed() {
+    local ok
+    ok=$(chroot "$root" dpkg-query -W -f='${Status}\n' "${packages[@]}" 2>/dev/null | grep -c '^install ok installed$' || true)
+    [ "$ok" = "${#packages[@]}" ]
+}
 if ! { [ -x "$root/usr/bin/guix" ] && installed; }; then
     uri=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources)
     [ -n "$uri" ] || { log "no URIs: line in /etc/apt/sources.list.d/debian.sources"; exit 1; }

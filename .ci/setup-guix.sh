@@ -23,6 +23,14 @@ if ! guix-daemon --version >/dev/null 2>&1; then
         guile-bytestructures/bullseye guile-ssh/bullseye guile-gnutls/bullseye >/dev/null
 fi
 
+# The tests of channel introductions sign commits with a key they make
+# (tests/it/specs.rs): gpg runs here, on the host, beside git.
+if ! command -v gpg >/dev/null 2>&1; then
+    log "installing gnupg"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gnupg >/dev/null ||
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gnupg >/dev/null; }
+fi
+
 mkdir -p /gnu/store /var/guix /var/log/guix
 socket=${GUIX_DAEMON_LISTEN:-/var/guix/daemon-socket/socket}
 

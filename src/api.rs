@@ -6,6 +6,7 @@
 use crate::db::read::{BuildFilter, BuildView, JobFilter};
 use crate::db::{Db, status};
 use crate::http::{Request, Response};
+use crate::routes::{self, Route};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -17,24 +18,53 @@ const JSON: &str = "application/json";
 /// Answers a JSON API request.  Build logs (`/build/ID/log/raw`) are not
 /// JSON and are answered by `buildlog::serve`.
 pub fn respond(db: &Db, req: &Request) -> Response {
-    if req.method != "GET" && req.method != "HEAD" {
-        let mut r = error(405, &format!("Method {} not allowed.", req.method));
-        r.headers.push(("Allow", "GET, HEAD".into()));
-        return r;
+    let not_found = || error(404, &format!("Resource {} not found.", req.path));
+    let Some(m) = routes::of(req) else {
+        if req.method != "GET" && req.method != "HEAD" {
+            let mut r = error(405, &format!("Method {} not allowed.", req.method));
+            r.headers.push(("Allow", "GET, HEAD".into()));
+            return r;
+        }
+        return not_found();
+    };
+    if !routes::methods(m.route)
+        .split(", ")
+        .any(|method| method == req.method)
+    {
+        return admin::not_allowed(req, m.route);
     }
-    let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
-    let result = match segs.as_slice() {
-        ["jobsets"] | ["specifications"] => specifications(db),
-        ["build", drv] if drv.ends_with(".drv") => items::build_of_derivation(db, drv),
-        ["build", id] => build(db, id),
-        ["api", "latestbuilds"] | ["api", "queue"] | ["api", "jobs"] => build_listing(db, req),
-        ["api", "evaluation"] => evaluations::evaluation(db, req),
-        ["api", "evaluations"] => evaluations::evaluations(db, req),
-        ["api", "jobs", "history"] => jobs::jobs_history(db, req),
-        ["output", item] => items::output(db, item),
-        ["search", "latest"] => items::search_latest(db, req, None),
-        ["search", "latest", kind] => items::search_latest(db, req, Some(kind)),
-        _ => Err(error(404, &format!("Resource {} not found.", req.path))),
+    let result = match m.route {
+        Route::Jobsets | Route::Specifications => specifications(db),
+        Route::BuildOfDerivation => items::build_of_derivation(db, m.arg(0)),
+        Route::Build => build(db, m.arg(0)),
+        Route::LatestBuilds | Route::Queue | Route::Jobs => build_listing(db, req),
+        Route::ApiEvaluation => evaluations::evaluation(db, req),
+        Route::ApiEvaluations => evaluations::evaluations(db, req),
+        Route::JobsHistory => jobs::jobs_history(db, req),
+        Route::Output => items::output(db, m.arg(0)),
+        Route::SearchLatest => items::search_latest(db, req, None),
+        Route::SearchLatestOfType => items::search_latest(db, req, Some(m.arg(0))),
+        Route::BuildAttempts => admin::attempts(db, m.arg(0)),
+        // Pages, logs and metrics are the dashboard's (`web`), and so is
+        // `/api/machines`, whose "last 24 hours" needs the wall clock that
+        // `web`'s context brings.
+        Route::Index
+        | Route::Jobset
+        | Route::Badge
+        | Route::Evaluation
+        | Route::BuildDetails
+        | Route::BuildLog
+        | Route::LogOfItem
+        | Route::Search
+        | Route::Metrics
+        | Route::Machines
+        | Route::ApiMachines
+        | Route::AttemptLog
+        | Route::Login
+        | Route::Logout => Err(not_found()),
+        // Writes are answered by `admin::respond` before this; a method
+        // they take never reaches here.
+        _ => Err(not_found()),
     };
     result.unwrap_or_else(|r| r)
 }
@@ -76,19 +106,24 @@ struct SpecJson<'a> {
 
 fn specifications(db: &Db) -> Reply {
     let specs = db.specifications().map_err(db_error)?;
-    let out: Vec<SpecJson> = specs
+    // A record spec answers today's shape, a 2018 one 2018's.
+    let out: Vec<Value> = specs
         .iter()
-        .map(|s| SpecJson {
-            name: &s.name,
-            url: &s.url,
-            load_path: &s.load_path,
-            file: &s.file,
-            proc: &s.proc_name,
-            arguments: &s.arguments,
-            branch: s.branch.as_deref(),
-            tag: s.tag.as_deref(),
-            commit: s.commit.as_deref(),
-            no_compile: s.no_compile,
+        .map(|s| match &s.record {
+            Some(r) => records::record_json(&s.name, r),
+            None => serde_json::to_value(SpecJson {
+                name: &s.name,
+                url: &s.url,
+                load_path: &s.load_path,
+                file: &s.file,
+                proc: &s.proc_name,
+                arguments: &s.arguments,
+                branch: s.branch.as_deref(),
+                tag: s.tag.as_deref(),
+                commit: s.commit.as_deref(),
+                no_compile: s.no_compile,
+            })
+            .unwrap_or(Value::Null),
         })
         .collect();
     Ok(json_response(200, &out))
@@ -118,8 +153,9 @@ struct BuildJson<'a> {
     busy: i64,
     priority: i64,
     finished: i64,
-    /// `[{"id", "type", "path", "file-size"}]`; none are registered yet.
-    buildproducts: [(); 0],
+    /// `[{"id", "type", "path", "file-size"}]`, the files its spec's
+    /// `build-outputs` names (downloadable at `/download/ID`).
+    buildproducts: Vec<Value>,
     releasename: Option<()>,
     buildinputs_builds: Option<()>,
     /// Hydra's names for a build's limits, in seconds; null: the daemon's.
@@ -128,6 +164,9 @@ struct BuildJson<'a> {
     /// Why the build failed, as the daemon said it: `timed out after 3
     /// seconds`; null otherwise.
     errormsg: Option<&'a str>,
+    /// The machine that ran the build (`localhost`, or the build machine
+    /// `guix offload` sent it to); null before it started.
+    worker: Option<&'a str>,
 }
 
 fn build_json(b: &BuildView) -> BuildJson<'_> {
@@ -154,12 +193,17 @@ fn build_json(b: &BuildView) -> BuildJson<'_> {
         busy: (b.status == status::STARTED) as i64,
         priority: b.priority,
         finished: finished as i64,
-        buildproducts: [],
+        buildproducts: b
+            .products
+            .iter()
+            .map(|p| json!({"id": p.id, "type": p.kind, "path": p.path, "file-size": p.file_size}))
+            .collect(),
         releasename: None,
         buildinputs_builds: None,
         timeout: b.timeout,
         maxsilent: b.max_silent_time,
         errormsg: b.errormsg.as_deref(),
+        worker: b.worker.as_deref(),
     }
 }
 
@@ -291,11 +335,10 @@ impl Pager {
         if req.method != "GET" && req.method != "HEAD" {
             return None;
         }
-        let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
-        let listing = match segs.as_slice() {
-            ["api", "latestbuilds"] => latest_filter(req).map(Listing::Latest),
-            ["api", "queue"] => Ok(Listing::Queue(None)),
-            ["api", "jobs"] => jobs::job_filter(req).map(Listing::Jobs),
+        let listing = match routes::of(req)?.route {
+            Route::LatestBuilds => latest_filter(req).map(Listing::Latest),
+            Route::Queue => Ok(Listing::Queue(None)),
+            Route::Jobs => jobs::job_filter(req).map(Listing::Jobs),
             _ => return None,
         };
         Some(listing.and_then(|listing| {
@@ -392,10 +435,15 @@ fn build_listing(db: &Db, req: &Request) -> Reply {
     }
 }
 
+pub mod admin;
+#[cfg(test)]
+mod admin_tests;
 mod evaluations;
 mod items;
+mod records;
 pub use items::build_of_item;
 mod jobs;
+pub mod machines;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -2,27 +2,15 @@
 //! and what the daemon's answers mean for each build's status.  Sans-I/O:
 //! the event loop moves the bytes of [`Batch::client`].
 
-use crate::db::{PendingBuild, status};
 use crate::logging::BUILDING;
+pub use crate::records::{Limits, Update};
+use crate::records::{PendingBuild, status};
 use crate::trace::{self, LineSplitter, Piece};
 use crate::wire::{BuildOptions, Client, Event, Reply, Request};
 use std::collections::{HashMap, VecDeque};
 
 /// The original handed the daemon at most this many derivations at once.
 pub const BATCH_SIZE: usize = 200;
-
-/// A job's build limits, in seconds: the build fails when it prints
-/// nothing for `max_silent_time`, or runs longer than `timeout`.  `None`
-/// leaves the daemon's own setting (its `--max-silent-time` and
-/// `--timeout`, both 0 = none by default).
-///
-/// guix-daemon takes limits per connection (set-options), not per
-/// derivation, so a batch holds builds of one limit class only.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Limits {
-    pub max_silent_time: Option<u64>,
-    pub timeout: Option<u64>,
-}
 
 /// Takes up to `max` builds of the limit class of the queue's first one,
 /// in queue order; builds of other classes keep their places.  A class
@@ -58,23 +46,20 @@ pub struct Item {
     pub inputs: Vec<String>,
 }
 
-/// A change of a build's status, for the database.
+/// Output of a running build, from the daemon's `@ build-log PID LEN`
+/// frames (with `multiplexed-build-output`): `bytes` as the builder, or
+/// for an offloaded build the hook, printed them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Update {
-    Started {
-        derivation: String,
-        log: String,
-    },
-    /// `reason` is the daemon's word on a failure: `timed out after 3
-    /// seconds`, `timed out after 2 seconds of silence`, `builder for
-    /// `…drv' failed with exit code 1`; `None` when it said nothing.
-    Finished {
-        derivation: String,
-        status: i64,
-        log: Option<String>,
-        reason: Option<String>,
-    },
+pub struct Output {
+    pub derivation: String,
+    pub bytes: Vec<u8>,
 }
+
+/// The name cuirass gives the daemon's own machine, as a build's worker.
+pub const LOCALHOST: &str = "localhost";
+/// Bytes of one frame line kept while looking for `@ build-remote` in a
+/// build's output; a longer line is not that one.
+const HOOK_LINE_MAX: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -92,6 +77,9 @@ struct ItemState {
     dependencies_failed: bool,
     /// The daemon's timeout message, which comes before `build-failed`.
     timed_out: Option<String>,
+    /// The partial last line of this build's frames: the hook reports
+    /// `@ build-remote` inside them.
+    frame_line: Vec<u8>,
 }
 
 pub struct Batch {
@@ -107,25 +95,42 @@ pub struct Batch {
     checking: Vec<usize>,
     daemon_error: Option<String>,
     limits: Limits,
+    /// Items by the process id their `build-started` named: the frames
+    /// of `@ build-log` carry it.
+    pids: HashMap<u64, usize>,
+    output: Vec<Output>,
 }
 
 /// The options of a batch's connection; its `limits` become the settings
 /// `build-max-silent-time` and `build-timeout` (as `(guix store)` sends
-/// them), absent ones are not sent.
-pub fn build_options(use_substitutes: bool, fallback: bool, limits: Limits) -> BuildOptions {
-    let settings = [
+/// them), absent ones are not sent.  `offload` lets the daemon hand
+/// builds to its build hook (`guix offload`, machines of its
+/// `machines.scm`).  Builder output comes multiplexed, each piece framed
+/// with its builder's process id, so that it can be told apart per build
+/// (the live logs).
+pub fn build_options(
+    use_substitutes: bool,
+    fallback: bool,
+    offload: bool,
+    limits: Limits,
+) -> BuildOptions {
+    let mut settings: Vec<(String, String)> = [
         ("build-max-silent-time", limits.max_silent_time),
         ("build-timeout", limits.timeout),
     ]
     .into_iter()
     .filter_map(|(name, secs)| Some((name.to_string(), secs?.to_string())))
     .collect();
+    settings.push(("multiplexed-build-output".into(), "true".into()));
     BuildOptions {
         keep_going: true,
         fallback,
         use_substitutes,
+        use_build_hook: offload,
         print_build_trace: true,
-        // Builder output goes to the log files, not through our socket.
+        // The daemon forwards builder output when verbosity >=
+        // build-verbosity (seen with 1.5.0): both 0 sends it, framed,
+        // and nothing more of the daemon's own chatter.
         verbosity: 0,
         build_verbosity: 0,
         settings,
@@ -155,11 +160,13 @@ impl Batch {
             index,
             phase: Phase::Building,
             replies_before_build: 1,
-            lines: LineSplitter::with_options(trace::MAX_LINE, false),
+            lines: LineSplitter::with_options(trace::MAX_LINE, true),
             updates: Vec::new(),
             checking: Vec::new(),
             daemon_error: None,
             limits,
+            pids: HashMap::new(),
+            output: Vec::new(),
         }
     }
 
@@ -189,6 +196,12 @@ impl Batch {
 
     pub fn take_updates(&mut self) -> Vec<Update> {
         std::mem::take(&mut self.updates)
+    }
+
+    /// Builder output received since the last call, in order, consecutive
+    /// pieces of one build joined.
+    pub fn take_output(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.output)
     }
 
     /// The error the daemon ended build-paths with, if any (with
@@ -245,13 +258,27 @@ impl Batch {
         self.lines.feed(bytes);
         let mut events = Vec::new();
         while let Some(piece) = self.lines.next_piece() {
-            if let Piece::Line { line, .. } = piece {
-                match trace::parse_line(line) {
+            match piece {
+                Piece::Line { line, .. } => match trace::parse_line(line) {
                     trace::Line::Event(e) => events.push(e),
                     trace::Line::Bogus(why) => {
                         log::warn!(target: BUILDING, "{label}: ignoring bogus trace line ({why})")
                     }
                     trace::Line::Text => {}
+                },
+                Piece::Raw { pid, bytes } => {
+                    let Some(&i) = self.pids.get(&pid) else {
+                        continue;
+                    };
+                    events.extend(frame_remote(&mut self.states[i].frame_line, bytes));
+                    let derivation = &self.items[i].derivation;
+                    match self.output.last_mut() {
+                        Some(o) if &o.derivation == derivation => o.bytes.extend_from_slice(bytes),
+                        _ => self.output.push(Output {
+                            derivation: derivation.clone(),
+                            bytes: bytes.to_vec(),
+                        }),
+                    }
                 }
             }
         }
@@ -266,7 +293,22 @@ impl Batch {
         use trace::Event as T;
         let mut reason = None;
         let (drv, update) = match &event {
-            T::BuildStarted { drv, log, .. } => (drv, Some((None, Some(log.clone())))),
+            T::BuildStarted { drv, log, pid, .. } => {
+                if let (Some(pid), Some(&i)) = (pid, self.index.get(drv.as_str())) {
+                    self.pids.insert(*pid, i);
+                }
+                (drv, Some((None, Some(log.clone()))))
+            }
+            T::BuildRemote { drv, host } => {
+                if self.index.contains_key(drv.as_str()) {
+                    log::info!(target: BUILDING, "{label}: {drv} offloaded to {host}");
+                    self.updates.push(Update::Remote {
+                        derivation: drv.clone(),
+                        host: host.clone(),
+                    });
+                }
+                return;
+            }
             T::BuildSucceeded { drv } => (drv, Some((Some(status::SUCCEEDED), None))),
             T::BuildFailed { drv, reason: r } => {
                 reason = Some(r.as_str());
@@ -309,6 +351,7 @@ impl Batch {
                     }
                 );
                 state.status = Some(st);
+                state.frame_line = Vec::new();
                 let reason = match reason {
                     Some("timeout") => Some(
                         state
@@ -415,6 +458,42 @@ impl Batch {
             None => message.to_string(),
         }
     }
+}
+
+/// The `@ build-remote` events among the complete lines of a build's
+/// frames: `guix offload` prints its trace on its standard error, which
+/// the daemon frames as that build's output
+/// (fixtures/trace/offload-mux-1.5.0.bin).  `partial` keeps the last,
+/// unfinished line between frames (at most [`HOOK_LINE_MAX`] bytes).
+fn frame_remote(partial: &mut Vec<u8>, bytes: &[u8]) -> Vec<trace::Event> {
+    let mut events = Vec::new();
+    let mut rest = bytes;
+    while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+        let line = &rest[..nl];
+        rest = &rest[nl + 1..];
+        let whole: &[u8] = if partial.is_empty() {
+            line
+        } else {
+            partial.extend_from_slice(line);
+            partial
+        };
+        if whole.starts_with(b"@ build-remote ")
+            && let trace::Line::Event(e) = trace::parse_line(whole)
+        {
+            events.push(e);
+        }
+        partial.clear();
+    }
+    if partial.len() + rest.len() <= HOOK_LINE_MAX {
+        partial.extend_from_slice(rest);
+    } else {
+        // Too long to be the hook's line.  A NUL, which no trace line
+        // starts with, stands for it, so that its tail up to the next
+        // newline is never read as a line of its own.
+        partial.clear();
+        partial.push(0);
+    }
+    events
 }
 
 /// The message of a `build-failed` trace line's reason, without the

@@ -17,6 +17,7 @@
 
 pub mod copy;
 pub mod decode;
+pub mod live;
 pub mod serve;
 mod tail;
 
@@ -86,16 +87,65 @@ impl Places {
         self.copies.join(format!("{id}.log{}", c.suffix()))
     }
 
+    /// The copy of the log of build `id`'s earlier run `attempt`.
+    pub fn attempt_path(&self, id: BuildId, attempt: i64, c: Compression) -> PathBuf {
+        self.copies
+            .join(format!("{id}.attempt-{attempt}.log{}", c.suffix()))
+    }
+
+    /// The copy of an earlier run's log, if one was kept.
+    pub fn attempt_copy(&self, id: BuildId, attempt: i64) -> Option<Source> {
+        [Compression::Gzip, Compression::Bzip2]
+            .into_iter()
+            .map(|c| Source {
+                path: self.attempt_path(id, attempt, c),
+                compression: c,
+                live: false,
+            })
+            .find(|s| s.path.is_file())
+    }
+
     pub fn tail_path(&self, id: BuildId) -> PathBuf {
         self.copies.join(format!("{id}.tail"))
     }
 
-    /// Build `b`'s log: its copy, else the file the database names if it
+    /// The live log of a running `derivation` ([`live`]):
+    /// `COPIES/live/NAME.drv.log`; None for a name that is not a store
+    /// derivation's.
+    pub fn live_path(&self, derivation: &str) -> Option<PathBuf> {
+        let base = derivation.strip_prefix("/gnu/store/")?;
+        (!base.is_empty() && !base.contains('/') && !base.starts_with('.'))
+            .then(|| self.live_dir().join(format!("{base}.log")))
+    }
+
+    /// Where live logs are written: `COPIES/live`.
+    pub fn live_dir(&self) -> PathBuf {
+        self.copies.join("live")
+    }
+
+    /// The live log of build `b` while it runs and cuirass writes one.
+    pub fn live_of(&self, b: &BuildView) -> Option<Source> {
+        if b.status != crate::db::status::STARTED {
+            return None;
+        }
+        let path = self.live_path(&b.derivation)?;
+        path.is_file().then_some(Source {
+            path,
+            compression: Compression::Plain,
+            live: true,
+        })
+    }
+
+    /// Build `b`'s log: its copy, else while it runs the live file
+    /// cuirass writes, else the file the database names if it
     /// is under the daemon's log directory (even a database written by
     /// someone else names no other file), else None.
     pub fn source(&self, b: &BuildView) -> Option<Source> {
         if let Some(copy) = self.copy_of(b.id) {
             return Some(copy);
+        }
+        if let Some(live) = self.live_of(b) {
+            return Some(live);
         }
         let path = Path::new(&b.log);
         let inside = !b.log.is_empty()

@@ -45,11 +45,25 @@ pub struct Proc {
     pub error_line: Option<String>,
 }
 
+/// Makes the child killed when cuirass dies (`PR_SET_PDEATHSIG`), so that
+/// a `kill -9` of cuirass leaves no evaluator or reader running on.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl(2) is async-signal-safe, and the closure touches no
+    // memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
 pub fn spawn(mut cmd: Command, registry: &Registry, out: Token, err: Token) -> io::Result<Proc> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    die_with_parent(&mut cmd);
     let mut child = cmd.spawn()?;
     let mut stdout = Receiver::from(child.stdout.take().expect("piped stdout"));
     let mut stderr = Receiver::from(child.stderr.take().expect("piped stderr"));

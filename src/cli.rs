@@ -60,6 +60,12 @@ pub const OPTIONS: &[OptionDef] = &[
         "build locally when a substitute fails",
     ),
     opt(
+        "",
+        "no-offload",
+        Arity::Flag,
+        "never let the daemon offload builds to its build machines",
+    ),
+    opt(
         "L",
         "load-path",
         Arity::Value("DIR"),
@@ -72,12 +78,36 @@ pub const OPTIONS: &[OptionDef] = &[
         "add the specifications in FILE to the database before starting",
     ),
     opt(
+        "",
+        "check",
+        Arity::Flag,
+        "only check the specification file of -S (exit 0, or 1 naming the error); no database is touched",
+    ),
+    opt(
         "D",
         "database",
         Arity::Value("DB"),
         "SQLite database file, created if missing",
     ),
     opt("p", "port", Arity::Value("NUM"), "HTTP port (default 8080)"),
+    opt(
+        "",
+        "admin-tokens",
+        Arity::Value("FILE"),
+        "bearer tokens allowed to act (one a line, LABEL:TOKEN; re-read on SIGHUP); without it every action is refused",
+    ),
+    opt(
+        "",
+        "webhook-secret",
+        Arity::Value("FILE"),
+        "shared secret of the signed push webhooks (/api/push-github, -gitea, -gitlab)",
+    ),
+    opt(
+        "",
+        "secure-cookies",
+        Arity::Flag,
+        "mark the dashboard's session cookie Secure (when served over TLS by a proxy)",
+    ),
     opt(
         "",
         "listen",
@@ -128,6 +158,8 @@ pub const OPTIONS: &[OptionDef] = &[
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub one_shot: bool,
+    /// Validate `specifications` and exit.
+    pub check: bool,
     pub cache_dir: PathBuf,
     pub fallback: bool,
     pub load_path: Vec<PathBuf>,
@@ -139,10 +171,18 @@ pub struct Config {
     pub listen: String,
     pub interval_secs: u64,
     pub use_substitutes: bool,
+    /// Whether the daemon may hand builds to its build hook (`guix
+    /// offload`); `--no-offload` turns it off.
+    pub offload: bool,
     pub evaluator: Vec<String>,
     pub evaluation_timeout_secs: u64,
     pub fetch_timeout_secs: u64,
     pub daemon_socket: PathBuf,
+    /// The operators' token file (`admin::Tokens::parse`).
+    pub admin_tokens: Option<PathBuf>,
+    /// The push webhooks' shared secret, a file.
+    pub webhook_secret: Option<PathBuf>,
+    pub secure_cookies: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -191,7 +231,7 @@ pub fn usage() -> String {
     getopts_options().usage(
         "Usage: cuirass [OPTIONS]\n\
          Run the Cuirass continuous-integration daemon for GNU Guix.",
-    )
+    ) + &crate::admin::client::usage()
 }
 
 fn number<T: std::str::FromStr>(m: &getopts::Matches, name: &str, default: T) -> Result<T, String> {
@@ -261,12 +301,16 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Command, String> {
     let log_dir = m
         .opt_str("log-directory")
         .map_or_else(|| database.with_file_name("build-logs"), PathBuf::from);
+    if m.opt_present("check") && !m.opt_present("specifications") {
+        return Err("--check needs -S FILE, the file to check".into());
+    }
     let interval_secs = number(&m, "interval", 300u64)?;
     if interval_secs == 0 {
         return Err("--interval: must be at least 1 second".into());
     }
     Ok(Command::Run(Box::new(Config {
         one_shot: m.opt_present("one-shot"),
+        check: m.opt_present("check"),
         cache_dir,
         fallback: m.opt_present("fallback"),
         load_path: m
@@ -283,6 +327,7 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Command, String> {
         listen: m.opt_str("listen").unwrap_or_else(|| "localhost".into()),
         interval_secs,
         use_substitutes: m.opt_present("use-substitutes"),
+        offload: !m.opt_present("no-offload"),
         evaluator,
         evaluation_timeout_secs: number(&m, "evaluation-timeout", 3600u64)?,
         fetch_timeout_secs: number(&m, "fetch-timeout", 1800u64)?,
@@ -290,6 +335,9 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Command, String> {
             .var("GUIX_DAEMON_SOCKET")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DAEMON_SOCKET)),
+        admin_tokens: m.opt_str("admin-tokens").map(PathBuf::from),
+        webhook_secret: m.opt_str("webhook-secret").map(PathBuf::from),
+        secure_cookies: m.opt_present("secure-cookies"),
     })))
 }
 

@@ -52,6 +52,8 @@ pub struct Settings {
     pub evaluation_timeout: Duration,
     /// Evaluate and build once, then finish.
     pub one_shot: bool,
+    /// The job file of record specs (src/build-types.scm, written out).
+    pub build_types: PathBuf,
     /// The spec's checkout, `CACHE/NAME`.
     pub checkout: PathBuf,
     /// `-L` directories, after the spec's own load path.
@@ -68,6 +70,8 @@ pub struct Env<'a> {
     pub read_drv: &'a dyn Fn(&str) -> std::io::Result<Vec<u8>>,
     /// Whether guix-daemon accepts connections; the reason when not.
     pub daemon: &'a dyn Fn() -> Result<(), String>,
+    /// The size of a file (a build product), if it is there.
+    pub file_size: &'a dyn Fn(&str) -> Option<u64>,
 }
 
 /// Everything that can happen to a cycle.
@@ -106,6 +110,12 @@ pub enum Input {
     },
     /// The daemon could not be reached, or went away mid-batch.
     BatchLost(String),
+    /// An operator, the hook or a webhook asks for an evaluation now;
+    /// with a commit, of that commit, even if it was evaluated already
+    /// (an evaluation retried).  A round under way ends first.
+    Trigger {
+        commit: Option<String>,
+    },
     /// SIGTERM or SIGINT.
     Stop,
 }
@@ -124,6 +134,7 @@ impl Input {
             Input::SpawnFailed(_) => "cannot start a child",
             Input::BatchDone { .. } => "batch done",
             Input::BatchLost(_) => "daemon lost",
+            Input::Trigger { .. } => "triggered",
             Input::Stop => "stop",
         }
     }
@@ -137,7 +148,12 @@ pub enum Command {
     /// `./bootstrap`, `./configure`, `make` in the checkout.
     SpawnCompile,
     /// The evaluator, with its single argument (see src/evaluate.scm).
-    SpawnEvaluator { arguments: String },
+    /// With `time_machine`, the Guix of those channels (the text of a
+    /// channels file) runs it, through `guix time-machine`.
+    SpawnEvaluator {
+        arguments: String,
+        time_machine: Option<String>,
+    },
     /// Kill the running child; its exit still arrives as an input.
     KillChild,
     /// Connect to the daemon and build these, all of one limit class.
@@ -150,6 +166,8 @@ pub enum Command {
 #[derive(Debug)]
 pub struct Evaluation {
     pub id: EvalId,
+    /// The stamp it moves: the commit, or for a record spec the commits
+    /// of its channels, in order, separated by spaces.
     pub commit: String,
     deadline: Instant,
     killed: bool,
@@ -170,8 +188,13 @@ pub struct Evaluation {
 pub enum State {
     /// Waiting for the next poll.
     Idle,
-    /// The fetch child updates the checkout.
-    Fetching { deadline: Instant, killed: bool },
+    /// The fetch child updates the checkout; `again` is a commit to
+    /// evaluate even if it was evaluated already.
+    Fetching {
+        deadline: Instant,
+        killed: bool,
+        again: Option<String>,
+    },
     /// `./bootstrap`, `./configure`, `make` for `commit`.
     Compiling {
         commit: String,
@@ -208,6 +231,9 @@ pub struct Cycle {
     /// Why a one-shot run could not do this spec's work (not the commit's
     /// fault: an unreachable remote, a missing branch, no daemon).
     failure: Option<String>,
+    /// A trigger that came during a round: done when the round ends.
+    /// `Some(None)`: the latest commit; `Some(Some(c))`: commit c again.
+    triggered: Option<Option<String>>,
 }
 
 impl Cycle {
@@ -226,6 +252,7 @@ impl Cycle {
             },
             commands: VecDeque::new(),
             failure: None,
+            triggered: None,
         }
     }
 
@@ -253,12 +280,15 @@ impl Cycle {
 
     /// One-shot work is done: one round, and nothing left to build.
     pub fn is_finished(&self) -> bool {
+        let idle = matches!(self.state, State::Idle) && self.building.is_idle();
         matches!(self.state, State::Stopped)
-            || (self.rounds >= 1 && matches!(self.state, State::Idle) && self.building.is_idle())
+            || (idle && (self.rounds >= 1 || !self.spec.is_active()))
     }
 
+    /// An inactive spec is never polled; switched back on, its next
+    /// poll, already due, comes at once.
     fn polls(&self) -> bool {
-        !(self.settings.one_shot && self.rounds >= 1)
+        !(self.settings.one_shot && self.rounds >= 1) && self.spec.is_active()
     }
 
     /// When the machine must next be given [`Input::Tick`], if ever.
@@ -270,6 +300,7 @@ impl Cycle {
             State::Fetching {
                 deadline,
                 killed: false,
+                ..
             }
             | State::Compiling {
                 deadline,
@@ -315,14 +346,28 @@ impl Cycle {
             }
 
             // The poll timer: fetch, whatever the building track is doing.
+            // A period not yet over since the last evaluation (one made
+            // before a restart too) holds the poll until it is.
+            (State::Idle, Input::Tick)
+                if self.polls() && env.now >= self.next_poll && self.period_left(env).is_some() =>
+            {
+                self.next_poll = env.now + self.period_left(env).unwrap_or_default();
+                State::Idle
+            }
             (State::Idle, Input::Tick) if self.polls() && env.now >= self.next_poll => {
-                self.next_poll = env.now + self.settings.interval;
-                self.commands
-                    .push_back(Command::SpawnFetch(fetch::Target::of(&self.spec)));
-                State::Fetching {
-                    deadline: env.now + self.settings.fetch_timeout,
-                    killed: false,
-                }
+                self.fetch(None, env)
+            }
+
+            // A trigger: fetch now (the commit asked for, if any), or
+            // once the round under way ends.
+            (State::Idle, Input::Trigger { commit }) => self.fetch(commit.clone(), env),
+            (state, Input::Trigger { commit }) => {
+                self.triggered = Some(commit.clone());
+                state
+            }
+            (State::Idle, Input::Tick) if self.triggered.is_some() => {
+                let commit = self.triggered.take().flatten();
+                self.fetch(commit, env)
             }
 
             // A child past its deadline is killed; its exit ends the step.
@@ -330,6 +375,7 @@ impl Cycle {
                 State::Fetching {
                     deadline,
                     killed: false,
+                    again,
                 },
                 Input::Tick,
             ) if env.now >= deadline => {
@@ -338,6 +384,7 @@ impl Cycle {
                 State::Fetching {
                     deadline,
                     killed: true,
+                    again,
                 }
             }
             (
@@ -366,9 +413,16 @@ impl Cycle {
                 State::Evaluating(e)
             }
 
+            // A record spec's fetch printed one line per channel.
+            (State::Fetching { .. }, Input::FetchExited { stdout, reason, .. })
+                if self.spec.record.is_some() =>
+            {
+                self.channels_fetched(stdout, reason, env)
+            }
+
             // The fetch printed a commit: new ones are compiled or
             // evaluated, a known one ends the round.
-            (State::Fetching { .. }, Input::FetchExited { ok, stdout, reason }) => {
+            (State::Fetching { again, .. }, Input::FetchExited { ok, stdout, reason }) => {
                 let commit = ok.then(|| fetch::parse_child_output(stdout)).flatten();
                 match commit {
                     None => {
@@ -380,14 +434,18 @@ impl Cycle {
                         }
                         self.end_round()
                     }
-                    Some(commit) => self.new_commit(commit, env),
+                    Some(commit) => {
+                        let again = again.as_deref() == Some(commit.as_str());
+                        self.new_commit(commit, again, env)
+                    }
                 }
             }
 
             // Compiled: evaluate.  A failed compilation ends the round; the
             // commit is tried again at the next poll (no stamp moved).
             (State::Compiling { commit, .. }, Input::CompileExited { ok: true, .. }) => {
-                self.begin_evaluation(commit, env)
+                let checkouts = self.own_checkout(&commit);
+                self.begin_evaluation(commit, checkouts, env)
             }
             (State::Compiling { .. }, Input::CompileExited { ok: false, reason }) => {
                 log::error!(target: COMPILE, "spec={:?} compilation failed: {reason}", self.spec.name);
@@ -456,6 +514,7 @@ impl Cycle {
 
             // The building track runs beside every state of the other.
             (state, Input::BatchDone { daemon_error }) => {
+                self.register_products(env);
                 self.batch_done(daemon_error.as_deref());
                 state
             }
@@ -472,6 +531,29 @@ impl Cycle {
         if !matches!(self.state, State::Stopped) {
             self.fill_batch(env);
         }
+    }
+
+    /// Starts a round: fetches the spec's branch (or tag, or commit), or
+    /// `again`, a commit to evaluate whether or not it was already.
+    fn fetch(&mut self, again: Option<String>, env: &mut Env) -> State {
+        self.next_poll = env.now + self.settings.interval;
+        let target = match &again {
+            Some(commit) => fetch::Target::Commit(commit.clone()),
+            None => fetch::Target::of(&self.spec),
+        };
+        self.commands.push_back(Command::SpawnFetch(target));
+        State::Fetching {
+            deadline: env.now + self.settings.fetch_timeout,
+            killed: false,
+            again,
+        }
+    }
+
+    /// The spec's pending builds changed outside the cycle (an operator
+    /// restarted or canceled some): they are read again from the
+    /// database, in order.
+    pub fn requeue(&mut self) {
+        self.reload_queue();
     }
 
     fn end_round(&mut self) -> State {
@@ -501,6 +583,7 @@ impl Cycle {
 }
 
 mod building;
+mod channels;
 mod evaluation;
 
 pub use building::{Backoff, Building};

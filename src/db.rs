@@ -1,36 +1,12 @@
 //! The SQLite database: the 2018 Cuirass tables, numbered migrations, and
 //! every query cuirass makes.  Only this module writes SQL.
 
-use crate::build::Limits;
+use crate::records::Limits;
 use crate::spec::Specification;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::path::Path;
 
-pub type EvalId = i64;
-pub type BuildId = i64;
-
-/// Build statuses: Hydra's, plus two of Cuirass's own.
-pub mod status {
-    pub const SCHEDULED: i64 = -2;
-    pub const STARTED: i64 = -1;
-    pub const SUCCEEDED: i64 = 0;
-    pub const FAILED: i64 = 1;
-    pub const FAILED_DEPENDENCY: i64 = 2;
-    pub const FAILED_OTHER: i64 = 3;
-    pub const CANCELED: i64 = 4;
-
-    pub fn is_final(status: i64) -> bool {
-        status >= 0
-    }
-}
-
-/// Evaluation outcomes, in the column migration 2 adds.
-pub mod eval_status {
-    /// Jobs are still being registered as the evaluator prints them.
-    pub const IN_PROGRESS: i64 = -1;
-    pub const SUCCEEDED: i64 = 0;
-    pub const FAILED: i64 = 1;
-}
+pub use crate::records::{BuildId, EvalId, PendingBuild, eval_status, status};
 
 /// Migration 1: the original tables, without a secondary index.  Public
 /// so that the benchmarks can generate a large database in them and let
@@ -158,7 +134,61 @@ const MIGRATIONS: &[&str] = &[
      DROP INDEX IF EXISTS Builds_derivation;
      CREATE INDEX Builds_derivation ON Builds (derivation, evaluation);
      CREATE INDEX IF NOT EXISTS Outputs_path ON Outputs (path);",
-    // 10: ten million builds.  Counting an evaluation's builds by status
+    // 10: the machine that ran each build (`localhost`, or the build
+    // machine `guix offload` named), NULL for builds never started or
+    // recorded before; the index serves the /machines page, which reads
+    // the last day's builds by stop time.
+    "ALTER TABLE Builds ADD COLUMN worker TEXT;
+     CREATE INDEX IF NOT EXISTS Builds_worker ON Builds (stoptime, worker)
+       WHERE worker IS NOT NULL;",
+    // 11: operators' actions.  A restarted build keeps its earlier
+    // attempts (status, times, log, reason) in `BuildAttempts`; `Inputs`
+    // is read backwards to find the builds that failed because of one;
+    // an inactive specification keeps its history but is not polled;
+    // `AdminLog` says who did what.
+    "CREATE TABLE IF NOT EXISTS BuildAttempts (
+       build     INTEGER NOT NULL,
+       attempt   INTEGER NOT NULL,
+       status    INTEGER NOT NULL,
+       starttime INTEGER NOT NULL,
+       stoptime  INTEGER NOT NULL,
+       log       TEXT NOT NULL,
+       errormsg  TEXT,
+       PRIMARY KEY (build, attempt),
+       FOREIGN KEY (build) REFERENCES Builds (id)) WITHOUT ROWID;
+     CREATE INDEX IF NOT EXISTS Inputs_derivation ON Inputs (derivation);
+     ALTER TABLE Specifications ADD COLUMN is_active INTEGER NOT NULL DEFAULT 1;
+     CREATE TABLE IF NOT EXISTS AdminLog (
+       id        INTEGER PRIMARY KEY AUTOINCREMENT,
+       timestamp INTEGER NOT NULL,
+       who       TEXT NOT NULL,
+       action    TEXT NOT NULL,
+       target    TEXT NOT NULL,
+       outcome   TEXT NOT NULL);",
+    // 12: today's specifications.  A record spec keeps its whole record,
+    // written as `(<specification> (FIELD . VALUE) ...)` (NULL for a
+    // 2018 alist), and its priority as a column (`is_active`, which migration 11 added,
+    // is the other field queries need).  Each
+    // evaluation records the commit and directory of every channel, and
+    // succeeded builds the files their spec's `build-outputs` name.
+    "ALTER TABLE Specifications ADD COLUMN record TEXT;
+     ALTER TABLE Specifications ADD COLUMN priority INTEGER;
+     CREATE TABLE IF NOT EXISTS Checkouts (
+       evaluation INTEGER NOT NULL,
+       channel    TEXT NOT NULL,
+       revision   TEXT NOT NULL,
+       directory  TEXT NOT NULL,
+       PRIMARY KEY (evaluation, channel),
+       FOREIGN KEY (evaluation) REFERENCES Evaluations (id)) WITHOUT ROWID;
+     CREATE TABLE IF NOT EXISTS BuildProducts (
+       id        INTEGER PRIMARY KEY AUTOINCREMENT,
+       build     INTEGER NOT NULL,
+       type      TEXT NOT NULL,
+       file_size INTEGER NOT NULL,
+       path      TEXT NOT NULL,
+       FOREIGN KEY (build) REFERENCES Builds (id));
+     CREATE INDEX IF NOT EXISTS BuildProducts_build ON BuildProducts (build);",
+    // 13: ten million builds.  Counting an evaluation's builds by status
     // walked its 75,000 index entries per page view, and /metrics counted
     // every build: `BuildCounts` keeps those counts, and triggers keep it
     // in step with every insert, status change and delete, whoever makes
@@ -255,17 +285,6 @@ pub struct JobRecord {
     pub priority: i64,
 }
 
-/// A build that has not reached a final status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingBuild {
-    pub id: BuildId,
-    pub derivation: String,
-    pub evaluation: EvalId,
-    pub specification: String,
-    /// Its job's limits: builds are batched by them.
-    pub limits: Limits,
-}
-
 pub struct Db {
     conn: Connection,
 }
@@ -337,13 +356,15 @@ impl Db {
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO Specifications
-                   (repo_name, url, load_path, file, proc, arguments, branch, tag, revision, no_compile_p)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                   (repo_name, url, load_path, file, proc, arguments, branch, tag, revision,
+                    no_compile_p, record, priority, is_active)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
                  ON CONFLICT (repo_name) DO UPDATE SET
                    url = excluded.url, load_path = excluded.load_path, file = excluded.file,
                    proc = excluded.proc, arguments = excluded.arguments, branch = excluded.branch,
                    tag = excluded.tag, revision = excluded.revision,
-                   no_compile_p = excluded.no_compile_p",
+                   no_compile_p = excluded.no_compile_p, record = excluded.record,
+                   priority = excluded.priority, is_active = excluded.is_active",
             )?;
             for s in specs {
                 stmt.execute(params![
@@ -356,7 +377,10 @@ impl Db {
                     s.branch,
                     s.tag,
                     s.commit,
-                    s.no_compile as i64
+                    s.no_compile as i64,
+                    s.record.as_ref().map(|r| r.to_text(&s.name)),
+                    s.record.as_ref().map(|r| r.priority),
+                    s.is_active() as i64
                 ])?;
             }
         }
@@ -367,11 +391,14 @@ impl Db {
     pub fn specifications(&self) -> Result<Vec<Specification>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT repo_name, url, load_path, file, proc, arguments, branch, tag, revision,
-                    no_compile_p
+                    no_compile_p, record
              FROM Specifications ORDER BY repo_name",
         )?;
         let rows = stmt.query_map([], |r| {
-            Ok(Specification {
+            if let Some(text) = r.get::<_, Option<String>>(10)? {
+                return Ok(crate::spec::record::from_text(&text));
+            }
+            Ok(Ok(Specification {
                 name: r.get(0)?,
                 url: r.get(1)?,
                 load_path: r.get(2)?,
@@ -382,9 +409,14 @@ impl Db {
                 tag: r.get(7)?,
                 commit: r.get(8)?,
                 no_compile: r.get::<_, Option<i64>>(9)?.unwrap_or(0) != 0,
-            })
+                record: None,
+            }))
         })?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
+        let mut specs = Vec::new();
+        for row in rows {
+            specs.push(row?.map_err(Error)?);
+        }
+        Ok(specs)
     }
 
     pub fn stamp(&self, spec: &str) -> Result<Option<String>> {
@@ -622,7 +654,7 @@ impl Db {
 
     /// Deletes an evaluation and everything registered for it, children
     /// first (foreign keys are on).
-    fn delete_evaluation(tx: &Transaction, eval: EvalId) -> Result<()> {
+    pub(super) fn delete_evaluation(tx: &Transaction, eval: EvalId) -> Result<()> {
         tx.execute(
             "DELETE FROM Outputs WHERE build IN (SELECT id FROM Builds WHERE evaluation = ?1)",
             [eval],
@@ -631,6 +663,15 @@ impl Db {
             "DELETE FROM Inputs WHERE build IN (SELECT id FROM Builds WHERE evaluation = ?1)",
             [eval],
         )?;
+        tx.execute(
+            "DELETE FROM BuildAttempts WHERE build IN (SELECT id FROM Builds WHERE evaluation = ?1)",
+            [eval],
+        )?;
+        tx.execute(
+            "DELETE FROM BuildProducts WHERE build IN (SELECT id FROM Builds WHERE evaluation = ?1)",
+            [eval],
+        )?;
+        tx.execute("DELETE FROM Checkouts WHERE evaluation = ?1", [eval])?;
         tx.execute("DELETE FROM Builds WHERE evaluation = ?1", [eval])?;
         tx.execute("DELETE FROM Derivations WHERE evaluation = ?1", [eval])?;
         tx.execute("DELETE FROM Evaluations WHERE id = ?1", [eval])?;
@@ -684,7 +725,10 @@ impl Db {
     }
 }
 
+pub mod admin;
+pub mod channels;
 pub mod dashboard;
+pub mod machines;
 pub mod read;
 pub mod search;
 mod statuses;

@@ -58,8 +58,6 @@ pub enum ErrorKind {
     /// The bytes here are not the given punctuation or keyword
     /// (`Derive(`, `(`, `,`, `"`, ...).
     Expected(&'static str),
-    /// A string's bytes (after unescaping) are not UTF-8.
-    InvalidUtf8,
     /// Something follows the closing parenthesis of the term.
     TrailingBytes,
 }
@@ -69,7 +67,6 @@ impl fmt::Display for ErrorKind {
         match self {
             ErrorKind::UnexpectedEnd => f.write_str("unexpected end of derivation"),
             ErrorKind::Expected(what) => write!(f, "expected `{what}`"),
-            ErrorKind::InvalidUtf8 => f.write_str("string is not valid UTF-8"),
             ErrorKind::TrailingBytes => f.write_str("trailing bytes after derivation"),
         }
     }
@@ -303,12 +300,7 @@ impl Cursor<'_> {
         if rest[end] == b'"' {
             // The common case: no escapes, one copy.
             self.pos = start + end + 1;
-            return std::str::from_utf8(&rest[..end])
-                .map(str::to_owned)
-                .map_err(|e| Error {
-                    offset: start + e.valid_up_to(),
-                    kind: ErrorKind::InvalidUtf8,
-                });
+            return Ok(text_of(rest[..end].to_vec()));
         }
         let mut buf = rest[..end].to_vec();
         self.pos = start + end;
@@ -340,10 +332,20 @@ impl Cursor<'_> {
                 }
             }
         }
-        String::from_utf8(buf).map_err(|_| Error {
-            offset: start,
-            kind: ErrorKind::InvalidUtf8,
-        })
+        let _ = start;
+        Ok(text_of(buf))
+    }
+}
+
+/// A `.drv` string as text: UTF-8 when it is, else Latin-1, byte for
+/// character.  Guix writes a non-ASCII character of a builder's script or
+/// environment as its Latin-1 byte (`\351` for `é`), and the daemon
+/// builds such derivations; store paths, the parts cuirass reads, are
+/// ASCII either way.
+fn text_of(bytes: Vec<u8>) -> String {
+    match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => e.into_bytes().iter().map(|&b| b as char).collect(),
     }
 }
 
@@ -545,11 +547,12 @@ mod tests {
             "Derive([],[],[],\"\u{0}\\",
             "error: byte 19: unexpected end of derivation",
         );
-        let bad_utf8 = Derivation::parse(b"Derive([],[],[],\"a\xff\",\"b\",[],[])").unwrap_err();
-        assert_eq!(bad_utf8.to_string(), "byte 18: string is not valid UTF-8");
-        let escaped_bad =
-            Derivation::parse(b"Derive([],[],[],\"\\n\xff\",\"b\",[],[])").unwrap_err();
-        assert_eq!(escaped_bad.kind, ErrorKind::InvalidUtf8);
+        // Latin-1 bytes, as Guix writes `é` in a builder's script, are read
+        // as Latin-1: the derivation is valid.
+        let latin1 = Derivation::parse(b"Derive([],[],[],\"a\xe9\",\"b\",[],[])").unwrap();
+        assert_eq!(latin1.system, "a\u{e9}");
+        let escaped = Derivation::parse(b"Derive([],[],[],\"\\n\xff\",\"b\",[],[])").unwrap();
+        assert_eq!(escaped.system, "\n\u{ff}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! lives here: what a cycle does next is decided in `cycle`.
 
 use crate::build::{self, Batch};
-use crate::buildlog::{self, copy::Copier};
+use crate::buildlog::{self, copy::Copier, live::LiveLogs};
 use crate::child::{self, Proc};
 use crate::cli::Config;
 use crate::cycle::{Command, Cycle, Env, Input, Settings, State};
@@ -19,6 +19,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
+mod admin;
 mod children;
 mod daemon;
 mod reload;
@@ -155,6 +156,9 @@ struct Conn {
     stream: UnixStream,
     batch: Batch,
     wants_write: bool,
+    /// The turn's read cap stopped reading before `WouldBlock`: mio will
+    /// not tell again, so the next turn reads on.
+    more: bool,
 }
 
 /// One specification: its machine and the I/O the loop keeps for it.
@@ -162,6 +166,10 @@ struct Slot {
     cycle: Cycle,
     child: Option<Running>,
     conn: Option<Conn>,
+    /// Logs of builds finished in the batch in flight, copied once the
+    /// batch ends: guix-daemon reports a build killed at its timeout
+    /// before it has finished writing (and compressing) its log.
+    copies: Vec<(Vec<crate::db::BuildId>, String)>,
 }
 
 pub struct EventLoop {
@@ -171,6 +179,8 @@ pub struct EventLoop {
     signals: SignalPipe,
     slots: Vec<Slot>,
     evaluator_script: PathBuf,
+    /// The job file of record specs.
+    build_types: PathBuf,
     stopping: bool,
     next_status_log: Instant,
     http: Option<HttpServer>,
@@ -178,6 +188,8 @@ pub struct EventLoop {
     logs: buildlog::Places,
     /// Per-build log copies, a chunk per turn.
     copier: Copier,
+    /// Running builds' output, as it arrives.
+    live: LiveLogs,
 }
 
 /// Ends cuirass with an error message (one-shot) or is logged (daemon).
@@ -188,10 +200,15 @@ impl EventLoop {
         let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
         let signals = SignalPipe::install(poll.registry(), SIGNAL)
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-        let evaluator_script = write_evaluator_script(&config)?;
+        let evaluator_script = write_evaluator_script(&config, "evaluate", EVALUATOR_SCRIPT)?;
+        let build_types = write_evaluator_script(&config, "build-types", BUILD_TYPES_SCRIPT)?;
         let now = Instant::now();
         let specs = db.specifications().map_err(|e| e.to_string())?;
-        let specs: Vec<_> = specs.into_iter().filter(|s| usable_name(&s.name)).collect();
+        let inactive = db.inactive_specifications().map_err(|e| e.to_string())?;
+        let specs: Vec<_> = specs
+            .into_iter()
+            .filter(|s| usable_name(&s.name) && !inactive.contains(&s.name))
+            .collect();
         std::fs::create_dir_all(&config.log_dir).map_err(|e| {
             format!(
                 "cannot create the log directory {}: {e}",
@@ -208,6 +225,7 @@ impl EventLoop {
                 HTTP_LISTENER,
                 HTTP_CONN_BASE,
                 logs.clone(),
+                admin::load_auth(&config)?,
             )?),
         };
         let mut event_loop = EventLoop {
@@ -217,11 +235,13 @@ impl EventLoop {
             signals,
             slots: Vec::new(),
             evaluator_script,
+            build_types,
             stopping: false,
             next_status_log: now + STATUS_EVERY,
             http,
             reload: None,
             copier: Copier::new(logs.clone()),
+            live: LiveLogs::new(logs.clone()),
             logs,
         };
         for spec in specs {
@@ -237,6 +257,7 @@ impl EventLoop {
             compile_timeout: Duration::from_secs(self.config.fetch_timeout_secs),
             evaluation_timeout: Duration::from_secs(self.config.evaluation_timeout_secs),
             one_shot: self.config.one_shot,
+            build_types: self.build_types.clone(),
             checkout: self.config.cache_dir.join(&spec.name),
             load_path: self.config.load_path.clone(),
         };
@@ -244,6 +265,7 @@ impl EventLoop {
             cycle: Cycle::new(spec, settings, now),
             child: None,
             conn: None,
+            copies: Vec::new(),
         });
     }
 
@@ -354,6 +376,7 @@ impl EventLoop {
                 .child
                 .as_ref()
                 .is_some_and(|c| c.proc.wants_read() != (false, false))
+                || slot.conn.as_ref().is_some_and(|c| c.more)
             {
                 return now;
             }
@@ -374,8 +397,9 @@ impl EventLoop {
         match kind {
             Event::Http => {
                 if let Some(http) = self.http.as_mut() {
-                    http.handle(self.poll.registry(), event, &self.db, Instant::now());
+                    http.handle(self.poll.registry(), event, &mut self.db, Instant::now());
                 }
+                self.apply_effects(Instant::now());
             }
             Event::Signal => {
                 for sig in self.signals.drain() {
@@ -396,7 +420,10 @@ impl EventLoop {
                 log::info!("signal {sig}: stopping");
                 self.stopping = true;
             }
-            libc::SIGHUP => self.start_reload(),
+            libc::SIGHUP => {
+                self.reload_auth();
+                self.start_reload();
+            }
             // Exits are noticed by `advance`, which looks at every child.
             _ => {}
         }
@@ -417,6 +444,7 @@ impl EventLoop {
             unix_now: unix_now(),
             db: &mut self.db,
             read_drv: &read_drv,
+            file_size: &|path: &str| std::fs::metadata(path).ok().map(|m| m.len()),
             daemon: &daemon,
         };
         self.slots[index].cycle.handle(input, &mut env);
@@ -429,7 +457,10 @@ impl EventLoop {
         match command {
             Command::SpawnFetch(target) => self.spawn_fetch(index, &target, now),
             Command::SpawnCompile => self.spawn_compile(index, now),
-            Command::SpawnEvaluator { arguments } => self.spawn_evaluator(index, &arguments, now),
+            Command::SpawnEvaluator {
+                arguments,
+                time_machine,
+            } => self.spawn_evaluator(index, &arguments, time_machine.as_deref(), now),
             Command::KillChild => {
                 if let Some(child) = self.slots[index].child.as_mut() {
                     child.proc.kill();
@@ -443,12 +474,16 @@ impl EventLoop {
     /// Settles whatever finished and ticks every cycle.
     fn advance(&mut self, now: Instant) {
         if let Some(http) = self.http.as_mut() {
-            http.tick(self.poll.registry(), &self.db, now);
+            http.tick(self.poll.registry(), &mut self.db, now);
         }
+        self.apply_effects(now);
         self.reap_reload(now);
         self.copier.step();
         for index in 0..self.slots.len() {
             self.read_leftovers(index);
+            if self.slots[index].conn.as_ref().is_some_and(|c| c.more) {
+                self.daemon_io(index);
+            }
             self.reap_child(index, now);
             self.settle_batch(index, now);
             if !self.stopping {
@@ -528,13 +563,12 @@ fn step_of(state: &State) -> Option<Step> {
     }
 }
 
-fn write_evaluator_script(config: &Config) -> Result<PathBuf, Fatal> {
+fn write_evaluator_script(config: &Config, name: &str, text: &str) -> Result<PathBuf, Fatal> {
     let dir = config.cache_dir.join(".cuirass");
     std::fs::create_dir_all(&dir)
         .map_err(|e| format!("cannot create the cache directory {}: {e}", dir.display()))?;
-    let path = dir.join(format!("evaluate-{}.scm", std::process::id()));
-    std::fs::write(&path, EVALUATOR_SCRIPT)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let path = dir.join(format!("{name}-{}.scm", std::process::id()));
+    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(path)
 }
 
@@ -552,10 +586,17 @@ fn usable_name(name: &str) -> bool {
 }
 
 pub const EVALUATOR_SCRIPT: &str = include_str!("evaluate.scm");
+/// The job file of `specification` records: what each build type means.
+pub const BUILD_TYPES_SCRIPT: &str = include_str!("build-types.scm");
 
 pub use crate::cycle::evaluator_arguments;
 
 /// The options a batch's connection sets: ours, and its limit class.
 fn batch_options(config: &Config, limits: build::Limits) -> crate::wire::BuildOptions {
-    build::build_options(config.use_substitutes, config.fallback, limits)
+    build::build_options(
+        config.use_substitutes,
+        config.fallback,
+        config.offload,
+        limits,
+    )
 }

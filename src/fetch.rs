@@ -236,6 +236,12 @@ fn reachable(repo: &Repository, advertised: &[(String, Oid)], commit: Oid) -> bo
         .any(|tip| tip == commit || repo.graph_descendant_of(tip, commit).unwrap_or(false))
 }
 
+mod channels;
+pub use channels::{
+    CHANNELS_SUBCOMMAND, Checkout, Outcome, channels_child_args, channels_child_main,
+    parse_channels_output,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -219,6 +219,8 @@ border:1px solid #dde1e7;border-radius:6px;padding:.8em}dt{color:#5b6474}dd{marg
 .filters a{padding:.2em .7em;border:1px solid #c9ced6;border-radius:999px;text-decoration:none;background:#fff}\
 .filters a.on{background:#22304a;color:#fff;border-color:#22304a}\
 .filters input{padding:.25em .5em}.pager{display:flex;gap:1em;justify-content:center}\
+.actions{display:flex;flex-wrap:wrap;gap:.5em;margin:.5em 0 1em}.actions form{margin:0}\
+.actions button{padding:.3em .8em;border:1px solid #b8c0cc;border-radius:4px;background:#fff;cursor:pointer}\
 @media (max-width:600px){body{font-size:14px}main{padding:.6em}th,td{padding:.35em .45em}.hide-s{display:none}}";
 
 #[cfg(test)]

@@ -9,8 +9,26 @@ pub const MAX_REQUEST_LINE: usize = 8 * 1024;
 pub const MAX_HEAD: usize = 32 * 1024;
 /// Most header fields accepted; more is 431.
 pub const MAX_HEADERS: usize = 64;
-/// Largest request body skipped over (no route reads one); larger is 413.
-pub const MAX_BODY: usize = 64 * 1024;
+/// Largest request body accepted (an action's JSON, a login form, a push
+/// webhook's payload); larger is 413.  Forges send whole commit lists in
+/// a push payload, so this is not tiny, but a client cannot make us
+/// buffer more than this per connection.
+pub const MAX_BODY: usize = 256 * 1024;
+/// Request headers kept for the routes (the rest are read and dropped):
+/// credentials, the webhook signatures, and what a form or a payload is.
+pub const KEPT_HEADERS: &[&str] = &[
+    "authorization",
+    "cookie",
+    "content-type",
+    "x-hub-signature-256",
+    "x-gitea-signature",
+    "x-forgejo-signature",
+    "x-gitlab-token",
+    "x-github-event",
+    "x-gitea-event",
+    "x-forgejo-event",
+    "x-gitlab-event",
+];
 
 /// Why a request was refused: the status to answer with, and a reason for
 /// the client.  The connection is closed after the answer, since framing
@@ -40,6 +58,11 @@ pub struct Request {
     pub http11: bool,
     /// `Accept-Encoding` admits gzip (see [`accepts_gzip`]).
     pub accept_gzip: bool,
+    /// The headers named in [`KEPT_HEADERS`], names in lower case,
+    /// values trimmed, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body (`Content-Length` bytes, at most [`MAX_BODY`]).
+    pub body: Vec<u8>,
 }
 
 impl Request {
@@ -60,6 +83,15 @@ impl Request {
 
     pub fn is_head(&self) -> bool {
         self.method == "HEAD"
+    }
+
+    /// The first value of a kept header (see [`KEPT_HEADERS`]); `name` in
+    /// lower case.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -101,8 +133,12 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed, Error> {
     let mut body_len = 0usize;
     let mut seen_length = false;
     let mut accept_gzip = false;
+    let mut kept = Vec::new();
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value).unwrap_or("").trim();
+        if let Some(name) = KEPT_HEADERS.iter().find(|k| h.name.eq_ignore_ascii_case(k)) {
+            kept.push((name.to_string(), value.to_string()));
+        }
         if h.name.eq_ignore_ascii_case("connection") {
             for token in value.split(',').map(str::trim) {
                 if token.eq_ignore_ascii_case("close") {
@@ -124,8 +160,9 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed, Error> {
             seen_length = true;
             body_len = n;
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            // No route takes a body, so chunked bodies are not worth a
-            // decoder; refusing them keeps framing unambiguous.
+            // Clients of the actions and forges send Content-Length, so
+            // chunked bodies are not worth a decoder; refusing them keeps
+            // framing unambiguous.
             return Err(error(501, "Transfer-Encoding not supported"));
         }
     }
@@ -146,6 +183,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed, Error> {
             keep_alive,
             http11: minor >= 1,
             accept_gzip,
+            headers: kept,
+            body: buf[head_len..head_len + body_len].to_vec(),
         },
         head_len + body_len,
     ))
@@ -185,7 +224,15 @@ fn split_target(target: &str) -> Result<(String, Vec<(String, String)>), Error> 
     for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let k = percent_decode(k).ok_or(error(400, "bad percent-encoding"))?;
-        let v = percent_decode(v).ok_or(error(400, "bad percent-encoding"))?;
+        // `query` is words, as an HTML form sends them (the dashboard's
+        // search box, and links like `/search/latest?query=spec:guix+hello`):
+        // there a bare `+` is a space.  Every other parameter carries a
+        // name, where `+` is a plus (`gtk+`, `libsigc++`).
+        let v = match k.as_str() {
+            "query" => percent_decode(&v.replace('+', "%20")),
+            _ => percent_decode(v),
+        }
+        .ok_or(error(400, "bad percent-encoding"))?;
         query.push((k, v));
     }
     Ok((path, query))
@@ -313,12 +360,17 @@ pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         302 => "Found",
+        303 => "See Other",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        409 => "Conflict",
         413 => "Content Too Large",
         414 => "URI Too Long",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",

@@ -3,10 +3,12 @@
 //! the routes (`api`).  Nothing here waits: a slow or idle client costs a
 //! buffer and a timer, never a turn of the loop.
 
+use crate::admin::{Auth, Effect};
 use crate::api;
 use crate::buildlog::{self, serve::LogStream};
-use crate::db::Db;
+use crate::db::{Db, status};
 use crate::http::{self, Parsed, Response};
+use crate::routes;
 use crate::web::{self, HttpCounters};
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
@@ -46,7 +48,16 @@ struct Paging {
 struct Streaming {
     log: LogStream,
     keep_alive: bool,
+    /// A running build's log, all sent: when it was last looked at for
+    /// more (it is looked at every [`FOLLOW_EVERY`]).
+    waiting: Option<Instant>,
 }
+
+/// How often a followed live log is looked at for new output.
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+/// A client following a live log is kept this long without a byte: a
+/// build may be silent for long (its max-silent-time decides).
+const FOLLOW_IDLE: Duration = Duration::from_secs(3600);
 
 struct Conn {
     stream: TcpStream,
@@ -94,6 +105,9 @@ impl Conn {
         if self.queued() > 0 {
             return self.last_progress + WRITE_TIMEOUT;
         }
+        if self.streaming.as_ref().is_some_and(|s| s.waiting.is_some()) {
+            return self.last_progress + FOLLOW_IDLE;
+        }
         match self.request_started {
             Some(t) => t + REQUEST_TIMEOUT,
             None => self.last_progress + IDLE_TIMEOUT,
@@ -116,6 +130,20 @@ pub struct HttpServer {
     /// Requests answered, for `/metrics`.
     counters: HttpCounters,
     logs: buildlog::Places,
+    /// Tokens, sessions and rate limits: who may write.
+    auth: Auth,
+    /// What answered actions ask of the loop, in order.
+    effects: Vec<Effect>,
+}
+
+/// What one turn of a connection needs beyond the connection.
+struct Turn<'a> {
+    db: &'a mut Db,
+    now: Instant,
+    counters: &'a mut HttpCounters,
+    logs: &'a buildlog::Places,
+    auth: &'a mut Auth,
+    effects: &'a mut Vec<Effect>,
 }
 
 impl HttpServer {
@@ -126,6 +154,7 @@ impl HttpServer {
         listener: Token,
         first_conn_token: usize,
         logs: buildlog::Places,
+        auth: Auth,
     ) -> Result<HttpServer, String> {
         let name = format!("{addr}:{port}");
         let mut addrs: Vec<SocketAddr> = (addr, port)
@@ -155,12 +184,24 @@ impl HttpServer {
                         now: Instant::now(),
                         counters: HttpCounters::default(),
                         logs,
+                        auth,
+                        effects: Vec::new(),
                     });
                 }
                 Err(e) => last = Some(format!("cannot listen on {name} ({a}): {e}")),
             }
         }
         Err(last.unwrap_or_else(|| format!("cannot listen on {name}: no address")))
+    }
+
+    /// What the actions answered since the last call asked of the loop.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// Tokens and webhook secret, for SIGHUP.
+    pub fn auth_mut(&mut self) -> &mut Auth {
+        &mut self.auth
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -173,7 +214,7 @@ impl HttpServer {
                 && token.0 - self.first_conn_token < self.conns.len())
     }
 
-    pub fn handle(&mut self, registry: &Registry, event: &Event, db: &Db, now: Instant) {
+    pub fn handle(&mut self, registry: &Registry, event: &Event, db: &mut Db, now: Instant) {
         self.now = now;
         if event.token() == self.listener_token {
             self.accept(registry, now);
@@ -191,7 +232,16 @@ impl HttpServer {
 
     /// The next time a connection times out, or now if one has work left.
     pub fn poll_at(&self) -> Option<Instant> {
-        let next = self.conns.iter().flatten().map(Conn::deadline).min();
+        let mut next = self.conns.iter().flatten().map(Conn::deadline).min();
+        let follow = self
+            .conns
+            .iter()
+            .flatten()
+            .filter_map(|c| c.streaming.as_ref()?.waiting)
+            .min();
+        if let Some(at) = follow {
+            next = next.map_or(Some(at + FOLLOW_EVERY), |n| Some(n.min(at + FOLLOW_EVERY)));
+        }
         if self.again.is_empty() {
             next
         } else {
@@ -200,7 +250,7 @@ impl HttpServer {
     }
 
     /// Closes connections past their deadline; continues capped work.
-    pub fn tick(&mut self, registry: &Registry, db: &Db, now: Instant) {
+    pub fn tick(&mut self, registry: &Registry, db: &mut Db, now: Instant) {
         self.now = now;
         for slot in std::mem::take(&mut self.again) {
             if self.conns.get(slot).is_some_and(Option::is_some) {
@@ -211,6 +261,11 @@ impl HttpServer {
             let Some(conn) = &self.conns[slot] else {
                 continue;
             };
+            let waited = conn.streaming.as_ref().and_then(|s| s.waiting);
+            if waited.is_some_and(|at| now >= at + FOLLOW_EVERY) {
+                self.service(registry, slot, db, now);
+                continue;
+            }
             if now >= conn.deadline() {
                 log::debug!(target: crate::logging::HTTP, "http: {} timed out", conn.peer);
                 self.close(registry, slot);
@@ -266,11 +321,19 @@ impl HttpServer {
     }
 
     /// One connection's turn: flush, read (capped), answer (capped), flush.
-    fn service(&mut self, registry: &Registry, slot: usize, db: &Db, now: Instant) {
+    fn service(&mut self, registry: &Registry, slot: usize, db: &mut Db, now: Instant) {
         let Some(conn) = self.conns[slot].as_mut() else {
             return;
         };
-        let outcome = step(conn, db, now, &mut self.counters, &self.logs);
+        let mut turn = Turn {
+            db,
+            now,
+            counters: &mut self.counters,
+            logs: &self.logs,
+            auth: &mut self.auth,
+            effects: &mut self.effects,
+        };
+        let outcome = step(conn, &mut turn);
         match outcome {
             Step::Close => self.close(registry, slot),
             Step::Wait { more } => {
@@ -316,13 +379,9 @@ enum Step {
     },
 }
 
-fn step(
-    conn: &mut Conn,
-    db: &Db,
-    now: Instant,
-    counters: &mut HttpCounters,
-    logs: &buildlog::Places,
-) -> Step {
+fn step(conn: &mut Conn, turn: &mut Turn) -> Step {
+    let now = turn.now;
+    let logs = turn.logs;
     if flush(conn, now).is_err() {
         return Step::Close;
     }
@@ -332,11 +391,11 @@ fn step(
     // One page of a listing per turn: other connections get theirs in
     // between, so a large `nr` holds nobody up.
     if let Some(paging) = conn.paging.as_mut() {
-        let Some(response) = paging.pager.step(db) else {
+        let Some(response) = paging.pager.step(&*turn.db) else {
             return Step::Wait { more: true };
         };
         let paging = conn.paging.take().unwrap();
-        counters.record(paging.route, response.status);
+        turn.counters.record(paging.route, response.status);
         conn.output
             .extend_from_slice(&response.encode(paging.head, paging.keep_alive));
         conn.close_after_write = !paging.keep_alive;
@@ -346,6 +405,29 @@ fn step(
     if let Some(streaming) = conn.streaming.as_mut() {
         if conn.output.len() - conn.sent >= MAX_QUEUED {
             return Step::Wait { more: false };
+        }
+        if let Some(id) = streaming.log.following() {
+            // A database error ends the log where it stands rather than
+            // keep the client waiting on a build no one can see.
+            let running = turn
+                .db
+                .build_status(id)
+                .is_ok_and(|s| s == Some(status::STARTED));
+            match streaming.log.refresh(running) {
+                Ok(true) => {
+                    streaming.waiting = Some(now);
+                    return match flush(conn, now) {
+                        Ok(()) => Step::Wait { more: false },
+                        Err(()) => Step::Close,
+                    };
+                }
+                Ok(false) => streaming.waiting = None,
+                Err(e) => {
+                    log::warn!(target: crate::logging::HTTP, "http: {} log: {e}", conn.peer);
+                    let _ = flush(conn, now);
+                    return Step::Close;
+                }
+            }
         }
         if let Err(e) = streaming.log.next(&mut conn.output) {
             // Headers are gone: only a broken transfer can tell the
@@ -382,28 +464,42 @@ fn step(
                 Ok(Parsed::Partial) => break,
                 Ok(Parsed::Complete(req, used)) => {
                     conn.input.drain(..used);
+                    let keep = req.keep_alive && !conn.eof;
+                    if let Some((response, effects)) = write_request(turn, &req) {
+                        turn.counters.record(routes::pattern(&req), response.status);
+                        log::debug!(target: crate::logging::HTTP, "http: {} {} {:?} -> {}",
+                            conn.peer,
+                            req.method,
+                            req.path,
+                            response.status
+                        );
+                        turn.effects.extend(effects);
+                        conn.output.extend_from_slice(&response.encode(false, keep));
+                        conn.close_after_write = !keep;
+                        answered += 1;
+                        continue;
+                    }
                     if let Some(Ok(pager)) = api::Pager::for_request(&req) {
                         conn.paging = Some(Paging {
                             pager,
-                            route: web::route_pattern(&req),
+                            route: routes::pattern(&req),
                             head: req.is_head(),
                             keep_alive: req.keep_alive && !conn.eof,
                         });
                         answered += 1;
                         continue;
                     }
-                    let keep = req.keep_alive && !conn.eof;
                     if buildlog::serve::log_request(&req).is_some() {
                         answered += 1;
-                        match buildlog::serve::start(db, logs, &req, keep) {
+                        match buildlog::serve::start(&*turn.db, logs, &req, keep) {
                             buildlog::serve::Start::Whole(response) => {
-                                counters.record(web::route_pattern(&req), response.status);
+                                turn.counters.record(routes::pattern(&req), response.status);
                                 conn.output
                                     .extend_from_slice(&response.encode(req.is_head(), keep));
                                 conn.close_after_write = !keep;
                             }
                             buildlog::serve::Start::Stream(head, log) => {
-                                counters.record(web::route_pattern(&req), 200);
+                                turn.counters.record(routes::pattern(&req), 200);
                                 log::debug!(target: crate::logging::HTTP,
                                     "http: {} {} {} -> 200",
                                     conn.peer,
@@ -414,6 +510,7 @@ fn step(
                                 conn.streaming = Some(Streaming {
                                     log,
                                     keep_alive: keep,
+                                    waiting: None,
                                 });
                                 // Ended here for HEAD: nothing to stream.
                                 return step_again(conn, now);
@@ -422,15 +519,16 @@ fn step(
                         continue;
                     }
                     let response = web::respond(
-                        db,
+                        &*turn.db,
                         &req,
                         &web::Ctx {
                             now: wall_clock(),
                             logs,
-                            counters,
+                            counters: &*turn.counters,
+                            session: web::session(turn.auth, &req, now),
                         },
                     );
-                    counters.record(web::route_pattern(&req), response.status);
+                    turn.counters.record(routes::pattern(&req), response.status);
                     log::debug!(target: crate::logging::HTTP, "http: {} {} {:?} -> {}",
                         conn.peer,
                         req.method,
@@ -445,7 +543,7 @@ fn step(
                 Err(e) => {
                     log::debug!(target: crate::logging::HTTP, "http: {} refused: {} {}", conn.peer, e.status, e.message);
                     let response: Response = api::error(e.status, e.message);
-                    counters.record("invalid", e.status);
+                    turn.counters.record("invalid", e.status);
                     conn.output
                         .extend_from_slice(&response.encode(false, false));
                     conn.close_after_write = true;
@@ -503,6 +601,37 @@ fn step(
     let more = conn.busy()
         || (answered >= REQUESTS_PER_TURN && conn.queued() < MAX_QUEUED && !conn.input.is_empty());
     Step::Wait { more }
+}
+
+/// A request that may change something (a POST, or any request to a
+/// write route, which then gets its 405): answered by the actions, with
+/// the effects they ask of the loop.
+fn write_request(turn: &mut Turn, req: &http::Request) -> Option<api::admin::Outcome> {
+    let writes = routes::of(req).is_some_and(|m| {
+        routes::is_action(m.route)
+            || routes::is_trigger(m.route)
+            || m.route == routes::Route::Logout
+    });
+    if req.method != "POST" && !writes {
+        return None;
+    }
+    let clock = api::admin::Now {
+        now: turn.now,
+        unix: wall_clock(),
+    };
+    if let Some(outcome) = web::respond_write(turn.db, req, turn.auth, clock, &random_bytes) {
+        return Some(outcome);
+    }
+    Some((api::respond(turn.db, req), Vec::new()))
+}
+
+/// Session ids and CSRF tokens: the kernel's randomness.
+fn random_bytes() -> [u8; 64] {
+    let mut out = [0u8; 64];
+    // SAFETY: getrandom(2) writes at most `out.len()` bytes into `out`.
+    let n = unsafe { libc::getrandom(out.as_mut_ptr().cast(), out.len(), 0) };
+    assert_eq!(n, out.len() as isize, "getrandom failed");
+    out
 }
 
 /// After a log stream began: the rest of the turn is the stream's.

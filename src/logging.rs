@@ -23,3 +23,5 @@ pub const BUILDING: &str = "cuirass::building";
 pub const HTTP: &str = "cuirass::http";
 /// Specification files read at start-up or on SIGHUP.
 pub const SPEC: &str = "cuirass::spec";
+/// Operators' actions, triggers and webhooks: who did what.
+pub const ADMIN: &str = "cuirass::admin";

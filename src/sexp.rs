@@ -556,7 +556,7 @@ fn atom(tok: &str) -> Option<Kind> {
 
 /// Joins a head and a tail as `cons*` would, keeping the invariants of
 /// [`Kind::Dotted`]; the result takes the position of the first element.
-fn cons_list(mut head: Vec<Datum>, tail: Datum) -> Datum {
+pub fn cons_list(mut head: Vec<Datum>, tail: Datum) -> Datum {
     let pos = head.first().map_or(tail.pos, |d| d.pos);
     let kind = match tail.kind {
         Kind::List(rest) => {
@@ -726,7 +726,7 @@ impl fmt::Display for Datum {
 }
 
 mod eval;
-pub use eval::{EvalError, eval_data};
+pub use eval::{EvalError, eval_data, record_tag};
 
 #[cfg(test)]
 mod tests;

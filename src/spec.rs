@@ -8,6 +8,7 @@
 //! ignored them; everything else that is wrong is an error naming the place.
 
 use crate::sexp::{self, Datum, EvalError, Kind, Pos};
+pub use record::{BuildOutput, Channel, Introduction, Record};
 use std::fmt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -29,6 +30,10 @@ pub struct Specification {
     pub proc_name: String,
     /// The written cdr of the `#:arguments` entry, e.g. `((subset . "hello"))`.
     pub arguments: String,
+    /// Today's fields, for a spec read from a `specification` record (the
+    /// fields above then describe its first channel); None for a 2018 alist.
+    #[serde(default)]
+    pub record: Option<Record>,
 }
 
 impl Specification {
@@ -47,7 +52,13 @@ impl Specification {
             file: file.into(),
             proc_name: proc_name.into(),
             arguments: "()".into(),
+            record: None,
         }
+    }
+
+    /// Whether the cycle polls it (2018 specs always are).
+    pub fn is_active(&self) -> bool {
+        self.record.as_ref().is_none_or(|r| r.is_active)
     }
 }
 
@@ -145,9 +156,24 @@ pub fn specs_from_data(file: &str, value: &Datum) -> Result<Vec<Specification>, 
             ),
         ));
     };
+    let records = items
+        .first()
+        .is_some_and(|i| record::is_record(i, "specification"));
     let mut specs: Vec<Specification> = Vec::new();
     for item in items {
-        let spec = one_spec(item).map_err(|(pos, message)| err(pos, message))?;
+        if records != record::is_record(item, "specification") {
+            return Err(err(
+                item.pos,
+                "a file holds either specification records or 2018 association lists, not both"
+                    .into(),
+            ));
+        }
+        let spec = if records {
+            record::spec_from_record(item)
+        } else {
+            one_spec(item)
+        };
+        let spec = spec.map_err(|(pos, message)| err(pos, message))?;
         if specs.iter().any(|s| s.name == spec.name) {
             return Err(err(
                 item.pos,
@@ -285,6 +311,7 @@ fn one_spec(item: &Datum) -> Result<Specification, (Pos, String)> {
         file,
         proc_name,
         arguments: get("arguments").map_or_else(|| "()".into(), |(v, _)| v.to_string()),
+        record: None,
     })
 }
 
@@ -346,9 +373,69 @@ impl Drop for TempScript {
     }
 }
 
+/// How long Guile may take over a specification file, in seconds: the
+/// evaluation timeout, set once by `main` (default an hour).
+static GUILE_TIMEOUT_SECS: AtomicU64 = AtomicU64::new(3600);
+
+/// Bounds the Guile run of [`read_spec_file`] (`--evaluation-timeout`).
+pub fn set_guile_timeout(timeout: std::time::Duration) {
+    GUILE_TIMEOUT_SECS.store(timeout.as_secs().max(1), Ordering::Relaxed);
+}
+
+fn guile_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(GUILE_TIMEOUT_SECS.load(Ordering::Relaxed))
+}
+
+/// Runs `cmd` to completion within `timeout`, its output in temporary
+/// files (no pipes to drain, no threads): its own process group, killed
+/// whole at the timeout and when cuirass dies (`crate::child::die_with_parent`).
+fn run_bounded(
+    mut cmd: Command,
+    timeout: std::time::Duration,
+) -> std::io::Result<std::process::Output> {
+    use std::os::unix::process::CommandExt;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let base = std::env::temp_dir().join(format!("cuirass-guile-{}-{n}", std::process::id()));
+    let (out_path, err_path) = (base.with_extension("out"), base.with_extension("err"));
+    let result = (|| {
+        cmd.stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path)?)
+            .stderr(std::fs::File::create(&err_path)?)
+            .process_group(0);
+        crate::child::die_with_parent(&mut cmd);
+        let mut child = cmd.spawn()?;
+        let deadline = std::time::Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if std::time::Instant::now() >= deadline {
+                // SAFETY: kill(2) of the process group of our own child.
+                unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+                let _ = child.wait();
+                return Err(std::io::Error::other(format!(
+                    "timed out after {} s (--evaluation-timeout)",
+                    timeout.as_secs()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        Ok(std::process::Output {
+            status,
+            stdout: std::fs::read(&out_path)?,
+            stderr: std::fs::read(&err_path)?,
+        })
+    })();
+    let _ = std::fs::remove_file(&out_path);
+    let _ = std::fs::remove_file(&err_path);
+    result
+}
+
 /// Reads a specification file, running Guile only when the file is code.
-/// `guile_command` is usually [`default_guile_command`]. Guile runs to
-/// completion: a file that loops forever blocks the caller.
+/// `guile_command` is usually [`default_guile_command`].  Guile gets the
+/// time [`set_guile_timeout`] gave it, then it is killed and the file is
+/// an error.
 pub fn read_spec_file(
     path: &Path,
     guile_command: &[String],
@@ -372,13 +459,10 @@ pub fn read_spec_file(
         .ok_or_else(|| err("no Guile command configured".into()))?;
     let script =
         TempScript::create().map_err(|e| err(format!("cannot write helper script: {e}")))?;
-    let output = Command::new(program)
-        .args(args)
-        .arg(&script.0)
-        .arg(&absolute)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| err(format!("cannot run {program}: {e}")))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args).arg(&script.0).arg(&absolute);
+    let output =
+        run_bounded(cmd, guile_timeout()).map_err(|e| err(format!("cannot run {program}: {e}")))?;
     drop(script);
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
@@ -438,5 +522,6 @@ pub fn child_main(args: &[String]) -> i32 {
     }
 }
 
+pub mod record;
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,9 @@
 //! page renders the same in a test every time.  Nothing here writes
 //! JSON: what is not a page goes on to `api`.
 
+mod admin;
 mod badge;
+mod machines;
 mod metrics;
 mod pages;
 
@@ -13,8 +15,10 @@ use crate::api;
 use crate::buildlog;
 use crate::db::Db;
 use crate::http::{Request, Response};
+use crate::routes::{self, Route};
 use std::collections::BTreeMap;
 
+pub use admin::{respond_write, session};
 pub use metrics::render as render_metrics;
 
 const HTML: &str = "text/html; charset=utf-8";
@@ -26,6 +30,9 @@ pub struct Ctx<'a> {
     /// Where build logs are looked for.
     pub logs: &'a buildlog::Places,
     pub counters: &'a HttpCounters,
+    /// The operator's dashboard session, if logged in: pages then show
+    /// the action buttons.
+    pub session: Option<&'a crate::admin::Session>,
 }
 
 /// Requests answered, by route pattern and status code.  Patterns are a
@@ -46,52 +53,28 @@ impl HttpCounters {
     }
 }
 
-/// The pattern of the route a request took, for [`HttpCounters`]: never
-/// the raw path, which a client could make unique per request.
-pub fn route_pattern(req: &Request) -> &'static str {
-    let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
-    match segs.as_slice() {
-        [] => "/",
-        ["jobset", _] => "/jobset/:name",
-        ["jobset", _, "badge.svg"] => "/jobset/:name/badge.svg",
-        ["eval", _] => "/eval/:id",
-        ["build", drv] if drv.ends_with(".drv") => "/build/:derivation",
-        ["build", _] => "/build/:id",
-        ["build", _, "details"] => "/build/:id/details",
-        ["build", _, "log", "raw"] => "/build/:id/log/raw",
-        ["search"] => "/search",
-        ["metrics"] => "/metrics",
-        ["jobsets"] => "/jobsets",
-        ["specifications"] => "/specifications",
-        ["api", "latestbuilds"] => "/api/latestbuilds",
-        ["api", "queue"] => "/api/queue",
-        ["api", "evaluations"] => "/api/evaluations",
-        ["api", "evaluation"] => "/api/evaluation",
-        ["api", "jobs"] => "/api/jobs",
-        ["api", "jobs", "history"] => "/api/jobs/history",
-        ["output", _] => "/output/:item",
-        ["log", _] => "/log/:item",
-        ["search", "latest"] => "/search/latest",
-        ["search", "latest", _] => "/search/latest/:type",
-        _ => "other",
-    }
-}
-
 /// Answers a request: a page, `/metrics` or a badge, else the JSON API.
 pub fn respond(db: &Db, req: &Request, ctx: &Ctx) -> Response {
     if req.method != "GET" && req.method != "HEAD" {
         return api::respond(db, req);
     }
-    let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
-    let result = match segs.as_slice() {
-        [] => pages::index(db, ctx.now),
-        ["jobset", name] => pages::jobset(db, req, name, ctx.now),
-        ["jobset", name, "badge.svg"] => Ok(badge::badge(db, name)),
-        ["eval", id] => pages::evaluation(db, req, id, ctx.now),
-        ["build", id, "details"] => pages::build_details(db, id, ctx),
-        ["search"] => pages::search(db, req, ctx.now),
-        ["metrics"] => Ok(metrics::metrics(db, ctx.counters)),
-        ["build", _, "log", "raw"] | ["log", _] => Ok(buildlog::serve::whole(db, ctx.logs, req)),
+    let Some(m) = routes::of(req) else {
+        return api::respond(db, req);
+    };
+    let result = match m.route {
+        Route::Index => pages::index(db, ctx.now),
+        Route::Jobset => pages::jobset(db, req, m.arg(0), ctx),
+        Route::Badge => Ok(badge::badge(db, m.arg(0))),
+        Route::Evaluation => pages::evaluation(db, req, m.arg(0), ctx),
+        Route::Login => Ok(admin::login_page()),
+        Route::BuildDetails => pages::build_details(db, m.arg(0), ctx),
+        Route::Search => pages::search(db, req, ctx.now),
+        Route::Metrics => Ok(metrics::metrics(db, ctx.counters)),
+        Route::Machines => machines::machines(db, ctx.now),
+        Route::ApiMachines => Ok(api::machines::machines(db, ctx.now)),
+        Route::BuildLog | Route::LogOfItem | Route::AttemptLog | Route::Download => {
+            Ok(buildlog::serve::whole(db, ctx.logs, req))
+        }
         _ => return api::respond(db, req),
     };
     result.unwrap_or_else(|r| r)

@@ -8,9 +8,10 @@ use crate::db::read::EvaluationView;
 use crate::http::Request;
 use serde::Serialize;
 
-/// One checkout of an evaluation.  Until channels exist an evaluation has
-/// one: the specification's repository at the evaluated commit, whose
-/// channel is named after the specification.
+/// One checkout of an evaluation: one per channel as recorded, or for an
+/// evaluation made before checkouts were recorded (a 2018 database), the
+/// specification's repository at the evaluated commit, whose channel is
+/// named after the specification.
 #[derive(Serialize)]
 pub(super) struct CheckoutJson<'a> {
     commit: &'a str,
@@ -18,19 +19,31 @@ pub(super) struct CheckoutJson<'a> {
     channel: &'a str,
     /// 2018's name of the same thing (Guix 1.2.0 reads it).
     input: &'a str,
-    /// Today's Cuirass gives the checkout's store directory.  Ours is not
-    /// in the store, and the cache directory holds only the latest commit,
-    /// so naming it for an older evaluation would be false: null.
+    /// Where cuirass checked it out (today's Cuirass gives a store
+    /// directory; ours is the cache, which keeps only the latest commit
+    /// of each channel); null when not recorded.  A `guix` channel left
+    /// to `guix time-machine` has an empty commit and directory.
     directory: Option<&'a str>,
 }
 
-pub(super) fn checkouts(e: &EvaluationView) -> [CheckoutJson<'_>; 1] {
-    [CheckoutJson {
-        commit: &e.revision,
-        channel: &e.specification,
-        input: &e.specification,
-        directory: None,
-    }]
+pub(super) fn checkouts(e: &EvaluationView) -> Vec<CheckoutJson<'_>> {
+    if e.checkouts.is_empty() {
+        return vec![CheckoutJson {
+            commit: &e.revision,
+            channel: &e.specification,
+            input: &e.specification,
+            directory: None,
+        }];
+    }
+    e.checkouts
+        .iter()
+        .map(|c| CheckoutJson {
+            commit: &c.commit,
+            channel: &c.channel,
+            input: &c.channel,
+            directory: Some(&c.directory),
+        })
+        .collect()
 }
 
 /// Today's evaluation object plus 2018's `in-progress`.
@@ -53,7 +66,7 @@ struct EvaluationJson<'a> {
     timestamp: i64,
     checkouttime: i64,
     evaltime: i64,
-    checkouts: [CheckoutJson<'a>; 1],
+    checkouts: Vec<CheckoutJson<'a>>,
 }
 
 fn evaluation_json(e: &EvaluationView) -> EvaluationJson<'_> {

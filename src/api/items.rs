@@ -117,9 +117,12 @@ pub(super) fn search_latest(db: &Db, req: &Request, kind: Option<&str>) -> Reply
         .ok_or_else(|| error(404, &format!("No build matches {text}.")))?;
     match kind {
         None => Ok(found(format!("/build/{}/details", b.id))),
-        Some(kind) => Err(error(
-            404,
-            &format!("Build {} has no build product of type {kind}.", b.id),
-        )),
+        Some(kind) => match b.products.iter().find(|p| p.kind == kind) {
+            Some(p) => Ok(found(format!("/download/{}", p.id))),
+            None => Err(error(
+                404,
+                &format!("Build {} has no build product of type {kind}.", b.id),
+            )),
+        },
     }
 }

@@ -69,7 +69,7 @@ pub(super) fn job_filter(req: &Request) -> Result<JobFilter, Response> {
 #[derive(Serialize)]
 struct HistoryJson<'a> {
     evaluation: i64,
-    checkouts: [CheckoutJson<'a>; 1],
+    checkouts: Vec<CheckoutJson<'a>>,
     jobs: Vec<JobJson<'a>>,
 }
 

@@ -126,7 +126,8 @@ fn a_build_is_a_hydra_object() {
         "system": "x86_64-linux", "nixname": "ok-1.0", "buildstatus": 0,
         "weather": -1, "busy": 0, "priority": 0, "finished": 1, "buildproducts": [],
         "releasename": null, "buildinputs_builds": null,
-        "timeout": null, "maxsilent": null, "errormsg": null
+        "timeout": null, "maxsilent": null, "errormsg": null,
+        "worker": null
     });
     assert_eq!(b, expect);
     // Unfinished: the creation time, busy while started.

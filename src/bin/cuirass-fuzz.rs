@@ -16,6 +16,9 @@
 
 use cuirass::{drv, job, sexp, spec, trace, wire};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+
+#[path = "cuirass-fuzz/admin.rs"]
+mod admin;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -31,7 +34,9 @@ const MAX_LEN: usize = 64 * 1024;
 /// Inputs that parse are kept as new starting points, up to this many.
 const MAX_CORPUS: usize = 4096;
 
-const TARGETS: &[&str] = &["sexp", "spec", "drv", "trace", "wire", "job", "http"];
+const TARGETS: &[&str] = &[
+    "sexp", "spec", "drv", "trace", "wire", "job", "http", "admin",
+];
 
 /// xorshift64*: small, fast, and the same on every machine for a seed.
 struct Rng(u64);
@@ -234,6 +239,7 @@ fn run_target(target: &str, input: &[u8], rng_seed: u64) -> Outcome {
         "wire" => fuzz_wire(input, rng_seed),
         "job" => Ok(job::parse_line(input).is_ok()),
         "http" => fuzz_http(input),
+        "admin" => admin::fuzz(input),
         other => Err(format!("unknown target {other}")),
     }
 }
@@ -257,6 +263,13 @@ fn parse_only(target: &str, input: &[u8]) {
         "wire" => drop(decode(input, &[])),
         "job" => drop(job::parse_line(input)),
         "http" => drop(cuirass::http::parse_request(input)),
+        "admin" => {
+            if let Ok(cuirass::http::Parsed::Complete(req, _)) = cuirass::http::parse_request(input)
+            {
+                drop(cuirass::api::admin::Body::of(&req));
+            }
+            drop(serde_json::from_slice::<serde_json::Value>(input));
+        }
         _ => {}
     }
 }
@@ -531,6 +544,7 @@ fn seeds(target: &str, fixtures: &Path) -> Vec<Vec<u8>> {
         .iter()
         .map(|s| s.as_bytes().to_vec())
         .collect(),
+        "admin" => admin::seeds(),
         "trace" => read_dir_files(&fixtures.join("trace"), ext("txt")),
         "wire" => read_dir_files(&fixtures.join("wire"), ext("bin"))
             .into_iter()

@@ -42,7 +42,15 @@ fn a_batch_takes_one_limit_class_in_queue_order() {
 
 #[test]
 fn limits_become_the_connections_settings() {
-    let pairs = |l| build_options(false, false, l).settings;
+    let pairs = |l| {
+        let mut s = build_options(false, false, false, l).settings;
+        // Always there: the live logs need it.
+        assert_eq!(
+            s.pop(),
+            Some(("multiplexed-build-output".into(), "true".into()))
+        );
+        s
+    };
     assert_eq!(pairs(Limits::default()), []);
     assert_eq!(
         pairs(limits(Some(2), Some(72000))),
@@ -94,7 +102,7 @@ fn outcome(capture: &[u8], limits: Limits) -> Vec<(String, i64, Option<String>)>
             derivation,
         })
         .collect();
-    let mut batch = Batch::new(items, build_options(false, false, limits), limits);
+    let mut batch = Batch::new(items, build_options(false, false, false, limits), limits);
     batch.receive(&daemon_bytes(capture), "test").unwrap();
     // Nothing is left undecided: the validity check is not asked.
     let mut valid = Vec::new();
@@ -114,7 +122,7 @@ fn outcome(capture: &[u8], limits: Limits) -> Vec<(String, i64, Option<String>)>
                 reason,
                 ..
             } => Some((derivation[44..].to_string(), status, reason)),
-            Update::Started { .. } => None,
+            Update::Started { .. } | Update::Remote { .. } => None,
         })
         .map(|(name, st, r)| (name[..name.find('-').unwrap()].to_string(), st, r))
         .collect()
@@ -171,4 +179,152 @@ fn an_ordinary_failure_keeps_the_daemons_message() {
             && reason.ends_with("failed with exit code 1"),
         "{reason}"
     );
+}
+
+#[test]
+fn offloading_is_asked_for_unless_forbidden() {
+    assert!(build_options(false, false, true, Limits::default()).use_build_hook);
+    assert!(!build_options(false, false, false, Limits::default()).use_build_hook);
+}
+
+/// A batch of the derivations a capture of real daemon bytes (after
+/// build-paths: fixtures/trace/*.bin) started, fed those bytes in chunks
+/// of `chunk` bytes: its updates and output.
+fn replay(capture: &[u8], chunk: usize) -> (Vec<Update>, Vec<Output>) {
+    // Each message starts with its binary tag and length: look for the
+    // trace lines inside them.
+    let text = String::from_utf8_lossy(capture);
+    let items = text
+        .split("@ build-started ")
+        .skip(1)
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .map(|derivation| Item {
+            outputs: vec![derivation.trim_end_matches(".drv").to_string()],
+            inputs: Vec::new(),
+            derivation,
+        })
+        .collect();
+    let limits = Limits::default();
+    let mut batch = Batch::new(items, build_options(false, false, true, limits), limits);
+    let mut bytes = Vec::new();
+    for w in [WORKER_MAGIC_2, PROTOCOL_VERSION, tag::LAST, tag::LAST] {
+        put_u64(&mut bytes, w);
+    }
+    bytes.extend_from_slice(capture);
+    let (mut updates, mut output) = (Vec::new(), Vec::<Output>::new());
+    for piece in bytes.chunks(chunk) {
+        batch.receive(piece, "test").unwrap();
+        updates.extend(batch.take_updates());
+        for o in batch.take_output() {
+            match output.iter_mut().find(|x| x.derivation == o.derivation) {
+                Some(x) => x.bytes.extend_from_slice(&o.bytes),
+                None => output.push(o),
+            }
+        }
+    }
+    assert!(batch.is_done());
+    (updates, output)
+}
+
+/// (name without hash and nonce, host) of each `Update::Remote`.
+fn remotes(updates: &[Update]) -> Vec<(String, String)> {
+    updates
+        .iter()
+        .filter_map(|u| match u {
+            Update::Remote { derivation, host } => {
+                Some((derivation[44..51].to_string(), host.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn output_of<'a>(output: &'a [Output], name: &str) -> &'a [u8] {
+    output
+        .iter()
+        .find(|o| o.derivation.contains(name))
+        .map_or(&[][..], |o| &o.bytes)
+}
+
+#[test]
+fn offloaded_builds_name_their_machine_and_their_output_is_theirs() {
+    // Real bytes: `guix offload` prints `@ build-remote` on its stderr,
+    // which the daemon frames as that build's output.
+    let capture = include_bytes!("../../fixtures/trace/offload-mux-1.5.0.bin");
+    for chunk in [1, 3, 7, 64, 4096, usize::MAX] {
+        let (updates, output) = replay(capture, chunk.min(capture.len() + 64));
+        assert_eq!(
+            remotes(&updates),
+            [
+                ("cap-fai".to_string(), "10.231.1.2".to_string()),
+                ("cap-ok-".to_string(), "10.231.2.2".to_string())
+            ],
+            "chunk {chunk}"
+        );
+        let ok = String::from_utf8_lossy(output_of(&output, "cap-ok")).into_owned();
+        assert!(ok.contains("line 1\nline 2\nline 3\nno newline"), "{ok}");
+        assert!(ok.contains("retrieving 1 store item from '10.231.2.2'"));
+        let fail = String::from_utf8_lossy(output_of(&output, "cap-fail")).into_owned();
+        assert!(fail.contains("about to fail\n") && !fail.contains("line 1"));
+        // Statuses are unchanged by all this.
+        let finished: Vec<i64> = updates
+            .iter()
+            .filter_map(|u| match u {
+                Update::Finished { status, .. } => Some(*status),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(finished, [status::FAILED, status::SUCCEEDED]);
+    }
+}
+
+#[test]
+fn local_builds_have_their_output_and_no_machine() {
+    let capture = include_bytes!("../../fixtures/trace/local-mux-1.5.0.bin");
+    let (updates, output) = replay(capture, 5);
+    assert!(remotes(&updates).is_empty());
+    assert_eq!(output_of(&output, "cap-fail"), b"about to fail\n");
+    assert_eq!(
+        output_of(&output, "cap-ok"),
+        b"line 1\nline 2\nline 3\nno newline"
+    );
+}
+
+#[test]
+fn without_frames_build_remote_is_a_line_of_its_own() {
+    // Captured without `multiplexed-build-output`.
+    let capture = include_bytes!("../../fixtures/trace/offload-plain-1.5.0.bin");
+    let (updates, output) = replay(capture, 11);
+    assert_eq!(
+        remotes(&updates),
+        [
+            ("cap-fai".to_string(), "10.231.1.2".to_string()),
+            ("cap-ok-".to_string(), "10.231.1.2".to_string())
+        ]
+    );
+    assert!(output.is_empty());
+}
+
+#[test]
+fn build_remote_is_found_across_frames_and_not_in_long_lines() {
+    let drv = format!("/gnu/store/{}-x.drv", "a".repeat(32));
+    let line = format!("@ build-remote {drv} m1\n");
+    let mut partial = Vec::new();
+    let (a, b) = line.split_at(20);
+    assert!(frame_remote(&mut partial, format!("offloading...\n{a}").as_bytes()).is_empty());
+    assert_eq!(
+        frame_remote(&mut partial, b.as_bytes()),
+        [trace::Event::BuildRemote {
+            drv: drv.clone(),
+            host: "m1".into()
+        }]
+    );
+    assert!(partial.is_empty());
+    // A builder line longer than the hook's is dropped whole, its tail
+    // included, even when the tail looks like the hook's line.
+    let long = "x".repeat(HOOK_LINE_MAX + 1);
+    assert!(frame_remote(&mut partial, long.as_bytes()).is_empty());
+    assert!(frame_remote(&mut partial, line.as_bytes()).is_empty());
+    assert!(partial.is_empty());
+    assert_eq!(frame_remote(&mut partial, line.as_bytes()).len(), 1);
 }

@@ -14,10 +14,16 @@
 //! 500 naming the file; found corrupt later, the connection is closed
 //! without the body's end, so the client sees a broken transfer rather
 //! than a log that looks complete.
+//!
+//! A running build's live log ([`super::live`]) is followed: sent chunked
+//! as it grows, and ended once the build has ended and everything
+//! written was sent.  The loop writes a build's last output before its
+//! final status, so a finished build's file is complete.
 
 use super::{Compression, Decoder, Places, Source};
 use crate::db::Db;
 use crate::http::{self, Length, Request, Response};
+use crate::routes::Route;
 use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
@@ -45,6 +51,10 @@ pub struct LogStream {
     live: bool,
     text: Vec<u8>,
     done: bool,
+    /// The build whose live log this is, while it may still grow.
+    follow: Option<i64>,
+    /// The file's size as last seen, for a followed log.
+    seen: u64,
 }
 
 /// What `/build/ID/log/raw` answers, decided before anything is sent.
@@ -63,16 +73,23 @@ pub enum LogOf<'a> {
     /// `/log/ITEM` (today's Cuirass): that of the build that made the
     /// store item `/gnu/store/ITEM`.
     Item(&'a str),
+    /// `/build/ID/attempt/N/log/raw`: that of build ID's earlier run N,
+    /// kept when it was restarted.
+    Attempt(&'a str, &'a str),
+    /// `/download/ID`: not a log but build product ID's file, streamed
+    /// the same way.
+    Download(&'a str),
 }
 
 /// Whose log a `/build/ID/log/raw` or `/log/ITEM` request asks for, or
 /// None for any other request.
 pub fn log_request(req: &Request) -> Option<LogOf<'_>> {
-    match req.segments.as_slice() {
-        [build, id, log, raw] if build == "build" && log == "log" && raw == "raw" => {
-            Some(LogOf::Build(id.as_str()))
-        }
-        [log, item] if log == "log" => Some(LogOf::Item(item.as_str())),
+    let m = crate::routes::of(req)?;
+    match m.route {
+        Route::BuildLog => Some(LogOf::Build(m.captures[0])),
+        Route::LogOfItem => Some(LogOf::Item(m.captures[0])),
+        Route::AttemptLog => Some(LogOf::Attempt(m.captures[0], m.captures[1])),
+        Route::Download => Some(LogOf::Download(m.captures[0])),
         _ => None,
     }
 }
@@ -90,15 +107,34 @@ fn prepare(
     req: &Request,
     chunked: bool,
 ) -> Result<(Response, LogStream, i64), Response> {
-    let b = match log_request(req) {
-        Some(LogOf::Build(id)) => crate::api::find_build(db, id)?,
-        Some(LogOf::Item(item)) => crate::api::build_of_item(db, item)?,
+    let (b, attempt) = match log_request(req) {
+        Some(LogOf::Download(id)) => return download(db, id),
+        Some(LogOf::Build(id)) => (crate::api::find_build(db, id)?, None),
+        Some(LogOf::Item(item)) => (crate::api::build_of_item(db, item)?, None),
+        Some(LogOf::Attempt(id, n)) => {
+            let n = n
+                .parse::<i64>()
+                .map_err(|_| crate::api::error(400, &format!("Invalid attempt: {n}.")))?;
+            (crate::api::find_build(db, id)?, Some(n))
+        }
         None => return Err(not_found(format!("Resource {} not found.", req.path))),
     };
-    let no_log = || not_found(format!("No log for build {}.", b.id));
-    let source = places.source(&b).ok_or_else(no_log)?;
+    let no_log = || match attempt {
+        Some(n) => not_found(format!("No log kept for attempt {n} of build {}.", b.id)),
+        None => not_found(format!("No log for build {}.", b.id)),
+    };
+    let source = match attempt {
+        Some(n) => places.attempt_copy(b.id, n),
+        None => places.source(&b),
+    }
+    .ok_or_else(no_log)?;
     let pass_gzip = req.accept_gzip && source.compression == Compression::Gzip && !source.live;
-    let stream = match LogStream::open(&source, pass_gzip, chunked) {
+    let follow = places.live_of(&b).is_some_and(|l| l.path == source.path);
+    let opened = match follow {
+        true => LogStream::follow(&source, b.id, chunked),
+        false => LogStream::open(&source, pass_gzip, chunked),
+    };
+    let stream = match opened {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(no_log()),
         Err(e) => return Err(unreadable(b.id, &format!("{}: {e}", source.path.display()))),
@@ -113,6 +149,47 @@ fn prepare(
         head.headers.push(("Content-Encoding", "gzip".into()));
     }
     Ok((head, stream, b.id))
+}
+
+/// The store, the only place `/download/ID` serves files from.
+const STORE: &str = "/gnu/store/";
+
+/// `/download/ID`: the file of build product ID, if it is (still) in the
+/// store once every symbolic link is resolved, as
+/// `application/octet-stream` named after the file.
+fn download(db: &Db, id: &str) -> Result<(Response, LogStream, i64), Response> {
+    let missing = || not_found(format!("Build product {id} doesn't exist."));
+    let id: i64 = id.parse().map_err(|_| missing())?;
+    let product = db
+        .product(id)
+        .map_err(|e| crate::api::error(500, &e.to_string()))?
+        .ok_or_else(missing)?;
+    let real = std::fs::canonicalize(&product.path).map_err(|_| missing())?;
+    if !product.path.starts_with(STORE) || !real.starts_with(STORE) || !real.is_file() {
+        return Err(not_found(format!(
+            "Build product {id} is not a file in the store."
+        )));
+    }
+    let source = Source {
+        path: real.clone(),
+        compression: Compression::Plain,
+        live: false,
+    };
+    let stream = LogStream::open(&source, true, false)
+        .map_err(|e| unreadable(product.build, &format!("{}: {e}", real.display())))?;
+    let mut head = Response::new(200, "application/octet-stream", Vec::new());
+    let name = real
+        .file_name()
+        .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+    let name: String = name
+        .chars()
+        .filter(|c| !c.is_control() && *c != '"')
+        .collect();
+    head.headers.push((
+        "Content-Disposition",
+        format!("attachment; filename=\"{name}\""),
+    ));
+    Ok((head, stream, product.build))
 }
 
 /// Starts answering `req`, a `/build/ID/log/raw` request (see
@@ -142,7 +219,11 @@ pub fn whole(db: &Db, places: &Places, req: &Request) -> Response {
         Err(r) => return r,
     };
     while !stream.is_done() {
-        if let Err(e) = stream.next(&mut response.body) {
+        // No loop to come back to: a live log is sent as it stands.
+        if let Err(e) = stream
+            .refresh(false)
+            .and_then(|_| stream.next(&mut response.body))
+        {
             return unreadable(id, &e);
         }
     }
@@ -178,7 +259,54 @@ impl LogStream {
             live: source.live,
             text: Vec::new(),
             done: false,
+            follow: None,
+            seen: size,
         })
+    }
+
+    /// Opens the live log (plain) of running build `id`, to be followed
+    /// as it grows: its length is unknown, so it goes chunked (or until
+    /// the connection closes for HTTP/1.0).
+    pub fn follow(source: &Source, id: i64, chunked: bool) -> std::io::Result<LogStream> {
+        let mut s = LogStream::open(source, false, chunked)?;
+        s.length = if chunked {
+            Length::Chunked
+        } else {
+            Length::UntilClose
+        };
+        s.follow = Some(id);
+        Ok(s)
+    }
+
+    /// The build a followed log belongs to, while it may grow.
+    pub fn following(&self) -> Option<i64> {
+        self.follow
+    }
+
+    /// For a followed log that has sent all it had: takes in what was
+    /// appended since; when nothing was and `running` is false (the
+    /// build ended, so the file is complete), stops following so that
+    /// the next [`LogStream::next`] ends the body.  Returns whether the
+    /// stream waits for more (nothing to send now).
+    pub fn refresh(&mut self, running: bool) -> Result<bool, String> {
+        if self.follow.is_none() || self.left > 0 || self.used < self.input.len() {
+            return Ok(false);
+        }
+        let size = self
+            .file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", self.path.display()))?
+            .len();
+        if size > self.seen {
+            self.left = size - self.seen;
+            self.seen = size;
+            return Ok(false);
+        }
+        if running {
+            return Ok(true);
+        }
+        self.follow = None;
+        Ok(false)
     }
 
     /// How the body is delimited.
@@ -237,7 +365,7 @@ impl LogStream {
             Length::Chunked => http::push_chunk(out, text),
             _ => out.extend_from_slice(text),
         }
-        if self.used == self.input.len() && self.left == 0 {
+        if self.used == self.input.len() && self.left == 0 && self.follow.is_none() {
             if let Some(d) = &self.decoder
                 && !self.live
             {

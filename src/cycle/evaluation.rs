@@ -4,9 +4,14 @@
 use super::*;
 
 impl Cycle {
-    pub(super) fn new_commit(&mut self, commit: String, env: &mut Env) -> State {
+    /// `again`: evaluate `commit` even if it was already (a retry).
+    pub(super) fn new_commit(&mut self, commit: String, again: bool, env: &mut Env) -> State {
         let name = &self.spec.name;
         match env.db.stamp(name) {
+            Ok(Some(stamp)) if stamp == commit && again => {
+                log::info!(target: FETCH, "spec={name:?} commit {commit} evaluated again");
+                self.begin_compile_or_evaluation(commit, env)
+            }
             Err(e) => {
                 log::error!(target: FETCH, "spec={name:?} {e}");
                 self.end_round()
@@ -17,16 +22,21 @@ impl Cycle {
             }
             Ok(_) => {
                 log::info!(target: FETCH, "spec={name:?} new commit {commit}");
-                if self.spec.no_compile {
-                    self.begin_evaluation(commit, env)
-                } else {
-                    self.commands.push_back(Command::SpawnCompile);
-                    State::Compiling {
-                        commit,
-                        deadline: env.now + self.settings.compile_timeout,
-                        killed: false,
-                    }
-                }
+                self.begin_compile_or_evaluation(commit, env)
+            }
+        }
+    }
+
+    fn begin_compile_or_evaluation(&mut self, commit: String, env: &mut Env) -> State {
+        if self.spec.no_compile {
+            let checkouts = self.own_checkout(&commit);
+            self.begin_evaluation(commit, checkouts, env)
+        } else {
+            self.commands.push_back(Command::SpawnCompile);
+            State::Compiling {
+                commit,
+                deadline: env.now + self.settings.compile_timeout,
+                killed: false,
             }
         }
     }
@@ -34,7 +44,12 @@ impl Cycle {
     /// The evaluator needs the daemon: without it every evaluation would
     /// fail and its commit be marked done.  Postponed instead, with no
     /// stamp, so the next poll tries the same commit again.
-    pub(super) fn begin_evaluation(&mut self, commit: String, env: &mut Env) -> State {
+    pub(super) fn begin_evaluation(
+        &mut self,
+        commit: String,
+        checkouts: Vec<fetch::Checkout>,
+        env: &mut Env,
+    ) -> State {
         let name = self.spec.name.clone();
         if let Err(e) = (env.daemon)() {
             let why = format!("evaluation of {commit} postponed: {e}");
@@ -44,7 +59,7 @@ impl Cycle {
             }
             return self.end_round();
         }
-        let id = match env.db.begin_evaluation(&name, &commit, env.unix_now) {
+        let id = match self.open_evaluation(&commit, &checkouts, env) {
             Ok(id) => id,
             Err(e) => {
                 // Nothing recorded, no stamp: the next poll tries again.
@@ -53,8 +68,22 @@ impl Cycle {
             }
         };
         log::info!(target: EVALUATION, "spec={name:?} evaluation {id} of {commit} started");
-        self.commands.push_back(Command::SpawnEvaluator {
-            arguments: self.evaluator_arguments(),
+        if let Some(period) = self
+            .spec
+            .record
+            .as_ref()
+            .map(|r| r.period)
+            .filter(|p| *p > 0)
+        {
+            // At most one evaluation per period: polls wait until it ends.
+            self.next_poll = self.next_poll.max(env.now + Duration::from_secs(period));
+        }
+        self.commands.push_back(match &self.spec.record {
+            None => Command::SpawnEvaluator {
+                arguments: self.evaluator_arguments(),
+                time_machine: None,
+            },
+            Some(record) => self.record_evaluator(record, &checkouts),
         });
         State::Evaluating(Box::new(Evaluation {
             id,

@@ -39,16 +39,21 @@ impl World {
     }
 
     fn cycle(&self, no_compile: bool, one_shot: bool) -> Cycle {
+        self.cycle_of(spec(no_compile), one_shot)
+    }
+
+    fn cycle_of(&self, spec: Specification, one_shot: bool) -> Cycle {
         let settings = Settings {
             interval: Duration::from_secs(60),
             fetch_timeout: Duration::from_secs(30),
             compile_timeout: Duration::from_secs(30),
             evaluation_timeout: Duration::from_secs(100),
             one_shot,
+            build_types: PathBuf::from("/cache/.cuirass/build-types.scm"),
             checkout: PathBuf::from("/cache/hello"),
             load_path: vec![],
         };
-        Cycle::new(spec(no_compile), settings, self.now)
+        Cycle::new(spec, settings, self.now)
     }
 
     fn at(&mut self, secs: u64) -> &mut World {
@@ -74,6 +79,7 @@ impl World {
             unix_now: 1_700_000_000 + self.now.duration_since(self.start).as_secs() as i64,
             db: &mut self.db,
             read_drv: &read_drv,
+            file_size: &|_: &str| Some(6),
             daemon: &daemon,
         };
         cycle.handle(input, &mut env);
@@ -189,7 +195,7 @@ fn a_new_commit_without_compile_is_evaluated_and_its_builds_start_while_evaluati
     assert_eq!(c.state().name(), "Fetching");
     let cmds = w.feed(&mut c, fetched(COMMIT_1));
     match &cmds[..] {
-        [Command::SpawnEvaluator { arguments }] => {
+        [Command::SpawnEvaluator { arguments, .. }] => {
             assert!(
                 arguments.contains("(file . \"/cache/hello/ci.scm\")"),
                 "{arguments}"
@@ -542,3 +548,59 @@ fn builds_left_pending_by_an_earlier_run_are_loaded_a_page_at_a_time() {
     assert_eq!(batch_of(&cmds), vec![DRV_A, DRV_B]);
     assert!(c.building().queued() <= PAGE);
 }
+
+#[test]
+fn a_trigger_polls_now_or_when_the_round_ends_and_a_retry_evaluates_its_commit_again() {
+    let mut w = World::new();
+    let mut c = w.cycle(true, false);
+    w.evaluate(&mut c, COMMIT_1, &strs(&two_jobs()));
+    assert_eq!(c.state().name(), "Idle");
+    // Long before the next poll: nothing due.
+    assert!(w.at(5).feed(&mut c, Input::Tick).is_empty());
+    let cmds = w.at(6).feed(&mut c, Input::Trigger { commit: None });
+    assert!(
+        matches!(cmds[..], [Command::SpawnFetch(fetch::Target::Branch(ref b))] if b == "master"),
+        "{cmds:?}"
+    );
+    // During the round, a trigger waits for its end.
+    assert!(
+        w.feed(
+            &mut c,
+            Input::Trigger {
+                commit: Some(COMMIT_1.into())
+            }
+        )
+        .is_empty()
+    );
+    assert_eq!(c.state().name(), "Fetching");
+    w.feed(&mut c, fetched(COMMIT_1));
+    assert_eq!(
+        c.state().name(),
+        "Idle",
+        "an evaluated commit ends the round"
+    );
+    assert_eq!(w.count("SELECT count(*) FROM Evaluations"), 1);
+    let cmds = w.at(7).feed(&mut c, Input::Tick);
+    assert!(
+        matches!(cmds[..], [Command::SpawnFetch(fetch::Target::Commit(ref x))] if x == COMMIT_1),
+        "{cmds:?}"
+    );
+    // The same commit is evaluated again: a retry.
+    let cmds = w.feed(&mut c, fetched(COMMIT_1));
+    assert!(
+        matches!(cmds[..], [Command::SpawnEvaluator { .. }]),
+        "{cmds:?}"
+    );
+    w.feed(&mut c, output(&strs(&two_jobs())));
+    w.feed(&mut c, exited(true));
+    assert_eq!(
+        w.count("SELECT count(*) FROM Evaluations WHERE status = 0"),
+        2
+    );
+    // A plain trigger of an evaluated commit evaluates nothing.
+    w.at(8).feed(&mut c, Input::Trigger { commit: None });
+    w.feed(&mut c, fetched(COMMIT_1));
+    assert_eq!(w.count("SELECT count(*) FROM Evaluations"), 2);
+}
+
+mod records;

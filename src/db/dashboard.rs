@@ -105,15 +105,17 @@ pub fn like_substring(needle: &str) -> String {
     out
 }
 
+/// [`EVAL_COLUMNS`] read as the API reads them, counts to be filled.
 fn eval_row(r: &Row) -> rusqlite::Result<EvalSummary> {
+    let e = super::read::eval_row(r)?;
     Ok(EvalSummary {
-        id: r.get(0)?,
-        specification: r.get(1)?,
-        revision: r.get(2)?,
-        status: r.get(3)?,
-        error: r.get(4)?,
-        timestamp: r.get(5)?,
-        evaltime: r.get(6)?,
+        id: e.id,
+        specification: e.specification,
+        revision: e.revision,
+        status: e.status,
+        error: e.error,
+        timestamp: e.timestamp,
+        evaltime: e.evaltime,
         counts: Counts::default(),
     })
 }

@@ -30,9 +30,13 @@ pub struct BuildView {
     pub max_silent_time: Option<i64>,
     /// The daemon's reason for a failure: `timed out after 3 seconds`.
     pub errormsg: Option<String>,
+    /// The machine that ran it: `localhost` or a build machine's name.
+    pub worker: Option<String>,
     /// One of [`weather`]: how this build compares with the job's
     /// previous finished build in the same specification.
     pub weather: i64,
+    /// Files registered by its spec's `build-outputs`.
+    pub products: Vec<super::channels::ProductView>,
 }
 
 /// A finished build compared with its job's previous one (the values of
@@ -99,6 +103,8 @@ pub struct EvaluationView {
     /// database written by the 2018 original, or not ended yet).
     pub timestamp: i64,
     pub evaltime: i64,
+    /// One per channel (migration 10); empty for older evaluations.
+    pub checkouts: Vec<super::channels::CheckoutView>,
 }
 
 impl EvaluationView {
@@ -151,7 +157,7 @@ pub struct OutputView {
 pub(super) const BUILD_COLUMNS: &str =
     "SELECT b.id, b.evaluation, e.specification, s.branch, d.job_name,
         d.system, d.nix_name, b.derivation, b.log, b.status, b.timestamp, b.starttime, b.stoptime,
-        b.priority, b.timeout, b.maxsilent, b.errormsg";
+        b.priority, b.timeout, b.maxsilent, b.errormsg, b.worker";
 
 /// The joins from `builds` (Builds as `b`, perhaps with an index named)
 /// to its derivation, evaluation and specification.  `CROSS JOIN` pins
@@ -192,10 +198,12 @@ pub(super) fn build_row(r: &Row) -> rusqlite::Result<BuildView> {
         stoptime: r.get(12)?,
         outputs: Vec::new(),
         weather: weather::UNKNOWN,
+        products: Vec::new(),
         priority: r.get(13)?,
         timeout: r.get(14)?,
         max_silent_time: r.get(15)?,
         errormsg: r.get(16)?,
+        worker: r.get(17)?,
     })
 }
 
@@ -397,20 +405,27 @@ impl Db {
             Some(_) => format!("{EVAL_COLUMNS} WHERE specification = ?2 ORDER BY id DESC LIMIT ?1"),
             None => format!("{EVAL_COLUMNS} WHERE ?2 IS NULL ORDER BY id DESC LIMIT ?1"),
         };
-        let rows = self
+        let mut rows = self
             .conn
             .prepare_cached(&sql)?
             .query_map(params![limit, spec], eval_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
+        for e in &mut rows {
+            e.checkouts = self.checkouts(e.id)?;
+        }
         Ok(rows)
     }
 
     pub fn evaluation_view(&self, id: EvalId) -> Result<Option<EvaluationView>> {
-        Ok(self
+        let mut e = self
             .conn
             .prepare_cached(&format!("{EVAL_COLUMNS} WHERE id = {}", bound_id(1)))?
             .query_row([id], eval_row)
-            .optional()?)
+            .optional()?;
+        if let Some(e) = e.as_mut() {
+            e.checkouts = self.checkouts(e.id)?;
+        }
+        Ok(e)
     }
 
     /// The latest build of a derivation (`/build/NAME.drv`), down
@@ -589,6 +604,9 @@ impl Db {
             b.outputs = outputs
                 .query_map([b.id], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            if b.status == super::status::SUCCEEDED {
+                b.products = self.products(b.id)?;
+            }
             if weather::counts(b.status) {
                 let prev: Option<i64> = previous
                     .query_row(
@@ -606,7 +624,7 @@ impl Db {
 pub(super) const EVAL_COLUMNS: &str =
     "SELECT id, specification, revision, status, error, timestamp, evaltime FROM Evaluations";
 
-fn eval_row(r: &Row) -> rusqlite::Result<EvaluationView> {
+pub(super) fn eval_row(r: &Row) -> rusqlite::Result<EvaluationView> {
     Ok(EvaluationView {
         id: r.get(0)?,
         specification: r.get(1)?,
@@ -615,5 +633,6 @@ fn eval_row(r: &Row) -> rusqlite::Result<EvaluationView> {
         error: r.get(4)?,
         timestamp: r.get(5)?,
         evaltime: r.get(6)?,
+        checkouts: Vec::new(),
     })
 }

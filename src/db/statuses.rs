@@ -2,7 +2,7 @@
 //! histogram fed as builds finish.
 
 use super::{BuildId, Db, Result, status};
-use rusqlite::{Transaction, params};
+use rusqlite::{OptionalExtension, Transaction, params};
 
 /// The unfinished builds of one derivation, looked up for each status
 /// change the daemon reports.
@@ -73,7 +73,7 @@ impl Db {
             &tx,
             derivation,
             final_status,
-            (log, None),
+            (log, None, None),
             now,
             &mut durations,
         )?;
@@ -91,7 +91,8 @@ impl Db {
         let tx = self.conn.transaction()?;
         let mut durations = Durations::default();
         for (drv, st, log) in updates {
-            Db::finish(&tx, drv, *st, (log.as_deref(), None), now, &mut durations)?;
+            let details = (log.as_deref(), None, None);
+            Db::finish(&tx, drv, *st, details, now, &mut durations)?;
         }
         Db::add_durations(&tx, &durations)?;
         tx.commit()?;
@@ -101,13 +102,14 @@ impl Db {
     /// Every build reaches a final status with a start time here, so this
     /// is where the duration histogram is fed; `durations` collects one
     /// entry per build, written by [`Db::add_durations`] once per
-    /// transaction rather than once per build.  `(log, reason)`: the log
-    /// file, if known now, and the daemon's reason for a failure.
+    /// transaction rather than once per build.  `(log, reason, worker)`:
+    /// the log file, if known now, the daemon's reason for a failure, and
+    /// the machine it ran on unless one was recorded already.
     fn finish(
         tx: &Transaction,
         drv: &str,
         st: i64,
-        (log, reason): (Option<&str>, Option<&str>),
+        (log, reason, worker): (Option<&str>, Option<&str>, Option<&str>),
         now: i64,
         durations: &mut Durations,
     ) -> Result<Vec<BuildId>> {
@@ -116,7 +118,7 @@ impl Db {
         let mut pending = tx.prepare_cached(PENDING_BUILDS_OF_DERIVATION)?;
         let mut update = tx.prepare_cached(
             "UPDATE Builds SET status = ?2, stoptime = ?3, starttime = ?4,
-               log = coalesce(?5, log), errormsg = ?6
+               log = coalesce(?5, log), errormsg = ?6, worker = coalesce(worker, ?7)
              WHERE id = ?1",
         )?;
         // Collected before any is changed, so that the updates cannot move
@@ -128,7 +130,7 @@ impl Db {
             .collect::<std::result::Result<Vec<_>, _>>()?;
         for &(id, started) in &builds {
             let started = if started == 0 { now } else { started };
-            update.execute(params![id, st, now, started, log, reason])?;
+            update.execute(params![id, st, now, started, log, reason, worker])?;
             durations.add(now - started);
         }
         Ok(builds.into_iter().map(|(id, _)| id).collect())
@@ -154,10 +156,10 @@ impl Db {
     /// the IDs of each derivation's builds, and that log.
     pub fn apply_build_updates(
         &mut self,
-        updates: &[crate::build::Update],
+        updates: &[crate::records::Update],
         now: i64,
     ) -> Result<Vec<(Vec<BuildId>, String)>> {
-        use crate::build::Update;
+        use crate::records::Update;
         let mut logged = Vec::new();
         if updates.is_empty() {
             return Ok(logged);
@@ -166,7 +168,14 @@ impl Db {
             .iter()
             .filter_map(|u| match u {
                 Update::Finished { derivation, .. } => Some(derivation.as_str()),
-                Update::Started { .. } => None,
+                Update::Started { .. } | Update::Remote { .. } => None,
+            })
+            .collect();
+        let started_here: std::collections::HashSet<&str> = updates
+            .iter()
+            .filter_map(|u| match u {
+                Update::Started { derivation, .. } => Some(derivation.as_str()),
+                _ => None,
             })
             .collect();
         let mut durations = Durations::default();
@@ -175,17 +184,25 @@ impl Db {
             match u {
                 Update::Started { derivation, log } => {
                     if !finished_here.contains(derivation.as_str()) {
+                        // Local until `@ build-remote` says otherwise.
                         tx.prepare_cached(
-                            "UPDATE Builds SET status = ?2, starttime = ?3, log = ?4
+                            "UPDATE Builds SET status = ?2, starttime = ?3, log = ?4, worker = ?5
                              WHERE derivation = ?1 AND status < 0",
                         )?
                         .execute(params![
                             derivation,
                             status::STARTED,
                             now,
-                            log
+                            log,
+                            crate::build::LOCALHOST
                         ])?;
                     }
+                }
+                Update::Remote { derivation, host } => {
+                    tx.prepare_cached(
+                        "UPDATE Builds SET worker = ?2 WHERE derivation = ?1 AND status < 0",
+                    )?
+                    .execute(params![derivation, host])?;
                 }
                 Update::Finished {
                     derivation,
@@ -193,11 +210,16 @@ impl Db {
                     log,
                     reason,
                 } => {
+                    // Started and finished within this read: its start
+                    // was not written, nor its machine.
+                    let worker = started_here
+                        .contains(derivation.as_str())
+                        .then_some(crate::build::LOCALHOST);
                     let ids = Db::finish(
                         &tx,
                         derivation,
                         *status,
-                        (log.as_deref(), reason.as_deref()),
+                        (log.as_deref(), reason.as_deref(), worker),
                         now,
                         &mut durations,
                     )?;
@@ -210,6 +232,15 @@ impl Db {
         Db::add_durations(&tx, &durations)?;
         tx.commit()?;
         Ok(logged)
+    }
+
+    /// Build `id`'s status, None for no such build.
+    pub fn build_status(&self, id: BuildId) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT status FROM Builds WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?)
     }
 
     /// At start-up, builds left `started` by a previous process go back to

@@ -45,6 +45,47 @@ fn specifications_are_upserted_by_name() {
     assert_eq!(specs, vec![changed, spec("b")]);
 }
 
+/// Record specs and 2018 specs live side by side; a record comes back
+/// whole, its priority and activity in their own columns; checkouts and
+/// products go with their evaluation when it is rolled back.
+#[test]
+fn record_specs_round_trip_beside_2018_ones() {
+    let mut db = Db::open_in_memory().unwrap();
+    let text = r#"(list (specification (name "r") (build '(channels a)) (priority 4)
+                   (is-active? #f) (period 60)
+                   (build-outputs (list (build-output (job "^a") (type "t"))))
+                   (channels (list (channel (name 'a) (url "file:///a") (commit "c"))))))"#;
+    let crate::spec::Parsed::Specs(records) = crate::spec::read_spec_text("t.scm", text).unwrap()
+    else {
+        panic!("not data")
+    };
+    db.add_specifications(&[spec("a"), records[0].clone()])
+        .unwrap();
+    assert_eq!(
+        db.specifications().unwrap(),
+        vec![spec("a"), records[0].clone()]
+    );
+    let row: (Option<i64>, i64) = db
+        .connection()
+        .query_row(
+            "SELECT priority, is_active FROM Specifications WHERE repo_name = 'r'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(row, (Some(4), 0));
+    let eval = db.begin_evaluation("r", "c", 1).unwrap();
+    let checkout = crate::fetch::Checkout {
+        channel: "a".into(),
+        commit: "c".into(),
+        directory: "/cache/r/a".into(),
+    };
+    db.add_checkouts(eval, &[checkout]).unwrap();
+    assert_eq!(db.checkouts(eval).unwrap()[0].directory, "/cache/r/a");
+    db.abandon_evaluation(eval).unwrap();
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM Checkouts"), 0);
+}
+
 #[test]
 fn evaluation_registers_every_job_in_one_go() {
     let mut db = Db::open_in_memory().unwrap();

@@ -44,7 +44,10 @@ impl EventLoop {
             }
         };
         let mut cmd = Process::new(exe);
-        cmd.args(crate::fetch::child_args(&spec.url, &dir, target));
+        match &spec.record {
+            Some(record) => cmd.args(crate::fetch::channels_child_args(&dir, &record.channels)),
+            None => cmd.args(crate::fetch::child_args(&spec.url, &dir, target)),
+        };
         self.spawn(index, Step::Fetch, cmd, now);
     }
 
@@ -64,14 +67,41 @@ impl EventLoop {
         self.spawn(index, Step::Compile, cmd, now);
     }
 
-    pub(super) fn spawn_evaluator(&mut self, index: usize, arguments: &str, now: Instant) {
-        let checkout = self
-            .config
-            .cache_dir
-            .join(&self.slots[index].cycle.spec.name);
-        let mut cmd = Process::new(&self.config.evaluator[0]);
-        cmd.args(&self.config.evaluator[1..])
-            .arg(&self.evaluator_script)
+    /// With `time_machine` (a channels file's text), the Guix of those
+    /// channels runs the evaluator: `guix time-machine -C FILE -- repl --`.
+    pub(super) fn spawn_evaluator(
+        &mut self,
+        index: usize,
+        arguments: &str,
+        time_machine: Option<&str>,
+        now: Instant,
+    ) {
+        let name = self.slots[index].cycle.spec.name.clone();
+        let checkout = self.config.cache_dir.join(&name);
+        let mut cmd = match time_machine {
+            None => {
+                let mut cmd = Process::new(&self.config.evaluator[0]);
+                cmd.args(&self.config.evaluator[1..]);
+                cmd
+            }
+            Some(channels) => {
+                let file = self
+                    .config
+                    .cache_dir
+                    .join(format!(".cuirass/channels-{name}.scm"));
+                if let Err(e) = std::fs::write(&file, channels) {
+                    let why = format!("cannot write {}: {e}", file.display());
+                    self.feed(index, Input::SpawnFailed(why), now);
+                    return;
+                }
+                let mut cmd = Process::new("guix");
+                cmd.arg("time-machine")
+                    .arg(format!("--channels={}", file.display()))
+                    .args(["--", "repl", "--"]);
+                cmd
+            }
+        };
+        cmd.arg(&self.evaluator_script)
             .arg(arguments)
             .current_dir(&checkout)
             .env("GUIX_DAEMON_SOCKET", &self.config.daemon_socket);

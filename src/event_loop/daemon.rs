@@ -3,10 +3,13 @@
 //! ended.
 
 use super::*;
-use crate::build::{Item, Limits, Update};
+use crate::build::{Item, Limits, Output, Update};
 use crate::logging::BUILDING;
 use mio::Interest;
 use std::io::{Read, Write};
+
+/// Bytes read from one daemon connection per loop turn.
+const DAEMON_READ_CAP: usize = 1 << 20;
 
 impl EventLoop {
     pub(super) fn open_batch(
@@ -49,6 +52,7 @@ impl EventLoop {
             stream,
             batch,
             wants_write: true,
+            more: false,
         });
     }
 
@@ -58,9 +62,21 @@ impl EventLoop {
         if let Some(mut conn) = self.slots[index].conn.take() {
             let _ = self.poll.registry().deregister(&mut conn.stream);
             let drvs: Vec<String> = conn.batch.derivations().map(String::from).collect();
+            for drv in &drvs {
+                self.live.finished(drv);
+            }
             if let Err(e) = self.db.reschedule(&drvs) {
                 log::error!(target: logging::BUILDING, "spec={:?} {e}", self.slots[index].cycle.spec.name);
             }
+        }
+        self.copy_logs(index);
+    }
+
+    /// Hands the logs of the batch's finished builds to the copier, once
+    /// the daemon is done with the batch (and so with their log files).
+    fn copy_logs(&mut self, index: usize) {
+        for (builds, log) in std::mem::take(&mut self.slots[index].copies) {
+            self.copier.push(builds, &log);
         }
     }
 
@@ -76,13 +92,16 @@ impl EventLoop {
         let mut conn = self.slots[index].conn.take().unwrap();
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let updates = conn.batch.take_updates();
-        self.apply_updates(index, updates);
+        let output = conn.batch.take_output();
+        self.apply_updates(index, updates, output);
+        self.copy_logs(index);
         let daemon_error = conn.batch.daemon_error().map(String::from);
         self.feed(index, Input::BatchDone { daemon_error }, now);
     }
 
-    /// Reads until WouldBlock (mio is edge-triggered) and writes what is
-    /// queued.  No cap: with verbosity 0 the daemon sends only trace lines.
+    /// Reads until WouldBlock (mio is edge-triggered), or up to
+    /// [`DAEMON_READ_CAP`] (builders' output comes this way, and a
+    /// builder may print without end), and writes what is queued.
     pub(super) fn daemon_io(&mut self, index: usize) {
         let label = format!("spec={:?} builds", self.slots[index].cycle.spec.name);
         let Some(conn) = self.slots[index].conn.as_mut() else {
@@ -90,7 +109,13 @@ impl EventLoop {
         };
         let mut failure = None;
         let mut buf = [0u8; 64 * 1024];
+        let mut read = 0;
+        conn.more = false;
         loop {
+            if read >= DAEMON_READ_CAP {
+                conn.more = true;
+                break;
+            }
             match conn.stream.read(&mut buf) {
                 Ok(0) => {
                     if !conn.batch.is_done() {
@@ -99,6 +124,7 @@ impl EventLoop {
                     break;
                 }
                 Ok(n) => {
+                    read += n;
                     if let Err(e) = conn.batch.receive(&buf[..n], &label) {
                         failure = Some(format!("protocol error: {e}"));
                         break;
@@ -116,7 +142,8 @@ impl EventLoop {
             failure = flush(conn, self.poll.registry(), Event::Daemon(index).token()).err();
         }
         let updates = conn.batch.take_updates();
-        self.apply_updates(index, updates);
+        let output = conn.batch.take_output();
+        self.apply_updates(index, updates, output);
         if let Some(why) = failure {
             let count = self.slots[index].conn.as_ref().map_or(0, |c| c.batch.len());
             self.close_batch(index);
@@ -125,7 +152,18 @@ impl EventLoop {
         }
     }
 
-    fn apply_updates(&mut self, index: usize, mut updates: Vec<Update>) {
+    /// Records statuses and live output.  A build's output precedes its
+    /// final status on the wire, and is written before it here, so that a
+    /// client following its live log sees the whole once it has ended.
+    fn apply_updates(&mut self, index: usize, mut updates: Vec<Update>, output: Vec<Output>) {
+        for u in &updates {
+            if let Update::Started { derivation, .. } = u {
+                self.live.started(derivation);
+            }
+        }
+        for o in &output {
+            self.live.append(&o.derivation, &o.bytes);
+        }
         if updates.is_empty() {
             return;
         }
@@ -144,13 +182,14 @@ impl EventLoop {
         match self.db.apply_build_updates(&updates, unix_now()) {
             // The daemon's log is rewritten when the derivation is built
             // again: each build keeps a copy of its own.
-            Ok(logged) => {
-                for (builds, log) in logged {
-                    self.copier.push(builds, &log);
-                }
-            }
+            Ok(logged) => self.slots[index].copies.extend(logged),
             Err(e) => {
                 log::error!(target: logging::BUILDING, "spec={:?} {e}", self.slots[index].cycle.spec.name)
+            }
+        }
+        for u in &updates {
+            if let Update::Finished { derivation, .. } = u {
+                self.live.finished(derivation);
             }
         }
     }

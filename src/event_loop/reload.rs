@@ -129,13 +129,23 @@ impl EventLoop {
             log::error!(target: logging::SPEC, "SIGHUP: {e}");
             return;
         }
+        // Deactivated by an operator: stays so until reactivated.
+        let inactive = self.db.inactive_specifications().unwrap_or_default();
         for spec in specs {
-            match self
-                .slots
-                .iter_mut()
-                .find(|s| s.cycle.spec.name == spec.name)
-            {
-                Some(slot) => slot.cycle.replace_spec(spec),
+            if inactive.contains(&spec.name) {
+                continue;
+            }
+            match self.live_slot(&spec.name) {
+                Some(i) => {
+                    if self.slots[i].cycle.spec != spec {
+                        log::info!(
+                            target: logging::SPEC,
+                            "spec={:?} updated (from its next round; a commit already evaluated is not evaluated again)",
+                            spec.name
+                        );
+                    }
+                    self.slots[i].cycle.replace_spec(spec)
+                }
                 None => {
                     log::info!(target: logging::SPEC, "spec={:?} added", spec.name);
                     self.add_slot(spec, now);

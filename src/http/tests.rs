@@ -169,8 +169,11 @@ fn a_plus_in_a_query_parameter_is_a_plus_written_bare_or_as_2b() {
         assert_eq!(req.param("job"), Some("gtk+-3.24.x86_64-linux"), "{target}");
         assert_eq!(req.param("jobset"), Some("libsigc++"), "{target}");
     }
-    let (req, _) = complete(b"GET /search?query=a+b%20c&names=x+,y%2B HTTP/1.1\r\n\r\n");
-    assert_eq!(req.param("query"), Some("a+b c"));
+    // Except in `query`, words as a form sends them: `+` is a space there,
+    // `%2B` a plus.
+    let (req, _) =
+        complete(b"GET /search?query=spec:guix+gtk%2B%20x&names=x+,y%2B HTTP/1.1\r\n\r\n");
+    assert_eq!(req.param("query"), Some("spec:guix gtk+ x"));
     assert_eq!(req.param("names"), Some("x+,y+"));
     let (req, _) = complete(b"GET /jobset/libsigc++/badge.svg HTTP/1.1\r\n\r\n");
     assert_eq!(req.segments[1], "libsigc++");
@@ -206,4 +209,29 @@ fn responses() {
         r.encode(true, false),
         b"HTTP/1.1 405 Method Not Allowed\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\nAllow: GET, HEAD\r\n\r\n"
     );
+}
+
+#[test]
+fn bodies_and_the_headers_routes_need_are_kept() {
+    let input = b"POST /admin/build/1/restart HTTP/1.1\r\nauthorization: Bearer abc\r\n\
+                  X-Unrelated: dropped\r\nContent-Type: application/json\r\n\
+                  Content-Length: 7\r\n\r\n{\"a\":1}GET / HTTP/1.1\r\n\r\n";
+    let (req, n) = complete(input);
+    assert_eq!(
+        &input[n..n + 3],
+        b"GET",
+        "the next request starts after the body"
+    );
+    assert_eq!(req.body, b"{\"a\":1}");
+    assert_eq!(req.header("authorization"), Some("Bearer abc"));
+    assert_eq!(req.header("content-type"), Some("application/json"));
+    assert_eq!(req.header("x-unrelated"), None);
+    assert_eq!(req.headers.len(), 2);
+    // The body arrives in pieces: nothing until it is whole.
+    let cut = input.len() - "GET / HTTP/1.1\r\n\r\n".len() - 1;
+    assert_eq!(parse_request(&input[..cut]), Ok(Parsed::Partial));
+    let (req, _) = complete(b"GET / HTTP/1.1\r\n\r\n");
+    assert!(req.body.is_empty() && req.headers.is_empty());
+    let big = format!("POST / HTTP/1.1\r\nContent-Length: {MAX_BODY}\r\n\r\n");
+    assert_eq!(parse_request(big.as_bytes()), Ok(Parsed::Partial));
 }

@@ -41,6 +41,13 @@ fn bad<T>(pos: Pos, message: impl Into<String>) -> Result<T, EvalError> {
 pub fn eval_data(d: &Datum) -> Result<Datum, EvalError> {
     let items = match &d.kind {
         Kind::List(items) => items,
+        Kind::Symbol(s) if s == "%default-channels" => {
+            return Ok(Datum::new(
+                d.pos,
+                Kind::List(vec![default_guix_channel(d.pos)]),
+            ));
+        }
+        Kind::Symbol(s) if s == "%default-guix-channel" => return Ok(default_guix_channel(d.pos)),
         Kind::Symbol(s) => {
             return Err(EvalError::NeedsScheme {
                 pos: d.pos,
@@ -112,11 +119,113 @@ pub fn eval_data(d: &Datum) -> Result<Datum, EvalError> {
             }
             Ok(with_pos(cons_list(head, tail), d.pos))
         }
+        "specification" | "channel" | "build-output" | "email" | "mastodon" => {
+            record(d.pos, name, args)
+        }
+        "make-channel-introduction" => {
+            arity(2)?;
+            let v = evaluated()?;
+            let f = |n: &str, v: &Datum| field(v.pos, n, v.clone());
+            Ok(Datum::new(
+                d.pos,
+                Kind::List(vec![
+                    symbol(d.pos, "<channel-introduction>"),
+                    f("commit", &v[0]),
+                    f("signer", &v[1]),
+                ]),
+            ))
+        }
+        // Guix turns the fingerprint into a bytevector; its text is all
+        // `guix git authenticate` needs.
+        "openpgp-fingerprint" => {
+            arity(1)?;
+            let v = eval_data(&args[0])?;
+            match v.as_str() {
+                Some(_) => Ok(v),
+                None => bad(
+                    v.pos,
+                    format!("openpgp-fingerprint takes a string, not {v}"),
+                ),
+            }
+        }
         "unquote" | "unquote-splicing" => bad(d.pos, format!("{name} outside of quasiquote")),
         _ => Err(EvalError::NeedsScheme {
             pos: d.pos,
             what: format!("a call to `{name}`"),
         }),
+    }
+}
+
+/// The head of the datum a record form evaluates to: `(channel (name
+/// 'x))` becomes `(<channel> (name . x))`, fields in source order.  Guile
+/// writes the same shape (see src/read-spec.scm), so both readers feed
+/// one parser.
+pub fn record_tag(record: &str) -> String {
+    format!("<{record}>")
+}
+
+fn symbol(pos: Pos, s: &str) -> Datum {
+    Datum::new(pos, Kind::Symbol(s.into()))
+}
+
+fn field(pos: Pos, name: &str, value: Datum) -> Datum {
+    cons_list(vec![symbol(pos, name)], value).with(pos)
+}
+
+/// A record constructor of Guix or Cuirass: `(NAME (FIELD EXPR) ...)`.
+/// Field names are checked by the parser of the record, which knows them.
+fn record(pos: Pos, name: &str, args: &[Datum]) -> Result<Datum, EvalError> {
+    let mut out = vec![symbol(pos, &record_tag(name))];
+    for arg in args {
+        match arg.as_list() {
+            Some([f, value]) if f.as_symbol().is_some() => out.push(field(
+                arg.pos,
+                f.as_symbol().unwrap_or_default(),
+                eval_data(value)?,
+            )),
+            _ => {
+                return bad(
+                    arg.pos,
+                    format!("{name}: a field is (NAME VALUE), not {arg}"),
+                );
+            }
+        }
+    }
+    Ok(Datum::new(pos, Kind::List(out)))
+}
+
+/// Guix's `%default-guix-channel`, with the introduction Guix's own
+/// `(guix channels)` gives it.
+fn default_guix_channel(pos: Pos) -> Datum {
+    let s = |v: &str| Datum::new(pos, Kind::Str(v.into()));
+    let intro = Datum::new(
+        pos,
+        Kind::List(vec![
+            symbol(pos, "<channel-introduction>"),
+            field(pos, "commit", s("9edb3f66fd807b096b48283debdcddccfea34bad")),
+            field(
+                pos,
+                "signer",
+                s("BBB0 2DDF 2CEA F6A8 0D1D  E643 A2A0 6DF2 A33A 54FA"),
+            ),
+        ]),
+    );
+    Datum::new(
+        pos,
+        Kind::List(vec![
+            symbol(pos, "<channel>"),
+            field(pos, "name", symbol(pos, "guix")),
+            field(pos, "url", s("https://git.guix.gnu.org/guix.git")),
+            field(pos, "branch", s("master")),
+            field(pos, "introduction", intro),
+        ]),
+    )
+}
+
+impl Datum {
+    fn with(mut self, pos: Pos) -> Datum {
+        self.pos = pos;
+        self
     }
 }
 

@@ -1,6 +1,6 @@
 use super::*;
 
-fn specs(text: &str) -> Vec<Specification> {
+pub(super) fn specs(text: &str) -> Vec<Specification> {
     match read_spec_text("t.scm", text) {
         Ok(Parsed::Specs(s)) => s,
         other => panic!("{text}: {other:?}"),
@@ -8,7 +8,7 @@ fn specs(text: &str) -> Vec<Specification> {
 }
 
 /// Expects an error and returns it written, `t.scm:LINE:COLUMN: message`.
-fn error(text: &str) -> String {
+pub(super) fn error(text: &str) -> String {
     match read_spec_text("t.scm", text) {
         Err(e) => e.to_string(),
         other => panic!("{text}: {other:?}"),
@@ -37,6 +37,7 @@ fn minimal_spec_gets_defaults() {
             file: "f".into(),
             proc_name: "p".into(),
             arguments: "()".into(),
+            record: None,
         }]
     );
 }

@@ -106,7 +106,8 @@ pub fn index(db: &Db, now: i64) -> Page {
     Ok(html(200, html::page("Specifications", &[], &body)))
 }
 
-pub fn jobset(db: &Db, req: &Request, name: &str, now: i64) -> Page {
+pub fn jobset(db: &Db, req: &Request, name: &str, ctx: &Ctx) -> Page {
+    let now = ctx.now;
     if !db.specification_exists(name).map_err(db_error)? {
         return Err(error_page(404, &format!("No specification named {name}.")));
     }
@@ -158,6 +159,15 @@ pub fn jobset(db: &Db, req: &Request, name: &str, now: i64) -> Page {
         ),
         html::pager(page, has_next, |p| format!("/jobset/{link}?page={p}"))
     );
+    let active = db.specification_active(name).map_err(db_error)? != Some(false);
+    let state = match active {
+        true => "",
+        false => "<p class=\"st st-canceled\">inactive: not polled</p>",
+    };
+    let body = format!(
+        "{state}{}{body}",
+        super::admin::spec_buttons(ctx, name, active)
+    );
     Ok(html(200, html::page(name, &[], &body)))
 }
 
@@ -203,7 +213,8 @@ fn build_row(b: &BuildView, now: i64, with_eval: bool) -> String {
     )
 }
 
-pub fn evaluation(db: &Db, req: &Request, id: &str, now: i64) -> Page {
+pub fn evaluation(db: &Db, req: &Request, id: &str, ctx: &Ctx) -> Page {
+    let now = ctx.now;
     let id = parse_eval_id(id)?;
     let eval = db
         .evaluation(id)
@@ -250,9 +261,31 @@ pub fn evaluation(db: &Db, req: &Request, id: &str, now: i64) -> Page {
         None => String::new(),
     };
     let rows: Vec<String> = builds.iter().map(|b| build_row(b, now, false)).collect();
+    // One line per channel when the checkouts were recorded.
+    let checkouts = db.checkouts(id).map_err(db_error)?;
+    let commits = match checkouts.is_empty() {
+        true => format!(
+            "<dt>Commit</dt><dd><code>{}</code></dd>",
+            esc(&eval.revision)
+        ),
+        false => {
+            let lines: Vec<String> = checkouts
+                .iter()
+                .map(|c| {
+                    let commit = if c.commit.is_empty() {
+                        "(left to guix time-machine)"
+                    } else {
+                        &c.commit
+                    };
+                    format!("{} <code>{}</code>", esc(&c.channel), esc(commit))
+                })
+                .collect();
+            format!("<dt>Checkouts</dt><dd>{}</dd>", lines.join("<br>"))
+        }
+    };
     let body = format!(
         "<dl><dt>Specification</dt><dd><a href=\"/jobset/{}\">{}</a></dd>\
-         <dt>Commit</dt><dd><code>{}</code></dd><dt>Status</dt><dd>{}</dd>\
+         {commits}<dt>Status</dt><dd>{}</dd>\
          <dt>Started</dt><dd>{}</dd><dt>Took</dt><dd>{}</dd></dl>{error}\
          <form class=\"filters\" action=\"/eval/{id}\" method=\"get\">{filters}\
          <input type=\"hidden\" name=\"status\" value=\"{}\">\
@@ -261,7 +294,6 @@ pub fn evaluation(db: &Db, req: &Request, id: &str, now: i64) -> Page {
          <p class=\"dim\">{total} matching build{}</p>{}{}",
         url(&eval.specification),
         esc(&eval.specification),
-        esc(&eval.revision),
         eval_status_label(&eval),
         html::time(now, eval.timestamp),
         match eval.evaltime > 0 {
@@ -284,6 +316,7 @@ pub fn evaluation(db: &Db, req: &Request, id: &str, now: i64) -> Page {
         format!("/jobset/{}", url(&eval.specification)),
         &eval.specification,
     )];
+    let body = format!("{}{body}", super::admin::evaluation_buttons(ctx, id));
     Ok(html(
         200,
         html::page(&format!("Evaluation {id}"), &crumbs, &body),
@@ -344,9 +377,13 @@ pub fn build_details(db: &Db, id: &str, ctx: &Ctx) -> Page {
         seconds(b.timeout),
         b.priority
     );
-    let reason = b.errormsg.as_deref().map_or(String::new(), |r| {
+    let mut reason = b.errormsg.as_deref().map_or(String::new(), |r| {
         format!("<dt>Reason</dt><dd>{}</dd>", esc(r))
     });
+    if let Some(w) = &b.worker {
+        let w = esc(w);
+        reason += &format!("<dt>Machine</dt><dd><a href=\"/machines\">{w}</a></dd>");
+    }
     let body = format!(
         "<dl><dt>Job</dt><dd>{}</dd><dt>Status</dt><dd>{}</dd>\
          <dt>Specification</dt><dd><a href=\"/jobset/{}\">{}</a></dd>\
@@ -355,7 +392,7 @@ pub fn build_details(db: &Db, id: &str, ctx: &Ctx) -> Page {
          <dt>Derivation</dt><dd><code>{}</code></dd>\
          <dt>Queued</dt><dd>{}</dd><dt>Started</dt><dd>{}</dd><dt>Finished</dt><dd>{}</dd>\
          <dt>Duration</dt><dd>{took}</dd>{limits}{reason}</dl>\
-         <h2>Outputs</h2>{}<h2>Log</h2>{log}",
+         <h2>Outputs</h2>{}<h2>Log</h2>{log}{}",
         esc(&b.job_name),
         html::status_badge(b.status),
         url(&b.specification),
@@ -367,8 +404,10 @@ pub fn build_details(db: &Db, id: &str, ctx: &Ctx) -> Page {
         html::time(now, b.starttime),
         html::time(now, if finished { b.stoptime } else { 0 }),
         html::table(&["Name", "Store path"], &outputs, "No outputs."),
+        attempts(db, &b, now)?,
         e = b.evaluation,
     );
+    let body = format!("{}{body}", super::admin::build_buttons(ctx, id, b.status));
     let crumbs = [
         crumb(
             format!("/jobset/{}", url(&b.specification)),
@@ -379,10 +418,16 @@ pub fn build_details(db: &Db, id: &str, ctx: &Ctx) -> Page {
             format!("Evaluation {}", b.evaluation),
         ),
     ];
-    Ok(html(
+    let mut page = html(
         200,
         html::page(&format!("Build {id}: {}", b.job_name), &crumbs, &body),
-    ))
+    );
+    // A running build's tail grows (its live log): browsers reload a
+    // page whose answer says `Refresh`, with no script.
+    if b.status == status::STARTED {
+        page.headers.push(("Refresh", "5".into()));
+    }
+    Ok(page)
 }
 
 pub fn search(db: &Db, req: &Request, now: i64) -> Page {
@@ -429,5 +474,35 @@ pub fn search(db: &Db, req: &Request, now: i64) -> Page {
     Ok(html(
         200,
         html::page(&format!("Jobs matching “{query}”"), &[], &body),
+    ))
+}
+
+/// A restarted build's earlier runs, each with its log.
+fn attempts(db: &Db, b: &BuildView, now: i64) -> Result<String, super::Response> {
+    let attempts = db.build_attempts(b.id).map_err(db_error)?;
+    if attempts.is_empty() {
+        return Ok(String::new());
+    }
+    let rows: Vec<String> = attempts
+        .iter()
+        .map(|a| {
+            format!(
+                "<tr><td>{n}</td><td>{}</td><td>{}</td><td>{}</td>\
+                 <td><a href=\"/build/{id}/attempt/{n}/log/raw\">log</a></td></tr>\n",
+                html::status_badge(a.status),
+                html::time(now, a.stoptime),
+                esc(a.errormsg.as_deref().unwrap_or("")),
+                n = a.attempt,
+                id = b.id,
+            )
+        })
+        .collect();
+    Ok(format!(
+        "<h2>Earlier attempts</h2>{}",
+        html::table(
+            &["Attempt", "Status", "Finished", "Reason", "Log"],
+            &rows,
+            ""
+        )
     ))
 }

@@ -21,6 +21,7 @@ fn spec(name: &str) -> Specification {
         file: "ci.scm".into(),
         proc_name: "jobs".into(),
         arguments: "()".into(),
+        record: None,
     }
 }
 
@@ -97,6 +98,7 @@ fn get_with(db: &Db, root: &Path, target: &str, counters: &HttpCounters) -> (u16
         now: NOW,
         logs: &logs,
         counters,
+        session: None,
     };
     let r = respond(db, &request(target), &ctx);
     (
@@ -276,6 +278,25 @@ fn an_evaluation_filters_and_searches_its_builds() {
     assert!(quiet.contains("<pre>boom &lt;oops&gt;</pre>"));
 }
 
+/// Recorded checkouts are listed one per channel, instead of the commit.
+#[test]
+fn an_evaluation_lists_its_checkouts() {
+    let (mut db, root) = fixture();
+    let checkout = |channel: &str, commit: &str| crate::fetch::Checkout {
+        channel: channel.into(),
+        commit: commit.into(),
+        directory: format!("/cache/{channel}").into(),
+    };
+    db.add_checkouts(2, &[checkout("mine", "abc123"), checkout("guix", "")])
+        .unwrap();
+    let body = page(&db, &root, "/eval/2");
+    assert!(
+        body.contains("<dt>Checkouts</dt><dd>guix <code>(left to guix time-machine)</code><br>mine <code>abc123</code></dd>"),
+        "{body}"
+    );
+    assert!(page(&db, &root, "/eval/1").contains("<dt>Commit</dt>"));
+}
+
 #[test]
 fn an_evaluation_pages_its_builds() {
     let (mut db, root) = fixture();
@@ -447,9 +468,9 @@ pub fn parse_prometheus(text: &str) -> (Vec<Sample>, Vec<String>) {
 fn metrics_in_the_text_format() {
     let (db, root) = fixture();
     let mut counters = HttpCounters::default();
-    counters.record(route_pattern(&request("/build/1")), 200);
-    counters.record(route_pattern(&request("/build/2")), 200);
-    counters.record(route_pattern(&request("/no/such/thing")), 404);
+    counters.record(crate::routes::pattern(&request("/build/1")), 200);
+    counters.record(crate::routes::pattern(&request("/build/2")), 200);
+    counters.record(crate::routes::pattern(&request("/no/such/thing")), 404);
     let (code, ct, text) = get_with(&db, &root, "/metrics", &counters);
     assert_eq!((code, ct.as_str()), (200, metrics::CONTENT_TYPE));
     let (samples, typed) = parse_prometheus(&text);
@@ -558,7 +579,7 @@ fn routes_are_counted_by_pattern() {
         ("/build/9/log/raw", "/build/:id/log/raw"),
         ("/api/jobs/history?spec=a", "/api/jobs/history"),
         ("/build/9", "/build/:id"),
-        ("/build/abc-x.drv", "/build/:derivation"),
+        ("/build/abc-x.drv", "/build/:derivation.drv"),
         ("/api/evaluation?id=1", "/api/evaluation"),
         ("/api/jobs?evaluation=1", "/api/jobs"),
         ("//api/evaluations?nr=1", "/api/evaluations"),
@@ -569,7 +590,7 @@ fn routes_are_counted_by_pattern() {
         ("/favicon.ico", "other"),
         ("/a/b/c/d/e", "other"),
     ] {
-        assert_eq!(route_pattern(&request(target)), want, "{target}");
+        assert_eq!(crate::routes::pattern(&request(target)), want, "{target}");
     }
 }
 
@@ -666,4 +687,56 @@ fn a_build_page_shows_the_limits_and_why_it_failed() {
         body.contains("<dt>Reason</dt><dd>timed out after 3 seconds &lt;&amp;&gt;</dd>"),
         "{body}"
     );
+}
+
+#[test]
+fn operators_see_buttons_with_their_csrf_token_and_visitors_none() {
+    let (db, root) = fixture();
+    let logs = buildlog::Places::new(&root, root.join("copies"));
+    let counters = HttpCounters::default();
+    let session = crate::admin::Session {
+        label: "ops <1>".into(),
+        csrf: "c5rf".into(),
+        expires: std::time::Instant::now(),
+    };
+    let show = |target: &str, session| {
+        let ctx = Ctx {
+            now: NOW,
+            logs: &logs,
+            counters: &counters,
+            session,
+        };
+        String::from_utf8(respond(&db, &request(target), &ctx).body).unwrap()
+    };
+    let odd = format!("/jobset/{}", crate::html::url(ODD));
+    for target in ["/build/1/details", "/eval/1", "/jobset/hello", odd.as_str()] {
+        let anonymous = show(target, None);
+        assert!(!anonymous.contains("<form class=\"action\""), "{target}");
+        let operator = show(target, Some(&session));
+        assert!(
+            operator.contains("name=\"csrf\" value=\"c5rf\""),
+            "{target}"
+        );
+        assert!(operator.contains("Log out (ops &lt;1&gt;)"), "{target}");
+    }
+    // A finished build: restart, no cancel; a scheduled one: cancel.
+    let done = show("/build/1/details", Some(&session));
+    assert!(done.contains("action=\"/admin/build/1/restart\""));
+    assert!(!done.contains("/admin/build/1/cancel"));
+    let waiting = show("/build/4/details", Some(&session));
+    assert!(
+        waiting.contains("action=\"/admin/build/4/cancel\""),
+        "{waiting}"
+    );
+    let eval = show("/eval/1", Some(&session));
+    for what in ["restart", "cancel", "retry"] {
+        assert!(eval.contains(&format!("action=\"/admin/evaluation/1/{what}\"")));
+    }
+    let spec = show(&odd, Some(&session));
+    let action = format!("/admin/specification/{}/delete", crate::html::url(ODD));
+    assert!(spec.contains(&crate::html::esc(&action)), "{spec}");
+    assert!(spec.contains(&format!(
+        "name=\"confirm\" value=\"{}\"",
+        crate::html::esc(ODD)
+    )));
 }

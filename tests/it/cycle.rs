@@ -176,3 +176,25 @@ fn one_shot_against_an_unreachable_remote_exits_1_naming_the_spec() {
     assert_eq!(query_i64(&setup, "SELECT COUNT(*) FROM Evaluations"), 0);
     assert_eq!(query_i64(&setup, "SELECT COUNT(*) FROM Specifications"), 1);
 }
+
+/// The same looping file given with `-S` at start-up: the reader is killed
+/// at the evaluation timeout and cuirass exits 1 naming the file, with
+/// nothing written.
+#[test]
+fn a_spec_file_that_loops_forever_at_start_up_times_out() {
+    require_daemon();
+    let setup = Setup::new("start-loop");
+    let spec = setup.write_spec("(let loop ((n 0)) (loop (+ n 1)))\n(list)\n");
+    let started = Instant::now();
+    let out = setup.one_shot(&["-S", spec.to_str().unwrap(), "--evaluation-timeout", "3"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("timed out after 3 s"), "{stderr}");
+    assert!(stderr.contains("specs.scm"), "{stderr}");
+    assert!(!setup.db.exists(), "nothing written");
+}

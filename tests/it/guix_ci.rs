@@ -5,29 +5,8 @@
 use crate::support::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
-
-/// One GET with HTTP/1.0 (so no chunked body); the status, the head and
-/// the body.
-fn get_raw(port: u16, target: &str) -> (u16, String, Vec<u8>) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {target} HTTP/1.0\r\n\r\n").unwrap();
-    let mut reply = Vec::new();
-    s.read_to_end(&mut reply).unwrap();
-    let end = reply.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    let status = String::from_utf8_lossy(&reply[9..12]).parse().unwrap();
-    let head = String::from_utf8_lossy(&reply[..end]).into_owned();
-    (status, head, reply[end..].to_vec())
-}
-
-/// One GET; the status and the body as JSON (`Null` if it is not JSON).
-fn get_json(port: u16, target: &str) -> (u16, Value) {
-    let (status, _, body) = get_raw(port, target);
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
-}
 
 /// Runs a client script of `fixtures/guix-ci/` with this Guix's `guix
 /// repl`, from a copy in `dir` (which that Guix can see), and parses the
@@ -87,19 +66,7 @@ fn guix_1_5_ci_module_reads_every_route_it_knows() {
     let nonce = nonce();
     let repo = Repo::new(setup.tmp.path(), &[("ci.scm", "jobs/guix-jobs.scm")]);
     let first = git(&repo.dir, &["rev-parse", "HEAD"]);
-    let spec = setup.write_spec(&spec_text(
-        "guix",
-        &repo.url(),
-        "ci.scm",
-        "guix-jobs",
-        &nonce,
-    ));
-    assert!(
-        setup
-            .one_shot(&["-S", spec.to_str().unwrap()])
-            .status
-            .success()
-    );
+    one_shot_of(&setup, "guix", &repo, "guix-jobs", &nonce);
     let second = repo.commit("second");
     assert!(setup.one_shot(&[]).status.success());
 

@@ -250,7 +250,7 @@ fn every_route_against_a_real_database() {
                             "in-progress": 0, "timestamp": begun, "checkouttime": begun,
                             "evaltime": ended,
                             "checkouts": [{"commit": head, "channel": name, "input": name,
-                                           "directory": null}]}])
+                                           "directory": setup.cache.join(&name)}]}])
     );
 
     // Errors.

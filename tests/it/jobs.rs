@@ -148,6 +148,21 @@ fn per_job_limits_fail_builds_on_time_with_the_reason_and_spare_the_others() {
         "{long:?}"
     );
     assert_eq!(long.errormsg.as_deref(), Some("timed out after 3 seconds"));
+    // A build killed at its limit keeps what it printed: its log is
+    // copied only once the daemon has finished writing it.
+    for (row, printed) in [(silent, "going quiet"), (long, "tick")] {
+        let copy = setup
+            .tmp
+            .path()
+            .join(format!("build-logs/{}.log.gz", row.id));
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::MultiGzDecoder::new(std::fs::File::open(&copy).unwrap()),
+            &mut text,
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", copy.display()));
+        assert!(text.contains(printed), "{}: {text:?}", copy.display());
+    }
     for (job, row, limit) in [("silent", silent, 2), ("long", long, 3)] {
         let secs = row.stoptime - row.starttime;
         assert!(

@@ -259,21 +259,7 @@ fn a_200_mb_log_streams_byte_for_byte_in_bounded_memory() {
         &["-S", spec.to_str().unwrap(), "--interval", "100000"],
         &[],
     );
-    let port = {
-        let mut port = None;
-        wait_until(Duration::from_secs(30), "the HTTP port", || {
-            port = running.log_text().lines().find_map(|l| {
-                l.split("(127.0.0.1:")
-                    .nth(1)?
-                    .split(')')
-                    .next()?
-                    .parse()
-                    .ok()
-            });
-            port.is_some()
-        });
-        port.unwrap()
-    };
+    let port = running.port();
     wait_until(Duration::from_secs(300), "the big build to finish", || {
         setup
             .db()

@@ -1,6 +1,7 @@
 //! Integration tests: the real binary, real git repositories, the real
 //! guix-daemon and the real Guix evaluator.
 
+mod admin;
 mod chaos;
 mod cli;
 mod cycle;
@@ -13,7 +14,9 @@ mod http_hostile;
 mod jobs;
 mod logs;
 mod names;
+mod offload;
 mod one_shot;
 mod refs;
+mod specs;
 mod support;
 mod web;

@@ -127,6 +127,28 @@ fn keyword_jobs_end_to_end(guix: Guix, log_extension: &str) {
         vec![vec![head.clone()]]
     );
 
+    // The failed build's log is served as its text, whatever the
+    // daemon's compression.
+    let fail_id = count(
+        &conn,
+        "SELECT b.id FROM Builds b JOIN Derivations d USING (derivation, evaluation)
+         WHERE d.job_name = 'fail'",
+    );
+    {
+        let server = Server::start(&setup);
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--fail"])
+            .arg(format!(
+                "http://127.0.0.1:{}/build/{fail_id}/log/raw",
+                server.port
+            ))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("failing"), "{text:?}");
+    }
+
     // The same commit again: nothing new.
     let out = setup.one_shot(&[]);
     assert!(out.status.success());

@@ -362,6 +362,23 @@ impl Running {
         String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
     }
 
+    /// The HTTP port it bound (`--port 0`), read from its log.
+    pub fn port(&self) -> u16 {
+        let mut port = None;
+        wait_until(Duration::from_secs(30), "the HTTP port", || {
+            port = self.log_text().lines().find_map(|l| {
+                l.split("(127.0.0.1:")
+                    .nth(1)?
+                    .split(')')
+                    .next()?
+                    .parse()
+                    .ok()
+            });
+            port.is_some()
+        });
+        port.unwrap()
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: plain kill(2) on our own child.
         unsafe {
@@ -531,19 +548,7 @@ pub fn build_keyword_project_with(guix: Guix, label: &str) -> Built {
     let repo = Repo::new(setup.tmp.path(), &[("ci.scm", "jobs/keyword-jobs.scm")]);
     let head = git(&repo.dir, &["rev-parse", "HEAD"]);
     let name = format!("{label}-{nonce}");
-    let spec = setup.write_spec(&spec_text(
-        &name,
-        &repo.url(),
-        "ci.scm",
-        "cuirass-jobs",
-        &nonce,
-    ));
-    assert!(
-        setup
-            .one_shot(&["-S", spec.to_str().unwrap()])
-            .status
-            .success()
-    );
+    one_shot_of(&setup, &name, &repo, "cuirass-jobs", &nonce);
     Built {
         setup,
         repo,
@@ -551,4 +556,45 @@ pub fn build_keyword_project_with(guix: Guix, label: &str) -> Built {
         name,
         nonce,
     }
+}
+
+/// One GET with HTTP/1.0 (so no chunked body); the status, the head and
+/// the body.
+pub fn get_raw(port: u16, target: &str) -> (u16, String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {target} HTTP/1.0\r\n\r\n").unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).unwrap();
+    let end = reply.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let status = String::from_utf8_lossy(&reply[9..12]).parse().unwrap();
+    let head = String::from_utf8_lossy(&reply[..end]).into_owned();
+    (status, head, reply[end..].to_vec())
+}
+
+/// One GET; the status and the body as JSON (`Null` if it is not JSON).
+pub fn get_json(port: u16, target: &str) -> (u16, serde_json::Value) {
+    let (status, _, body) = get_raw(port, target);
+    (status, serde_json::from_slice(&body).unwrap_or_default())
+}
+
+/// Writes a 2018 spec named `name` for `repo`'s `ci.scm` and `proc_name`
+/// (arguments: the nonce), runs one-shot on it, and checks it succeeded;
+/// the spec file.
+pub fn one_shot_of(
+    setup: &Setup,
+    name: &str,
+    repo: &Repo,
+    proc_name: &str,
+    nonce: &str,
+) -> PathBuf {
+    let spec = setup.write_spec(&spec_text(name, &repo.url(), "ci.scm", proc_name, nonce));
+    assert!(
+        setup
+            .one_shot(&["-S", spec.to_str().unwrap()])
+            .status
+            .success()
+    );
+    spec
 }

@@ -197,7 +197,8 @@ fn the_dashboard_of_a_real_build() {
         v,
         serde_json::json!([{
             "evaluation": 1,
-            "checkouts": [{"commit": head, "channel": name, "input": name, "directory": null}],
+            "checkouts": [{"commit": head, "channel": name, "input": name,
+                           "directory": setup.cache.join(&name)}],
             "jobs": [{"name": "ok-1", "build": ok, "status": 0},
                      {"name": "fail", "build": fail, "status": 1}]
         }])

@@ -129,6 +129,8 @@ fn apply(db: &mut Db, updates: Vec<Update>, now: i64, one_transaction: bool) -> 
                 log,
                 ..
             } => finished.push((derivation, status, log)),
+            // The replayed traces build nothing remotely.
+            Update::Remote { .. } => {}
         }
     }
     if !finished.is_empty() {
@@ -142,7 +144,7 @@ fn replay(db: &mut Db, batches: &[Recorded], one_transaction: bool) -> Result<()
     for recorded in batches {
         let mut batch = Batch::new(
             recorded.items.clone(),
-            build::build_options(false, false, Limits::default()),
+            build::build_options(false, false, false, Limits::default()),
             Limits::default(),
         );
         for chunk in recorded.bytes.chunks(CHUNK) {
@@ -182,7 +184,7 @@ pub fn run() -> Result<Vec<Figure>, String> {
         for recorded in &batches {
             let mut batch = Batch::new(
                 recorded.items.clone(),
-                build::build_options(false, false, Limits::default()),
+                build::build_options(false, false, false, Limits::default()),
                 Limits::default(),
             );
             for chunk in recorded.bytes.chunks(CHUNK) {
