@@ -188,14 +188,26 @@ const MIGRATIONS: &[&str] = &[
        path      TEXT NOT NULL,
        FOREIGN KEY (build) REFERENCES Builds (id));
      CREATE INDEX IF NOT EXISTS BuildProducts_build ON BuildProducts (build);",
-    // 13: ten million builds.  Counting an evaluation's builds by status
-    // walked its 75,000 index entries per page view, and /metrics counted
-    // every build: `BuildCounts` keeps those counts, and triggers keep it
-    // in step with every insert, status change and delete, whoever makes
-    // them.  Searching job names read every build: `JobNames` holds each
-    // name once (75,000 on ci.guix, against 10,000,000 builds), indexed by
-    // trigram for substring matches, and a trigger adds the names of new
-    // derivations in the transaction that registers them.
+    // 13: ten million builds (14 once the queue branch's migration takes
+    // 13).  Counting an evaluation's builds by status walked its 75,000
+    // index entries per page view, and /metrics counted every build:
+    // `BuildCounts` keeps those counts.  Searching job names read every
+    // build: `JobNames` holds each name of an existing derivation once
+    // (75,000 on ci.guix, against 10,000,000 builds), and `JobNamesText`
+    // indexes them by trigram for substring matches.
+    //
+    // Registration (`Db::insert_jobs`) adds its builds' counts and new
+    // names itself: an insert trigger made every job's INSERT a
+    // multi-row write that may abort (foreign keys), which costs a
+    // statement journal each, spilled to a temporary file past 64 KiB
+    // (50,000 jobs: 0.5 → 2 s of CPU, most of it in the kernel).  Status
+    // changes and deletes come from many places, so triggers keep up
+    // with those: counts move, an evaluation's rows go with it, a name
+    // goes with its last derivation.  Names up to `JobNamesIndexed.upto`
+    // are in the trigram index; the loop indexes the rest a page per
+    // turn after the registration commits (`Db::index_job_names`), and
+    // searches scan that tail meanwhile.  AUTOINCREMENT keeps a deleted
+    // name's id from coming back below the mark.
     "CREATE TABLE IF NOT EXISTS BuildCounts (
        evaluation INTEGER NOT NULL,
        status     INTEGER NOT NULL,
@@ -203,10 +215,6 @@ const MIGRATIONS: &[&str] = &[
        PRIMARY KEY (evaluation, status)) WITHOUT ROWID;
      INSERT INTO BuildCounts (evaluation, status, count)
        SELECT evaluation, status, COUNT(*) FROM Builds GROUP BY evaluation, status;
-     CREATE TRIGGER IF NOT EXISTS Builds_count_insert AFTER INSERT ON Builds BEGIN
-       INSERT INTO BuildCounts (evaluation, status, count) VALUES (new.evaluation, new.status, 1)
-         ON CONFLICT (evaluation, status) DO UPDATE SET count = count + 1;
-     END;
      CREATE TRIGGER IF NOT EXISTS Builds_count_delete AFTER DELETE ON Builds BEGIN
        UPDATE BuildCounts SET count = count - 1
          WHERE evaluation = old.evaluation AND status = old.status;
@@ -218,17 +226,25 @@ const MIGRATIONS: &[&str] = &[
        INSERT INTO BuildCounts (evaluation, status, count) VALUES (new.evaluation, new.status, 1)
          ON CONFLICT (evaluation, status) DO UPDATE SET count = count + 1;
      END;
+     CREATE TRIGGER IF NOT EXISTS Evaluations_counts_delete AFTER DELETE ON Evaluations BEGIN
+       DELETE FROM BuildCounts WHERE evaluation = old.id;
+     END;
      CREATE TABLE IF NOT EXISTS JobNames (
-       id   INTEGER PRIMARY KEY,
+       id   INTEGER PRIMARY KEY AUTOINCREMENT,
        name TEXT NOT NULL UNIQUE);
      CREATE VIRTUAL TABLE IF NOT EXISTS JobNamesText USING fts5 (
        name, content = 'JobNames', content_rowid = 'id', tokenize = 'trigram');
-     CREATE TRIGGER IF NOT EXISTS JobNames_text AFTER INSERT ON JobNames BEGIN
-       INSERT INTO JobNamesText (rowid, name) VALUES (new.id, new.name);
-     END;
+     CREATE TABLE IF NOT EXISTS JobNamesIndexed (upto INTEGER NOT NULL);
      INSERT OR IGNORE INTO JobNames (name) SELECT DISTINCT job_name FROM Derivations;
-     CREATE TRIGGER IF NOT EXISTS Derivations_job_name AFTER INSERT ON Derivations BEGIN
-       INSERT OR IGNORE INTO JobNames (name) VALUES (new.job_name);
+     INSERT INTO JobNamesText (rowid, name) SELECT id, name FROM JobNames;
+     INSERT INTO JobNamesIndexed (upto) SELECT COALESCE(MAX(id), 0) FROM JobNames;
+     CREATE TRIGGER IF NOT EXISTS Derivations_job_name_delete AFTER DELETE ON Derivations
+       WHEN NOT EXISTS (SELECT 1 FROM Derivations WHERE job_name = old.job_name) BEGIN
+       DELETE FROM JobNames WHERE name = old.job_name;
+     END;
+     CREATE TRIGGER IF NOT EXISTS JobNames_text_delete AFTER DELETE ON JobNames
+       WHEN old.id <= (SELECT upto FROM JobNamesIndexed) BEGIN
+       INSERT INTO JobNamesText (JobNamesText, rowid, name) VALUES ('delete', old.id, old.name);
      END;",
 ];
 
@@ -470,7 +486,10 @@ impl Db {
     }
 
     /// Inserts jobs' derivations, builds and outputs; `added` hears of
-    /// each new build.
+    /// each new build.  It counts the builds in `BuildCounts` and adds
+    /// new job names to `JobNames` itself: those tables have no insert
+    /// triggers (see migration 13), so any other writer of Builds or
+    /// Derivations must do the same.
     fn insert_jobs(
         tx: &Transaction,
         eval: EvalId,
@@ -491,6 +510,10 @@ impl Db {
             tx.prepare_cached("INSERT INTO Outputs (build, name, path) VALUES (?1, ?2, ?3)")?;
         let mut input_stmt =
             tx.prepare_cached("INSERT OR IGNORE INTO Inputs (build, derivation) VALUES (?1, ?2)")?;
+        // Most names are known from earlier evaluations: a lookup each.
+        let mut name_stmt =
+            tx.prepare_cached("INSERT OR IGNORE INTO JobNames (name) VALUES (?1)")?;
+        let mut scheduled = 0;
         for job in jobs {
             // Two jobs of one evaluation may share a derivation; the 2018
             // primary key allows one row, and one build of it.
@@ -514,6 +537,8 @@ impl Db {
                 job.limits.max_silent_time.map(|t| t as i64)
             ])?;
             let build = tx.last_insert_rowid();
+            scheduled += 1;
+            name_stmt.execute([&job.job_name])?;
             for (name, path) in &job.outputs {
                 output_stmt.execute(params![build, name, path])?;
             }
@@ -521,6 +546,13 @@ impl Db {
                 input_stmt.execute(params![build, input])?;
             }
             added(build, job);
+        }
+        if scheduled > 0 {
+            tx.prepare_cached(
+                "INSERT INTO BuildCounts (evaluation, status, count) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (evaluation, status) DO UPDATE SET count = count + excluded.count",
+            )?
+            .execute(params![eval, status::SCHEDULED, scheduled])?;
         }
         Ok(())
     }

@@ -190,6 +190,8 @@ pub struct EventLoop {
     copier: Copier,
     /// Running builds' output, as it arrives.
     live: LiveLogs,
+    /// Job names wait to be added to the search index.
+    names_behind: bool,
 }
 
 /// Ends cuirass with an error message (one-shot) or is logged (daemon).
@@ -243,6 +245,7 @@ impl EventLoop {
             copier: Copier::new(logs.clone()),
             live: LiveLogs::new(logs.clone()),
             logs,
+            names_behind: true,
         };
         for spec in specs {
             event_loop.add_slot(spec, now);
@@ -387,7 +390,7 @@ impl EventLoop {
         if let Some(at) = self.reload.as_ref().map(reload::Reload::deadline) {
             next = next.min(at);
         }
-        if self.copier.busy() {
+        if self.copier.busy() || self.names_behind {
             return now;
         }
         next.max(now)
@@ -479,6 +482,7 @@ impl EventLoop {
         self.apply_effects(now);
         self.reap_reload(now);
         self.copier.step();
+        self.index_job_names();
         for index in 0..self.slots.len() {
             self.read_leftovers(index);
             if self.slots[index].conn.as_ref().is_some_and(|c| c.more) {
@@ -493,6 +497,20 @@ impl EventLoop {
         if now >= self.next_status_log {
             self.next_status_log = now + STATUS_EVERY;
             self.log_status();
+        }
+    }
+
+    /// A page of newly registered job names into the search index, each
+    /// turn (the searches scan the names not indexed yet); while a full
+    /// page was indexed, the next turn comes at once.
+    fn index_job_names(&mut self) {
+        let page = crate::db::search::NAME_INDEX_PAGE;
+        match self.db.index_job_names(page) {
+            Ok(n) => self.names_behind = n == page,
+            Err(e) => {
+                log::warn!("job names not indexed for search yet: {e}");
+                self.names_behind = false;
+            }
         }
     }
 

@@ -1,4 +1,4 @@
-//! Migration 10's tables kept in step, the searches over every build,
+//! The tables of the `BuildCounts`/`JobNames` migration kept in step, the searches over every build,
 //! and the plans of the queries that must not walk ten million builds.
 
 use super::dashboard::EvalBuildFilter;
@@ -97,7 +97,122 @@ fn a_2018_database_gains_its_counts_and_job_names() {
     assert_eq!(db.job_names_matching("e", 10).unwrap().len(), 2);
 }
 
-/// A database of `evals` evaluations of the same `names` jobs.
+/// The names `JobNames` holds, sorted, and checks that they are exactly
+/// the names of the derivations, that the trigram index agrees with
+/// them once every name is indexed, and that their search finds them.
+fn names_agree(db: &mut Db) -> Vec<String> {
+    while db.index_job_names(2).unwrap() == 2 {}
+    let col = |sql: &str| -> Vec<String> {
+        let mut stmt = db.connection().prepare(sql).unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
+    };
+    let names = col("SELECT name FROM JobNames ORDER BY name");
+    assert_eq!(
+        names,
+        col("SELECT DISTINCT job_name FROM Derivations ORDER BY 1")
+    );
+    db.connection()
+        .execute_batch("INSERT INTO JobNamesText (JobNamesText) VALUES ('integrity-check')")
+        .unwrap();
+    for n in &names {
+        assert!(db.job_names_matching(n, 100).unwrap().contains(n), "{n}");
+    }
+    names
+}
+
+#[test]
+fn counts_and_names_follow_the_operators_actions() {
+    let mut db = history(3, &["hello".into(), "sed".into()]);
+    // Spec t (evaluation 3) alone has `t-only`.
+    let e4 = db
+        .register_evaluation("t", "c4", &[job("t-only", "t"), job("sed", "t")], 4)
+        .unwrap();
+    db.connection()
+        .execute_batch(
+            "UPDATE Builds SET status = 1 WHERE evaluation = 1;
+             UPDATE Builds SET status = 0 WHERE evaluation = 2;",
+        )
+        .unwrap();
+    counts_agree(&db);
+    db.restart_build(1).unwrap();
+    counts_agree(&db);
+    db.restart_failed_builds(1).unwrap();
+    counts_agree(&db);
+    db.cancel_build(1, 50).unwrap();
+    counts_agree(&db);
+    db.cancel_evaluation(e4, 50).unwrap();
+    counts_agree(&db);
+    assert_eq!(names_agree(&mut db), ["hello", "sed", "t-only"]);
+    let before: i64 = db
+        .connection()
+        .query_row("SELECT id FROM JobNames WHERE name = 't-only'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    db.delete_specification("t").unwrap();
+    counts_agree(&db);
+    let left: i64 = db
+        .connection()
+        .query_row(
+            "SELECT COUNT(*) FROM BuildCounts WHERE evaluation NOT IN (SELECT id FROM Evaluations)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0);
+    assert_eq!(names_agree(&mut db), ["hello", "sed"]);
+    assert!(db.job_names_matching("t-only", 10).unwrap().is_empty());
+    // The name again, under a new id: found before the loop indexes it
+    // (the unindexed tail), then through the index.
+    db.register_evaluation("s", "c5", &[job("t-only", "u")], 5)
+        .unwrap();
+    assert_eq!(db.job_names_matching("T-ONL", 10).unwrap(), ["t-only"]);
+    assert_eq!(found(&db, "t-only", 10).len(), 1);
+    assert_eq!(names_agree(&mut db), ["hello", "sed", "t-only"]);
+    let after: i64 = db
+        .connection()
+        .query_row("SELECT id FROM JobNames WHERE name = 't-only'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(after > before);
+}
+
+#[test]
+fn new_names_are_found_before_and_after_the_loop_indexes_them() {
+    let mut db = history(1, &["hello".into()]);
+    assert_eq!(db.index_job_names(10).unwrap(), 0);
+    let jobs: Vec<JobRecord> = (0..5).map(|i| job(&format!("new-{i}"), "n")).collect();
+    db.register_evaluation("s", "c2", &jobs, 2).unwrap();
+    let indexed = |db: &Db| -> i64 {
+        db.connection()
+            .query_row(
+                "SELECT COUNT(*) FROM JobNamesText WHERE JobNamesText MATCH 'new'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(indexed(&db), 0);
+    assert_eq!(db.job_names_matching("new-", 10).unwrap().len(), 5);
+    assert_eq!(found(&db, "new-3", 10).len(), 1);
+    // A page at a time, the index and the tail never both give a name.
+    assert_eq!(db.index_job_names(2).unwrap(), 2);
+    assert_eq!(indexed(&db), 2);
+    assert_eq!(db.job_names_matching("new-", 10).unwrap().len(), 5);
+    assert_eq!(db.job_names_matching("new-", 3).unwrap().len(), 3);
+    assert_eq!(db.index_job_names(2).unwrap(), 2);
+    assert_eq!(db.index_job_names(2).unwrap(), 1);
+    assert_eq!(db.index_job_names(2).unwrap(), 0);
+    assert_eq!(indexed(&db), 5);
+    assert_eq!(names_agree(&mut db).len(), 6);
+}
+
+/// A database of `evals` evaluations of the same `names` jobs, every
+/// name indexed.
 fn history(evals: usize, names: &[String]) -> Db {
     let mut db = Db::open_in_memory().unwrap();
     db.add_specifications(&[spec("s"), spec("t")]).unwrap();
@@ -110,6 +225,8 @@ fn history(evals: usize, names: &[String]) -> Db {
     db.connection()
         .execute_batch("UPDATE Builds SET status = id % 2, stoptime = id")
         .unwrap();
+    // Every name indexed, as the loop leaves them between evaluations.
+    while db.index_job_names(1000).unwrap() == 1000 {}
     db
 }
 
@@ -273,6 +390,11 @@ fn searches_and_evaluation_pages_walk_indexes_with_ten_million_builds() {
         1,
     );
     assert!(p.contains("VIRTUAL TABLE INDEX"), "{p}");
+    let p = plan(search::UNINDEXED_NAMES_LIKE, 2);
+    assert!(
+        p.starts_with("SEARCH JobNames USING INTEGER PRIMARY KEY (rowid>?)") && !sorted(&p),
+        "{p}"
+    );
     for (sql, n) in [
         (dashboard::eval_page_sql(false), 5),
         (dashboard::eval_page_sql(true), 5),

@@ -2,8 +2,8 @@
 //! `/search/latest` and the job filter of an evaluation's page.
 //!
 //! A substring of a job name is first looked up among the distinct job
-//! names (`JobNames`, trigram-indexed by `JobNamesText`, migration 10):
-//! 75,000 on ci.guix, against 10,000,000 builds.  The builds of the names
+//! names (`JobNames`, trigram-indexed by `JobNamesText`, see migration
+//! 13): 75,000 on ci.guix, against 10,000,000 builds.  The builds of the names
 //! found are then reached one of two ways, whichever reads less:
 //! - few names: each name's builds down `Derivations_job_name` (job name,
 //!   evaluation), newest evaluation first, stopping at the evaluations the
@@ -26,6 +26,10 @@ pub const NAME_LOOKUPS: usize = 1_000;
 /// ci.guix's evaluations.  Past it the answer is what was found, and the
 /// search says it stopped early.
 pub const WALK_BUDGET: usize = 300_000;
+
+/// How many new job names the loop adds to the trigram index per turn:
+/// about 20 ms of work.
+pub const NAME_INDEX_PAGE: usize = 500;
 
 /// The builds a search found, and whether it stopped before looking at
 /// every build.
@@ -74,6 +78,13 @@ pub(crate) const FILTERED_DERIVATIONS_OF_NAME: &str =
        AND (?6 IS NULL OR b.status BETWEEN ?6 AND ?7)
      ORDER BY d.evaluation DESC LIMIT ?3";
 
+/// The names not in the trigram index yet that are LIKE ?1, at most ?2:
+/// a walk of `JobNames` from the index's mark (the names of the
+/// evaluations registered since the loop last indexed, none in between).
+pub(crate) const UNINDEXED_NAMES_LIKE: &str = "SELECT name FROM JobNames
+     WHERE id > (SELECT upto FROM JobNamesIndexed) AND name LIKE ?1 ESCAPE '\\'
+     ORDER BY id LIMIT ?2";
+
 /// The build of the derivation row ?1.
 pub(crate) const BUILD_OF_DERIVATION_ROW: &str = "SELECT b.id FROM Derivations d
      CROSS JOIN Builds b INDEXED BY Builds_derivation
@@ -113,25 +124,65 @@ impl Db {
     /// The distinct job names containing `needle` (case-insensitive), at
     /// most `limit`: through the trigram index for three characters or
     /// more, else a scan of the names (75,000 on ci.guix, a few
-    /// milliseconds when few match).
+    /// milliseconds when few match).  Names registered since the last
+    /// [`Db::index_job_names`] are not in the index yet: they are scanned
+    /// too, so a name is found the moment its registration commits.
     pub fn job_names_matching(&self, needle: &str, limit: usize) -> Result<Vec<String>> {
-        let (sql, arg) = if needle.chars().count() >= 3 {
-            (
-                "SELECT name FROM JobNamesText WHERE JobNamesText MATCH ?1 LIMIT ?2",
-                phrase(needle),
-            )
-        } else {
-            (
+        let like = super::dashboard::like_substring(needle);
+        if needle.chars().count() < 3 {
+            return self.names_where(
                 "SELECT name FROM JobNames WHERE name LIKE ?1 ESCAPE '\\' LIMIT ?2",
-                super::dashboard::like_substring(needle),
-            )
-        };
+                &like,
+                limit,
+            );
+        }
+        let mut names = self.names_where(
+            "SELECT name FROM JobNamesText WHERE JobNamesText MATCH ?1 LIMIT ?2",
+            &phrase(needle),
+            limit,
+        )?;
+        if names.len() < limit {
+            names.extend(self.names_where(UNINDEXED_NAMES_LIKE, &like, limit - names.len())?);
+        }
+        Ok(names)
+    }
+
+    fn names_where(&self, sql: &str, arg: &str, limit: usize) -> Result<Vec<String>> {
         let names = self
             .conn
             .prepare_cached(sql)?
             .query_map(params![arg, limit as i64], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(names)
+    }
+
+    /// Adds up to `page` names registered since the last call to the
+    /// trigram index, in one transaction; returns how many.  The loop
+    /// calls it once a turn until it returns less than `page`
+    /// ([`NAME_INDEX_PAGE`]: about 35 µs a name).
+    pub fn index_job_names(&mut self, page: usize) -> Result<usize> {
+        let tx = self.conn.transaction()?;
+        let upto: i64 = tx
+            .prepare_cached("SELECT upto FROM JobNamesIndexed")?
+            .query_row([], |r| r.get(0))?;
+        let last: Option<i64> = tx
+            .prepare_cached(
+                "SELECT MAX(id) FROM (SELECT id FROM JobNames WHERE id > ?1 ORDER BY id LIMIT ?2)",
+            )?
+            .query_row(params![upto, page as i64], |r| r.get(0))?;
+        let Some(last) = last else {
+            return Ok(0);
+        };
+        let added = tx
+            .prepare_cached(
+                "INSERT INTO JobNamesText (rowid, name)
+                 SELECT id, name FROM JobNames WHERE id > ?1 AND id <= ?2",
+            )?
+            .execute(params![upto, last])?;
+        tx.prepare_cached("UPDATE JobNamesIndexed SET upto = ?1")?
+            .execute([last])?;
+        tx.commit()?;
+        Ok(added)
     }
 
     /// The names containing every one of `words`, when the rarest word

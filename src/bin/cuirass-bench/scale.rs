@@ -6,6 +6,7 @@
 
 use crate::api_db::{self, TEN_MILLION};
 use crate::common::*;
+use cuirass::db::search::NAME_INDEX_PAGE;
 use cuirass::db::{Db, JobRecord, PendingBuild};
 use std::process::Command;
 use std::time::Instant;
@@ -73,14 +74,17 @@ fn next_jobs(db: &Db, rows: (i64, i64), rng: &mut api_db::Rng) -> Result<Vec<Job
     Ok(jobs)
 }
 
-/// The child: registers the evaluation into the database at `path` and
-/// prints `SECONDS REGISTER_SECONDS VMHWM_KIB JOBS CANCELED`.
+/// The child: registers the evaluation into the database at `path`,
+/// then indexes its new job names as the loop would, and prints
+/// `SECONDS REGISTER_SECONDS VMHWM_KIB JOBS CANCELED CPU_SECONDS
+/// INDEX_SECONDS NAMES`.
 pub fn child(path: &str) -> Result<(), String> {
     let e = |e: cuirass::db::Error| e.to_string();
     let mut db = Db::open(std::path::Path::new(path)).map_err(e)?;
     let (first, last) = newest_rows(&db)?;
     let mut rng = api_db::Rng(7);
     let start = Instant::now();
+    let cpu = proc_cpu(std::process::id()).unwrap_or(f64::NAN);
     let eval = db
         .begin_evaluation(SPEC, "next", 2_000_000_000)
         .map_err(e)?;
@@ -96,8 +100,22 @@ pub fn child(path: &str) -> Result<(), String> {
         .complete_evaluation(SPEC, eval, "next", 2_000_000_000)
         .map_err(e)?;
     let total = secs(start.elapsed());
+    let cpu = proc_cpu(std::process::id()).unwrap_or(f64::NAN) - cpu;
+    let indexing = Instant::now();
+    let mut names = 0;
+    loop {
+        let n = db.index_job_names(NAME_INDEX_PAGE).map_err(e)?;
+        names += n;
+        if n < NAME_INDEX_PAGE {
+            break;
+        }
+    }
+    let indexed = secs(indexing.elapsed());
     let hwm = proc_status_kib(std::process::id(), "VmHWM").unwrap_or(-1);
-    println!("{total} {registered} {hwm} {} {canceled}", queued.len());
+    println!(
+        "{total} {registered} {hwm} {} {canceled} {cpu} {indexed} {names}",
+        queued.len()
+    );
     Ok(())
 }
 
@@ -116,7 +134,7 @@ pub fn run() -> Result<Vec<Figure>, String> {
         .split_whitespace()
         .map(|x| x.parse().unwrap_or(f64::NAN))
         .collect();
-    if !out.status.success() || f.len() != 5 {
+    if !out.status.success() || f.len() != 8 {
         return Err(format!(
             "registration child failed: {}{}",
             text,
@@ -125,8 +143,9 @@ pub fn run() -> Result<Vec<Figure>, String> {
     }
     let note = format!(
         "{} jobs in chunks of {CHUNK} ({:.2} s; reading each chunk's rows included), \
-         then the evaluation closed, {} superseded builds canceled",
-        f[3], f[1], f[4]
+         then the evaluation closed, {} superseded builds canceled; {:.2} s CPU; \
+         then its {} new job names indexed for search in {:.2} s",
+        f[3], f[1], f[4], f[5], f[7], f[6]
     );
     Ok(vec![
         Figure::new(
