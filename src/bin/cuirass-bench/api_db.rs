@@ -70,10 +70,13 @@ const SPECS: [(&str, &str); 2] = [
 const FIRST_EVALUATION: i64 = 1_500_000_000;
 const EVALUATION_EVERY: i64 = 6 * 3600;
 
+/// Columns named: the 2018 table and later schemas (which add columns
+/// with defaults) take the same rows.
 fn insert_specifications(conn: &Connection) -> rusqlite::Result<()> {
     for (name, branch) in SPECS {
         conn.execute(
-            "INSERT OR IGNORE INTO Specifications
+            "INSERT OR IGNORE INTO Specifications (repo_name, url, load_path, file, proc,
+               arguments, branch, tag, revision, no_compile_p)
                VALUES (?1, 'https://git.savannah.gnu.org/git/guix.git',
                '.', 'build-aux/cuirass/gnu-system.scm', 'cuirass-jobs',
                '((subset . \"all\"))', ?2, NULL, NULL, 1)",
