@@ -182,6 +182,19 @@ fn the_dashboard_of_a_real_build() {
     // Search across evaluations.
     let found = page(&daemon, "/search?query=ok-");
     assert_eq!(found.matches("/details\">").count(), 2);
+    // The loop has put the evaluation's job names in the search index
+    // since (searches scan the names it has not reached yet).
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT COUNT(*) FROM JobNamesText WHERE JobNamesText MATCH '\"ok-\"'"
+        ),
+        2
+    );
+    assert_eq!(
+        count(&conn, "SELECT upto FROM JobNamesIndexed"),
+        count(&conn, "SELECT MAX(id) FROM JobNames")
+    );
 
     // The badge, the history, and the errors.
     let (code, ct, svg) = get(&daemon, &format!("/jobset/{name}/badge.svg"));
