@@ -38,6 +38,10 @@ const SLOW_TURN: Duration = Duration::from_millis(200);
 /// The loop wakes at least this often to look for exited children.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 const STATUS_EVERY: Duration = Duration::from_secs(60);
+/// How often the loop looks for job names to index when it has none in
+/// hand: a look costs a few statements, too many for every turn of a
+/// server answering thousands of requests a second.
+const NAME_INDEX_EVERY: Duration = Duration::from_secs(1);
 
 /// What a readiness event is about: the closed set the loop handles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +196,7 @@ pub struct EventLoop {
     live: LiveLogs,
     /// Job names wait to be added to the search index.
     names_behind: bool,
+    next_name_index: Instant,
 }
 
 /// Ends cuirass with an error message (one-shot) or is logged (daemon).
@@ -246,6 +251,7 @@ impl EventLoop {
             live: LiveLogs::new(logs.clone()),
             logs,
             names_behind: true,
+            next_name_index: now,
         };
         for spec in specs {
             event_loop.add_slot(spec, now);
@@ -482,7 +488,10 @@ impl EventLoop {
         self.apply_effects(now);
         self.reap_reload(now);
         self.copier.step();
-        self.index_job_names();
+        if self.names_behind || now >= self.next_name_index {
+            self.next_name_index = now + NAME_INDEX_EVERY;
+            self.index_job_names();
+        }
         for index in 0..self.slots.len() {
             self.read_leftovers(index);
             if self.slots[index].conn.as_ref().is_some_and(|c| c.more) {
@@ -500,9 +509,9 @@ impl EventLoop {
         }
     }
 
-    /// A page of newly registered job names into the search index, each
-    /// turn (the searches scan the names not indexed yet); while a full
-    /// page was indexed, the next turn comes at once.
+    /// A page of newly registered job names into the search index (the
+    /// searches scan the names not indexed yet); while a full page was
+    /// indexed, the next turn comes at once and indexes the next.
     fn index_job_names(&mut self) {
         let page = crate::db::search::NAME_INDEX_PAGE;
         match self.db.index_job_names(page) {

@@ -182,18 +182,19 @@ fn the_dashboard_of_a_real_build() {
     // Search across evaluations.
     let found = page(&daemon, "/search?query=ok-");
     assert_eq!(found.matches("/details\">").count(), 2);
-    // The loop has put the evaluation's job names in the search index
-    // since (searches scan the names it has not reached yet).
+    // The loop puts the evaluation's job names in the search index
+    // within a second or so (searches scan the names it has not reached).
+    let indexed = || {
+        count(&conn, "SELECT upto FROM JobNamesIndexed")
+            == count(&conn, "SELECT MAX(id) FROM JobNames")
+    };
+    wait_until(Duration::from_secs(10), "job names indexed", indexed);
     assert_eq!(
         count(
             &conn,
             "SELECT COUNT(*) FROM JobNamesText WHERE JobNamesText MATCH '\"ok-\"'"
         ),
         2
-    );
-    assert_eq!(
-        count(&conn, "SELECT upto FROM JobNamesIndexed"),
-        count(&conn, "SELECT MAX(id) FROM JobNames")
     );
 
     // The badge, the history, and the errors.
