@@ -264,10 +264,87 @@ const MIGRATIONS: &[&str] = &[
        WHERE status < 0;
      DROP INDEX IF EXISTS Builds_queue;
      CREATE INDEX Builds_queue ON Builds (status DESC, queue_rank, id) WHERE status < 0;",
+    // 17: ten million builds.  Counting an evaluation's builds by status walked its 75,000
+    // index entries per page view, and /metrics counted every build:
+    // `BuildCounts` keeps those counts.  Searching job names read every
+    // build: `JobNames` holds each name of an existing derivation once
+    // (75,000 on ci.guix, against 10,000,000 builds), and `JobNamesText`
+    // indexes them by trigram for substring matches.
+    //
+    // Registration (`Db::insert_jobs`) adds its builds' counts and new
+    // names itself: an insert trigger made every job's INSERT a
+    // multi-row write that may abort (foreign keys), which costs a
+    // statement journal each, spilled to a temporary file past 64 KiB
+    // (50,000 jobs: 0.5 → 2 s of CPU, most of it in the kernel).  Status
+    // changes and deletes come from many places, so triggers keep up
+    // with those: counts move, an evaluation's rows go with it, a name
+    // goes with its last derivation.  Names up to `JobNamesIndexed.upto`
+    // are in the trigram index; the loop indexes the rest a page per
+    // turn after the registration commits (`Db::index_job_names`), and
+    // searches scan that tail meanwhile.  AUTOINCREMENT keeps a deleted
+    // name's id from coming back below the mark.
+    "CREATE TABLE IF NOT EXISTS BuildCounts (
+       evaluation INTEGER NOT NULL,
+       status     INTEGER NOT NULL,
+       count      INTEGER NOT NULL,
+       PRIMARY KEY (evaluation, status)) WITHOUT ROWID;
+     INSERT INTO BuildCounts (evaluation, status, count)
+       SELECT evaluation, status, COUNT(*) FROM Builds GROUP BY evaluation, status;
+     CREATE TRIGGER IF NOT EXISTS Builds_count_delete AFTER DELETE ON Builds BEGIN
+       UPDATE BuildCounts SET count = count - 1
+         WHERE evaluation = old.evaluation AND status = old.status;
+     END;
+     CREATE TRIGGER IF NOT EXISTS Builds_count_update AFTER UPDATE OF status, evaluation ON Builds
+       WHEN old.status IS NOT new.status OR old.evaluation IS NOT new.evaluation BEGIN
+       UPDATE BuildCounts SET count = count - 1
+         WHERE evaluation = old.evaluation AND status = old.status;
+       INSERT INTO BuildCounts (evaluation, status, count) VALUES (new.evaluation, new.status, 1)
+         ON CONFLICT (evaluation, status) DO UPDATE SET count = count + 1;
+     END;
+     CREATE TRIGGER IF NOT EXISTS Evaluations_counts_delete AFTER DELETE ON Evaluations BEGIN
+       DELETE FROM BuildCounts WHERE evaluation = old.id;
+     END;
+     CREATE TABLE IF NOT EXISTS JobNames (
+       id   INTEGER PRIMARY KEY AUTOINCREMENT,
+       name TEXT NOT NULL UNIQUE);
+     CREATE VIRTUAL TABLE IF NOT EXISTS JobNamesText USING fts5 (
+       name, content = 'JobNames', content_rowid = 'id', tokenize = 'trigram');
+     CREATE TABLE IF NOT EXISTS JobNamesIndexed (upto INTEGER NOT NULL);
+     INSERT OR IGNORE INTO JobNames (name)
+       SELECT job_name FROM Derivations UNION SELECT job_name FROM JobAliases;
+     INSERT INTO JobNamesText (rowid, name) SELECT id, name FROM JobNames;
+     INSERT INTO JobNamesIndexed (upto) SELECT COALESCE(MAX(id), 0) FROM JobNames;
+     CREATE TRIGGER IF NOT EXISTS Derivations_job_name_delete AFTER DELETE ON Derivations
+       WHEN NOT EXISTS (SELECT 1 FROM Derivations WHERE job_name = old.job_name)
+        AND NOT EXISTS (SELECT 1 FROM JobAliases WHERE job_name = old.job_name) BEGIN
+       DELETE FROM JobNames WHERE name = old.job_name;
+     END;
+     CREATE TRIGGER IF NOT EXISTS JobAliases_job_name_delete AFTER DELETE ON JobAliases
+       WHEN NOT EXISTS (SELECT 1 FROM Derivations WHERE job_name = old.job_name)
+        AND NOT EXISTS (SELECT 1 FROM JobAliases WHERE job_name = old.job_name) BEGIN
+       DELETE FROM JobNames WHERE name = old.job_name;
+     END;
+     CREATE TRIGGER IF NOT EXISTS JobNames_text_delete AFTER DELETE ON JobNames
+       WHEN old.id <= (SELECT upto FROM JobNamesIndexed) BEGIN
+       INSERT INTO JobNamesText (JobNamesText, rowid, name) VALUES ('delete', old.id, old.name);
+     END;",
 ];
 
 pub fn schema_version() -> usize {
     MIGRATIONS.len()
+}
+
+/// A hash (FNV-1a, 64 bits) of every migration's SQL: two builds of
+/// cuirass agree on it exactly when they make the same schema, which the
+/// version number alone does not say across branches that each append a
+/// migration.  The benchmarks key their migrated databases by it.
+pub fn schema_fingerprint() -> u64 {
+    MIGRATIONS
+        .iter()
+        .flat_map(|m| m.bytes().chain([0]))
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        })
 }
 
 #[derive(Debug)]
@@ -499,7 +576,10 @@ impl Db {
     /// Inserts jobs' derivations, builds and outputs; `added` hears of
     /// each new build.  A job whose derivation another job of the
     /// evaluation has already (an alias) is recorded as another name of
-    /// that build; returns how many were.
+    /// that build; returns how many were.  It counts the builds in
+    /// `BuildCounts` and adds new job names to `JobNames` itself: those
+    /// tables have no insert triggers (see migration 17), so any other
+    /// writer of Builds, Derivations or JobAliases must do the same.
     fn insert_jobs(
         tx: &Transaction,
         eval: EvalId,
@@ -522,6 +602,10 @@ impl Db {
             tx.prepare_cached("INSERT INTO Outputs (build, name, path) VALUES (?1, ?2, ?3)")?;
         let mut input_stmt =
             tx.prepare_cached("INSERT OR IGNORE INTO Inputs (build, derivation) VALUES (?1, ?2)")?;
+        // Most names are known from earlier evaluations: a lookup each.
+        let mut name_stmt =
+            tx.prepare_cached("INSERT OR IGNORE INTO JobNames (name) VALUES (?1)")?;
+        let mut scheduled = 0;
         for job in jobs {
             // Two jobs of one evaluation may share a derivation; the 2018
             // primary key allows one row, and one build of it, which the
@@ -549,6 +633,8 @@ impl Db {
                 spec_rank + job.priority
             ])?;
             let build = BuildId(tx.last_insert_rowid());
+            scheduled += 1;
+            name_stmt.execute([&job.job_name])?;
             for (name, path) in &job.outputs {
                 output_stmt.execute(params![build, name, path])?;
             }
@@ -557,12 +643,20 @@ impl Db {
             }
             added(build, job, spec_rank + job.priority);
         }
+        if scheduled > 0 {
+            tx.prepare_cached(
+                "INSERT INTO BuildCounts (evaluation, status, count) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (evaluation, status) DO UPDATE SET count = count + excluded.count",
+            )?
+            .execute(params![eval, status::SCHEDULED, scheduled])?;
+        }
         Ok(aliases)
     }
 
     /// Records `job`'s name as another name of the build its derivation
-    /// already has in `eval`.  A name given twice is an error (the
-    /// evaluator's output is checked for that before, by `job::Tally`).
+    /// already has in `eval`, and in `JobNames` for searches.  A name
+    /// given twice is an error (the evaluator's output is checked for
+    /// that before, by `job::Tally`).
     fn insert_alias(tx: &Transaction, eval: EvalId, job: &JobRecord) -> Result<()> {
         let build: BuildId = tx
             .prepare_cached("SELECT id FROM Builds WHERE derivation = ?1 AND evaluation = ?2")?
@@ -577,6 +671,8 @@ impl Db {
                 job.job_name, job.derivation
             ))
         })?;
+        tx.prepare_cached("INSERT OR IGNORE INTO JobNames (name) VALUES (?1)")?
+            .execute([&job.job_name])?;
         Ok(())
     }
 
@@ -828,6 +924,7 @@ pub mod machines;
 pub mod queue;
 pub mod read;
 pub mod retention;
+pub mod search;
 mod statuses;
 
 #[cfg(test)]
@@ -849,5 +946,7 @@ pub(crate) fn query_plan(conn: &Connection, sql: &str, params: impl rusqlite::Pa
 
 #[cfg(test)]
 mod alias_tests;
+#[cfg(test)]
+mod scale_tests;
 #[cfg(test)]
 mod tests;

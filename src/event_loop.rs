@@ -46,6 +46,10 @@ const SLOW_TURN: Duration = Duration::from_millis(200);
 /// The loop wakes at least this often to look for exited children.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 const STATUS_EVERY: Duration = Duration::from_secs(60);
+/// How often the loop looks for job names to index when it has none in
+/// hand: a look costs a few statements, too many for every turn of a
+/// server answering thousands of requests a second.
+const NAME_INDEX_EVERY: Duration = Duration::from_secs(1);
 
 /// What a readiness event is about: the closed set the loop handles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,6 +299,9 @@ pub struct EventLoop {
     notify: Option<notify::Notify>,
     /// GC roots and the retention of old evaluations.
     roots: roots::Roots,
+    /// Job names wait to be added to the search index.
+    names_behind: bool,
+    next_name_index: Instant,
 }
 
 /// Ends cuirass with an error message (one-shot) or is logged (daemon).
@@ -364,6 +371,8 @@ impl EventLoop {
             logs,
             notify,
             roots,
+            names_behind: true,
+            next_name_index: now,
         };
         for spec in specs {
             event_loop.add_slot(spec, now);
@@ -531,7 +540,7 @@ impl EventLoop {
             }
             next = next.min(n.poll_at());
         }
-        if self.copier.busy() || self.roots.has_work() {
+        if self.copier.busy() || self.roots.has_work() || self.names_behind {
             return now;
         }
         next.max(now)
@@ -663,6 +672,10 @@ impl EventLoop {
         self.reap_reload(now);
         self.copier.step();
         self.roots_turn(now);
+        if self.names_behind || now >= self.next_name_index {
+            self.next_name_index = now + NAME_INDEX_EVERY;
+            self.index_job_names();
+        }
         for index in 0..self.slots.len() {
             self.read_leftovers(index);
             self.reap_child(index, now);
@@ -693,6 +706,20 @@ impl EventLoop {
         if now >= self.next_status_log {
             self.next_status_log = now + STATUS_EVERY;
             self.log_status();
+        }
+    }
+
+    /// A page of newly registered job names into the search index (the
+    /// searches scan the names not indexed yet); while a full page was
+    /// indexed, the next turn comes at once and indexes the next.
+    fn index_job_names(&mut self) {
+        let page = crate::db::search::NAME_INDEX_PAGE;
+        match self.db.index_job_names(page) {
+            Ok(n) => self.names_behind = n == page,
+            Err(e) => {
+                log::warn!("job names not indexed for search yet: {e}");
+                self.names_behind = false;
+            }
         }
     }
 

@@ -3,7 +3,10 @@
 //!     cargo run --release --bin cuirass-bench -- [NAME...]
 //!
 //! NAME is one of `registration`, `streaming`, `trace-replay`,
-//! `bookkeeping`, `restart`, `api`; none runs them all.  Needs the real guix-daemon and
+//! `bookkeeping`, `restart`, `api`, and at ci.guix's scale `restart-1m`,
+//! `scale-db` (makes the 10,000,000-build databases and times the
+//! upgrade), `api-10m`, `registration-10m`; none runs all but these last
+//! four, which need 20 GB of disk and take minutes each.  Needs the real guix-daemon and
 //! Guix (see /work/shared/GUIX.md); the first run makes and builds the
 //! benchmark's derivations once and caches their evaluator output under
 //! /var/tmp/cuirass-bench/, and `api` generates its database of 1,000,000
@@ -25,6 +28,8 @@ mod queue;
 mod registration;
 #[path = "cuirass-bench/restart.rs"]
 mod restart;
+#[path = "cuirass-bench/scale.rs"]
+mod scale;
 #[path = "cuirass-bench/streaming.rs"]
 mod streaming;
 #[path = "cuirass-bench/trace_replay.rs"]
@@ -35,6 +40,9 @@ use std::process::ExitCode;
 
 type Bench = fn() -> Result<Vec<Figure>, String>;
 
+/// Run only when named.
+const ON_REQUEST: &[&str] = &["restart-1m", "scale-db", "api-10m", "registration-10m"];
+
 const BENCHES: &[(&str, Bench)] = &[
     ("registration", registration::run),
     ("streaming", streaming::run),
@@ -43,9 +51,23 @@ const BENCHES: &[(&str, Bench)] = &[
     ("restart", restart::run),
     ("api", api::run),
     ("queue", queue::run),
+    ("restart-1m", restart::run_1m),
+    ("scale-db", api::generate_10m),
+    ("api-10m", api::run_10m),
+    ("registration-10m", scale::run),
 ];
 
 fn main() -> ExitCode {
+    // `registration-10m` runs its registration in a child, this binary.
+    if let Some(db) = std::env::var_os(scale::CHILD_ENV) {
+        return match scale::child(&db.to_string_lossy()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("registration child: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // Cuirass logs every build event at info level; the daemon writes that
     // to stderr, so the benchmarks pay for the formatting too.
     env_logger::Builder::new()
@@ -67,7 +89,8 @@ fn main() -> ExitCode {
     let mut failed = false;
     let mut figures = Vec::new();
     for (name, bench) in BENCHES {
-        if !names.is_empty() && !names.iter().any(|n| n == name) {
+        let named = names.iter().any(|n| n == name);
+        if !named && (!names.is_empty() || ON_REQUEST.contains(name)) {
             continue;
         }
         eprintln!("{name}…");

@@ -5,6 +5,7 @@
 use super::read::{
     BUILD_COLUMNS, BuildView, EVAL_COLUMNS, build_joins, build_row, contains_like, names_like,
 };
+use super::search::NAME_LOOKUPS;
 use super::{BuildStatus, Db, EvalId, Result, eval_status, status};
 use rusqlite::{OptionalExtension, Row, params};
 
@@ -127,14 +128,38 @@ fn eval_row(r: &Row) -> rusqlite::Result<EvalSummary> {
     })
 }
 
-/// How many of the most recent builds a job-name search looks at.
+/// How many of the most recent builds `/search/latest` looks at when
+/// its query names no job, only a specification, system or status.
 pub const SEARCH_WINDOW: i64 = 50_000;
 
-/// The builds a search found, and whether older builds were left out.
-#[derive(Debug, Default)]
-pub struct Search {
-    pub builds: Vec<BuildView>,
-    pub stopped_early: bool,
+/// The joins from an evaluation's derivations, walked in the order they
+/// were registered (`Derivations_evaluation`, rowid order), to their
+/// builds, evaluation and specification.
+fn derivation_joins() -> &'static str {
+    "FROM Derivations d INDEXED BY Derivations_evaluation
+     CROSS JOIN Builds b INDEXED BY Builds_derivation
+       ON b.derivation = d.derivation AND b.evaluation = d.evaluation
+     CROSS JOIN Evaluations e ON e.id = d.evaluation
+     LEFT JOIN Specifications s ON s.repo_name = e.specification"
+}
+
+/// The SQL of a page of an evaluation's builds (evaluation ?1, status
+/// range ?2–?3, ?4 builds after ?5): unfiltered, its derivations in
+/// registration order; by status, down `Builds_evaluation` (evaluation,
+/// status) in that index's order.
+pub(crate) fn eval_page_sql(by_status: bool) -> String {
+    match by_status {
+        false => format!(
+            "{BUILD_COLUMNS} {} WHERE d.evaluation = ?1 AND ?2 IS NULL
+             ORDER BY d.rowid LIMIT ?4 OFFSET ?5",
+            derivation_joins()
+        ),
+        true => format!(
+            "{BUILD_COLUMNS} {} WHERE b.evaluation = ?1 AND b.status BETWEEN ?2 AND ?3
+             ORDER BY b.status, b.id LIMIT ?4 OFFSET ?5",
+            build_joins("Builds b INDEXED BY Builds_evaluation", "CROSS JOIN")
+        ),
+    }
 }
 
 /// Prometheus buckets count everything up to their bound; `per_bucket`
@@ -156,13 +181,14 @@ fn cumulative(bounds: impl Iterator<Item = f64>, per_bucket: &[i64], sum: f64) -
 }
 
 impl Db {
-    /// Counts one evaluation's builds through `Builds_evaluation`
-    /// (evaluation, status): an index-only walk of its builds.
+    /// Counts one evaluation's builds by status, as `BuildCounts` keeps
+    /// them (migration 10): a few rows, where counting walked the
+    /// evaluation's 75,000 builds.
     pub fn evaluation_counts(&self, eval: EvalId) -> Result<Counts> {
         let mut counts = Counts::default();
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT status, COUNT(*) FROM Builds WHERE evaluation = ?1 GROUP BY status",
-        )?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT status, count FROM BuildCounts WHERE evaluation = ?1")?;
         let mut rows = stmt.query([eval])?;
         while let Some(r) = rows.next()? {
             counts.add(r.get(0)?, r.get(1)?);
@@ -259,9 +285,69 @@ impl Db {
         )
     }
 
-    /// One page of an evaluation's builds, by id, and how many match in
-    /// all.  The count walks every matching build of the evaluation.
+    /// One page of an evaluation's builds and how many match in all.
+    /// Unfiltered, in the order they were registered (their ids'); with a
+    /// status filter, by status then id, the order of `Builds_evaluation`
+    /// (evaluation, status), so no page sorts the evaluation's 75,000
+    /// builds.  Totals come from `BuildCounts`.  A job filter goes through
+    /// the job names ([`Db::job_names_matching`]): a seek per matching
+    /// name, or, past [`NAME_LOOKUPS`] names, a walk of the evaluation
+    /// that counts every match.  The weather filter, and a job filter in
+    /// an evaluation where jobs share a derivation (`JobAliases`), walk
+    /// the evaluation the same way.
     pub fn evaluation_builds(
+        &self,
+        eval: EvalId,
+        filter: &EvalBuildFilter,
+        limit: u32,
+        offset: u64,
+    ) -> Result<(Vec<BuildView>, i64)> {
+        let (lo, hi) = filter.status.unzip();
+        if filter.weather.is_some() {
+            return self.evaluation_builds_like(eval, filter, limit, offset);
+        }
+        if let Some(job) = &filter.job {
+            let names = self.job_names_matching(job, NAME_LOOKUPS + 1)?;
+            if names.len() <= NAME_LOOKUPS && !self.has_job_aliases(eval)? {
+                let ids = self.evaluation_jobs_named(eval, &names, filter.status)?;
+                let page: Vec<_> = ids
+                    .iter()
+                    .skip(offset as usize)
+                    .take(limit as usize)
+                    .copied()
+                    .collect();
+                return Ok((self.builds_by_id(&page)?, ids.len() as i64));
+            }
+            return self.evaluation_builds_like(eval, filter, limit, offset);
+        }
+        let sql = eval_page_sql(filter.status.is_some());
+        let builds = self
+            .conn
+            .prepare_cached(&sql)?
+            .query_map(params![eval, lo, hi, limit, offset as i64], build_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let total = self
+            .conn
+            .prepare_cached(
+                "SELECT TOTAL(count) FROM BuildCounts WHERE evaluation = ?1
+                 AND (?2 IS NULL OR status BETWEEN ?2 AND ?3)",
+            )?
+            .query_row(params![eval, lo, hi], |r| r.get::<_, f64>(0))?;
+        Ok((builds, total as i64))
+    }
+
+    /// Whether two jobs of evaluation `eval` share a derivation.
+    fn has_job_aliases(&self, eval: EvalId) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM JobAliases WHERE evaluation = ?1)")?
+            .query_row([eval], |r| r.get(0))?)
+    }
+
+    /// The job filter over a whole evaluation, for a substring that
+    /// matches more than [`NAME_LOOKUPS`] job names: a walk of its
+    /// builds, each joined with its derivation, counted in full.
+    fn evaluation_builds_like(
         &self,
         eval: EvalId,
         filter: &EvalBuildFilter,
@@ -290,56 +376,24 @@ impl Db {
         Ok((builds, total))
     }
 
-    /// Builds whose job name contains `needle`, newest first.  The walk
-    /// goes down the build ids and stops after `limit` matches, so a
-    /// common name is quick; a name that matches nothing reads every
-    /// build once.
-    pub fn search_builds(&self, needle: &str, limit: u32) -> Result<Search> {
-        // A substring search walks builds newest first and can meet few
-        // matches in a million rows, all in the loop's thread: it looks at
-        // the SEARCH_WINDOW most recent builds only, and says so.
-        let sql = format!(
-            "{BUILD_COLUMNS} {}
-             WHERE {}
-               AND b.id > (SELECT COALESCE(MAX(id), 0) FROM Builds) - ?3
-             ORDER BY b.id DESC LIMIT ?2",
-            build_joins("Builds b", "CROSS JOIN"),
-            names_like(1, None)
-        );
-        let mut builds = self
-            .conn
-            .prepare_cached(&sql)?
-            .query_map(
-                params![like_substring(needle), limit, SEARCH_WINDOW],
-                build_row,
-            )?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        self.name_builds(&mut builds, &|name| contains_like(name, needle))?;
-        let total: i64 = self
-            .conn
-            .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM Builds")?
-            .query_row([], |r| r.get(0))?;
-        Ok(Search {
-            stopped_early: (builds.len() as u32) < limit && total > SEARCH_WINDOW,
-            builds,
-        })
-    }
-
-    /// What `/metrics` shows.  Build counts are an index-only pass over
-    /// every build (`Builds_status_stoptime`, about 45 ms on a million);
-    /// build durations come from the histogram kept as builds finish
-    /// (`BuildDurations`); the rest reads small tables or the queue's
-    /// partial index.
+    /// What `/metrics` shows.  Build counts come from `BuildCounts`
+    /// (counting every build took half a second on ten million), build
+    /// durations from the histogram kept as builds finish
+    /// (`BuildDurations`); the rest reads small tables.
     pub fn metrics(&self, eval_buckets: &[f64]) -> Result<DbMetrics> {
         let builds: Vec<(i64, i64)> = self
             .conn
-            .prepare_cached("SELECT status, COUNT(*) FROM Builds GROUP BY status ORDER BY status")?
+            .prepare_cached(
+                "SELECT status, SUM(count) AS n FROM BuildCounts GROUP BY status
+                 HAVING n > 0 ORDER BY status",
+            )?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
-        let queue_length = self
-            .conn
-            .prepare_cached("SELECT COUNT(*) FROM Builds WHERE status < 0")?
-            .query_row([], |r| r.get(0))?;
+        let queue_length = builds
+            .iter()
+            .filter(|(st, _)| *st < 0)
+            .map(|(_, n)| n)
+            .sum();
         let evaluations: Vec<(i64, i64)> = self
             .conn
             .prepare_cached(

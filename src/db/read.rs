@@ -773,8 +773,9 @@ impl Db {
 
     /// The newest build (by id) that matches `query`, among the
     /// [`SEARCH_WINDOW`] most recent builds, so that a query matching
-    /// nothing stays quick in the loop's thread.
-    pub fn search_latest(&self, query: &SearchQuery) -> Result<Option<BuildView>> {
+    /// nothing stays quick in the loop's thread.  Queries with words go
+    /// through the job names instead ([`Db::search_latest`]).
+    pub(super) fn search_latest_window(&self, query: &SearchQuery) -> Result<Option<BuildView>> {
         let mut sql = format!(
             "{BUILD_COLUMNS} {}
              WHERE b.id > (SELECT COALESCE(MAX(id), 0) FROM Builds) - ?1

@@ -502,8 +502,8 @@ pub fn search(db: &Db, req: &Request, now: i64) -> Page {
     let rows: Vec<String> = builds.iter().map(|b| build_row(b, now, true)).collect();
     let note = if found.stopped_early {
         format!(
-            "<p class=\"dim\">Only the {} most recent builds were searched.</p>",
-            crate::db::dashboard::SEARCH_WINDOW
+            "<p class=\"dim\">Only the {} most recent jobs were searched.</p>",
+            crate::db::search::WALK_BUDGET
         )
     } else if builds.len() as u32 >= MAX_SEARCH {
         format!("<p class=\"dim\">The {MAX_SEARCH} most recent builds shown.</p>")

@@ -182,6 +182,20 @@ fn the_dashboard_of_a_real_build() {
     // Search across evaluations.
     let found = page(&daemon, "/search?query=ok-");
     assert_eq!(found.matches("/details\">").count(), 2);
+    // The loop puts the evaluation's job names in the search index
+    // within a second or so (searches scan the names it has not reached).
+    let indexed = || {
+        count(&conn, "SELECT upto FROM JobNamesIndexed")
+            == count(&conn, "SELECT MAX(id) FROM JobNames")
+    };
+    wait_until(Duration::from_secs(10), "job names indexed", indexed);
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT COUNT(*) FROM JobNamesText WHERE JobNamesText MATCH '\"ok-\"'"
+        ),
+        2
+    );
 
     // The badge, the history, and the errors.
     let (code, ct, svg) = get(&daemon, &format!("/jobset/{name}/badge.svg"));

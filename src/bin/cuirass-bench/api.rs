@@ -1,14 +1,14 @@
 //! The HTTP API under load: the real `cuirass` daemon over a database of
 //! 1,000,000 builds, driven by the blocking clients of `http_client`.
 
-use crate::api_db::{self, BUILDS, Rng};
+use crate::api_db::{self, Rng, Shape};
 use crate::common::*;
 use crate::http_client::{Client, closed_loop, quantile_ms};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const SEQUENTIAL: usize = 2_000;
+const SEQUENTIAL: usize = 1_000;
 const WARM_UP: usize = 200;
 const CONNECTIONS: usize = 50;
 const LOAD_REQUESTS: u64 = 1_000_000;
@@ -21,11 +21,12 @@ const HOL_TRIALS: usize = 50;
 const HOL_DELAY: Duration = Duration::from_micros(200);
 
 /// The path of the `i`th request of a run.
-type PathOf = fn(u64) -> String;
+type PathOf = Box<dyn Fn(u64) -> String>;
 
-/// `/build/ID` for a pseudo-random ID spread over the whole table.
-fn build_path(i: u64) -> String {
-    format!("/build/{}", 1 + Rng(i).next() % BUILDS as u64)
+/// `/build/ID` for a pseudo-random ID spread over the whole table of
+/// `builds` builds.
+fn build_path(builds: i64) -> impl Fn(u64) -> String + Send + Sync + Clone + 'static {
+    move |i| format!("/build/{}", 1 + Rng(i).next() % builds as u64)
 }
 
 /// The CPUs to pin the daemon and the load generator to, if there are two
@@ -105,8 +106,114 @@ fn rss_mib(pid: u32) -> Result<f64, String> {
         .ok_or_else(|| format!("no VmRSS for {pid}"))
 }
 
+/// Every route measured, by name, with the path of its `i`th request;
+/// random IDs and names spread over the whole database.
+fn routes(shape: &Shape) -> Vec<(String, PathOf)> {
+    let (evals, builds) = (shape.evaluations as u64, shape.builds() as u64);
+    let packages = (shape.jobs_per_evaluation as u64 / shape.systems.len() as u64).max(1);
+    let eval = move |i: u64| 1 + Rng(i ^ 0x5eed).next() % evals;
+    let build = move |i: u64| 1 + Rng(i).next() % builds;
+    let (first, second) = (shape.systems[0], shape.systems[1]);
+    let names = move |i: u64| {
+        let p = i % packages;
+        format!("package-{p}.{first},package-{p}.{second}")
+    };
+    let mut r: Vec<(String, PathOf)> = vec![
+        (
+            "/api/latestbuilds?nr=100".into(),
+            Box::new(|_| "/api/latestbuilds?nr=100".into()),
+        ),
+        (
+            "/api/queue?nr=100".into(),
+            Box::new(|_| "/api/queue?nr=100".into()),
+        ),
+        (
+            "/build/ID (random ID)".into(),
+            Box::new(move |i| format!("/build/{}", build(i))),
+        ),
+        (
+            "/api/evaluations?nr=20".into(),
+            Box::new(|_| "/api/evaluations?nr=20".into()),
+        ),
+        (
+            "/api/evaluation?id=ID".into(),
+            Box::new(move |i| format!("/api/evaluation?id={}", eval(i))),
+        ),
+        (
+            "/api/jobs?evaluation=ID&names=A,B".into(),
+            Box::new(move |i| format!("/api/jobs?evaluation={}&names={}", eval(i), names(i))),
+        ),
+        (
+            "/api/jobs/history?spec=guix-master&names=A,B&nr=10".into(),
+            Box::new(move |i| {
+                format!(
+                    "/api/jobs/history?spec=guix-master&names={}&nr=10",
+                    names(i)
+                )
+            }),
+        ),
+        ("/ (specifications)".into(), Box::new(|_| "/".into())),
+        (
+            "/jobset/guix-master".into(),
+            Box::new(|_| "/jobset/guix-master".into()),
+        ),
+    ];
+    for status in ["all", "succeeded", "failed", "pending", "canceled"] {
+        r.push((
+            format!("/eval/ID?status={status}"),
+            Box::new(move |i| format!("/eval/{}?status={status}", eval(i))),
+        ));
+    }
+    r.push((
+        "/eval/ID?job=package-N (a package's jobs)".into(),
+        Box::new(move |i| format!("/eval/{}?job=package-{}.", eval(i), i % packages)),
+    ));
+    r.push((
+        "/build/ID/details".into(),
+        Box::new(move |i| format!("/build/{}/details", build(i))),
+    ));
+    r.push(("/metrics".into(), Box::new(|_| "/metrics".into())));
+    r.push((
+        "/search?query=package-N (about 550 names)".into(),
+        Box::new(move |i| format!("/search?query=package-{}", 100 + i % 900)),
+    ));
+    r.push((
+        "/search?query=SYSTEM (a fifth of all names)".into(),
+        Box::new(move |i| {
+            format!(
+                "/search?query={}",
+                ["aarch64", "i686", "x86_64"][i as usize % 3]
+            )
+        }),
+    ));
+    r.push((
+        "/search?query=NOTHING (no match)".into(),
+        Box::new(|i| format!("/search?query=zz{i}q")),
+    ));
+    r
+}
+
+/// The whole job list of the newest evaluation (`/api/jobs`), which the
+/// server answers a page per loop turn: median time of a few.
+fn whole_jobs_listing(client: &mut Client, shape: &Shape) -> Result<Figure, String> {
+    let path = format!("/api/jobs?evaluation={}", shape.evaluations);
+    let times: Vec<f64> = (0..10)
+        .map(|_| client.get(&path).map(secs))
+        .collect::<Result<_, _>>()?;
+    Ok(Figure::new(
+        &format!(
+            "API /api/jobs?evaluation=ID, all {} jobs: median",
+            shape.jobs_per_evaluation
+        ),
+        median(times) * 1e3,
+        "ms",
+        None,
+    )
+    .note("the answer goes out a page of jobs per loop turn, other requests served between"))
+}
+
 /// Median and p99 of `SEQUENTIAL` requests on one connection, in ms.
-fn sequential(client: &mut Client, path: impl Fn(u64) -> String) -> Result<(f64, f64), String> {
+fn sequential(client: &mut Client, path: &PathOf) -> Result<(f64, f64), String> {
     for i in 0..WARM_UP {
         client.get(&path(i as u64 + 1_000_000))?;
     }
@@ -119,7 +226,11 @@ fn sequential(client: &mut Client, path: impl Fn(u64) -> String) -> Result<(f64,
 
 /// The small request's extra wait while a large one is served, in ms
 /// (median over trials), and the large one's own time alone.
-fn head_of_line(port: u16, small_alone: f64) -> Result<(f64, f64), String> {
+fn head_of_line(
+    port: u16,
+    small_alone: f64,
+    build_path: &dyn Fn(u64) -> String,
+) -> Result<(f64, f64), String> {
     const LARGE: &str = "/api/latestbuilds?nr=1000";
     let mut large = Client::connect(port)?;
     let mut small = Client::connect(port)?;
@@ -144,13 +255,34 @@ fn head_of_line(port: u16, small_alone: f64) -> Result<(f64, f64), String> {
     ))
 }
 
+/// The figures on the 1,000,000-build database.
 pub fn run() -> Result<Vec<Figure>, String> {
+    run_on(&api_db::ONE_MILLION)
+}
+
+/// The figures on the 10,000,000-build database.
+pub fn run_10m() -> Result<Vec<Figure>, String> {
+    run_on(&api_db::TEN_MILLION)
+}
+
+/// Generates (once) the 10,000,000-build database in the 2018 schema
+/// and its migrated copy, and says how long the upgrade took.
+pub fn generate_10m() -> Result<Vec<Figure>, String> {
+    api_db::template(&api_db::TEN_MILLION)?;
+    Ok(vec![api_db::upgrade_figure(&api_db::TEN_MILLION)?])
+}
+
+fn run_on(shape: &Shape) -> Result<Vec<Figure>, String> {
     let cuirass = cuirass_binary()?;
-    let template = api_db::template()?;
+    let template = api_db::template(shape)?;
+    let build_path = build_path(shape.builds());
     let tmp = TempDir::new("api");
     let db = tmp.path().join("cuirass.db");
     std::fs::copy(&template, &db).map_err(|e| format!("copying {}: {e}", template.display()))?;
-    let mut figures = api_db::side_by_side(&db)?;
+    let mut figures = match shape.compare {
+        true => api_db::side_by_side(&db)?,
+        false => api_db::without_comparison(&db)?,
+    };
     let pin = cpus();
     let (daemon_cpu, load_cpu) = (pin.map(|p| p.0), pin.map(|p| p.1));
     // This thread sends the sequential requests; the later benchmarks,
@@ -168,7 +300,10 @@ pub fn run() -> Result<Vec<Figure>, String> {
     };
     figures.push(
         Figure::new(
-            "API: daemon start-up over 1,000,000 builds until /api/queue?nr=1 answers",
+            &format!(
+                "API: daemon start-up over {} builds until /api/queue?nr=1 answers",
+                shape.builds()
+            ),
             ready,
             "s",
             None,
@@ -183,22 +318,18 @@ pub fn run() -> Result<Vec<Figure>, String> {
     ));
 
     let mut client = Client::connect(port)?;
-    let routes: [(&str, PathOf); 4] = [
-        ("/api/latestbuilds?nr=100", |_| {
-            "/api/latestbuilds?nr=100".into()
-        }),
-        ("/api/queue?nr=100", |_| "/api/queue?nr=100".into()),
-        ("/build/ID (random ID)", build_path),
-        ("/api/evaluations?nr=20", |_| {
-            "/api/evaluations?nr=20".into()
-        }),
-    ];
+    api_db::restore_specifications(&db)?;
     let mut build_median = 0.0;
-    for (name, path) in routes {
-        let (p50, p99) = sequential(&mut client, path)?;
-        if name.starts_with("/build") {
+    for (name, path) in routes(shape) {
+        let (p50, p99) = sequential(&mut client, &path)?;
+        if name.starts_with("/build/ID ") {
             build_median = p50;
         }
+        let target = if name.starts_with("/search") {
+            20.0
+        } else {
+            10.0
+        };
         let what = format!("{SEQUENTIAL} sequential keep-alive requests");
         figures.push(
             Figure::new(
@@ -213,12 +344,13 @@ pub fn run() -> Result<Vec<Figure>, String> {
             &format!("API latency {name}: p99"),
             p99,
             "ms",
-            Some(Target::AtMost(10.0)),
+            Some(Target::AtMost(target)),
         ));
     }
+    figures.push(whole_jobs_listing(&mut client, shape)?);
     drop(client);
 
-    let (extra, large_alone) = head_of_line(port, build_median)?;
+    let (extra, large_alone) = head_of_line(port, build_median, &build_path)?;
     figures.push(
         Figure::new(
             "API head-of-line: extra wait of /build/ID behind /api/latestbuilds?nr=1000",
@@ -234,7 +366,14 @@ pub fn run() -> Result<Vec<Figure>, String> {
 
     // Warm-up at full concurrency, so that the RSS baseline includes the
     // connections' buffers and SQLite's page cache after random reads.
-    closed_loop(port, CONNECTIONS, 50_000, LOAD_LIMIT, load_cpu, build_path)?;
+    closed_loop(
+        port,
+        CONNECTIONS,
+        50_000,
+        LOAD_LIMIT,
+        load_cpu,
+        build_path.clone(),
+    )?;
     let before = rss_mib(pid)?;
     let load = closed_loop(
         port,

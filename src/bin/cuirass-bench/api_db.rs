@@ -1,19 +1,67 @@
-//! The API benchmark's database: 1,000,000 builds over 100 evaluations,
-//! generated once with plain SQL and cached, and the original Cuirass's
-//! queries timed beside ours on it.
+//! The API benchmarks' databases, generated once with plain SQL straight
+//! into the 2018 tables and cached: 1,000,000 builds over 100 evaluations,
+//! and the farm's shape, 10,000,000 builds over 130 evaluations of 75,000
+//! jobs.  The original Cuirass's queries are timed beside ours on them.
 
 use crate::common::*;
 use rusqlite::{Connection, params};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Bump whenever the generated rows change: the cached file is keyed by it.
-pub const DB_VERSION: &str = "api-v1";
-pub const EVALUATIONS: i64 = 100;
-pub const JOBS_PER_EVALUATION: i64 = 10_000;
-pub const BUILDS: i64 = EVALUATIONS * JOBS_PER_EVALUATION;
+/// The shape of a generated database.
+pub struct Shape {
+    /// The cache directory's name: change it whenever the generated rows
+    /// change, since the cached file is keyed by it.
+    pub version: &'static str,
+    pub evaluations: i64,
+    pub jobs_per_evaluation: i64,
+    pub systems: &'static [&'static str],
+    /// The share (percent) of finished builds in the last evaluations,
+    /// newest first; older ones are all finished.
+    pub done_share: &'static [u64],
+    /// How many jobs of the second-to-last evaluation are started.
+    pub started: i64,
+    /// Whether the original's queries are timed beside ours (minutes on
+    /// ten million builds).
+    pub compare: bool,
+}
 
-const SYSTEMS: [&str; 3] = ["x86_64-linux", "i686-linux", "aarch64-linux"];
+impl Shape {
+    pub fn builds(&self) -> i64 {
+        self.evaluations * self.jobs_per_evaluation
+    }
+}
+
+/// The 1,000,000-build database of the earlier benchmarks (18,000 queued).
+pub const ONE_MILLION: Shape = Shape {
+    version: "api-v1",
+    evaluations: 100,
+    jobs_per_evaluation: 10_000,
+    systems: &["x86_64-linux", "i686-linux", "aarch64-linux"],
+    done_share: &[0, 40, 80],
+    started: 2,
+    compare: true,
+};
+
+/// ci.guix.gnu.org's shape: 130 evaluations of 15,000 packages for 5
+/// systems, the last evaluation queued entirely and a third of the one
+/// before (100,000 pending, 20 of them started).
+pub const TEN_MILLION: Shape = Shape {
+    version: "scale-v1",
+    evaluations: 130,
+    jobs_per_evaluation: 75_000,
+    systems: &[
+        "x86_64-linux",
+        "i686-linux",
+        "aarch64-linux",
+        "armhf-linux",
+        "powerpc64le-linux",
+    ],
+    done_share: &[0, 67],
+    started: 20,
+    compare: false,
+};
+
 const SPECS: [(&str, &str); 2] = [
     ("guix-master", "master"),
     ("guix-core-updates", "core-updates"),
@@ -21,6 +69,33 @@ const SPECS: [(&str, &str); 2] = [
 /// One evaluation every six hours, ending in 2018.
 const FIRST_EVALUATION: i64 = 1_500_000_000;
 const EVALUATION_EVERY: i64 = 6 * 3600;
+
+/// Columns named: the 2018 table and later schemas (which add columns
+/// with defaults) take the same rows.
+fn insert_specifications(conn: &Connection) -> rusqlite::Result<()> {
+    for (name, branch) in SPECS {
+        conn.execute(
+            "INSERT OR IGNORE INTO Specifications (repo_name, url, load_path, file, proc,
+               arguments, branch, tag, revision, no_compile_p)
+               VALUES (?1, 'https://git.savannah.gnu.org/git/guix.git',
+               '.', 'build-aux/cuirass/gnu-system.scm', 'cuirass-jobs',
+               '((subset . \"all\"))', ?2, NULL, NULL, 1)",
+            params![name, branch],
+        )?;
+    }
+    Ok(())
+}
+
+/// Puts the specifications back into the database at `path` once the
+/// daemon has started without them (see [`side_by_side`]): the pages
+/// that list them read the table at each request, while the daemon,
+/// which read it at start-up, stays idle.
+pub fn restore_specifications(path: &Path) -> Result<(), String> {
+    let conn = Connection::open(path).map_err(|e| e.to_string())?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    insert_specifications(&conn).map_err(|e| e.to_string())
+}
 
 /// splitmix64: reproducible without a dependency.
 pub struct Rng(pub u64);
@@ -49,18 +124,13 @@ fn store_hash(rng: &mut Rng) -> String {
 }
 
 /// The status of a build of evaluation `eval`: older evaluations are
-/// done (mostly succeeded, Hydra-like failure rates); the last three are
-/// still being built, so the queue holds about 18,000 builds, two of
-/// them started.
-fn build_status(rng: &mut Rng, eval: i64, job: i64) -> i64 {
-    let done_share = match EVALUATIONS - eval {
-        0 => 0,
-        1 => 40,
-        2 => 80,
-        _ => 100,
-    };
-    if (rng.below(100) as i64) >= done_share {
-        return if eval == EVALUATIONS - 1 && job < 2 {
+/// done (mostly succeeded, Hydra-like failure rates); the last ones are
+/// still being built (`Shape::done_share`).
+fn build_status(shape: &Shape, rng: &mut Rng, eval: i64, job: i64) -> i64 {
+    let age = (shape.evaluations - eval) as usize;
+    let done_share = shape.done_share.get(age).copied().unwrap_or(100);
+    if rng.below(100) >= done_share {
+        return if eval == shape.evaluations - 1 && job < shape.started {
             -1
         } else {
             -2
@@ -84,29 +154,26 @@ fn outputs_of(package: i64) -> &'static [&'static str] {
     }
 }
 
-fn generate(path: &Path) -> Result<(), String> {
+/// Writes `shape`'s rows into the 2018 tables of a new file at `path`.
+fn generate_original(shape: &Shape, path: &Path) -> Result<(), String> {
     let e = |e: rusqlite::Error| format!("generating {}: {e}", path.display());
     let mut conn = Connection::open(path).map_err(e)?;
-    conn.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
-        .map_err(e)?;
+    // Derivations' primary key is inserted in random order (store hashes):
+    // a page cache of 3 GiB keeps that index in memory while it grows.
+    conn.execute_batch(
+        "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -3000000;",
+    )
+    .map_err(e)?;
     // The 2018 tables without an index: letting `Db::open` index them
     // afterwards is much faster than keeping indexes up to date row by row.
     conn.execute_batch(cuirass::db::ORIGINAL_TABLES)
         .map_err(e)?;
     let tx = conn.transaction().map_err(e)?;
     let mut rng = Rng(42);
-    for (name, branch) in SPECS {
-        tx.execute(
-            "INSERT INTO Specifications VALUES (?1, 'https://git.savannah.gnu.org/git/guix.git',
-               '.', 'build-aux/cuirass/gnu-system.scm', 'cuirass-jobs',
-               '((subset . \"all\"))', ?2, NULL, NULL, 1)",
-            params![name, branch],
-        )
-        .map_err(e)?;
-    }
+    insert_specifications(&tx).map_err(e)?;
     // Each job's derivation changes in about a fifth of the evaluations,
     // as packages are updated; the rest is the same derivation again.
-    let mut drvs: Vec<String> = (0..JOBS_PER_EVALUATION)
+    let mut drvs: Vec<String> = (0..shape.jobs_per_evaluation)
         .map(|_| store_hash(&mut rng))
         .collect();
     {
@@ -126,7 +193,8 @@ fn generate(path: &Path) -> Result<(), String> {
             .prepare("INSERT INTO Outputs VALUES (?1, ?2, ?3)")
             .map_err(e)?;
         let mut id = 0i64;
-        for eval in 1..=EVALUATIONS {
+        let systems = shape.systems.len() as i64;
+        for eval in 1..=shape.evaluations {
             let spec = SPECS[(eval % 4 == 0) as usize].0;
             let revision: String = (0..40)
                 .map(|_| char::from_digit(rng.below(16) as u32, 16).unwrap())
@@ -134,11 +202,14 @@ fn generate(path: &Path) -> Result<(), String> {
             eval_stmt
                 .execute(params![eval, spec, revision])
                 .map_err(e)?;
+            if eval % 10 == 0 {
+                eprintln!("  … evaluation {eval} of {}", shape.evaluations);
+            }
             let created = FIRST_EVALUATION + eval * EVALUATION_EVERY;
-            for job in 0..JOBS_PER_EVALUATION {
+            for job in 0..shape.jobs_per_evaluation {
                 id += 1;
-                let package = job / SYSTEMS.len() as i64;
-                let system = SYSTEMS[(job % SYSTEMS.len() as i64) as usize];
+                let package = job / systems;
+                let system = shape.systems[(job % systems) as usize];
                 if rng.below(5) == 0 {
                     drvs[job as usize] = store_hash(&mut rng);
                 }
@@ -156,7 +227,7 @@ fn generate(path: &Path) -> Result<(), String> {
                         nix_name
                     ])
                     .map_err(e)?;
-                let status = build_status(&mut rng, eval, job);
+                let status = build_status(shape, &mut rng, eval, job);
                 let timestamp = created + rng.below(600) as i64;
                 let (log, start, stop) = match status {
                     -2 => (String::new(), 0, 0),
@@ -189,7 +260,7 @@ fn generate(path: &Path) -> Result<(), String> {
                     out_stmt.execute(params![id, name, path]).map_err(e)?;
                 }
             }
-            if eval == EVALUATIONS {
+            if eval == shape.evaluations {
                 tx.execute(
                     "INSERT INTO Stamps VALUES (?1, ?2)",
                     params![spec, revision],
@@ -199,33 +270,126 @@ fn generate(path: &Path) -> Result<(), String> {
         }
     }
     tx.commit().map_err(e)?;
-    drop(conn);
-    // Migrations 2 and 3, their indexes, WAL: as cuirass itself opens it.
-    let db = cuirass::db::Db::open(path).map_err(|e| e.to_string())?;
-    db.connection()
-        .execute_batch("ANALYZE; PRAGMA wal_checkpoint(TRUNCATE);")
-        .map_err(e)?;
     Ok(())
 }
 
-/// The cached database, generated on first use (about a minute).
-pub fn template() -> Result<PathBuf, String> {
-    let dir = PathBuf::from("/var/tmp/cuirass-bench").join(DB_VERSION);
-    let path = dir.join("builds.db");
+/// Migrates the 2018 database at `path` as cuirass itself opens it (every
+/// migration, its indexes, WAL), then gathers the planner's statistics.
+/// Returns the seconds `Db::open` took: the upgrade in place.
+fn migrate(path: &Path) -> Result<f64, String> {
+    let e = |e: rusqlite::Error| format!("migrating {}: {e}", path.display());
+    let start = Instant::now();
+    let db = cuirass::db::Db::open(path).map_err(|e| e.to_string())?;
+    let upgrade = secs(start.elapsed());
+    db.connection()
+        .execute_batch("ANALYZE; PRAGMA wal_checkpoint(TRUNCATE);")
+        .map_err(e)?;
+    Ok(upgrade)
+}
+
+fn remove_db(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), String> {
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", from.display()));
+    }
+    std::fs::rename(from, to).map_err(|e| format!("{}: {e}", to.display()))
+}
+
+/// The cache directory of `shape`.
+pub fn cache_dir(shape: &Shape) -> PathBuf {
+    PathBuf::from("/var/tmp/cuirass-bench").join(shape.version)
+}
+
+/// The cached 2018 database of `shape` (`original.db`), generated on
+/// first use.
+pub fn original(shape: &Shape) -> Result<PathBuf, String> {
+    let dir = cache_dir(shape);
+    let path = dir.join("original.db");
     if path.exists() {
         return Ok(path);
     }
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let tmp = dir.join(format!("builds.db.{}", std::process::id()));
-    eprintln!("  generating {BUILDS} builds into {}…", path.display());
+    let tmp = dir.join(format!("original.db.{}", std::process::id()));
+    eprintln!(
+        "  generating {} builds into {}…",
+        shape.builds(),
+        path.display()
+    );
     let start = Instant::now();
-    generate(&tmp)?;
-    for suffix in ["-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", tmp.display()));
+    let made = generate_original(shape, &tmp);
+    if made.is_err() {
+        remove_db(&tmp);
     }
-    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    made?;
+    rename(&tmp, &path)?;
     eprintln!("  generated in {:.0} s", start.elapsed().as_secs_f64());
     Ok(path)
+}
+
+/// The name of this schema's files in the cache: branches that each
+/// append a migration share the cache directory, and the schema
+/// version alone would mix their databases up.
+fn schema_key() -> String {
+    format!("{:016x}", cuirass::db::schema_fingerprint())
+}
+
+/// The cached database of `shape` migrated to this schema and analyzed
+/// (`builds-SCHEMA.db`), made on first use from a copy of [`original`];
+/// the time its upgrade took is kept beside it (`upgrade-SCHEMA.s`).
+pub fn template(shape: &Shape) -> Result<PathBuf, String> {
+    let dir = cache_dir(shape);
+    let path = dir.join(format!("builds-{}.db", schema_key()));
+    if path.exists() {
+        return Ok(path);
+    }
+    let original = original(shape)?;
+    let tmp = dir.join(format!("builds.db.{}", std::process::id()));
+    let start = Instant::now();
+    let made = (|| {
+        std::fs::copy(&original, &tmp)
+            .map_err(|e| format!("copying {}: {e}", original.display()))?;
+        eprintln!("  migrating {}…", tmp.display());
+        migrate(&tmp)
+    })();
+    match made {
+        Ok(upgrade) => {
+            let note = dir.join(format!("upgrade-{}.s", schema_key()));
+            std::fs::write(&note, format!("{upgrade:.1}\n"))
+                .map_err(|e| format!("{}: {e}", note.display()))?;
+        }
+        Err(e) => {
+            remove_db(&tmp);
+            return Err(e);
+        }
+    }
+    rename(&tmp, &path)?;
+    eprintln!("  made in {:.0} s", start.elapsed().as_secs_f64());
+    Ok(path)
+}
+
+/// The upgrade in place of `shape`'s 2018 database, timed when its
+/// cache was made.
+pub fn upgrade_figure(shape: &Shape) -> Result<Figure, String> {
+    let note = cache_dir(shape).join(format!("upgrade-{}.s", schema_key()));
+    let text = std::fs::read_to_string(&note).map_err(|e| format!("{}: {e}", note.display()))?;
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{}: not a number", note.display()))?;
+    Ok(Figure::new(
+        &format!(
+            "upgrade in place of the 2018 database of {} builds (every migration, Db::open)",
+            shape.builds()
+        ),
+        secs,
+        "s",
+        None,
+    ))
 }
 
 /// The original's `db-build-request`: one statement compiled per call,
@@ -280,6 +444,20 @@ fn time<T>(runs: usize, mut f: impl FnMut() -> Result<T, String>) -> Result<f64,
 /// so it cannot run without them.)
 pub fn side_by_side(path: &Path) -> Result<Vec<Figure>, String> {
     let db = cuirass::db::Db::open(path).map_err(|e| e.to_string())?;
+    let figures = compare(&db)?;
+    keep_idle(&db)?;
+    Ok(figures)
+}
+
+/// Only makes the daemon idle (see [`side_by_side`]): on ten million
+/// builds the original's queries take minutes.
+pub fn without_comparison(path: &Path) -> Result<Vec<Figure>, String> {
+    let db = cuirass::db::Db::open(path).map_err(|e| e.to_string())?;
+    keep_idle(&db)?;
+    Ok(Vec::new())
+}
+
+fn compare(db: &cuirass::db::Db) -> Result<Vec<Figure>, String> {
     let s = |e: rusqlite::Error| e.to_string();
     let d = |e: cuirass::db::Error| e.to_string();
     let filter = cuirass::db::read::BuildFilter::default();
@@ -316,15 +494,6 @@ pub fn side_by_side(path: &Path) -> Result<Vec<Figure>, String> {
             bare / ours
         ))
     };
-    // Keep the daemon idle: with no specification it neither fetches nor
-    // cancels the generated pending builds (their .drv files do not
-    // exist).  Builds keep their project; `jobset` becomes null.
-    db.connection()
-        .execute_batch(
-            "PRAGMA foreign_keys = OFF; DELETE FROM Stamps; DELETE FROM Specifications;
-             PRAGMA wal_checkpoint(TRUNCATE);",
-        )
-        .map_err(s)?;
     Ok(vec![
         figure(
             "latestbuilds nr=100 SQL: original approach / ours",
@@ -339,4 +508,17 @@ pub fn side_by_side(path: &Path) -> Result<Vec<Figure>, String> {
             bare_queue,
         ),
     ])
+}
+
+/// Keeps the daemon idle: with no specification it neither fetches nor
+/// cancels the generated pending builds (their .drv files do not
+/// exist).  Builds keep their project; `jobset` becomes null.
+fn keep_idle(db: &cuirass::db::Db) -> Result<(), String> {
+    db.connection()
+        .execute_batch(
+            "PRAGMA foreign_keys = OFF; DELETE FROM Stamps; DELETE FROM Specifications;
+             PRAGMA wal_checkpoint(TRUNCATE);",
+        )
+        .map_err(|e| e.to_string())?;
+    Ok(())
 }

@@ -131,14 +131,14 @@ pub fn closed_loop(
     total: u64,
     limit: Duration,
     cpu: Option<usize>,
-    path: fn(u64) -> String,
+    path: impl Fn(u64) -> String + Send + Clone + 'static,
 ) -> Result<Load, String> {
     let issued = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let threads: Vec<_> = (0..connections)
         .map(|_| {
-            let (issued, stop) = (issued.clone(), stop.clone());
+            let (issued, stop, path) = (issued.clone(), stop.clone(), path.clone());
             std::thread::spawn(move || -> Result<Vec<u32>, String> {
                 if let Some(cpu) = cpu {
                     pin_to(cpu);

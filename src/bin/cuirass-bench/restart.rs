@@ -1,5 +1,5 @@
 //! Restart: how long `cuirass` takes to be ready again over a database
-//! with 100,000 pending builds whose derivations exist.
+//! with 100,000 (or 1,000,000) pending builds whose derivations exist.
 
 use crate::common::*;
 use cuirass::db::{Db, JobRecord, status};
@@ -10,7 +10,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const RUNS: usize = 3;
+/// Evaluations of the 50,000 cached jobs, every build pending: 100,000
+/// builds, or 1,000,000 for `restart-1m`.
 const EVALUATIONS: usize = 2;
+const EVALUATIONS_1M: usize = 20;
 /// Builds a previous process left `started`, which recovery reschedules.
 const INTERRUPTED: usize = 200;
 const GIVE_UP: Duration = Duration::from_secs(60);
@@ -61,11 +64,16 @@ fn http_answers(port: u16) -> bool {
 /// A database as a previous cuirass would leave it: the 50,000 jobs in
 /// each of two evaluations, every build pending, a few interrupted, and
 /// the stamp at the repository's commit so that no evaluation is due.
-fn make_template(path: &Path, jobs: &[JobRecord], commit: &str) -> Result<(), String> {
+fn make_template(
+    path: &Path,
+    jobs: &[JobRecord],
+    commit: &str,
+    evaluations: usize,
+) -> Result<(), String> {
     // OneShotSetup has added the specification.
     let mut db = Db::open(path).map_err(|e| e.to_string())?;
     let e = |e: cuirass::db::Error| e.to_string();
-    for _ in 0..EVALUATIONS {
+    for _ in 0..evaluations {
         db.register_evaluation(SPEC, commit, jobs, 1).map_err(e)?;
     }
     db.connection()
@@ -78,6 +86,14 @@ fn make_template(path: &Path, jobs: &[JobRecord], commit: &str) -> Result<(), St
 }
 
 pub fn run() -> Result<Vec<Figure>, String> {
+    run_with(EVALUATIONS)
+}
+
+pub fn run_1m() -> Result<Vec<Figure>, String> {
+    run_with(EVALUATIONS_1M)
+}
+
+fn run_with(evaluations: usize) -> Result<Vec<Figure>, String> {
     let cuirass = cuirass_binary()?;
     let text = std::fs::read_to_string(cached_jobs()?).map_err(|e| e.to_string())?;
     let mut jobs = Vec::new();
@@ -101,7 +117,7 @@ pub fn run() -> Result<Vec<Figure>, String> {
     }
     // The evaluator is never run: the stamp says the commit is done.
     let setup = OneShotSetup::new("restart", Path::new("/dev/null"))?;
-    make_template(&setup.db, &jobs, &setup.commit)?;
+    make_template(&setup.db, &jobs, &setup.commit, evaluations)?;
     let template = setup.tmp.path().join("template.db");
     std::fs::copy(&setup.db, &template).map_err(|e| e.to_string())?;
     let ready = Ready::from_env();
@@ -115,7 +131,10 @@ pub fn run() -> Result<Vec<Figure>, String> {
     }
     Ok(vec![
         Figure::new(
-            "restart with 100,000 pending builds: time to ready",
+            &format!(
+                "restart with {} pending builds: time to ready",
+                evaluations * jobs.len()
+            ),
             median(to_ready),
             "s",
             Some(Target::AtMost(3.0)),
@@ -153,7 +172,13 @@ fn one_start(cuirass: &Path, setup: &OneShotSetup, ready: Ready) -> Result<(f64,
     let mut ready_at = None;
     let mut queue_at = None;
     let mut log = Vec::new();
-    while (ready_at.is_none() || queue_at.is_none()) && start.elapsed() < GIVE_UP {
+    // The queue's log line is waited for a few seconds past readiness at
+    // most: the loop that loads the queue a page at a time may not print it.
+    let mut deadline = GIVE_UP;
+    while (ready_at.is_none() || queue_at.is_none()) && start.elapsed() < deadline {
+        if let Some(r) = ready_at {
+            deadline = deadline.min(r - start + Duration::from_secs(3));
+        }
         if matches!(ready, Ready::Http) && ready_at.is_none() && http_answers(port) {
             ready_at = Some(Instant::now());
         }
@@ -178,11 +203,9 @@ fn one_start(cuirass: &Path, setup: &OneShotSetup, ready: Ready) -> Result<(f64,
     terminate(&mut child);
     let _ = reader.join();
     match (ready_at, queue_at) {
-        (Some(r), Some(q)) => Ok((secs(r - start), secs(q - start))),
+        (Some(r), q) => Ok((secs(r - start), q.map_or(f64::NAN, |q| secs(q - start)))),
         _ => Err(format!(
-            "cuirass was not ready ({}) or did not load its queue ({}) within {} s; its log:\n{}",
-            ready_at.is_some(),
-            queue_at.is_some(),
+            "cuirass was not ready within {} s; its log:\n{}",
             GIVE_UP.as_secs(),
             log.join("\n")
         )),

@@ -1,0 +1,165 @@
+//! Registration at ci.guix's scale: one evaluation of 75,000 jobs added
+//! to the 10,000,000-build database the way the daemon adds them (a
+//! chunk per read of the evaluator's output, then the evaluation closed
+//! and the builds it supersedes canceled), in a child process so that
+//! its peak memory is its own.
+
+use crate::api_db::{self, TEN_MILLION};
+use crate::common::*;
+use cuirass::db::search::NAME_INDEX_PAGE;
+use cuirass::db::{Db, JobRecord, PendingBuild};
+use std::process::Command;
+use std::time::Instant;
+
+/// The child's mode, set in its environment by [`run`].
+pub const CHILD_ENV: &str = "CUIRASS_BENCH_REGISTER";
+/// Jobs per `add_jobs` call: about what the loop reads in one turn.
+const CHUNK: usize = 1_000;
+const SPEC: &str = "guix-master";
+
+/// The derivation rows of the newest evaluation: (first, last) rowid.
+fn newest_rows(db: &Db) -> Result<(i64, i64), String> {
+    db.connection()
+        .query_row(
+            "SELECT MIN(rowid), MAX(rowid) FROM Derivations
+             WHERE evaluation = (SELECT MAX(id) FROM Evaluations)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(|e| e.to_string())
+}
+
+/// The newest evaluation's jobs of derivation rows `rows`, again, a
+/// fifth of them with a new derivation (packages updated since), as the
+/// next commit would give.  Read a chunk at a time, as the evaluator
+/// prints them, so that the process holds one chunk.
+fn next_jobs(db: &Db, rows: (i64, i64), rng: &mut api_db::Rng) -> Result<Vec<JobRecord>, String> {
+    let mut stmt = db
+        .connection()
+        .prepare_cached(
+            "SELECT job_name, derivation, system, nix_name FROM Derivations
+             WHERE rowid BETWEEN ?1 AND ?2 ORDER BY rowid",
+        )
+        .map_err(|e| e.to_string())?;
+    let found = stmt
+        .query_map([rows.0, rows.1], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get(2)?,
+                r.get(3)?,
+            ))
+        })
+        .map_err(|e| e.to_string())?;
+    let mut jobs = Vec::new();
+    for row in found {
+        let (job_name, mut derivation, system, nix_name) = row.map_err(|e| e.to_string())?;
+        if rng.below(5) == 0 {
+            // Another hash of the same length: /gnu/store/ is 11 bytes.
+            let hash: String = (0..32)
+                .map(|_| (b'a' + rng.below(26) as u8) as char)
+                .collect();
+            derivation.replace_range(11..43, &hash);
+        }
+        let out = format!("/gnu/store/{}-{nix_name}", &derivation[11..43]);
+        jobs.push(JobRecord {
+            job_name,
+            derivation,
+            system,
+            nix_name,
+            outputs: vec![("out".into(), out)],
+            ..JobRecord::default()
+        });
+    }
+    Ok(jobs)
+}
+
+/// The child: registers the evaluation into the database at `path`,
+/// then indexes its new job names as the loop would, and prints
+/// `SECONDS REGISTER_SECONDS VMHWM_KIB JOBS CANCELED CPU_SECONDS
+/// INDEX_SECONDS NAMES`.
+pub fn child(path: &str) -> Result<(), String> {
+    let e = |e: cuirass::db::Error| e.to_string();
+    let mut db = Db::open(std::path::Path::new(path)).map_err(e)?;
+    let (first, last) = newest_rows(&db)?;
+    let mut rng = api_db::Rng(7);
+    let start = Instant::now();
+    let cpu = proc_cpu(std::process::id()).unwrap_or(f64::NAN);
+    let eval = db
+        .begin_evaluation(SPEC, "next", 2_000_000_000)
+        .map_err(e)?;
+    // The loop keeps the new builds in its queue, so they count here too.
+    let mut queued: Vec<PendingBuild> = Vec::new();
+    for from in (first..=last).step_by(CHUNK) {
+        let rows = (from, (from + CHUNK as i64 - 1).min(last));
+        let chunk = next_jobs(&db, rows, &mut rng)?;
+        queued.extend(db.add_jobs(SPEC, eval, &chunk, 2_000_000_000).map_err(e)?);
+    }
+    let registered = secs(start.elapsed());
+    let canceled = db
+        .complete_evaluation(SPEC, eval, "next", &Default::default(), 2_000_000_000)
+        .map_err(e)?;
+    let total = secs(start.elapsed());
+    let cpu = proc_cpu(std::process::id()).unwrap_or(f64::NAN) - cpu;
+    let indexing = Instant::now();
+    let mut names = 0;
+    loop {
+        let n = db.index_job_names(NAME_INDEX_PAGE).map_err(e)?;
+        names += n;
+        if n < NAME_INDEX_PAGE {
+            break;
+        }
+    }
+    let indexed = secs(indexing.elapsed());
+    let hwm = proc_status_kib(std::process::id(), "VmHWM").unwrap_or(-1);
+    println!(
+        "{total} {registered} {hwm} {} {canceled} {cpu} {indexed} {names}",
+        queued.len()
+    );
+    Ok(())
+}
+
+pub fn run() -> Result<Vec<Figure>, String> {
+    let template = api_db::template(&TEN_MILLION)?;
+    let tmp = TempDir::new("register-10m");
+    let db = tmp.path().join("cuirass.db");
+    std::fs::copy(&template, &db).map_err(|e| format!("copying {}: {e}", template.display()))?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = Command::new(exe)
+        .env(CHILD_ENV, &db)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<f64> = text
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(f64::NAN))
+        .collect();
+    if !out.status.success() || f.len() != 8 {
+        return Err(format!(
+            "registration child failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let note = format!(
+        "{} jobs in chunks of {CHUNK} ({:.2} s; reading each chunk's rows included), \
+         then the evaluation closed, {} superseded builds canceled; {:.2} s CPU; \
+         then its {} new job names indexed for search in {:.2} s",
+        f[3], f[1], f[4], f[5], f[7], f[6]
+    );
+    Ok(vec![
+        Figure::new(
+            "registration of a 75,000-job evaluation into the 10,000,000-build database",
+            f[0],
+            "s",
+            Some(Target::AtMost(1.0)),
+        )
+        .note(note),
+        Figure::new(
+            "— peak RSS (VmHWM) of the registering process",
+            f[2] / 1024.0,
+            "MiB",
+            Some(Target::AtMost(32.0)),
+        ),
+    ])
+}
