@@ -260,6 +260,8 @@ struct Unwritten {
     /// Builds handed to the daemon.
     dispatched: Vec<crate::db::BuildId>,
     updates: Vec<build::Update>,
+    /// When each of `updates` was read (Unix seconds): the times written.
+    read_at: Vec<i64>,
     since: Option<Instant>,
     /// Logs of finished builds, copied once their request has ended:
     /// guix-daemon reports a build killed at its timeout before it has

@@ -264,6 +264,20 @@ impl Db {
         updates: &[crate::records::Update],
         now: i64,
     ) -> Result<Vec<Logged>> {
+        self.record_statuses_at(dispatched, updates, &|_| now, now)
+    }
+
+    /// [`Db::record_statuses`] with each update's own time: `time_of(i)`
+    /// is when `updates[i]` was read from the daemon (Unix seconds), so
+    /// that a write held back by a busy loop turn does not shorten or
+    /// lengthen a build's recorded run.
+    pub fn record_statuses_at(
+        &mut self,
+        dispatched: &[BuildId],
+        updates: &[crate::records::Update],
+        time_of: &dyn Fn(usize) -> i64,
+        now: i64,
+    ) -> Result<Vec<Logged>> {
         use crate::records::Update;
         let mut logged = Vec::new();
         if updates.is_empty() && dispatched.is_empty() {
@@ -288,7 +302,8 @@ impl Db {
         for &id in dispatched {
             Db::mark_dispatched(&tx, id, now)?;
         }
-        for u in updates {
+        for (i, u) in updates.iter().enumerate() {
+            let at = time_of(i);
             match u {
                 Update::Started { derivation, log } => {
                     if !finished_here.contains(derivation.as_str()) {
@@ -300,7 +315,7 @@ impl Db {
                         .execute(params![
                             derivation,
                             status::STARTED,
-                            now,
+                            at,
                             log,
                             crate::build::LOCALHOST
                         ])?;
@@ -328,7 +343,7 @@ impl Db {
                         derivation,
                         *status,
                         (log.as_deref(), reason.as_deref(), worker),
-                        now,
+                        at,
                         &mut tally,
                     )?;
                     if let Some(log) = log.as_ref().filter(|_| !ids.is_empty()) {

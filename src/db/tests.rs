@@ -542,3 +542,39 @@ fn a_database_of_schema_7_gains_the_job_columns() {
     assert_eq!(priority, 0);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A write held back by a busy loop turn keeps the times the daemon's
+/// events were read at: a build killed at its 2-second limit is not
+/// recorded as having run 1 second.
+#[test]
+fn statuses_are_written_with_the_times_they_were_read_at() {
+    use crate::records::Update;
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("a")]).unwrap();
+    let j = job("silent");
+    db.register_evaluation("a", "c1", std::slice::from_ref(&j), 1)
+        .unwrap();
+    let updates = [
+        Update::Started {
+            derivation: j.derivation.clone(),
+            log: "log".into(),
+        },
+        Update::Finished {
+            derivation: j.derivation.clone(),
+            status: status::FAILED,
+            log: None,
+            reason: Some("timed out after 2 seconds of silence".into()),
+        },
+    ];
+    let times = [100, 102];
+    db.record_statuses_at(&[], &updates[..1], &|i| times[i], 101)
+        .unwrap();
+    db.record_statuses_at(&[], &updates[1..], &|i| times[1 + i], 105)
+        .unwrap();
+    assert_eq!(
+        count(&db, "SELECT starttime FROM Builds"),
+        100,
+        "read at 100, written at 101"
+    );
+    assert_eq!(count(&db, "SELECT stoptime FROM Builds"), 102);
+}

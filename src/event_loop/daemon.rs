@@ -278,6 +278,8 @@ impl EventLoop {
                 Update::Started { .. } | Update::Remote { .. } => {}
             }
         }
+        let at = unix_now();
+        self.unwritten.read_at.extend(updates.iter().map(|_| at));
         self.unwritten.updates.extend(updates);
         self.unwritten.since.get_or_insert(now);
     }
@@ -291,7 +293,12 @@ impl EventLoop {
         }
         let dispatched = std::mem::take(&mut self.unwritten.dispatched);
         let updates = std::mem::take(&mut self.unwritten.updates);
-        match self.db.record_statuses(&dispatched, &updates, unix_now()) {
+        let read_at = std::mem::take(&mut self.unwritten.read_at);
+        let time_of = |i: usize| read_at[i];
+        match self
+            .db
+            .record_statuses_at(&dispatched, &updates, &time_of, unix_now())
+        {
             Ok(logged) => self.unwritten.copies.extend(logged),
             Err(e) => log::error!(
                 target: logging::BUILDING,
