@@ -108,6 +108,51 @@ fn open_or_init(url: &str, dir: &Path) -> Result<Repository, String> {
     Ok(repo)
 }
 
+/// Takes the cache `dir`'s own lock (`DIR.fetch-lock`, an flock the
+/// kernel drops when its holder dies), then removes git's `*.lock` files
+/// in it: whoever made them died holding them (a fetch child killed with
+/// cuirass, `kill -9`), and libgit2 would refuse every later fetch
+/// ("failed to lock file … for writing") until someone deleted them by
+/// hand.  Two processes sharing a cache wait for each other here.
+fn lock_cache(dir: &Path) -> Result<std::fs::File, String> {
+    let path = dir.with_extension("fetch-lock");
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    file.lock()
+        .map_err(|e| format!("cannot lock {}: {e}", path.display()))?;
+    remove_stale_locks(&dir.join(".git"));
+    Ok(file)
+}
+
+/// Removes every `*.lock` file under `dir` (git's lock files: `index.lock`,
+/// `HEAD.lock`, `packed-refs.lock`, `refs/…/NAME.lock`, `config.lock`).
+fn remove_stale_locks(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        // Objects hold no locks and are many: not walked.
+        if kind.is_dir() && entry.file_name() != "objects" {
+            remove_stale_locks(&path);
+        } else if kind.is_file() && path.extension().is_some_and(|e| e == "lock") {
+            eprintln!("removing a stale git lock {}", path.display());
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 /// Fetches `target` from `url` into the repository at `dir` and checks it
 /// out (detached), returning the commit.  The cache must answer as a fresh
 /// clone would: refs gone upstream are pruned before anything is fetched,
@@ -116,6 +161,7 @@ fn open_or_init(url: &str, dir: &Path) -> Result<Repository, String> {
 /// stale `a`.  Refspecs are forced so that a rewritten history (a
 /// force-push) simply moves to the new tip.
 pub fn fetch(url: &str, dir: &Path, target: &Target) -> Result<Oid, String> {
+    let _lock = lock_cache(dir)?;
     let repo = open_or_init(url, dir)?;
     let mut remote = repo
         .find_remote("origin")
@@ -363,6 +409,27 @@ mod tests {
         git(&upstream, &["branch", "keep", &second]);
         assert_eq!(commit(&second).unwrap().to_string(), second);
         let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn a_lock_left_by_a_killed_fetch_does_not_wedge_the_cache() {
+        let tmp = std::env::temp_dir().join(format!("cuirass-fetch-lock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let upstream = tmp.join("upstream");
+        std::fs::create_dir_all(&upstream).unwrap();
+        git(&upstream, &["init", "-q", "-b", "master"]);
+        let first = commit_file(&upstream, "a", "1");
+        let url = format!("file://{}", upstream.display());
+        let cache = tmp.join("cache/spec");
+        let master = Target::Branch("master".into());
+        assert_eq!(fetch(&url, &cache, &master).unwrap().to_string(), first);
+        // A fetch killed while it moved the ref leaves git's lock file.
+        let stale = cache.join(".git/refs/remotes/origin/master.lock");
+        std::fs::write(&stale, "").unwrap();
+        let second = commit_file(&upstream, "a", "2");
+        assert_eq!(fetch(&url, &cache, &master).unwrap().to_string(), second);
+        assert!(!stale.exists());
+        let _ = std::fs::remove_dir_all(&tmp);
     }
 
     #[test]
