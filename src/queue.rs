@@ -24,7 +24,8 @@ use crate::db::queue::Readiness;
 use crate::db::{BuildId, Db, PendingBuild, status};
 use crate::drv::Derivation;
 use crate::logging::BUILDING;
-use std::collections::VecDeque;
+use crate::records::{BuildStatus, Update};
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 #[cfg(test)]
@@ -38,6 +39,31 @@ pub const SCAN_PER_TURN: usize = PAGE;
 
 /// In one-shot mode, give up on an unreachable daemon after this many tries.
 pub const ONE_SHOT_DAEMON_TRIES: u32 = 5;
+
+/// A build whose connection stalled this many times fails (failed-other)
+/// rather than being tried again: see [`stall_limit`].
+pub const STALLS_BEFORE_FAILING: u32 = 2;
+
+/// A limit the daemon applies when the job gave none, for the stall
+/// limit's sake only (guix-daemon's own default is none): Guix's
+/// packages default to an hour of silence, and ci.guix.gnu.org's jobs
+/// to 20 hours.
+const ASSUMED_MAX_SILENT_TIME: u64 = 3600;
+const ASSUMED_TIMEOUT: u64 = 72_000;
+
+/// How long a build request's connection may stay silent before the
+/// dispatcher gives up on it: the build's timeout (the daemon may wait
+/// that long for a lock held by another build of the derivation, or for
+/// a build machine the hook postponed it for), its silence limit, and a
+/// minute for the answer.  Beyond this the daemon's worker is wedged
+/// (seen: `guix offload` waiting forever on a build machine unplugged
+/// while it asked the machine's load, a wait no daemon timer covers),
+/// and only closing the connection frees the slot.
+pub fn stall_limit(limits: Limits) -> Duration {
+    let timeout = limits.timeout.unwrap_or(ASSUMED_TIMEOUT);
+    let silence = limits.max_silent_time.unwrap_or(ASSUMED_MAX_SILENT_TIME);
+    Duration::from_secs(timeout.saturating_add(silence).saturating_add(60))
+}
 
 /// Doubling reconnection delays, capped.
 #[derive(Debug, Clone, Default)]
@@ -134,6 +160,11 @@ pub struct Dispatcher {
     failure: Option<String>,
     stopped: bool,
     commands: VecDeque<Command>,
+    /// When each slot's connection last brought bytes, or its request
+    /// was sent: see [`stall_limit`].
+    heard: Vec<Instant>,
+    /// Builds whose connection stalled, and how many times.
+    stalls: HashMap<BuildId, u32>,
 }
 
 impl Dispatcher {
@@ -152,6 +183,8 @@ impl Dispatcher {
             failure: None,
             stopped: false,
             commands: VecDeque::new(),
+            heard: vec![Instant::now(); slots.max(1)],
+            stalls: HashMap::new(),
         }
     }
 
@@ -191,25 +224,43 @@ impl Dispatcher {
             && !self.more
     }
 
+    /// `slot`'s connection brought bytes at `now`: it is not stalled.
+    pub fn heard(&mut self, slot: usize, now: Instant) {
+        if let Some(heard) = self.heard.get_mut(slot) {
+            *heard = now;
+        }
+    }
+
     pub fn poll_command(&mut self) -> Option<Command> {
         self.commands.pop_front()
     }
 
     /// When the dispatcher must next be given [`Input::Tick`], if ever.
     pub fn poll_at(&self, now: Instant) -> Option<Instant> {
-        match self.more {
-            true => Some(now),
-            false => self.retry_at,
+        if self.more {
+            return Some(now);
         }
+        let stalls = self
+            .slots
+            .iter()
+            .zip(&self.heard)
+            .filter_map(|(b, heard)| Some(*heard + stall_limit(b.as_ref()?.limits)));
+        stalls.chain(self.retry_at).min()
     }
 
     /// Feeds one input; commands come out of [`Dispatcher::poll_command`].
     pub fn handle(&mut self, input: Input, env: &mut Env) {
+        if !self.stopped {
+            self.give_up_stalled(env);
+        }
         match input {
             Input::Tick => {}
             Input::Changed => self.restart(),
             Input::Done { slot, daemon_error } => {
                 let done = self.slots.get_mut(slot).and_then(Option::take);
+                if let Some(b) = &done {
+                    self.stalls.remove(&b.id);
+                }
                 let dependents = done.as_ref().is_some_and(|b| {
                     env.db
                         .has_scheduled_dependents(&b.derivation)
@@ -295,6 +346,63 @@ impl Dispatcher {
                 limits,
             });
             self.slots[slot] = Some(build);
+            self.heard[slot] = env.now;
+        }
+    }
+
+    /// Closes the connections silent beyond their [`stall_limit`]: the
+    /// build is scheduled again, or fails once it stalled
+    /// [`STALLS_BEFORE_FAILING`] times.
+    fn give_up_stalled(&mut self, env: &mut Env) {
+        for slot in 0..self.slots.len() {
+            let Some(limits) = self.slots[slot].as_ref().map(|b| b.limits) else {
+                continue;
+            };
+            let limit = stall_limit(limits);
+            if env.now < self.heard[slot] + limit {
+                continue;
+            }
+            let b = self.slots[slot].take().expect("checked above");
+            self.commands.push_back(Command::Close { slot });
+            let stalls = self.stalls.entry(b.id).or_insert(0);
+            *stalls += 1;
+            let why = format!(
+                "no word from guix-daemon for {} s ({})",
+                limit.as_secs(),
+                crate::build::describe_limits(limits)
+            );
+            if *stalls < STALLS_BEFORE_FAILING {
+                log::warn!(target: BUILDING,
+                    "build {} of spec={:?} in slot {slot}: {why}; connection closed, build scheduled again",
+                    b.id,
+                    b.specification
+                );
+                // Now, not at the loop's close: the scan that follows
+                // must find it.
+                if let Err(e) = env.db.reschedule(std::slice::from_ref(&b.derivation)) {
+                    log::error!(target: BUILDING, "{e}");
+                }
+            } else {
+                let reason = format!("{why}, {stalls} times: its daemon connection was closed");
+                log::error!(target: BUILDING,
+                    "build {} of spec={:?} in slot {slot} failed: {reason}",
+                    b.id,
+                    b.specification
+                );
+                self.stalls.remove(&b.id);
+                // Written before the loop's close, which then finds it
+                // no longer started and leaves it failed.
+                let failed = Update::Finished {
+                    derivation: b.derivation.clone(),
+                    status: BuildStatus::FailedOther,
+                    log: None,
+                    reason: Some(reason),
+                };
+                if let Err(e) = env.db.record_statuses(&[], &[failed], env.unix_now) {
+                    log::error!(target: BUILDING, "{e}");
+                }
+            }
+            self.restart();
         }
     }
 

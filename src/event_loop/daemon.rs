@@ -223,6 +223,9 @@ impl EventLoop {
                 }
             }
         }
+        if read > 0 {
+            self.dispatcher.heard(slot, Instant::now());
+        }
         if failure.is_none() && !conn.eof {
             failure = flush(conn, self.poll.registry(), Event::Daemon(slot).token()).err();
         }

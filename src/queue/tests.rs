@@ -88,8 +88,19 @@ impl World {
             read_drv: &read_drv,
             active: &active,
         };
+        let in_flight: Vec<Option<String>> = (0..self.d.slots())
+            .map(|slot| self.d.in_flight(slot).map(|b| b.derivation.clone()))
+            .collect();
         self.d.handle(input, &mut env);
         let cmds: Vec<Command> = std::iter::from_fn(|| self.d.poll_command()).collect();
+        // The loop's close puts a build still started back in the queue.
+        for c in &cmds {
+            if let Command::Close { slot } = c
+                && let Some(drv) = &in_flight[*slot]
+            {
+                self.db.reschedule(std::slice::from_ref(drv)).unwrap();
+            }
+        }
         // What the loop writes for the builds it hands to the daemon.
         let dispatched: Vec<_> = cmds
             .iter()
@@ -405,4 +416,63 @@ fn a_position_far_back_is_counted_up_to_a_limit() {
             position: limit + 2
         }
     );
+}
+
+#[test]
+fn a_build_whose_daemon_connection_stays_silent_is_tried_again_then_fails() {
+    let mut w = World::new(1, &[("s", None)]);
+    let limits = Limits {
+        max_silent_time: Some(20),
+        timeout: Some(60),
+    };
+    let mut hung = job("hung", 0, &[]);
+    hung.limits = limits;
+    w.evaluate("s", "c1", &[hung, job("next", 0, &[])]);
+    assert_eq!(w.status_of("hung"), status::STARTED.code());
+    let limit = stall_limit(limits).as_secs();
+    assert_eq!(limit, 60 + 20 + 60);
+    // Bytes from the daemon now and then: not stalled.
+    w.at(100);
+    w.d.heard(0, w.now);
+    assert!(w.at(limit + 50).feed(Input::Tick).is_empty());
+    assert_eq!(
+        w.d.poll_at(w.now),
+        Some(w.start + Duration::from_secs(100 + limit))
+    );
+    // Silent for the whole limit: its connection closed, tried again.
+    let cmds = w.at(100 + limit).feed(Input::Tick);
+    assert_eq!(cmds.first(), Some(&Command::Close { slot: 0 }), "{cmds:?}");
+    assert_eq!(opened(&cmds), ["hung"]);
+    assert_eq!(w.status_of("hung"), status::STARTED.code());
+    // Silent again: it fails, with why, and the next build goes.
+    assert!(w.at(99 + 2 * limit).feed(Input::Tick).is_empty());
+    let cmds = w.at(100 + 2 * limit).feed(Input::Tick);
+    assert_eq!(cmds.first(), Some(&Command::Close { slot: 0 }), "{cmds:?}");
+    assert_eq!(opened(&cmds), ["next"]);
+    assert_eq!(w.status_of("hung"), status::FAILED_OTHER.code());
+    let reason: String =
+        w.db.connection()
+            .query_row(
+                "SELECT errormsg FROM Builds WHERE derivation = ?1",
+                [drv("hung")],
+                |r| r.get(0),
+            )
+            .unwrap();
+    assert!(
+        reason.contains("no word from guix-daemon for 140 s") && reason.contains("2 times"),
+        "{reason}"
+    );
+    // A build that ends normally starts its count again.
+    assert_eq!(w.d.stalls.len(), 0);
+}
+
+#[test]
+fn the_stall_limit_covers_the_builds_own_limits_or_guix_defaults() {
+    let none = stall_limit(Limits::default()).as_secs();
+    assert_eq!(none, 72_000 + 3600 + 60);
+    let short = Limits {
+        max_silent_time: Some(2),
+        timeout: Some(3),
+    };
+    assert_eq!(stall_limit(short).as_secs(), 65);
 }

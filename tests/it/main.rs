@@ -24,3 +24,4 @@ mod refs;
 mod specs;
 mod support;
 mod web;
+mod wedged;
