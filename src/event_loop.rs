@@ -249,6 +249,12 @@ const REQUESTS_PER_CONNECTION: usize = 200;
 /// failed build's `.drv` once cuirass's own root on it is gone.
 const IDLE_CONNECTION: Duration = Duration::from_secs(2);
 
+/// After this long without an event the loop hands SQLite's page cache
+/// (up to 16 MiB, filled by start-up's scans or a burst of requests) and
+/// the allocator's free pages back to the system: an idle cuirass stays
+/// small, a busy one keeps its cache.
+const RELEASE_AFTER: Duration = Duration::from_secs(5);
+
 /// Status changes wait this long at most before they are written, so that
 /// a turn's (or a few turns') changes go in one transaction; a request's
 /// end, a lost connection and an HTTP request write them at once.
@@ -290,6 +296,10 @@ pub struct EventLoop {
     build_types: PathBuf,
     stopping: bool,
     next_status_log: Instant,
+    /// When the last event came; see [`RELEASE_AFTER`].
+    last_event: Instant,
+    /// Memory was handed back since the last event.
+    released: bool,
     http: Option<HttpServer>,
     reload: Option<reload::Reload>,
     logs: buildlog::Places,
@@ -366,6 +376,8 @@ impl EventLoop {
             build_types,
             stopping: false,
             next_status_log: now + STATUS_EVERY,
+            last_event: now,
+            released: false,
             http,
             reload: None,
             copier: Copier::new(logs.clone()),
@@ -441,6 +453,13 @@ impl EventLoop {
                 Err(e) => return Err(format!("event loop: {e}")),
             }
             let woke = Instant::now();
+            if !events.is_empty() {
+                self.last_event = woke;
+                self.released = false;
+            } else if !self.released && woke >= self.last_event + RELEASE_AFTER {
+                self.released = true;
+                self.db.release_memory();
+            }
             for event in events.iter() {
                 let started = Instant::now();
                 let kind = Event::of(event.token(), self.http.as_ref());
@@ -526,6 +545,9 @@ impl EventLoop {
         }
         if let Some(since) = self.unwritten.since {
             next = next.min(since + WRITE_DELAY);
+        }
+        if !self.released {
+            next = next.min(self.last_event + RELEASE_AFTER);
         }
         if let Some(at) = self.dispatcher.poll_at(now) {
             next = next.min(at);

@@ -9,6 +9,11 @@ use super::search::NAME_LOOKUPS;
 use super::{BuildStatus, Db, EvalId, Result, eval_status, status};
 use rusqlite::{OptionalExtension, Row, params};
 
+/// The SQL of [`Db::evaluation_new_failures`]: evaluation ?1.
+pub(crate) const NEW_FAILURES_OF_EVALUATION: &str =
+    "SELECT COUNT(*) FROM Builds INDEXED BY Builds_new_failures
+     WHERE evaluation = ?1 AND weather = 1 AND status BETWEEN 1 AND 3";
+
 /// An evaluation's builds, counted by what an operator asks first.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -196,15 +201,13 @@ impl Db {
         Ok(counts)
     }
 
-    /// How many of an evaluation's builds are new failures: its failed
-    /// builds (through `Builds_evaluation`), each one's kept weather read.
+    /// How many of an evaluation's builds are new failures, through the
+    /// partial index `Builds_new_failures` (a restarted build keeps its
+    /// weather until it finishes again, hence the status).
     pub fn evaluation_new_failures(&self, eval: EvalId) -> Result<i64> {
         Ok(self
             .conn
-            .prepare_cached(
-                "SELECT COUNT(*) FROM Builds
-                 WHERE evaluation = ?1 AND status BETWEEN 1 AND 3 AND weather = 1",
-            )?
+            .prepare_cached(NEW_FAILURES_OF_EVALUATION)?
             .query_row([eval], |r| r.get(0))?)
     }
 

@@ -414,4 +414,9 @@ fn searches_and_evaluation_pages_walk_indexes_with_ten_million_builds() {
         1,
     );
     assert!(p.starts_with("SEARCH BuildCounts USING PRIMARY KEY"), "{p}");
+    let p = plan(dashboard::NEW_FAILURES_OF_EVALUATION, 1);
+    assert_eq!(
+        p,
+        "SEARCH Builds USING INDEX Builds_new_failures (evaluation=?)"
+    );
 }
