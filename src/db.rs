@@ -333,6 +333,11 @@ const MIGRATIONS: &[&str] = &[
     // seeks, 5–7 ms, per view of a ci.guix evaluation.  New failures are
     // few: a partial index holds just them.
     "CREATE INDEX IF NOT EXISTS Builds_new_failures ON Builds (evaluation) WHERE weather = 1;",
+    // 19: the weather of builds that finished before migration 14 is
+    // computed once, in the background (`db::backfill`), from the newest
+    // build down to `below`.
+    "CREATE TABLE IF NOT EXISTS WeatherBackfill (below INTEGER NOT NULL);
+     INSERT INTO WeatherBackfill (below) SELECT COALESCE(MAX(id), 0) + 1 FROM Builds;",
 ];
 
 pub fn schema_version() -> usize {
@@ -933,6 +938,7 @@ impl Db {
 }
 
 pub mod admin;
+pub mod backfill;
 pub mod channels;
 pub mod dashboard;
 pub mod events;

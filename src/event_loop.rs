@@ -27,6 +27,7 @@ mod daemon;
 mod notify;
 mod reload;
 mod roots;
+mod upkeep;
 
 const SIGNAL: Token = Token(0);
 const HTTP_LISTENER: Token = Token(1);
@@ -313,6 +314,11 @@ pub struct EventLoop {
     roots: roots::Roots,
     /// Job names wait to be added to the search index.
     names_behind: bool,
+    /// Builds finished before weathers were kept still lack theirs; see
+    /// [`crate::db::backfill`].
+    weathers_behind: bool,
+    /// When the weather backfill last said how far it got.
+    backfill_logged: Instant,
     next_name_index: Instant,
 }
 
@@ -386,6 +392,8 @@ impl EventLoop {
             notify,
             roots,
             names_behind: true,
+            weathers_behind: true,
+            backfill_logged: now,
             next_name_index: now,
         };
         for spec in specs {
@@ -564,7 +572,8 @@ impl EventLoop {
             }
             next = next.min(n.poll_at());
         }
-        if self.copier.busy() || self.roots.has_work() || self.names_behind {
+        if self.copier.busy() || self.roots.has_work() || self.names_behind || self.weathers_behind
+        {
             return now;
         }
         next.max(now)
@@ -700,6 +709,9 @@ impl EventLoop {
             self.next_name_index = now + NAME_INDEX_EVERY;
             self.index_job_names();
         }
+        if self.weathers_behind {
+            self.backfill_weathers(now);
+        }
         for index in 0..self.slots.len() {
             self.read_leftovers(index);
             self.reap_child(index, now);
@@ -730,20 +742,6 @@ impl EventLoop {
         if now >= self.next_status_log {
             self.next_status_log = now + STATUS_EVERY;
             self.log_status();
-        }
-    }
-
-    /// A page of newly registered job names into the search index (the
-    /// searches scan the names not indexed yet); while a full page was
-    /// indexed, the next turn comes at once and indexes the next.
-    fn index_job_names(&mut self) {
-        let page = crate::db::search::NAME_INDEX_PAGE;
-        match self.db.index_job_names(page) {
-            Ok(n) => self.names_behind = n == page,
-            Err(e) => {
-                log::warn!("job names not indexed for search yet: {e}");
-                self.names_behind = false;
-            }
         }
     }
 

@@ -7,7 +7,7 @@
 use crate::api_db::{self, TEN_MILLION};
 use crate::common::*;
 use cuirass::db::search::NAME_INDEX_PAGE;
-use cuirass::db::{Db, JobRecord, PendingBuild};
+use cuirass::db::{Db, JobRecord};
 use std::process::Command;
 use std::time::Instant;
 
@@ -88,12 +88,16 @@ pub fn child(path: &str) -> Result<(), String> {
     let eval = db
         .begin_evaluation(SPEC, "next", 2_000_000_000)
         .map_err(e)?;
-    // The loop keeps the new builds in its queue, so they count here too.
-    let mut queued: Vec<PendingBuild> = Vec::new();
+    // The loop keeps only the count: the dispatcher reads the queue from
+    // the database a page at a time.
+    let mut queued = 0;
     for from in (first..=last).step_by(CHUNK) {
         let rows = (from, (from + CHUNK as i64 - 1).min(last));
         let chunk = next_jobs(&db, rows, &mut rng)?;
-        queued.extend(db.add_jobs(SPEC, eval, &chunk, 2_000_000_000).map_err(e)?);
+        queued += db
+            .add_jobs(SPEC, eval, &chunk, 2_000_000_000)
+            .map_err(e)?
+            .len();
     }
     let registered = secs(start.elapsed());
     let canceled = db
@@ -112,10 +116,7 @@ pub fn child(path: &str) -> Result<(), String> {
     }
     let indexed = secs(indexing.elapsed());
     let hwm = proc_status_kib(std::process::id(), "VmHWM").unwrap_or(-1);
-    println!(
-        "{total} {registered} {hwm} {} {canceled} {cpu} {indexed} {names}",
-        queued.len()
-    );
+    println!("{total} {registered} {hwm} {queued} {canceled} {cpu} {indexed} {names}");
     Ok(())
 }
 

@@ -1,0 +1,49 @@
+//! The database's background upkeep, a bounded page per loop turn: new
+//! job names into the search index, and the weathers of builds that
+//! finished before weathers were kept.
+
+use super::*;
+
+impl EventLoop {
+    /// A page of newly registered job names into the search index (the
+    /// searches scan the names not indexed yet); while a full page was
+    /// indexed, the next turn comes at once and indexes the next.
+    pub(super) fn index_job_names(&mut self) {
+        let page = crate::db::search::NAME_INDEX_PAGE;
+        match self.db.index_job_names(page) {
+            Ok(n) => self.names_behind = n == page,
+            Err(e) => {
+                log::warn!("job names not indexed for search yet: {e}");
+                self.names_behind = false;
+            }
+        }
+    }
+
+    /// A page of weathers not kept yet (see [`crate::db::backfill`]);
+    /// the next turn comes at once until none is left.
+    pub(super) fn backfill_weathers(&mut self, now: Instant) {
+        match self
+            .db
+            .backfill_weathers(crate::db::backfill::BACKFILL_PAGE)
+        {
+            Ok(0) => {
+                self.weathers_behind = false;
+                if now > self.backfill_logged {
+                    log::info!("weathers of builds finished before they were kept: all computed");
+                }
+            }
+            Ok(left) => {
+                if now >= self.backfill_logged + STATUS_EVERY {
+                    self.backfill_logged = now;
+                    log::info!(
+                        "weathers of builds finished before they were kept: computing, {left} build ids left"
+                    );
+                }
+            }
+            Err(e) => {
+                log::warn!("weathers of older builds not computed: {e}");
+                self.weathers_behind = false;
+            }
+        }
+    }
+}
