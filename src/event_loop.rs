@@ -319,6 +319,8 @@ pub struct EventLoop {
     weathers_behind: bool,
     /// When the weather backfill last said how far it got.
     backfill_logged: Instant,
+    /// This run computed some.
+    backfilled: bool,
     next_name_index: Instant,
 }
 
@@ -394,6 +396,7 @@ impl EventLoop {
             names_behind: true,
             weathers_behind: true,
             backfill_logged: now,
+            backfilled: false,
             next_name_index: now,
         };
         for spec in specs {

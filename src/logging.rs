@@ -31,3 +31,5 @@ pub const NOTIFY: &str = "cuirass::notify";
 pub const GC_ROOTS: &str = "cuirass::gcroots";
 /// Old evaluations deleted (`retention`).
 pub const RETENTION: &str = "cuirass::retention";
+/// The database: migrations and its background upkeep.
+pub const DB: &str = "cuirass::db";

@@ -233,6 +233,17 @@ fn a_2018_database_is_upgraded_in_place() {
     // The duration histogram was filled from the old finished build (10 s).
     let h = db.metrics(&[]).unwrap().build_duration;
     assert_eq!((h.count, h.sum), (1, 10.0));
+    // Its weather was not kept; the background backfill keeps it (its
+    // job's first build: unknown), then has nothing left.
+    let weather = |db: &Db| -> Option<i64> {
+        db.connection()
+            .query_row("SELECT weather FROM Builds WHERE id = 1", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(weather(&db), None);
+    assert_eq!(db.backfill_weathers(25).unwrap(), 0);
+    assert_eq!(weather(&db), Some(crate::db::read::weather::UNKNOWN));
+    assert_eq!(db.backfill_weathers(25).unwrap(), 0);
     // New evaluations go on from the old ids.
     let eval = db
         .register_evaluation("guix", "def456", &[job("new")], 200)

@@ -3,6 +3,7 @@
 //! finished before weathers were kept.
 
 use super::*;
+use crate::logging::DB;
 
 impl EventLoop {
     /// A page of newly registered job names into the search index (the
@@ -13,7 +14,7 @@ impl EventLoop {
         match self.db.index_job_names(page) {
             Ok(n) => self.names_behind = n == page,
             Err(e) => {
-                log::warn!("job names not indexed for search yet: {e}");
+                log::warn!(target: DB, "job names not indexed for search yet: {e}");
                 self.names_behind = false;
             }
         }
@@ -28,20 +29,23 @@ impl EventLoop {
         {
             Ok(0) => {
                 self.weathers_behind = false;
-                if now > self.backfill_logged {
-                    log::info!("weathers of builds finished before they were kept: all computed");
+                if self.backfilled {
+                    log::info!(target: DB, "weathers of builds finished before they were kept: all computed");
                 }
             }
             Ok(left) => {
-                if now >= self.backfill_logged + STATUS_EVERY {
+                let first = !self.backfilled;
+                self.backfilled = true;
+                if first || now >= self.backfill_logged + STATUS_EVERY {
                     self.backfill_logged = now;
                     log::info!(
+                        target: DB,
                         "weathers of builds finished before they were kept: computing, {left} build ids left"
                     );
                 }
             }
             Err(e) => {
-                log::warn!("weathers of older builds not computed: {e}");
+                log::warn!(target: DB, "weathers of older builds not computed: {e}");
                 self.weathers_behind = false;
             }
         }
