@@ -330,9 +330,12 @@ const MIGRATIONS: &[&str] = &[
      END;",
     // 18: an evaluation's new failures (its page's header) were counted
     // by reading each failed build's row for its weather: 4,000 row
-    // seeks, 5–7 ms, per view of a ci.guix evaluation.  New failures are
-    // few: a partial index holds just them.
-    "CREATE INDEX IF NOT EXISTS Builds_new_failures ON Builds (evaluation) WHERE weather = 1;",
+    // seeks, 5–7 ms, per view of a ci.guix evaluation.  A partial index
+    // holds just the new failures, with their status (a restarted build
+    // keeps its weather until it finishes again), so the count reads
+    // the index alone.
+    "CREATE INDEX IF NOT EXISTS Builds_new_failures ON Builds (evaluation, status)
+       WHERE weather = 1;",
     // 19: the weather of builds that finished before migration 14 is
     // computed once, in the background (`db::backfill`), from the newest
     // build down to `below`.
@@ -426,6 +429,15 @@ impl Db {
         // large database from re-reading index pages.
         conn.pragma_update(None, "cache_size", -16 * 1024)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Plans that do not depend on bound values: otherwise SQLite
+        // compiles a statement again whenever a value it looked at
+        // changes (`BuildProducts WHERE build = ?1` was, at every call:
+        // 13 % of `/build/ID`'s CPU).  The queries name their indexes
+        // where it matters and are checked by the query-plan tests.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )?;
         let mut db = Db {
             conn,
             notifying: false,

@@ -417,6 +417,6 @@ fn searches_and_evaluation_pages_walk_indexes_with_ten_million_builds() {
     let p = plan(dashboard::NEW_FAILURES_OF_EVALUATION, 1);
     assert_eq!(
         p,
-        "SEARCH Builds USING INDEX Builds_new_failures (evaluation=?)"
+        "SEARCH Builds USING COVERING INDEX Builds_new_failures (evaluation=? AND status>? AND status<?)"
     );
 }

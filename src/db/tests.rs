@@ -589,3 +589,25 @@ fn statuses_are_written_with_the_times_they_were_read_at() {
     );
     assert_eq!(count(&db, "SELECT stoptime FROM Builds"), 102);
 }
+
+#[test]
+fn statements_are_not_compiled_again_for_each_bound_value() {
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("a")]).unwrap();
+    let jobs: Vec<JobRecord> = (0..50).map(|i| job(&format!("j{i}"))).collect();
+    db.register_evaluation("a", "c1", &jobs, 10).unwrap();
+    // As on a database someone ran ANALYZE on (the benchmarks do).
+    db.connection().execute_batch("ANALYZE").unwrap();
+    for id in 1..=10 {
+        db.build(BuildId(id)).unwrap();
+        db.products(BuildId(id)).unwrap();
+    }
+    let stmt = db
+        .connection()
+        .prepare_cached(
+            "SELECT id, build, type, file_size, path FROM BuildProducts WHERE build = ?1 ORDER BY id",
+        )
+        .unwrap();
+    assert_eq!(stmt.get_status(rusqlite::StatementStatus::Run), 10);
+    assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
+}

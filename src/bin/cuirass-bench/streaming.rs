@@ -50,7 +50,7 @@ fn first_job_to_submission(all_jobs: &str, cuirass: &std::path::Path) -> Result<
     let mut evaluation_done_at = None;
     for line in BufReader::new(stderr).lines() {
         let line = line.map_err(|e| e.to_string())?;
-        if submitted_at.is_none() && line.contains("batch of 1 derivation(s) submitted") {
+        if submitted_at.is_none() && line.contains(" submitted in slot ") {
             submitted_at = Some(now_ns());
         }
         if evaluation_done_at.is_none() && line.contains(" done: ") {
