@@ -55,10 +55,11 @@ const ASSUMED_TIMEOUT: u64 = 72_000;
 /// dispatcher gives up on it: the build's timeout (the daemon may wait
 /// that long for a lock held by another build of the derivation, or for
 /// a build machine the hook postponed it for), its silence limit, and a
-/// minute for the answer.  Beyond this the daemon's worker is wedged
-/// (seen: `guix offload` waiting forever on a build machine unplugged
-/// while it asked the machine's load, a wait no daemon timer covers),
-/// and only closing the connection frees the slot.
+/// minute for the answer.  Beyond this the daemon's worker is taken as
+/// wedged, and only closing the connection frees the slot.  CI once saw
+/// a connection silent for minutes after a build machine was unplugged,
+/// most likely the worker waiting on its hook's answer (a read no daemon
+/// timer covers) while `guix offload` waited on that machine.
 pub fn stall_limit(limits: Limits) -> Duration {
     let timeout = limits.timeout.unwrap_or(ASSUMED_TIMEOUT);
     let silence = limits.max_silent_time.unwrap_or(ASSUMED_MAX_SILENT_TIME);

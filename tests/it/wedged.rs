@@ -1,9 +1,8 @@
 //! A daemon worker that stops answering in the middle of a build request
-//! (as one waiting forever on `guix offload`, itself waiting on a build
-//! machine unplugged while it asked for its load: no daemon timer covers
-//! that wait).  A proxy in front of the real daemon plays the wedged
-//! worker: the daemon builds, but none of its answers on that connection
-//! reach cuirass.
+//! (CI saw one after a build machine was unplugged, most likely waiting
+//! on its hook, `guix offload`, a wait no daemon timer covers).  A proxy
+//! in front of the real daemon plays the wedged worker: the daemon
+//! builds, but none of its answers on that connection reach cuirass.
 
 use crate::support::*;
 use std::io::{Read, Write};
