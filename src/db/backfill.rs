@@ -7,7 +7,7 @@
 //! `WeatherBackfill.below` (migration 19) is the lowest build id done:
 //! every build at or above it has its weather kept, or needs none yet
 //! (pending builds get theirs when they finish).  The loop computes a
-//! range of [`BACKFILL_PAGE`] ids per turn, newest first, so the builds
+//! page of [`BACKFILL_PAGE`] builds per turn, newest first, so the builds
 //! listings show first are done first, and a restart goes on where the
 //! last run stopped.
 
@@ -17,17 +17,18 @@ use super::read::{
 use super::{BuildId, BuildStatus, Db, EvalId, Result};
 use rusqlite::params;
 
-/// Build ids looked at per call: at most this many weathers, each two
+/// Builds looked at per call: at most this many weathers, each two
 /// index walks (about 20 µs on ten million builds, pages read from the
 /// OS), so that a turn stays near half a millisecond.
 pub const BACKFILL_PAGE: i64 = 25;
 
 impl Db {
-    /// Computes and keeps the weather of the finished builds with ids in
-    /// the `page` ids below `WeatherBackfill.below`, and moves the mark
-    /// down, in one transaction.  Returns how many ids are left below it
-    /// (0: done).  Weathers are not added to `WeatherCounts`, which counts
-    /// builds as they finish.
+    /// Computes and keeps the weather of the finished builds among the
+    /// `page` builds (rows, whatever gaps their ids have) below
+    /// `WeatherBackfill.below`, and moves the mark down to the lowest of
+    /// them, in one transaction.  Returns the mark, below which builds
+    /// may be left (0: done).  Weathers are not added to
+    /// `WeatherCounts`, which counts builds as they finish.
     pub fn backfill_weathers(&mut self, page: i64) -> Result<i64> {
         let tx = self.conn.transaction()?;
         let below: i64 = tx
@@ -36,7 +37,19 @@ impl Db {
         if below <= 1 {
             return Ok(0);
         }
-        let from = (below - page).max(1);
+        // The page's rows by id, down the table's key: ids deleted by
+        // retention, or never used, cost nothing.
+        let (lowest, rows): (Option<i64>, i64) = tx
+            .prepare_cached(
+                "SELECT MIN(id), COUNT(*) FROM
+                   (SELECT id FROM Builds WHERE id < ?1 ORDER BY id DESC LIMIT ?2)",
+            )?
+            .query_row(params![below, page], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let from = match lowest {
+            Some(lowest) if rows == page => lowest,
+            // The last page: nothing is left below it.
+            _ => 1,
+        };
         let builds: Vec<(BuildId, BuildStatus, EvalId, String, String, String)> = tx
             .prepare_cached(
                 "SELECT b.id, b.status, b.evaluation, d.job_name, d.system, e.specification
@@ -71,7 +84,7 @@ impl Db {
         tx.prepare_cached("UPDATE WeatherBackfill SET below = ?1")?
             .execute([from])?;
         tx.commit()?;
-        Ok(from - 1)
+        Ok(if from <= 1 { 0 } else { from })
     }
 }
 
@@ -137,8 +150,9 @@ mod tests {
         let shown: Vec<i64> = (1..=5)
             .map(|id| db.build(BuildId(id)).unwrap().unwrap().weather)
             .collect();
-        // Newest first: two ids (k's and j's last build) per call.
-        assert_eq!(db.backfill_weathers(2).unwrap(), 3);
+        // Newest first: two builds (k's and j's last) per call; the mark
+        // goes down to the lowest done.
+        assert_eq!(db.backfill_weathers(2).unwrap(), 4);
         assert_eq!(
             weathers(&db),
             [
@@ -149,7 +163,7 @@ mod tests {
                 Some(weather::UNKNOWN)
             ]
         );
-        assert_eq!(db.backfill_weathers(2).unwrap(), 1);
+        assert_eq!(db.backfill_weathers(2).unwrap(), 2);
         assert_eq!(db.backfill_weathers(2).unwrap(), 0);
         assert_eq!(db.backfill_weathers(2).unwrap(), 0);
         let kept = [
@@ -173,5 +187,42 @@ mod tests {
             .unwrap();
         let at_finish: i64 = 5;
         assert_eq!(counted, at_finish);
+    }
+
+    #[test]
+    fn gaps_in_build_ids_cost_nothing() {
+        let mut db = Db::open_in_memory().unwrap();
+        let spec = Specification::new("a", "file:///x.git", "ci.scm", "jobs");
+        db.add_specifications(&[spec]).unwrap();
+        let jobs = [job("j", "j1"), job("k", "k1")];
+        db.register_evaluation("a", "c1", &jobs, 1).unwrap();
+        let done: Vec<_> = jobs
+            .iter()
+            .map(|j| (j.derivation.clone(), status::SUCCEEDED, None))
+            .collect();
+        db.finish_builds(&done, 2).unwrap();
+        // Build 2 becomes build 1,000,000,000,000, as after a long life
+        // and retention; neither has its weather.
+        db.connection()
+            .execute_batch(
+                "PRAGMA foreign_keys = OFF;
+                 UPDATE Builds SET id = 1000000000000 WHERE id = 2;
+                 UPDATE Outputs SET build = 1000000000000 WHERE build = 2;
+                 PRAGMA foreign_keys = ON;
+                 UPDATE Builds SET weather = NULL;
+                 UPDATE WeatherBackfill SET below = 1000000000001;",
+            )
+            .unwrap();
+        // One call for both, whatever lies between their ids.
+        assert_eq!(db.backfill_weathers(25).unwrap(), 0);
+        let nulls: i64 = db
+            .connection()
+            .query_row(
+                "SELECT COUNT(*) FROM Builds WHERE weather IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(nulls, 0);
     }
 }

@@ -33,14 +33,14 @@ impl EventLoop {
                     log::info!(target: DB, "weathers of builds finished before they were kept: all computed");
                 }
             }
-            Ok(left) => {
+            Ok(mark) => {
                 let first = !self.backfilled;
                 self.backfilled = true;
                 if first || now >= self.backfill_logged + STATUS_EVERY {
                     self.backfill_logged = now;
                     log::info!(
                         target: DB,
-                        "weathers of builds finished before they were kept: computing, {left} build ids left"
+                        "weathers of builds finished before they were kept: computing, down to build id {mark}"
                     );
                 }
             }
