@@ -401,6 +401,9 @@ pub struct Db {
     /// Whether new events are queued for the notification command
     /// ([`events::delivery`]); without one they are only listed.
     notifying: bool,
+    /// Where pending builds' positions are counted from
+    /// ([`queue_head`]); `None` until asked for.
+    queue_head: std::cell::RefCell<Option<queue_head::QueueHead>>,
 }
 
 impl Db {
@@ -441,6 +444,7 @@ impl Db {
         let mut db = Db {
             conn,
             notifying: false,
+            queue_head: Default::default(),
         };
         db.migrate()?;
         Ok(db)
@@ -476,6 +480,7 @@ impl Db {
     /// back to the system (glibc's `malloc_trim`); errors are ignored, as
     /// the memory merely stays.
     pub fn release_memory(&self) {
+        self.forget_queue_head();
         let _ = self.conn.execute_batch("PRAGMA shrink_memory");
         #[cfg(target_env = "gnu")]
         // SAFETY: malloc_trim has no preconditions.
@@ -957,6 +962,7 @@ pub mod events;
 pub mod gcroots;
 pub mod machines;
 pub mod queue;
+mod queue_head;
 pub mod read;
 pub mod retention;
 pub mod search;

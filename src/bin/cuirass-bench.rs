@@ -5,8 +5,10 @@
 //! NAME is one of `registration`, `streaming`, `trace-replay`,
 //! `bookkeeping`, `restart`, `api`, and at ci.guix's scale `restart-1m`,
 //! `scale-db` (makes the 10,000,000-build databases and times the
-//! upgrade), `api-10m`, `registration-10m`; none runs all but these last
-//! four, which need 20 GB of disk and take minutes each.  Needs the real guix-daemon and
+//! upgrade), `api-10m`, `registration-10m`, and `throughput`,
+//! `throughput-10m` (the `/build/ID` load run of `api` and `api-10m`
+//! alone); none runs all but these last six, which need 20 GB of disk
+//! or repeat a part of another.  Needs the real guix-daemon and
 //! Guix (see /work/shared/GUIX.md); the first run makes and builds the
 //! benchmark's derivations once and caches their evaluator output under
 //! /var/tmp/cuirass-bench/, and `api` generates its database of 1,000,000
@@ -41,7 +43,14 @@ use std::process::ExitCode;
 type Bench = fn() -> Result<Vec<Figure>, String>;
 
 /// Run only when named.
-const ON_REQUEST: &[&str] = &["restart-1m", "scale-db", "api-10m", "registration-10m"];
+const ON_REQUEST: &[&str] = &[
+    "restart-1m",
+    "scale-db",
+    "api-10m",
+    "registration-10m",
+    "throughput",
+    "throughput-10m",
+];
 
 const BENCHES: &[(&str, Bench)] = &[
     ("registration", registration::run),
@@ -55,6 +64,8 @@ const BENCHES: &[(&str, Bench)] = &[
     ("scale-db", api::generate_10m),
     ("api-10m", api::run_10m),
     ("registration-10m", scale::run),
+    ("throughput", api::throughput),
+    ("throughput-10m", api::throughput_10m),
 ];
 
 fn main() -> ExitCode {

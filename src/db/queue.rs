@@ -242,8 +242,9 @@ impl Db {
 
     /// Where pending build `id` (status `st`, rank `rank`, of `spec`)
     /// stands.  Its position counts the started builds and the scheduled
-    /// ones of active specs ahead of it in queue order (an index range
-    /// walk, O(position), stopped after [`POSITION_LIMIT`]); builds ahead
+    /// ones of active specs ahead of it in queue order (counted up to
+    /// [`POSITION_LIMIT`], in the head of the queue kept until the
+    /// database changes: `queue_head`); builds ahead
     /// that wait for an input are counted too, so it is the latest place
     /// it can start at.
     pub fn waiting(
@@ -253,29 +254,13 @@ impl Db {
         rank: i64,
         spec: &str,
     ) -> Result<Option<Waiting>> {
-        self.waiting_with(id, st, spec, || {
-            let ahead: i64 = self
-                .conn
-                .prepare_cached(
-                    "SELECT (SELECT COUNT(*) FROM Builds INDEXED BY Builds_queue
-                             WHERE status < 0 AND status = -1)
-                          + (SELECT COUNT(*) FROM
-                          (SELECT 1 FROM Builds b INDEXED BY Builds_queue
-                           JOIN Evaluations e ON e.id = b.evaluation
-                           JOIN Specifications s ON s.repo_name = e.specification
-                           WHERE b.status < 0 AND b.status = -2
-                             AND (b.queue_rank, b.id) < (?1, ?2) AND s.is_active != 0
-                           LIMIT ?3))",
-                )?
-                .query_row(params![rank, id, POSITION_LIMIT + 1], |r| r.get(0))?;
-            Ok(ahead + 1)
-        })
-        .map(|w| match w {
-            Some(Waiting::Queued { position }) if position > POSITION_LIMIT + 1 => {
-                Some(Waiting::QueuedBeyond { position })
-            }
-            w => w,
-        })
+        self.waiting_with(id, st, spec, || Ok(self.builds_ahead(rank, id)? + 1))
+            .map(|w| match w {
+                Some(Waiting::Queued { position }) if position > POSITION_LIMIT + 1 => {
+                    Some(Waiting::QueuedBeyond { position })
+                }
+                w => w,
+            })
     }
 
     /// [`Db::waiting`] with the position given by `position` when it is

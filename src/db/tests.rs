@@ -611,3 +611,59 @@ fn statements_are_not_compiled_again_for_each_bound_value() {
     assert_eq!(stmt.get_status(rusqlite::StatementStatus::Run), 10);
     assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
 }
+
+#[test]
+fn a_position_follows_every_write_to_the_queue_of_this_and_other_connections() {
+    use crate::db::queue::Waiting;
+    let dir = std::env::temp_dir().join(format!("cuirass-dbhead-{}", std::process::id()));
+    let path = dir.join("head.db");
+    let _ = std::fs::remove_file(&path);
+    let mut db = Db::open(&path).unwrap();
+    db.add_specifications(&[spec("a")]).unwrap();
+    let jobs = [job("x"), job("y"), job("z")];
+    db.register_evaluation("a", "c1", &jobs, 1000).unwrap();
+    let position = |db: &Db, name: &str| {
+        let id: i64 = db
+            .connection()
+            .query_row("SELECT id FROM Builds WHERE derivation LIKE '%-' || ?1 || '.drv'", [name], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let b = db.build(BuildId(id)).unwrap().unwrap();
+        match db.waiting(b.id, b.status, b.rank, "a").unwrap() {
+            Some(Waiting::Queued { position }) => position,
+            w => panic!("{name}: {w:?}"),
+        }
+    };
+    assert_eq!(position(&db, "z"), 3);
+    // Asked again with nothing changed: the same, from the kept head.
+    assert_eq!(position(&db, "z"), 3);
+    assert_eq!(position(&db, "y"), 2);
+    // This connection cancels x.
+    db.connection()
+        .execute("UPDATE Builds SET status = 4 WHERE derivation LIKE '%-x.drv'", [])
+        .unwrap();
+    assert_eq!(position(&db, "z"), 2);
+    // Another connection (the sqlite3 shell, a command-line tool) moves
+    // z to the front.
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other
+        .execute(
+            "UPDATE Builds SET queue_rank = queue_rank - 100 WHERE derivation LIKE '%-z.drv'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(position(&db, "z"), 1);
+    assert_eq!(position(&db, "y"), 2);
+    // Inside a write transaction that is then rolled back, the head read
+    // there does not outlive it.
+    db.connection().execute_batch("BEGIN").unwrap();
+    db.connection()
+        .execute("UPDATE Builds SET status = -1 WHERE derivation LIKE '%-y.drv'", [])
+        .unwrap();
+    assert_eq!(position(&db, "z"), 2, "y started, within the transaction");
+    db.connection().execute_batch("ROLLBACK").unwrap();
+    assert_eq!(position(&db, "z"), 1);
+    drop(db);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -255,14 +255,90 @@ fn head_of_line(
     ))
 }
 
+/// Each route's sequential latency, then the head-of-line wait.
+fn latencies(
+    port: u16,
+    shape: &Shape,
+    db: &Path,
+    build_path: &dyn Fn(u64) -> String,
+) -> Result<Vec<Figure>, String> {
+    let mut figures = Vec::new();
+    let mut client = Client::connect(port)?;
+    api_db::restore_specifications(db)?;
+    let mut build_median = 0.0;
+    for (name, path) in routes(shape) {
+        let (p50, p99) = sequential(&mut client, &path)?;
+        if name.starts_with("/build/ID ") {
+            build_median = p50;
+        }
+        let target = if name.starts_with("/search") {
+            20.0
+        } else {
+            10.0
+        };
+        let what = format!("{SEQUENTIAL} sequential keep-alive requests");
+        figures.push(
+            Figure::new(
+                &format!("API latency {name}: median"),
+                p50,
+                "ms",
+                Some(Target::AtMost(2.0)),
+            )
+            .note(what),
+        );
+        figures.push(Figure::new(
+            &format!("API latency {name}: p99"),
+            p99,
+            "ms",
+            Some(Target::AtMost(target)),
+        ));
+    }
+    figures.push(whole_jobs_listing(&mut client, shape)?);
+    drop(client);
+
+    let (extra, large_alone) = head_of_line(port, build_median, build_path)?;
+    figures.push(
+        Figure::new(
+            "API head-of-line: extra wait of /build/ID behind /api/latestbuilds?nr=1000",
+            extra,
+            "ms",
+            Some(Target::AtMost(1.0)),
+        )
+        .note(format!(
+            "median of {HOL_TRIALS}, sent {} µs after the large one, which takes {large_alone:.2} ms alone",
+            HOL_DELAY.as_micros()
+        )),
+    );
+
+    Ok(figures)
+}
+
 /// The figures on the 1,000,000-build database.
 pub fn run() -> Result<Vec<Figure>, String> {
-    run_on(&api_db::ONE_MILLION)
+    run_on(&api_db::ONE_MILLION, Part::All)
 }
 
 /// The figures on the 10,000,000-build database.
 pub fn run_10m() -> Result<Vec<Figure>, String> {
-    run_on(&api_db::TEN_MILLION)
+    run_on(&api_db::TEN_MILLION, Part::All)
+}
+
+/// Only the `/build/ID` throughput run on the 1,000,000-build database,
+/// with the CPU time each side used: for working on the server's cost
+/// per request without the twenty other routes.
+pub fn throughput() -> Result<Vec<Figure>, String> {
+    run_on(&api_db::ONE_MILLION, Part::Throughput)
+}
+
+/// As [`throughput`], on the 10,000,000-build database.
+pub fn throughput_10m() -> Result<Vec<Figure>, String> {
+    run_on(&api_db::TEN_MILLION, Part::Throughput)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Part {
+    All,
+    Throughput,
 }
 
 /// Generates (once) the 10,000,000-build database in the 2018 schema
@@ -273,16 +349,20 @@ pub fn generate_10m() -> Result<Vec<Figure>, String> {
     api_db::upgrade_figures(&api_db::TEN_MILLION)
 }
 
-fn run_on(shape: &Shape) -> Result<Vec<Figure>, String> {
+fn run_on(shape: &Shape, part: Part) -> Result<Vec<Figure>, String> {
     let cuirass = cuirass_binary()?;
     let template = api_db::template(shape)?;
     let build_path = build_path(shape.builds());
     let tmp = TempDir::new("api");
     let db = tmp.path().join("cuirass.db");
     std::fs::copy(&template, &db).map_err(|e| format!("copying {}: {e}", template.display()))?;
-    let mut figures = match shape.compare {
-        true => api_db::side_by_side(&db)?,
-        false => api_db::without_comparison(&db)?,
+    let mut figures = match (part, shape.compare) {
+        (Part::Throughput, _) => {
+            api_db::without_comparison(&db)?;
+            Vec::new()
+        }
+        (Part::All, true) => api_db::side_by_side(&db)?,
+        (Part::All, false) => api_db::without_comparison(&db)?,
     };
     let pin = cpus();
     let (daemon_cpu, load_cpu) = (pin.map(|p| p.0), pin.map(|p| p.1));
@@ -323,52 +403,10 @@ fn run_on(shape: &Shape) -> Result<Vec<Figure>, String> {
         .note("6 s after its first answer, no request meanwhile"),
     );
 
-    let mut client = Client::connect(port)?;
-    api_db::restore_specifications(&db)?;
-    let mut build_median = 0.0;
-    for (name, path) in routes(shape) {
-        let (p50, p99) = sequential(&mut client, &path)?;
-        if name.starts_with("/build/ID ") {
-            build_median = p50;
-        }
-        let target = if name.starts_with("/search") {
-            20.0
-        } else {
-            10.0
-        };
-        let what = format!("{SEQUENTIAL} sequential keep-alive requests");
-        figures.push(
-            Figure::new(
-                &format!("API latency {name}: median"),
-                p50,
-                "ms",
-                Some(Target::AtMost(2.0)),
-            )
-            .note(what),
-        );
-        figures.push(Figure::new(
-            &format!("API latency {name}: p99"),
-            p99,
-            "ms",
-            Some(Target::AtMost(target)),
-        ));
+    match part {
+        Part::All => figures.extend(latencies(port, shape, &db, &build_path)?),
+        Part::Throughput => api_db::restore_specifications(&db)?,
     }
-    figures.push(whole_jobs_listing(&mut client, shape)?);
-    drop(client);
-
-    let (extra, large_alone) = head_of_line(port, build_median, &build_path)?;
-    figures.push(
-        Figure::new(
-            "API head-of-line: extra wait of /build/ID behind /api/latestbuilds?nr=1000",
-            extra,
-            "ms",
-            Some(Target::AtMost(1.0)),
-        )
-        .note(format!(
-            "median of {HOL_TRIALS}, sent {} µs after the large one, which takes {large_alone:.2} ms alone",
-            HOL_DELAY.as_micros()
-        )),
-    );
 
     // Warm-up at full concurrency, so that the RSS baseline includes the
     // connections' buffers and SQLite's page cache after random reads.
@@ -381,6 +419,7 @@ fn run_on(shape: &Shape) -> Result<Vec<Figure>, String> {
         build_path.clone(),
     )?;
     let before = rss_mib(pid)?;
+    let cpu_before = (proc_cpu(pid), proc_cpu(std::process::id()));
     let load = closed_loop(
         port,
         CONNECTIONS,
@@ -391,6 +430,19 @@ fn run_on(shape: &Shape) -> Result<Vec<Figure>, String> {
     )?;
     let after = rss_mib(pid)?;
     let rate = load.requests as f64 / secs(load.elapsed);
+    // Which side is the bottleneck: the daemon at 100 % of its CPU is;
+    // a daemon waiting on the generator is not measured at all.
+    let busy = |before: Option<f64>, pid: u32| {
+        let used = proc_cpu(pid).zip(before).map(|(a, b)| a - b);
+        used.map_or("?".to_string(), |u| {
+            format!("{:.0} %", 100.0 * u / secs(load.elapsed))
+        })
+    };
+    let busy = format!(
+        "CPU busy: cuirass {}, load generator {}",
+        busy(cpu_before.0, pid),
+        busy(cpu_before.1, std::process::id())
+    );
     figures.push(
         Figure::new(
             &format!("API throughput: /build/ID over {CONNECTIONS} keep-alive connections"),
@@ -399,7 +451,7 @@ fn run_on(shape: &Shape) -> Result<Vec<Figure>, String> {
             Some(Target::AtLeast(20_000.0)),
         )
         .note(format!(
-            "{} requests in {:.1} s; median {:.2} ms; {pinning}",
+            "{} requests in {:.1} s; median {:.2} ms; {pinning}; {busy}",
             load.requests,
             secs(load.elapsed),
             quantile_ms(&load.latencies, 0.5)
