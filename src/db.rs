@@ -404,6 +404,8 @@ pub struct Db {
     /// Where pending builds' positions are counted from
     /// ([`queue_head`]); `None` until asked for.
     queue_head: std::cell::RefCell<Option<queue_head::QueueHead>>,
+    /// Whether a read transaction of [`read_batch`] is open.
+    reading: std::cell::Cell<bool>,
 }
 
 impl Db {
@@ -445,6 +447,7 @@ impl Db {
             conn,
             notifying: false,
             queue_head: Default::default(),
+            reading: Default::default(),
         };
         db.migrate()?;
         Ok(db)
@@ -466,7 +469,7 @@ impl Db {
             )));
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
-            let tx = self.conn.transaction()?;
+            let tx = self.write()?;
             tx.execute_batch(sql)
                 .map_err(|e| Error(format!("migration {}: {e}", i + 1)))?;
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
@@ -495,7 +498,7 @@ impl Db {
 
     /// Adds or updates specifications, all or none.
     pub fn add_specifications(&mut self, specs: &[Specification]) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO Specifications
@@ -589,7 +592,7 @@ impl Db {
         jobs: &[JobRecord],
         now: i64,
     ) -> Result<EvalId> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let eval = Db::insert_evaluation(&tx, spec, commit, eval_status::SUCCEEDED, now)?;
         Db::insert_jobs(&tx, eval, jobs, now, |_, _, _| {})?;
         Db::set_stamp(&tx, spec, commit)?;
@@ -737,7 +740,7 @@ impl Db {
     /// move.  It is rolled back in the same transaction, so the commit's new
     /// evaluation replaces it instead of leaving it in progress forever.
     pub fn begin_evaluation(&mut self, spec: &str, commit: &str, now: i64) -> Result<EvalId> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let leftovers: Vec<EvalId> = tx
             .prepare_cached("SELECT id FROM Evaluations WHERE specification = ?1 AND status = ?2")?
             .query_map(params![spec, eval_status::IN_PROGRESS], |r| r.get(0))?
@@ -760,7 +763,7 @@ impl Db {
         jobs: &[JobRecord],
         now: i64,
     ) -> Result<Vec<PendingBuild>> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let mut added = Vec::with_capacity(jobs.len());
         Db::insert_jobs(&tx, eval, jobs, now, |id, job, rank| {
             added.push(PendingBuild {
@@ -792,7 +795,7 @@ impl Db {
         in_flight: &HashSet<String>,
         now: i64,
     ) -> Result<usize> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         tx.prepare_cached("UPDATE Evaluations SET status = ?2, evaltime = ?3 WHERE id = ?1")?
             .execute(params![eval, eval_status::SUCCEEDED, now])?;
         Db::set_stamp(&tx, spec, commit)?;
@@ -836,7 +839,8 @@ impl Db {
         in_flight: &HashSet<String>,
         now: i64,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let notifying = self.notifying;
+        let tx = self.write()?;
         tx.prepare_cached(
             "UPDATE Evaluations SET status = ?2, error = ?3, evaltime = ?4 WHERE id = ?1",
         )?
@@ -849,7 +853,7 @@ impl Db {
             build: None,
             error: Some(error),
         };
-        Db::insert_event(&tx, &event, now, events::delivery::initial(self.notifying))?;
+        Db::insert_event(&tx, &event, now, events::delivery::initial(notifying))?;
         let scheduled: Vec<(BuildId, String)> = tx
             .prepare_cached(
                 "SELECT id, derivation FROM Builds WHERE evaluation = ?1 AND status = ?2",
@@ -888,7 +892,7 @@ impl Db {
     /// Rolls back an evaluation whose jobs could not all be registered;
     /// the stamp stays, so its commit is evaluated again.
     pub fn abandon_evaluation(&mut self, eval: EvalId) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         Db::delete_evaluation(&tx, eval)?;
         tx.commit()?;
         Ok(())
@@ -897,7 +901,7 @@ impl Db {
     /// At start-up, evaluations a previous process left in progress are
     /// rolled back entirely, so their commit is evaluated again.
     pub fn roll_back_interrupted_evaluations(&mut self) -> Result<usize> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let evals: Vec<EvalId> = tx
             .prepare("SELECT id FROM Evaluations WHERE status = ?1")?
             .query_map([eval_status::IN_PROGRESS], |r| r.get(0))?
@@ -963,6 +967,7 @@ pub mod gcroots;
 pub mod machines;
 pub mod queue;
 mod queue_head;
+mod read_batch;
 pub mod read;
 pub mod retention;
 pub mod search;

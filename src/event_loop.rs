@@ -479,6 +479,7 @@ impl EventLoop {
                     kind.describe(&self.slots)
                 });
             }
+            self.db.end_reads();
             // The wait in poll is not work: only what the turn did counts.
             let took = advancing + woke.elapsed();
             if took > SLOW_TURN {
@@ -586,12 +587,28 @@ impl EventLoop {
         match kind {
             Event::Http => {
                 // Requests see every status the loop knows of.
-                self.write_statuses();
+                if self.unwritten.since.is_some() {
+                    self.db.end_reads();
+                    self.write_statuses();
+                }
+                // The turn's requests share one read transaction (see
+                // `db::read_batch`); a write request ends it.
+                self.db.begin_reads();
                 if let Some(http) = self.http.as_mut() {
                     http.handle(self.poll.registry(), event, &mut self.db, Instant::now());
                 }
                 self.apply_effects(Instant::now());
             }
+            _ => {
+                self.db.end_reads();
+                self.dispatch_other(kind);
+            }
+        }
+    }
+
+    fn dispatch_other(&mut self, kind: Event) {
+        match kind {
+            Event::Http => {}
             Event::Signal => {
                 for sig in self.signals.drain() {
                     self.on_signal(sig);

@@ -585,6 +585,13 @@ fn step(conn: &mut Conn, turn: &mut Turn) -> Step {
                 read += n;
                 conn.input.extend_from_slice(&buf[..n]);
                 conn.last_progress = now;
+                // A short read emptied the socket: what comes later is a
+                // new readiness event (mio is edge-triggered), so the
+                // read that would say WouldBlock is saved: one system
+                // call in three of a keep-alive request.
+                if n < buf.len() {
+                    conn.readable = false;
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.readable = false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -627,6 +634,7 @@ fn write_request(turn: &mut Turn, req: &http::Request) -> Option<api::admin::Out
     if req.method != "POST" && !writes {
         return None;
     }
+    turn.db.end_reads();
     let clock = api::admin::Now {
         now: turn.now,
         unix: wall_clock(),

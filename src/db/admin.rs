@@ -67,7 +67,7 @@ impl Db {
     /// `BuildAttempts`.  Errors: NotFound, Conflict for a build not
     /// finished.
     pub fn restart_build(&mut self, id: BuildId) -> ActionResult<Vec<Restarted>> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let st: Option<BuildStatus> = tx
             .prepare_cached("SELECT status FROM Builds WHERE id = ?1")?
             .query_row([id], |r| r.get(0))
@@ -109,7 +109,7 @@ impl Db {
     /// failed-dependency, failed-other), in dependency order.  Errors:
     /// NotFound.
     pub fn restart_failed_builds(&mut self, eval: EvalId) -> ActionResult<Vec<Restarted>> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         Db::evaluation_spec(&tx, eval)?;
         let set = tx
             .prepare_cached(
@@ -259,7 +259,7 @@ impl Db {
     /// Cancels build `id`, which must be scheduled (one handed to the
     /// daemon goes on).  Errors: NotFound, Conflict.
     pub fn cancel_build(&mut self, id: BuildId, now: i64) -> ActionResult<Canceled> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let row: Option<(BuildStatus, String)> = tx
             .prepare_cached(
                 "SELECT b.status, e.specification FROM Builds b
@@ -285,7 +285,7 @@ impl Db {
 
     /// Cancels the scheduled builds of evaluation `eval`.  Errors: NotFound.
     pub fn cancel_evaluation(&mut self, eval: EvalId, now: i64) -> ActionResult<Canceled> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let spec = Db::evaluation_spec(&tx, eval)?;
         let builds = tx
             .prepare_cached("SELECT id FROM Builds WHERE evaluation = ?1 AND status = ?2")?
@@ -357,7 +357,7 @@ impl Db {
     /// stamp), in one transaction.  Returns the builds deleted, whose log
     /// copies may go too.  Errors: NotFound.
     pub fn delete_specification(&mut self, name: &str) -> ActionResult<Vec<BuildId>> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let exists: Option<i64> = tx
             .prepare_cached("SELECT 1 FROM Specifications WHERE repo_name = ?1")?
             .query_row([name], |r| r.get(0))

@@ -30,7 +30,7 @@ impl Db {
     /// may be left (0: done).  Weathers are not added to
     /// `WeatherCounts`, which counts builds as they finish.
     pub fn backfill_weathers(&mut self, page: i64) -> Result<i64> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let below: i64 = tx
             .prepare_cached("SELECT below FROM WeatherBackfill")?
             .query_row([], |r| r.get(0))?;

@@ -17,7 +17,7 @@ pub struct CheckoutView {
 impl Db {
     /// Records the checkouts an evaluation was made from.
     pub fn add_checkouts(&mut self, eval: EvalId, checkouts: &[Checkout]) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT OR REPLACE INTO Checkouts (evaluation, channel, revision, directory)
@@ -83,7 +83,7 @@ impl Db {
             .iter()
             .filter_map(|o| Some((regex::Regex::new(&o.job).ok()?, o)))
             .collect();
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let mut added = 0;
         {
             let mut select = tx.prepare_cached(

@@ -138,7 +138,7 @@ impl Db {
     /// transaction.  An item that has a row already keeps its root file
     /// (so that file still goes with its last row) and the later expiry.
     pub fn add_gc_roots(&mut self, roots: &[RootRow], root: &str) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO GcRoots (item, expires, root) VALUES (?1, ?2, ?3)
@@ -174,7 +174,7 @@ impl Db {
     /// Forgets these items' rows, in one transaction; returns the root
     /// files that no row is held by any more, whose symlinks must go.
     pub fn remove_gc_roots(&mut self, items: &[String]) -> Result<Vec<String>> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let mut emptied = Vec::new();
         {
             let mut delete =

@@ -14,9 +14,10 @@
 //! or rolled back) and `PRAGMA data_version` (commits by other
 //! connections: the command-line tools, the `sqlite3` shell) are both as
 //! they were when it was read.  A busy farm writes statuses every few
-//! seconds, so the head is read again about that often; a reader that
-//! asks within a write transaction is not served from it, since that
-//! transaction may still roll back.
+//! seconds, so the head is read again about that often.  A reader that
+//! asks after a write of a transaction still open is not served from it,
+//! since that transaction may roll back; a read transaction sees one
+//! snapshot, whose `data_version` stays as it began.
 
 use super::queue::POSITION_LIMIT;
 use super::{Db, Result};
@@ -47,7 +48,8 @@ impl Db {
     /// specifications before (rank, id) in queue order, the latter
     /// counted up to `POSITION_LIMIT + 1`.
     pub(super) fn builds_ahead(&self, rank: i64, id: BuildId) -> Result<i64> {
-        if !self.conn.is_autocommit() {
+        let state = self.conn.transaction_state(None::<&str>)?;
+        if state == rusqlite::TransactionState::Write {
             return Ok(self.read_queue_head()?.ahead_of(rank, id));
         }
         let version = self.version()?;

@@ -89,7 +89,7 @@ impl Db {
     /// inputs, attempts and products, then its derivations, then its
     /// checkouts and itself.  A pending build is never deleted.
     pub fn delete_evaluation_chunk(&mut self, eval: EvalId, budget: usize) -> Result<Chunk> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let mut chunk = Chunk {
             builds: Vec::new(),
             outputs: Vec::new(),

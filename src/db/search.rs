@@ -175,7 +175,7 @@ impl Db {
     /// calls it once a turn, with [`NAME_INDEX_PAGE`], and comes back at
     /// once while it returns a full page.
     pub fn index_job_names(&mut self, page: usize) -> Result<usize> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let upto: i64 = tx
             .prepare_cached("SELECT upto FROM JobNamesIndexed")?
             .query_row([], |r| r.get(0))?;

@@ -92,7 +92,7 @@ impl Db {
     ) -> Result<usize> {
         debug_assert!(status::is_final(final_status));
         let mut tally = self.tally();
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let changed = Db::finish(
             &tx,
             derivation,
@@ -113,7 +113,7 @@ impl Db {
         now: i64,
     ) -> Result<()> {
         let mut tally = self.tally();
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         for (drv, st, log) in updates {
             let details = (log.as_deref(), None, None);
             Db::finish(&tx, drv, *st, details, now, &mut tally)?;
@@ -298,7 +298,7 @@ impl Db {
             })
             .collect();
         let mut tally = self.tally();
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         for &id in dispatched {
             Db::mark_dispatched(&tx, id, now)?;
         }
@@ -365,7 +365,7 @@ impl Db {
     /// never reached the daemon, so it has no log, and took no time (a
     /// zero in the duration histogram, like every finished build).
     pub fn fail_dependency(&mut self, id: BuildId, input: BuildId, now: i64) -> Result<usize> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let changed = tx
             .prepare_cached(
                 "UPDATE Builds SET status = ?2, starttime = ?3, stoptime = ?3,
@@ -405,7 +405,7 @@ impl Db {
     /// Puts builds of these derivations that were `started` back to
     /// `scheduled` (their daemon connection was lost).
     pub fn reschedule(&mut self, derivations: &[String]) -> Result<usize> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let mut changed = 0;
         {
             let mut stmt = tx.prepare_cached(

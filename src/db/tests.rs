@@ -667,3 +667,37 @@ fn a_position_follows_every_write_to_the_queue_of_this_and_other_connections() {
     drop(db);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn reads_of_a_turn_share_a_snapshot_and_a_write_ends_it() {
+    let dir = std::env::temp_dir().join(format!("cuirass-dbreads-{}", std::process::id()));
+    let path = dir.join("reads.db");
+    let _ = std::fs::remove_file(&path);
+    let mut db = Db::open(&path).unwrap();
+    db.add_specifications(&[spec("a")]).unwrap();
+    db.register_evaluation("a", "c1", &[job("x"), job("y")], 1000)
+        .unwrap();
+    let scheduled = |db: &Db| count(db, "SELECT COUNT(*) FROM Builds WHERE status = -2");
+    let other = rusqlite::Connection::open(&path).unwrap();
+    db.begin_reads();
+    assert_eq!(scheduled(&db), 2);
+    other
+        .execute("UPDATE Builds SET status = 4 WHERE id = 1", [])
+        .unwrap();
+    assert_eq!(scheduled(&db), 2, "one snapshot until the reads end");
+    db.end_reads();
+    assert_eq!(scheduled(&db), 1);
+    // A write transaction ends the reads rather than fail within them,
+    // and what it wrote stays.
+    db.begin_reads();
+    assert_eq!(scheduled(&db), 1);
+    db.cancel_build(BuildId(2), 2000).unwrap();
+    assert!(db.connection().is_autocommit());
+    assert_eq!(scheduled(&db), 0);
+    db.end_reads();
+    drop(db);
+    let db = Db::open(&path).unwrap();
+    assert_eq!(scheduled(&db), 0);
+    drop(db);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -73,7 +73,13 @@ impl EventLoop {
         let Some(http) = self.http.as_mut() else {
             return;
         };
-        for effect in http.take_effects() {
+        let effects = http.take_effects();
+        if !effects.is_empty() {
+            // Effects write (feeding a cycle, the queue): not within the
+            // turn's read transaction.
+            self.db.end_reads();
+        }
+        for effect in effects {
             match effect {
                 Effect::Trigger { spec, commit } => match self.live_slot(&spec) {
                     Some(i) => self.feed(i, Input::Trigger { commit }, now),
