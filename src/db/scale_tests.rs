@@ -380,9 +380,11 @@ fn searches_and_evaluation_pages_walk_indexes_with_ten_million_builds() {
         p.starts_with("SEARCH d USING INDEX Derivations_job_name") && !sorted(&p),
         "{p}"
     );
-    let p = plan(search::BUILD_OF_DERIVATION_ROW, 1);
+    let p = plan(&search::build_of_derivation_row(), 1);
     assert!(
-        p.contains("Builds_derivation (derivation=? AND evaluation=?)"),
+        p.starts_with("SEARCH d USING INTEGER PRIMARY KEY (rowid=?)")
+            && p.contains("Builds_derivation (derivation=? AND evaluation=?)")
+            && !p.contains("sqlite_autoindex_Derivations"),
         "{p}"
     );
     let p = plan(search::JOBS_OF_EVALUATION, 1);

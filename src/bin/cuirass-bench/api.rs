@@ -174,7 +174,7 @@ fn routes(shape: &Shape) -> Vec<(String, PathOf)> {
     ));
     r.push(("/metrics".into(), Box::new(|_| "/metrics".into())));
     r.push((
-        "/search?query=package-N (about 550 names)".into(),
+        "/search?query=package-N (N in 100-999: 1 to 111 packages)".into(),
         Box::new(move |i| format!("/search?query=package-{}", 100 + i % 900)),
     ));
     r.push((
