@@ -356,7 +356,7 @@ impl Db {
             let ids: Vec<BuildId> = aliased.into_iter().map(|(_, id)| id).collect();
             hits.extend(self.builds_by_id(&ids)?);
         }
-        hits.sort_unstable_by(|a, b| (b.evaluation, b.id).cmp(&(a.evaluation, a.id)));
+        hits.sort_unstable_by_key(|b| std::cmp::Reverse((b.evaluation, b.id)));
         hits.dedup_by_key(|b| b.id);
         hits.truncate(limit as usize);
         Ok(hits)
