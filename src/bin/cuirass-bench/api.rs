@@ -468,10 +468,14 @@ fn run_on(shape: &Shape, part: Part) -> Result<Vec<Figure>, String> {
             &format!("API: daemon VmRSS growth over {} requests", load.requests),
             after - before,
             "MiB",
-            Some(Target::AtMost(0.0)),
+            // A page or two of the allocator's comes and goes between
+            // runs (0–12 KiB seen); a leak of one byte a request would
+            // show as a whole MiB.
+            Some(Target::AtMost(0.1)),
         )
         .note(format!(
-            "VmRSS {before:.1} MiB after warm-up (50,000 requests), {after:.1} MiB after"
+            "VmRSS {before:.1} MiB after warm-up (50,000 requests), {after:.1} MiB after; \
+             up to 0.1 MiB is the allocator's pages coming and going"
         )),
     );
     if let Ok(Some(status)) = daemon.child.try_wait() {
