@@ -44,6 +44,9 @@ pub struct Proc {
     /// backtrace outgrows `stderr_tail`).
     pub error_prefix: Option<&'static str>,
     pub error_line: Option<String>,
+    /// Bytes of stdout one turn reads at most: [`READ_CAP`] unless set
+    /// (the evaluator's is smaller, see `job::EVALUATOR_READ_CAP`).
+    pub stdout_cap: usize,
 }
 
 /// Makes the child killed when cuirass dies (`PR_SET_PDEATHSIG`), so that
@@ -94,6 +97,7 @@ pub fn spawn_with_stdin(
         stderr_tail: Vec::new(),
         status: None,
         stdout_more: false,
+        stdout_cap: READ_CAP,
         stderr_more: false,
         killed: false,
         error_prefix: None,
@@ -111,7 +115,7 @@ enum Drained {
 }
 
 /// Reads what is available, at most READ_CAP bytes.
-fn drain(pipe: &mut Receiver, buf: &mut Vec<u8>) -> Drained {
+fn drain(pipe: &mut Receiver, buf: &mut Vec<u8>, cap: usize) -> Drained {
     let mut chunk = [0u8; 16 * 1024];
     let mut total = 0;
     loop {
@@ -120,7 +124,7 @@ fn drain(pipe: &mut Receiver, buf: &mut Vec<u8>) -> Drained {
             Ok(n) => {
                 buf.extend_from_slice(&chunk[..n]);
                 total += n;
-                if total >= READ_CAP {
+                if total >= cap {
                     return Drained::Capped;
                 }
             }
@@ -191,7 +195,7 @@ impl Proc {
         mut line: impl FnMut(&[u8]),
     ) -> Option<usize> {
         let pipe = self.stdout.as_mut()?;
-        let drained = drain(pipe, &mut self.stdout_buf);
+        let drained = drain(pipe, &mut self.stdout_buf, self.stdout_cap);
         self.stdout_more = drained == Drained::Capped;
         let open = drained != Drained::Closed;
         let too_long = split_capped(
@@ -216,7 +220,7 @@ impl Proc {
         let Some(pipe) = self.stderr.as_mut() else {
             return;
         };
-        let drained = drain(pipe, &mut self.stderr_buf);
+        let drained = drain(pipe, &mut self.stderr_buf, READ_CAP);
         self.stderr_more = drained == Drained::Capped;
         let open = drained != Drained::Closed;
         if !open && !self.stderr_buf.is_empty() && self.stderr_buf.last() != Some(&b'\n') {
@@ -324,5 +328,44 @@ mod tests {
         buf.extend_from_slice(b"0123456789\nx\n");
         assert!(split_capped(&mut buf, &mut skipping, 4, |l| seen.push(l.to_vec())));
         assert_eq!(seen.last().unwrap(), b"x");
+    }
+
+    #[test]
+    fn a_turn_reads_at_most_the_cap_and_says_more_is_left() {
+        let poll = mio::Poll::new().unwrap();
+        let mut cmd = Command::new("sh");
+        // 2,000 lines of 99 bytes and a newline: 200,000 bytes.
+        cmd.args([
+            "-c",
+            "i=0; while [ $i -lt 2000 ]; do printf '%099d\\n' $i; i=$((i+1)); done",
+        ]);
+        let mut proc = spawn(cmd, poll.registry(), Token(1), Token(2)).unwrap();
+        proc.stdout_cap = crate::job::EVALUATOR_READ_CAP;
+        let (mut lines, mut reads) = (0, 0);
+        while proc.stdout.is_some() {
+            let mut now = 0;
+            proc.read_stdout(poll.registry(), |l| {
+                assert_eq!(l.len(), 99);
+                now += 1;
+            });
+            // A turn's lines fit in the cap (plus one 16 KiB read).
+            assert!(
+                now * 100 <= crate::job::EVALUATOR_READ_CAP + 16 * 1024 + 100,
+                "{now}"
+            );
+            if now > 0 {
+                reads += 1;
+            }
+            lines += now;
+            if !proc.wants_read().0 {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+        assert_eq!(lines, 2000);
+        assert!(
+            reads >= 200_000 / (crate::job::EVALUATOR_READ_CAP + 16 * 1024),
+            "{reads}"
+        );
+        proc.child.wait().unwrap();
     }
 }

@@ -114,6 +114,16 @@ pub fn parse_line(line: &[u8]) -> Result<Line, String> {
     }
 }
 
+/// Bytes of the evaluator's output one loop turn reads at most, each
+/// read's jobs registered in one transaction: about 200 jobs of 150
+/// bytes.  Into a database of 10,000,000 builds a job costs about 0.26
+/// ms to register (a random leaf of four indexes, see README's
+/// "At ci.guix's scale"), so a turn stays near 50 ms where the 256 KiB of
+/// other pipes would hold the loop half a second; into a small
+/// database 200 jobs take 2–3 ms.  The evaluator waits on a full pipe
+/// meanwhile, and the loop comes back at once while bytes are left.
+pub const EVALUATOR_READ_CAP: usize = 32 * 1024;
+
 /// How the evaluator starts the one line that says why it failed (its
 /// backtrace, if any, follows on later lines).
 pub const EVALUATOR_ERROR_PREFIX: &str = "evaluate: error: ";

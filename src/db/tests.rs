@@ -625,9 +625,11 @@ fn a_position_follows_every_write_to_the_queue_of_this_and_other_connections() {
     let position = |db: &Db, name: &str| {
         let id: i64 = db
             .connection()
-            .query_row("SELECT id FROM Builds WHERE derivation LIKE '%-' || ?1 || '.drv'", [name], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT id FROM Builds WHERE derivation LIKE '%-' || ?1 || '.drv'",
+                [name],
+                |r| r.get(0),
+            )
             .unwrap();
         let b = db.build(BuildId(id)).unwrap().unwrap();
         match db.waiting(b.id, b.status, b.rank, "a").unwrap() {
@@ -641,7 +643,10 @@ fn a_position_follows_every_write_to_the_queue_of_this_and_other_connections() {
     assert_eq!(position(&db, "y"), 2);
     // This connection cancels x.
     db.connection()
-        .execute("UPDATE Builds SET status = 4 WHERE derivation LIKE '%-x.drv'", [])
+        .execute(
+            "UPDATE Builds SET status = 4 WHERE derivation LIKE '%-x.drv'",
+            [],
+        )
         .unwrap();
     assert_eq!(position(&db, "z"), 2);
     // Another connection (the sqlite3 shell, a command-line tool) moves
@@ -659,7 +664,10 @@ fn a_position_follows_every_write_to_the_queue_of_this_and_other_connections() {
     // there does not outlive it.
     db.connection().execute_batch("BEGIN").unwrap();
     db.connection()
-        .execute("UPDATE Builds SET status = -1 WHERE derivation LIKE '%-y.drv'", [])
+        .execute(
+            "UPDATE Builds SET status = -1 WHERE derivation LIKE '%-y.drv'",
+            [],
+        )
         .unwrap();
     assert_eq!(position(&db, "z"), 2, "y started, within the transaction");
     db.connection().execute_batch("ROLLBACK").unwrap();

@@ -108,6 +108,7 @@ impl EventLoop {
         self.spawn(index, Step::Evaluate, cmd, now);
         if let Some(child) = self.slots[index].child.as_mut() {
             child.proc.error_prefix = Some(crate::job::EVALUATOR_ERROR_PREFIX);
+            child.proc.stdout_cap = crate::job::EVALUATOR_READ_CAP;
         }
     }
 
