@@ -616,7 +616,13 @@ impl EventLoop {
             }
             Event::ReloadStdout | Event::ReloadStderr => self.reload_output(),
             Event::Roots => self.roots_io(),
-            Event::ChildStdout(i) if i < self.slots.len() => self.child_stdout(i),
+            // While a read stopped at the cap, `advance` reads the rest a
+            // cap a turn; reading here too would double the turn's work.
+            Event::ChildStdout(i) if i < self.slots.len() => {
+                if !self.stdout_pending(i) {
+                    self.child_stdout(i);
+                }
+            }
             Event::ChildStderr(i) if i < self.slots.len() => self.child_stderr(i),
             Event::Daemon(slot) if slot < self.conns.len() => self.daemon_io(slot),
             Event::NotifyStdout(p) | Event::NotifyStderr(p) => self.notify_output(p),

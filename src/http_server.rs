@@ -72,6 +72,9 @@ struct Conn {
     writable_interest: bool,
     /// The peer sent EOF; answer what is buffered, then close.
     eof: bool,
+    /// An event said the peer shut its side: the socket is read to its
+    /// end (the 0 that sets `eof`), not stopped at a short read.
+    read_closed: bool,
     /// Close once `output` is flushed.
     close_after_write: bool,
     /// Refused: output flushed and write side shut; drain until EOF.
@@ -237,6 +240,9 @@ impl HttpServer {
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             conn.readable = true;
         }
+        if event.is_read_closed() || event.is_error() {
+            conn.read_closed = true;
+        }
         self.service(registry, slot, db, now);
     }
 
@@ -318,6 +324,7 @@ impl HttpServer {
                 readable: true,
                 writable_interest: false,
                 eof: false,
+                read_closed: false,
                 close_after_write: false,
                 lingering: None,
                 request_started: None,
@@ -588,8 +595,10 @@ fn step(conn: &mut Conn, turn: &mut Turn) -> Step {
                 // A short read emptied the socket: what comes later is a
                 // new readiness event (mio is edge-triggered), so the
                 // read that would say WouldBlock is saved: one system
-                // call in three of a keep-alive request.
-                if n < buf.len() {
+                // call in three of a keep-alive request.  Not when the
+                // peer has shut its side: the EOF behind the bytes came
+                // with the same event, and only the next read sees it.
+                if n < buf.len() && !conn.read_closed {
                     conn.readable = false;
                 }
             }

@@ -37,8 +37,12 @@ impl Db {
         // A read transaction has nothing to lose: if COMMIT fails,
         // ROLLBACK still releases the snapshot and the locks.
         if let Err(e) = self.conn.execute_batch("COMMIT") {
-            log::debug!(target: crate::logging::DB, "read transaction: {e}; rolled back");
-            let _ = self.conn.execute_batch("ROLLBACK");
+            log::warn!(target: crate::logging::DB, "read transaction: {e}; rolled back");
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                // Every write transaction would now fail to begin, and
+                // say so.
+                log::error!(target: crate::logging::DB, "read transaction left open: {e}");
+            }
         }
     }
 

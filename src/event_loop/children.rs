@@ -120,6 +120,15 @@ impl EventLoop {
         format!("spec={:?} {step}", self.slots[index].cycle.spec.name)
     }
 
+    /// Whether the last read of slot `index`'s child stdout stopped at
+    /// its cap with bytes left.
+    pub(super) fn stdout_pending(&self, index: usize) -> bool {
+        self.slots[index]
+            .child
+            .as_ref()
+            .is_some_and(|c| c.proc.wants_read().0)
+    }
+
     pub(super) fn child_stdout(&mut self, index: usize) {
         let label = self.label(index);
         let Some(child) = self.slots[index].child.as_mut() else {

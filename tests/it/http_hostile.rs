@@ -108,6 +108,42 @@ fn hostile_requests_get_4xx_and_nothing_leaks() {
             "{request:?} -> {code}"
         );
     }
+    // A keep-alive request, then the client shuts its side at once: the
+    // answer comes and the connection closes then, not at the idle
+    // timeout. The socket is corked so that the request and the EOF go
+    // in one segment and the server sees both in one event.
+    for _ in 0..3 {
+        let asked = std::time::Instant::now();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let one: libc::c_int = 1;
+        // SAFETY: a valid socket and an int option.
+        let corked = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::IPPROTO_TCP,
+                libc::TCP_CORK,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(corked, 0);
+        s.write_all(b"GET /jobsets HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut reply = Vec::new();
+        let read = s.read_to_end(&mut reply);
+        let took = asked.elapsed();
+        assert!(
+            reply.starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&reply)
+        );
+        assert!(
+            read.is_ok() && took < Duration::from_secs(2),
+            "closed after {took:?}: {read:?}"
+        );
+    }
     for method in ["POST", "PUT", "DELETE", "BREW", "OPTIONS"] {
         let (code, _) = raw(
             port,
