@@ -618,10 +618,8 @@ impl EventLoop {
             Event::Roots => self.roots_io(),
             // While a read stopped at the cap, `advance` reads the rest a
             // cap a turn; reading here too would double the turn's work.
-            Event::ChildStdout(i) if i < self.slots.len() => {
-                if !self.stdout_pending(i) {
-                    self.child_stdout(i);
-                }
+            Event::ChildStdout(i) if i < self.slots.len() && !self.stdout_pending(i) => {
+                self.child_stdout(i)
             }
             Event::ChildStderr(i) if i < self.slots.len() => self.child_stderr(i),
             Event::Daemon(slot) if slot < self.conns.len() => self.daemon_io(slot),
