@@ -469,6 +469,10 @@ fn step(conn: &mut Conn, turn: &mut Turn) -> Step {
     }
     let mut read = 0;
     let mut answered = 0;
+    // Stopped at a turn's cap (requests or queued output) with requests
+    // still buffered: they are owed, and no readiness event will come
+    // for bytes already read.
+    let mut capped;
     loop {
         // Answer what is buffered before reading more, so a pipelining
         // client cannot make us buffer without bound.
@@ -482,7 +486,9 @@ fn step(conn: &mut Conn, turn: &mut Turn) -> Step {
                 Ok(Parsed::Partial) => break,
                 Ok(Parsed::Complete(req, used)) => {
                     conn.input.drain(..used);
-                    let keep = req.keep_alive && !conn.eof;
+                    // A peer that shut its side still gets every request
+                    // it sent answered; the last one says it closes.
+                    let keep = req.keep_alive && !(conn.eof && conn.input.is_empty());
                     if let Some((response, effects)) = write_request(turn, &req) {
                         turn.counters.record(routes::pattern(&req), response.status);
                         log::debug!(target: crate::logging::HTTP, "http: {} {} {:?} -> {}",
@@ -502,7 +508,7 @@ fn step(conn: &mut Conn, turn: &mut Turn) -> Step {
                             pager,
                             route: routes::pattern(&req),
                             head: req.is_head(),
-                            keep_alive: req.keep_alive && !conn.eof,
+                            keep_alive: req.keep_alive && !(conn.eof && conn.input.is_empty()),
                         });
                         answered += 1;
                         continue;
@@ -576,6 +582,7 @@ fn step(conn: &mut Conn, turn: &mut Turn) -> Step {
             false => conn.request_started.or(Some(now)),
         };
         let blocked = answered >= REQUESTS_PER_TURN || conn.queued() >= MAX_QUEUED;
+        capped = blocked;
         if blocked || conn.close_after_write || !conn.readable || conn.eof {
             break;
         }
@@ -610,9 +617,10 @@ fn step(conn: &mut Conn, turn: &mut Turn) -> Step {
     if flush(conn, now).is_err() {
         return Step::Close;
     }
-    // A listing still being paged is an answer owed, even to a peer that
-    // has shut its sending side.
-    if conn.queued() == 0 && !conn.busy() {
+    let owed = capped && !conn.input.is_empty() && !conn.close_after_write;
+    // A listing still being paged, or requests left for the next turn,
+    // are answers owed, even to a peer that has shut its sending side.
+    if conn.queued() == 0 && !conn.busy() && !owed {
         if conn.close_after_write {
             if conn.input.is_empty() && conn.eof {
                 return Step::Close;
@@ -626,8 +634,11 @@ fn step(conn: &mut Conn, turn: &mut Turn) -> Step {
             return Step::Close;
         }
     }
-    let more = conn.busy()
-        || (answered >= REQUESTS_PER_TURN && conn.queued() < MAX_QUEUED && !conn.input.is_empty());
+    // Stopped at a cap with the socket not read to its end: bytes, or
+    // the peer's EOF, wait there, and no new event will say so.
+    let unread = capped && conn.readable && !conn.eof;
+    // Output still over the cap: the writable event brings the turn.
+    let more = conn.busy() || ((owed || unread) && conn.queued() < MAX_QUEUED);
     Step::Wait { more }
 }
 

@@ -108,6 +108,58 @@ fn hostile_requests_get_4xx_and_nothing_leaks() {
             "{request:?} -> {code}"
         );
     }
+    // Thirty pipelined requests whose answers (about 30 KiB each: the
+    // query is echoed, escaped, three times) overflow a turn's output
+    // cap: every one is answered, with and without a half-close after
+    // them; with it, the connection then closes.
+    let query = "%3C".repeat(2_600);
+    let one = format!("GET /search?query={query} HTTP/1.1\r\nHost: t\r\n\r\n");
+    for half_close in [false, true] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(one.repeat(30).as_bytes()).unwrap();
+        if half_close {
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        let (mut buf, mut answers, mut bytes) = (Vec::new(), 0, 0);
+        let mut chunk = vec![0u8; 1 << 16];
+        while answers < 30 {
+            let n = match s.read(&mut chunk) {
+                Ok(0) => panic!("closed after {answers} answers (half-close {half_close})"),
+                Ok(n) => n,
+                Err(e) => panic!("{e} after {answers} answers (half-close {half_close})"),
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            // Each answer: a head with Content-Length, then its body.
+            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                assert!(head.starts_with("http/1.1 200"), "{head}");
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap();
+                if buf.len() < end + 4 + length {
+                    break;
+                }
+                buf.drain(..end + 4 + length);
+                answers += 1;
+                bytes += length;
+            }
+        }
+        assert!(bytes > 512 * 1024, "answers too small to overflow: {bytes}");
+        if half_close {
+            let mut rest = Vec::new();
+            let end = s.read_to_end(&mut rest);
+            assert!(
+                end.is_ok() && rest.is_empty(),
+                "after the answers: {end:?}, {} more bytes",
+                rest.len()
+            );
+        }
+    }
     // A keep-alive request, then the client shuts its side at once: the
     // answer comes and the connection closes then, not at the idle
     // timeout. The socket is corked so that the request and the EOF go
