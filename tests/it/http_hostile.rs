@@ -108,7 +108,7 @@ fn hostile_requests_get_4xx_and_nothing_leaks() {
             "{request:?} -> {code}"
         );
     }
-    // Thirty pipelined requests whose answers (about 30 KiB each: the
+    // Thirty pipelined requests whose answers (about 45 kB each: the
     // query is echoed, escaped, three times) overflow a turn's output
     // cap: every one is answered, with and without a half-close after
     // them; with it, the connection then closes.
