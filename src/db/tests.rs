@@ -612,16 +612,23 @@ fn statements_are_not_compiled_again_for_each_bound_value() {
     assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
 }
 
-#[test]
-fn a_position_follows_every_write_to_the_queue_of_this_and_other_connections() {
-    use crate::db::queue::Waiting;
-    let dir = std::env::temp_dir().join(format!("cuirass-dbhead-{}", std::process::id()));
-    let path = dir.join("head.db");
+/// A database file of its own (for a second connection to it), with spec
+/// "a" and one evaluation of `jobs`: (its directory, its path, it).
+fn file_db_with_jobs(tag: &str, jobs: &[&str]) -> (std::path::PathBuf, std::path::PathBuf, Db) {
+    let dir = std::env::temp_dir().join(format!("cuirass-db{tag}-{}", std::process::id()));
+    let path = dir.join(format!("{tag}.db"));
     let _ = std::fs::remove_file(&path);
     let mut db = Db::open(&path).unwrap();
     db.add_specifications(&[spec("a")]).unwrap();
-    let jobs = [job("x"), job("y"), job("z")];
+    let jobs: Vec<JobRecord> = jobs.iter().map(|j| job(j)).collect();
     db.register_evaluation("a", "c1", &jobs, 1000).unwrap();
+    (dir, path, db)
+}
+
+#[test]
+fn a_position_follows_every_write_to_the_queue_of_this_and_other_connections() {
+    use crate::db::queue::Waiting;
+    let (dir, path, db) = file_db_with_jobs("head", &["x", "y", "z"]);
     let position = |db: &Db, name: &str| {
         let id: i64 = db
             .connection()
@@ -678,13 +685,7 @@ fn a_position_follows_every_write_to_the_queue_of_this_and_other_connections() {
 
 #[test]
 fn reads_of_a_turn_share_a_snapshot_and_a_write_ends_it() {
-    let dir = std::env::temp_dir().join(format!("cuirass-dbreads-{}", std::process::id()));
-    let path = dir.join("reads.db");
-    let _ = std::fs::remove_file(&path);
-    let mut db = Db::open(&path).unwrap();
-    db.add_specifications(&[spec("a")]).unwrap();
-    db.register_evaluation("a", "c1", &[job("x"), job("y")], 1000)
-        .unwrap();
+    let (dir, path, mut db) = file_db_with_jobs("reads", &["x", "y"]);
     let scheduled = |db: &Db| count(db, "SELECT COUNT(*) FROM Builds WHERE status = -2");
     let other = rusqlite::Connection::open(&path).unwrap();
     db.begin_reads();
