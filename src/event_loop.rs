@@ -584,6 +584,10 @@ impl EventLoop {
     }
 
     fn dispatch(&mut self, kind: Event, event: &mio::event::Event) {
+        // Only HTTP requests share the turn's read transaction.
+        if !matches!(kind, Event::Http) {
+            self.db.end_reads();
+        }
         match kind {
             Event::Http => {
                 // Requests see every status the loop knows of.
@@ -599,16 +603,6 @@ impl EventLoop {
                 }
                 self.apply_effects(Instant::now());
             }
-            _ => {
-                self.db.end_reads();
-                self.dispatch_other(kind);
-            }
-        }
-    }
-
-    fn dispatch_other(&mut self, kind: Event) {
-        match kind {
-            Event::Http => {}
             Event::Signal => {
                 for sig in self.signals.drain() {
                     self.on_signal(sig);

@@ -469,9 +469,8 @@ fn step(conn: &mut Conn, turn: &mut Turn) -> Step {
     }
     let mut read = 0;
     let mut answered = 0;
-    // Stopped at a turn's cap (requests or queued output) with requests
-    // still buffered: they are owed, and no readiness event will come
-    // for bytes already read.
+    // Whether the turn stopped at a cap (requests or queued output):
+    // what is left buffered or unread then gets no readiness event.
     let mut capped;
     loop {
         // Answer what is buffered before reading more, so a pipelining
@@ -508,7 +507,7 @@ fn step(conn: &mut Conn, turn: &mut Turn) -> Step {
                             pager,
                             route: routes::pattern(&req),
                             head: req.is_head(),
-                            keep_alive: req.keep_alive && !(conn.eof && conn.input.is_empty()),
+                            keep_alive: keep,
                         });
                         answered += 1;
                         continue;

@@ -50,15 +50,12 @@ impl Db {
     pub(super) fn builds_ahead(&self, rank: i64, id: BuildId) -> Result<i64> {
         let state = self.conn.transaction_state(None::<&str>)?;
         if state == rusqlite::TransactionState::Write {
-            return Ok(self.read_queue_head()?.ahead_of(rank, id));
+            return Ok(self.read_queue_head((0, 0))?.ahead_of(rank, id));
         }
         let version = self.version()?;
         let mut cached = self.queue_head.borrow_mut();
         if cached.as_ref().is_none_or(|h| h.version != version) {
-            *cached = Some(QueueHead {
-                version,
-                ..self.read_queue_head()?
-            });
+            *cached = Some(self.read_queue_head(version)?);
         }
         Ok(cached.as_ref().map_or(0, |h| h.ahead_of(rank, id)))
     }
@@ -76,7 +73,8 @@ impl Db {
         Ok((self.conn.total_changes(), data_version))
     }
 
-    fn read_queue_head(&self) -> Result<QueueHead> {
+    /// The head as it is now, marked as read at `version`.
+    fn read_queue_head(&self, version: (u64, i64)) -> Result<QueueHead> {
         let started = self
             .conn
             .prepare_cached(
@@ -99,7 +97,7 @@ impl Db {
             .query_map([POSITION_LIMIT + 1], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(QueueHead {
-            version: (0, 0),
+            version,
             started,
             scheduled,
         })
