@@ -454,6 +454,18 @@ fn bound_id(n: u8) -> String {
     format!("CAST(?{n} AS INTEGER)")
 }
 
+/// The SQL of a build's outputs (?1: the build), each with when its GC
+/// root may go (NULL: none held): one leaf of `Outputs`' key, in name
+/// order (migration 20), and one of `GcRoots`.
+pub(crate) fn outputs_of_build_sql() -> String {
+    format!(
+        "SELECT o.name, o.path, r.expires FROM Outputs o
+           LEFT JOIN GcRoots r ON r.item = o.path
+         WHERE o.build = {} ORDER BY o.name",
+        bound_id(1)
+    )
+}
+
 /// Which pending builds `/api/queue` lists: all of them, or those of one
 /// specification, job, system, evaluation or derivation (as
 /// `/api/latestbuilds` filters), always in dispatch order.
@@ -846,12 +858,7 @@ impl Db {
         shown: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<BuildView>> {
         self.name_builds(&mut builds, shown)?;
-        let mut outputs = self.conn.prepare_cached(&format!(
-            "SELECT o.name, o.path, r.expires FROM Outputs o
-               LEFT JOIN GcRoots r ON r.item = o.path
-             WHERE o.build = {} ORDER BY o.name",
-            bound_id(1)
-        ))?;
+        let mut outputs = self.conn.prepare_cached(&outputs_of_build_sql())?;
         let mut previous = self.conn.prepare_cached(PREVIOUS_FINISHED_BUILD)?;
         let mut previous_alias = self.conn.prepare_cached(PREVIOUS_FINISHED_BUILD_OF_ALIAS)?;
         for b in &mut builds {

@@ -416,6 +416,18 @@ fn searches_and_evaluation_pages_walk_indexes_with_ten_million_builds() {
         1,
     );
     assert!(p.starts_with("SEARCH BuildCounts USING PRIMARY KEY"), "{p}");
+    // A build's outputs: the rows are in the key's leaf (migration 20),
+    // and a store item's build is in `Outputs_path` alone.
+    let p = plan(&read::outputs_of_build_sql(), 1);
+    assert!(
+        p.starts_with("SEARCH o USING PRIMARY KEY (build=?)") && !sorted(&p),
+        "{p}"
+    );
+    let p = plan(read::OUTPUT, 1);
+    assert!(
+        p.starts_with("SEARCH o USING COVERING INDEX Outputs_path (path=?)"),
+        "{p}"
+    );
     let p = plan(dashboard::NEW_FAILURES_OF_EVALUATION, 1);
     assert_eq!(
         p,
