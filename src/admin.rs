@@ -49,8 +49,11 @@ pub enum Effect {
     KeepLog { build: BuildId, attempt: i64 },
     /// A specification was added or edited (and is active): poll it.
     SpecChanged(Box<crate::spec::Specification>),
-    /// A specification was deactivated or deleted: stop its cycle.
+    /// A specification was deactivated: stop its cycle.
     SpecStopped { spec: String },
+    /// A specification was deleted: stop its cycle, and delete its
+    /// history (its tombstone's rows) a chunk per turn.
+    SpecDeleted { spec: String },
 }
 
 /// One valid token: a label for the logs, and the token's digest.

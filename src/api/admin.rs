@@ -299,8 +299,9 @@ fn run(
                 ));
             }
             let builds = db.delete_specification(arg).map_err(action_error)?;
-            effects.push(Effect::SpecStopped { spec: arg.into() });
-            Ok(json!({ "deleted": arg, "builds": builds.len() }))
+            effects.push(Effect::SpecDeleted { spec: arg.into() });
+            // The builds go in the background, a chunk per loop turn.
+            Ok(json!({ "deleted": arg, "builds": builds }))
         }
         Route::AddSpec | Route::EditSpec => {
             let name = match route {

@@ -361,21 +361,53 @@ fn specification_actions() {
     assert_eq!((code, v["builds"].clone()), (200, json!(4)), "{v}");
     assert_eq!(
         effects,
-        [Effect::SpecStopped {
+        [Effect::SpecDeleted {
             spec: "hello".into()
         }]
     );
-    assert!(db.build(BuildId(1)).unwrap().is_none());
+    // The name is gone at once; the history waits for the loop's chunks,
+    // under the tombstone, which no listing shows.
     assert_eq!(db.specification_active("hello").unwrap(), None);
-    let left: i64 = db
-        .connection()
-        .query_row(
-            "SELECT count(*) FROM Evaluations WHERE specification = 'hello'",
-            [],
-            |r| r.get(0),
-        )
+    let names: Vec<String> = db.specifications().unwrap().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["new", "other"]);
+    let evals_of = |db: &Db, spec: &str| -> i64 {
+        db.connection()
+            .query_row(
+                "SELECT count(*) FROM Evaluations WHERE specification = ?1",
+                [spec],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(evals_of(&db, "hello"), 0);
+    assert_eq!(evals_of(&db, "hello/(deleted)"), 1);
+    assert!(db.build(BuildId(1)).unwrap().is_some());
+    // A tombstone is not a specification to act on.
+    assert!(db.delete_specification("hello/(deleted)").is_err());
+    assert_eq!(db.specification_active("hello/(deleted)").unwrap(), None);
+    // The name may be used again before the old history is gone.
+    db.add_specifications(&[spec("hello", Some("master"))])
         .unwrap();
-    assert_eq!(left, 0);
+    db.register_evaluation("hello", "fff000", &[job("again")], 400)
+        .unwrap();
+    let mut chunks = 0;
+    while let Some(c) = db.spec_deletion_chunk(2).unwrap() {
+        chunks += 1;
+        assert_eq!(c.tombstone, "hello/(deleted)");
+        assert!(chunks < 100, "{c:?}");
+    }
+    assert!(chunks > 2, "{chunks} chunks of at most 2 rows");
+    for id in 1..=4 {
+        assert!(db.build(BuildId(id)).unwrap().is_none(), "build {id}");
+    }
+    assert_eq!(evals_of(&db, "hello/(deleted)"), 0);
+    assert_eq!(evals_of(&db, "hello"), 1, "the new spec's evaluation stays");
+    assert_eq!(db.specification_active("hello").unwrap(), Some(true));
+    let tombstones: i64 = db
+        .connection()
+        .query_row("SELECT count(*) FROM Specifications WHERE deleting = 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(tombstones, 0);
     assert!(
         db.build(BuildId(5)).unwrap().is_some(),
         "other's builds stay"

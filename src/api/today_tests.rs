@@ -403,7 +403,7 @@ fn an_output_and_the_build_that_made_it() {
     );
     let plan = crate::db::query_plan(db.connection(), crate::db::read::OUTPUT, [out]);
     assert!(
-        plan.starts_with("SEARCH o USING INDEX Outputs_path (path=?)"),
+        plan.starts_with("SEARCH o USING COVERING INDEX Outputs_path (path=?)"),
         "{plan}"
     );
     let plan = crate::db::query_plan(

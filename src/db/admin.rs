@@ -322,7 +322,9 @@ impl Db {
     pub fn specification_active(&self, name: &str) -> super::Result<Option<bool>> {
         Ok(self
             .conn
-            .prepare_cached("SELECT is_active FROM Specifications WHERE repo_name = ?1")?
+            .prepare_cached(
+                "SELECT is_active FROM Specifications WHERE repo_name = ?1 AND deleting = 0",
+            )?
             .query_row([name], |r| r.get::<_, i64>(0))
             .optional()?
             .map(|a| a != 0))
@@ -332,7 +334,7 @@ impl Db {
     pub fn inactive_specifications(&self) -> super::Result<BTreeSet<String>> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT repo_name FROM Specifications WHERE is_active = 0")?;
+            .prepare_cached("SELECT repo_name FROM Specifications WHERE is_active = 0 AND deleting = 0")?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -342,7 +344,9 @@ impl Db {
     pub fn set_specification_active(&mut self, name: &str, active: bool) -> ActionResult<()> {
         let changed = self
             .conn
-            .prepare_cached("UPDATE Specifications SET is_active = ?2 WHERE repo_name = ?1")?
+            .prepare_cached(
+                "UPDATE Specifications SET is_active = ?2 WHERE repo_name = ?1 AND deleting = 0",
+            )?
             .execute(params![name, active as i64])?;
         match changed {
             0 => Err(ActionError::NotFound(format!(
@@ -352,14 +356,17 @@ impl Db {
         }
     }
 
-    /// Deletes specification `name` and every row of its history
-    /// (evaluations, builds, their outputs, inputs and attempts, its
-    /// stamp), in one transaction.  Returns the builds deleted, whose log
-    /// copies may go too.  Errors: NotFound.
-    pub fn delete_specification(&mut self, name: &str) -> ActionResult<Vec<BuildId>> {
+    /// Deletes specification `name`: its row and stamp go at once, and
+    /// its evaluations move to its tombstone ([`tombstone`], migration
+    /// 21), whose rows the loop deletes a chunk per turn
+    /// ([`Db::spec_deletion_chunk`]).  The name is free again at once;
+    /// the builds stay readable until their chunk goes, and none is
+    /// dispatched (the tombstone has no live cycle).  Returns how many
+    /// builds are to go.  Errors: NotFound.
+    pub fn delete_specification(&mut self, name: &str) -> ActionResult<i64> {
         let tx = self.write()?;
         let exists: Option<i64> = tx
-            .prepare_cached("SELECT 1 FROM Specifications WHERE repo_name = ?1")?
+            .prepare_cached("SELECT 1 FROM Specifications WHERE repo_name = ?1 AND deleting = 0")?
             .query_row([name], |r| r.get(0))
             .optional()?;
         if exists.is_none() {
@@ -367,20 +374,25 @@ impl Db {
                 "Specification {name:?} not found."
             )));
         }
-        let builds = tx
+        let builds: i64 = tx
             .prepare_cached(
-                "SELECT b.id FROM Builds b JOIN Evaluations e ON e.id = b.evaluation
-                 WHERE e.specification = ?1",
+                "SELECT COALESCE(SUM(c.count), 0) FROM Evaluations e
+                 JOIN BuildCounts c ON c.evaluation = e.id WHERE e.specification = ?1",
             )?
-            .query_map([name], |r| r.get(0))?
-            .collect::<Result<Vec<BuildId>, _>>()?;
-        let evals = tx
-            .prepare_cached("SELECT id FROM Evaluations WHERE specification = ?1")?
-            .query_map([name], |r| r.get(0))?
-            .collect::<Result<Vec<EvalId>, _>>()?;
-        for eval in evals {
-            Db::delete_evaluation(&tx, eval)?;
-        }
+            .query_row([name], |r| r.get(0))?;
+        let tomb = tombstone(name);
+        // A tombstone left by an earlier deletion of the name, still
+        // under way, takes these evaluations too.
+        tx.prepare_cached(
+            "INSERT INTO Specifications (repo_name, url, load_path, file, proc, arguments,
+                                         is_active, deleting)
+             SELECT ?2, url, load_path, file, proc, arguments, 0, 1
+             FROM Specifications WHERE repo_name = ?1
+             ON CONFLICT (repo_name) DO UPDATE SET is_active = 0, deleting = 1",
+        )?
+        .execute(params![name, tomb])?;
+        tx.prepare_cached("UPDATE Evaluations SET specification = ?2 WHERE specification = ?1")?
+            .execute(params![name, tomb])?;
         tx.execute("DELETE FROM Stamps WHERE specification = ?1", [name])?;
         tx.execute("DELETE FROM Specifications WHERE repo_name = ?1", [name])?;
         tx.commit()?;
@@ -405,3 +417,12 @@ impl Db {
         Ok(())
     }
 }
+
+/// The name a deleted specification's history is kept under until the
+/// loop has deleted it: `NAME/(deleted)`, which no polled specification
+/// can have (`spec::check_name` refuses a '/').
+pub fn tombstone(name: &str) -> String {
+    format!("{name}{TOMBSTONE_SUFFIX}")
+}
+
+pub const TOMBSTONE_SUFFIX: &str = "/(deleted)";

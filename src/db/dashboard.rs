@@ -248,7 +248,7 @@ impl Db {
     pub fn spec_summaries(&self) -> Result<Vec<SpecSummary>> {
         let specs: Vec<(String, Option<String>)> = self
             .conn
-            .prepare_cached("SELECT repo_name, branch FROM Specifications ORDER BY repo_name")?
+            .prepare_cached("SELECT repo_name, branch FROM Specifications WHERE deleting = 0 ORDER BY repo_name")?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
         specs
@@ -267,7 +267,7 @@ impl Db {
     pub fn specification_exists(&self, name: &str) -> Result<bool> {
         Ok(self
             .conn
-            .prepare_cached("SELECT 1 FROM Specifications WHERE repo_name = ?1")?
+            .prepare_cached("SELECT 1 FROM Specifications WHERE repo_name = ?1 AND deleting = 0")?
             .query_row([name], |_| Ok(()))
             .optional()?
             .is_some())

@@ -35,6 +35,17 @@ pub enum ChunkEnd {
     Kept,
 }
 
+/// A chunk of a deleted specification's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecChunk {
+    /// The tombstone's name ([`super::admin::tombstone`]).
+    pub tombstone: String,
+    /// The evaluation the chunk was of; `None` when the chunk deleted
+    /// the tombstone, the history's last row.
+    pub evaluation: Option<EvalId>,
+    pub chunk: Chunk,
+}
+
 /// What one chunk deleted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {
@@ -89,6 +100,51 @@ impl Db {
     /// inputs, attempts and products, then its derivations, then its
     /// checkouts and itself.  A pending build is never deleted.
     pub fn delete_evaluation_chunk(&mut self, eval: EvalId, budget: usize) -> Result<Chunk> {
+        self.delete_chunk(eval, budget, false)
+    }
+
+    /// Deletes about `budget` rows of a deleted specification's history
+    /// ([`Db::delete_specification`]): of the oldest evaluation of a
+    /// tombstone, pending builds too (none is dispatched: a tombstone
+    /// has no live cycle); the tombstone goes after its last evaluation.
+    /// `None` when no deletion is under way.
+    pub fn spec_deletion_chunk(&mut self, budget: usize) -> Result<Option<SpecChunk>> {
+        let found: Option<(String, Option<EvalId>)> = self
+            .conn
+            .prepare_cached(
+                "SELECT s.repo_name,
+                        (SELECT MIN(e.id) FROM Evaluations e WHERE e.specification = s.repo_name)
+                 FROM Specifications s WHERE s.deleting = 1 LIMIT 1",
+            )?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((tomb, eval)) = found else {
+            return Ok(None);
+        };
+        let Some(eval) = eval else {
+            let tx = self.write()?;
+            tx.execute("DELETE FROM Specifications WHERE repo_name = ?1", [&tomb])?;
+            tx.commit()?;
+            return Ok(Some(SpecChunk {
+                tombstone: tomb,
+                evaluation: None,
+                chunk: Chunk {
+                    builds: Vec::new(),
+                    outputs: Vec::new(),
+                    rows: 1,
+                    end: ChunkEnd::Deleted,
+                },
+            }));
+        };
+        let chunk = self.delete_chunk(eval, budget, true)?;
+        Ok(Some(SpecChunk {
+            tombstone: tomb,
+            evaluation: Some(eval),
+            chunk,
+        }))
+    }
+
+    fn delete_chunk(&mut self, eval: EvalId, budget: usize, pending: bool) -> Result<Chunk> {
         let tx = self.write()?;
         let mut chunk = Chunk {
             builds: Vec::new(),
@@ -98,9 +154,10 @@ impl Db {
         };
         let ids: Vec<BuildId> = tx
             .prepare_cached(
-                "SELECT id FROM Builds WHERE evaluation = ?1 AND status >= 0 ORDER BY id LIMIT ?2",
+                "SELECT id FROM Builds WHERE evaluation = ?1 AND (status >= 0 OR ?3)
+                 ORDER BY id LIMIT ?2",
             )?
-            .query_map(params![eval, budget as i64], |r| r.get(0))?
+            .query_map(params![eval, budget as i64, pending], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         if ids.is_empty() {
             let pending: bool = tx

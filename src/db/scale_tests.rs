@@ -153,6 +153,7 @@ fn counts_and_names_follow_the_operators_actions() {
         })
         .unwrap();
     db.delete_specification("t").unwrap();
+    while db.spec_deletion_chunk(1000).unwrap().is_some() {}
     counts_agree(&db);
     let left: i64 = db
         .connection()
@@ -355,7 +356,7 @@ const TEN_MILLION_STATS: &str = "ANALYZE; DELETE FROM sqlite_stat1;
        ('Derivations', 'Derivations_evaluation', '9750000 75000'),
        ('Derivations', 'sqlite_autoindex_Derivations_1', '9750000 4 1'),
        ('Outputs', 'Outputs_path', '12750400 1'),
-       ('Outputs', 'sqlite_autoindex_Outputs_1', '12750400 2 1'),
+       ('Outputs', 'Outputs', '12750400 2 1'),
        ('BuildCounts', 'BuildCounts', '648 5 1'),
        ('JobNames', 'sqlite_autoindex_JobNames_1', '75000 1');
      ANALYZE sqlite_schema;";

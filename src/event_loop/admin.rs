@@ -109,11 +109,16 @@ impl EventLoop {
                     self.feed_dispatcher(queue::Input::Changed, now);
                 }
                 Effect::SpecStopped { spec } => {
-                    // A deleted specification's builds are gone.
-                    self.roots.planner.rescan(unix_now());
                     if let Some(i) = self.live_slot(&spec) {
                         self.feed(i, Input::Stop, now);
                     }
+                    self.feed_dispatcher(queue::Input::Changed, now);
+                }
+                Effect::SpecDeleted { spec } => {
+                    if let Some(i) = self.live_slot(&spec) {
+                        self.feed(i, Input::Stop, now);
+                    }
+                    self.roots.deleting = true;
                     self.feed_dispatcher(queue::Input::Changed, now);
                 }
             }

@@ -2,7 +2,8 @@
 //! a daemon connection of their own (one per chunk: the daemon holds the
 //! root file as a temporary root of the connection until it closes), root
 //! files' symlinks removed, the ones no row is held by found at start-up,
-//! and the retention's chunks with the log copies they delete.  The
+//! the retention's chunks with the log copies they delete, and so do
+//! deleted specifications' histories.  The
 //! decisions are `gcroots::Planner`'s, `gcroots::maker::Maker`'s and
 //! `retention::Retention`'s.
 
@@ -11,6 +12,7 @@ use crate::db::gcroots::RootRow;
 use crate::gcroots::maker::{Maker, Next};
 use crate::gcroots::{Command as RootsCommand, Planner};
 use crate::logging::{GC_ROOTS, RETENTION};
+use crate::db::retention::ChunkEnd;
 use crate::retention::Retention;
 use crate::wire;
 use mio::Interest;
@@ -34,6 +36,11 @@ pub(super) struct Roots {
     /// The start-up look for symlinks no root accounts for.
     scan: Option<std::fs::ReadDir>,
     retention: Option<Retention>,
+    /// A deleted specification's history may be left to delete (at
+    /// start-up: a deletion a restart interrupted).
+    pub(super) deleting: bool,
+    /// Chunks of the current deletion, for its progress lines.
+    deletion_chunks: u64,
 }
 
 /// The daemon connection that makes the chunk in flight.
@@ -72,17 +79,19 @@ impl Roots {
             conn: None,
             next_step: now,
             retention: config.retention_secs.map(|age| Retention::new(age, unix)),
+            deleting: true,
+            deletion_chunks: 0,
         })
     }
 
     /// Work is due now: the loop turns again without sleeping.
     pub(super) fn has_work(&self) -> bool {
-        self.planner.has_work() || self.scan.is_some() || self.retention_busy()
+        self.planner.has_work() || self.scan.is_some() || self.retention_busy() || self.deleting
     }
 
     /// A one-shot run waits for this to end.
     pub(super) fn busy(&self) -> bool {
-        self.planner.busy() || self.scan.is_some() || self.retention_busy()
+        self.planner.busy() || self.scan.is_some() || self.retention_busy() || self.deleting
     }
 
     fn retention_busy(&self) -> bool {
@@ -98,6 +107,7 @@ impl EventLoop {
         }
         self.scan_roots();
         self.retention_step();
+        self.spec_deletion_step();
         if self.roots.planner.has_work() || now >= self.roots.next_step {
             self.roots.next_step = now + ROOTS_PACE;
             self.roots.planner.step(&mut self.db, unix_now());
@@ -314,8 +324,68 @@ impl EventLoop {
         let Some(deleted) = retention.step(&mut self.db, unix_now()) else {
             return;
         };
+        let removed = self.remove_log_copies(&deleted.builds);
+        log::debug!(target: RETENTION,
+            "{} build(s) deleted, {removed} log file(s) removed",
+            deleted.builds.len()
+        );
+        self.roots.planner.recheck(deleted.outputs);
+    }
+
+    /// A chunk of a deleted specification's history
+    /// (`Db::spec_deletion_chunk`), with its builds' log copies; once
+    /// the history is gone, every GC root is looked at again (the `.drv`
+    /// roots of its pending builds).
+    fn spec_deletion_step(&mut self) {
+        if !self.roots.deleting {
+            return;
+        }
+        let c = match self.db.spec_deletion_chunk(crate::retention::ROW_BUDGET) {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                self.roots.deleting = false;
+                return;
+            }
+            Err(e) => {
+                // Tried again at the next deletion or restart.
+                log::error!(target: RETENTION, "deleting a specification's history: {e}");
+                self.roots.deleting = false;
+                return;
+            }
+        };
+        self.remove_log_copies(&c.chunk.builds);
+        self.roots.planner.recheck(c.chunk.outputs);
+        self.roots.deletion_chunks += 1;
+        let spec = c
+            .tombstone
+            .strip_suffix(crate::db::admin::TOMBSTONE_SUFFIX)
+            .unwrap_or(&c.tombstone);
+        match (c.evaluation, c.chunk.end) {
+            (None, _) => {
+                log::info!(target: RETENTION,
+                    "spec={spec:?} (deleted): its history is deleted ({} chunks)",
+                    self.roots.deletion_chunks
+                );
+                self.roots.deletion_chunks = 0;
+                self.roots.planner.rescan(unix_now());
+            }
+            (Some(eval), ChunkEnd::Deleted) => {
+                log::info!(target: RETENTION, "spec={spec:?} (deleted): evaluation {eval} deleted")
+            }
+            (Some(eval), _) if self.roots.deletion_chunks % 100 == 0 => {
+                log::info!(target: RETENTION,
+                    "spec={spec:?} (deleted): deleting evaluation {eval} ({} chunks so far)",
+                    self.roots.deletion_chunks
+                )
+            }
+            _ => {}
+        }
+    }
+
+    /// Removes the log copies of deleted builds; returns how many files.
+    fn remove_log_copies(&self, builds: &[crate::db::retention::DeletedBuild]) -> usize {
         let mut removed = 0;
-        for b in &deleted.builds {
+        for b in builds {
             for path in self.logs.files_of(b.id, &b.attempts) {
                 match std::fs::remove_file(&path) {
                     Ok(()) => removed += 1,
@@ -326,11 +396,7 @@ impl EventLoop {
                 }
             }
         }
-        log::debug!(target: RETENTION,
-            "{} build(s) deleted, {removed} log file(s) removed",
-            deleted.builds.len()
-        );
-        self.roots.planner.recheck(deleted.outputs);
+        removed
     }
 }
 

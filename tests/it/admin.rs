@@ -394,12 +394,41 @@ fn evaluation_and_specification_actions_triggers_and_webhooks() {
         r#"{"confirm": "admin"}"#,
     );
     assert_eq!(r.status, 400, "{}", r.text());
+    let spare_builds = q::<i64>(
+        &b.setup,
+        "SELECT count(*) FROM Builds WHERE evaluation IN
+           (SELECT id FROM Evaluations WHERE specification = 'spare')",
+    );
     let r = act(
         b.port,
         "/admin/specification/spare/delete",
         r#"{"confirm": "spare"}"#,
     );
     assert_eq!(r.status, 200, "{}", r.text());
+    // At least those counted before (its evaluation may add more).
+    assert!(
+        r.json()["builds"].as_i64().unwrap() >= spare_builds,
+        "{spare_builds} builds: {}",
+        r.text()
+    );
+    // Its history goes a chunk per loop turn, under its tombstone.
+    wait_until(
+        Duration::from_secs(30),
+        "the deleted spec's history to go",
+        || {
+            q::<i64>(
+                &b.setup,
+                "SELECT count(*) FROM Specifications WHERE repo_name = 'spare/(deleted)'",
+            ) == 0
+        },
+    );
+    assert_eq!(
+        q::<i64>(
+            &b.setup,
+            "SELECT count(*) FROM Builds WHERE evaluation NOT IN (SELECT id FROM Evaluations)"
+        ),
+        0
+    );
     assert_eq!(
         q::<i64>(
             &b.setup,
