@@ -368,7 +368,12 @@ fn specification_actions() {
     // The name is gone at once; the history waits for the loop's chunks,
     // under the tombstone, which no listing shows.
     assert_eq!(db.specification_active("hello").unwrap(), None);
-    let names: Vec<String> = db.specifications().unwrap().into_iter().map(|s| s.name).collect();
+    let names: Vec<String> = db
+        .specifications()
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
     assert_eq!(names, ["new", "other"]);
     let evals_of = |db: &Db, spec: &str| -> i64 {
         db.connection()
@@ -405,7 +410,11 @@ fn specification_actions() {
     assert_eq!(db.specification_active("hello").unwrap(), Some(true));
     let tombstones: i64 = db
         .connection()
-        .query_row("SELECT count(*) FROM Specifications WHERE deleting = 1", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM Specifications WHERE deleting = 1",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(tombstones, 0);
     assert!(

@@ -3,7 +3,8 @@
 //!     cargo run --release --bin cuirass-bench -- [NAME...]
 //!
 //! NAME is one of `registration`, `streaming`, `trace-replay`,
-//! `bookkeeping`, `restart`, `api`, and at ci.guix's scale `restart-1m`,
+//! `bookkeeping`, `restart`, `api`, `queue`, `spec-deletion`, and at
+//! ci.guix's scale `restart-1m`,
 //! `scale-db` (makes the 10,000,000-build databases and times the
 //! upgrade), `api-10m`, `registration-10m`, and `throughput`,
 //! `throughput-10m` (the `/build/ID` load run of `api` and `api-10m`
@@ -22,6 +23,8 @@ mod api_db;
 mod bookkeeping;
 #[path = "cuirass-bench/common.rs"]
 mod common;
+#[path = "cuirass-bench/deletion.rs"]
+mod deletion;
 #[path = "cuirass-bench/http_client.rs"]
 mod http_client;
 #[path = "cuirass-bench/queue.rs"]
@@ -60,6 +63,7 @@ const BENCHES: &[(&str, Bench)] = &[
     ("restart", restart::run),
     ("api", api::run),
     ("queue", queue::run),
+    ("spec-deletion", deletion::run),
     ("restart-1m", restart::run_1m),
     ("scale-db", api::generate_10m),
     ("api-10m", api::run_10m),

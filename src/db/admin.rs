@@ -332,9 +332,9 @@ impl Db {
 
     /// The names of the specifications not polled.
     pub fn inactive_specifications(&self) -> super::Result<BTreeSet<String>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT repo_name FROM Specifications WHERE is_active = 0 AND deleting = 0")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT repo_name FROM Specifications WHERE is_active = 0 AND deleting = 0",
+        )?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

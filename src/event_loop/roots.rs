@@ -9,10 +9,10 @@
 
 use super::*;
 use crate::db::gcroots::RootRow;
+use crate::db::retention::ChunkEnd;
 use crate::gcroots::maker::{Maker, Next};
 use crate::gcroots::{Command as RootsCommand, Planner};
 use crate::logging::{GC_ROOTS, RETENTION};
-use crate::db::retention::ChunkEnd;
 use crate::retention::Retention;
 use crate::wire;
 use mio::Interest;
@@ -372,7 +372,7 @@ impl EventLoop {
             (Some(eval), ChunkEnd::Deleted) => {
                 log::info!(target: RETENTION, "spec={spec:?} (deleted): evaluation {eval} deleted")
             }
-            (Some(eval), _) if self.roots.deletion_chunks % 100 == 0 => {
+            (Some(eval), _) if self.roots.deletion_chunks.is_multiple_of(100) => {
                 log::info!(target: RETENTION,
                     "spec={spec:?} (deleted): deleting evaluation {eval} ({} chunks so far)",
                     self.roots.deletion_chunks

@@ -31,21 +31,21 @@ fn build_path(builds: i64) -> impl Fn(u64) -> String + Send + Sync + Clone + 'st
 
 /// The CPUs to pin the daemon and the load generator to, if there are two
 /// and `taskset` (util-linux) exists.
-fn cpus() -> Option<(usize, usize)> {
+pub(crate) fn cpus() -> Option<(usize, usize)> {
     let n = std::thread::available_parallelism().map_or(1, |n| n.get());
     let taskset = std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("taskset").is_file()));
     (n >= 2 && taskset).then_some((0, 1))
 }
 
-fn free_port() -> Result<u16, String> {
+pub(crate) fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
-struct Daemon {
-    child: Child,
-    port: u16,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    pub(crate) port: u16,
 }
 
 impl Drop for Daemon {
@@ -59,6 +59,18 @@ fn start_daemon(
     dir: &Path,
     db: &Path,
     cpu: Option<usize>,
+) -> Result<Daemon, String> {
+    start_daemon_with(cuirass, dir, db, cpu, &[])
+}
+
+/// The daemon of [`start_daemon`] with `extra` arguments; its log is
+/// `dir/cuirass.log`.
+pub(crate) fn start_daemon_with(
+    cuirass: &Path,
+    dir: &Path,
+    db: &Path,
+    cpu: Option<usize>,
+    extra: &[String],
 ) -> Result<Daemon, String> {
     let port = free_port()?;
     let mut cmd = match cpu {
@@ -76,6 +88,7 @@ fn start_daemon(
         .arg(dir.join("cache"))
         .args(["--listen", "127.0.0.1", "--port", &port.to_string()])
         .args(["--interval", "100000"])
+        .args(extra)
         // No daemon is needed: there is nothing to build.
         .env("GUIX_DAEMON_SOCKET", dir.join("no-daemon"))
         .env("RUST_LOG", "info")
@@ -85,7 +98,7 @@ fn start_daemon(
     Ok(Daemon { child, port })
 }
 
-fn wait_ready(daemon: &mut Daemon, start: Instant) -> Result<f64, String> {
+pub(crate) fn wait_ready(daemon: &mut Daemon, start: Instant) -> Result<f64, String> {
     while start.elapsed() < Duration::from_secs(120) {
         if let Ok(Some(status)) = daemon.child.try_wait() {
             return Err(format!("cuirass exited at start-up: {status}"));

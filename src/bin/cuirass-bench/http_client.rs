@@ -34,6 +34,24 @@ impl Client {
             .map_err(|e| format!("GET {path}: {e}"))
     }
 
+    /// Sends one POST with a JSON body and a bearer token.
+    pub fn post(&mut self, path: &str, token: &str, body: &str) -> Result<(), String> {
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.stream
+            .write_all(req.as_bytes())
+            .map_err(|e| format!("POST {path}: {e}"))
+    }
+
+    /// The body of the last response [`Client::receive`] read.
+    pub fn body(&self) -> &[u8] {
+        let at = self.buf.windows(4).position(|w| w == b"\r\n\r\n");
+        at.map_or(&[][..], |i| &self.buf[i + 4..])
+    }
+
     /// Reads one response; returns its status and body length.
     pub fn receive(&mut self) -> Result<(u16, usize), String> {
         self.buf.clear();
