@@ -346,7 +346,10 @@ const MIGRATIONS: &[&str] = &[
     // read a leaf of each, two random pages of a 10,000,000-build
     // database (`/build/ID` made about eight page reads, `strace`).  As
     // a WITHOUT ROWID table the key holds the row; `Outputs_path` then
-    // holds (path, build, name) and answers `/output/ITEM` alone.
+    // holds (path, build, name) and answers `/output/ITEM` alone.  The
+    // new table's foreign key is checked as rows go in: outputs of a
+    // build no longer there (2018 Cuirass ran without foreign keys) are
+    // left out, as no query could reach them.
     "CREATE TABLE Outputs_by_build (
        build INTEGER NOT NULL,
        name  TEXT NOT NULL,
@@ -354,7 +357,8 @@ const MIGRATIONS: &[&str] = &[
        PRIMARY KEY (build, name),
        FOREIGN KEY (build) REFERENCES Builds (id)) WITHOUT ROWID;
      INSERT INTO Outputs_by_build (build, name, path)
-       SELECT build, name, path FROM Outputs ORDER BY build, name;
+       SELECT build, name, path FROM Outputs WHERE build IN (SELECT id FROM Builds)
+       ORDER BY build, name;
      DROP TABLE Outputs;
      ALTER TABLE Outputs_by_build RENAME TO Outputs;
      CREATE INDEX Outputs_path ON Outputs (path);",

@@ -390,18 +390,50 @@ fn specification_actions() {
     // A tombstone is not a specification to act on.
     assert!(db.delete_specification("hello/(deleted)").is_err());
     assert_eq!(db.specification_active("hello/(deleted)").unwrap(), None);
-    // The name may be used again before the old history is gone.
+    // The name may be used again before the old history is gone, and
+    // deleted again: the second history joins the first tombstone.
+    db.add_specifications(&[spec("hello", Some("master"))])
+        .unwrap();
+    db.register_evaluation("hello", "eee000", &[job("second")], 300)
+        .unwrap();
+    let (code, v, _) = call(
+        &mut db,
+        &mut auth,
+        "/admin/specification/hello/delete",
+        r#"{"confirm": "hello"}"#,
+    );
+    assert_eq!((code, v["builds"].clone()), (200, json!(1)), "{v}");
+    assert_eq!(evals_of(&db, "hello/(deleted)"), 2);
+    // A third time, kept.
     db.add_specifications(&[spec("hello", Some("master"))])
         .unwrap();
     db.register_evaluation("hello", "fff000", &[job("again")], 400)
         .unwrap();
+    // A live specification whose name is the tombstone's (a 2018
+    // database may have one) is not taken for it.
+    db.add_specifications(&[spec("other/(deleted)", None)])
+        .unwrap();
+    let (code, v, _) = call(
+        &mut db,
+        &mut auth,
+        "/admin/specification/other/delete",
+        r#"{"confirm": "other"}"#,
+    );
+    assert_eq!(code, 409, "{v}");
+    assert_eq!(db.specification_active("other").unwrap(), Some(true));
+    assert_eq!(
+        db.specification_active("other/(deleted)").unwrap(),
+        Some(true)
+    );
     let mut chunks = 0;
     while let Some(c) = db.spec_deletion_chunk(2).unwrap() {
         chunks += 1;
         assert_eq!(c.tombstone, "hello/(deleted)");
+        // The budget, or one build's rows past it (a build, its output).
+        assert!(c.chunk.rows <= 2 + 2, "{c:?}");
         assert!(chunks < 100, "{c:?}");
     }
-    assert!(chunks > 2, "{chunks} chunks of at most 2 rows");
+    assert!(chunks > 2, "{chunks} chunks");
     for id in 1..=4 {
         assert!(db.build(BuildId(id)).unwrap().is_none(), "build {id}");
     }

@@ -382,15 +382,24 @@ impl Db {
             .query_row([name], |r| r.get(0))?;
         let tomb = tombstone(name);
         // A tombstone left by an earlier deletion of the name, still
-        // under way, takes these evaluations too.
-        tx.prepare_cached(
-            "INSERT INTO Specifications (repo_name, url, load_path, file, proc, arguments,
-                                         is_active, deleting)
-             SELECT ?2, url, load_path, file, proc, arguments, 0, 1
-             FROM Specifications WHERE repo_name = ?1
-             ON CONFLICT (repo_name) DO UPDATE SET is_active = 0, deleting = 1",
-        )?
-        .execute(params![name, tomb])?;
+        // under way, takes these evaluations too; a live specification
+        // of that name (a 2018 database may hold names with a '/') is
+        // not one.
+        let made = tx
+            .prepare_cached(
+                "INSERT INTO Specifications (repo_name, url, load_path, file, proc, arguments,
+                                             is_active, deleting)
+                 SELECT ?2, url, load_path, file, proc, arguments, 0, 1
+                 FROM Specifications WHERE repo_name = ?1
+                 ON CONFLICT (repo_name) DO UPDATE SET is_active = 0 WHERE deleting = 1",
+            )?
+            .execute(params![name, tomb])?;
+        if made == 0 {
+            return Err(ActionError::Conflict(format!(
+                "Specification {name:?} cannot be deleted: its history would be kept \
+                 under {tomb:?}, the name of another specification."
+            )));
+        }
         tx.prepare_cached("UPDATE Evaluations SET specification = ?2 WHERE specification = ?1")?
             .execute(params![name, tomb])?;
         tx.execute("DELETE FROM Stamps WHERE specification = ?1", [name])?;

@@ -124,9 +124,14 @@ pub(super) struct JobOfBuild {
 /// 3.54 does not re-prepare the statement for each new value (see
 /// `read::bound_id`): bare, they made the trace-replay benchmark 2.5 times
 /// slower.
+/// Not for a build of a deleted specification (its tombstone's, see
+/// `Db::delete_specification`): its weather would be counted and
+/// notified under the tombstone's name, which outlives it on /metrics.
 const JOB_OF_BUILD: &str = "SELECT d.job_name, d.system, e.specification, e.revision
      FROM Derivations d CROSS JOIN Evaluations e ON e.id = d.evaluation
-     WHERE d.derivation = CAST(?1 AS TEXT) AND d.evaluation = CAST(?2 AS INTEGER)";
+     WHERE d.derivation = CAST(?1 AS TEXT) AND d.evaluation = CAST(?2 AS INTEGER)
+       AND NOT EXISTS (SELECT 1 FROM Specifications s
+                       WHERE s.repo_name = e.specification AND s.deleting = 1)";
 
 const EVENT_COLUMNS: &str = "SELECT v.id, v.timestamp, v.kind, v.specification, v.evaluation,
        v.revision, v.build, v.job_name, v.derivation, v.status, v.weather, v.error,

@@ -370,7 +370,10 @@ impl EventLoop {
                 self.roots.planner.rescan(unix_now());
             }
             (Some(eval), ChunkEnd::Deleted) => {
-                log::info!(target: RETENTION, "spec={spec:?} (deleted): evaluation {eval} deleted")
+                log::info!(target: RETENTION, "spec={spec:?} (deleted): evaluation {eval} deleted");
+                // Another specification's build may have waited for one
+                // of its pending builds (an input's latest build).
+                self.feed_dispatcher(crate::queue::Input::Changed, Instant::now());
             }
             (Some(eval), _) if self.roots.deletion_chunks.is_multiple_of(100) => {
                 log::info!(target: RETENTION,

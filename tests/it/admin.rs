@@ -399,6 +399,18 @@ fn evaluation_and_specification_actions_triggers_and_webhooks() {
         "SELECT count(*) FROM Builds WHERE evaluation IN
            (SELECT id FROM Evaluations WHERE specification = 'spare')",
     );
+    // The log copies of its finished builds go with them.
+    let copies: Vec<std::path::PathBuf> = q::<String>(
+        &b.setup,
+        "SELECT group_concat(id) FROM Builds WHERE status >= 0 AND evaluation IN
+           (SELECT id FROM Evaluations WHERE specification = 'spare')",
+    )
+    .split(',')
+    .map(|id| b.setup.tmp.path().join(format!("build-logs/{id}.log.gz")))
+    .collect();
+    wait_until(Duration::from_secs(30), "spare's log copies", || {
+        copies.iter().all(|c| c.is_file())
+    });
     let r = act(
         b.port,
         "/admin/specification/spare/delete",
@@ -429,6 +441,9 @@ fn evaluation_and_specification_actions_triggers_and_webhooks() {
         ),
         0
     );
+    for c in &copies {
+        assert!(!c.exists(), "{} left behind", c.display());
+    }
     assert_eq!(
         q::<i64>(
             &b.setup,
