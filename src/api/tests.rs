@@ -468,7 +468,7 @@ fn unknown_paths_and_methods() {
 
 #[test]
 fn latest_builds_walk_an_index_even_with_statistics() {
-    use crate::db::read::latest_builds_sql;
+    use crate::db::read::{LatestPlan, latest_builds_sql};
     let (db, _) = fixture();
     let conn = db.connection();
     // Many builds of few evaluations, analyzed: the statistics that once
@@ -482,9 +482,15 @@ fn latest_builds_walk_an_index_even_with_statistics() {
          ANALYZE;",
     )
     .unwrap();
+    // The plan the filter gets, or the walk when it would get the one
+    // through a small specification's evaluations (checked below).
     let plan = |filter: &BuildFilter| -> String {
+        let chosen = match db.latest_plan(filter).unwrap() {
+            LatestPlan::BySpecification => LatestPlan::Walk,
+            p => p,
+        };
         crate::db::read::with_latest_builds_params(filter, 10, |p| {
-            crate::db::query_plan(conn, &latest_builds_sql(filter), p)
+            crate::db::query_plan(conn, &latest_builds_sql(filter, chosen), p)
         })
     };
     for filter in [
@@ -693,4 +699,77 @@ fn a_build_killed_for_a_limit_shows_the_limits_and_the_reason() {
     );
     assert_eq!((&b["maxsilent"], &b["timeout"]), (&json!(2), &json!(72000)));
     assert_eq!(b["errormsg"], "timed out after 2 seconds of silence");
+}
+
+/// A specification with few finished builds, or none (a deleted or new
+/// one's name), is listed through its evaluations: the walk down
+/// `Builds_finished` would pass every other build first.  Both plans
+/// list the same builds in the same order.
+#[test]
+fn a_small_specifications_builds_are_read_through_its_evaluations() {
+    use crate::db::read::{FEW_FINISHED, LatestPlan, latest_builds_sql};
+    let (mut db, _) = fixture();
+    db.add_specifications(&[spec("empty", None)]).unwrap();
+    let filter = |spec: &str| BuildFilter {
+        specification: Some(spec.into()),
+        ..Default::default()
+    };
+    for name in ["hello", "empty", "no-such-spec"] {
+        assert_eq!(
+            db.latest_plan(&filter(name)).unwrap(),
+            LatestPlan::BySpecification,
+            "{name}"
+        );
+    }
+    let branch = BuildFilter {
+        branch: Some("master".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        db.latest_plan(&branch).unwrap(),
+        LatestPlan::BySpecification
+    );
+    assert_eq!(
+        db.latest_plan(&BuildFilter::default()).unwrap(),
+        LatestPlan::Walk
+    );
+    let conn = db.connection();
+    let listed = |filter: &BuildFilter, plan: LatestPlan| -> Vec<i64> {
+        crate::db::read::with_latest_builds_params(filter, 100, |p| {
+            let mut stmt = conn.prepare(&latest_builds_sql(filter, plan)).unwrap();
+            stmt.query_map(p, |r| r.get(0))
+                .unwrap()
+                .collect::<rusqlite::Result<Vec<i64>>>()
+                .unwrap()
+        })
+    };
+    for f in [
+        filter("hello"),
+        filter("other"),
+        filter("empty"),
+        branch.clone(),
+    ] {
+        let walk = listed(&f, LatestPlan::Walk);
+        assert_eq!(listed(&f, LatestPlan::BySpecification), walk, "{f:?}");
+    }
+    assert_eq!(listed(&filter("hello"), LatestPlan::Walk).len(), 2);
+    assert!(listed(&filter("empty"), LatestPlan::BySpecification).is_empty());
+    let p = crate::db::read::with_latest_builds_params(&filter("hello"), 10, |p| {
+        crate::db::query_plan(
+            conn,
+            &latest_builds_sql(&filter("hello"), LatestPlan::BySpecification),
+            p,
+        )
+    });
+    assert!(
+        p.contains("SEARCH b USING INDEX Builds_evaluation (evaluation=? AND status>?)"),
+        "{p}"
+    );
+    // Past the threshold, the walk again.
+    conn.execute(
+        "UPDATE BuildCounts SET count = ?1 WHERE evaluation = 1 AND status = 0",
+        [FEW_FINISHED],
+    )
+    .unwrap();
+    assert_eq!(db.latest_plan(&filter("hello")).unwrap(), LatestPlan::Walk);
 }
