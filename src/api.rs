@@ -326,6 +326,7 @@ fn latest_filter(req: &Request) -> Result<BuildFilter, Response> {
         evaluation: evaluation.map(EvalId),
         status,
         after: None,
+        floor: None,
     })
 }
 
@@ -416,12 +417,12 @@ impl Pager {
             Listing::Jobs(_) => self.remaining.min(JOBS_PAGE),
             _ => self.remaining.min(PAGE),
         };
-        let got = match self.page(db, n) {
+        let (got, more) = match self.page(db, n) {
             Ok(got) => got,
             Err(response) => return Some(response),
         };
         self.remaining -= got;
-        if got < n || self.remaining == 0 {
+        if !more || self.remaining == 0 {
             self.body.push(b']');
             return Some(Response::new(200, JSON, std::mem::take(&mut self.body)));
         }
@@ -429,15 +430,20 @@ impl Pager {
     }
 
     /// Appends up to `n` items after the previous page's last; returns how
-    /// many there were.
-    fn page(&mut self, db: &Db, n: u32) -> Result<u32, Response> {
+    /// many there were and whether more may follow (a filtered walk's page
+    /// may end short of `n` with more to come: `db::read::WALK_BUDGET`).
+    fn page(&mut self, db: &Db, n: u32) -> Result<(u32, bool), Response> {
         let builds = match &mut self.listing {
             Listing::Latest(filter) => {
-                let page = db.latest_builds(filter, n).map_err(db_error)?;
-                if let Some(last) = page.last() {
-                    filter.after = Some((last.stoptime, last.id));
+                let page = db.latest_builds_page(filter, n).map_err(db_error)?;
+                for b in &page.builds {
+                    self.push(&build_json(b))?;
                 }
-                page
+                let Listing::Latest(filter) = &mut self.listing else {
+                    unreachable!()
+                };
+                filter.after = page.next;
+                return Ok((page.builds.len() as u32, page.next.is_some()));
             }
             Listing::Queue(filter, after, counted) => {
                 let (page, now_counted) = db
@@ -457,13 +463,13 @@ impl Pager {
                 for j in &page {
                     self.push(&jobs::job_json(j))?;
                 }
-                return Ok(page.len() as u32);
+                return Ok((page.len() as u32, page.len() as u32 == n));
             }
         };
         for b in &builds {
             self.push(&build_json(b))?;
         }
-        Ok(builds.len() as u32)
+        Ok((builds.len() as u32, builds.len() as u32 == n))
     }
 
     /// Every page at once, for callers without a loop to come back from.

@@ -514,9 +514,11 @@ fn latest_builds_walk_an_index_even_with_statistics() {
             ..Default::default()
         },
     ] {
+        // A page's bounds (after the previous one, down to the walk's
+        // floor) are a range of the index, not a filter checked to its end.
         let p = plan(&filter);
         assert!(
-            p.starts_with("SCAN b USING INDEX Builds_finished"),
+            p.starts_with("SEARCH b USING INDEX Builds_finished (stoptime>? AND stoptime<?)"),
             "{filter:?}: {p}"
         );
         assert!(!p.contains("TEMP B-TREE"), "{filter:?}: {p}");
@@ -547,7 +549,8 @@ fn latest_builds_walk_an_index_even_with_statistics() {
     .unwrap();
     let p = plan(&BuildFilter::default());
     assert!(
-        p.starts_with("SCAN b USING INDEX Builds_finished") && !p.contains("TEMP B-TREE"),
+        p.starts_with("SEARCH b USING INDEX Builds_finished (stoptime>? AND stoptime<?)")
+            && !p.contains("TEMP B-TREE"),
         "{p}"
     );
     let none = None::<String>;
@@ -772,4 +775,71 @@ fn a_small_specifications_builds_are_read_through_its_evaluations() {
     )
     .unwrap();
     assert_eq!(db.latest_plan(&filter("hello")).unwrap(), LatestPlan::Walk);
+}
+
+/// A filter that few builds pass walks at most `WALK_BUDGET` entries of
+/// `Builds_finished` per page: a listing of nothing, or of one old
+/// build, comes in several bounded pages, and says the same as the
+/// whole walk.
+#[test]
+fn a_filter_few_builds_pass_walks_a_bounded_stretch_per_page() {
+    use crate::db::read::WALK_BUDGET;
+    let (db, _) = fixture();
+    db.connection()
+        .execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+             INSERT INTO Derivations SELECT 'drv' || i, 1 + i % 2, 'job' || (i % 50),
+               CASE WHEN i = 7 THEN 'rare-linux' ELSE 'x86_64-linux' END, 'n' FROM n;
+             INSERT INTO Builds (derivation, evaluation, log, status, timestamp, starttime, stoptime)
+               SELECT derivation, evaluation, '', rowid % 3, rowid, rowid, 1000 + rowid
+               FROM Derivations WHERE derivation LIKE 'drv%';",
+        )
+        .unwrap();
+    let rare_id: i64 = db
+        .connection()
+        .query_row("SELECT id FROM Builds WHERE derivation = 'drv7'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    for (system, expected) in [("rare-linux", vec![rare_id]), ("none-linux", vec![])] {
+        let mut filter = BuildFilter {
+            system: Some(system.into()),
+            ..Default::default()
+        };
+        let (mut pages, mut found) = (0, Vec::new());
+        loop {
+            let page = db.latest_builds_page(&filter, 10).unwrap();
+            pages += 1;
+            found.extend(page.builds.iter().map(|b| b.id.0));
+            match page.next {
+                Some(next) => filter.after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(found, expected, "{system}");
+        let finished: i64 = db
+            .connection()
+            .query_row("SELECT count(*) FROM Builds WHERE status >= 0", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(pages, finished / WALK_BUDGET + 1, "{system}: {pages} pages");
+        // The whole listing, as the API answers it.
+        let r = respond(
+            &db,
+            &request(&format!("/api/latestbuilds?nr=10&system={system}"), "GET"),
+        );
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        let ids: Vec<i64> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ids, expected, "{system}");
+    }
+    // Unfiltered, a page is full at once.
+    let page = db.latest_builds_page(&BuildFilter::default(), 10).unwrap();
+    assert_eq!(page.builds.len(), 10);
+    assert_eq!(page.next, page.builds.last().map(|b| (b.stoptime, b.id)));
 }
