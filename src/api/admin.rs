@@ -178,6 +178,15 @@ fn action(
     let who = operator(req, &body, auth, now.now)?;
     let what = format!("{route:?}");
     let result = run(db, &body, route, arg, now, effects);
+    // The specification added is named in the body, not the path.
+    let named;
+    let arg = match (route, body.text("name")) {
+        (Route::AddSpec, Ok(Some(name))) => {
+            named = name;
+            named.as_str()
+        }
+        _ => arg,
+    };
     let outcome = match &result {
         Ok(_) => "done".to_string(),
         Err(r) => format!("refused ({})", r.status),

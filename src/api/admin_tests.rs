@@ -255,6 +255,16 @@ fn specification_actions() {
         ("https://example.org/new.git", Some("main"))
     );
     assert_eq!(effects, [Effect::SpecChanged(Box::new(added))]);
+    // The log names the specification added (the path does not).
+    let target: String = db
+        .connection()
+        .query_row(
+            "SELECT target FROM AdminLog WHERE action = 'AddSpec' ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(target, "new");
     assert_eq!(
         call(&mut db, &mut auth, "/admin/specification/add", body).0,
         409
