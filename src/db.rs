@@ -504,46 +504,6 @@ impl Db {
             tx.commit()?;
             log::info!("database migrated to schema version {}", i + 1);
         }
-        if current > 0 && current < MIGRATIONS.len() {
-            self.vacuum_after_upgrade()?;
-        }
-        Ok(())
-    }
-
-    /// A migration that rebuilds a table (20: `Outputs`) leaves its old
-    /// pages free in the file, 1.2 GB of 8.8 on the 10,000,000-build
-    /// database.  SQLite hands them out again wherever they lie, so the
-    /// pages that registration appends were scattered over the file and
-    /// a 75,000-job evaluation took 35–42 s instead of 24–27 s
-    /// (`cuirass-bench registration-10m`, alternate runs).  Once, after
-    /// an upgrade that left a tenth of the file free, the file is
-    /// rewritten (`VACUUM`: about a minute on that database, and as much
-    /// free disk as the file takes).
-    fn vacuum_after_upgrade(&mut self) -> Result<()> {
-        let (free, pages, size): (i64, i64, i64) = self.conn.query_row(
-            "SELECT (SELECT freelist_count FROM pragma_freelist_count),
-                    (SELECT page_count FROM pragma_page_count),
-                    (SELECT page_size FROM pragma_page_size)",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
-        if free * 10 < pages {
-            return Ok(());
-        }
-        self.end_reads();
-        let start = std::time::Instant::now();
-        log::info!(
-            "database: {} MiB of {} free after the upgrade; rewriting the file (VACUUM)",
-            (free * size) >> 20,
-            (pages * size) >> 20
-        );
-        self.conn
-            .execute_batch("VACUUM")
-            .map_err(|e| Error(format!("VACUUM after the upgrade: {e}")))?;
-        log::info!(
-            "database: VACUUM done in {:.1} s",
-            start.elapsed().as_secs_f64()
-        );
         Ok(())
     }
 
