@@ -433,17 +433,11 @@ impl Pager {
     /// many there were and whether more may follow (a filtered walk's page
     /// may end short of `n` with more to come: `db::read::WALK_BUDGET`).
     fn page(&mut self, db: &Db, n: u32) -> Result<(u32, bool), Response> {
-        let builds = match &mut self.listing {
+        let (builds, more) = match &mut self.listing {
             Listing::Latest(filter) => {
                 let page = db.latest_builds_page(filter, n).map_err(db_error)?;
-                for b in &page.builds {
-                    self.push(&build_json(b))?;
-                }
-                let Listing::Latest(filter) = &mut self.listing else {
-                    unreachable!()
-                };
                 filter.after = page.next;
-                return Ok((page.builds.len() as u32, page.next.is_some()));
+                (page.builds, page.next.is_some())
             }
             Listing::Queue(filter, after, counted) => {
                 let (page, now_counted) = db
@@ -453,7 +447,8 @@ impl Pager {
                 if let Some(last) = page.last() {
                     *after = Some((last.status.code(), last.rank, last.id));
                 }
-                page
+                let more = page.len() as u32 == n;
+                (page, more)
             }
             Listing::Jobs(filter) => {
                 let page = db.jobs(filter, n).map_err(db_error)?;
@@ -469,7 +464,7 @@ impl Pager {
         for b in &builds {
             self.push(&build_json(b))?;
         }
-        Ok((builds.len() as u32, builds.len() as u32 == n))
+        Ok((builds.len() as u32, more))
     }
 
     /// Every page at once, for callers without a loop to come back from.

@@ -80,6 +80,8 @@ impl EventLoop {
             self.db.end_reads();
         }
         for effect in effects {
+            // A deleted specification's history goes a chunk per turn.
+            self.roots.deleting |= matches!(effect, Effect::SpecDeleted { .. });
             match effect {
                 Effect::Trigger { spec, commit } => match self.live_slot(&spec) {
                     Some(i) => self.feed(i, Input::Trigger { commit }, now),
@@ -108,17 +110,10 @@ impl EventLoop {
                     }
                     self.feed_dispatcher(queue::Input::Changed, now);
                 }
-                Effect::SpecStopped { spec } => {
+                Effect::SpecStopped { spec } | Effect::SpecDeleted { spec } => {
                     if let Some(i) = self.live_slot(&spec) {
                         self.feed(i, Input::Stop, now);
                     }
-                    self.feed_dispatcher(queue::Input::Changed, now);
-                }
-                Effect::SpecDeleted { spec } => {
-                    if let Some(i) = self.live_slot(&spec) {
-                        self.feed(i, Input::Stop, now);
-                    }
-                    self.roots.deleting = true;
                     self.feed_dispatcher(queue::Input::Changed, now);
                 }
             }
