@@ -314,6 +314,11 @@ pub struct EventLoop {
     roots: roots::Roots,
     /// Job names wait to be added to the search index.
     names_behind: bool,
+    /// Registered builds' index entries wait to move to the large
+    /// indexes (see [`crate::db::fresh`]), and since when.
+    fresh_behind: Option<Instant>,
+    /// How many builds' entries this run of the merge moved.
+    fresh_merged: usize,
     /// Builds finished before weathers were kept still lack theirs; see
     /// [`crate::db::backfill`].
     weathers_behind: bool,
@@ -394,6 +399,8 @@ impl EventLoop {
             notify,
             roots,
             names_behind: true,
+            fresh_behind: Some(now),
+            fresh_merged: 0,
             weathers_behind: true,
             backfill_logged: now,
             backfilled: false,
@@ -576,7 +583,11 @@ impl EventLoop {
             }
             next = next.min(n.poll_at());
         }
-        if self.copier.busy() || self.roots.has_work() || self.names_behind || self.weathers_behind
+        if self.copier.busy()
+            || self.roots.has_work()
+            || self.names_behind
+            || self.fresh_behind.is_some()
+            || self.weathers_behind
         {
             return now;
         }
@@ -726,6 +737,10 @@ impl EventLoop {
         if self.names_behind || now >= self.next_name_index {
             self.next_name_index = now + NAME_INDEX_EVERY;
             self.index_job_names();
+            self.fresh_behind.get_or_insert(now);
+        }
+        if self.fresh_behind.is_some() {
+            self.merge_fresh(now);
         }
         if self.weathers_behind {
             self.backfill_weathers(now);

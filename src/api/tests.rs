@@ -475,7 +475,8 @@ fn latest_builds_walk_an_index_even_with_statistics() {
     // led the planner to sort every finished build.
     conn.execute_batch(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
-         INSERT INTO Derivations SELECT 'drv' || i, 1 + i % 2, 'job' || (i % 50), 'x', 'n' FROM n;
+         INSERT INTO Derivations (derivation, evaluation, job_name, system, nix_name)
+           SELECT 'drv' || i, 1 + i % 2, 'job' || (i % 50), 'x', 'n' FROM n;
          INSERT INTO Builds (derivation, evaluation, log, status, timestamp, starttime, stoptime)
            SELECT derivation, evaluation, '', rowid % 3, rowid, rowid, rowid
            FROM Derivations WHERE derivation LIKE 'drv%';
@@ -788,7 +789,8 @@ fn a_filter_few_builds_pass_walks_a_bounded_stretch_per_page() {
     db.connection()
         .execute_batch(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
-             INSERT INTO Derivations SELECT 'drv' || i, 1 + i % 2, 'job' || (i % 50),
+             INSERT INTO Derivations (derivation, evaluation, job_name, system, nix_name)
+           SELECT 'drv' || i, 1 + i % 2, 'job' || (i % 50),
                CASE WHEN i = 7 THEN 'rare-linux' ELSE 'x86_64-linux' END, 'n' FROM n;
              INSERT INTO Builds (derivation, evaluation, log, status, timestamp, starttime, stoptime)
                SELECT derivation, evaluation, '', rowid % 3, rowid, rowid, 1000 + rowid

@@ -84,7 +84,8 @@ impl Db {
         let mut set = vec![id];
         let mut queue = VecDeque::from([id]);
         let mut dependents = tx.prepare_cached(
-            "SELECT b.id FROM Builds d JOIN Inputs i ON i.derivation = d.derivation
+            "SELECT b.id FROM Builds d
+               JOIN Inputs i ON i.derivation = d.derivation AND (i.fresh = 0 OR i.fresh = 1)
                JOIN Builds b ON b.id = i.build
              WHERE d.id = ?1 AND b.status = ?2 ORDER BY b.id",
         )?;

@@ -12,7 +12,7 @@
 //! last run stopped.
 
 use super::read::{
-    PREVIOUS_FINISHED_BUILD, PREVIOUS_FINISHED_BUILD_OF_ALIAS, previous_status, weather,
+    PREVIOUS_FINISHED_BUILD_OF_ALIAS, previous_finished_build, previous_status, weather,
 };
 use super::{BuildId, BuildStatus, Db, EvalId, Result};
 use rusqlite::params;
@@ -70,7 +70,7 @@ impl Db {
             })?
             .collect::<rusqlite::Result<_>>()?;
         {
-            let mut previous = tx.prepare_cached(PREVIOUS_FINISHED_BUILD)?;
+            let mut previous = tx.prepare_cached(&previous_finished_build())?;
             let mut previous_alias = tx.prepare_cached(PREVIOUS_FINISHED_BUILD_OF_ALIAS)?;
             let mut keep = tx.prepare_cached(
                 "UPDATE Builds SET weather = ?2 WHERE id = ?1 AND weather IS NULL",

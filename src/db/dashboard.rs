@@ -140,12 +140,14 @@ pub const SEARCH_WINDOW: i64 = 50_000;
 /// The joins from an evaluation's derivations, walked in the order they
 /// were registered (`Derivations_evaluation`, rowid order), to their
 /// builds, evaluation and specification.
-fn derivation_joins() -> &'static str {
-    "FROM Derivations d INDEXED BY Derivations_evaluation
-     CROSS JOIN Builds b INDEXED BY Builds_derivation
-       ON b.derivation = d.derivation AND b.evaluation = d.evaluation
-     CROSS JOIN Evaluations e ON e.id = d.evaluation
-     LEFT JOIN Specifications s ON s.repo_name = e.specification"
+fn derivation_joins() -> String {
+    format!(
+        "FROM Derivations d INDEXED BY Derivations_evaluation
+         CROSS JOIN Builds b ON b.id = {}
+         CROSS JOIN Evaluations e ON e.id = d.evaluation
+         LEFT JOIN Specifications s ON s.repo_name = e.specification",
+        super::fresh::build_of_row("d")
+    )
 }
 
 /// The SQL of a page of an evaluation's builds (evaluation ?1, status

@@ -90,10 +90,11 @@ impl Db {
     /// The outputs of `derivation`'s succeeded builds, each with the
     /// latest stop time of a succeeded build that has it.
     pub fn succeeded_outputs_of(&self, derivation: &str) -> Result<Vec<(String, i64)>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT o.path, MAX(b.stoptime) FROM Builds b JOIN Outputs o ON o.build = b.id
-             WHERE b.derivation = ?1 AND b.status = 0 GROUP BY o.path ORDER BY o.path",
-        )?;
+        let mut stmt = self.conn.prepare_cached(concat!(
+            "SELECT o.path, MAX(b.stoptime) FROM Builds b JOIN Outputs o ON o.build = b.id WHERE ",
+            super::fresh::builds_of_derivation_sql!("b.id", "?1"),
+            " AND b.status = 0 GROUP BY o.path ORDER BY o.path"
+        ))?;
         let rows = stmt.query_map([derivation], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -103,7 +104,11 @@ impl Db {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM Builds WHERE derivation = ?1 AND status < 0)",
+                concat!(
+                    "SELECT EXISTS (SELECT 1 FROM Builds WHERE ",
+                    super::fresh::builds_of_derivation_sql!("id", "?1"),
+                    " AND status < 0)"
+                ),
             )?
             .query_row([derivation], |r| r.get(0))?)
     }
@@ -115,7 +120,7 @@ impl Db {
             .conn
             .prepare_cached(
                 "SELECT MAX(b.stoptime) FROM Outputs o JOIN Builds b ON b.id = o.build
-                 WHERE o.path = ?1 AND b.status = 0",
+                 WHERE o.path = ?1 AND (o.fresh = 0 OR o.fresh = 1) AND b.status = 0",
             )?
             .query_row([path], |r| r.get(0))?)
     }

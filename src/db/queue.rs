@@ -115,9 +115,12 @@ pub const POSITION_LIMIT: i64 = 10_000;
 /// The latest build of each input derivation of build `?1`: (id, status).
 /// Parameters go through `CAST`: SQLite re-prepares a statement at each
 /// call when a bound value might change its plan (partial indexes).
-const INPUT_BUILDS: &str = "SELECT b.id, b.status FROM Inputs i
-     JOIN Builds b ON b.id = (SELECT max(id) FROM Builds WHERE derivation = i.derivation)
-     WHERE i.build = CAST(?1 AS INTEGER)";
+const INPUT_BUILDS: &str = concat!(
+    "SELECT b.id, b.status FROM Inputs i
+     JOIN Builds b ON b.id = (SELECT max(id) FROM Builds WHERE ",
+    super::fresh::builds_of_derivation_sql!("id", "i.derivation"),
+    ") WHERE i.build = CAST(?1 AS INTEGER)"
+);
 
 impl Db {
     /// Up to `limit` scheduled builds of every spec after `after` (a
@@ -214,9 +217,9 @@ impl Db {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM Inputs i INDEXED BY Inputs_derivation
-                                CROSS JOIN Builds b ON b.id = i.build
-                                WHERE i.derivation = CAST(?1 AS TEXT) AND b.status = -2)",
+                "SELECT EXISTS (SELECT 1 FROM Inputs i CROSS JOIN Builds b ON b.id = i.build
+                                WHERE i.derivation = CAST(?1 AS TEXT)
+                                  AND (i.fresh = 0 OR i.fresh = 1) AND b.status = -2)",
             )?
             .query_row([derivation], |r| r.get(0))?)
     }
@@ -229,7 +232,9 @@ impl Db {
         Ok(tx
             .prepare_cached(
                 "UPDATE Builds SET status = -2, starttime = 0, stoptime = 0, errormsg = NULL
-                 WHERE status = 2 AND id IN (SELECT build FROM Inputs WHERE derivation = ?1)",
+                 WHERE status = 2
+                   AND id IN (SELECT build FROM Inputs
+                              WHERE derivation = ?1 AND (fresh = 0 OR fresh = 1))",
             )?
             .execute([derivation])?)
     }

@@ -300,8 +300,8 @@ pub(crate) fn latest_builds_sql(filter: &BuildFilter, plan: LatestPlan) -> Strin
         None => "?5 IS NULL",
     };
     let derivation = match filter.derivation {
-        Some(_) => "b.derivation = ?11",
-        None => "?11 IS NULL",
+        Some(_) => format!("b.id IN ({})", crate::db::fresh::builds_of_derivation("?11")),
+        None => "?11 IS NULL".into(),
     };
     let by_spec = match plan {
         LatestPlan::BySpecification => {
@@ -383,10 +383,18 @@ pub(crate) fn with_latest_builds_params<T>(
 /// builds, so a query whose rows are these reaches `Builds` by id.
 pub(crate) fn builds_named(n: u8) -> String {
     format!(
-        "SELECT nb.id FROM Derivations nd
-           JOIN Builds nb ON nb.derivation = nd.derivation AND nb.evaluation = nd.evaluation
-           WHERE nd.job_name = ?{n}
-         UNION ALL SELECT build FROM JobAliases WHERE job_name = ?{n}"
+        "{} UNION ALL SELECT build FROM JobAliases WHERE job_name = ?{n}",
+        crate::db::fresh::both_arms(
+            &format!(
+                "SELECT nb.id FROM Derivations nd INDEXED BY Derivations_job_name{{_fresh}}
+                 CROSS JOIN Builds nb INDEXED BY Builds_derivation{{_fresh}}
+                   ON nb.derivation = nd.derivation AND nb.evaluation = nd.evaluation
+                      AND nb.fresh = {{fresh}}
+                 WHERE nd.job_name = ?{n} AND nd.fresh = {{fresh}}"
+            ),
+            "",
+            ""
+        )
     )
 }
 
@@ -415,15 +423,29 @@ pub(crate) fn contains_like(name: &str, word: &str) -> bool {
 }
 
 /// The latest build of a derivation: `Builds_derivation` (derivation,
-/// evaluation) walked backwards, no sort.
-pub(crate) const BUILD_OF_DERIVATION: &str = "SELECT id FROM Builds WHERE derivation = ?1
-     ORDER BY evaluation DESC, id DESC LIMIT 1";
+/// evaluation) and its fresh part, each walked backwards.
+pub(crate) fn build_of_derivation() -> String {
+    crate::db::fresh::both_arms(
+        "SELECT id, evaluation FROM Builds INDEXED BY Builds_derivation{_fresh}
+         WHERE derivation = ?1 AND fresh = {fresh}",
+        "ORDER BY evaluation DESC, id DESC LIMIT 1",
+        "ORDER BY 2 DESC, 1 DESC LIMIT 1",
+    )
+}
 
-/// The build that made store item ?1: through `Outputs_path`, sorting
-/// only that item's builds.
-pub(crate) const OUTPUT: &str = "SELECT o.name, o.build FROM Outputs o
-     JOIN Builds b ON b.id = o.build
-     WHERE o.path = ?1 ORDER BY b.status = 0 DESC, o.build DESC LIMIT 1";
+/// The build that made store item ?1: (output name, build, whether it
+/// succeeded), through `Outputs_path` and `Outputs_path_fresh` alone,
+/// sorting only that item's builds.
+pub(crate) fn output_sql() -> String {
+    crate::db::fresh::both_arms(
+        "SELECT o.name, o.build, b.status = 0 AS succeeded
+         FROM Outputs o INDEXED BY Outputs_path{_fresh}
+         CROSS JOIN Builds b ON b.id = o.build
+         WHERE o.path = ?1 AND o.fresh = {fresh}",
+        "",
+        "ORDER BY 3 DESC, 2 DESC LIMIT 1",
+    )
+}
 
 /// The status of the previous finished build (succeeded or failed) of
 /// job ?1 for system ?3 in specification ?4, before evaluation ?2: a walk
@@ -433,16 +455,23 @@ pub(crate) const OUTPUT: &str = "SELECT o.name, o.build FROM Outputs o
 /// million builds, SQLite 3.54 would rather walk every earlier evaluation
 /// and sort (1.4 ms a lookup instead of 0.02), and `Builds_evaluation`
 /// (evaluation, status) matches the status range too and would read every
-/// finished build of each evaluation.
-pub(crate) const PREVIOUS_FINISHED_BUILD: &str =
-    "SELECT d.evaluation, b.status FROM Derivations d INDEXED BY Derivations_job_name
-     CROSS JOIN Builds b INDEXED BY Builds_derivation
-       ON b.derivation = d.derivation AND b.evaluation = d.evaluation
-     CROSS JOIN Evaluations e ON e.id = d.evaluation
-     WHERE d.job_name = CAST(?1 AS TEXT) AND d.evaluation < CAST(?2 AS INTEGER)
-       AND d.system = CAST(?3 AS TEXT) AND e.specification = CAST(?4 AS TEXT)
-       AND b.status BETWEEN 0 AND 3
-     ORDER BY d.evaluation DESC LIMIT 1";
+/// finished build of each evaluation.  One walk in the large indexes,
+/// one in the fresh ones ([`crate::db::fresh::both_arms`]); the later
+/// answer wins.
+pub(crate) fn previous_finished_build() -> String {
+    crate::db::fresh::both_arms(
+        "SELECT d.evaluation, b.status FROM Derivations d INDEXED BY Derivations_job_name{_fresh}
+         CROSS JOIN Builds b INDEXED BY Builds_derivation{_fresh}
+           ON b.derivation = d.derivation AND b.evaluation = d.evaluation AND b.fresh = {fresh}
+         CROSS JOIN Evaluations e ON e.id = d.evaluation
+         WHERE d.job_name = CAST(?1 AS TEXT) AND d.evaluation < CAST(?2 AS INTEGER)
+           AND d.fresh = {fresh}
+           AND d.system = CAST(?3 AS TEXT) AND e.specification = CAST(?4 AS TEXT)
+           AND b.status BETWEEN 0 AND 3",
+        "ORDER BY d.evaluation DESC LIMIT 1",
+        "ORDER BY 1 DESC LIMIT 1",
+    )
+}
 
 /// The same among the builds that had job ?1 as another name
 /// (`JobAliases_job_name`, then each build by id); the later of the two
@@ -460,7 +489,7 @@ pub(crate) const PREVIOUS_FINISHED_BUILD_OF_ALIAS: &str =
 /// The status of the latest finished build of `job` (name, evaluation,
 /// system) before that evaluation in specification `spec`, under the name
 /// as a first name or as another name of a build (`JobAliases`), from the
-/// prepared [`PREVIOUS_FINISHED_BUILD`] and
+/// prepared [`previous_finished_build`] and
 /// [`PREVIOUS_FINISHED_BUILD_OF_ALIAS`]; `None` for a job's first build.
 pub(crate) fn previous_status(
     first: &mut rusqlite::CachedStatement,
@@ -489,27 +518,36 @@ pub(crate) fn previous_status(
 /// derivation's rowid, which another name of its build shares.
 pub(crate) fn jobs_sql(by_name: bool) -> String {
     if by_name {
-        return "SELECT d.rowid, d.job_name, b.id, b.status, NULL FROM Derivations d
-                JOIN Builds b ON b.derivation = d.derivation AND b.evaluation = d.evaluation
-                WHERE d.evaluation = ?1 AND d.job_name = ?5 AND (?2 IS NULL OR d.system = ?2)
-                  AND d.rowid > ?3
-                UNION ALL
+        let first = crate::db::fresh::both_arms(
+            "SELECT d.rowid, d.job_name, b.id, b.status, NULL
+             FROM Derivations d INDEXED BY Derivations_job_name{_fresh}
+             CROSS JOIN Builds b INDEXED BY Builds_derivation{_fresh}
+               ON b.derivation = d.derivation AND b.evaluation = d.evaluation AND b.fresh = {fresh}
+             WHERE d.evaluation = ?1 AND d.job_name = ?5 AND d.fresh = {fresh}
+               AND (?2 IS NULL OR d.system = ?2) AND d.rowid > ?3",
+            "",
+            "",
+        );
+        return first
+            + " UNION ALL
+                SELECT * FROM (
                 SELECT d.rowid, NULL, b.id, b.status, a.job_name FROM JobAliases a
                 JOIN Builds b ON b.id = a.build
                 JOIN Derivations d ON d.derivation = b.derivation AND d.evaluation = b.evaluation
                 WHERE a.evaluation = ?1 AND a.job_name = ?5 AND (?2 IS NULL OR d.system = ?2)
-                  AND d.rowid > ?3"
-            .into();
+                  AND d.rowid > ?3)";
     }
-    "SELECT j.key, j.name, j.build, j.status, a.job_name FROM
+    format!(
+        "SELECT j.key, j.name, j.build, j.status, a.job_name FROM
        (SELECT d.rowid AS key, d.job_name AS name, b.id AS build, b.status AS status
-        FROM Derivations d
-        JOIN Builds b ON b.derivation = d.derivation AND b.evaluation = d.evaluation
+        FROM Derivations d INDEXED BY Derivations_evaluation
+        CROSS JOIN Builds b ON b.id = {}
         WHERE d.evaluation = ?1 AND ?5 IS NULL AND (?2 IS NULL OR d.system = ?2)
           AND d.rowid > ?3
         ORDER BY d.rowid LIMIT ?4) j
-     LEFT JOIN JobAliases a INDEXED BY JobAliases_build ON a.build = j.build"
-        .into()
+     LEFT JOIN JobAliases a INDEXED BY JobAliases_build ON a.build = j.build",
+        crate::db::fresh::build_of_row("d")
+    )
 }
 
 /// Parameter `n`, an integer ID compared for equality.  Written as a
@@ -586,8 +624,8 @@ pub(crate) fn queued_builds_sql(filter: &QueueFilter) -> String {
             None => "?8 IS NULL",
         },
         match filter.derivation {
-            Some(_) => "b.derivation = ?9",
-            None => "?9 IS NULL",
+            Some(_) => format!("b.id IN ({})", crate::db::fresh::builds_of_derivation("?9")),
+            None => "?9 IS NULL".into(),
         },
     )
 }
@@ -792,7 +830,7 @@ impl Db {
     pub fn build_of_derivation(&self, derivation: &str) -> Result<Option<BuildView>> {
         let id: Option<BuildId> = self
             .conn
-            .prepare_cached(BUILD_OF_DERIVATION)?
+            .prepare_cached(&build_of_derivation())?
             .query_row([derivation], |r| r.get(0))
             .optional()?;
         match id {
@@ -808,7 +846,7 @@ impl Db {
     pub fn output(&self, path: &str) -> Result<Option<OutputView>> {
         let found: Option<(String, BuildId)> = self
             .conn
-            .prepare_cached(OUTPUT)?
+            .prepare_cached(&output_sql())?
             .query_row([path], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let Some((name, id)) = found else {
@@ -896,15 +934,22 @@ impl Db {
             return Ok(Vec::new());
         };
         // A name's builds as the first name of each, then as another.
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT d.evaluation, d.rowid, b.id, b.status FROM Derivations d
-             JOIN Builds b ON b.derivation = d.derivation AND b.evaluation = d.evaluation
-             WHERE d.job_name = ?1 AND d.evaluation >= ?2
+        let first = crate::db::fresh::both_arms(
+            "SELECT d.evaluation, d.rowid, b.id, b.status
+             FROM Derivations d INDEXED BY Derivations_job_name{_fresh}
+             CROSS JOIN Builds b INDEXED BY Builds_derivation{_fresh}
+               ON b.derivation = d.derivation AND b.evaluation = d.evaluation AND b.fresh = {fresh}
+             WHERE d.job_name = ?1 AND d.evaluation >= ?2 AND d.fresh = {fresh}",
+            "",
+            "",
+        );
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "{first}
              UNION ALL
              SELECT a.evaluation, a.build, b.id, b.status FROM JobAliases a
              JOIN Builds b ON b.id = a.build
-             WHERE a.job_name = ?1 AND a.evaluation >= ?2",
-        )?;
+             WHERE a.job_name = ?1 AND a.evaluation >= ?2"
+        ))?;
         let mut jobs: Vec<Vec<JobView>> = vec![Vec::new(); evals.len()];
         for name in names {
             let rows = stmt.query_map(params![name, oldest], |r| {
@@ -1008,7 +1053,7 @@ impl Db {
     ) -> Result<Vec<BuildView>> {
         self.name_builds(&mut builds, shown)?;
         let mut outputs = self.conn.prepare_cached(&outputs_of_build_sql())?;
-        let mut previous = self.conn.prepare_cached(PREVIOUS_FINISHED_BUILD)?;
+        let mut previous = self.conn.prepare_cached(&previous_finished_build())?;
         let mut previous_alias = self.conn.prepare_cached(PREVIOUS_FINISHED_BUILD_OF_ALIAS)?;
         for b in &mut builds {
             let rows = outputs

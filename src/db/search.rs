@@ -14,6 +14,7 @@
 //!   Many matching names make matches dense, so few jobs are read.
 
 use super::read::{BUILD_COLUMNS, BuildView, SearchQuery, build_joins, build_row};
+use super::fresh::both_arms;
 use super::{BuildId, Db, EvalId, Result};
 use rusqlite::{OptionalExtension, params};
 
@@ -60,27 +61,37 @@ fn phrase(needle: &str) -> String {
 /// walk from the newest evaluation.  A derivation's rowid orders an
 /// evaluation's jobs as their builds' ids do: both are given as the jobs
 /// are registered.
-pub(crate) const DERIVATIONS_OF_NAME: &str =
-    "SELECT d.evaluation, d.rowid FROM Derivations d INDEXED BY Derivations_job_name
-     WHERE d.job_name = CAST(?1 AS TEXT) AND d.evaluation >= CAST(?2 AS INTEGER)
-     ORDER BY d.evaluation DESC LIMIT ?3";
+pub(crate) fn derivations_of_name() -> String {
+    both_arms(
+        "SELECT d.evaluation, d.rowid FROM Derivations d INDEXED BY Derivations_job_name{_fresh}
+         WHERE d.job_name = CAST(?1 AS TEXT) AND d.evaluation >= CAST(?2 AS INTEGER)
+           AND d.fresh = {fresh}",
+        "ORDER BY d.evaluation DESC LIMIT ?3",
+        "ORDER BY 1 DESC LIMIT ?3",
+    )
+}
 
 /// The same with the filters of `/search/latest` (specification ?4,
 /// system ?5, statuses ?6–?7), each step a seek in `Builds_derivation`.
 /// The indexes are named and the join order pinned for the reasons
-/// given at `read::PREVIOUS_FINISHED_BUILD`.
-pub(crate) const FILTERED_DERIVATIONS_OF_NAME: &str =
-    "SELECT d.evaluation, d.rowid FROM Derivations d INDEXED BY Derivations_job_name
-     CROSS JOIN Builds b INDEXED BY Builds_derivation
-       ON b.derivation = d.derivation AND b.evaluation = d.evaluation
-     CROSS JOIN Evaluations e ON e.id = d.evaluation
-     WHERE d.job_name = CAST(?1 AS TEXT) AND d.evaluation >= CAST(?2 AS INTEGER)
-       AND (?4 IS NULL OR e.specification = ?4) AND (?5 IS NULL OR d.system = ?5)
-       AND (?6 IS NULL OR b.status BETWEEN ?6 AND ?7)
-     ORDER BY d.evaluation DESC LIMIT ?3";
+/// given at `read::previous_finished_build`.
+pub(crate) fn filtered_derivations_of_name() -> String {
+    both_arms(
+        "SELECT d.evaluation, d.rowid FROM Derivations d INDEXED BY Derivations_job_name{_fresh}
+         CROSS JOIN Builds b INDEXED BY Builds_derivation{_fresh}
+           ON b.derivation = d.derivation AND b.evaluation = d.evaluation AND b.fresh = {fresh}
+         CROSS JOIN Evaluations e ON e.id = d.evaluation
+         WHERE d.job_name = CAST(?1 AS TEXT) AND d.evaluation >= CAST(?2 AS INTEGER)
+           AND d.fresh = {fresh}
+           AND (?4 IS NULL OR e.specification = ?4) AND (?5 IS NULL OR d.system = ?5)
+           AND (?6 IS NULL OR b.status BETWEEN ?6 AND ?7)",
+        "ORDER BY d.evaluation DESC LIMIT ?3",
+        "ORDER BY 1 DESC LIMIT ?3",
+    )
+}
 
 /// The builds that had ?1 as another name (`JobAliases`, jobs sharing
-/// a derivation), with the filters of [`FILTERED_DERIVATIONS_OF_NAME`]:
+/// a derivation), with the filters of [`filtered_derivations_of_name`]:
 /// (evaluation, build id), newest first.
 pub(crate) const ALIASES_OF_NAME: &str =
     "SELECT a.evaluation, a.build FROM JobAliases a INDEXED BY JobAliases_job_name
@@ -107,11 +118,11 @@ pub(crate) const UNINDEXED_NAMES_LIKE: &str = "SELECT name FROM JobNames
 pub(crate) fn build_of_derivation_row() -> String {
     format!(
         "{BUILD_COLUMNS} FROM Derivations d
-         CROSS JOIN Builds b INDEXED BY Builds_derivation
-           ON b.derivation = d.derivation AND b.evaluation = d.evaluation
+         CROSS JOIN Builds b ON b.id = {}
          CROSS JOIN Evaluations e ON e.id = b.evaluation
          LEFT JOIN Specifications s ON s.repo_name = e.specification
-         WHERE d.rowid = CAST(?1 AS INTEGER)"
+         WHERE d.rowid = CAST(?1 AS INTEGER)",
+        super::fresh::build_of_row("d")
     )
 }
 
@@ -122,9 +133,15 @@ pub(crate) const JOBS_OF_EVALUATION: &str =
      WHERE d.evaluation = CAST(?1 AS INTEGER) ORDER BY d.rowid DESC";
 
 /// The build of (derivation ?1, evaluation ?2) if its status is in range.
-pub(crate) const BUILD_OF_JOB: &str = "SELECT b.id FROM Builds b INDEXED BY Builds_derivation
-     WHERE b.derivation = CAST(?1 AS TEXT) AND b.evaluation = CAST(?2 AS INTEGER)
-       AND (?3 IS NULL OR b.status BETWEEN ?3 AND ?4)";
+pub(crate) fn build_of_job() -> String {
+    both_arms(
+        "SELECT id FROM Builds INDEXED BY Builds_derivation{_fresh}
+         WHERE derivation = CAST(?1 AS TEXT) AND evaluation = CAST(?2 AS INTEGER)
+           AND fresh = {fresh} AND (?3 IS NULL OR status BETWEEN ?3 AND ?4)",
+        "",
+        "",
+    )
+}
 
 /// Whether `name` contains `word`, ignoring case as the trigram index does
 /// (for the ASCII of job names).
@@ -298,9 +315,9 @@ impl Db {
     fn lookup_names(&self, names: &[String], f: Filters, limit: u32) -> Result<Vec<BuildView>> {
         let filtered = f.specification.is_some() || f.system.is_some() || f.status.is_some();
         let (lo, hi) = f.status.unzip();
-        let mut stmt = self.conn.prepare_cached(match filtered {
-            true => FILTERED_DERIVATIONS_OF_NAME,
-            false => DERIVATIONS_OF_NAME,
+        let mut stmt = self.conn.prepare_cached(&match filtered {
+            true => filtered_derivations_of_name(),
+            false => derivations_of_name(),
         })?;
         // (evaluation, derivation row), best first; once `limit` are
         // found, a name need only be looked at from the last one's
@@ -378,7 +395,7 @@ impl Db {
             .query_map([f.specification], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         let mut jobs = self.conn.prepare_cached(JOBS_OF_EVALUATION)?;
-        let mut build = self.conn.prepare_cached(BUILD_OF_JOB)?;
+        let mut build = self.conn.prepare_cached(&build_of_job())?;
         let mut ids = Vec::new();
         let mut read = 0;
         for eval in evals {
@@ -432,13 +449,15 @@ impl Db {
         status: Option<(i64, i64)>,
     ) -> Result<Vec<BuildId>> {
         let (lo, hi) = status.unzip();
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT b.id FROM Derivations d INDEXED BY Derivations_job_name
-             CROSS JOIN Builds b INDEXED BY Builds_derivation
-               ON b.derivation = d.derivation AND b.evaluation = d.evaluation
+        let mut stmt = self.conn.prepare_cached(&both_arms(
+            "SELECT b.id FROM Derivations d INDEXED BY Derivations_job_name{_fresh}
+             CROSS JOIN Builds b INDEXED BY Builds_derivation{_fresh}
+               ON b.derivation = d.derivation AND b.evaluation = d.evaluation AND b.fresh = {fresh}
              WHERE d.job_name = CAST(?1 AS TEXT) AND d.evaluation = CAST(?2 AS INTEGER)
-               AND (?3 IS NULL OR b.status BETWEEN ?3 AND ?4)",
-        )?;
+               AND d.fresh = {fresh} AND (?3 IS NULL OR b.status BETWEEN ?3 AND ?4)",
+            "",
+            "",
+        ))?;
         let mut ids = Vec::new();
         for name in names {
             let rows = stmt.query_map(params![name, eval, lo, hi], |r| r.get(0))?;

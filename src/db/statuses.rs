@@ -3,6 +3,7 @@
 //! its counts, and the events of weather changes.
 
 use super::events::{self, Weathers};
+use super::fresh::builds_of_derivation_sql;
 use super::{BuildId, BuildStatus, Db, EvalId, Result, status};
 use rusqlite::{OptionalExtension, Transaction, params};
 
@@ -10,8 +11,11 @@ use rusqlite::{OptionalExtension, Transaction, params};
 /// change the daemon reports, oldest evaluation first (the index's own
 /// order): a derivation pending in two evaluations finishes in both at
 /// once, and the later one's weather compares with the earlier one's.
-pub(super) const PENDING_BUILDS_OF_DERIVATION: &str =
-    "SELECT id, starttime, evaluation FROM Builds WHERE derivation = ?1 AND status < 0";
+pub(super) const PENDING_BUILDS_OF_DERIVATION: &str = concat!(
+    "SELECT id, starttime, evaluation FROM Builds WHERE ",
+    builds_of_derivation_sql!("id", "?1"),
+    " AND status < 0 ORDER BY evaluation, id"
+);
 
 /// Builds of one derivation that finished with a log, which each of them
 /// keeps a copy of.
@@ -74,8 +78,11 @@ impl Db {
         Ok(self
             .conn
             .prepare_cached(
-                "UPDATE Builds SET status = ?2, starttime = ?3, log = ?4
-                 WHERE derivation = ?1 AND status < 0",
+                concat!(
+                    "UPDATE Builds SET status = ?2, starttime = ?3, log = ?4 WHERE ",
+                    builds_of_derivation_sql!("id", "?1"),
+                    " AND status < 0"
+                ),
             )?
             .execute(params![derivation, status::STARTED, now, log])?)
     }
@@ -309,8 +316,12 @@ impl Db {
                     if !finished_here.contains(derivation.as_str()) {
                         // Local until `@ build-remote` says otherwise.
                         tx.prepare_cached(
-                            "UPDATE Builds SET status = ?2, starttime = ?3, log = ?4, worker = ?5
-                             WHERE derivation = ?1 AND status < 0",
+                            concat!(
+                                "UPDATE Builds SET status = ?2, starttime = ?3, log = ?4,
+                                                   worker = ?5 WHERE ",
+                                builds_of_derivation_sql!("id", "?1"),
+                                " AND status < 0"
+                            ),
                         )?
                         .execute(params![
                             derivation,
@@ -323,7 +334,11 @@ impl Db {
                 }
                 Update::Remote { derivation, host } => {
                     tx.prepare_cached(
-                        "UPDATE Builds SET worker = ?2 WHERE derivation = ?1 AND status < 0",
+                        concat!(
+                            "UPDATE Builds SET worker = ?2 WHERE ",
+                            builds_of_derivation_sql!("id", "?1"),
+                            " AND status < 0"
+                        ),
                     )?
                     .execute(params![derivation, host])?;
                 }
@@ -409,7 +424,11 @@ impl Db {
         let mut changed = 0;
         {
             let mut stmt = tx.prepare_cached(
-                "UPDATE Builds SET status = ?2, starttime = 0 WHERE derivation = ?1 AND status = ?3",
+                concat!(
+                    "UPDATE Builds SET status = ?2, starttime = 0 WHERE ",
+                    builds_of_derivation_sql!("id", "?1"),
+                    " AND status = ?3"
+                ),
             )?;
             for drv in derivations {
                 changed += stmt.execute(params![drv, status::SCHEDULED, status::STARTED])?;

@@ -451,7 +451,9 @@ fn the_duration_histogram_follows_finished_builds() {
 }
 
 /// Every trace line the daemon prints looks up a derivation's pending
-/// builds; a plan through Builds_queue would walk the whole queue.
+/// builds; a plan through Builds_queue would walk the whole queue.  They
+/// are found in both parts of the derivation index (migration 22), each
+/// by id, and sorted (one or two builds).
 #[test]
 fn status_changes_find_builds_through_the_derivation_index() {
     let db = Db::open_in_memory().unwrap();
@@ -461,7 +463,10 @@ fn status_changes_find_builds_through_the_derivation_index() {
             PENDING_BUILDS_OF_DERIVATION,
             ["/gnu/store/x.drv"]
         ),
-        "SEARCH Builds USING INDEX Builds_derivation (derivation=?)"
+        "SEARCH Builds USING INTEGER PRIMARY KEY (rowid=?); LIST SUBQUERY 4; COMPOUND QUERY; \
+         LEFT-MOST SUBQUERY; SEARCH Builds USING COVERING INDEX Builds_derivation (derivation=?); \
+         UNION ALL; SEARCH Builds USING COVERING INDEX Builds_derivation_fresh (derivation=?); \
+         USE TEMP B-TREE FOR ORDER BY"
     );
 }
 

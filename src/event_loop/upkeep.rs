@@ -1,6 +1,7 @@
 //! The database's background upkeep, a bounded page per loop turn: new
-//! job names into the search index, and the weathers of builds that
-//! finished before weathers were kept.
+//! job names into the search index, registered builds' index entries
+//! into the large indexes, and the weathers of builds that finished
+//! before weathers were kept.
 
 use super::*;
 use crate::logging::DB;
@@ -16,6 +17,33 @@ impl EventLoop {
             Err(e) => {
                 log::warn!(target: DB, "job names not indexed for search yet: {e}");
                 self.names_behind = false;
+            }
+        }
+    }
+
+    /// A page of registered builds' index entries into the large indexes
+    /// ([`crate::db::fresh`]); the next turn comes at once until none is
+    /// left, and a line says how many moved once more than a page did.
+    pub(super) fn merge_fresh(&mut self, now: Instant) {
+        let page = crate::db::fresh::MERGE_PAGE;
+        match self.db.merge_fresh(page) {
+            Ok(n) if n == page => self.fresh_merged += n,
+            Ok(n) => {
+                self.fresh_merged += n;
+                let since = self.fresh_behind.take().unwrap_or(now);
+                if self.fresh_merged > page {
+                    log::info!(
+                        target: DB,
+                        "index entries of {} registered builds moved to the large indexes in {:.1} s",
+                        self.fresh_merged,
+                        now.duration_since(since).as_secs_f64()
+                    );
+                }
+                self.fresh_merged = 0;
+            }
+            Err(e) => {
+                log::warn!(target: DB, "registered builds' index entries not moved yet: {e}");
+                self.fresh_behind = None;
             }
         }
     }

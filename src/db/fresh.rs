@@ -1,0 +1,134 @@
+//! Moving registration's index entries to the large indexes (migration
+//! 22).  A registered build, its derivation row, outputs and inputs are
+//! fresh: their entries by derivation, job name and store item are in
+//! small `_fresh` partial indexes, which a new evaluation's jobs fill in
+//! any order at little cost.  The loop moves them, a page of builds per
+//! turn in id order, into the large indexes, where each entry costs a
+//! random leaf; queries look in both meanwhile.
+
+use super::*;
+
+/// `COLUMN IN (...)`, the ids of the builds of derivation `DRV` (SQL
+/// expressions), a seek in each index: [`builds_of_derivation`] as a
+/// literal, for `concat!` in the statements prepared at every status
+/// change.
+macro_rules! builds_of_derivation_sql {
+    ($column:literal, $drv:literal) => {
+        concat!(
+            $column,
+            " IN (SELECT * FROM (SELECT id FROM Builds INDEXED BY Builds_derivation
+                                 WHERE derivation = ",
+            $drv,
+            " AND fresh = 0)
+                  UNION ALL
+                  SELECT * FROM (SELECT id FROM Builds INDEXED BY Builds_derivation_fresh
+                                 WHERE derivation = ",
+            $drv,
+            " AND fresh = 1))"
+        )
+    };
+}
+pub(crate) use builds_of_derivation_sql;
+
+/// Builds whose entries move in one loop turn: each costs a leaf of
+/// three to five large indexes (about 0.3 ms on a 10,000,000-build
+/// database whose pages are not cached), so a page is some 30 ms.
+pub const MERGE_PAGE: usize = 100;
+
+impl Db {
+    /// Moves the index entries of the `page` lowest fresh builds (and of
+    /// their derivation rows, outputs and inputs) to the large indexes, in
+    /// one transaction; returns how many builds it looked at, fewer than
+    /// `page` once none is left.  Every build above `FreshBuilds.above`
+    /// is one that registration may have written fresh: identifiers only
+    /// grow (AUTOINCREMENT), so the mark never passes an unmoved build.
+    pub fn merge_fresh(&mut self, page: usize) -> Result<usize> {
+        let tx = self.write()?;
+        let above: i64 = tx
+            .prepare_cached("SELECT above FROM FreshBuilds")?
+            .query_row([], |r| r.get(0))?;
+        let (last, count): (Option<i64>, i64) = tx
+            .prepare_cached(
+                "SELECT MAX(id), COUNT(*) FROM
+                   (SELECT id FROM Builds WHERE id > ?1 ORDER BY id LIMIT ?2)",
+            )?
+            .query_row(params![above, page as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let Some(last) = last else {
+            return Ok(0);
+        };
+        // The derivation rows first: they are found through the builds
+        // still marked.
+        tx.prepare_cached(
+            "UPDATE Derivations SET fresh = 0
+             WHERE (evaluation, derivation) IN
+                   (SELECT evaluation, derivation FROM Builds
+                    WHERE id > ?1 AND id <= ?2 AND fresh = 1)
+               AND fresh = 1",
+        )?
+        .execute(params![above, last])?;
+        for sql in [
+            "UPDATE Outputs SET fresh = 0 WHERE build > ?1 AND build <= ?2 AND fresh = 1",
+            "UPDATE Inputs SET fresh = 0 WHERE build > ?1 AND build <= ?2 AND fresh = 1",
+            "UPDATE Builds SET fresh = 0 WHERE id > ?1 AND id <= ?2 AND fresh = 1",
+        ] {
+            tx.prepare_cached(sql)?.execute(params![above, last])?;
+        }
+        tx.prepare_cached("UPDATE FreshBuilds SET above = ?1")?
+            .execute([last])?;
+        tx.commit()?;
+        Ok(count as usize)
+    }
+
+    /// How many builds still have fresh index entries (for the tests and
+    /// the benchmarks).
+    pub fn fresh_builds(&self) -> Result<usize> {
+        let n: i64 = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM Builds WHERE fresh = 1")?
+            .query_row([], |r| r.get(0))?;
+        Ok(n as usize)
+    }
+}
+
+/// A query through indexes that migration 22 split, with the indexes
+/// named: `arm` (a SELECT) once over the large indexes and once over the
+/// fresh ones, each with its own `inner` ORDER BY and LIMIT, then the
+/// union with `outer`'s.  In `arm`, `{fresh}` stands for the flag (0,
+/// then 1) and `{_fresh}` for the suffix of the fresh indexes' names.
+/// Both arms may use the flag of a derivation row for its build's: they
+/// are fresh together, as registration writes them and
+/// [`Db::merge_fresh`] moves them.
+pub(crate) fn both_arms(arm: &str, inner: &str, outer: &str) -> String {
+    let one = |flag: &str, suffix: &str| {
+        let sql = arm.replace("{fresh}", flag).replace("{_fresh}", suffix);
+        format!("SELECT * FROM ({sql} {inner})")
+    };
+    format!("{} UNION ALL {} {outer}", one("0", ""), one("1", "_fresh"))
+}
+
+/// The id of the build of derivation row `d` (a table alias): one seek,
+/// in the index the row's flag names, so that no planner's guess can
+/// send a join from Derivations to Builds through another index.
+pub(crate) fn build_of_row(d: &str) -> String {
+    let one = |flag: u8, suffix: &str| {
+        format!(
+            "(SELECT id FROM Builds INDEXED BY Builds_derivation{suffix}
+              WHERE derivation = {d}.derivation AND evaluation = {d}.evaluation
+                AND fresh = {flag})"
+        )
+    };
+    format!("CASE {d}.fresh WHEN 0 THEN {} ELSE {} END", one(0, ""), one(1, "_fresh"))
+}
+
+/// The ids of the builds of derivation `drv` (an SQL expression), for
+/// `id IN (...)`: a seek in each index.
+pub(crate) fn builds_of_derivation(drv: &str) -> String {
+    both_arms(
+        &format!(
+            "SELECT id FROM Builds INDEXED BY Builds_derivation{{_fresh}}
+             WHERE derivation = {drv} AND fresh = {{fresh}}"
+        ),
+        "",
+        "",
+    )
+}
