@@ -752,10 +752,10 @@ impl Db {
              VALUES (?1, ?2, '', ?3, ?4, 0, 0, ?5, ?6, ?7, ?8, 1)",
         )?;
         let spec_rank = queue::spec_priority_of_evaluation(tx, eval)? * 10;
-        let mut output_stmt =
-            tx.prepare_cached("INSERT INTO Outputs (build, name, path, fresh) VALUES (?1, ?2, ?3, 1)")?;
-        let mut input_stmt =
-            tx.prepare_cached(
+        let mut output_stmt = tx.prepare_cached(
+            "INSERT INTO Outputs (build, name, path, fresh) VALUES (?1, ?2, ?3, 1)",
+        )?;
+        let mut input_stmt = tx.prepare_cached(
             "INSERT OR IGNORE INTO Inputs (build, derivation, fresh) VALUES (?1, ?2, 1)",
         )?;
         // Most names are known from earlier evaluations: a lookup each.
@@ -815,13 +815,11 @@ impl Db {
     /// that before, by `job::Tally`).
     fn insert_alias(tx: &Transaction, eval: EvalId, job: &JobRecord) -> Result<()> {
         let build: BuildId = tx
-            .prepare_cached(
-                concat!(
-                    "SELECT id FROM Builds WHERE ",
-                    fresh::builds_of_derivation_sql!("id", "?1"),
-                    " AND evaluation = ?2"
-                ),
-            )?
+            .prepare_cached(concat!(
+                "SELECT id FROM Builds WHERE ",
+                fresh::builds_of_derivation_sql!("id", "?1"),
+                " AND evaluation = ?2"
+            ))?
             .query_row(params![job.derivation, eval], |r| r.get(0))?;
         tx.prepare_cached(
             "INSERT INTO JobAliases (evaluation, job_name, build) VALUES (?1, ?2, ?3)",
@@ -1132,6 +1130,8 @@ pub(crate) fn query_plan(conn: &Connection, sql: &str, params: impl rusqlite::Pa
 
 #[cfg(test)]
 mod alias_tests;
+#[cfg(test)]
+mod fresh_tests;
 #[cfg(test)]
 mod scale_tests;
 #[cfg(test)]

@@ -117,7 +117,11 @@ pub(crate) fn build_of_row(d: &str) -> String {
                 AND fresh = {flag})"
         )
     };
-    format!("CASE {d}.fresh WHEN 0 THEN {} ELSE {} END", one(0, ""), one(1, "_fresh"))
+    format!(
+        "CASE {d}.fresh WHEN 0 THEN {} ELSE {} END",
+        one(0, ""),
+        one(1, "_fresh")
+    )
 }
 
 /// The ids of the builds of derivation `drv` (an SQL expression), for

@@ -103,13 +103,11 @@ impl Db {
     pub fn derivation_pending(&self, derivation: &str) -> Result<bool> {
         Ok(self
             .conn
-            .prepare_cached(
-                concat!(
-                    "SELECT EXISTS (SELECT 1 FROM Builds WHERE ",
-                    super::fresh::builds_of_derivation_sql!("id", "?1"),
-                    " AND status < 0)"
-                ),
-            )?
+            .prepare_cached(concat!(
+                "SELECT EXISTS (SELECT 1 FROM Builds WHERE ",
+                super::fresh::builds_of_derivation_sql!("id", "?1"),
+                " AND status < 0)"
+            ))?
             .query_row([derivation], |r| r.get(0))?)
     }
 

@@ -300,7 +300,10 @@ pub(crate) fn latest_builds_sql(filter: &BuildFilter, plan: LatestPlan) -> Strin
         None => "?5 IS NULL",
     };
     let derivation = match filter.derivation {
-        Some(_) => format!("b.id IN ({})", crate::db::fresh::builds_of_derivation("?11")),
+        Some(_) => format!(
+            "b.id IN ({})",
+            crate::db::fresh::builds_of_derivation("?11")
+        ),
         None => "?11 IS NULL".into(),
     };
     let by_spec = match plan {

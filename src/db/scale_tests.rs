@@ -373,11 +373,11 @@ fn searches_and_evaluation_pages_walk_indexes_with_ten_million_builds() {
     let sorted = |p: &str| p.contains("TEMP B-TREE");
     let p = plan(&search::derivations_of_name(), 3);
     assert!(
-        p.contains("SEARCH d USING COVERING INDEX Derivations_job_name (job_name=? AND evaluation>?)")
-            && p.contains(
-                "SEARCH d USING COVERING INDEX Derivations_job_name_fresh (job_name=? AND evaluation>?)"
-            )
-            && !sorts_beyond_arms(&p),
+        p.contains(
+            "SEARCH d USING COVERING INDEX Derivations_job_name (job_name=? AND evaluation>?)"
+        ) && p.contains(
+            "SEARCH d USING COVERING INDEX Derivations_job_name_fresh (job_name=? AND evaluation>?)"
+        ) && !sorts_beyond_arms(&p),
         "{p}"
     );
     let p = plan(&search::filtered_derivations_of_name(), 7);

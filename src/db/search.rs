@@ -13,8 +13,8 @@
 //!   checked against the words, stopping once enough builds are found.
 //!   Many matching names make matches dense, so few jobs are read.
 
-use super::read::{BUILD_COLUMNS, BuildView, SearchQuery, build_joins, build_row};
 use super::fresh::both_arms;
+use super::read::{BUILD_COLUMNS, BuildView, SearchQuery, build_joins, build_row};
 use super::{BuildId, Db, EvalId, Result};
 use rusqlite::{OptionalExtension, params};
 

@@ -77,13 +77,11 @@ impl Db {
     pub fn build_started(&mut self, derivation: &str, log: &str, now: i64) -> Result<usize> {
         Ok(self
             .conn
-            .prepare_cached(
-                concat!(
-                    "UPDATE Builds SET status = ?2, starttime = ?3, log = ?4 WHERE ",
-                    builds_of_derivation_sql!("id", "?1"),
-                    " AND status < 0"
-                ),
-            )?
+            .prepare_cached(concat!(
+                "UPDATE Builds SET status = ?2, starttime = ?3, log = ?4 WHERE ",
+                builds_of_derivation_sql!("id", "?1"),
+                " AND status < 0"
+            ))?
             .execute(params![derivation, status::STARTED, now, log])?)
     }
 
@@ -315,14 +313,12 @@ impl Db {
                 Update::Started { derivation, log } => {
                     if !finished_here.contains(derivation.as_str()) {
                         // Local until `@ build-remote` says otherwise.
-                        tx.prepare_cached(
-                            concat!(
-                                "UPDATE Builds SET status = ?2, starttime = ?3, log = ?4,
+                        tx.prepare_cached(concat!(
+                            "UPDATE Builds SET status = ?2, starttime = ?3, log = ?4,
                                                    worker = ?5 WHERE ",
-                                builds_of_derivation_sql!("id", "?1"),
-                                " AND status < 0"
-                            ),
-                        )?
+                            builds_of_derivation_sql!("id", "?1"),
+                            " AND status < 0"
+                        ))?
                         .execute(params![
                             derivation,
                             status::STARTED,
@@ -333,13 +329,11 @@ impl Db {
                     }
                 }
                 Update::Remote { derivation, host } => {
-                    tx.prepare_cached(
-                        concat!(
-                            "UPDATE Builds SET worker = ?2 WHERE ",
-                            builds_of_derivation_sql!("id", "?1"),
-                            " AND status < 0"
-                        ),
-                    )?
+                    tx.prepare_cached(concat!(
+                        "UPDATE Builds SET worker = ?2 WHERE ",
+                        builds_of_derivation_sql!("id", "?1"),
+                        " AND status < 0"
+                    ))?
                     .execute(params![derivation, host])?;
                 }
                 Update::Finished {
@@ -423,13 +417,11 @@ impl Db {
         let tx = self.write()?;
         let mut changed = 0;
         {
-            let mut stmt = tx.prepare_cached(
-                concat!(
-                    "UPDATE Builds SET status = ?2, starttime = 0 WHERE ",
-                    builds_of_derivation_sql!("id", "?1"),
-                    " AND status = ?3"
-                ),
-            )?;
+            let mut stmt = tx.prepare_cached(concat!(
+                "UPDATE Builds SET status = ?2, starttime = 0 WHERE ",
+                builds_of_derivation_sql!("id", "?1"),
+                " AND status = ?3"
+            ))?;
             for drv in derivations {
                 changed += stmt.execute(params![drv, status::SCHEDULED, status::STARTED])?;
             }

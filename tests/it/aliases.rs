@@ -80,6 +80,21 @@ fn two_job_names_one_derivation_build_once_both_found() {
                 "SELECT COUNT(*) FROM Evaluations WHERE status = 0",
             ) == 1
     });
+    // The loop moves the registered rows' index entries to the large
+    // indexes a page per turn (migration 22); the lookups by name and
+    // derivation below read them there.
+    wait_until(
+        Duration::from_secs(30),
+        "the fresh index entries moved",
+        || {
+            ["Builds", "Derivations", "Outputs"].iter().all(|table| {
+                count(
+                    &setup.db(),
+                    &format!("SELECT COUNT(*) FROM {table} WHERE fresh = 1"),
+                ) == 0
+            })
+        },
+    );
     let conn = setup.db();
     let drv: String = conn
         .query_row("SELECT derivation FROM Builds WHERE id = ?1", [id], |r| {

@@ -6,6 +6,7 @@
 
 use crate::api_db::{self, TEN_MILLION};
 use crate::common::*;
+use cuirass::db::fresh::MERGE_PAGE;
 use cuirass::db::search::NAME_INDEX_PAGE;
 use cuirass::db::{Db, JobRecord};
 use std::process::Command;
@@ -76,9 +77,11 @@ fn next_jobs(db: &Db, rows: (i64, i64), rng: &mut api_db::Rng) -> Result<Vec<Job
 }
 
 /// The child: registers the evaluation into the database at `path`,
-/// then indexes its new job names as the loop would, and prints
-/// `SECONDS REGISTER_SECONDS VMHWM_KIB JOBS CANCELED CPU_SECONDS
-/// INDEX_SECONDS NAMES LONGEST_CHUNK_SECONDS`.
+/// then indexes its new job names and moves its builds' index entries
+/// to the large indexes as the loop would, and prints `SECONDS
+/// REGISTER_SECONDS VMHWM_KIB JOBS CANCELED CPU_SECONDS INDEX_SECONDS
+/// NAMES LONGEST_CHUNK_SECONDS COMPLETE_SECONDS MERGE_SECONDS
+/// LONGEST_MERGE_SECONDS`.
 pub fn child(path: &str) -> Result<(), String> {
     let e = |e: cuirass::db::Error| e.to_string();
     let mut db = Db::open(std::path::Path::new(path)).map_err(e)?;
@@ -120,8 +123,23 @@ pub fn child(path: &str) -> Result<(), String> {
         }
     }
     let indexed = secs(indexing.elapsed());
+    let merging = Instant::now();
+    let mut longest_merge = 0.0f64;
+    loop {
+        let page = Instant::now();
+        let n = db.merge_fresh(MERGE_PAGE).map_err(e)?;
+        longest_merge = longest_merge.max(secs(page.elapsed()));
+        if n < MERGE_PAGE {
+            break;
+        }
+    }
+    let merged = secs(merging.elapsed());
     let hwm = proc_status_kib(std::process::id(), "VmHWM").unwrap_or(-1);
-    println!("{total} {registered} {hwm} {queued} {canceled} {cpu} {indexed} {names} {longest}");
+    let complete = total - registered;
+    println!(
+        "{total} {registered} {hwm} {queued} {canceled} {cpu} {indexed} {names} {longest} \
+         {complete} {merged} {longest_merge}"
+    );
     Ok(())
 }
 
@@ -140,7 +158,7 @@ pub fn run() -> Result<Vec<Figure>, String> {
         .split_whitespace()
         .map(|x| x.parse().unwrap_or(f64::NAN))
         .collect();
-    if !out.status.success() || f.len() != 9 {
+    if !out.status.success() || f.len() != 12 {
         return Err(format!(
             "registration child failed: {}{}",
             text,
@@ -168,6 +186,21 @@ pub fn run() -> Result<Vec<Figure>, String> {
             Some(Target::AtMost(200.0)),
         )
         .note("the loop warns of a turn over 200 ms; HTTP requests wait that long"),
+        Figure::new(
+            "— closing the evaluation (`complete_evaluation`, superseded builds canceled): one loop turn",
+            f[9] * 1e3,
+            "ms",
+            Some(Target::AtMost(200.0)),
+        ),
+        Figure::new(
+            &format!(
+                "— then its builds' index entries moved to the large indexes, {MERGE_PAGE} builds per loop turn"
+            ),
+            f[10],
+            "s",
+            None,
+        )
+        .note(format!("longest turn {:.1} ms", f[11] * 1e3)),
         Figure::new(
             "— peak RSS (VmHWM) of the registering process",
             f[2] / 1024.0,

@@ -1,0 +1,242 @@
+//! Registration's fresh index entries and their move to the large
+//! indexes (migration 22): every lookup answers the same before, during
+//! and after the move, and writes by derivation reach builds in both.
+
+use super::dashboard::EvalBuildFilter;
+use super::read::{BuildFilter, JobFilter};
+use super::*;
+
+fn spec(name: &str) -> Specification {
+    Specification {
+        arguments: "((nonce . \"x\"))".into(),
+        ..Specification::new(name, &format!("file:///srv/{name}.git"), "ci.scm", "jobs")
+    }
+}
+
+/// Job `name` whose derivation is tagged `tag`, with an output and an
+/// input (the derivation of job `input`, same tag).
+fn job(name: &str, tag: &str, input: &str) -> JobRecord {
+    let drv = |n: &str| format!("/gnu/store/{:a<32}-{n}.drv", format!("{n}{tag}"));
+    JobRecord {
+        job_name: name.into(),
+        derivation: drv(name),
+        system: "x86_64-linux".into(),
+        nix_name: name.into(),
+        outputs: vec![(
+            "out".into(),
+            format!("/gnu/store/{:b<32}-{name}", format!("{name}{tag}")),
+        )],
+        inputs: vec![drv(input)],
+        ..JobRecord::default()
+    }
+}
+
+fn count(db: &Db, sql: &str) -> i64 {
+    db.connection().query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+/// What the lookups by derivation, job name and store item answer, as
+/// text to compare.
+fn answers(db: &Db, jobs: &[JobRecord], evals: &[EvalId]) -> Vec<String> {
+    let mut out = Vec::new();
+    for j in jobs {
+        out.push(format!(
+            "{:?}",
+            db.build_of_derivation(&j.derivation).unwrap().map(|b| b.id)
+        ));
+        out.push(format!(
+            "{:?}",
+            db.outputs_of_derivation(&j.derivation).unwrap()
+        ));
+        let output = db.output(&j.outputs[0].1).unwrap();
+        out.push(format!("{:?}", output.map(|o| (o.name, o.build.id))));
+        let filter = BuildFilter {
+            derivation: Some(j.derivation.clone()),
+            ..Default::default()
+        };
+        let ids: Vec<_> = db
+            .latest_builds(&filter, 10)
+            .unwrap()
+            .iter()
+            .map(|b| b.id)
+            .collect();
+        out.push(format!("{ids:?}"));
+        let history = db.jobs_history("a", &[j.job_name.clone()], 10).unwrap();
+        let history: Vec<_> = history
+            .iter()
+            .map(|(e, js)| {
+                (
+                    e.id,
+                    js.iter().map(|j| (j.build, j.status)).collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        out.push(format!("{history:?}"));
+        out.push(format!(
+            "{:?}",
+            db.derivation_pending(&j.derivation).unwrap()
+        ));
+    }
+    for &eval in evals {
+        let filter = JobFilter {
+            evaluation: eval,
+            names: None,
+            system: None,
+            after: None,
+        };
+        let all: Vec<_> = db
+            .jobs(&filter, 100)
+            .unwrap()
+            .iter()
+            .map(|j| (j.key, j.build))
+            .collect();
+        out.push(format!("{all:?}"));
+        for j in jobs {
+            let filter = JobFilter {
+                names: Some(vec![j.job_name.clone()]),
+                ..filter.clone()
+            };
+            let named: Vec<_> = db
+                .jobs(&filter, 100)
+                .unwrap()
+                .iter()
+                .map(|j| (j.key, j.build))
+                .collect();
+            out.push(format!("{named:?}"));
+        }
+        let (page, total) = db
+            .evaluation_builds(eval, &EvalBuildFilter::default(), 100, 0)
+            .unwrap();
+        let page: Vec<_> = page.iter().map(|b| b.id).collect();
+        out.push(format!("{page:?} {total}"));
+    }
+    let found: Vec<_> = db
+        .search_builds("x", 100)
+        .unwrap()
+        .builds
+        .iter()
+        .map(|b| b.id)
+        .collect();
+    out.push(format!("{found:?}"));
+    out
+}
+
+#[test]
+fn lookups_answer_the_same_before_during_and_after_the_move() {
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("a")]).unwrap();
+    let first = [
+        job("x1", "-1", "x3"),
+        job("x2", "-1", "x1"),
+        job("x3", "-1", "x2"),
+    ];
+    // The next commit changes x2 only: x1 and x3 are built again under
+    // the same derivation.
+    let second = [
+        job("x1", "-1", "x3"),
+        job("x2", "-2", "x1"),
+        job("x3", "-1", "x2"),
+    ];
+    let e1 = db.register_evaluation("a", "c1", &first, 1).unwrap();
+    let e2 = db.register_evaluation("a", "c2", &second, 2).unwrap();
+    let jobs: Vec<JobRecord> = first.iter().chain(&second[1..2]).cloned().collect();
+    assert_eq!(db.fresh_builds().unwrap(), 6);
+    for table in ["Derivations", "Outputs", "Inputs"] {
+        assert_eq!(
+            count(
+                &db,
+                &format!("SELECT COUNT(*) FROM {table} WHERE fresh = 0")
+            ),
+            0
+        );
+    }
+    let before = answers(&db, &jobs, &[e1, e2]);
+    assert!(before.iter().any(|a| a.contains("Some(")), "{before:?}");
+    // A page of 3 builds: the first evaluation's move, the second's
+    // stay fresh.
+    assert_eq!(db.merge_fresh(3).unwrap(), 3);
+    assert_eq!(db.fresh_builds().unwrap(), 3);
+    assert_eq!(answers(&db, &jobs, &[e1, e2]), before);
+    // A derivation built in both evaluations finishes in both, one
+    // build moved and one fresh.
+    let x1 = &first[0].derivation;
+    let both: i64 = db
+        .connection()
+        .query_row(
+            "SELECT COUNT(DISTINCT fresh) FROM Builds WHERE derivation = ?1",
+            [x1],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(both, 2);
+    assert_eq!(
+        db.build_finished(x1, status::SUCCEEDED, None, 5).unwrap(),
+        2
+    );
+    let after_finish = answers(&db, &jobs, &[e1, e2]);
+    assert_ne!(after_finish, before);
+    assert_eq!(db.merge_fresh(2).unwrap(), 2);
+    assert_eq!(db.merge_fresh(2).unwrap(), 1);
+    assert_eq!(db.merge_fresh(2).unwrap(), 0);
+    assert_eq!(db.fresh_builds().unwrap(), 0);
+    for table in ["Derivations", "Outputs", "Inputs", "Builds"] {
+        assert_eq!(
+            count(
+                &db,
+                &format!("SELECT COUNT(*) FROM {table} WHERE fresh = 1")
+            ),
+            0
+        );
+    }
+    assert_eq!(answers(&db, &jobs, &[e1, e2]), after_finish);
+    // Every entry is in a large index now, none in a fresh one.
+    for (index, table, n) in [
+        ("Builds_derivation", "Builds", 6),
+        ("Derivations_job_name", "Derivations", 6),
+        ("Outputs_path", "Outputs", 6),
+        ("Inputs_derivation", "Inputs", 6),
+    ] {
+        let sql = format!("SELECT COUNT(*) FROM {table} INDEXED BY {index} WHERE fresh = 0");
+        assert_eq!(count(&db, &sql), n, "{index}");
+        let sql = format!("SELECT COUNT(*) FROM {table} INDEXED BY {index}_fresh WHERE fresh = 1");
+        assert_eq!(count(&db, &sql), 0, "{index}_fresh");
+    }
+    // A new evaluation's rows are fresh again, above the mark.
+    let third = [job("x1", "-3", "x3")];
+    db.register_evaluation("a", "c3", &third, 3).unwrap();
+    assert_eq!(db.fresh_builds().unwrap(), 1);
+    assert_eq!(db.merge_fresh(4).unwrap(), 1);
+    assert_eq!(db.fresh_builds().unwrap(), 0);
+}
+
+#[test]
+fn a_deleted_job_names_last_derivation_takes_the_name_from_either_index() {
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("a")]).unwrap();
+    let e1 = db
+        .register_evaluation("a", "c1", &[job("old", "-1", "old")], 1)
+        .unwrap();
+    db.merge_fresh(10).unwrap();
+    let e2 = db
+        .register_evaluation("a", "c2", &[job("old", "-2", "old")], 2)
+        .unwrap();
+    let names = |db: &Db| count(db, "SELECT COUNT(*) FROM JobNames WHERE name = 'old'");
+    // The moved row goes; the fresh one keeps the name.
+    db.abandon_evaluation(e1).unwrap();
+    assert_eq!(names(&db), 1);
+    db.abandon_evaluation(e2).unwrap();
+    assert_eq!(names(&db), 0);
+}
+
+#[test]
+fn foreign_keys_hold_after_the_migrations() {
+    let db = Db::open_in_memory().unwrap();
+    let err = db
+        .connection()
+        .execute(
+            "INSERT INTO Builds (derivation, evaluation, log, status) VALUES ('nowhere', 1, '', -2)",
+            [],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("FOREIGN KEY"), "{err}");
+}
