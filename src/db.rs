@@ -57,6 +57,21 @@ pub const ORIGINAL_TABLES: &str = "CREATE TABLE IF NOT EXISTS Specifications (
        PRIMARY KEY (build, name),
        FOREIGN KEY (build) REFERENCES Builds (id));";
 
+/// Whether job name `name` (an SQL expression) is one of evaluation
+/// ?2's, under any of its names: seeks in the indexes by name, where an
+/// `IN (SELECT ...)` of the evaluation's 75,000 names would hold them all
+/// in memory (a few MiB of the registration's peak RSS).
+fn new_name(name: &str) -> String {
+    format!(
+        "(EXISTS (SELECT 1 FROM Derivations n INDEXED BY Derivations_job_name
+                  WHERE n.job_name = {name} AND n.evaluation = ?2 AND n.fresh = 0)
+          OR EXISTS (SELECT 1 FROM Derivations n INDEXED BY Derivations_job_name_fresh
+                     WHERE n.job_name = {name} AND n.evaluation = ?2 AND n.fresh = 1)
+          OR EXISTS (SELECT 1 FROM JobAliases n
+                     WHERE n.evaluation = ?2 AND n.job_name = {name}))"
+    )
+}
+
 /// The schema is append-only: an old database replays the migrations it
 /// has not seen, in order, each in the transaction that bumps
 /// `user_version`.  Migration 1 is the schema of Cuirass as of March 2018,
@@ -589,6 +604,15 @@ impl Db {
         Ok(())
     }
 
+    /// Leaves checkpoints to a [`checkpointer`] child: this connection
+    /// checkpoints only past [`checkpointer::FALLBACK_PAGES`] pages of
+    /// log (`on`), or every 1,000 again, SQLite's default (`!on`).
+    pub fn checkpoints_elsewhere(&self, on: bool) -> Result<()> {
+        let pages = if on { checkpointer::FALLBACK_PAGES } else { 1000 };
+        self.conn.pragma_update(None, "wal_autocheckpoint", pages)?;
+        Ok(())
+    }
+
     /// Frees SQLite's page cache and hands the allocator's free memory
     /// back to the system (glibc's `malloc_trim`); errors are ignored, as
     /// the memory merely stays.
@@ -918,22 +942,21 @@ impl Db {
             .execute(params![eval, eval_status::SUCCEEDED, now])?;
         Db::set_stamp(&tx, spec, commit)?;
         let superseded: Vec<(BuildId, String)> = tx
-            .prepare_cached(
-                "WITH new_names (job_name) AS (
-                   SELECT job_name FROM Derivations WHERE evaluation = ?2
-                   UNION SELECT job_name FROM JobAliases WHERE evaluation = ?2)
-                 SELECT id, derivation FROM Builds
+            .prepare_cached(&format!(
+                "SELECT id, derivation FROM Builds
                  WHERE status = ?3
                    AND evaluation IN (SELECT id FROM Evaluations WHERE specification = ?1 AND id < ?2)
-                   AND derivation NOT IN (SELECT derivation FROM Derivations WHERE evaluation = ?2)
+                   AND NOT EXISTS (SELECT 1 FROM Derivations n
+                                   WHERE n.evaluation = ?2 AND n.derivation = Builds.derivation)
                    AND (EXISTS (SELECT 1 FROM Derivations old
                                 WHERE old.derivation = Builds.derivation
                                   AND old.evaluation = Builds.evaluation
-                                  AND old.job_name IN (SELECT job_name FROM new_names))
+                                  AND {})
                         OR EXISTS (SELECT 1 FROM JobAliases old
-                                   WHERE old.build = Builds.id
-                                     AND old.job_name IN (SELECT job_name FROM new_names)))",
-            )?
+                                   WHERE old.build = Builds.id AND {}))",
+                new_name("old.job_name"),
+                new_name("old.job_name")
+            ))?
             .query_map(params![spec, eval, status::SCHEDULED], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })?
@@ -1080,6 +1103,7 @@ impl Db {
 pub mod admin;
 pub mod backfill;
 pub mod channels;
+pub mod checkpointer;
 pub mod dashboard;
 pub mod events;
 pub mod fresh;

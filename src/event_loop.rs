@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 mod admin;
+mod checkpoints;
 mod children;
 mod daemon;
 mod notify;
@@ -319,6 +320,8 @@ pub struct EventLoop {
     fresh_behind: Option<Instant>,
     /// How many builds' entries this run of the merge moved.
     fresh_merged: usize,
+    /// The child that checkpoints the database's log.
+    checkpoints: checkpoints::Checkpoints,
     /// Builds finished before weathers were kept still lack theirs; see
     /// [`crate::db::backfill`].
     weathers_behind: bool,
@@ -401,6 +404,7 @@ impl EventLoop {
             names_behind: true,
             fresh_behind: Some(now),
             fresh_merged: 0,
+            checkpoints: checkpoints::Checkpoints::new(now),
             weathers_behind: true,
             backfill_logged: now,
             backfilled: false,
@@ -577,6 +581,9 @@ impl EventLoop {
         if let Some(at) = self.reload.as_ref().map(reload::Reload::deadline) {
             next = next.min(at);
         }
+        if let Some(at) = self.checkpoints.due() {
+            next = next.min(at);
+        }
         if let Some(n) = self.notify.as_ref() {
             if n.wants_read() {
                 return now;
@@ -732,6 +739,7 @@ impl EventLoop {
         }
         self.apply_effects(now);
         self.reap_reload(now);
+        self.checkpoints_turn(now);
         self.copier.step();
         self.roots_turn(now);
         if self.names_behind || now >= self.next_name_index {
@@ -817,6 +825,7 @@ impl EventLoop {
         if let Some(reload) = self.reload.take() {
             reload.kill();
         }
+        self.stop_checkpoints();
         self.notify_shutdown();
         match self.db.reset_started_builds() {
             Ok(n) if n > 0 => log::info!("{n} in-flight build(s) rescheduled for next time"),

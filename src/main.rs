@@ -13,6 +13,10 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some(fetch::CHANNELS_SUBCOMMAND) {
         return ExitCode::from(fetch::channels_child_main(&args) as u8);
     }
+    // The child that checkpoints the database's write-ahead log.
+    if args.first().map(String::as_str) == Some(cuirass::db::checkpointer::SUBCOMMAND) {
+        return ExitCode::from(cuirass::db::checkpointer::child_main(&args) as u8);
+    }
     // The child that re-reads a specification file on SIGHUP.
     if args.first().map(String::as_str) == Some(spec::SUBCOMMAND) {
         return ExitCode::from(spec::child_main(&args) as u8);

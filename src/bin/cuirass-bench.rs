@@ -73,6 +73,11 @@ const BENCHES: &[(&str, Bench)] = &[
 ];
 
 fn main() -> ExitCode {
+    // The registration child's checkpointer, as the loop has one.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(cuirass::db::checkpointer::SUBCOMMAND) {
+        return ExitCode::from(cuirass::db::checkpointer::child_main(&args) as u8);
+    }
     // `registration-10m` runs its registration in a child, this binary.
     if let Some(db) = std::env::var_os(scale::CHILD_ENV) {
         return match scale::child(&db.to_string_lossy()) {

@@ -371,7 +371,12 @@ fn searches_and_evaluation_pages_walk_indexes_with_ten_million_builds() {
         query_plan(conn, sql, rusqlite::params_from_iter(params))
     };
     let sorted = |p: &str| p.contains("TEMP B-TREE");
-    let p = plan(&search::derivations_of_name(), 3);
+    let p = plan(&search::derivations_of_name(false), 3);
+    assert_eq!(
+        p,
+        "SEARCH d USING COVERING INDEX Derivations_job_name (job_name=? AND evaluation>?)"
+    );
+    let p = plan(&search::derivations_of_name(true), 3);
     assert!(
         p.contains(
             "SEARCH d USING COVERING INDEX Derivations_job_name (job_name=? AND evaluation>?)"
@@ -380,7 +385,12 @@ fn searches_and_evaluation_pages_walk_indexes_with_ten_million_builds() {
         ) && !sorts_beyond_arms(&p),
         "{p}"
     );
-    let p = plan(&search::filtered_derivations_of_name(), 7);
+    let p = plan(&search::filtered_derivations_of_name(false), 7);
+    assert!(
+        p.starts_with("SEARCH d USING INDEX Derivations_job_name (") && !sorted(&p),
+        "{p}"
+    );
+    let p = plan(&search::filtered_derivations_of_name(true), 7);
     assert!(
         p.contains("SEARCH d USING INDEX Derivations_job_name (")
             && p.contains("SEARCH d USING INDEX Derivations_job_name_fresh (")

@@ -61,13 +61,12 @@ fn phrase(needle: &str) -> String {
 /// walk from the newest evaluation.  A derivation's rowid orders an
 /// evaluation's jobs as their builds' ids do: both are given as the jobs
 /// are registered.
-pub(crate) fn derivations_of_name() -> String {
-    both_arms(
+pub(crate) fn derivations_of_name(fresh: bool) -> String {
+    name_walk(
         "SELECT d.evaluation, d.rowid FROM Derivations d INDEXED BY Derivations_job_name{_fresh}
          WHERE d.job_name = CAST(?1 AS TEXT) AND d.evaluation >= CAST(?2 AS INTEGER)
            AND d.fresh = {fresh}",
-        "ORDER BY d.evaluation DESC LIMIT ?3",
-        "ORDER BY 1 DESC LIMIT ?3",
+        fresh,
     )
 }
 
@@ -75,8 +74,8 @@ pub(crate) fn derivations_of_name() -> String {
 /// system ?5, statuses ?6–?7), each step a seek in `Builds_derivation`.
 /// The indexes are named and the join order pinned for the reasons
 /// given at `read::previous_finished_build`.
-pub(crate) fn filtered_derivations_of_name() -> String {
-    both_arms(
+pub(crate) fn filtered_derivations_of_name(fresh: bool) -> String {
+    name_walk(
         "SELECT d.evaluation, d.rowid FROM Derivations d INDEXED BY Derivations_job_name{_fresh}
          CROSS JOIN Builds b INDEXED BY Builds_derivation{_fresh}
            ON b.derivation = d.derivation AND b.evaluation = d.evaluation AND b.fresh = {fresh}
@@ -85,9 +84,18 @@ pub(crate) fn filtered_derivations_of_name() -> String {
            AND d.fresh = {fresh}
            AND (?4 IS NULL OR e.specification = ?4) AND (?5 IS NULL OR d.system = ?5)
            AND (?6 IS NULL OR b.status BETWEEN ?6 AND ?7)",
-        "ORDER BY d.evaluation DESC LIMIT ?3",
-        "ORDER BY 1 DESC LIMIT ?3",
+        fresh,
     )
+}
+
+/// A walk of one name's entries newest first: in both indexes while
+/// some build is `fresh`, in the large one alone otherwise.
+fn name_walk(arm: &str, fresh: bool) -> String {
+    let inner = "ORDER BY d.evaluation DESC LIMIT ?3";
+    match fresh {
+        true => both_arms(arm, inner, "ORDER BY 1 DESC LIMIT ?3"),
+        false => super::fresh::large_arm(arm, inner),
+    }
 }
 
 /// The builds that had ?1 as another name (`JobAliases`, jobs sharing
@@ -315,9 +323,10 @@ impl Db {
     fn lookup_names(&self, names: &[String], f: Filters, limit: u32) -> Result<Vec<BuildView>> {
         let filtered = f.specification.is_some() || f.system.is_some() || f.status.is_some();
         let (lo, hi) = f.status.unzip();
+        let fresh = self.any_fresh()?;
         let mut stmt = self.conn.prepare_cached(&match filtered {
-            true => filtered_derivations_of_name(),
-            false => derivations_of_name(),
+            true => filtered_derivations_of_name(fresh),
+            false => derivations_of_name(fresh),
         })?;
         // (evaluation, derivation row), best first; once `limit` are
         // found, a name need only be looked at from the last one's

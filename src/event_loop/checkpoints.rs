@@ -1,0 +1,83 @@
+//! The checkpointer child ([`crate::db::checkpointer`]): started with
+//! the loop, started again after a pause if it ends, killed at the end.
+
+use super::*;
+use crate::logging::DB;
+
+/// How long the loop waits before starting a checkpointer that ended.
+const RESTART_AFTER: Duration = Duration::from_secs(10);
+
+/// The child and when to start it if there is none.
+pub(super) struct Checkpoints {
+    child: Option<std::process::Child>,
+    start_at: Instant,
+}
+
+impl Checkpoints {
+    pub(super) fn new(now: Instant) -> Checkpoints {
+        Checkpoints {
+            child: None,
+            start_at: now,
+        }
+    }
+
+    /// When the loop should come back to start a checkpointer.
+    pub(super) fn due(&self) -> Option<Instant> {
+        self.child.is_none().then_some(self.start_at)
+    }
+}
+
+impl EventLoop {
+    /// Starts the checkpointer when it is due, and notices its end: the
+    /// loop's own connection checkpoints as before while there is none.
+    pub(super) fn checkpoints_turn(&mut self, now: Instant) {
+        if let Some(child) = self.checkpoints.child.as_mut() {
+            match child.try_wait() {
+                Ok(None) => return,
+                Ok(Some(status)) => {
+                    log::warn!(target: DB, "checkpointer ended ({status}); starting another in {} s", RESTART_AFTER.as_secs())
+                }
+                Err(e) => log::warn!(target: DB, "checkpointer: {e}"),
+            }
+            self.checkpoints.child = None;
+            self.checkpoints.start_at = now + RESTART_AFTER;
+            if let Err(e) = self.db.checkpoints_elsewhere(false) {
+                log::warn!(target: DB, "{e}");
+            }
+        }
+        if now < self.checkpoints.start_at || self.stopping {
+            return;
+        }
+        self.checkpoints.start_at = now + RESTART_AFTER;
+        let exe = match std::env::current_exe() {
+            Ok(exe) => exe,
+            Err(e) => {
+                log::warn!(target: DB, "no checkpointer: cannot find the cuirass executable: {e}");
+                return;
+            }
+        };
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg(crate::db::checkpointer::SUBCOMMAND)
+            .arg(&self.config.database)
+            .stdin(std::process::Stdio::null());
+        child::die_with_parent(&mut cmd);
+        match cmd.spawn() {
+            Ok(proc) => {
+                log::debug!(target: DB, "checkpointer started, pid {}", proc.id());
+                self.checkpoints.child = Some(proc);
+                if let Err(e) = self.db.checkpoints_elsewhere(true) {
+                    log::warn!(target: DB, "{e}");
+                }
+            }
+            Err(e) => log::warn!(target: DB, "no checkpointer: {e}"),
+        }
+    }
+
+    /// Kills the checkpointer and waits for it.
+    pub(super) fn stop_checkpoints(&mut self) {
+        if let Some(mut child) = self.checkpoints.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
