@@ -455,11 +455,21 @@ impl Batch {
         }
         for &i in &self.checking {
             let st = *self.states[i].status.get_or_insert(status::FAILED_OTHER);
+            // Not traced, not built: what the daemon said of the whole
+            // request is all there is to say (a build machine gone:
+            // "unexpected EOF reading a line").
+            let reason = match st {
+                status::FAILED_OTHER => self
+                    .daemon_error
+                    .as_deref()
+                    .map(|m| m.trim_end().to_string()),
+                _ => None,
+            };
             self.updates.push(Update::Finished {
                 derivation: self.items[i].derivation.clone(),
                 status: st,
                 log: self.states[i].log.clone(),
-                reason: None,
+                reason,
             });
         }
         self.checking.clear();

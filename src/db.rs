@@ -608,7 +608,11 @@ impl Db {
     /// checkpoints only past [`checkpointer::FALLBACK_PAGES`] pages of
     /// log (`on`), or every 1,000 again, SQLite's default (`!on`).
     pub fn checkpoints_elsewhere(&self, on: bool) -> Result<()> {
-        let pages = if on { checkpointer::FALLBACK_PAGES } else { 1000 };
+        let pages = if on {
+            checkpointer::FALLBACK_PAGES
+        } else {
+            1000
+        };
         self.conn.pragma_update(None, "wal_autocheckpoint", pages)?;
         Ok(())
     }

@@ -187,6 +187,46 @@ fn an_ordinary_failure_keeps_the_daemons_message() {
 }
 
 #[test]
+fn a_failure_the_daemon_did_not_trace_keeps_the_requests_error() {
+    let drv = format!("/gnu/store/{:a<32}-x.drv", "");
+    let items = vec![Item {
+        outputs: vec![drv.trim_end_matches(".drv").to_string()],
+        inputs: Vec::new(),
+        derivation: drv,
+    }];
+    let limits = Limits::default();
+    let mut batch = Batch::new(items, build_options(false, false, false, limits), limits);
+    let mut bytes = Vec::new();
+    for w in [WORKER_MAGIC_2, PROTOCOL_VERSION, tag::LAST, tag::LAST] {
+        put_u64(&mut bytes, w);
+    }
+    put_u64(&mut bytes, tag::ERROR);
+    put_bytes(&mut bytes, b"unexpected EOF reading a line\n");
+    put_u64(&mut bytes, 1);
+    batch.receive(&bytes, "test").unwrap();
+    let mut valid = Vec::new();
+    put_u64(&mut valid, tag::LAST);
+    put_strings::<&str>(&mut valid, &[]);
+    batch.receive(&valid, "test").unwrap();
+    assert!(batch.is_done());
+    let reasons: Vec<_> = batch
+        .take_updates()
+        .into_iter()
+        .filter_map(|u| match u {
+            Update::Finished { status, reason, .. } => Some((status, reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [(
+            status::FAILED_OTHER,
+            Some("unexpected EOF reading a line".to_string())
+        )]
+    );
+}
+
+#[test]
 fn offloading_is_asked_for_unless_forbidden() {
     assert!(build_options(false, false, true, Limits::default()).use_build_hook);
     assert!(!build_options(false, false, false, Limits::default()).use_build_hook);

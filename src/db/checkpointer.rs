@@ -43,9 +43,7 @@ pub fn child_main(args: &[String]) -> i32 {
     loop {
         // A passive checkpoint copies what no reader still needs and
         // returns; it never waits for a lock.
-        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            r.get::<_, i64>(0)
-        });
+        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0));
         if let Err(e) = done {
             eprintln!("cuirass {SUBCOMMAND}: {path}: {e}");
             return 1;

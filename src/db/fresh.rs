@@ -122,7 +122,10 @@ pub(crate) fn both_arms(arm: &str, inner: &str, outer: &str) -> String {
 /// their results at each run, which a search running one statement per
 /// job name (up to 555 on ci.guix) pays for every name.
 pub(crate) fn large_arm(arm: &str, inner: &str) -> String {
-    format!("{} {inner}", arm.replace("{fresh}", "0").replace("{_fresh}", ""))
+    format!(
+        "{} {inner}",
+        arm.replace("{fresh}", "0").replace("{_fresh}", "")
+    )
 }
 
 /// The id of the build of derivation row `d` (a table alias): one seek,

@@ -61,7 +61,9 @@ fn answers(db: &Db, jobs: &[JobRecord], evals: &[EvalId]) -> Vec<String> {
             .map(|b| b.id)
             .collect();
         out.push(format!("{ids:?}"));
-        let history = db.jobs_history("a", std::slice::from_ref(&j.job_name), 10).unwrap();
+        let history = db
+            .jobs_history("a", std::slice::from_ref(&j.job_name), 10)
+            .unwrap();
         let history: Vec<_> = history
             .iter()
             .map(|(e, js)| {

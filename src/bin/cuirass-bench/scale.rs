@@ -86,11 +86,12 @@ pub fn child(path: &str) -> Result<(), String> {
     let e = |e: cuirass::db::Error| e.to_string();
     let mut db = Db::open(std::path::Path::new(path)).map_err(e)?;
     // Checkpoints in a child, as the loop has them.
-    let mut checkpointer = std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
-        .arg(cuirass::db::checkpointer::SUBCOMMAND)
-        .arg(path)
-        .spawn()
-        .map_err(|e| format!("checkpointer: {e}"))?;
+    let mut checkpointer =
+        std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+            .arg(cuirass::db::checkpointer::SUBCOMMAND)
+            .arg(path)
+            .spawn()
+            .map_err(|e| format!("checkpointer: {e}"))?;
     db.checkpoints_elsewhere(true).map_err(e)?;
     let (first, last) = newest_rows(&db)?;
 
@@ -124,14 +125,20 @@ pub fn child(path: &str) -> Result<(), String> {
     }
     let registered = secs(start.elapsed());
     if std::env::var_os("CUIRASS_BENCH_CHUNKS").is_some() {
-        eprintln!("registered: VmHWM {} KiB", proc_status_kib(std::process::id(), "VmHWM").unwrap_or(-1));
+        eprintln!(
+            "registered: VmHWM {} KiB",
+            proc_status_kib(std::process::id(), "VmHWM").unwrap_or(-1)
+        );
     }
     let canceled = db
         .complete_evaluation(SPEC, eval, "next", &Default::default(), 2_000_000_000)
         .map_err(e)?;
     let total = secs(start.elapsed());
     if std::env::var_os("CUIRASS_BENCH_CHUNKS").is_some() {
-        eprintln!("completed: VmHWM {} KiB", proc_status_kib(std::process::id(), "VmHWM").unwrap_or(-1));
+        eprintln!(
+            "completed: VmHWM {} KiB",
+            proc_status_kib(std::process::id(), "VmHWM").unwrap_or(-1)
+        );
     }
     let cpu = proc_cpu(std::process::id()).unwrap_or(f64::NAN) - cpu;
     let indexing = Instant::now();
