@@ -116,14 +116,13 @@ pub fn parse_line(line: &[u8]) -> Result<Line, String> {
 
 /// Bytes of the evaluator's output one loop turn reads at most, each
 /// read's jobs registered in one transaction: about 200 jobs of 150
-/// bytes.  Into a database of 10,000,000 builds a job costs about 0.26
-/// ms to register (a random leaf of four indexes, see README's
-/// "At ci.guix's scale"), so such a turn takes about 50 ms where the
-/// 256 KiB of other pipes would take half a second; into a small
-/// database 200 jobs take 2–3 ms.  A turn whose commit ends in SQLite's
-/// checkpoint takes longer (up to 0.9 s measured on 10M).  The
-/// evaluator waits on a full pipe meanwhile, and the loop comes back at
-/// once while bytes are left.
+/// bytes.  Into a database of 10,000,000 builds a job costs about 0.04
+/// ms to register (its index entries go to the small fresh indexes, see
+/// README's "At ci.guix's scale"), so such a turn takes 8–80 ms where
+/// the 256 KiB of other pipes would take ten times as long; into a small
+/// database 200 jobs take 2–3 ms.  Checkpoints happen in a child
+/// (`db::checkpointer`), not in the turn.  The evaluator waits on a full
+/// pipe meanwhile, and the loop comes back at once while bytes are left.
 pub const EVALUATOR_READ_CAP: usize = 32 * 1024;
 
 /// How the evaluator starts the one line that says why it failed (its

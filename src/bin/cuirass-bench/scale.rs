@@ -93,6 +93,9 @@ pub fn child(path: &str) -> Result<(), String> {
             .spawn()
             .map_err(|e| format!("checkpointer: {e}"))?;
     db.checkpoints_elsewhere(true).map_err(e)?;
+    if let Ok(n) = std::env::var("CUIRASS_BENCH_AUTOCHECKPOINT") {
+        db.connection().pragma_update(None, "wal_autocheckpoint", n.parse::<i64>().unwrap()).unwrap();
+    }
     let (first, last) = newest_rows(&db)?;
 
     let mut rng = api_db::Rng(7);
@@ -157,6 +160,10 @@ pub fn child(path: &str) -> Result<(), String> {
         let page = Instant::now();
         let n = db.merge_fresh(MERGE_PAGE).map_err(e)?;
         longest_merge = longest_merge.max(secs(page.elapsed()));
+        if std::env::var_os("CUIRASS_BENCH_CHUNKS").is_some() && secs(page.elapsed()) > 0.1 {
+            let wal = std::fs::metadata(format!("{path}-wal")).map_or(0, |m| m.len());
+            eprintln!("merge page: {:.0} ms, WAL {} KiB", secs(page.elapsed()) * 1e3, wal / 1024);
+        }
         if n < MERGE_PAGE {
             break;
         }
