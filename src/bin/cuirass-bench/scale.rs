@@ -93,9 +93,6 @@ pub fn child(path: &str) -> Result<(), String> {
             .spawn()
             .map_err(|e| format!("checkpointer: {e}"))?;
     db.checkpoints_elsewhere(true).map_err(e)?;
-    if let Ok(n) = std::env::var("CUIRASS_BENCH_AUTOCHECKPOINT") {
-        db.connection().pragma_update(None, "wal_autocheckpoint", n.parse::<i64>().unwrap()).unwrap();
-    }
     let (first, last) = newest_rows(&db)?;
 
     let mut rng = api_db::Rng(7);
@@ -118,31 +115,12 @@ pub fn child(path: &str) -> Result<(), String> {
             .map_err(e)?
             .len();
         longest = longest.max(secs(added.elapsed()));
-        if std::env::var_os("CUIRASS_BENCH_CHUNKS").is_some() && secs(added.elapsed()) > 0.1 {
-            eprintln!(
-                "chunk at row {from}: {:.0} ms, VmHWM {} KiB",
-                secs(added.elapsed()) * 1e3,
-                proc_status_kib(std::process::id(), "VmHWM").unwrap_or(-1)
-            );
-        }
     }
     let registered = secs(start.elapsed());
-    if std::env::var_os("CUIRASS_BENCH_CHUNKS").is_some() {
-        eprintln!(
-            "registered: VmHWM {} KiB",
-            proc_status_kib(std::process::id(), "VmHWM").unwrap_or(-1)
-        );
-    }
     let canceled = db
         .complete_evaluation(SPEC, eval, "next", &Default::default(), 2_000_000_000)
         .map_err(e)?;
     let total = secs(start.elapsed());
-    if std::env::var_os("CUIRASS_BENCH_CHUNKS").is_some() {
-        eprintln!(
-            "completed: VmHWM {} KiB",
-            proc_status_kib(std::process::id(), "VmHWM").unwrap_or(-1)
-        );
-    }
     let cpu = proc_cpu(std::process::id()).unwrap_or(f64::NAN) - cpu;
     let indexing = Instant::now();
     let mut names = 0;
@@ -160,10 +138,6 @@ pub fn child(path: &str) -> Result<(), String> {
         let page = Instant::now();
         let n = db.merge_fresh(MERGE_PAGE).map_err(e)?;
         longest_merge = longest_merge.max(secs(page.elapsed()));
-        if std::env::var_os("CUIRASS_BENCH_CHUNKS").is_some() && secs(page.elapsed()) > 0.1 {
-            let wal = std::fs::metadata(format!("{path}-wal")).map_or(0, |m| m.len());
-            eprintln!("merge page: {:.0} ms, WAL {} KiB", secs(page.elapsed()) * 1e3, wal / 1024);
-        }
         if n < MERGE_PAGE {
             break;
         }
