@@ -131,7 +131,7 @@ fn weather_walks_the_job_name_index() {
     let (db, _) = fixture();
     let plan = crate::db::query_plan(
         db.connection(),
-        &previous_finished_build(),
+        previous_finished_build(),
         rusqlite::params!["ok", 5, "x86_64-linux", "hello"],
     );
     for fresh in ["", "_fresh"] {
@@ -407,7 +407,7 @@ fn an_output_and_the_build_that_made_it() {
             json!({"error": format!("No build made /gnu/store/{none}.")})
         )
     );
-    let plan = crate::db::query_plan(db.connection(), &crate::db::read::output_sql(), [out]);
+    let plan = crate::db::query_plan(db.connection(), crate::db::read::output_sql(), [out]);
     assert!(
         plan.contains("SEARCH o USING COVERING INDEX Outputs_path (path=?)")
             && plan.contains("SEARCH o USING COVERING INDEX Outputs_path_fresh (path=?)"),
@@ -415,7 +415,7 @@ fn an_output_and_the_build_that_made_it() {
     );
     let plan = crate::db::query_plan(
         db.connection(),
-        &crate::db::read::build_of_derivation(),
+        crate::db::read::build_of_derivation(),
         [&job("ok").derivation],
     );
     assert!(

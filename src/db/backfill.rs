@@ -70,7 +70,7 @@ impl Db {
             })?
             .collect::<rusqlite::Result<_>>()?;
         {
-            let mut previous = tx.prepare_cached(&previous_finished_build())?;
+            let mut previous = tx.prepare_cached(previous_finished_build())?;
             let mut previous_alias = tx.prepare_cached(PREVIOUS_FINISHED_BUILD_OF_ALIAS)?;
             let mut keep = tx.prepare_cached(
                 "UPDATE Builds SET weather = ?2 WHERE id = ?1 AND weather IS NULL",

@@ -181,7 +181,7 @@ impl Db {
             return Ok(None);
         };
         let previous = super::read::previous_status(
-            &mut tx.prepare_cached(&super::read::previous_finished_build())?,
+            &mut tx.prepare_cached(super::read::previous_finished_build())?,
             &mut tx.prepare_cached(super::read::PREVIOUS_FINISHED_BUILD_OF_ALIAS)?,
             (&job_name, eval, &system),
             &specification,

@@ -30,6 +30,18 @@ macro_rules! builds_of_derivation_sql {
 }
 pub(crate) use builds_of_derivation_sql;
 
+/// The text of a statement built at run time, built once: statements are
+/// found in SQLite's statement cache by their text at every use, and
+/// building a [`both_arms`] union each time (a few microseconds of
+/// allocation and replacing) cost `/build/ID` a tenth of its throughput.
+macro_rules! sql_once {
+    ($sql:expr) => {{
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| $sql);
+        SQL.as_str()
+    }};
+}
+pub(crate) use sql_once;
+
 /// Builds whose entries move in one loop turn: each costs a leaf of
 /// three to five large indexes (about 0.3 ms on a 10,000,000-build
 /// database whose pages are not cached), so a page is some 30 ms.

@@ -427,27 +427,31 @@ pub(crate) fn contains_like(name: &str, word: &str) -> bool {
 
 /// The latest build of a derivation: `Builds_derivation` (derivation,
 /// evaluation) and its fresh part, each walked backwards.
-pub(crate) fn build_of_derivation() -> String {
-    crate::db::fresh::both_arms(
-        "SELECT id, evaluation FROM Builds INDEXED BY Builds_derivation{_fresh}
+pub(crate) fn build_of_derivation() -> &'static str {
+    super::fresh::sql_once!({
+        crate::db::fresh::both_arms(
+            "SELECT id, evaluation FROM Builds INDEXED BY Builds_derivation{_fresh}
          WHERE derivation = ?1 AND fresh = {fresh}",
-        "ORDER BY evaluation DESC, id DESC LIMIT 1",
-        "ORDER BY 2 DESC, 1 DESC LIMIT 1",
-    )
+            "ORDER BY evaluation DESC, id DESC LIMIT 1",
+            "ORDER BY 2 DESC, 1 DESC LIMIT 1",
+        )
+    })
 }
 
 /// The build that made store item ?1: (output name, build, whether it
 /// succeeded), through `Outputs_path` and `Outputs_path_fresh` alone,
 /// sorting only that item's builds.
-pub(crate) fn output_sql() -> String {
-    crate::db::fresh::both_arms(
-        "SELECT o.name, o.build, b.status = 0 AS succeeded
+pub(crate) fn output_sql() -> &'static str {
+    super::fresh::sql_once!({
+        crate::db::fresh::both_arms(
+            "SELECT o.name, o.build, b.status = 0 AS succeeded
          FROM Outputs o INDEXED BY Outputs_path{_fresh}
          CROSS JOIN Builds b ON b.id = o.build
          WHERE o.path = ?1 AND o.fresh = {fresh}",
-        "",
-        "ORDER BY 3 DESC, 2 DESC LIMIT 1",
-    )
+            "",
+            "ORDER BY 3 DESC, 2 DESC LIMIT 1",
+        )
+    })
 }
 
 /// The status of the previous finished build (succeeded or failed) of
@@ -461,8 +465,9 @@ pub(crate) fn output_sql() -> String {
 /// finished build of each evaluation.  One walk in the large indexes,
 /// one in the fresh ones ([`crate::db::fresh::both_arms`]); the later
 /// answer wins.
-pub(crate) fn previous_finished_build() -> String {
-    crate::db::fresh::both_arms(
+pub(crate) fn previous_finished_build() -> &'static str {
+    super::fresh::sql_once!({
+        crate::db::fresh::both_arms(
         "SELECT d.evaluation, b.status FROM Derivations d INDEXED BY Derivations_job_name{_fresh}
          CROSS JOIN Builds b INDEXED BY Builds_derivation{_fresh}
            ON b.derivation = d.derivation AND b.evaluation = d.evaluation AND b.fresh = {fresh}
@@ -474,6 +479,7 @@ pub(crate) fn previous_finished_build() -> String {
         "ORDER BY d.evaluation DESC LIMIT 1",
         "ORDER BY 1 DESC LIMIT 1",
     )
+    })
 }
 
 /// The same among the builds that had job ?1 as another name
@@ -833,7 +839,7 @@ impl Db {
     pub fn build_of_derivation(&self, derivation: &str) -> Result<Option<BuildView>> {
         let id: Option<BuildId> = self
             .conn
-            .prepare_cached(&build_of_derivation())?
+            .prepare_cached(build_of_derivation())?
             .query_row([derivation], |r| r.get(0))
             .optional()?;
         match id {
@@ -849,7 +855,7 @@ impl Db {
     pub fn output(&self, path: &str) -> Result<Option<OutputView>> {
         let found: Option<(String, BuildId)> = self
             .conn
-            .prepare_cached(&output_sql())?
+            .prepare_cached(output_sql())?
             .query_row([path], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let Some((name, id)) = found else {
@@ -1056,8 +1062,9 @@ impl Db {
     ) -> Result<Vec<BuildView>> {
         self.name_builds(&mut builds, shown)?;
         let mut outputs = self.conn.prepare_cached(&outputs_of_build_sql())?;
-        let mut previous = self.conn.prepare_cached(&previous_finished_build())?;
-        let mut previous_alias = self.conn.prepare_cached(PREVIOUS_FINISHED_BUILD_OF_ALIAS)?;
+        // Only for builds whose weather was not kept: each statement
+        // looked up in the cache is a hash of its text.
+        let mut weather_statements = None;
         for b in &mut builds {
             let rows = outputs
                 .query_map([b.id], |r| {
@@ -1074,8 +1081,14 @@ impl Db {
                 b.weather = weather::UNKNOWN;
             } else if !b.weather_kept {
                 let job = (b.job_name.as_str(), b.evaluation, b.system.as_str());
-                let prev =
-                    previous_status(&mut previous, &mut previous_alias, job, &b.specification)?;
+                let (previous, previous_alias) = match &mut weather_statements {
+                    Some(s) => s,
+                    None => weather_statements.insert((
+                        self.conn.prepare_cached(previous_finished_build())?,
+                        self.conn.prepare_cached(PREVIOUS_FINISHED_BUILD_OF_ALIAS)?,
+                    )),
+                };
+                let prev = previous_status(previous, previous_alias, job, &b.specification)?;
                 b.weather = weather::of(b.status, prev);
             }
         }

@@ -371,12 +371,12 @@ fn searches_and_evaluation_pages_walk_indexes_with_ten_million_builds() {
         query_plan(conn, sql, rusqlite::params_from_iter(params))
     };
     let sorted = |p: &str| p.contains("TEMP B-TREE");
-    let p = plan(&search::derivations_of_name(false), 3);
+    let p = plan(search::derivations_of_name(false), 3);
     assert_eq!(
         p,
         "SEARCH d USING COVERING INDEX Derivations_job_name (job_name=? AND evaluation>?)"
     );
-    let p = plan(&search::derivations_of_name(true), 3);
+    let p = plan(search::derivations_of_name(true), 3);
     assert!(
         p.contains(
             "SEARCH d USING COVERING INDEX Derivations_job_name (job_name=? AND evaluation>?)"
@@ -385,19 +385,19 @@ fn searches_and_evaluation_pages_walk_indexes_with_ten_million_builds() {
         ) && !sorts_beyond_arms(&p),
         "{p}"
     );
-    let p = plan(&search::filtered_derivations_of_name(false), 7);
+    let p = plan(search::filtered_derivations_of_name(false), 7);
     assert!(
         p.starts_with("SEARCH d USING INDEX Derivations_job_name (") && !sorted(&p),
         "{p}"
     );
-    let p = plan(&search::filtered_derivations_of_name(true), 7);
+    let p = plan(search::filtered_derivations_of_name(true), 7);
     assert!(
         p.contains("SEARCH d USING INDEX Derivations_job_name (")
             && p.contains("SEARCH d USING INDEX Derivations_job_name_fresh (")
             && !sorts_beyond_arms(&p),
         "{p}"
     );
-    let p = plan(&search::build_of_derivation_row(), 1);
+    let p = plan(search::build_of_derivation_row(), 1);
     assert!(
         p.starts_with("SEARCH d USING INTEGER PRIMARY KEY (rowid=?)")
             && p.contains("Builds_derivation (derivation=? AND evaluation=?)")
@@ -406,7 +406,7 @@ fn searches_and_evaluation_pages_walk_indexes_with_ten_million_builds() {
     );
     let p = plan(search::JOBS_OF_EVALUATION, 1);
     assert!(p.contains("Derivations_evaluation") && !sorted(&p), "{p}");
-    let p = plan(&search::build_of_job(), 4);
+    let p = plan(search::build_of_job(), 4);
     assert!(
         p.contains("Builds_derivation (derivation=? AND evaluation=?)"),
         "{p}"
@@ -440,7 +440,7 @@ fn searches_and_evaluation_pages_walk_indexes_with_ten_million_builds() {
         p.starts_with("SEARCH o USING PRIMARY KEY (build=?)") && !sorted(&p),
         "{p}"
     );
-    let p = plan(&read::output_sql(), 1);
+    let p = plan(read::output_sql(), 1);
     assert!(
         p.contains("SEARCH o USING COVERING INDEX Outputs_path (path=?)")
             && p.contains("SEARCH o USING COVERING INDEX Outputs_path_fresh (path=?)")

@@ -61,21 +61,23 @@ fn phrase(needle: &str) -> String {
 /// walk from the newest evaluation.  A derivation's rowid orders an
 /// evaluation's jobs as their builds' ids do: both are given as the jobs
 /// are registered.
-pub(crate) fn derivations_of_name(fresh: bool) -> String {
-    name_walk(
+pub(crate) fn derivations_of_name(fresh: bool) -> &'static str {
+    const ARM: &str =
         "SELECT d.evaluation, d.rowid FROM Derivations d INDEXED BY Derivations_job_name{_fresh}
          WHERE d.job_name = CAST(?1 AS TEXT) AND d.evaluation >= CAST(?2 AS INTEGER)
-           AND d.fresh = {fresh}",
-        fresh,
-    )
+           AND d.fresh = {fresh}";
+    match fresh {
+        true => super::fresh::sql_once!(name_walk(ARM, true)),
+        false => super::fresh::sql_once!(name_walk(ARM, false)),
+    }
 }
 
 /// The same with the filters of `/search/latest` (specification ?4,
 /// system ?5, statuses ?6–?7), each step a seek in `Builds_derivation`.
 /// The indexes are named and the join order pinned for the reasons
 /// given at `read::previous_finished_build`.
-pub(crate) fn filtered_derivations_of_name(fresh: bool) -> String {
-    name_walk(
+pub(crate) fn filtered_derivations_of_name(fresh: bool) -> &'static str {
+    const ARM: &str =
         "SELECT d.evaluation, d.rowid FROM Derivations d INDEXED BY Derivations_job_name{_fresh}
          CROSS JOIN Builds b INDEXED BY Builds_derivation{_fresh}
            ON b.derivation = d.derivation AND b.evaluation = d.evaluation AND b.fresh = {fresh}
@@ -83,9 +85,11 @@ pub(crate) fn filtered_derivations_of_name(fresh: bool) -> String {
          WHERE d.job_name = CAST(?1 AS TEXT) AND d.evaluation >= CAST(?2 AS INTEGER)
            AND d.fresh = {fresh}
            AND (?4 IS NULL OR e.specification = ?4) AND (?5 IS NULL OR d.system = ?5)
-           AND (?6 IS NULL OR b.status BETWEEN ?6 AND ?7)",
-        fresh,
-    )
+           AND (?6 IS NULL OR b.status BETWEEN ?6 AND ?7)";
+    match fresh {
+        true => super::fresh::sql_once!(name_walk(ARM, true)),
+        false => super::fresh::sql_once!(name_walk(ARM, false)),
+    }
 }
 
 /// A walk of one name's entries newest first: in both indexes while
@@ -123,15 +127,17 @@ pub(crate) const UNINDEXED_NAMES_LIKE: &str = "SELECT name FROM JobNames
 /// and one in Builds, where going through the build's id would also
 /// seek Derivations' primary key (about 13 µs a build on 10M builds,
 /// against 7).
-pub(crate) fn build_of_derivation_row() -> String {
-    format!(
-        "{BUILD_COLUMNS} FROM Derivations d
+pub(crate) fn build_of_derivation_row() -> &'static str {
+    super::fresh::sql_once!({
+        format!(
+            "{BUILD_COLUMNS} FROM Derivations d
          CROSS JOIN Builds b ON b.id = {}
          CROSS JOIN Evaluations e ON e.id = b.evaluation
          LEFT JOIN Specifications s ON s.repo_name = e.specification
          WHERE d.rowid = CAST(?1 AS INTEGER)",
-        super::fresh::build_of_row("d")
-    )
+            super::fresh::build_of_row("d")
+        )
+    })
 }
 
 /// One evaluation's jobs, newest first, through `Derivations_evaluation`
@@ -141,14 +147,16 @@ pub(crate) const JOBS_OF_EVALUATION: &str =
      WHERE d.evaluation = CAST(?1 AS INTEGER) ORDER BY d.rowid DESC";
 
 /// The build of (derivation ?1, evaluation ?2) if its status is in range.
-pub(crate) fn build_of_job() -> String {
-    both_arms(
-        "SELECT id FROM Builds INDEXED BY Builds_derivation{_fresh}
+pub(crate) fn build_of_job() -> &'static str {
+    super::fresh::sql_once!({
+        both_arms(
+            "SELECT id FROM Builds INDEXED BY Builds_derivation{_fresh}
          WHERE derivation = CAST(?1 AS TEXT) AND evaluation = CAST(?2 AS INTEGER)
            AND fresh = {fresh} AND (?3 IS NULL OR status BETWEEN ?3 AND ?4)",
-        "",
-        "",
-    )
+            "",
+            "",
+        )
+    })
 }
 
 /// Whether `name` contains `word`, ignoring case as the trigram index does
@@ -324,7 +332,7 @@ impl Db {
         let filtered = f.specification.is_some() || f.system.is_some() || f.status.is_some();
         let (lo, hi) = f.status.unzip();
         let fresh = self.any_fresh()?;
-        let mut stmt = self.conn.prepare_cached(&match filtered {
+        let mut stmt = self.conn.prepare_cached(match filtered {
             true => filtered_derivations_of_name(fresh),
             false => derivations_of_name(fresh),
         })?;
@@ -355,7 +363,7 @@ impl Db {
         }
         found.sort_unstable_by(|a, b| b.cmp(a));
         found.truncate(limit as usize);
-        let mut build = self.conn.prepare_cached(&build_of_derivation_row())?;
+        let mut build = self.conn.prepare_cached(build_of_derivation_row())?;
         let mut hits: Vec<BuildView> = Vec::with_capacity(found.len());
         for (_, row) in found {
             if let Some(b) = build.query_row([row], build_row).optional()? {
@@ -404,7 +412,7 @@ impl Db {
             .query_map([f.specification], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         let mut jobs = self.conn.prepare_cached(JOBS_OF_EVALUATION)?;
-        let mut build = self.conn.prepare_cached(&build_of_job())?;
+        let mut build = self.conn.prepare_cached(build_of_job())?;
         let mut ids = Vec::new();
         let mut read = 0;
         for eval in evals {

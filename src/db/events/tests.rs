@@ -305,7 +305,7 @@ fn a_finishing_builds_job_and_previous_build_are_index_lookups() {
     assert!(!plan.contains("SCAN"), "{plan}");
     let plan = crate::db::query_plan(
         db.connection(),
-        &crate::db::read::previous_finished_build(),
+        crate::db::read::previous_finished_build(),
         params!["j", 3, "x86_64-linux", "a"],
     );
     assert!(
