@@ -12,8 +12,8 @@
 use rusqlite::Connection;
 use std::time::Duration;
 
-/// The child's first argument (`cuirass checkpoint-child DATABASE`);
-/// not an option users see.
+/// The child's first argument (`cuirass checkpoint-child DATABASE
+/// PARENT_PID`); not an option users see.
 pub const SUBCOMMAND: &str = "checkpoint-child";
 
 /// How often the child checkpoints.
@@ -26,18 +26,22 @@ pub const EVERY: Duration = Duration::from_millis(250);
 /// registration's index entries) rarely lets the child do; past this
 /// size the loop's commits then copy what the child has not yet, a
 /// commit at a time.  Measured on 10M (`registration-10m`): at 64 MiB
-/// those turns took 200–280 ms, at 16 MiB at most 120 ms; without the
-/// child a registration takes 5.4–6 s instead of 3–4.
+/// those turns took 200–280 ms, at 16 MiB at most 141 ms; without the
+/// child a registration takes 5.4–6 s instead of 4.1–4.8.
 pub const FALLBACK_PAGES: i64 = 4_096;
 
-/// The child: checkpoints the database at `args[1]` until its parent is
-/// gone; returns its exit code (1 when the database cannot be opened
-/// or a checkpoint fails, which the loop logs and recovers from).
+/// The child: checkpoints the database at `args[1]` until its parent,
+/// process `args[2]`, is gone; returns its exit code (1 when the
+/// database cannot be opened or a checkpoint fails, which the loop logs
+/// and recovers from; 2 for bad arguments).  The parent's pid is given,
+/// not read at start: a parent that died before the child asked for
+/// its death signal would otherwise leave the child watching init.
 pub fn child_main(args: &[String]) -> i32 {
-    let Some(path) = args.get(1) else {
-        eprintln!("cuirass {SUBCOMMAND}: which database?");
+    let (Some(path), Some(parent)) = (args.get(1), args.get(2).and_then(|p| p.parse().ok())) else {
+        eprintln!("cuirass {SUBCOMMAND}: usage: cuirass {SUBCOMMAND} DATABASE PARENT_PID");
         return 2;
     };
+    let parent: libc::pid_t = parent;
     let conn = match Connection::open(path) {
         Ok(c) => c,
         Err(e) => {
@@ -45,8 +49,6 @@ pub fn child_main(args: &[String]) -> i32 {
             return 1;
         }
     };
-    // SAFETY: getppid(2) has no preconditions.
-    let parent = unsafe { libc::getppid() };
     loop {
         // A passive checkpoint copies what no reader still needs and
         // returns; it never waits for a lock.
@@ -56,7 +58,7 @@ pub fn child_main(args: &[String]) -> i32 {
             return 1;
         }
         std::thread::sleep(EVERY);
-        // SAFETY: as above.
+        // SAFETY: getppid(2) has no preconditions.
         if unsafe { libc::getppid() } != parent {
             return 0;
         }

@@ -47,6 +47,13 @@ pub(crate) use sql_once;
 /// database whose pages are not cached), so a page is some 30 ms.
 pub const MERGE_PAGE: usize = 100;
 
+/// The derivation rows of the fresh builds with ids in (?1, ?2]: a seek
+/// in Derivations' key (evaluation, derivation) for each.
+pub(crate) const MERGE_DERIVATIONS: &str = "UPDATE Derivations SET fresh = 0
+     WHERE (evaluation, derivation) IN
+           (SELECT evaluation, derivation FROM Builds WHERE id > ?1 AND id <= ?2 AND fresh = 1)
+       AND fresh = 1";
+
 impl Db {
     /// Moves the index entries of the `page` lowest fresh builds (and of
     /// their derivation rows, outputs and inputs) to the large indexes, in
@@ -70,14 +77,8 @@ impl Db {
         };
         // The derivation rows first: they are found through the builds
         // still marked.
-        tx.prepare_cached(
-            "UPDATE Derivations SET fresh = 0
-             WHERE (evaluation, derivation) IN
-                   (SELECT evaluation, derivation FROM Builds
-                    WHERE id > ?1 AND id <= ?2 AND fresh = 1)
-               AND fresh = 1",
-        )?
-        .execute(params![above, last])?;
+        tx.prepare_cached(MERGE_DERIVATIONS)?
+            .execute(params![above, last])?;
         for sql in [
             "UPDATE Outputs SET fresh = 0 WHERE build > ?1 AND build <= ?2 AND fresh = 1",
             "UPDATE Inputs SET fresh = 0 WHERE build > ?1 AND build <= ?2 AND fresh = 1",
@@ -91,13 +92,15 @@ impl Db {
         Ok(count as usize)
     }
 
-    /// Whether some build may have fresh index entries: one above the
-    /// mark (a seek).
+    /// Whether some build has fresh index entries: the first entry of
+    /// the small index, a seek (not the mark, which only a registration's
+    /// ids growing keep right).
     pub fn any_fresh(&self) -> Result<bool> {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM Builds WHERE id > (SELECT above FROM FreshBuilds))",
+                "SELECT EXISTS (SELECT 1 FROM Builds INDEXED BY Builds_derivation_fresh
+                                WHERE fresh = 1)",
             )?
             .query_row([], |r| r.get(0))?)
     }

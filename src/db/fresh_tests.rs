@@ -242,3 +242,32 @@ fn foreign_keys_hold_after_the_migrations() {
         .unwrap_err();
     assert!(err.to_string().contains("FOREIGN KEY"), "{err}");
 }
+
+/// The move's update of derivation rows seeks each one by its key, and a
+/// lookup by input derivation reads both parts of its index: neither
+/// may read a whole evaluation's rows or every input.
+#[test]
+fn the_move_and_the_input_lookups_seek() {
+    let db = Db::open_in_memory().unwrap();
+    let plan = query_plan(
+        db.connection(),
+        super::fresh::MERGE_DERIVATIONS,
+        params![0, 100],
+    );
+    assert!(
+        plan.contains("SEARCH Derivations USING INDEX sqlite_autoindex_Derivations_1 (evaluation=? AND derivation=?)"),
+        "{plan}"
+    );
+    assert!(!scans_a_table(&plan), "{plan}");
+    let plan = query_plan(
+        db.connection(),
+        super::queue::SCHEDULED_DEPENDENTS,
+        ["/gnu/store/x.drv"],
+    );
+    assert!(
+        plan.contains("Inputs_derivation (derivation=?)")
+            && plan.contains("Inputs_derivation_fresh (derivation=?)")
+            && !scans_a_table(&plan),
+        "{plan}"
+    );
+}

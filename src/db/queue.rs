@@ -112,6 +112,13 @@ pub struct Counted {
 /// (counting 100,000 takes 0.1 s).
 pub const POSITION_LIMIT: i64 = 10_000;
 
+/// Whether a scheduled build lists derivation ?1 as an input: both
+/// parts of `Inputs_derivation` (migration 22), then each build by id.
+pub(crate) const SCHEDULED_DEPENDENTS: &str =
+    "SELECT EXISTS (SELECT 1 FROM Inputs i CROSS JOIN Builds b ON b.id = i.build
+                    WHERE i.derivation = CAST(?1 AS TEXT)
+                      AND (i.fresh = 0 OR i.fresh = 1) AND b.status = -2)";
+
 /// The latest build of each input derivation of build `?1`: (id, status).
 /// Parameters go through `CAST`: SQLite re-prepares a statement at each
 /// call when a bound value might change its plan (partial indexes).
@@ -216,11 +223,7 @@ impl Db {
     pub fn has_scheduled_dependents(&self, derivation: &str) -> Result<bool> {
         Ok(self
             .conn
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM Inputs i CROSS JOIN Builds b ON b.id = i.build
-                                WHERE i.derivation = CAST(?1 AS TEXT)
-                                  AND (i.fresh = 0 OR i.fresh = 1) AND b.status = -2)",
-            )?
+            .prepare_cached(SCHEDULED_DEPENDENTS)?
             .query_row([derivation], |r| r.get(0))?)
     }
 

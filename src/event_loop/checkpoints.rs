@@ -59,6 +59,7 @@ impl EventLoop {
         let mut cmd = std::process::Command::new(exe);
         cmd.arg(crate::db::checkpointer::SUBCOMMAND)
             .arg(&self.config.database)
+            .arg(std::process::id().to_string())
             .stdin(std::process::Stdio::null());
         child::die_with_parent(&mut cmd);
         match cmd.spawn() {

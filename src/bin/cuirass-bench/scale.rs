@@ -90,6 +90,7 @@ pub fn child(path: &str) -> Result<(), String> {
         std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
             .arg(cuirass::db::checkpointer::SUBCOMMAND)
             .arg(path)
+            .arg(std::process::id().to_string())
             .spawn()
             .map_err(|e| format!("checkpointer: {e}"))?;
     db.checkpoints_elsewhere(true).map_err(e)?;
