@@ -604,19 +604,6 @@ impl Db {
         Ok(())
     }
 
-    /// Leaves checkpoints to a [`checkpointer`] child: this connection
-    /// checkpoints only past [`checkpointer::FALLBACK_PAGES`] pages of
-    /// log (`on`), or every 1,000 again, SQLite's default (`!on`).
-    pub fn checkpoints_elsewhere(&self, on: bool) -> Result<()> {
-        let pages = if on {
-            checkpointer::FALLBACK_PAGES
-        } else {
-            1000
-        };
-        self.conn.pragma_update(None, "wal_autocheckpoint", pages)?;
-        Ok(())
-    }
-
     /// Frees SQLite's page cache and hands the allocator's free memory
     /// back to the system (glibc's `malloc_trim`); errors are ignored, as
     /// the memory merely stays.

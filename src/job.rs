@@ -120,7 +120,7 @@ pub fn parse_line(line: &[u8]) -> Result<Line, String> {
 /// ms to register (its index entries go to the small fresh indexes, see
 /// README's "At ci.guix's scale"), so such a turn takes 8–80 ms where
 /// the 256 KiB of other pipes would take ten times as long; into a small
-/// database 200 jobs take 2–3 ms.  Checkpoints happen in a child
+/// database 200 jobs take 2–3 ms.  Checkpoints happen mostly in a child
 /// (`db::checkpointer`), not in the turn.  The evaluator waits on a full
 /// pipe meanwhile, and the loop comes back at once while bytes are left.
 pub const EVALUATOR_READ_CAP: usize = 32 * 1024;

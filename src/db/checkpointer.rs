@@ -6,8 +6,9 @@
 //! (turns of 0.1–0.9 s on a 10,000,000-build database, about a third of
 //! a 75,000-job registration).  The child runs passive checkpoints
 //! instead, which never block the writer or readers, every
-//! [`EVERY`]; the loop's own connection checkpoints only past
-//! [`FALLBACK_PAGES`], should the child lag or be gone.
+//! [`EVERY`], so that the loop's own connection, which still
+//! checkpoints past [`FALLBACK_PAGES`], seldom has anything left to
+//! copy when its writes come between quiet turns.
 
 use rusqlite::Connection;
 use std::time::Duration;
@@ -19,16 +20,18 @@ pub const SUBCOMMAND: &str = "checkpoint-child";
 /// How often the child checkpoints.
 pub const EVERY: Duration = Duration::from_millis(250);
 
-/// Pages of log (4 KiB each, 16 MiB) past which the loop's connection
-/// checkpoints itself, as it did every 1,000 pages without the child.
-/// The log restarts from its beginning only once a checkpoint has
-/// caught up with the writer, which a writer busy every turn (moving a
-/// registration's index entries) rarely lets the child do; past this
-/// size the loop's commits then copy what the child has not yet, a
-/// commit at a time.  Measured on 10M (`registration-10m`): at 64 MiB
-/// those turns took 200–280 ms, at 16 MiB at most 141 ms; without the
-/// child a registration takes 5.4–6 s instead of 4.1–4.8.
-pub const FALLBACK_PAGES: i64 = 4_096;
+/// Pages of log (4 KiB each) past which the loop's connection
+/// checkpoints itself: SQLite's default (`wal_autocheckpoint`), left
+/// as it is.  The log
+/// starts over from its beginning only once a checkpoint has caught up
+/// with the writer, which a writer busy every turn (a registration)
+/// rarely lets the child do; past this size the loop's commits copy
+/// what the child has not yet.  A larger allowance made registrations
+/// faster (16 MiB: 4.1–4.8 s on 10M against 5.4–6 s) but wedged a small
+/// disk: a log grown into the last free space leaves no room for the
+/// checkpoint that would empty it, and every write fails from then on
+/// (`faults::a_full_disk_is_logged_…`, an 8 MiB tmpfs).
+pub const FALLBACK_PAGES: i64 = 1_000;
 
 /// The child: checkpoints the database at `args[1]` until its parent,
 /// process `args[2]`, is gone; returns its exit code (1 when the

@@ -28,8 +28,9 @@ impl Checkpoints {
 }
 
 impl EventLoop {
-    /// Starts the checkpointer when it is due, and notices its end: the
-    /// loop's own connection checkpoints as before while there is none.
+    /// Starts the checkpointer when it is due, and notices its end (the
+    /// loop's own connection checkpoints past SQLite's 1,000 pages
+    /// either way).
     pub(super) fn checkpoints_turn(&mut self, now: Instant) {
         if let Some(child) = self.checkpoints.child.as_mut() {
             match child.try_wait() {
@@ -41,9 +42,6 @@ impl EventLoop {
             }
             self.checkpoints.child = None;
             self.checkpoints.start_at = now + RESTART_AFTER;
-            if let Err(e) = self.db.checkpoints_elsewhere(false) {
-                log::warn!(target: DB, "{e}");
-            }
         }
         if now < self.checkpoints.start_at || self.stopping {
             return;
@@ -66,9 +64,6 @@ impl EventLoop {
             Ok(proc) => {
                 log::debug!(target: DB, "checkpointer started, pid {}", proc.id());
                 self.checkpoints.child = Some(proc);
-                if let Err(e) = self.db.checkpoints_elsewhere(true) {
-                    log::warn!(target: DB, "{e}");
-                }
             }
             Err(e) => log::warn!(target: DB, "no checkpointer: {e}"),
         }

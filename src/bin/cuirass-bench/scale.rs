@@ -93,7 +93,6 @@ pub fn child(path: &str) -> Result<(), String> {
             .arg(std::process::id().to_string())
             .spawn()
             .map_err(|e| format!("checkpointer: {e}"))?;
-    db.checkpoints_elsewhere(true).map_err(e)?;
     let (first, last) = newest_rows(&db)?;
 
     let mut rng = api_db::Rng(7);
