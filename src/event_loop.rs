@@ -745,7 +745,10 @@ impl EventLoop {
         if self.names_behind || now >= self.next_name_index {
             self.next_name_index = now + NAME_INDEX_EVERY;
             self.index_job_names();
-            self.fresh_behind.get_or_insert(now);
+            // A seek, where an idle merge would open a write transaction.
+            if self.db.any_fresh().unwrap_or(true) {
+                self.fresh_behind.get_or_insert(now);
+            }
         }
         if self.fresh_behind.is_some() {
             self.merge_fresh(now);

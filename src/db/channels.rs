@@ -86,15 +86,16 @@ impl Db {
         let tx = self.write()?;
         let mut added = 0;
         {
-            let mut select = tx.prepare_cached(&format!(
+            let mut select = tx.prepare_cached(concat!(
                 "SELECT b.id, d.job_name, o.name, o.path
                  FROM Builds b
                  JOIN Derivations d ON d.derivation = b.derivation AND d.evaluation = b.evaluation
                  JOIN Evaluations e ON e.id = b.evaluation
                  JOIN Outputs o ON o.build = b.id
-                 WHERE b.id IN ({}) AND e.specification = ?2 AND b.status = 0
-                   AND NOT EXISTS (SELECT 1 FROM BuildProducts p WHERE p.build = b.id)",
-                super::fresh::builds_of_derivation("?1")
+                 WHERE ",
+                super::fresh::builds_of_derivation_sql!("b.id", "?1"),
+                " AND e.specification = ?2 AND b.status = 0
+                   AND NOT EXISTS (SELECT 1 FROM BuildProducts p WHERE p.build = b.id)"
             ))?;
             let mut others =
                 tx.prepare_cached("SELECT job_name FROM JobAliases WHERE build = ?1")?;

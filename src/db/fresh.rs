@@ -9,9 +9,7 @@
 use super::*;
 
 /// `COLUMN IN (...)`, the ids of the builds of derivation `DRV` (SQL
-/// expressions), a seek in each index: [`builds_of_derivation`] as a
-/// literal, for `concat!` in the statements prepared at every status
-/// change.
+/// expressions), a seek in each index; a literal, for `concat!`.
 macro_rules! builds_of_derivation_sql {
     ($column:literal, $drv:literal) => {
         concat!(
@@ -158,18 +156,5 @@ pub(crate) fn build_of_row(d: &str) -> String {
         "CASE {d}.fresh WHEN 0 THEN {} ELSE {} END",
         one(0, ""),
         one(1, "_fresh")
-    )
-}
-
-/// The ids of the builds of derivation `drv` (an SQL expression), for
-/// `id IN (...)`: a seek in each index.
-pub(crate) fn builds_of_derivation(drv: &str) -> String {
-    both_arms(
-        &format!(
-            "SELECT id FROM Builds INDEXED BY Builds_derivation{{_fresh}}
-             WHERE derivation = {drv} AND fresh = {{fresh}}"
-        ),
-        "",
-        "",
     )
 }

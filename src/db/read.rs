@@ -300,11 +300,8 @@ pub(crate) fn latest_builds_sql(filter: &BuildFilter, plan: LatestPlan) -> Strin
         None => "?5 IS NULL",
     };
     let derivation = match filter.derivation {
-        Some(_) => format!(
-            "b.id IN ({})",
-            crate::db::fresh::builds_of_derivation("?11")
-        ),
-        None => "?11 IS NULL".into(),
+        Some(_) => crate::db::fresh::builds_of_derivation_sql!("b.id", "?11"),
+        None => "?11 IS NULL",
     };
     let by_spec = match plan {
         LatestPlan::BySpecification => {
@@ -633,8 +630,8 @@ pub(crate) fn queued_builds_sql(filter: &QueueFilter) -> String {
             None => "?8 IS NULL",
         },
         match filter.derivation {
-            Some(_) => format!("b.id IN ({})", crate::db::fresh::builds_of_derivation("?9")),
-            None => "?9 IS NULL".into(),
+            Some(_) => crate::db::fresh::builds_of_derivation_sql!("b.id", "?9"),
+            None => "?9 IS NULL",
         },
     )
 }
