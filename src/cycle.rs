@@ -84,9 +84,14 @@ pub enum Input {
         ok: bool,
         reason: String,
     },
-    /// Lines the evaluator printed, as read in one go: registered in one
-    /// transaction.
-    EvaluatorLines(Vec<Vec<u8>>),
+    /// Lines the evaluator printed, as read in one go; `more`: the read
+    /// stopped at its cap with bytes left (the evaluator prints faster
+    /// than the loop reads), so their jobs may wait for a batch (see
+    /// [`job::REGISTER_BATCH`]).
+    EvaluatorLines {
+        lines: Vec<Vec<u8>>,
+        more: bool,
+    },
     /// The evaluator printed a line over this many bytes (it was dropped).
     EvaluatorLineTooLong(usize),
     /// The evaluator ended: how (`exited with status 1: LAST STDERR
@@ -120,7 +125,7 @@ impl Input {
             Input::FetchExited { ok: false, .. } => "fetch failed",
             Input::CompileExited { ok: true, .. } => "compile done",
             Input::CompileExited { ok: false, .. } => "compile failed",
-            Input::EvaluatorLines(_) | Input::EvaluatorLineTooLong(_) => "evaluator output",
+            Input::EvaluatorLines { .. } | Input::EvaluatorLineTooLong(_) => "evaluator output",
             Input::EvaluatorExited { .. } => "evaluator exited",
             Input::SpawnFailed(_) => "cannot start a child",
             Input::Trigger { .. } => "triggered",
@@ -163,6 +168,8 @@ pub struct Evaluation {
     tally: job::Tally,
     /// Jobs read since the last flush to the database.
     jobs: Vec<JobRecord>,
+    /// When the first of `jobs` was read.
+    waiting_since: Option<Instant>,
     registered: usize,
     /// The first reason the evaluation failed.
     error: Option<String>,
@@ -285,7 +292,12 @@ impl Cycle {
                 killed: false,
                 ..
             } => consider(*deadline),
-            State::Evaluating(e) if !e.killed => consider(e.deadline),
+            State::Evaluating(e) if !e.killed => {
+                consider(e.deadline);
+                if let Some(since) = e.waiting_since {
+                    consider(since + job::REGISTER_WAIT);
+                }
+            }
             _ => {}
         }
         at
@@ -426,13 +438,21 @@ impl Cycle {
                 self.end_round()
             }
 
-            // Evaluator output: check each line, register its jobs in one
-            // transaction, and queue their builds at once (builds start
-            // while the evaluator still runs).
-            (State::Evaluating(mut e), Input::EvaluatorLines(lines)) => {
+            // Evaluator output: check each line, and register the jobs
+            // read so far once the evaluator has no more to say for now,
+            // or in batches while it prints faster than that; their builds
+            // are queued at once (builds start while the evaluator still
+            // runs).
+            (State::Evaluating(mut e), Input::EvaluatorLines { lines, more }) => {
                 for line in lines {
                     self.evaluator_line(&mut e, line, env);
                 }
+                if !more || e.flush_due(env.now) {
+                    self.flush_jobs(&mut e, env);
+                }
+                State::Evaluating(e)
+            }
+            (State::Evaluating(mut e), Input::Tick) if e.flush_due(env.now) => {
                 self.flush_jobs(&mut e, env);
                 State::Evaluating(e)
             }

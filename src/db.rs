@@ -453,6 +453,15 @@ const MIGRATIONS: &[&str] = &[
         AND NOT EXISTS (SELECT 1 FROM JobAliases WHERE job_name = old.job_name) BEGIN
        DELETE FROM JobNames WHERE name = old.job_name;
      END;",
+    // 23: evaluations whose superseded builds are being canceled, a page
+    // per loop turn (`db::supersede`): the older evaluation being gone
+    // through, the build id up to which it has been, and how many builds
+    // were canceled so far.
+    "CREATE TABLE IF NOT EXISTS Superseding (
+       evaluation INTEGER PRIMARY KEY REFERENCES Evaluations (id) ON DELETE CASCADE,
+       older      INTEGER NOT NULL DEFAULT 0,
+       after      INTEGER NOT NULL DEFAULT 0,
+       canceled   INTEGER NOT NULL DEFAULT 0);",
 ];
 
 pub fn schema_version() -> usize {
@@ -912,49 +921,27 @@ impl Db {
         Ok(added)
     }
 
-    /// Closes an evaluation whose jobs are all registered, moves the stamp,
-    /// and cancels the builds it supersedes: scheduled builds of older
-    /// evaluations of the same specification for a job (under any of its
-    /// names) that this evaluation has with another derivation.  Nobody
-    /// wants them built any more, and on a busy farm they would otherwise
-    /// pile up.  Builds of `in_flight` derivations, handed to the daemon
-    /// already, are left to end with their real result.  Returns how many
-    /// were canceled.
+    /// Closes an evaluation whose jobs are all registered and moves the
+    /// stamp; the builds it supersedes are canceled after, a page per
+    /// loop turn ([`Db::supersede`]): scheduled builds of older evaluations
+    /// of the same specification for a job (under any of its names) that
+    /// this evaluation has with another derivation.  Nobody wants them
+    /// built any more, and on a busy farm they would otherwise pile up.
     pub fn complete_evaluation(
         &mut self,
         spec: &str,
         eval: EvalId,
         commit: &str,
-        in_flight: &HashSet<String>,
         now: i64,
-    ) -> Result<usize> {
+    ) -> Result<()> {
         let tx = self.write()?;
         tx.prepare_cached("UPDATE Evaluations SET status = ?2, evaltime = ?3 WHERE id = ?1")?
             .execute(params![eval, eval_status::SUCCEEDED, now])?;
         Db::set_stamp(&tx, spec, commit)?;
-        let superseded: Vec<(BuildId, String)> = tx
-            .prepare_cached(&format!(
-                "SELECT id, derivation FROM Builds
-                 WHERE status = ?3
-                   AND evaluation IN (SELECT id FROM Evaluations WHERE specification = ?1 AND id < ?2)
-                   AND NOT EXISTS (SELECT 1 FROM Derivations n
-                                   WHERE n.evaluation = ?2 AND n.derivation = Builds.derivation)
-                   AND (EXISTS (SELECT 1 FROM Derivations old
-                                WHERE old.derivation = Builds.derivation
-                                  AND old.evaluation = Builds.evaluation
-                                  AND {})
-                        OR EXISTS (SELECT 1 FROM JobAliases old
-                                   WHERE old.build = Builds.id AND {}))",
-                new_name("old.job_name"),
-                new_name("old.job_name")
-            ))?
-            .query_map(params![spec, eval, status::SCHEDULED], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?
-            .collect::<std::result::Result<_, _>>()?;
-        let canceled = Db::cancel_scheduled(&tx, &superseded, in_flight, now)?;
+        tx.prepare_cached("INSERT INTO Superseding (evaluation) VALUES (?1)")?
+            .execute([eval])?;
         tx.commit()?;
-        Ok(canceled)
+        Ok(())
     }
 
     /// Closes an evaluation that failed part-way: it is recorded as failed
@@ -1107,6 +1094,7 @@ mod read_batch;
 pub mod retention;
 pub mod search;
 mod statuses;
+pub mod supersede;
 
 #[cfg(test)]
 use statuses::PENDING_BUILDS_OF_DERIVATION;
@@ -1150,5 +1138,7 @@ mod alias_tests;
 mod fresh_tests;
 #[cfg(test)]
 mod scale_tests;
+#[cfg(test)]
+mod supersede_tests;
 #[cfg(test)]
 mod tests;

@@ -320,6 +320,9 @@ pub struct EventLoop {
     fresh_behind: Option<Instant>,
     /// How many builds' entries this run of the merge moved.
     fresh_merged: usize,
+    /// An evaluation's superseded builds may wait to be canceled (see
+    /// [`crate::db::supersede`]), and since when.
+    superseding: Option<Instant>,
     /// The child that checkpoints the database's log.
     checkpoints: checkpoints::Checkpoints,
     /// Builds finished before weathers were kept still lack theirs; see
@@ -404,6 +407,7 @@ impl EventLoop {
             names_behind: true,
             fresh_behind: Some(now),
             fresh_merged: 0,
+            superseding: Some(now),
             checkpoints: checkpoints::Checkpoints::new(now),
             weathers_behind: true,
             backfill_logged: now,
@@ -594,6 +598,7 @@ impl EventLoop {
             || self.roots.has_work()
             || self.names_behind
             || self.fresh_behind.is_some()
+            || self.superseding.is_some()
             || self.weathers_behind
         {
             return now;
@@ -728,7 +733,11 @@ impl EventLoop {
                     child.proc.kill();
                 }
             }
-            Command::QueueChanged => self.feed_dispatcher(queue::Input::Changed, now),
+            Command::QueueChanged => {
+                // An evaluation closed, perhaps, superseding builds.
+                self.superseding.get_or_insert(now);
+                self.feed_dispatcher(queue::Input::Changed, now)
+            }
         }
     }
 
@@ -752,6 +761,9 @@ impl EventLoop {
         }
         if self.fresh_behind.is_some() {
             self.merge_fresh(now);
+        }
+        if self.superseding.is_some() {
+            self.supersede(now);
         }
         if self.weathers_behind {
             self.backfill_weathers(now);

@@ -114,16 +114,29 @@ pub fn parse_line(line: &[u8]) -> Result<Line, String> {
     }
 }
 
-/// Bytes of the evaluator's output one loop turn reads at most, each
-/// read's jobs registered in one transaction: about 200 jobs of 150
-/// bytes.  Into a database of 10,000,000 builds a job costs about 0.04
-/// ms to register (its index entries go to the small fresh indexes, see
-/// README's "At ci.guix's scale"), so such a turn takes 8–80 ms where
-/// the 256 KiB of other pipes would take ten times as long; into a small
-/// database 200 jobs take 2–3 ms.  Checkpoints happen mostly in a child
-/// (`db::checkpointer`), not in the turn.  The evaluator waits on a full
-/// pipe meanwhile, and the loop comes back at once while bytes are left.
+/// Bytes of the evaluator's output one loop turn reads at most: about
+/// 200 jobs of 150 bytes, each with its `.drv` read and parsed, 1–3 ms.
+/// The evaluator waits on a full pipe meanwhile, and the loop comes back
+/// at once while bytes are left.
 pub const EVALUATOR_READ_CAP: usize = 32 * 1024;
+
+/// Jobs read from the evaluator are registered in one transaction as
+/// soon as its output pipe is empty.  While it prints faster than the
+/// loop reads (each read stopping at [`EVALUATOR_READ_CAP`] with bytes
+/// left), they wait until this many are read, or until the first of them
+/// has waited [`REGISTER_WAIT`].  Each transaction rewrites every leaf
+/// of the small fresh indexes its random keys land in (see
+/// `db::fresh`), so a 75,000-job evaluation into 10,000,000 builds took
+/// 6 s in 375 transactions of a read's 200 jobs, and takes 2 s in
+/// batches of 4,096; the turn that registers a batch takes 100–150 ms
+/// there (`cuirass-bench registration-10m`), 20–40 ms into a small
+/// database.
+pub const REGISTER_BATCH: usize = 4096;
+
+/// How long a job read from the evaluator waits at most for its batch
+/// (see [`REGISTER_BATCH`]) before it is registered and its build
+/// queued.
+pub const REGISTER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How the evaluator starts the one line that says why it failed (its
 /// backtrace, if any, follows on later lines).

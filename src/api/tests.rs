@@ -433,8 +433,7 @@ fn an_evaluation_still_running_is_in_progress() {
     let (_, v) = get(&db, &root, "/api/evaluations?nr=1");
     assert_eq!(v[0]["id"], eval);
     assert_eq!(v[0]["in-progress"], 1);
-    db.complete_evaluation("hello", eval, "fedcba", &Default::default(), 60)
-        .unwrap();
+    db.complete_evaluation("hello", eval, "fedcba", 60).unwrap();
     assert_eq!(
         get(&db, &root, "/api/evaluations?nr=1").1[0]["in-progress"],
         0

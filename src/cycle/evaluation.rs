@@ -3,6 +3,17 @@
 
 use super::*;
 
+impl Evaluation {
+    /// Whether the jobs read so far are to be registered now (see
+    /// [`job::REGISTER_BATCH`]).
+    pub(super) fn flush_due(&self, now: Instant) -> bool {
+        self.jobs.len() >= job::REGISTER_BATCH
+            || self
+                .waiting_since
+                .is_some_and(|since| now >= since + job::REGISTER_WAIT)
+    }
+}
+
 impl Cycle {
     /// `again`: evaluate `commit` even if it was already (a retry).
     pub(super) fn new_commit(&mut self, commit: String, again: bool, env: &mut Env) -> State {
@@ -92,6 +103,7 @@ impl Cycle {
             killed: false,
             tally: job::Tally::default(),
             jobs: Vec::new(),
+            waiting_since: None,
             registered: 0,
             error: None,
             retry: false,
@@ -128,6 +140,9 @@ impl Cycle {
                     let bytes = (env.read_drv)(&derivation).map_err(|err| {
                         format!("job {name:?}: cannot read {derivation:?}: {err}")
                     })?;
+                    if e.jobs.is_empty() {
+                        e.waiting_since = Some(env.now);
+                    }
                     e.jobs.push(job::job_record(
                         &name,
                         &derivation,
@@ -166,6 +181,7 @@ impl Cycle {
     /// Registers the jobs read so far and queues their builds.
     pub(super) fn flush_jobs(&mut self, e: &mut Evaluation, env: &mut Env) {
         let jobs = std::mem::take(&mut e.jobs);
+        e.waiting_since = None;
         if jobs.is_empty() || e.error.is_some() {
             return;
         }
@@ -224,16 +240,12 @@ impl Cycle {
             }
             (None, _) => env
                 .db
-                .complete_evaluation(&name, id, &commit, in_flight, env.unix_now)
-                .and_then(|canceled| {
+                .complete_evaluation(&name, id, &commit, env.unix_now)
+                .and_then(|()| {
                     let size = env.db.evaluation_size(id)?;
                     log::info!(target: EVALUATION,
-                        "spec={name:?} evaluation {id} of {commit} done: {}{}",
+                        "spec={name:?} evaluation {id} of {commit} done: {}; the builds it supersedes are canceled next",
                         describe_size(size),
-                        match canceled {
-                            0 => String::new(),
-                            n => format!(", {n} superseded build(s) canceled"),
-                        }
                     );
                     if size.0 != jobs {
                         // Never silent: a job the evaluator printed and no

@@ -139,8 +139,20 @@ fn job_line(name: &str, drv: &str) -> String {
     format!("(job (name . \"{name}\") (derivation . \"{drv}\"))")
 }
 
+/// Lines read with the evaluator's pipe then empty.
 fn output(lines: &[&str]) -> Input {
-    Input::EvaluatorLines(lines.iter().map(|l| l.as_bytes().to_vec()).collect())
+    Input::EvaluatorLines {
+        lines: lines.iter().map(|l| l.as_bytes().to_vec()).collect(),
+        more: false,
+    }
+}
+
+/// Lines read with more waiting in the pipe.
+fn output_and_more(lines: &[&str]) -> Input {
+    Input::EvaluatorLines {
+        lines: lines.iter().map(|l| l.as_bytes().to_vec()).collect(),
+        more: true,
+    }
 }
 
 fn exited(ok: bool) -> Input {
@@ -327,6 +339,42 @@ fn an_evaluator_failure_cancels_builds_not_yet_handed_over_and_spares_those_in_f
     assert_eq!(status_of(&w, DRV_A), status::SCHEDULED);
 }
 
+/// While the evaluator prints faster than the loop reads, its jobs are
+/// registered in batches of `REGISTER_BATCH`, in the turn that completes
+/// one; a job read after waits for the next batch, at most
+/// `REGISTER_WAIT`, or until the pipe is empty.
+#[test]
+fn a_fast_evaluators_jobs_are_registered_in_batches() {
+    let mut w = World::new();
+    let mut c = w.cycle(true, false);
+    w.feed(&mut c, Input::Tick);
+    w.feed(&mut c, fetched(COMMIT_1));
+    // Every name its own job; two derivations are enough for the count.
+    let drvs = [DRV_A, DRV_B];
+    let n = job::REGISTER_BATCH;
+    let lines: Vec<String> = (0..n + 2)
+        .map(|i| job_line(&format!("job-{i}"), drvs[i % 2]))
+        .collect();
+    let cmds = w.feed(&mut c, output_and_more(&strs(&lines[..n - 1])));
+    assert!(!queue_changed(&cmds), "{cmds:?}");
+    assert_eq!(w.count("SELECT COUNT(*) FROM Derivations"), 0);
+    let cmds = w.feed(&mut c, output_and_more(&strs(&lines[n - 1..n])));
+    assert!(queue_changed(&cmds), "{cmds:?}");
+    assert_eq!(w.db.evaluation_size(EvalId(1)).unwrap(), (n, 2));
+    // The next job waits, then goes when its time is up...
+    let cmds = w.feed(&mut c, output_and_more(&strs(&lines[n..n + 1])));
+    assert!(!queue_changed(&cmds), "{cmds:?}");
+    assert_eq!(c.poll_at(), Some(w.now + job::REGISTER_WAIT));
+    assert!(w.feed(&mut c, Input::Tick).is_empty(), "not yet");
+    // (Another name of a registered derivation: no new build to queue.)
+    w.at(1).feed(&mut c, Input::Tick);
+    assert_eq!(w.db.evaluation_size(EvalId(1)).unwrap(), (n + 1, 2));
+    assert_eq!(c.poll_at(), Some(w.start + Duration::from_secs(100)));
+    // ... or once the pipe is empty.
+    w.feed(&mut c, output(&strs(&lines[n + 1..])));
+    assert_eq!(w.db.evaluation_size(EvalId(1)).unwrap(), (n + 2, 2));
+}
+
 /// Issue 14: two job names, one derivation.  The evaluator's count (2)
 /// is met, one build is queued, both names are registered.
 #[test]
@@ -424,11 +472,14 @@ fn a_poll_due_during_a_long_batch_fetches_and_evaluates_at_once_and_supersedes()
     let cmds = w.at(60).feed(&mut c, Input::Tick);
     assert!(matches!(cmds[..], [Command::SpawnFetch(_)]), "{cmds:?}");
     w.feed(&mut c, fetched(COMMIT_2));
-    // Job "a" now has another derivation: the old one is superseded,
-    // but its build is in the daemon's hands already (not started yet):
-    // it is not canceled, and ends with its real result.
+    // Job "a" now has another derivation: the old build is superseded,
+    // canceled once the evaluation is closed (by the loop, a page per
+    // turn; nothing is in flight here).
     w.feed(&mut c, output(&[&job_line("a", DRV_B), "(done 1)"]));
-    w.feed(&mut c, exited(true));
+    let cmds = w.feed(&mut c, exited(true));
+    assert!(queue_changed(&cmds), "the loop looks for superseded builds");
+    assert_eq!(scheduled(&w), 2, "not in the closing turn");
+    assert_eq!(w.db.supersede_all(&w.in_flight, 0).unwrap(), 1);
     assert_eq!(
         w.count("SELECT COUNT(*) FROM Evaluations WHERE status = 0"),
         2

@@ -6,12 +6,12 @@ use super::read::{BuildFilter, JobFilter, SearchQuery, weather};
 use super::*;
 use crate::db::dashboard::EvalBuildFilter;
 
-fn spec(name: &str) -> Specification {
+pub(super) fn spec(name: &str) -> Specification {
     Specification::new(name, &format!("file:///srv/{name}.git"), "ci.scm", "jobs")
 }
 
 /// Job `name` whose derivation is tagged `drv`: jobs of one tag share it.
-fn job(name: &str, drv: &str) -> JobRecord {
+pub(super) fn job(name: &str, drv: &str) -> JobRecord {
     JobRecord {
         job_name: name.into(),
         derivation: format!("/gnu/store/{drv:a<32}-{drv}.drv"),
@@ -33,8 +33,8 @@ fn evaluate(db: &mut Db, commit: &str, chunks: &[&[JobRecord]], now: i64) -> Eva
     for chunk in chunks {
         db.add_jobs("a", eval, chunk, now).unwrap();
     }
-    db.complete_evaluation("a", eval, commit, &Default::default(), now)
-        .unwrap();
+    db.complete_evaluation("a", eval, commit, now).unwrap();
+    db.supersede_all(&Default::default(), now).unwrap();
     eval
 }
 
@@ -285,16 +285,14 @@ fn builds_in_flight_keep_their_real_result_when_an_evaluation_fails_or_supersede
     let e2 = db.begin_evaluation("a", "c2", 4).unwrap();
     db.add_jobs("a", e2, &[job("x", "x1"), job("y", "y1")], 4)
         .unwrap();
-    db.complete_evaluation("a", e2, "c2", &Default::default(), 4)
-        .unwrap();
+    db.complete_evaluation("a", e2, "c2", 4).unwrap();
+    db.supersede_all(&Default::default(), 4).unwrap();
     let e3 = db.begin_evaluation("a", "c3", 5).unwrap();
     db.add_jobs("a", e3, &[job("x", "x2"), job("y", "y2")], 5)
         .unwrap();
     let flying: HashSet<String> = [job("", "x1").derivation].into_iter().collect();
-    assert_eq!(
-        db.complete_evaluation("a", e3, "c3", &flying, 6).unwrap(),
-        1
-    );
+    db.complete_evaluation("a", e3, "c3", 6).unwrap();
+    assert_eq!(db.supersede_all(&flying, 6).unwrap(), 1);
     assert_eq!(status_of(&db, "x1"), status::SCHEDULED);
     assert_eq!(status_of(&db, "y1"), status::CANCELED);
 }

@@ -155,8 +155,9 @@ impl EventLoop {
             }
             Step::Evaluate => {
                 let now = Instant::now();
+                let more = child.proc.wants_read().0;
                 if !lines.is_empty() {
-                    self.feed(index, Input::EvaluatorLines(lines), now);
+                    self.feed(index, Input::EvaluatorLines { lines, more }, now);
                 }
                 if let Some(n) = too_long {
                     self.feed(index, Input::EvaluatorLineTooLong(n), now);

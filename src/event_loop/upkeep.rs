@@ -48,6 +48,38 @@ impl EventLoop {
         }
     }
 
+    /// A page of the builds a new evaluation may supersede, those it does
+    /// canceled (see [`crate::db::supersede`]); the next turn comes at once
+    /// until no evaluation waits, and the dispatcher reads the queue again
+    /// after a page that canceled some.
+    pub(super) fn supersede(&mut self, now: Instant) {
+        let in_flight = self.dispatcher.in_flight_derivations();
+        let page = crate::db::supersede::SUPERSEDE_PAGE;
+        match self.db.supersede(&in_flight, unix_now(), page) {
+            Ok(None) => self.superseding = None,
+            Ok(Some(done)) => {
+                if done.canceled > 0 {
+                    self.feed_dispatcher(queue::Input::Changed, now);
+                }
+                if done.done {
+                    let since = self.superseding.replace(now).unwrap_or(now);
+                    log::info!(
+                        target: DB,
+                        "spec={:?} evaluation {}: {} superseded build(s) canceled in {:.1} s",
+                        done.specification,
+                        done.evaluation,
+                        done.canceled_in_all,
+                        now.duration_since(since).as_secs_f64()
+                    );
+                }
+            }
+            Err(e) => {
+                log::warn!(target: DB, "superseded builds not canceled yet: {e}");
+                self.superseding = None;
+            }
+        }
+    }
+
     /// A page of weathers not kept yet (see [`crate::db::backfill`]);
     /// the next turn comes at once until none is left.
     pub(super) fn backfill_weathers(&mut self, now: Instant) {

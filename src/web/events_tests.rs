@@ -16,7 +16,7 @@ fn weathered() -> (Db, PathBuf) {
         .collect();
     let eval = db.begin_evaluation("hello", "c2", NOW - 600).unwrap();
     db.add_jobs("hello", eval, &jobs, NOW - 600).unwrap();
-    db.complete_evaluation("hello", eval, "c2", &Default::default(), NOW - 590)
+    db.complete_evaluation("hello", eval, "c2", NOW - 590)
         .unwrap();
     db.build_finished(
         &jobs[0].derivation,

@@ -54,14 +54,8 @@ pub(super) fn fixture() -> (Db, PathBuf) {
         .begin_evaluation("hello", "abcdef0123456789", NOW - 3600)
         .unwrap();
     db.add_jobs("hello", eval, &jobs, NOW - 3600).unwrap();
-    db.complete_evaluation(
-        "hello",
-        eval,
-        "abcdef0123456789",
-        &Default::default(),
-        NOW - 3590,
-    )
-    .unwrap();
+    db.complete_evaluation("hello", eval, "abcdef0123456789", NOW - 3590)
+        .unwrap();
     let quiet = db.begin_evaluation("quiet", "fedcba", NOW - 100).unwrap();
     db.fail_evaluation(
         "quiet",

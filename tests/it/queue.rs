@@ -81,6 +81,32 @@ fn record(name: &str, q: &Repo, priority: i64) -> String {
     )
 }
 
+/// Cuirass on spec file `file` with one build at a time, polling every
+/// `interval` seconds, once it listens; with a connection to its
+/// database and the port.
+fn one_build_at_a_time(
+    setup: &Setup,
+    file: &std::path::Path,
+    interval: u64,
+) -> (Running, u16, rusqlite::Connection) {
+    let port = free_port();
+    let args = [
+        "-S",
+        file.to_str().unwrap(),
+        "--max-builds=1",
+        &format!("--interval={interval}"),
+        "--port",
+        &port.to_string(),
+    ];
+    let cuirass = Running::start(setup, &args, &[]);
+    wait_until(Duration::from_secs(20), "cuirass to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let conn = setup.db();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    (cuirass, port, conn)
+}
+
 /// Two specs of different priorities queue behind a long build: the
 /// queue lists them by spec priority, then job priority, and that is the
 /// order in which the daemon starts them (one build per request).
@@ -100,21 +126,7 @@ fn two_specs_queued_behind_a_long_build_start_in_the_order_the_queue_lists() {
     );
     let first = record("first", &q, 9);
     let file = setup.write_spec(&format!("(list {first})"));
-    let port = free_port();
-    let args = [
-        "-S",
-        file.to_str().unwrap(),
-        "--max-builds=1",
-        "--interval=100000",
-        "--port",
-        &port.to_string(),
-    ];
-    let cuirass = Running::start(&setup, &args, &[]);
-    wait_until(Duration::from_secs(20), "cuirass to listen", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    let conn = setup.db();
-    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    let (cuirass, port, conn) = one_build_at_a_time(&setup, &file, 100_000);
     wait_until(Duration::from_secs(60), "the long build to start", || {
         count(&conn, "SELECT COUNT(*) FROM Builds WHERE status = -1") == 1
     });
@@ -265,5 +277,75 @@ fn a_build_whose_input_failed_never_reaches_the_daemon_and_runs_once_the_input_i
         [vec![1, 1], vec![2, 0], vec![3, 0], vec![4, 0]],
         "{statuses:?}"
     );
+    assert_sound(&setup.db);
+}
+
+/// A newer commit's evaluation cancels the scheduled builds it
+/// supersedes through the loop's superseding pages, after it closes:
+/// the job whose derivation changed loses its queued build, the one
+/// whose derivation did not keeps it, and the build the daemon is
+/// running goes on.
+#[test]
+fn a_newer_evaluation_cancels_the_queued_builds_it_supersedes() {
+    require_daemon();
+    let setup = Setup::new("queue-supersede");
+    let repo = Repo::new(setup.tmp.path(), &[("jobs.scm", "jobs/queue-jobs.scm")]);
+    let n = nonce();
+    let jobs = |a: &str| format!(r#"("long" 0 "sleep 30") ("a" 5 "{a}") ("b" 5 "true")"#);
+    let file = setup.write_spec(&format!(
+        "(list {})",
+        spec("sup", &repo.url(), &n, &jobs("true"))
+    ));
+    let (cuirass, port, conn) = one_build_at_a_time(&setup, &file, 2);
+    wait_until(Duration::from_secs(60), "the long build to start", || {
+        count(&conn, "SELECT COUNT(*) FROM Builds WHERE status = -1") == 1
+            && count(&conn, "SELECT COUNT(*) FROM Builds") == 3
+    });
+    let build_of = |eval: i64, job: &str| -> i64 {
+        conn.query_row(
+            "SELECT b.id FROM Builds b JOIN Derivations d
+               ON d.derivation = b.derivation AND d.evaluation = b.evaluation
+             WHERE b.evaluation = ?1 AND d.job_name = ?2",
+            rusqlite::params![eval, job],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let (long, a, b) = (build_of(1, "long"), build_of(1, "a"), build_of(1, "b"));
+    // Job a gets another derivation in the next commit; b and long don't.
+    std::fs::write(
+        &file,
+        format!("(list {})", spec("sup", &repo.url(), &n, &jobs("true a"))),
+    )
+    .unwrap();
+    cuirass.signal(libc::SIGHUP);
+    std::fs::write(repo.dir.join("README"), "again").unwrap();
+    repo.commit("again");
+    let status = |id: i64| -> i64 {
+        conn.query_row("SELECT status FROM Builds WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "a's old build to be canceled",
+        || status(a) == 4,
+    );
+    assert_eq!(status(b), -2, "b's derivation did not change");
+    assert_eq!(status(long), -1, "the daemon's build goes on");
+    assert_eq!(
+        count(&conn, "SELECT COUNT(*) FROM Evaluations WHERE status = 0"),
+        2
+    );
+    assert_eq!(count(&conn, "SELECT COUNT(*) FROM Superseding"), 0);
+    let one: serde_json::Value = serde_json::from_str(&get(port, &format!("/build/{a}"))).unwrap();
+    assert_eq!(one["buildstatus"], 4, "{one:#}");
+    let log = cuirass.log_text();
+    assert!(
+        log.contains("evaluation 2: 1 superseded build(s) canceled"),
+        "{log}"
+    );
+    drop(cuirass);
     assert_sound(&setup.db);
 }
