@@ -127,11 +127,11 @@ pub const EVALUATOR_READ_CAP: usize = 32 * 1024;
 /// has waited [`REGISTER_WAIT`].  Each transaction rewrites every leaf
 /// of the small fresh indexes its random keys land in (see
 /// `db::fresh`), so a 75,000-job evaluation into 10,000,000 builds took
-/// 6 s in 375 transactions of a read's 200 jobs, and takes 2 s in
-/// batches of 4,096; the turn that registers a batch takes 100–150 ms
-/// there (`cuirass-bench registration-10m`), 20–40 ms into a small
-/// database.
-pub const REGISTER_BATCH: usize = 4096;
+/// 6 s in 375 transactions of a read's 200 jobs, and takes 2.25 s in
+/// batches of 3,072, the turn that registers one 130–140 ms there
+/// (`cuirass-bench registration-10m`; batches of 4,096: 2.15 s, but
+/// turns of 170–190 ms, near the loop's 200 ms warning).
+pub const REGISTER_BATCH: usize = 3072;
 
 /// How long a job read from the evaluator waits at most for its batch
 /// (see [`REGISTER_BATCH`]) before it is registered and its build
