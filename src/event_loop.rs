@@ -323,6 +323,11 @@ pub struct EventLoop {
     /// An evaluation's superseded builds may wait to be canceled (see
     /// [`crate::db::supersede`]), and since when.
     superseding: Option<Instant>,
+    /// The evaluations whose superseded builds wait to be canceled, with
+    /// their specs: older evaluations' builds of those specs do not start
+    /// meanwhile (they head the queue, and would be in flight, so spared,
+    /// before their page came).
+    superseding_evaluations: Vec<(String, crate::db::EvalId)>,
     /// The child that checkpoints the database's log.
     checkpoints: checkpoints::Checkpoints,
     /// Builds finished before weathers were kept still lack theirs; see
@@ -408,12 +413,14 @@ impl EventLoop {
             fresh_behind: Some(now),
             fresh_merged: 0,
             superseding: Some(now),
+            superseding_evaluations: Vec::new(),
             checkpoints: checkpoints::Checkpoints::new(now),
             weathers_behind: true,
             backfill_logged: now,
             backfilled: false,
             next_name_index: now,
         };
+        event_loop.reload_superseding(now);
         for spec in specs {
             event_loop.add_slot(spec, now);
         }
@@ -690,20 +697,21 @@ impl EventLoop {
     fn feed_dispatcher(&mut self, input: queue::Input, now: Instant) {
         let read_drv = |path: &str| std::fs::read(path);
         let slots = &self.slots;
+        let superseding = &self.superseding_evaluations;
         // A live cycle of an active spec: a stopped one is a tombstone.
-        let active = |spec: &str| {
+        let may_start = |spec: &str, eval| {
             slots.iter().any(|s| {
                 s.cycle.spec.name == spec
                     && s.cycle.spec.is_active()
                     && !matches!(s.cycle.state(), State::Stopped)
-            })
+            }) && !crate::db::supersede::may_be_superseded(superseding, spec, eval)
         };
         let mut env = queue::Env {
             now,
             unix_now: unix_now(),
             db: &mut self.db,
             read_drv: &read_drv,
-            active: &active,
+            may_start: &may_start,
         };
         self.dispatcher.handle(input, &mut env);
         while let Some(command) = self.dispatcher.poll_command() {
@@ -735,7 +743,7 @@ impl EventLoop {
             }
             Command::QueueChanged => {
                 // An evaluation closed, perhaps, superseding builds.
-                self.superseding.get_or_insert(now);
+                self.reload_superseding(now);
                 self.feed_dispatcher(queue::Input::Changed, now)
             }
         }
@@ -757,6 +765,10 @@ impl EventLoop {
             // A seek, where an idle merge would open a write transaction.
             if self.db.any_fresh().unwrap_or(true) {
                 self.fresh_behind.get_or_insert(now);
+            }
+            // Superseding that failed a page is tried again.
+            if self.superseding.is_none() {
+                self.reload_superseding(now);
             }
         }
         if self.fresh_behind.is_some() {

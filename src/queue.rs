@@ -98,8 +98,10 @@ pub struct Env<'a> {
     pub db: &'a mut Db,
     /// Reads a `.drv` file.
     pub read_drv: &'a dyn Fn(&str) -> std::io::Result<Vec<u8>>,
-    /// Whether a spec is polled; builds of other specs wait.
-    pub active: &'a dyn Fn(&str) -> bool,
+    /// Whether builds of a spec's evaluation may start: the spec is
+    /// polled, and no newer evaluation of it is still canceling the builds
+    /// it supersedes (see [`crate::db::supersede`]); others wait.
+    pub may_start: &'a dyn Fn(&str, crate::db::EvalId) -> bool,
 }
 
 #[derive(Debug)]
@@ -459,7 +461,7 @@ impl Dispatcher {
             .iter()
             .flatten()
             .any(|b| b.derivation == pending.derivation);
-        if busy || !(env.active)(&pending.specification) {
+        if busy || !(env.may_start)(&pending.specification, pending.evaluation) {
             return None;
         }
         match env.db.readiness(pending.id) {

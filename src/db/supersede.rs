@@ -42,6 +42,15 @@ pub(crate) fn page_sql() -> String {
     )
 }
 
+/// Whether a build of `spec`'s evaluation `eval` may yet be canceled by
+/// one of `superseding` (from [`Db::superseding_evaluations`]): a newer
+/// evaluation of its spec still goes through the older ones' builds.
+pub fn may_be_superseded(superseding: &[(String, EvalId)], spec: &str, eval: EvalId) -> bool {
+    superseding
+        .iter()
+        .any(|(s, newer)| s == spec && eval.0 < newer.0)
+}
+
 /// What a page of superseding did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Superseded {
@@ -151,12 +160,16 @@ impl Db {
         }))
     }
 
-    /// Whether an evaluation's superseded builds are still to be canceled.
-    pub fn superseding(&self) -> Result<bool> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM Superseding)")?
-            .query_row([], |r| r.get(0))?)
+    /// The evaluations whose superseded builds are still to be canceled,
+    /// with their specs, oldest first.
+    pub fn superseding_evaluations(&self) -> Result<Vec<(String, EvalId)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT e.specification, s.evaluation
+             FROM Superseding s JOIN Evaluations e ON e.id = s.evaluation
+             ORDER BY s.evaluation",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
     /// Every page of [`Db::supersede`] until no evaluation waits; returns

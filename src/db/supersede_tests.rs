@@ -74,12 +74,12 @@ fn a_page_at_a_time_cancels_what_all_at_once_does() {
         assert_eq!(p.specification, "a");
         if !p.done {
             // The position is in the database, where a restart finds it.
-            assert!(paged.superseding().unwrap());
+            assert!(!paged.superseding_evaluations().unwrap().is_empty());
         }
     }
     assert_eq!(total, 10);
     assert!(pages >= 10, "{pages} pages");
-    assert!(!paged.superseding().unwrap());
+    assert!(paged.superseding_evaluations().unwrap().is_empty());
     assert_eq!(statuses(&paged), statuses(&once));
     assert_eq!(
         once.connection()
@@ -126,9 +126,9 @@ fn a_deleted_evaluation_stops_superseding() {
     let mut db = Db::open_in_memory().unwrap();
     let third = history(&mut db);
     db.supersede(&Default::default(), 9, 1).unwrap();
-    assert!(db.superseding().unwrap());
+    assert!(!db.superseding_evaluations().unwrap().is_empty());
     db.abandon_evaluation(third).unwrap();
-    assert!(!db.superseding().unwrap());
+    assert!(db.superseding_evaluations().unwrap().is_empty());
     assert_eq!(db.supersede(&Default::default(), 9, 1).unwrap(), None);
 }
 
@@ -145,4 +145,18 @@ fn the_page_query_seeks_by_evaluation_and_looks_up_names() {
     );
     assert!(plan.contains("Builds_evaluation"), "{plan}");
     assert!(!sorts_beyond_arms(&plan), "{plan}");
+}
+
+#[test]
+fn older_evaluations_builds_of_the_spec_wait_while_a_newer_one_supersedes() {
+    let mut db = Db::open_in_memory().unwrap();
+    let third = history(&mut db);
+    let pending = db.superseding_evaluations().unwrap();
+    assert_eq!(pending, [("a".to_string(), third)]);
+    let held = |spec, eval| super::supersede::may_be_superseded(&pending, spec, EvalId(eval));
+    assert!(held("a", 1) && held("a", third.0 - 1));
+    assert!(!held("a", third.0), "its own builds start");
+    assert!(!held("b", 2), "another spec's builds start");
+    db.supersede_all(&Default::default(), 9).unwrap();
+    assert!(db.superseding_evaluations().unwrap().is_empty());
 }

@@ -156,7 +156,9 @@ impl EventLoop {
             Step::Evaluate => {
                 let now = Instant::now();
                 let more = child.proc.wants_read().0;
-                if !lines.is_empty() {
+                // An empty read says the pipe is empty too: jobs waiting
+                // for a batch go now.
+                if !lines.is_empty() || !more {
                     self.feed(index, Input::EvaluatorLines { lines, more }, now);
                 }
                 if let Some(n) = too_long {

@@ -53,12 +53,22 @@ impl EventLoop {
     /// until no evaluation waits, and the dispatcher reads the queue again
     /// after a page that canceled some.
     pub(super) fn supersede(&mut self, now: Instant) {
+        if self.superseding_evaluations.is_empty() {
+            self.superseding = None;
+            return;
+        }
         let in_flight = self.dispatcher.in_flight_derivations();
         let page = crate::db::supersede::SUPERSEDE_PAGE;
         match self.db.supersede(&in_flight, unix_now(), page) {
-            Ok(None) => self.superseding = None,
+            Ok(None) => {
+                self.superseding = None;
+                self.superseding_evaluations.clear();
+            }
             Ok(Some(done)) => {
-                if done.canceled > 0 {
+                if done.done {
+                    self.reload_superseding(now);
+                }
+                if done.canceled > 0 || done.done {
                     self.feed_dispatcher(queue::Input::Changed, now);
                 }
                 if done.done {
@@ -74,8 +84,29 @@ impl EventLoop {
                 }
             }
             Err(e) => {
+                // Tried again within a second (see `advance`).
                 log::warn!(target: DB, "superseded builds not canceled yet: {e}");
                 self.superseding = None;
+            }
+        }
+    }
+
+    /// Reads which evaluations still supersede builds; while any does,
+    /// the next turn comes at once.  On an error the list stays as it was
+    /// and the pages are tried anyway.
+    pub(super) fn reload_superseding(&mut self, now: Instant) {
+        match self.db.superseding_evaluations() {
+            Ok(list) => {
+                if list.is_empty() {
+                    self.superseding = None;
+                } else {
+                    self.superseding.get_or_insert(now);
+                }
+                self.superseding_evaluations = list;
+            }
+            Err(e) => {
+                log::warn!(target: DB, "cannot read the evaluations superseding builds: {e}");
+                self.superseding.get_or_insert(now);
             }
         }
     }

@@ -80,13 +80,13 @@ impl World {
             false => Ok(drv_bytes(p)),
         };
         let inactive = &self.inactive;
-        let active = |s: &str| !inactive.contains(s);
+        let may_start = |s: &str, _| !inactive.contains(s);
         let mut env = Env {
             now: self.now,
             unix_now: 1_700_000_000,
             db: &mut self.db,
             read_drv: &read_drv,
-            active: &active,
+            may_start: &may_start,
         };
         let in_flight: Vec<Option<String>> = (0..self.d.slots())
             .map(|slot| self.d.in_flight(slot).map(|b| b.derivation.clone()))

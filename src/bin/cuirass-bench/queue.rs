@@ -37,7 +37,7 @@ fn turns(db: &mut Db, d: &mut Dispatcher, n: usize, input: impl Fn() -> Input) -
         )
         .into_bytes())
     };
-    let active = |_: &str| true;
+    let may_start = |_: &str, _| true;
     let mut times = Vec::new();
     for _ in 0..n {
         let mut env = Env {
@@ -45,7 +45,7 @@ fn turns(db: &mut Db, d: &mut Dispatcher, n: usize, input: impl Fn() -> Input) -
             unix_now: 1,
             db,
             read_drv: &read_drv,
-            active: &active,
+            may_start: &may_start,
         };
         let start = Instant::now();
         d.handle(input(), &mut env);
