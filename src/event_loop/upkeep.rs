@@ -66,13 +66,10 @@ impl EventLoop {
             }
             Ok(Some(done)) => {
                 if done.done {
+                    let since = self.superseding.unwrap_or(now);
+                    // The next evaluation waiting, if any, is timed from now.
+                    self.superseding = None;
                     self.reload_superseding(now);
-                }
-                if done.canceled > 0 || done.done {
-                    self.feed_dispatcher(queue::Input::Changed, now);
-                }
-                if done.done {
-                    let since = self.superseding.replace(now).unwrap_or(now);
                     log::info!(
                         target: DB,
                         "spec={:?} evaluation {}: {} superseded build(s) canceled in {:.1} s",
@@ -81,6 +78,9 @@ impl EventLoop {
                         done.canceled_in_all,
                         now.duration_since(since).as_secs_f64()
                     );
+                }
+                if done.canceled > 0 || done.done {
+                    self.feed_dispatcher(queue::Input::Changed, now);
                 }
             }
             Err(e) => {
