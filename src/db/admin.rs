@@ -59,6 +59,16 @@ pub struct Canceled {
     pub specification: String,
 }
 
+/// The builds with status ?2 that list build ?1's derivation as an
+/// input, through both parts of `Inputs_derivation` (the fresh one keyed
+/// by the start of the hash, migration 24: its arm of the OR names it).
+pub(crate) const DEPENDENTS_WITH_STATUS: &str = "SELECT b.id FROM Builds d
+       JOIN Inputs i ON i.derivation = d.derivation
+         AND (i.fresh = 0
+              OR (i.fresh = 1 AND substr(i.derivation, 12, 8) = substr(d.derivation, 12, 8)))
+       JOIN Builds b ON b.id = i.build
+     WHERE d.id = ?1 AND b.status = ?2 ORDER BY b.id";
+
 impl Db {
     /// Schedules build `id` again, with every build that failed-dependency
     /// because of it, directly or through another such build (found by
@@ -83,12 +93,7 @@ impl Db {
         }
         let mut set = vec![id];
         let mut queue = VecDeque::from([id]);
-        let mut dependents = tx.prepare_cached(
-            "SELECT b.id FROM Builds d
-               JOIN Inputs i ON i.derivation = d.derivation AND (i.fresh = 0 OR i.fresh = 1)
-               JOIN Builds b ON b.id = i.build
-             WHERE d.id = ?1 AND b.status = ?2 ORDER BY b.id",
-        )?;
+        let mut dependents = tx.prepare_cached(DEPENDENTS_WITH_STATUS)?;
         while let Some(b) = queue.pop_front() {
             let found = dependents
                 .query_map(params![b, status::FAILED_DEPENDENCY], |r| r.get(0))?

@@ -20,7 +20,9 @@ macro_rules! builds_of_derivation_sql {
             " AND fresh = 0)
                   UNION ALL
                   SELECT * FROM (SELECT id FROM Builds INDEXED BY Builds_derivation_fresh
-                                 WHERE derivation = ",
+                                 WHERE substr(derivation, 12, 8) = substr(",
+            $drv,
+            ", 12, 8) AND derivation = ",
             $drv,
             " AND fresh = 1))"
         )
@@ -149,6 +151,7 @@ pub(crate) fn build_of_row(d: &str) -> String {
         format!(
             "(SELECT id FROM Builds INDEXED BY Builds_derivation{suffix}
               WHERE derivation = {d}.derivation AND evaluation = {d}.evaluation
+                AND substr(derivation, 12, 8) = substr({d}.derivation, 12, 8)
                 AND fresh = {flag})"
         )
     };

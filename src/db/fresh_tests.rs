@@ -266,8 +266,51 @@ fn the_move_and_the_input_lookups_seek() {
     );
     assert!(
         plan.contains("Inputs_derivation (derivation=?)")
-            && plan.contains("Inputs_derivation_fresh (derivation=?)")
+            && plan.contains("Inputs_derivation_fresh (<expr>=?)")
             && !scans_a_table(&plan),
         "{plan}"
     );
+}
+
+/// Every lookup by store item seeks both parts of its index: the fresh
+/// part is keyed by an expression (migration 24), which SQLite uses only
+/// when the query gives that expression in a form it matches.
+#[test]
+fn lookups_by_store_item_seek_the_fresh_expression_indexes() {
+    let db = Db::open_in_memory().unwrap();
+    let inputs = (
+        "Inputs_derivation (derivation=?)",
+        "Inputs_derivation_fresh (<expr>=?)",
+    );
+    let outputs = ("Outputs_path (path=?)", "Outputs_path_fresh (<expr>=?)");
+    for (sql, (large, fresh), n) in [
+        (super::queue::SCHEDULED_DEPENDENTS, inputs, 1),
+        (super::queue::RESCHEDULE_DEPENDENTS, inputs, 1),
+        (super::admin::DEPENDENTS_WITH_STATUS, inputs, 2),
+        (super::gcroots::OUTPUT_LAST_SUCCESS, outputs, 1),
+        (super::read::output_sql(), outputs, 1),
+        (
+            super::read::build_of_derivation(),
+            (
+                "Builds_derivation (derivation=?)",
+                "Builds_derivation_fresh (<expr>=?)",
+            ),
+            1,
+        ),
+        (
+            super::search::build_of_job(),
+            (
+                "Builds_derivation (derivation=? AND evaluation=?)",
+                "Builds_derivation_fresh (<expr>=? AND evaluation=?)",
+            ),
+            4,
+        ),
+    ] {
+        let values: [&dyn rusqlite::ToSql; 4] = [&"/gnu/store/x.drv", &1i64, &0i64, &3i64];
+        let plan = query_plan(db.connection(), sql, &values[..n]);
+        assert!(
+            plan.contains(large) && plan.contains(fresh) && !scans_a_table(&plan),
+            "{sql}: {plan}"
+        );
+    }
 }

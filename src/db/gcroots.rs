@@ -12,6 +12,19 @@ pub struct RootRow {
     pub expires: Option<i64>,
 }
 
+/// The latest stop time of a succeeded build with an output at ?1: one
+/// arm per part of `Outputs_path`, named (the fresh part is keyed by an
+/// expression, migration 24, which SQLite's OR plan does not use).
+pub(crate) const OUTPUT_LAST_SUCCESS: &str = "SELECT MAX(stoptime) FROM
+       (SELECT b.stoptime FROM Outputs o INDEXED BY Outputs_path
+        CROSS JOIN Builds b ON b.id = o.build
+        WHERE o.path = ?1 AND o.fresh = 0 AND b.status = 0
+        UNION ALL
+        SELECT b.stoptime FROM Outputs o INDEXED BY Outputs_path_fresh
+        CROSS JOIN Builds b ON b.id = o.build
+        WHERE substr(o.path, 12, 8) = substr(?1, 12, 8) AND o.path = ?1
+          AND o.fresh = 1 AND b.status = 0)";
+
 impl Db {
     /// Up to `limit` builds above `after`, by id: (id, derivation,
     /// pending).  A walk over new builds reads only the rows past its
@@ -116,10 +129,7 @@ impl Db {
     pub fn output_last_success(&self, path: &str) -> Result<Option<i64>> {
         Ok(self
             .conn
-            .prepare_cached(
-                "SELECT MAX(b.stoptime) FROM Outputs o JOIN Builds b ON b.id = o.build
-                 WHERE o.path = ?1 AND (o.fresh = 0 OR o.fresh = 1) AND b.status = 0",
-            )?
+            .prepare_cached(OUTPUT_LAST_SUCCESS)?
             .query_row([path], |r| r.get(0))?)
     }
 

@@ -112,12 +112,36 @@ pub struct Counted {
 /// (counting 100,000 takes 0.1 s).
 pub const POSITION_LIMIT: i64 = 10_000;
 
-/// Whether a scheduled build lists derivation ?1 as an input: both
-/// parts of `Inputs_derivation` (migration 22), then each build by id.
-pub(crate) const SCHEDULED_DEPENDENTS: &str =
-    "SELECT EXISTS (SELECT 1 FROM Inputs i CROSS JOIN Builds b ON b.id = i.build
-                    WHERE i.derivation = CAST(?1 AS TEXT)
-                      AND (i.fresh = 0 OR i.fresh = 1) AND b.status = -2)";
+/// The builds that list derivation ?1 as an input: a seek in each part
+/// of `Inputs_derivation` (migrations 22 and 24), named, as SQLite's OR
+/// plan misses the fresh part's expression key.
+macro_rules! builds_with_input_sql {
+    () => {
+        "SELECT build FROM Inputs INDEXED BY Inputs_derivation
+         WHERE derivation = CAST(?1 AS TEXT) AND fresh = 0
+         UNION ALL
+         SELECT build FROM Inputs INDEXED BY Inputs_derivation_fresh
+         WHERE substr(derivation, 12, 8) = substr(CAST(?1 AS TEXT), 12, 8)
+           AND derivation = CAST(?1 AS TEXT) AND fresh = 1"
+    };
+}
+
+/// Whether a scheduled build lists derivation ?1 as an input, then each
+/// build by id.
+pub(crate) const SCHEDULED_DEPENDENTS: &str = concat!(
+    "SELECT EXISTS (SELECT 1 FROM Builds b WHERE b.status = -2 AND b.id IN (",
+    builds_with_input_sql!(),
+    "))"
+);
+
+/// Schedules again the failed-dependency builds that list derivation ?1
+/// as an input.
+pub(crate) const RESCHEDULE_DEPENDENTS: &str = concat!(
+    "UPDATE Builds SET status = -2, starttime = 0, stoptime = 0, errormsg = NULL
+     WHERE status = 2 AND id IN (",
+    builds_with_input_sql!(),
+    ")"
+);
 
 /// The latest build of each input derivation of build `?1`: (id, status).
 /// Parameters go through `CAST`: SQLite re-prepares a statement at each
@@ -233,12 +257,7 @@ impl Db {
     /// failed again when its turn comes.  Returns how many.
     pub(super) fn reschedule_dependents(tx: &Transaction, derivation: &str) -> Result<usize> {
         Ok(tx
-            .prepare_cached(
-                "UPDATE Builds SET status = -2, starttime = 0, stoptime = 0, errormsg = NULL
-                 WHERE status = 2
-                   AND id IN (SELECT build FROM Inputs
-                              WHERE derivation = ?1 AND (fresh = 0 OR fresh = 1))",
-            )?
+            .prepare_cached(RESCHEDULE_DEPENDENTS)?
             .execute([derivation])?)
     }
 

@@ -389,6 +389,7 @@ pub(crate) fn builds_named(n: u8) -> String {
                 "SELECT nb.id FROM Derivations nd INDEXED BY Derivations_job_name{{_fresh}}
                  CROSS JOIN Builds nb INDEXED BY Builds_derivation{{_fresh}}
                    ON nb.derivation = nd.derivation AND nb.evaluation = nd.evaluation
+                      AND substr(nb.derivation, 12, 8) = substr(nd.derivation, 12, 8)
                       AND nb.fresh = {{fresh}}
                  WHERE nd.job_name = ?{n} AND nd.fresh = {{fresh}}"
             ),
@@ -428,7 +429,8 @@ pub(crate) fn build_of_derivation() -> &'static str {
     super::fresh::sql_once!({
         crate::db::fresh::both_arms(
             "SELECT id, evaluation FROM Builds INDEXED BY Builds_derivation{_fresh}
-         WHERE derivation = ?1 AND fresh = {fresh}",
+         WHERE derivation = ?1 AND substr(derivation, 12, 8) = substr(?1, 12, 8)
+           AND fresh = {fresh}",
             "ORDER BY evaluation DESC, id DESC LIMIT 1",
             "ORDER BY 2 DESC, 1 DESC LIMIT 1",
         )
@@ -444,7 +446,7 @@ pub(crate) fn output_sql() -> &'static str {
             "SELECT o.name, o.build, b.status = 0 AS succeeded
          FROM Outputs o INDEXED BY Outputs_path{_fresh}
          CROSS JOIN Builds b ON b.id = o.build
-         WHERE o.path = ?1 AND o.fresh = {fresh}",
+         WHERE o.path = ?1 AND substr(o.path, 12, 8) = substr(?1, 12, 8) AND o.fresh = {fresh}",
             "",
             "ORDER BY 3 DESC, 2 DESC LIMIT 1",
         )
@@ -468,6 +470,7 @@ pub(crate) fn previous_finished_build() -> &'static str {
         "SELECT d.evaluation, b.status FROM Derivations d INDEXED BY Derivations_job_name{_fresh}
          CROSS JOIN Builds b INDEXED BY Builds_derivation{_fresh}
            ON b.derivation = d.derivation AND b.evaluation = d.evaluation AND b.fresh = {fresh}
+              AND substr(b.derivation, 12, 8) = substr(d.derivation, 12, 8)
          CROSS JOIN Evaluations e ON e.id = d.evaluation
          WHERE d.job_name = CAST(?1 AS TEXT) AND d.evaluation < CAST(?2 AS INTEGER)
            AND d.fresh = {fresh}
@@ -529,6 +532,7 @@ pub(crate) fn jobs_sql(by_name: bool) -> String {
              FROM Derivations d INDEXED BY Derivations_job_name{_fresh}
              CROSS JOIN Builds b INDEXED BY Builds_derivation{_fresh}
                ON b.derivation = d.derivation AND b.evaluation = d.evaluation AND b.fresh = {fresh}
+              AND substr(b.derivation, 12, 8) = substr(d.derivation, 12, 8)
              WHERE d.evaluation = ?1 AND d.job_name = ?5 AND d.fresh = {fresh}
                AND (?2 IS NULL OR d.system = ?2) AND d.rowid > ?3",
             "",
@@ -945,6 +949,7 @@ impl Db {
              FROM Derivations d INDEXED BY Derivations_job_name{_fresh}
              CROSS JOIN Builds b INDEXED BY Builds_derivation{_fresh}
                ON b.derivation = d.derivation AND b.evaluation = d.evaluation AND b.fresh = {fresh}
+              AND substr(b.derivation, 12, 8) = substr(d.derivation, 12, 8)
              WHERE d.job_name = ?1 AND d.evaluation >= ?2 AND d.fresh = {fresh}",
             "",
             "",

@@ -81,6 +81,7 @@ pub(crate) fn filtered_derivations_of_name(fresh: bool) -> &'static str {
         "SELECT d.evaluation, d.rowid FROM Derivations d INDEXED BY Derivations_job_name{_fresh}
          CROSS JOIN Builds b INDEXED BY Builds_derivation{_fresh}
            ON b.derivation = d.derivation AND b.evaluation = d.evaluation AND b.fresh = {fresh}
+              AND substr(b.derivation, 12, 8) = substr(d.derivation, 12, 8)
          CROSS JOIN Evaluations e ON e.id = d.evaluation
          WHERE d.job_name = CAST(?1 AS TEXT) AND d.evaluation >= CAST(?2 AS INTEGER)
            AND d.fresh = {fresh}
@@ -152,6 +153,7 @@ pub(crate) fn build_of_job() -> &'static str {
         both_arms(
             "SELECT id FROM Builds INDEXED BY Builds_derivation{_fresh}
          WHERE derivation = CAST(?1 AS TEXT) AND evaluation = CAST(?2 AS INTEGER)
+           AND substr(derivation, 12, 8) = substr(CAST(?1 AS TEXT), 12, 8)
            AND fresh = {fresh} AND (?3 IS NULL OR status BETWEEN ?3 AND ?4)",
             "",
             "",
@@ -470,6 +472,7 @@ impl Db {
             "SELECT b.id FROM Derivations d INDEXED BY Derivations_job_name{_fresh}
              CROSS JOIN Builds b INDEXED BY Builds_derivation{_fresh}
                ON b.derivation = d.derivation AND b.evaluation = d.evaluation AND b.fresh = {fresh}
+              AND substr(b.derivation, 12, 8) = substr(d.derivation, 12, 8)
              WHERE d.job_name = CAST(?1 AS TEXT) AND d.evaluation = CAST(?2 AS INTEGER)
                AND d.fresh = {fresh} AND (?3 IS NULL OR b.status BETWEEN ?3 AND ?4)",
             "",

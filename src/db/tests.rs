@@ -462,7 +462,7 @@ fn status_changes_find_builds_through_the_derivation_index() {
         ),
         "SEARCH Builds USING INTEGER PRIMARY KEY (rowid=?); LIST SUBQUERY 4; COMPOUND QUERY; \
          LEFT-MOST SUBQUERY; SEARCH Builds USING COVERING INDEX Builds_derivation (derivation=?); \
-         UNION ALL; SEARCH Builds USING COVERING INDEX Builds_derivation_fresh (derivation=?); \
+         UNION ALL; SEARCH Builds USING INDEX Builds_derivation_fresh (<expr>=?); \
          USE TEMP B-TREE FOR ORDER BY"
     );
 }
