@@ -761,6 +761,7 @@ impl EventLoop {
         self.roots_turn(now);
         if self.names_behind || now >= self.next_name_index {
             self.next_name_index = now + NAME_INDEX_EVERY;
+            self.fit_checkpoints();
             self.index_job_names();
             // A seek, where an idle merge would open a write transaction.
             if self.db.any_fresh().unwrap_or(true) {

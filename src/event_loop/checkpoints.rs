@@ -11,6 +11,8 @@ const RESTART_AFTER: Duration = Duration::from_secs(10);
 pub(super) struct Checkpoints {
     child: Option<std::process::Child>,
     start_at: Instant,
+    /// The loop connection's allowance last set, in pages of log.
+    allowance: Option<i64>,
 }
 
 impl Checkpoints {
@@ -18,6 +20,7 @@ impl Checkpoints {
         Checkpoints {
             child: None,
             start_at: now,
+            allowance: None,
         }
     }
 
@@ -29,8 +32,7 @@ impl Checkpoints {
 
 impl EventLoop {
     /// Starts the checkpointer when it is due, and notices its end (the
-    /// loop's own connection checkpoints past SQLite's 1,000 pages
-    /// either way).
+    /// loop's own connection checkpoints past its allowance either way).
     pub(super) fn checkpoints_turn(&mut self, now: Instant) {
         if let Some(child) = self.checkpoints.child.as_mut() {
             match child.try_wait() {
@@ -66,6 +68,21 @@ impl EventLoop {
                 self.checkpoints.child = Some(proc);
             }
             Err(e) => log::warn!(target: DB, "no checkpointer: {e}"),
+        }
+    }
+
+    /// The loop's own checkpoint allowance, from the free space on the
+    /// database's disk ([`crate::db::checkpointer::allowance`]); a line
+    /// when it changes tenfold, so that a disk filling up is seen.
+    pub(super) fn fit_checkpoints(&mut self) {
+        match self.db.fit_checkpoints_to_disk() {
+            Ok(pages) => {
+                let before = self.checkpoints.allowance.replace(pages);
+                if before.is_none_or(|b| pages >= b * 10 || pages * 10 <= b) {
+                    log::info!(target: DB, "checkpoints in the loop past {pages} pages of log");
+                }
+            }
+            Err(e) => log::warn!(target: DB, "checkpoint allowance not set: {e}"),
         }
     }
 

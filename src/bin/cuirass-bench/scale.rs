@@ -96,6 +96,8 @@ pub fn child(path: &str) -> Result<(), String> {
             .spawn()
             .map_err(|e| format!("checkpointer: {e}"))?;
     let (first, last) = newest_rows(&db)?;
+    // The loop sets its checkpoint allowance at start and every second.
+    db.fit_checkpoints_to_disk().map_err(e)?;
 
     let mut rng = api_db::Rng(7);
     let start = Instant::now();
