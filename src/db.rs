@@ -466,11 +466,13 @@ const MIGRATIONS: &[&str] = &[
     // item's hash (after `/gnu/store/`) instead of the whole file name.
     // A registration's keys land at random in them, so each batch's
     // commit rewrote most of their leaves; 8-byte keys instead of some
-    // 75 make them several times smaller (registration-10m: 1.9 s of
-    // batches against 1.3).  40 bits of hash tell a fresh item from the
+    // 75 make them several times smaller (registration-10m: 1.5 s of
+    // batches against 2.1–2.4).  40 bits of hash tell a fresh item from the
     // others; queries also compare the whole name.  With another store
     // directory lookups stay right, only slower.  Queries give the same
-    // `substr(X, 12, 8)` as the index, which SQLite matches to it.
+    // `substr(X, 12, 8)` as the index, which SQLite matches to it, and
+    // `CAST(?N AS TEXT)` for a value: older SQLite (3.40) put the value
+    // of `X = ?N` in place of X and lost the match.
     "DROP INDEX Builds_derivation_fresh;
      CREATE INDEX Builds_derivation_fresh ON Builds (substr(derivation, 12, 8), evaluation)
        WHERE fresh = 1;

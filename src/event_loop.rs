@@ -757,11 +757,11 @@ impl EventLoop {
         self.apply_effects(now);
         self.reap_reload(now);
         self.checkpoints_turn(now);
+        self.fit_checkpoints(now);
         self.copier.step();
         self.roots_turn(now);
         if self.names_behind || now >= self.next_name_index {
             self.next_name_index = now + NAME_INDEX_EVERY;
-            self.fit_checkpoints();
             self.index_job_names();
             // A seek, where an idle merge would open a write transaction.
             if self.db.any_fresh().unwrap_or(true) {

@@ -7,7 +7,7 @@
 //! a 75,000-job registration).  The child runs passive checkpoints
 //! instead, which never block the writer or readers, every
 //! [`EVERY`], so that the loop's own connection, which still
-//! checkpoints past [`FALLBACK_PAGES`], seldom has anything left to
+//! checkpoints past its [`allowance`], seldom has anything left to
 //! copy when its writes come between quiet turns.
 
 use rusqlite::Connection;
@@ -22,8 +22,8 @@ pub const EVERY: Duration = Duration::from_millis(250);
 
 /// Pages of log past which the loop's connection checkpoints itself
 /// (`wal_autocheckpoint`), for `free` bytes free on the database's file
-/// system: an eighth of them in 4 KiB pages, from [`MIN_PAGES`] to
-/// [`MAX_PAGES`].
+/// system and pages of `page_size` bytes: an eighth of the free space,
+/// from [`MIN_PAGES`] to [`MAX_PAGES`] pages (figures for 4 KiB pages).
 ///
 /// The log starts over from its beginning only once a checkpoint has
 /// caught up with the writer, which a writer busy every turn (a
@@ -38,15 +38,20 @@ pub const EVERY: Duration = Duration::from_millis(250);
 /// wedged a small disk: a log grown into the last free space leaves no
 /// room for the checkpoint that would empty it, and every write fails
 /// from then on (`faults::a_full_disk_is_logged_…`, an 8 MiB tmpfs).
-/// An eighth of the free space leaves room for the copy.
-pub fn allowance(free: u64) -> i64 {
-    ((free / 8 / 4096) as i64).clamp(MIN_PAGES, MAX_PAGES)
+/// An eighth of the free space leaves room for the copy.  Below 3.2 MiB
+/// free the floor is more than that: a checkpoint every few commits,
+/// where a log of a page per commit could not hold a batch anyway.
+pub fn allowance(free: u64, page_size: u64) -> i64 {
+    ((free / 8 / page_size.max(512)) as i64).clamp(MIN_PAGES, MAX_PAGES)
 }
 
 /// The allowance on a disk with under 3.2 MiB free.
 pub const MIN_PAGES: i64 = 100;
 /// The allowance on a disk with 128 MiB free or more (a 16 MiB log).
 pub const MAX_PAGES: i64 = 4_096;
+/// The allowance where the free space cannot be told (an in-memory
+/// database, `statvfs` failing): SQLite's default.
+pub const UNKNOWN_PAGES: i64 = 1_000;
 
 /// Bytes available to unprivileged writers on the file system that
 /// holds `path`; `None` when `statvfs(3)` fails.
@@ -62,18 +67,34 @@ pub fn free_bytes(path: &std::path::Path) -> Option<u64> {
 }
 
 impl super::Db {
-    /// Sets the connection's checkpoint allowance ([`allowance`]) from
-    /// the free space where the database file is, and returns it; an
-    /// in-memory database, or a file system that cannot tell, keeps
-    /// [`MIN_PAGES`].  Called at start and every second by the loop.
-    pub fn fit_checkpoints_to_disk(&self) -> super::Result<i64> {
+    /// The checkpoint allowance ([`allowance`]) for the free space where
+    /// the database file is; [`UNKNOWN_PAGES`] for an in-memory
+    /// database or a file system that cannot tell.
+    pub fn checkpoint_allowance(&self) -> super::Result<i64> {
         let free = self
             .conn
             .path()
             .filter(|p| !p.is_empty())
             .and_then(|p| free_bytes(std::path::Path::new(p)));
-        let pages = free.map_or(MIN_PAGES, allowance);
+        let Some(free) = free else {
+            return Ok(UNKNOWN_PAGES);
+        };
+        let page_size: i64 = self
+            .conn
+            .pragma_query_value(None, "page_size", |r| r.get(0))?;
+        Ok(allowance(free, page_size as u64))
+    }
+
+    /// Sets the connection's checkpoint allowance, in pages of log.
+    pub fn set_checkpoint_allowance(&self, pages: i64) -> super::Result<()> {
         self.conn.pragma_update(None, "wal_autocheckpoint", pages)?;
+        Ok(())
+    }
+
+    /// Both: what the loop does at start and every second.
+    pub fn fit_checkpoints_to_disk(&self) -> super::Result<i64> {
+        let pages = self.checkpoint_allowance()?;
+        self.set_checkpoint_allowance(pages)?;
         Ok(pages)
     }
 }
@@ -119,25 +140,29 @@ mod tests {
 
     #[test]
     fn the_allowance_is_an_eighth_of_the_free_space_within_bounds() {
-        assert_eq!(allowance(0), MIN_PAGES);
-        assert_eq!(allowance(8 << 20), 256);
-        assert_eq!(allowance(64 << 20), 2_048);
-        assert_eq!(allowance(1 << 40), MAX_PAGES);
+        assert_eq!(allowance(0, 4096), MIN_PAGES);
+        assert_eq!(allowance(8 << 20, 4096), 256);
+        assert_eq!(allowance(64 << 20, 4096), 2_048);
+        assert_eq!(allowance(64 << 20, 65536), 128);
+        assert_eq!(allowance(1 << 40, 4096), MAX_PAGES);
     }
 
     #[test]
     fn the_connection_gets_the_allowance_of_its_disk() {
         let dir = std::env::temp_dir().join(format!("cuirass-ckpt-{}", std::process::id()));
         let db = super::super::Db::open(&dir.join("c.db")).unwrap();
+        // Other writers may change the free space meanwhile.
+        let before = allowance(free_bytes(&dir).unwrap(), 4096);
         let pages = db.fit_checkpoints_to_disk().unwrap();
+        let after = allowance(free_bytes(&dir).unwrap(), 4096);
         let set: i64 = db
             .connection()
             .pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))
             .unwrap();
         assert_eq!(set, pages);
-        assert_eq!(pages, allowance(free_bytes(&dir).unwrap()));
+        assert!(before.min(after) <= pages && pages <= before.max(after));
         let _ = std::fs::remove_dir_all(&dir);
         let mem = super::super::Db::open_in_memory().unwrap();
-        assert_eq!(mem.fit_checkpoints_to_disk().unwrap(), MIN_PAGES);
+        assert_eq!(mem.fit_checkpoints_to_disk().unwrap(), UNKNOWN_PAGES);
     }
 }

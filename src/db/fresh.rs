@@ -20,11 +20,11 @@ macro_rules! builds_of_derivation_sql {
             " AND fresh = 0)
                   UNION ALL
                   SELECT * FROM (SELECT id FROM Builds INDEXED BY Builds_derivation_fresh
-                                 WHERE substr(derivation, 12, 8) = substr(",
+                                 WHERE substr(derivation, 12, 8) = substr(CAST(",
             $drv,
-            ", 12, 8) AND derivation = ",
+            " AS TEXT), 12, 8) AND derivation = CAST(",
             $drv,
-            " AND fresh = 1))"
+            " AS TEXT) AND fresh = 1))"
         )
     };
 }

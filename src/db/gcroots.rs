@@ -22,7 +22,8 @@ pub(crate) const OUTPUT_LAST_SUCCESS: &str = "SELECT MAX(stoptime) FROM
         UNION ALL
         SELECT b.stoptime FROM Outputs o INDEXED BY Outputs_path_fresh
         CROSS JOIN Builds b ON b.id = o.build
-        WHERE substr(o.path, 12, 8) = substr(?1, 12, 8) AND o.path = ?1
+        WHERE substr(o.path, 12, 8) = substr(CAST(?1 AS TEXT), 12, 8)
+          AND o.path = CAST(?1 AS TEXT)
           AND o.fresh = 1 AND b.status = 0)";
 
 impl Db {

@@ -429,8 +429,8 @@ pub(crate) fn build_of_derivation() -> &'static str {
     super::fresh::sql_once!({
         crate::db::fresh::both_arms(
             "SELECT id, evaluation FROM Builds INDEXED BY Builds_derivation{_fresh}
-         WHERE derivation = ?1 AND substr(derivation, 12, 8) = substr(?1, 12, 8)
-           AND fresh = {fresh}",
+         WHERE derivation = CAST(?1 AS TEXT)
+           AND substr(derivation, 12, 8) = substr(CAST(?1 AS TEXT), 12, 8) AND fresh = {fresh}",
             "ORDER BY evaluation DESC, id DESC LIMIT 1",
             "ORDER BY 2 DESC, 1 DESC LIMIT 1",
         )
@@ -446,7 +446,8 @@ pub(crate) fn output_sql() -> &'static str {
             "SELECT o.name, o.build, b.status = 0 AS succeeded
          FROM Outputs o INDEXED BY Outputs_path{_fresh}
          CROSS JOIN Builds b ON b.id = o.build
-         WHERE o.path = ?1 AND substr(o.path, 12, 8) = substr(?1, 12, 8) AND o.fresh = {fresh}",
+         WHERE o.path = CAST(?1 AS TEXT)
+           AND substr(o.path, 12, 8) = substr(CAST(?1 AS TEXT), 12, 8) AND o.fresh = {fresh}",
             "",
             "ORDER BY 3 DESC, 2 DESC LIMIT 1",
         )

@@ -6,13 +6,18 @@ use crate::logging::DB;
 
 /// How long the loop waits before starting a checkpointer that ended.
 const RESTART_AFTER: Duration = Duration::from_secs(10);
+/// How often the loop looks at the free space for its allowance.
+const FIT_EVERY: Duration = Duration::from_secs(1);
 
 /// The child and when to start it if there is none.
 pub(super) struct Checkpoints {
     child: Option<std::process::Child>,
     start_at: Instant,
-    /// The loop connection's allowance last set, in pages of log.
+    /// The loop connection's allowance last set, and last logged, in
+    /// pages of log; when to look at the free space again.
     allowance: Option<i64>,
+    logged: Option<i64>,
+    fit_at: Instant,
 }
 
 impl Checkpoints {
@@ -21,6 +26,8 @@ impl Checkpoints {
             child: None,
             start_at: now,
             allowance: None,
+            logged: None,
+            fit_at: now,
         }
     }
 
@@ -72,17 +79,28 @@ impl EventLoop {
     }
 
     /// The loop's own checkpoint allowance, from the free space on the
-    /// database's disk ([`crate::db::checkpointer::allowance`]); a line
-    /// when it changes tenfold, so that a disk filling up is seen.
-    pub(super) fn fit_checkpoints(&mut self) {
-        match self.db.fit_checkpoints_to_disk() {
-            Ok(pages) => {
-                let before = self.checkpoints.allowance.replace(pages);
-                if before.is_none_or(|b| pages >= b * 10 || pages * 10 <= b) {
-                    log::info!(target: DB, "checkpoints in the loop past {pages} pages of log");
-                }
-            }
-            Err(e) => log::warn!(target: DB, "checkpoint allowance not set: {e}"),
+    /// database's disk ([`crate::db::checkpointer::allowance`]), once a
+    /// second at most (a `statvfs`); set when it changed, and a line
+    /// when it is a tenth or ten times what the last line said, so that
+    /// a disk filling up is seen.
+    pub(super) fn fit_checkpoints(&mut self, now: Instant) {
+        if now < self.checkpoints.fit_at {
+            return;
+        }
+        self.checkpoints.fit_at = now + FIT_EVERY;
+        let pages = match self.db.checkpoint_allowance() {
+            Ok(pages) if Some(pages) == self.checkpoints.allowance => return,
+            Ok(pages) => pages,
+            Err(e) => return log::warn!(target: DB, "checkpoint allowance not known: {e}"),
+        };
+        if let Err(e) = self.db.set_checkpoint_allowance(pages) {
+            return log::warn!(target: DB, "checkpoint allowance not set: {e}");
+        }
+        self.checkpoints.allowance = Some(pages);
+        let logged = self.checkpoints.logged;
+        if logged.is_none_or(|l| pages >= l * 10 || pages * 10 <= l) {
+            log::info!(target: DB, "checkpoints in the loop past {pages} pages of log");
+            self.checkpoints.logged = Some(pages);
         }
     }
 
