@@ -21,21 +21,26 @@ pub const SUPERSEDE_PAGE: usize = 2000;
 /// The page of scheduled builds of evaluation ?1 above id ?4 (?3 is the
 /// scheduled status, ?5 the page size), each with whether evaluation ?2
 /// supersedes it: ?2 has none of the build's derivation, and has a job
-/// of one of its names.
+/// of one of its names.  A `CASE`, as SQLite computes both sides of an
+/// `AND` in a result column: the names of the four builds in five whose
+/// derivation the new evaluation has too were looked up for nothing
+/// (0.55 s for 75,000 builds on the 10M database, 0.14 s this way).
 pub(crate) fn page_sql() -> String {
     format!(
         "WITH page AS (SELECT id, evaluation, derivation FROM Builds INDEXED BY Builds_evaluation
                        WHERE evaluation = ?1 AND status = ?3 AND id > ?4
                        ORDER BY id LIMIT ?5)
          SELECT id, derivation,
-                NOT EXISTS (SELECT 1 FROM Derivations n
-                            WHERE n.evaluation = ?2 AND n.derivation = page.derivation)
-                AND (EXISTS (SELECT 1 FROM Derivations old
+                CASE WHEN EXISTS (SELECT 1 FROM Derivations n
+                                  WHERE n.evaluation = ?2 AND n.derivation = page.derivation)
+                THEN 0
+                ELSE EXISTS (SELECT 1 FROM Derivations old
                              WHERE old.evaluation = page.evaluation
                                AND old.derivation = page.derivation
                                AND {})
                      OR EXISTS (SELECT 1 FROM JobAliases old
-                                WHERE old.build = page.id AND {}))
+                                WHERE old.build = page.id AND {})
+                END
          FROM page ORDER BY id",
         new_name("old.job_name"),
         new_name("old.job_name")
