@@ -75,6 +75,31 @@ fn new_name(name: &str) -> String {
     )
 }
 
+/// The triggers that take a job name out of `JobNames` with its last
+/// row, made by migration 22 and again by 25, which rebuild the tables
+/// they name (a macro: the migrations are literals).
+macro_rules! job_name_triggers {
+    () => {
+        "
+     CREATE TRIGGER Derivations_job_name_delete AFTER DELETE ON Derivations
+       WHEN NOT EXISTS (SELECT 1 FROM Derivations INDEXED BY Derivations_job_name
+                        WHERE job_name = old.job_name AND fresh = 0)
+        AND NOT EXISTS (SELECT 1 FROM Derivations INDEXED BY Derivations_job_name_fresh
+                        WHERE job_name = old.job_name AND fresh = 1)
+        AND NOT EXISTS (SELECT 1 FROM JobAliases WHERE job_name = old.job_name) BEGIN
+       DELETE FROM JobNames WHERE name = old.job_name;
+     END;
+     CREATE TRIGGER JobAliases_job_name_delete AFTER DELETE ON JobAliases
+       WHEN NOT EXISTS (SELECT 1 FROM Derivations INDEXED BY Derivations_job_name
+                        WHERE job_name = old.job_name AND fresh = 0)
+        AND NOT EXISTS (SELECT 1 FROM Derivations INDEXED BY Derivations_job_name_fresh
+                        WHERE job_name = old.job_name AND fresh = 1)
+        AND NOT EXISTS (SELECT 1 FROM JobAliases WHERE job_name = old.job_name) BEGIN
+       DELETE FROM JobNames WHERE name = old.job_name;
+     END;"
+    };
+}
+
 /// The schema is append-only: an old database replays the migrations it
 /// has not seen, in order, each in the transaction that bumps
 /// `user_version`.  Migration 1 is the schema of Cuirass as of March 2018,
@@ -408,7 +433,7 @@ const MIGRATIONS: &[&str] = &[
     // the same way; the one on `JobAliases` goes first, as the table it
     // names is rebuilt (migrations run with foreign keys off, or dropping
     // the old table would first delete and check its 10,000,000 rows).
-    "DROP TRIGGER IF EXISTS JobAliases_job_name_delete;
+    concat!("DROP TRIGGER IF EXISTS JobAliases_job_name_delete;
      CREATE TABLE Derivations_by_evaluation (
        derivation    TEXT NOT NULL,
        evaluation    INTEGER NOT NULL,
@@ -439,23 +464,8 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX Inputs_derivation ON Inputs (derivation) WHERE fresh = 0;
      CREATE INDEX Inputs_derivation_fresh ON Inputs (derivation) WHERE fresh = 1;
      CREATE TABLE FreshBuilds (above INTEGER NOT NULL);
-     INSERT INTO FreshBuilds (above) SELECT COALESCE(MAX(id), 0) FROM Builds;
-     CREATE TRIGGER Derivations_job_name_delete AFTER DELETE ON Derivations
-       WHEN NOT EXISTS (SELECT 1 FROM Derivations INDEXED BY Derivations_job_name
-                        WHERE job_name = old.job_name AND fresh = 0)
-        AND NOT EXISTS (SELECT 1 FROM Derivations INDEXED BY Derivations_job_name_fresh
-                        WHERE job_name = old.job_name AND fresh = 1)
-        AND NOT EXISTS (SELECT 1 FROM JobAliases WHERE job_name = old.job_name) BEGIN
-       DELETE FROM JobNames WHERE name = old.job_name;
-     END;
-     CREATE TRIGGER JobAliases_job_name_delete AFTER DELETE ON JobAliases
-       WHEN NOT EXISTS (SELECT 1 FROM Derivations INDEXED BY Derivations_job_name
-                        WHERE job_name = old.job_name AND fresh = 0)
-        AND NOT EXISTS (SELECT 1 FROM Derivations INDEXED BY Derivations_job_name_fresh
-                        WHERE job_name = old.job_name AND fresh = 1)
-        AND NOT EXISTS (SELECT 1 FROM JobAliases WHERE job_name = old.job_name) BEGIN
-       DELETE FROM JobNames WHERE name = old.job_name;
-     END;",
+     INSERT INTO FreshBuilds (above) SELECT COALESCE(MAX(id), 0) FROM Builds;",
+     job_name_triggers!()),
     // 23: evaluations whose superseded builds are being canceled, a page
     // per loop turn (`db::supersede`): the older evaluation being gone
     // through, the build id up to which it has been, and how many builds
@@ -483,7 +493,57 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX Outputs_path_fresh ON Outputs (substr(path, 12, 8)) WHERE fresh = 1;
      DROP INDEX Inputs_derivation_fresh;
      CREATE INDEX Inputs_derivation_fresh ON Inputs (substr(derivation, 12, 8)) WHERE fresh = 1;",
+    // 25: a derivation row's rowid is its build's id, and Derivations
+    // has no key by derivation.  Its key (evaluation, derivation) was the
+    // last index that a registration fills at random: a 75,000-job
+    // evaluation's region of it (some 1,500 pages) was written again by
+    // every batch's commit, half of all the pages a registration wrote
+    // on the 10,000,000-build database (41,232 with it, 20,458 without;
+    // batches 1.42 s against 0.94).  A build and its row are now joined
+    // by rowid, and found by derivation through Builds' indexes.  Two
+    // jobs of one evaluation with one derivation are told by a lookup
+    // in `Builds_derivation_fresh` before the insert (`Db::insert_jobs`),
+    // where the key's conflict told them.  Builds' foreign key to
+    // Derivations needed that key; it becomes one to Evaluations, which
+    // it implied, in Builds' definition in place (`schema_edit`, after
+    // this SQL), which keeps the rows.
+    // Rows of no build (2018's registration could leave some) keep
+    // their place as negative rowids, found through a temporary index
+    // in evaluation order rather than 10,000,000 random seeks.
+    concat!("DROP TRIGGER IF EXISTS JobAliases_job_name_delete;
+     CREATE TABLE Derivations_by_build (
+       derivation    TEXT NOT NULL,
+       evaluation    INTEGER NOT NULL,
+       job_name      TEXT NOT NULL,
+       system        TEXT NOT NULL,
+       nix_name      TEXT NOT NULL,
+       fresh         INTEGER NOT NULL DEFAULT 0,
+       FOREIGN KEY (evaluation) REFERENCES Evaluations (id));
+     INSERT INTO Derivations_by_build (rowid, derivation, evaluation, job_name, system, nix_name,
+                                       fresh)
+       SELECT b.id, d.derivation, d.evaluation, d.job_name, d.system, d.nix_name, d.fresh
+       FROM Builds b CROSS JOIN Derivations d
+         ON d.evaluation = b.evaluation AND d.derivation = b.derivation
+       ORDER BY b.id;
+     CREATE INDEX Builds_migration_25 ON Builds (evaluation, derivation);
+     INSERT INTO Derivations_by_build (rowid, derivation, evaluation, job_name, system, nix_name,
+                                       fresh)
+       SELECT -d.rowid, d.derivation, d.evaluation, d.job_name, d.system, d.nix_name, d.fresh
+       FROM Derivations d
+       WHERE NOT EXISTS (SELECT 1 FROM Builds b INDEXED BY Builds_migration_25
+                         WHERE b.evaluation = d.evaluation AND b.derivation = d.derivation);
+     DROP INDEX Builds_migration_25;
+     DROP TABLE Derivations;
+     ALTER TABLE Derivations_by_build RENAME TO Derivations;
+     CREATE INDEX Derivations_evaluation ON Derivations (evaluation);
+     CREATE INDEX Derivations_job_name ON Derivations (job_name, evaluation) WHERE fresh = 0;
+     CREATE INDEX Derivations_job_name_fresh ON Derivations (job_name, evaluation) WHERE fresh = 1;",
+     job_name_triggers!()),
 ];
+
+/// The migration after whose SQL Builds' foreign key to Derivations
+/// becomes one to Evaluations (see migration 25).
+const BUILDS_KEY_REPLACED: usize = 25;
 
 pub fn schema_version() -> usize {
     MIGRATIONS.len()
@@ -627,8 +687,19 @@ impl Db {
             let tx = self.write()?;
             tx.execute_batch(sql)
                 .map_err(|e| Error(format!("migration {}: {e}", i + 1)))?;
+            let edited = i + 1 == BUILDS_KEY_REPLACED
+                && schema_edit::replace_foreign_key(
+                    &tx,
+                    "Builds",
+                    "Derivations",
+                    "FOREIGN KEY (evaluation) REFERENCES Evaluations (id)",
+                )
+                .map_err(|e| Error(format!("migration {}: {e}", i + 1)))?;
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
+            if edited {
+                schema_edit::reload_schema(&self.conn)?;
+            }
             log::info!("database migrated to schema version {}", i + 1);
         }
         Ok(())
@@ -770,11 +841,13 @@ impl Db {
         Ok(EvalId(tx.last_insert_rowid()))
     }
 
-    /// Inserts jobs' derivations, builds and outputs, fresh (migration
-    /// 22: their entries go to the small indexes until
-    /// [`Db::merge_fresh`] moves them); `added` hears of each new build.  A job whose derivation another job of the
-    /// evaluation has already (an alias) is recorded as another name of
-    /// that build; returns how many were.  It counts the builds in
+    /// Inserts jobs' builds, derivation rows and outputs, fresh
+    /// (migration 22: their entries go to the small indexes until
+    /// [`Db::merge_fresh`] moves them); `added` hears of each new build.
+    /// A derivation row's rowid is its build's id (migration 25).  A job
+    /// whose derivation another job of the evaluation has already (an
+    /// alias) is recorded as another name of that build; returns how
+    /// many were.  It counts the builds in
     /// `BuildCounts` and adds new job names to `JobNames` itself: those
     /// tables have no insert triggers (see migration 17), so any other
     /// writer of Builds, Derivations or JobAliases must do the same.
@@ -786,15 +859,24 @@ impl Db {
         mut added: impl FnMut(BuildId, &JobRecord, i64),
     ) -> Result<usize> {
         let mut aliases = 0;
-        let mut drv_stmt = tx.prepare_cached(
-            "INSERT OR IGNORE INTO Derivations (derivation, evaluation, job_name, system, nix_name,
-                                                fresh)
-             VALUES (?1, ?2, ?3, ?4, ?5, 1)",
+        // Every build of an evaluation being registered is fresh
+        // (`Db::merge_fresh` waits for it to end), so the small index
+        // tells whether another job of it has this derivation.
+        let mut same_stmt = tx.prepare_cached(
+            "SELECT id FROM Builds INDEXED BY Builds_derivation_fresh
+             WHERE substr(derivation, 12, 8) = substr(CAST(?1 AS TEXT), 12, 8)
+               AND derivation = CAST(?1 AS TEXT) AND evaluation = ?2 AND fresh = 1",
         )?;
         let mut build_stmt = tx.prepare_cached(
             "INSERT INTO Builds (derivation, evaluation, log, status, timestamp, starttime, stoptime,
                                  priority, timeout, maxsilent, queue_rank, fresh)
              VALUES (?1, ?2, '', ?3, ?4, 0, 0, ?5, ?6, ?7, ?8, 1)",
+        )?;
+        // The build's id as rowid (migration 25).
+        let mut drv_stmt = tx.prepare_cached(
+            "INSERT INTO Derivations (rowid, derivation, evaluation, job_name, system, nix_name,
+                                      fresh)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)",
         )?;
         let spec_rank = queue::spec_priority_of_evaluation(tx, eval)? * 10;
         let mut output_stmt = tx.prepare_cached(
@@ -809,17 +891,13 @@ impl Db {
         let mut scheduled = 0;
         for job in jobs {
             // Two jobs of one evaluation may share a derivation; the 2018
-            // primary key allows one row, and one build of it, which the
-            // later name joins.
-            if drv_stmt.execute(params![
-                job.derivation,
-                eval,
-                job.job_name,
-                job.system,
-                job.nix_name
-            ])? == 0
+            // key allowed one row, and one build of it, which the later
+            // name joins.
+            if let Some(build) = same_stmt
+                .query_row(params![job.derivation, eval], |r| r.get::<_, BuildId>(0))
+                .optional()?
             {
-                Db::insert_alias(tx, eval, job)?;
+                Db::insert_alias(tx, eval, job, build)?;
                 aliases += 1;
                 continue;
             }
@@ -834,6 +912,14 @@ impl Db {
                 spec_rank + job.priority
             ])?;
             let build = BuildId(tx.last_insert_rowid());
+            drv_stmt.execute(params![
+                build,
+                job.derivation,
+                eval,
+                job.job_name,
+                job.system,
+                job.nix_name
+            ])?;
             scheduled += 1;
             name_stmt.execute([&job.job_name])?;
             for (name, path) in &job.outputs {
@@ -854,18 +940,11 @@ impl Db {
         Ok(aliases)
     }
 
-    /// Records `job`'s name as another name of the build its derivation
-    /// already has in `eval`, and in `JobNames` for searches.  A name
+    /// Records `job`'s name as another name of `build`, the one its
+    /// derivation already has in `eval`, and in `JobNames` for searches.  A name
     /// given twice is an error (the evaluator's output is checked for
     /// that before, by `job::Tally`).
-    fn insert_alias(tx: &Transaction, eval: EvalId, job: &JobRecord) -> Result<()> {
-        let build: BuildId = tx
-            .prepare_cached(concat!(
-                "SELECT id FROM Builds WHERE ",
-                fresh::builds_of_derivation_sql!("id", "?1"),
-                " AND evaluation = ?2"
-            ))?
-            .query_row(params![job.derivation, eval], |r| r.get(0))?;
+    fn insert_alias(tx: &Transaction, eval: EvalId, job: &JobRecord, build: BuildId) -> Result<()> {
         tx.prepare_cached(
             "INSERT INTO JobAliases (evaluation, job_name, build) VALUES (?1, ?2, ?3)",
         )?
@@ -1113,6 +1192,7 @@ mod queue_head;
 pub mod read;
 mod read_batch;
 pub mod retention;
+mod schema_edit;
 pub mod search;
 mod statuses;
 pub mod supersede;

@@ -134,17 +134,12 @@ fn weather_walks_the_job_name_index() {
         previous_finished_build(),
         rusqlite::params!["ok", 5, "x86_64-linux", "hello"],
     );
-    // The fresh index is keyed by the start of the hash (migration 24).
-    for (fresh, key) in [("", "derivation"), ("_fresh", "<expr>")] {
+    // Each arm's build by its derivation row's rowid (migration 25).
+    for fresh in ["", "_fresh"] {
         assert!(
             plan.contains(&format!(
-                "SEARCH d USING INDEX Derivations_job_name{fresh} (job_name=? AND evaluation<?)"
-            )),
-            "{plan}"
-        );
-        assert!(
-            plan.contains(&format!(
-                "Builds_derivation{fresh} ({key}=? AND evaluation=?)"
+                "SEARCH d USING INDEX Derivations_job_name{fresh} (job_name=? AND evaluation<?); \
+                 SEARCH b USING INTEGER PRIMARY KEY (rowid=?)"
             )),
             "{plan}"
         );
@@ -351,9 +346,10 @@ fn jobs_walk_indexes() {
         named.contains("SEARCH a USING PRIMARY KEY (evaluation=? AND job_name=?)"),
         "{named}"
     );
+    // A job's build is its derivation row's rowid (migration 25).
     for plan in [&all, &named] {
         assert!(
-            plan.contains("Builds_derivation (derivation=? AND evaluation=?)"),
+            plan.contains("SEARCH b USING INTEGER PRIMARY KEY (rowid=?)"),
             "{plan}"
         );
         assert!(!plan.contains("TEMP B-TREE"), "{plan}");

@@ -54,7 +54,7 @@ impl Db {
             .prepare_cached(
                 "SELECT b.id, b.status, b.evaluation, d.job_name, d.system, e.specification
                  FROM Builds b
-                 CROSS JOIN Derivations d ON d.derivation = b.derivation AND d.evaluation = b.evaluation
+                 CROSS JOIN Derivations d ON d.rowid = b.id
                  CROSS JOIN Evaluations e ON e.id = b.evaluation
                  WHERE b.id >= ?1 AND b.id < ?2 AND b.weather IS NULL AND b.status BETWEEN 0 AND 3",
             )?
@@ -208,6 +208,7 @@ mod tests {
                 "PRAGMA foreign_keys = OFF;
                  UPDATE Builds SET id = 1000000000000 WHERE id = 2;
                  UPDATE Outputs SET build = 1000000000000 WHERE build = 2;
+                 UPDATE Derivations SET rowid = 1000000000000 WHERE rowid = 2;
                  PRAGMA foreign_keys = ON;
                  UPDATE Builds SET weather = NULL;
                  UPDATE WeatherBackfill SET below = 1000000000001;",

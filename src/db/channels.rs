@@ -89,7 +89,7 @@ impl Db {
             let mut select = tx.prepare_cached(concat!(
                 "SELECT b.id, d.job_name, o.name, o.path
                  FROM Builds b
-                 JOIN Derivations d ON d.derivation = b.derivation AND d.evaluation = b.evaluation
+                 JOIN Derivations d ON d.rowid = b.id
                  JOIN Evaluations e ON e.id = b.evaluation
                  JOIN Outputs o ON o.build = b.id
                  WHERE ",

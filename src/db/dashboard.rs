@@ -140,15 +140,10 @@ pub const SEARCH_WINDOW: i64 = 50_000;
 /// The joins from an evaluation's derivations, walked in the order they
 /// were registered (`Derivations_evaluation`, rowid order), to their
 /// builds, evaluation and specification.
-fn derivation_joins() -> String {
-    format!(
-        "FROM Derivations d INDEXED BY Derivations_evaluation
-         CROSS JOIN Builds b ON b.id = {}
-         CROSS JOIN Evaluations e ON e.id = d.evaluation
-         LEFT JOIN Specifications s ON s.repo_name = e.specification",
-        super::fresh::build_of_row("d")
-    )
-}
+const DERIVATION_JOINS: &str = "FROM Derivations d INDEXED BY Derivations_evaluation
+     CROSS JOIN Builds b ON b.id = d.rowid
+     CROSS JOIN Evaluations e ON e.id = d.evaluation
+     LEFT JOIN Specifications s ON s.repo_name = e.specification";
 
 /// The SQL of a page of an evaluation's builds (evaluation ?1, status
 /// range ?2–?3, ?4 builds after ?5): unfiltered, its derivations in
@@ -159,7 +154,7 @@ pub(crate) fn eval_page_sql(by_status: bool) -> String {
         false => format!(
             "{BUILD_COLUMNS} {} WHERE d.evaluation = ?1 AND ?2 IS NULL
              ORDER BY d.rowid LIMIT ?4 OFFSET ?5",
-            derivation_joins()
+            DERIVATION_JOINS
         ),
         true => format!(
             "{BUILD_COLUMNS} {} WHERE b.evaluation = ?1 AND b.status BETWEEN ?2 AND ?3

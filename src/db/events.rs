@@ -119,7 +119,7 @@ pub(super) struct JobOfBuild {
     pub previous: Option<BuildStatus>,
 }
 
-/// The job of (derivation ?1, evaluation ?2): its name, system,
+/// The job of build ?1 (its derivation row's rowid, migration 25): its name, system,
 /// specification and commit.  The parameters are cast so that SQLite
 /// 3.54 does not re-prepare the statement for each new value (see
 /// `read::bound_id`): bare, they made the trace-replay benchmark 2.5 times
@@ -129,7 +129,7 @@ pub(super) struct JobOfBuild {
 /// notified under the tombstone's name, which outlives it on /metrics.
 const JOB_OF_BUILD: &str = "SELECT d.job_name, d.system, e.specification, e.revision
      FROM Derivations d CROSS JOIN Evaluations e ON e.id = d.evaluation
-     WHERE d.derivation = CAST(?1 AS TEXT) AND d.evaluation = CAST(?2 AS INTEGER)
+     WHERE d.rowid = CAST(?1 AS INTEGER)
        AND NOT EXISTS (SELECT 1 FROM Specifications s
                        WHERE s.repo_name = e.specification AND s.deleting = 1)";
 
@@ -165,10 +165,14 @@ impl Db {
         self.notifying = on;
     }
 
-    pub(super) fn job_of(tx: &Transaction, drv: &str, eval: EvalId) -> Result<Option<JobOfBuild>> {
+    pub(super) fn job_of(
+        tx: &Transaction,
+        id: BuildId,
+        eval: EvalId,
+    ) -> Result<Option<JobOfBuild>> {
         let job = tx
             .prepare_cached(JOB_OF_BUILD)?
-            .query_row(params![drv, eval], |r| {
+            .query_row([id], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,

@@ -47,18 +47,17 @@ pub(crate) use sql_once;
 /// database whose pages are not cached), so a page is some 30 ms.
 pub const MERGE_PAGE: usize = 100;
 
-/// The derivation rows of the fresh builds with ids in (?1, ?2]: a seek
-/// in Derivations' key (evaluation, derivation) for each.
+/// The derivation rows of the fresh builds with ids in (?1, ?2]: their
+/// rowids (migration 25).
 pub(crate) const MERGE_DERIVATIONS: &str = "UPDATE Derivations SET fresh = 0
-     WHERE (evaluation, derivation) IN
-           (SELECT evaluation, derivation FROM Builds WHERE id > ?1 AND id <= ?2 AND fresh = 1)
-       AND fresh = 1";
+     WHERE rowid > ?1 AND rowid <= ?2 AND fresh = 1";
 
 impl Db {
     /// Moves the index entries of the `page` lowest fresh builds (and of
     /// their derivation rows, outputs and inputs) to the large indexes, in
     /// one transaction; returns how many builds it looked at, fewer than
-    /// `page` once none is left.  Every build above `FreshBuilds.above`
+    /// `page` once none is left or the next is of an evaluation still
+    /// being registered (it moves after).  Every build above `FreshBuilds.above`
     /// is one that registration may have written fresh: identifiers only
     /// grow (AUTOINCREMENT), so the mark never passes an unmoved build.
     pub fn merge_fresh(&mut self, page: usize) -> Result<usize> {
@@ -72,9 +71,28 @@ impl Db {
                    (SELECT id FROM Builds WHERE id > ?1 ORDER BY id LIMIT ?2)",
             )?
             .query_row(params![above, page as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        let Some(last) = last else {
+        let Some(mut last) = last else {
             return Ok(0);
         };
+        // Not past a build of an evaluation still being registered: the
+        // registration tells another job of the same derivation by the
+        // fresh index alone (`Db::insert_jobs`).
+        let registering: Option<i64> = tx
+            .prepare_cached(
+                "SELECT MIN(b.id) FROM Builds b CROSS JOIN Evaluations e ON e.id = b.evaluation
+                 WHERE b.id > ?1 AND b.id <= ?2 AND e.status = ?3",
+            )?
+            .query_row(params![above, last, eval_status::IN_PROGRESS], |r| r.get(0))?;
+        let mut count = count;
+        if let Some(first) = registering {
+            count = tx
+                .prepare_cached("SELECT COUNT(*) FROM Builds WHERE id > ?1 AND id < ?2")?
+                .query_row(params![above, first], |r| r.get(0))?;
+            if count == 0 {
+                return Ok(0);
+            }
+            last = first - 1;
+        }
         // The derivation rows first: they are found through the builds
         // still marked.
         tx.prepare_cached(MERGE_DERIVATIONS)?
@@ -140,24 +158,5 @@ pub(crate) fn large_arm(arm: &str, inner: &str) -> String {
     format!(
         "{} {inner}",
         arm.replace("{fresh}", "0").replace("{_fresh}", "")
-    )
-}
-
-/// The id of the build of derivation row `d` (a table alias): one seek,
-/// in the index the row's flag names, so that no planner's guess can
-/// send a join from Derivations to Builds through another index.
-pub(crate) fn build_of_row(d: &str) -> String {
-    let one = |flag: u8, suffix: &str| {
-        format!(
-            "(SELECT id FROM Builds INDEXED BY Builds_derivation{suffix}
-              WHERE derivation = {d}.derivation AND evaluation = {d}.evaluation
-                AND substr(derivation, 12, 8) = substr({d}.derivation, 12, 8)
-                AND fresh = {flag})"
-        )
-    };
-    format!(
-        "CASE {d}.fresh WHEN 0 THEN {} ELSE {} END",
-        one(0, ""),
-        one(1, "_fresh")
     )
 }

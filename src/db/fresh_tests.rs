@@ -230,17 +230,30 @@ fn a_deleted_job_names_last_derivation_takes_the_name_from_either_index() {
     assert_eq!(names(&db), 0);
 }
 
+/// Foreign keys hold after the migrations; Builds' key to Derivations
+/// became one to Evaluations (migration 25): a build and its derivation
+/// row share an id instead.
 #[test]
 fn foreign_keys_hold_after_the_migrations() {
     let db = Db::open_in_memory().unwrap();
-    let err = db
+    for sql in [
+        "INSERT INTO Outputs (build, name, path) VALUES (7, 'out', '/gnu/store/x')",
+        "INSERT INTO Derivations (rowid, derivation, evaluation, job_name, system, nix_name)
+         VALUES (7, '/gnu/store/x.drv', 99, 'j', 's', 'n')",
+        "INSERT INTO Builds (derivation, evaluation, log, status) VALUES ('x', 99, '', -2)",
+    ] {
+        let err = db.connection().execute(sql, []).unwrap_err();
+        assert!(err.to_string().contains("FOREIGN KEY"), "{sql}: {err}");
+    }
+    let keys: Vec<String> = db
         .connection()
-        .execute(
-            "INSERT INTO Builds (derivation, evaluation, log, status) VALUES ('nowhere', 1, '', -2)",
-            [],
-        )
-        .unwrap_err();
-    assert!(err.to_string().contains("FOREIGN KEY"), "{err}");
+        .prepare("SELECT \"table\" FROM pragma_foreign_key_list('Builds')")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<std::result::Result<_, _>>()
+        .unwrap();
+    assert_eq!(keys, ["Evaluations"]);
 }
 
 /// The move's update of derivation rows seeks each one by its key, and a
@@ -255,7 +268,7 @@ fn the_move_and_the_input_lookups_seek() {
         params![0, 100],
     );
     assert!(
-        plan.contains("SEARCH Derivations USING INDEX sqlite_autoindex_Derivations_1 (evaluation=? AND derivation=?)"),
+        plan.contains("SEARCH Derivations USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)"),
         "{plan}"
     );
     assert!(!scans_a_table(&plan), "{plan}");
@@ -313,4 +326,90 @@ fn lookups_by_store_item_seek_the_fresh_expression_indexes() {
             "{sql}: {plan}"
         );
     }
+}
+
+/// Migration 25 on a 2018 database: each derivation row takes its
+/// build's id as rowid, whatever order the rows were written in; a row
+/// of no build keeps a place of its own; the keys check.
+#[test]
+fn a_2018_databases_derivation_rows_take_their_builds_ids() {
+    let dir = std::env::temp_dir().join(format!("cuirass-m25-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cuirass.db");
+    let _ = std::fs::remove_file(&path);
+    {
+        let old = rusqlite::Connection::open(&path).unwrap();
+        old.execute_batch(include_str!("../../fixtures/schema-2018.sql"))
+            .unwrap();
+        // Rows in another order than their builds, and one of no build.
+        old.execute_batch(
+            "INSERT INTO Specifications VALUES
+               ('guix', 'https://example.org/guix.git', '.', 'ci.scm', 'jobs', '()', 'master',
+                NULL, NULL, 0);
+             INSERT INTO Evaluations (specification, revision) VALUES ('guix', 'a'), ('guix', 'b');
+             INSERT INTO Derivations VALUES
+               ('/gnu/store/ccc-z.drv', 2, 'z', 'x86_64-linux', 'z-1'),
+               ('/gnu/store/aaa-x.drv', 1, 'x', 'x86_64-linux', 'x-1'),
+               ('/gnu/store/ddd-lost.drv', 1, 'lost', 'x86_64-linux', 'lost-1'),
+               ('/gnu/store/bbb-y.drv', 1, 'y', 'aarch64-linux', 'y-1');
+             INSERT INTO Builds VALUES
+               (5, '/gnu/store/aaa-x.drv', 1, '', 0, 1, 2, 3),
+               (9, '/gnu/store/bbb-y.drv', 1, '', 1, 1, 2, 3),
+               (12, '/gnu/store/ccc-z.drv', 2, '', -2, 1, 0, 0);",
+        )
+        .unwrap();
+    }
+    let db = Db::open(&path).unwrap();
+    let rows: Vec<(i64, String, i64, String)> = db
+        .connection()
+        .prepare("SELECT rowid, derivation, evaluation, job_name FROM Derivations ORDER BY rowid")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<std::result::Result<_, _>>()
+        .unwrap();
+    let row =
+        |id: i64, drv: &str, eval: i64, name: &str| (id, drv.to_string(), eval, name.to_string());
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert!(rows[0].0 < 0, "the row of no build: {rows:?}");
+    assert_eq!(
+        (&rows[0].1[..], &rows[0].3[..]),
+        ("/gnu/store/ddd-lost.drv", "lost")
+    );
+    assert_eq!(
+        rows[1..],
+        [
+            row(5, "/gnu/store/aaa-x.drv", 1, "x"),
+            row(9, "/gnu/store/bbb-y.drv", 1, "y"),
+            row(12, "/gnu/store/ccc-z.drv", 2, "z"),
+        ]
+    );
+    let build = db.build(BuildId(9)).unwrap().unwrap();
+    assert_eq!(
+        (&build.job_name[..], &build.system[..]),
+        ("y", "aarch64-linux")
+    );
+    let violations: i64 = db
+        .connection()
+        .query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(violations, 0);
+    let parent: String = db
+        .connection()
+        .query_row(
+            "SELECT \"table\" FROM pragma_foreign_key_list('Builds')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(parent, "Evaluations");
+    let check: String = db
+        .connection()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    drop(db);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -103,7 +103,7 @@ mod tests {
     fn workers(db: &Db) -> Vec<(String, Option<String>)> {
         let mut stmt = db
             .connection()
-            .prepare("SELECT d.job_name, b.worker FROM Builds b JOIN Derivations d USING (derivation) ORDER BY b.id")
+            .prepare("SELECT d.job_name, b.worker FROM Builds b JOIN Derivations d ON d.rowid = b.id ORDER BY b.id")
             .unwrap();
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .unwrap()

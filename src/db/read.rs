@@ -216,7 +216,7 @@ pub(super) const BUILD_COLUMNS: &str =
 pub(super) fn build_joins(builds: &str, join: &str) -> String {
     format!(
         "FROM {builds}
-         {join} Derivations d ON d.derivation = b.derivation AND d.evaluation = b.evaluation
+         {join} Derivations d ON d.rowid = b.id
          {join} Evaluations e ON e.id = b.evaluation
          LEFT JOIN Specifications s ON s.repo_name = e.specification"
     )
@@ -378,7 +378,7 @@ pub(crate) fn with_latest_builds_params<T>(
 }
 
 /// The builds of the job named by parameter `n`, under any of its names:
-/// as the first (`Derivations_job_name`, then `Builds_derivation`) and as
+/// as the first (`Derivations_job_name`, then the build by id) and as
 /// another name of a build (`JobAliases_job_name`).  A job has few
 /// builds, so a query whose rows are these reaches `Builds` by id.
 pub(crate) fn builds_named(n: u8) -> String {
@@ -387,10 +387,7 @@ pub(crate) fn builds_named(n: u8) -> String {
         crate::db::fresh::both_arms(
             &format!(
                 "SELECT nb.id FROM Derivations nd INDEXED BY Derivations_job_name{{_fresh}}
-                 CROSS JOIN Builds nb INDEXED BY Builds_derivation{{_fresh}}
-                   ON nb.derivation = nd.derivation AND nb.evaluation = nd.evaluation
-                      AND substr(nb.derivation, 12, 8) = substr(nd.derivation, 12, 8)
-                      AND nb.fresh = {{fresh}}
+                 CROSS JOIN Builds nb ON nb.id = nd.rowid
                  WHERE nd.job_name = ?{n} AND nd.fresh = {{fresh}}"
             ),
             "",
@@ -469,9 +466,7 @@ pub(crate) fn previous_finished_build() -> &'static str {
     super::fresh::sql_once!({
         crate::db::fresh::both_arms(
         "SELECT d.evaluation, b.status FROM Derivations d INDEXED BY Derivations_job_name{_fresh}
-         CROSS JOIN Builds b INDEXED BY Builds_derivation{_fresh}
-           ON b.derivation = d.derivation AND b.evaluation = d.evaluation AND b.fresh = {fresh}
-              AND substr(b.derivation, 12, 8) = substr(d.derivation, 12, 8)
+         CROSS JOIN Builds b ON b.id = d.rowid
          CROSS JOIN Evaluations e ON e.id = d.evaluation
          WHERE d.job_name = CAST(?1 AS TEXT) AND d.evaluation < CAST(?2 AS INTEGER)
            AND d.fresh = {fresh}
@@ -489,7 +484,7 @@ pub(crate) fn previous_finished_build() -> &'static str {
 pub(crate) const PREVIOUS_FINISHED_BUILD_OF_ALIAS: &str =
     "SELECT a.evaluation, b.status FROM JobAliases a INDEXED BY JobAliases_job_name
      CROSS JOIN Builds b ON b.id = a.build
-     CROSS JOIN Derivations d ON d.derivation = b.derivation AND d.evaluation = b.evaluation
+     CROSS JOIN Derivations d ON d.rowid = b.id
      CROSS JOIN Evaluations e ON e.id = a.evaluation
      WHERE a.job_name = CAST(?1 AS TEXT) AND a.evaluation < CAST(?2 AS INTEGER)
        AND d.system = CAST(?3 AS TEXT) AND e.specification = CAST(?4 AS TEXT)
@@ -523,7 +518,7 @@ pub(crate) fn previous_status(
 /// `Derivations_job_name`, and `JobAliases`' key for another name of a
 /// build) or every job (through `Derivations_evaluation`, in rowid order,
 /// each with its build's other names through `JobAliases_build`).  Each
-/// finds its build in `Builds_derivation` (derivation, evaluation).  Rows
+/// finds its build by id, its rowid (migration 25).  Rows
 /// are (key, name, build, status, other name or NULL); a job's key is its
 /// derivation's rowid, which another name of its build shares.
 pub(crate) fn jobs_sql(by_name: bool) -> String {
@@ -531,9 +526,7 @@ pub(crate) fn jobs_sql(by_name: bool) -> String {
         let first = crate::db::fresh::both_arms(
             "SELECT d.rowid, d.job_name, b.id, b.status, NULL
              FROM Derivations d INDEXED BY Derivations_job_name{_fresh}
-             CROSS JOIN Builds b INDEXED BY Builds_derivation{_fresh}
-               ON b.derivation = d.derivation AND b.evaluation = d.evaluation AND b.fresh = {fresh}
-              AND substr(b.derivation, 12, 8) = substr(d.derivation, 12, 8)
+             CROSS JOIN Builds b ON b.id = d.rowid
              WHERE d.evaluation = ?1 AND d.job_name = ?5 AND d.fresh = {fresh}
                AND (?2 IS NULL OR d.system = ?2) AND d.rowid > ?3",
             "",
@@ -544,21 +537,19 @@ pub(crate) fn jobs_sql(by_name: bool) -> String {
                 SELECT * FROM (
                 SELECT d.rowid, NULL, b.id, b.status, a.job_name FROM JobAliases a
                 JOIN Builds b ON b.id = a.build
-                JOIN Derivations d ON d.derivation = b.derivation AND d.evaluation = b.evaluation
+                JOIN Derivations d ON d.rowid = b.id
                 WHERE a.evaluation = ?1 AND a.job_name = ?5 AND (?2 IS NULL OR d.system = ?2)
                   AND d.rowid > ?3)";
     }
-    format!(
-        "SELECT j.key, j.name, j.build, j.status, a.job_name FROM
+    "SELECT j.key, j.name, j.build, j.status, a.job_name FROM
        (SELECT d.rowid AS key, d.job_name AS name, b.id AS build, b.status AS status
         FROM Derivations d INDEXED BY Derivations_evaluation
-        CROSS JOIN Builds b ON b.id = {}
+        CROSS JOIN Builds b ON b.id = d.rowid
         WHERE d.evaluation = ?1 AND ?5 IS NULL AND (?2 IS NULL OR d.system = ?2)
           AND d.rowid > ?3
         ORDER BY d.rowid LIMIT ?4) j
-     LEFT JOIN JobAliases a INDEXED BY JobAliases_build ON a.build = j.build",
-        crate::db::fresh::build_of_row("d")
-    )
+     LEFT JOIN JobAliases a INDEXED BY JobAliases_build ON a.build = j.build"
+        .to_string()
 }
 
 /// Parameter `n`, an integer ID compared for equality.  Written as a
@@ -948,9 +939,7 @@ impl Db {
         let first = crate::db::fresh::both_arms(
             "SELECT d.evaluation, d.rowid, b.id, b.status
              FROM Derivations d INDEXED BY Derivations_job_name{_fresh}
-             CROSS JOIN Builds b INDEXED BY Builds_derivation{_fresh}
-               ON b.derivation = d.derivation AND b.evaluation = d.evaluation AND b.fresh = {fresh}
-              AND substr(b.derivation, 12, 8) = substr(d.derivation, 12, 8)
+             CROSS JOIN Builds b ON b.id = d.rowid
              WHERE d.job_name = ?1 AND d.evaluation >= ?2 AND d.fresh = {fresh}",
             "",
             "",

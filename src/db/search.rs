@@ -79,9 +79,7 @@ pub(crate) fn derivations_of_name(fresh: bool) -> &'static str {
 pub(crate) fn filtered_derivations_of_name(fresh: bool) -> &'static str {
     const ARM: &str =
         "SELECT d.evaluation, d.rowid FROM Derivations d INDEXED BY Derivations_job_name{_fresh}
-         CROSS JOIN Builds b INDEXED BY Builds_derivation{_fresh}
-           ON b.derivation = d.derivation AND b.evaluation = d.evaluation AND b.fresh = {fresh}
-              AND substr(b.derivation, 12, 8) = substr(d.derivation, 12, 8)
+         CROSS JOIN Builds b ON b.id = d.rowid
          CROSS JOIN Evaluations e ON e.id = d.evaluation
          WHERE d.job_name = CAST(?1 AS TEXT) AND d.evaluation >= CAST(?2 AS INTEGER)
            AND d.fresh = {fresh}
@@ -109,7 +107,7 @@ fn name_walk(arm: &str, fresh: bool) -> String {
 pub(crate) const ALIASES_OF_NAME: &str =
     "SELECT a.evaluation, a.build FROM JobAliases a INDEXED BY JobAliases_job_name
      CROSS JOIN Builds b ON b.id = a.build
-     CROSS JOIN Derivations d ON d.derivation = b.derivation AND d.evaluation = b.evaluation
+     CROSS JOIN Derivations d ON d.rowid = b.id
      CROSS JOIN Evaluations e ON e.id = a.evaluation
      WHERE a.job_name = CAST(?1 AS TEXT) AND a.evaluation >= CAST(?2 AS INTEGER)
        AND (?4 IS NULL OR e.specification = ?4) AND (?5 IS NULL OR d.system = ?5)
@@ -123,20 +121,16 @@ pub(crate) const UNINDEXED_NAMES_LIKE: &str = "SELECT name FROM JobNames
      WHERE id > (SELECT upto FROM JobNamesIndexed) AND name LIKE ?1 ESCAPE '\\'
      ORDER BY id LIMIT ?2";
 
-/// The build of the derivation row ?1, as a listing shows it: from the
-/// derivation row the name lookup found, one seek in `Builds_derivation`
-/// and one in Builds, where going through the build's id would also
-/// seek Derivations' primary key (about 13 µs a build on 10M builds,
-/// against 7).
+/// The build of the derivation row ?1, as a listing shows it: the
+/// row's rowid is its build's id (migration 25).
 pub(crate) fn build_of_derivation_row() -> &'static str {
     super::fresh::sql_once!({
         format!(
             "{BUILD_COLUMNS} FROM Derivations d
-         CROSS JOIN Builds b ON b.id = {}
+         CROSS JOIN Builds b ON b.id = d.rowid
          CROSS JOIN Evaluations e ON e.id = b.evaluation
          LEFT JOIN Specifications s ON s.repo_name = e.specification
-         WHERE d.rowid = CAST(?1 AS INTEGER)",
-            super::fresh::build_of_row("d")
+         WHERE d.rowid = CAST(?1 AS INTEGER)"
         )
     })
 }
@@ -470,9 +464,7 @@ impl Db {
         let (lo, hi) = status.unzip();
         let mut stmt = self.conn.prepare_cached(&both_arms(
             "SELECT b.id FROM Derivations d INDEXED BY Derivations_job_name{_fresh}
-             CROSS JOIN Builds b INDEXED BY Builds_derivation{_fresh}
-               ON b.derivation = d.derivation AND b.evaluation = d.evaluation AND b.fresh = {fresh}
-              AND substr(b.derivation, 12, 8) = substr(d.derivation, 12, 8)
+             CROSS JOIN Builds b ON b.id = d.rowid
              WHERE d.job_name = CAST(?1 AS TEXT) AND d.evaluation = CAST(?2 AS INTEGER)
                AND d.fresh = {fresh} AND (?3 IS NULL OR b.status BETWEEN ?3 AND ?4)",
             "",

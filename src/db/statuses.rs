@@ -195,7 +195,7 @@ impl Db {
         if !weather::counts(st) {
             return Ok(None);
         }
-        let Some(job) = Db::job_of(tx, drv, eval)? else {
+        let Some(job) = Db::job_of(tx, id, eval)? else {
             return Ok(None);
         };
         let w = weather::of(st, job.previous);

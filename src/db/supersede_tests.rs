@@ -136,7 +136,7 @@ fn a_deleted_evaluation_stops_superseding() {
 fn the_page_query_seeks_by_evaluation_and_looks_up_names() {
     let db = Db::open_in_memory().unwrap();
     let sql = super::supersede::page_sql();
-    let plan = query_plan(db.connection(), &sql, params![1, 2, -2, 0, 10]);
+    let plan = query_plan(db.connection(), &sql, params![1, 2, -2, 0, 10, true]);
     // The page itself is read once, from the co-routine.
     let steps = plan.split("; ");
     assert!(
@@ -144,6 +144,14 @@ fn the_page_query_seeks_by_evaluation_and_looks_up_names() {
         "{plan}"
     );
     assert!(plan.contains("Builds_evaluation"), "{plan}");
+    // The new evaluation's derivation in both parts of its index, the
+    // old build's name by its derivation row's rowid (migration 25).
+    assert!(
+        plan.contains("Builds_derivation_fresh (<expr>=? AND evaluation=?)")
+            && plan.contains("Builds_derivation (derivation=? AND evaluation=?)")
+            && plan.contains("SEARCH old USING INTEGER PRIMARY KEY (rowid=?)"),
+        "{plan}"
+    );
     assert!(!sorts_beyond_arms(&plan), "{plan}");
 }
 
