@@ -15,6 +15,13 @@ use std::time::Instant;
 
 /// The child's mode, set in its environment by [`run`].
 pub const CHILD_ENV: &str = "CUIRASS_BENCH_REGISTER";
+/// How many input derivations each job lists, in the child's
+/// environment (none when unset).
+const INPUTS_ENV: &str = "CUIRASS_BENCH_INPUTS";
+/// Input derivations a job lists in the second run: a `.drv`'s direct
+/// inputs (its builder's tools and its package inputs) are tens for
+/// most Guix packages; the 10M database's jobs have none.
+const INPUTS: usize = 10;
 /// Jobs per `add_jobs` call: what the loop registers in one turn
 /// while the evaluator prints faster than it is read.
 const CHUNK: usize = cuirass::job::REGISTER_BATCH;
@@ -35,8 +42,15 @@ fn newest_rows(db: &Db) -> Result<(i64, i64), String> {
 /// The newest evaluation's jobs of derivation rows `rows`, again, a
 /// fifth of them with a new derivation (packages updated since), as the
 /// next commit would give.  Read a chunk at a time, as the evaluator
-/// prints them, so that the process holds one chunk.
-fn next_jobs(db: &Db, rows: (i64, i64), rng: &mut api_db::Rng) -> Result<Vec<JobRecord>, String> {
+/// prints them, so that the process holds one chunk.  Each job lists
+/// `inputs` input derivations: those of the jobs just before it, as
+/// packages of one evaluation are one another's inputs.
+fn next_jobs(
+    db: &Db,
+    rows: (i64, i64),
+    rng: &mut api_db::Rng,
+    inputs: usize,
+) -> Result<Vec<JobRecord>, String> {
     let mut stmt = db
         .connection()
         .prepare_cached(
@@ -74,6 +88,10 @@ fn next_jobs(db: &Db, rows: (i64, i64), rng: &mut api_db::Rng) -> Result<Vec<Job
             ..JobRecord::default()
         });
     }
+    for i in 0..jobs.len() {
+        let before = (1..=inputs.min(jobs.len() - 1)).map(|k| (i + jobs.len() - k) % jobs.len());
+        jobs[i].inputs = before.map(|j| jobs[j].derivation.clone()).collect();
+    }
     Ok(jobs)
 }
 
@@ -99,6 +117,10 @@ pub fn child(path: &str) -> Result<(), String> {
     // The loop sets its checkpoint allowance at start and every second.
     db.fit_checkpoints_to_disk().map_err(e)?;
 
+    let inputs: usize = std::env::var(INPUTS_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let mut rng = api_db::Rng(7);
     let start = Instant::now();
     let cpu = proc_cpu(std::process::id()).unwrap_or(f64::NAN);
@@ -112,7 +134,7 @@ pub fn child(path: &str) -> Result<(), String> {
     let mut longest = 0.0f64;
     for from in (first..=last).step_by(CHUNK) {
         let rows = (from, (from + CHUNK as i64 - 1).min(last));
-        let chunk = next_jobs(&db, rows, &mut rng)?;
+        let chunk = next_jobs(&db, rows, &mut rng, inputs)?;
         let added = Instant::now();
         queued += db
             .add_jobs(SPEC, eval, &chunk, 2_000_000_000)
@@ -173,11 +195,12 @@ pub fn child(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub fn run() -> Result<Vec<Figure>, String> {
-    let template = api_db::template(&TEN_MILLION)?;
+/// Registers into a fresh copy of `template` in a child whose jobs list
+/// `inputs` input derivations each; the child's 14 figures.
+fn register_once(template: &std::path::Path, inputs: usize) -> Result<Vec<f64>, String> {
     let tmp = TempDir::new("register-10m");
     let db = tmp.path().join("cuirass.db");
-    std::fs::copy(&template, &db).map_err(|e| format!("copying {}: {e}", template.display()))?;
+    std::fs::copy(template, &db).map_err(|e| format!("copying {}: {e}", template.display()))?;
     // Written out before the clock starts: otherwise the first chunk or
     // checkpoint waits for the kernel to write back gigabytes of the copy
     // (a first chunk of 0.9 s, where the others take under 50 ms).
@@ -187,6 +210,7 @@ pub fn run() -> Result<Vec<Figure>, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let out = Command::new(exe)
         .env(CHILD_ENV, &db)
+        .env(INPUTS_ENV, inputs.to_string())
         .output()
         .map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -201,6 +225,16 @@ pub fn run() -> Result<Vec<Figure>, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
+    Ok(f)
+}
+
+pub fn run() -> Result<Vec<Figure>, String> {
+    let template = api_db::template(&TEN_MILLION)?;
+    let f = register_once(&template, 0)?;
+    // Again with inputs: each is an `Inputs` row and an entry in
+    // `Inputs_derivation_fresh`, which real jobs have and the 10M
+    // database's do not.
+    let g = register_once(&template, INPUTS)?;
     let note = format!(
         "{} jobs in batches of {CHUNK} ({:.2} s; reading each batch's rows included), \
          the evaluation closed, then {} superseded builds canceled ({:.2} s); {:.2} s CPU; \
@@ -251,5 +285,18 @@ pub fn run() -> Result<Vec<Figure>, String> {
             "MiB",
             Some(Target::AtMost(32.0)),
         ),
+        Figure::new(
+            &format!("— the same with {INPUTS} input derivations a job"),
+            g[0],
+            "s",
+            None,
+        )
+        .note(format!(
+            "batches {:.2} s, the longest {:.1} ms; superseding {:.2} s; peak RSS {:.1} MiB",
+            g[1],
+            g[8] * 1e3,
+            g[12],
+            g[2] / 1024.0
+        )),
     ])
 }
