@@ -509,7 +509,8 @@ const MIGRATIONS: &[&str] = &[
     // this SQL), which keeps the rows.
     // Rows of no build (2018's registration could leave some) keep
     // their place as negative rowids, found through a temporary index
-    // in evaluation order rather than 10,000,000 random seeks.
+    // in evaluation order rather than 10,000,000 random seeks; a 2018
+    // row of several builds is copied for each.
     concat!("DROP TRIGGER IF EXISTS JobAliases_job_name_delete;
      CREATE TABLE Derivations_by_build (
        derivation    TEXT NOT NULL,
@@ -695,6 +696,17 @@ impl Db {
                     "FOREIGN KEY (evaluation) REFERENCES Evaluations (id)",
                 )
                 .map_err(|e| Error(format!("migration {}: {e}", i + 1)))?;
+            if i + 1 == BUILDS_KEY_REPLACED
+                && !edited
+                && schema_edit::has_foreign_key(&tx, "Builds", "Derivations")?
+            {
+                // Every write to Builds would fail ("foreign key
+                // mismatch") with a key to a table without its key.
+                return Err(Error(format!(
+                    "migration {}: Builds' foreign key to Derivations not found in its definition",
+                    i + 1
+                )));
+            }
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
             if edited {
@@ -859,13 +871,25 @@ impl Db {
         mut added: impl FnMut(BuildId, &JobRecord, i64),
     ) -> Result<usize> {
         let mut aliases = 0;
-        // Every build of an evaluation being registered is fresh
-        // (`Db::merge_fresh` waits for it to end), so the small index
-        // tells whether another job of it has this derivation.
+        // Whether another job of the evaluation has this derivation: its
+        // build is in the small fresh index, or in the large one once
+        // `Db::merge_fresh` moved some of the evaluation's builds there
+        // (a registration slower than the moves), where a seek reads a
+        // leaf of 10,000,000 entries.
+        let merged: bool = tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM Derivations INDEXED BY Derivations_evaluation
+                                WHERE evaluation = ?1
+                                  AND rowid <= (SELECT above FROM FreshBuilds))",
+            )?
+            .query_row([eval], |r| r.get(0))?;
         let mut same_stmt = tx.prepare_cached(
             "SELECT id FROM Builds INDEXED BY Builds_derivation_fresh
              WHERE substr(derivation, 12, 8) = substr(CAST(?1 AS TEXT), 12, 8)
-               AND derivation = CAST(?1 AS TEXT) AND evaluation = ?2 AND fresh = 1",
+               AND derivation = CAST(?1 AS TEXT) AND evaluation = ?2 AND fresh = 1
+             UNION ALL
+             SELECT id FROM Builds INDEXED BY Builds_derivation
+             WHERE ?3 AND derivation = CAST(?1 AS TEXT) AND evaluation = ?2 AND fresh = 0",
         )?;
         let mut build_stmt = tx.prepare_cached(
             "INSERT INTO Builds (derivation, evaluation, log, status, timestamp, starttime, stoptime,
@@ -894,7 +918,9 @@ impl Db {
             // key allowed one row, and one build of it, which the later
             // name joins.
             if let Some(build) = same_stmt
-                .query_row(params![job.derivation, eval], |r| r.get::<_, BuildId>(0))
+                .query_row(params![job.derivation, eval, merged], |r| {
+                    r.get::<_, BuildId>(0)
+                })
                 .optional()?
             {
                 Db::insert_alias(tx, eval, job, build)?;

@@ -326,3 +326,41 @@ fn the_alias_migration_keeps_an_older_database_and_its_builds() {
         .unwrap();
     assert_eq!(db.evaluation_size(e).unwrap(), (2, 1));
 }
+
+/// A job whose derivation an earlier batch of its evaluation has, when
+/// that batch's builds have moved to the large indexes in between
+/// (`Db::merge_fresh` interleaves with a slow registration): still one
+/// build, the job another name of it.
+#[test]
+fn an_alias_is_found_after_the_earlier_batch_moved_to_the_large_indexes() {
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("a")]).unwrap();
+    let eval = db.begin_evaluation("a", "c1", 10).unwrap();
+    db.add_jobs("a", eval, &[job("alpha", "pkg"), job("gamma", "other")], 10)
+        .unwrap();
+    assert_eq!(db.merge_fresh(10).unwrap(), 2);
+    assert_eq!(db.fresh_builds().unwrap(), 0, "the first batch moved");
+    let added = db
+        .add_jobs("a", eval, &[job("beta", "pkg"), job("delta", "new")], 10)
+        .unwrap();
+    assert_eq!(added.len(), 1, "beta is alpha's build: {added:?}");
+    db.complete_evaluation("a", eval, "c1", 10).unwrap();
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM Builds"), 3);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM Derivations"), 3);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM JobAliases WHERE job_name = 'beta'"
+        ),
+        1
+    );
+    // Every derivation row is its build's.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM Derivations d JOIN Builds b ON b.id = d.rowid
+             WHERE b.derivation = d.derivation AND b.evaluation = d.evaluation"
+        ),
+        3
+    );
+}

@@ -56,10 +56,13 @@ impl Db {
     /// Moves the index entries of the `page` lowest fresh builds (and of
     /// their derivation rows, outputs and inputs) to the large indexes, in
     /// one transaction; returns how many builds it looked at, fewer than
-    /// `page` once none is left or the next is of an evaluation still
-    /// being registered (it moves after).  Every build above `FreshBuilds.above`
+    /// `page` once none is left.  Every build above `FreshBuilds.above`
     /// is one that registration may have written fresh: identifiers only
     /// grow (AUTOINCREMENT), so the mark never passes an unmoved build.
+    /// (A 2018 database's Builds has no AUTOINCREMENT: an id above the
+    /// mark deleted may be given again, below it, and that build's
+    /// entries then stay in the fresh indexes, where every lookup still
+    /// finds them.)
     pub fn merge_fresh(&mut self, page: usize) -> Result<usize> {
         let tx = self.write()?;
         let above: i64 = tx
@@ -71,28 +74,9 @@ impl Db {
                    (SELECT id FROM Builds WHERE id > ?1 ORDER BY id LIMIT ?2)",
             )?
             .query_row(params![above, page as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        let Some(mut last) = last else {
+        let Some(last) = last else {
             return Ok(0);
         };
-        // Not past a build of an evaluation still being registered: the
-        // registration tells another job of the same derivation by the
-        // fresh index alone (`Db::insert_jobs`).
-        let registering: Option<i64> = tx
-            .prepare_cached(
-                "SELECT MIN(b.id) FROM Builds b CROSS JOIN Evaluations e ON e.id = b.evaluation
-                 WHERE b.id > ?1 AND b.id <= ?2 AND e.status = ?3",
-            )?
-            .query_row(params![above, last, eval_status::IN_PROGRESS], |r| r.get(0))?;
-        let mut count = count;
-        if let Some(first) = registering {
-            count = tx
-                .prepare_cached("SELECT COUNT(*) FROM Builds WHERE id > ?1 AND id < ?2")?
-                .query_row(params![above, first], |r| r.get(0))?;
-            if count == 0 {
-                return Ok(0);
-            }
-            last = first - 1;
-        }
         // The derivation rows first: they are found through the builds
         // still marked.
         tx.prepare_cached(MERGE_DERIVATIONS)?

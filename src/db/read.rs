@@ -865,7 +865,7 @@ impl Db {
     /// most `limit` derivations after `filter.after`, each under every
     /// name (jobs sharing a derivation share its build and key); with
     /// names, those jobs only (one lookup of each name).  Each finds its
-    /// build by (derivation, evaluation) in `Builds_derivation`.
+    /// build by id, its derivation row's rowid (migration 25).
     pub fn jobs(&self, filter: &JobFilter, limit: u32) -> Result<Vec<JobView>> {
         let after = filter.after.unwrap_or(i64::MIN);
         let mut jobs = Vec::new();

@@ -207,6 +207,9 @@ impl Db {
                 "DELETE FROM BuildAttempts WHERE build = ?1",
                 "DELETE FROM BuildProducts WHERE build = ?1",
                 "DELETE FROM JobAliases WHERE build = ?1",
+                // Its derivation row (migration 25) with it: a 2018
+                // database's Builds may give a deleted id again.
+                "DELETE FROM Derivations WHERE rowid = ?1",
                 "DELETE FROM Builds WHERE id = ?1",
             ] {
                 chunk.rows += tx.prepare_cached(sql)?.execute([id])?;

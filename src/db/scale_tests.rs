@@ -354,7 +354,6 @@ const TEN_MILLION_STATS: &str = "ANALYZE; DELETE FROM sqlite_stat1;
        ('Builds', 'Builds_derivation', '9750000 4 1'),
        ('Derivations', 'Derivations_job_name', '9750000 130 1'),
        ('Derivations', 'Derivations_evaluation', '9750000 75000'),
-       ('Derivations', 'sqlite_autoindex_Derivations_1', '9750000 4 1'),
        ('Outputs', 'Outputs_path', '12750400 1'),
        ('Outputs', 'Outputs', '12750400 2 1'),
        ('BuildCounts', 'BuildCounts', '648 5 1'),

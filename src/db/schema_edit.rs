@@ -107,6 +107,16 @@ pub(super) fn replace_foreign_key(
     Ok(true)
 }
 
+/// Whether `table` has a foreign key to `parent`, as the connection's
+/// copy of the schema says.
+pub(super) fn has_foreign_key(tx: &Transaction, table: &str, parent: &str) -> super::Result<bool> {
+    Ok(tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_foreign_key_list(?1) WHERE \"table\" = ?2 COLLATE NOCASE)",
+        params![table, parent],
+        |r| r.get(0),
+    )?)
+}
+
 /// Reads the schema again (after [`replace_foreign_key`] committed).
 pub(super) fn reload_schema(conn: &rusqlite::Connection) -> super::Result<()> {
     conn.execute_batch("PRAGMA writable_schema = RESET")?;
