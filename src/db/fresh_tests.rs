@@ -413,3 +413,31 @@ fn a_2018_databases_derivation_rows_take_their_builds_ids() {
     drop(db);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Inputs (migration 26: a rowid table, no key) are each registered
+/// once however often a job lists them, found by build and, fresh or
+/// moved, by derivation; the fresh index's entries hold no derivation.
+#[test]
+fn inputs_are_registered_once_and_found_by_derivation() {
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("a")]).unwrap();
+    let mut j = job("app", "1", "lib");
+    j.inputs = vec![j.inputs[0].clone(), "/gnu/store/x-y.drv".into(), j.inputs[0].clone()];
+    let lib = j.inputs[0].clone();
+    db.register_evaluation("a", "c1", &[j], 1).unwrap();
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM Inputs WHERE build = 1"), 2);
+    let dependents = |db: &Db| -> bool {
+        db.connection()
+            .query_row(super::queue::SCHEDULED_DEPENDENTS, [&lib], |r| r.get(0))
+            .unwrap()
+    };
+    assert!(dependents(&db), "found in the fresh index");
+    while db.merge_fresh(10).unwrap() == 10 {}
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM Inputs WHERE fresh = 1"), 0);
+    assert!(dependents(&db), "found in the large index");
+    let columns: i64 = count(
+        &db,
+        "SELECT COUNT(*) FROM pragma_index_xinfo('Inputs_derivation_fresh') WHERE key = 0",
+    );
+    assert_eq!(columns, 1, "the rowid alone after the key");
+}
