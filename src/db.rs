@@ -896,13 +896,7 @@ impl Db {
         // `Db::merge_fresh` moved some of the evaluation's builds there
         // (a registration slower than the moves), where a seek reads a
         // leaf of 10,000,000 entries.
-        let merged: bool = tx
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM Derivations INDEXED BY Derivations_evaluation
-                                WHERE evaluation = ?1
-                                  AND rowid <= (SELECT above FROM FreshBuilds))",
-            )?
-            .query_row([eval], |r| r.get(0))?;
+        let merged = fresh::some_moved(tx, eval)?;
         let mut same_stmt = tx.prepare_cached(
             "SELECT id FROM Builds INDEXED BY Builds_derivation_fresh
              WHERE substr(derivation, 12, 8) = substr(CAST(?1 AS TEXT), 12, 8)

@@ -118,6 +118,18 @@ impl Db {
     }
 }
 
+/// Whether some of evaluation `eval`'s builds have left the fresh
+/// indexes ([`Db::merge_fresh`]): its first derivation row, whose rowid
+/// is its build's id (migration 25), at or below the mark; a seek.
+pub(crate) fn some_moved(tx: &Transaction, eval: EvalId) -> Result<bool> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM Derivations INDEXED BY Derivations_evaluation
+                            WHERE evaluation = ?1 AND rowid <= (SELECT above FROM FreshBuilds))",
+        )?
+        .query_row([eval], |r| r.get(0))?)
+}
+
 /// A query through indexes that migration 22 split, with the indexes
 /// named: `arm` (a SELECT) once over the large indexes and once over the
 /// fresh ones, each with its own `inner` ORDER BY and LIMIT, then the

@@ -422,7 +422,11 @@ fn inputs_are_registered_once_and_found_by_derivation() {
     let mut db = Db::open_in_memory().unwrap();
     db.add_specifications(&[spec("a")]).unwrap();
     let mut j = job("app", "1", "lib");
-    j.inputs = vec![j.inputs[0].clone(), "/gnu/store/x-y.drv".into(), j.inputs[0].clone()];
+    j.inputs = vec![
+        j.inputs[0].clone(),
+        "/gnu/store/x-y.drv".into(),
+        j.inputs[0].clone(),
+    ];
     let lib = j.inputs[0].clone();
     db.register_evaluation("a", "c1", &[j], 1).unwrap();
     assert_eq!(count(&db, "SELECT COUNT(*) FROM Inputs WHERE build = 1"), 2);

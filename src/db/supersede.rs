@@ -116,15 +116,7 @@ impl Db {
             "SELECT MIN(id) FROM Evaluations
              WHERE specification = ?1 AND id > ?2 AND id < ?3",
         )?;
-        // Whether some of the evaluation's builds have left the fresh
-        // indexes: its first build at or below the mark.
-        let merged: bool = tx
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM Derivations INDEXED BY Derivations_evaluation
-                                WHERE evaluation = ?1
-                                  AND rowid <= (SELECT above FROM FreshBuilds))",
-            )?
-            .query_row([eval], |r| r.get(0))?;
+        let merged = super::fresh::some_moved(&tx, EvalId(eval))?;
         let mut looked = 0;
         let mut canceled = 0;
         let mut done = false;
