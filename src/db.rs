@@ -1264,6 +1264,27 @@ pub(crate) fn scans_a_table(plan: &str) -> bool {
     })
 }
 
+/// A database as the 2018 original wrote it (`fixtures/schema-2018.sql`)
+/// with `rows` (SQL) in it, at a new path of its own under the system's
+/// temporary directory (named by `tag`, the process and the thread),
+/// for the upgrade tests; returns the database file.
+#[cfg(test)]
+pub(crate) fn database_2018(tag: &str, rows: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "cuirass-{tag}-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cuirass.db");
+    let _ = std::fs::remove_file(&path);
+    let old = Connection::open(&path).unwrap();
+    old.execute_batch(include_str!("../fixtures/schema-2018.sql"))
+        .unwrap();
+    old.execute_batch(rows).unwrap();
+    path
+}
+
 /// What SQLite's planner does with `sql`, its steps joined by "; ", for
 /// tests that pin a query to its index.
 #[cfg(test)]

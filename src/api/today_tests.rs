@@ -489,29 +489,16 @@ fn double_slashes_of_guix_1_2_reach_the_same_routes() {
 /// across the upgrade.
 #[test]
 fn a_2018_database_serves_todays_routes() {
-    let dir = std::env::temp_dir().join(format!(
-        "cuirass-api2018-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("cuirass.db");
-    let _ = std::fs::remove_file(&path);
-    {
-        let old = rusqlite::Connection::open(&path).unwrap();
-        old.execute_batch(include_str!("../../fixtures/schema-2018.sql"))
-            .unwrap();
-        old.execute_batch(
-            "INSERT INTO Specifications VALUES
+    let path = crate::db::database_2018(
+        "api2018",
+        "INSERT INTO Specifications VALUES
                ('guix', 'https://git.savannah.gnu.org/git/guix.git', '.', 'build-aux/cuirass/gnu-system.scm',
                 'cuirass-jobs', '((subset . \"hello\"))', 'master', NULL, NULL, 1);
              INSERT INTO Evaluations (specification, revision) VALUES ('guix', 'abc123');
              INSERT INTO Derivations VALUES ('/gnu/store/aaa-hello-2.10.drv', 1, 'hello', 'x86_64-linux', 'hello-2.10');
              INSERT INTO Builds VALUES (1, '/gnu/store/aaa-hello-2.10.drv', 1, '', 0, 100, 110, 120);
              INSERT INTO Outputs VALUES (1, 'out', '/gnu/store/bbb-hello-2.10');",
-        )
-        .unwrap();
-    }
+    );
     let mut db = Db::open(&path).unwrap();
     let root = Path::new("/nonexistent");
     let (code, e) = get(&db, root, "/api/evaluation?id=1");
@@ -555,5 +542,5 @@ fn a_2018_database_serves_todays_routes() {
         .collect();
     assert_eq!(evals, [2, 1]);
     drop(db);
-    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }

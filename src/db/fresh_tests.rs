@@ -333,17 +333,10 @@ fn lookups_by_store_item_seek_the_fresh_expression_indexes() {
 /// of no build keeps a place of its own; the keys check.
 #[test]
 fn a_2018_databases_derivation_rows_take_their_builds_ids() {
-    let dir = std::env::temp_dir().join(format!("cuirass-m25-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("cuirass.db");
-    let _ = std::fs::remove_file(&path);
-    {
-        let old = rusqlite::Connection::open(&path).unwrap();
-        old.execute_batch(include_str!("../../fixtures/schema-2018.sql"))
-            .unwrap();
-        // Rows in another order than their builds, and one of no build.
-        old.execute_batch(
-            "INSERT INTO Specifications VALUES
+    // Rows in another order than their builds, and one of no build.
+    let path = database_2018(
+        "m25",
+        "INSERT INTO Specifications VALUES
                ('guix', 'https://example.org/guix.git', '.', 'ci.scm', 'jobs', '()', 'master',
                 NULL, NULL, 0);
              INSERT INTO Evaluations (specification, revision) VALUES ('guix', 'a'), ('guix', 'b');
@@ -356,9 +349,7 @@ fn a_2018_databases_derivation_rows_take_their_builds_ids() {
                (5, '/gnu/store/aaa-x.drv', 1, '', 0, 1, 2, 3),
                (9, '/gnu/store/bbb-y.drv', 1, '', 1, 1, 2, 3),
                (12, '/gnu/store/ccc-z.drv', 2, '', -2, 1, 0, 0);",
-        )
-        .unwrap();
-    }
+    );
     let db = Db::open(&path).unwrap();
     let rows: Vec<(i64, String, i64, String)> = db
         .connection()
@@ -411,7 +402,7 @@ fn a_2018_databases_derivation_rows_take_their_builds_ids() {
         .unwrap();
     assert_eq!(check, "ok");
     drop(db);
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }
 
 /// Inputs (migration 26: a rowid table, no key) are each registered

@@ -185,16 +185,9 @@ fn failed_evaluation_moves_the_stamp_and_keeps_the_reason() {
 
 #[test]
 fn a_2018_database_is_upgraded_in_place() {
-    let dir = std::env::temp_dir().join(format!("cuirass-db2018-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("cuirass.db");
-    let _ = std::fs::remove_file(&path);
-    {
-        let old = Connection::open(&path).unwrap();
-        old.execute_batch(include_str!("../../fixtures/schema-2018.sql"))
-            .unwrap();
-        old.execute_batch(
-            "INSERT INTO Specifications VALUES
+    let path = database_2018(
+        "db2018",
+        "INSERT INTO Specifications VALUES
                ('guix', 'https://git.savannah.gnu.org/git/guix.git', '.', 'build-aux/cuirass/gnu-system.scm',
                 'cuirass-jobs', '((subset . \"hello\"))', 'master', NULL, NULL, 1);
              INSERT INTO Stamps VALUES ('guix', 'abc123');
@@ -202,9 +195,7 @@ fn a_2018_database_is_upgraded_in_place() {
              INSERT INTO Derivations VALUES ('/gnu/store/aaa-hello-2.10.drv', 1, 'hello-2.10.x86_64-linux', 'x86_64-linux', 'hello-2.10');
              INSERT INTO Builds VALUES (1, '/gnu/store/aaa-hello-2.10.drv', 1, '/var/log/guix/drvs/aa/a.bz2', 0, 100, 110, 120);
              INSERT INTO Outputs VALUES (1, 'out', '/gnu/store/bbb-hello-2.10');",
-        )
-        .unwrap();
-    }
+    );
     let mut db = Db::open(&path).unwrap();
     assert_eq!(db.user_version().unwrap(), schema_version());
     let specs = db.specifications().unwrap();
@@ -254,7 +245,7 @@ fn a_2018_database_is_upgraded_in_place() {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!(ok, "ok");
-    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }
 
 fn job_with(name: &str, drv_tag: &str) -> JobRecord {
