@@ -135,24 +135,61 @@ fn a_deleted_evaluation_stops_superseding() {
 #[test]
 fn the_page_query_seeks_by_evaluation_and_looks_up_names() {
     let db = Db::open_in_memory().unwrap();
-    let sql = super::supersede::page_sql();
-    let plan = query_plan(db.connection(), &sql, params![1, 2, -2, 0, 10, true]);
-    // The page itself is read once, from the co-routine.
-    let steps = plan.split("; ");
-    assert!(
-        !steps.filter(|s| *s != "SCAN page").any(scans_a_table),
-        "{plan}"
+    let plan = query_plan(
+        db.connection(),
+        super::supersede::PAGE_SQL,
+        params![1, 0, -2, 10],
     );
-    assert!(plan.contains("Builds_evaluation"), "{plan}");
-    // The new evaluation's derivation in both parts of its index, the
-    // old build's name by its derivation row's rowid (migration 25).
+    assert!(!plan.split("; ").any(scans_a_table), "{plan}");
     assert!(
-        plan.contains("Builds_derivation_fresh (<expr>=? AND evaluation=?)")
-            && plan.contains("Builds_derivation (derivation=? AND evaluation=?)")
-            && plan.contains("SEARCH old USING INTEGER PRIMARY KEY (rowid=?)"),
+        plan.contains("Builds_evaluation (evaluation=? AND status=?"),
         "{plan}"
     );
     assert!(!sorts_beyond_arms(&plan), "{plan}");
+    // The old build's name by its derivation row's rowid (migration
+    // 25), the new evaluation's by its indexes.
+    let plan = query_plan(
+        db.connection(),
+        &super::supersede::named_sql(),
+        params![1, 2],
+    );
+    assert!(!plan.split("; ").any(scans_a_table), "{plan}");
+    assert!(
+        plan.contains("SEARCH old USING INTEGER PRIMARY KEY (rowid=?)")
+            && plan.contains("Derivations_job_name_fresh (job_name=? AND evaluation=?)"),
+        "{plan}"
+    );
+}
+
+#[test]
+fn a_derivation_the_new_evaluation_has_under_another_name_is_not_superseded() {
+    // Jobs renamed between evaluations keep their build: the
+    // derivation set answers before the names are looked at.
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("a")]).unwrap();
+    db.register_evaluation("a", "c1", &[job("x", "x1"), job("y", "y1")], 1)
+        .unwrap();
+    let second = db.begin_evaluation("a", "c2", 2).unwrap();
+    db.add_jobs("a", second, &[job("x", "y1"), job("y", "y2")], 2)
+        .unwrap();
+    db.complete_evaluation("a", second, "c2", 2).unwrap();
+    // One build a page: the set is kept between pages.
+    let mut canceled = 0;
+    while let Some(p) = db.supersede(&Default::default(), 3, 1).unwrap() {
+        canceled += p.canceled;
+    }
+    assert_eq!(canceled, 1, "x1 only: y1 is still wanted, as x");
+    let status_of = |drv: &str| -> BuildStatus {
+        db.connection()
+            .query_row(
+                "SELECT status FROM Builds WHERE derivation = ?1 ORDER BY id LIMIT 1",
+                [job("", drv).derivation],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(status_of("x1"), status::CANCELED);
+    assert_eq!(status_of("y1"), status::SCHEDULED);
 }
 
 #[test]
