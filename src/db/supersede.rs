@@ -13,9 +13,10 @@
 use super::fresh::sql_once;
 use super::*;
 
-/// Builds looked at in one loop turn: each costs a few seeks (about 4
-/// µs) and, if superseded, a cancel (about 11 µs) on a 10,000,000-build
-/// database, so a page is some 10–30 ms.
+/// Builds looked at in one loop turn: each costs a binary search in
+/// [`DerivationSet`], the one in five not found there a few seeks, and
+/// if superseded a cancel (about 5 µs) on a 10,000,000-build database,
+/// so a page is some 10–45 ms.
 pub const SUPERSEDE_PAGE: usize = 2000;
 
 /// The page of scheduled builds of evaluation ?1 above id ?2 (?3 is
