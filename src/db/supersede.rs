@@ -14,7 +14,7 @@ use super::fresh::sql_once;
 use super::*;
 
 /// Builds looked at in one loop turn: each costs a binary search in
-/// [`DerivationSet`], the one in five not found there a few seeks, and
+/// `DerivationSet`, the one in five not found there a few seeks, and
 /// if superseded a cancel (about 5 µs) on a 10,000,000-build database,
 /// so a page is some 10–45 ms.
 pub const SUPERSEDE_PAGE: usize = 2000;
