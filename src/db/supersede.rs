@@ -50,7 +50,7 @@ pub(crate) fn named_sql() -> String {
 /// builds on the 10M database.  Two derivations with one hash would
 /// leave a superseded build scheduled, to be built as if its job had
 /// not changed; never the other way round.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct DerivationSet {
     evaluation: EvalId,
     hashes: Vec<u64>,
@@ -123,7 +123,7 @@ impl Db {
         now: i64,
         page: usize,
     ) -> Result<Option<Superseded>> {
-        let mut cached = self.superseding_derivations.take();
+        let cached = self.superseding_derivations.take();
         let tx = self.write()?;
         let row = tx
             .prepare_cached(
@@ -146,7 +146,7 @@ impl Db {
         };
         // Evaluation ids are never reused (AUTOINCREMENT), so a set
         // kept from the last turn is this evaluation's if its id is.
-        let set = match cached.take() {
+        let set = match cached {
             Some(set) if set.evaluation.0 == eval => set,
             _ => DerivationSet::of(&tx, EvalId(eval))?,
         };
