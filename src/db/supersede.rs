@@ -57,7 +57,7 @@ pub(crate) struct DerivationSet {
 }
 
 impl DerivationSet {
-    fn hash(derivation: &str) -> u64 {
+    pub(super) fn hash(derivation: &str) -> u64 {
         use std::hash::{Hash, Hasher};
         // Fixed keys: the set lives in this process only.
         let mut h = std::hash::DefaultHasher::new();
@@ -67,19 +67,33 @@ impl DerivationSet {
 
     /// Evaluation `eval`'s derivations, from its builds.
     fn of(tx: &Transaction, eval: EvalId) -> Result<DerivationSet> {
-        let mut hashes: Vec<u64> = tx
+        Ok(DerivationSet::from_hashes(
+            eval,
+            DerivationSet::hashes_of(tx, eval)?,
+        ))
+    }
+
+    /// The hashes of evaluation `eval`'s builds' derivations, in any
+    /// collection.
+    pub(super) fn hashes_of<C: FromIterator<u64>>(tx: &Transaction, eval: EvalId) -> Result<C> {
+        Ok(tx
             .prepare_cached(
                 "SELECT derivation FROM Builds INDEXED BY Builds_evaluation
                  WHERE evaluation = ?1",
             )?
             .query_map([eval], |r| Ok(DerivationSet::hash(r.get_ref(0)?.as_str()?)))?
-            .collect::<std::result::Result<_, _>>()?;
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// The set of `hashes` (of [`DerivationSet::hash`]), which must be
+    /// every derivation of `eval`'s builds.
+    pub(super) fn from_hashes(eval: EvalId, mut hashes: Vec<u64>) -> DerivationSet {
         hashes.sort_unstable();
         hashes.dedup();
-        Ok(DerivationSet {
+        DerivationSet {
             evaluation: eval,
             hashes,
-        })
+        }
     }
 
     fn contains(&self, derivation: &str) -> bool {

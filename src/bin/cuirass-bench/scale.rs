@@ -18,6 +18,13 @@ pub const CHILD_ENV: &str = "CUIRASS_BENCH_REGISTER";
 /// How many input derivations each job lists, in the child's
 /// environment (none when unset).
 const INPUTS_ENV: &str = "CUIRASS_BENCH_INPUTS";
+/// Set (to anything) in the child's environment for a write-ahead log
+/// that starts empty instead of at its working size ([`warm_log`]).
+const COLD_LOG_ENV: &str = "CUIRASS_BENCH_COLD_LOG";
+/// Pages [`warm_log`] writes: more than the largest the log grows to in
+/// a registration (20 MB, some 4,900 frames, watched on the 10M
+/// database), so that none of its frames extends the file.
+const WARM_LOG_PAGES: usize = 5_000;
 /// Input derivations a job lists in the second run: a `.drv`'s direct
 /// inputs (its builder's tools and its package inputs) are tens for
 /// most Guix packages; the 10M database's jobs have none.
@@ -95,13 +102,53 @@ fn next_jobs(
     Ok(jobs)
 }
 
+/// Grows the write-ahead log to its working size and checkpoints it,
+/// so that the next write starts it over: a running daemon's log keeps
+/// the largest size earlier writes gave it (registrations, index
+/// moves; there is no `journal_size_limit`), where a fresh copy of the
+/// template has none.  A file's new blocks are zeroed by the kernel as
+/// frames first reach them: 0.09 s of a registration's batches on
+/// ext4, which only the first large write after the database is opened
+/// pays (the figure of a run with [`COLD_LOG_ENV`]).  The pages are
+/// those of a table made and dropped, left free in the file as
+/// migrations leave gigabytes.
+fn warm_log(db: &Db) -> Result<(), String> {
+    let sql = |e: rusqlite::Error| format!("warming the log: {e}");
+    db.connection()
+        .execute_batch(&format!(
+            "CREATE TABLE BenchLog (page BLOB NOT NULL);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {WARM_LOG_PAGES})
+             INSERT INTO BenchLog SELECT zeroblob(4000) FROM n;
+             DROP TABLE BenchLog;"
+        ))
+        .map_err(sql)?;
+    // RESTART, not TRUNCATE: the file keeps its size.
+    let (busy, log, done): (i64, i64, i64) = db
+        .connection()
+        .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .map_err(sql)?;
+    if busy != 0 || log != done {
+        return Err(format!(
+            "warming the log: checkpoint copied {done} of {log} frames (busy {busy})"
+        ));
+    }
+    Ok(())
+}
+
 /// The child: registers the evaluation into the database at `path`,
 /// then indexes its new job names and moves its builds' index entries
 /// to the large indexes as the loop would, and prints `SECONDS
 /// REGISTER_SECONDS VMHWM_KIB JOBS CANCELED CPU_SECONDS INDEX_SECONDS
 /// NAMES LONGEST_CHUNK_SECONDS CLOSE_SECONDS MERGE_SECONDS
-/// LONGEST_MERGE_SECONDS SUPERSEDE_SECONDS LONGEST_SUPERSEDE_SECONDS`;
-/// SECONDS covers the chunks, the closing and the superseding pages.
+/// LONGEST_MERGE_SECONDS SUPERSEDE_SECONDS LONGEST_SUPERSEDE_SECONDS
+/// READ_SECONDS`; SECONDS covers the chunks, the closing and the
+/// superseding pages, REGISTER_SECONDS the chunks, both without
+/// READ_SECONDS, the time this process took to make the chunks' jobs
+/// (reading rows of the database, where the daemon parses the
+/// evaluator's output in turns of its own).  The log has its working
+/// size first ([`warm_log`]) unless [`COLD_LOG_ENV`] is set.
 pub fn child(path: &str) -> Result<(), String> {
     let e = |e: cuirass::db::Error| e.to_string();
     let mut db = Db::open(std::path::Path::new(path)).map_err(e)?;
@@ -116,6 +163,9 @@ pub fn child(path: &str) -> Result<(), String> {
     let (first, last) = newest_rows(&db)?;
     // The loop sets its checkpoint allowance at start and every second.
     db.fit_checkpoints_to_disk().map_err(e)?;
+    if std::env::var_os(COLD_LOG_ENV).is_none() {
+        warm_log(&db)?;
+    }
 
     let inputs: usize = std::env::var(INPUTS_ENV)
         .ok()
@@ -132,9 +182,12 @@ pub fn child(path: &str) -> Result<(), String> {
     let mut queued = 0;
     // The longest `add_jobs`: the longest loop turn registration makes.
     let mut longest = 0.0f64;
+    let mut reading = 0.0f64;
     for from in (first..=last).step_by(CHUNK) {
         let rows = (from, (from + CHUNK as i64 - 1).min(last));
+        let read = Instant::now();
         let chunk = next_jobs(&db, rows, &mut rng, inputs)?;
+        reading += secs(read.elapsed());
         let added = Instant::now();
         queued += db
             .add_jobs(SPEC, eval, &chunk, 2_000_000_000)
@@ -142,7 +195,7 @@ pub fn child(path: &str) -> Result<(), String> {
             .len();
         longest = longest.max(secs(added.elapsed()));
     }
-    let registered = secs(start.elapsed());
+    let registered = secs(start.elapsed()) - reading;
     let closing = Instant::now();
     db.complete_evaluation(SPEC, eval, "next", 2_000_000_000)
         .map_err(e)?;
@@ -162,7 +215,7 @@ pub fn child(path: &str) -> Result<(), String> {
         }
     }
     let superseded = secs(superseding.elapsed());
-    let total = secs(start.elapsed());
+    let total = secs(start.elapsed()) - reading;
     let cpu = proc_cpu(std::process::id()).unwrap_or(f64::NAN) - cpu;
     let indexing = Instant::now();
     let mut names = 0;
@@ -190,14 +243,19 @@ pub fn child(path: &str) -> Result<(), String> {
     let hwm = proc_status_kib(std::process::id(), "VmHWM").unwrap_or(-1);
     println!(
         "{total} {registered} {hwm} {queued} {canceled} {cpu} {indexed} {names} {longest} \
-         {close} {merged} {longest_merge} {superseded} {longest_supersede}"
+         {close} {merged} {longest_merge} {superseded} {longest_supersede} {reading}"
     );
     Ok(())
 }
 
 /// Registers into a fresh copy of `template` in a child whose jobs list
-/// `inputs` input derivations each; the child's 14 figures.
-fn register_once(template: &std::path::Path, inputs: usize) -> Result<Vec<f64>, String> {
+/// `inputs` input derivations each, its log empty at first if `cold`;
+/// the child's 15 figures.
+fn register_once(
+    template: &std::path::Path,
+    inputs: usize,
+    cold: bool,
+) -> Result<Vec<f64>, String> {
     let tmp = TempDir::new("register-10m");
     let db = tmp.path().join("cuirass.db");
     std::fs::copy(template, &db).map_err(|e| format!("copying {}: {e}", template.display()))?;
@@ -208,17 +266,20 @@ fn register_once(template: &std::path::Path, inputs: usize) -> Result<Vec<f64>, 
         .and_then(|f| f.sync_all())
         .map_err(|e| format!("syncing {}: {e}", db.display()))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out = Command::new(exe)
+    let mut child = Command::new(exe);
+    child
         .env(CHILD_ENV, &db)
-        .env(INPUTS_ENV, inputs.to_string())
-        .output()
-        .map_err(|e| e.to_string())?;
+        .env(INPUTS_ENV, inputs.to_string());
+    if cold {
+        child.env(COLD_LOG_ENV, "1");
+    }
+    let out = child.output().map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&out.stdout);
     let f: Vec<f64> = text
         .split_whitespace()
         .map(|x| x.parse().unwrap_or(f64::NAN))
         .collect();
-    if !out.status.success() || f.len() != 14 {
+    if !out.status.success() || f.len() != 15 {
         return Err(format!(
             "registration child failed: {}{}",
             text,
@@ -230,16 +291,18 @@ fn register_once(template: &std::path::Path, inputs: usize) -> Result<Vec<f64>, 
 
 pub fn run() -> Result<Vec<Figure>, String> {
     let template = api_db::template(&TEN_MILLION)?;
-    let f = register_once(&template, 0)?;
+    let f = register_once(&template, 0, false)?;
+    let cold = register_once(&template, 0, true)?;
     // Again with inputs: each is an `Inputs` row and an entry in
     // `Inputs_derivation_fresh`, which real jobs have and the 10M
     // database's do not.
-    let g = register_once(&template, INPUTS)?;
+    let g = register_once(&template, INPUTS, false)?;
     let note = format!(
-        "{} jobs in batches of {CHUNK} ({:.2} s; reading each batch's rows included), \
-         the evaluation closed, then {} superseded builds canceled ({:.2} s); {:.2} s CPU; \
-         then its {} new job names indexed for search in {:.2} s",
-        f[3], f[1], f[4], f[12], f[5], f[7], f[6]
+        "the log at its working size; {} jobs in batches of {CHUNK} ({:.2} s; the benchmark's own \
+         making of each batch's jobs from the database's rows apart: {:.2} s), the evaluation closed, then {} \
+         superseded builds canceled ({:.2} s); {:.2} s CPU; then its {} new job names \
+         indexed for search in {:.2} s",
+        f[3], f[1], f[14], f[4], f[12], f[5], f[7], f[6]
     );
     Ok(vec![
         Figure::new(
@@ -285,6 +348,18 @@ pub fn run() -> Result<Vec<Figure>, String> {
             "MiB",
             Some(Target::AtMost(32.0)),
         ),
+        Figure::new(
+            "— the same, the first large write since the database was opened (its log grows from empty)",
+            cold[0],
+            "s",
+            None,
+        )
+        .note(format!(
+            "batches {:.2} s, the longest {:.1} ms; superseding {:.2} s",
+            cold[1],
+            cold[8] * 1e3,
+            cold[12]
+        )),
         Figure::new(
             &format!("— the same with {INPUTS} input derivations a job"),
             g[0],
