@@ -632,9 +632,12 @@ pub struct Db {
     /// The derivations of the evaluation [`Db::supersede`] goes through,
     /// kept between its pages.
     superseding_derivations: Option<supersede::DerivationSet>,
-    /// The derivations of the evaluation [`Db::add_jobs`] registers,
-    /// kept between its batches.
-    registering: Option<registering::Registering>,
+    /// The derivations of each evaluation [`Db::add_jobs`] registers,
+    /// kept between its batches (specifications evaluate side by side).
+    registering: std::collections::HashMap<EvalId, registering::Registering>,
+    /// Whether foreign keys could not be turned back on after a batch
+    /// ([`Db::without_foreign_keys`]): the next write tries again first.
+    foreign_keys_off: bool,
 }
 
 impl Db {
@@ -678,7 +681,8 @@ impl Db {
             queue_head: Default::default(),
             reading: Default::default(),
             superseding_derivations: None,
-            registering: None,
+            registering: Default::default(),
+            foreign_keys_off: false,
         };
         db.migrate()?;
         Ok(db)
@@ -1058,12 +1062,15 @@ impl Db {
             .prepare_cached("SELECT id FROM Evaluations WHERE specification = ?1 AND status = ?2")?
             .query_map(params![spec, eval_status::IN_PROGRESS], |r| r.get(0))?
             .collect::<std::result::Result<_, _>>()?;
-        for eval in leftovers {
+        for &eval in &leftovers {
             log::warn!("spec={spec:?} evaluation {eval} was left in progress; rolled back");
             Db::delete_evaluation(&tx, eval)?;
         }
         let eval = Db::insert_evaluation(&tx, spec, commit, eval_status::IN_PROGRESS, now)?;
         tx.commit()?;
+        for leftover in leftovers {
+            self.registering.remove(&leftover);
+        }
         Ok(eval)
     }
 
@@ -1084,7 +1091,7 @@ impl Db {
         self.without_foreign_keys(|db| {
             // Taken, and put back only once the batch is committed: a batch
             // that fails leaves hashes of rows that rolled back.
-            let kept = db.registering.take();
+            let kept = db.registering.remove(&eval);
             let tx = db.write()?;
             let status: Option<i64> = tx
                 .prepare_cached("SELECT status FROM Evaluations WHERE id = ?1")?
@@ -1097,8 +1104,8 @@ impl Db {
                 )));
             }
             let mut known = match kept {
-                Some(known) if known.evaluation == eval => known,
-                _ => registering::Registering::of(&tx, eval)?,
+                Some(known) => known,
+                None => registering::Registering::of(&tx, eval)?,
             };
             let mut added = Vec::with_capacity(jobs.len());
             Db::insert_jobs(&tx, eval, jobs, now, &mut known, |id, job, rank| {
@@ -1112,7 +1119,7 @@ impl Db {
                 })
             })?;
             tx.commit()?;
-            db.registering = Some(known);
+            db.registering.insert(eval, known);
             Ok(added)
         })
     }
@@ -1128,10 +1135,32 @@ impl Db {
         self.end_reads();
         self.conn.pragma_update(None, "foreign_keys", false)?;
         let done = f(self);
-        let on = self.conn.pragma_update(None, "foreign_keys", true);
+        let on = self.foreign_keys_on();
         let done = done?;
         on?;
         Ok(done)
+    }
+
+    /// Turns foreign keys back on and reads the setting back: the
+    /// pragma does nothing, silently, inside a transaction (one whose
+    /// rollback failed).  Until it reads back on, every write tries it
+    /// first and fails ([`Db::write`]), rather than go unchecked.
+    pub(super) fn foreign_keys_on(&mut self) -> Result<()> {
+        let on = self
+            .conn
+            .pragma_update(None, "foreign_keys", true)
+            .and_then(|()| {
+                self.conn
+                    .pragma_query_value(None, "foreign_keys", |r| r.get::<_, bool>(0))
+            });
+        self.foreign_keys_off = !matches!(on, Ok(true));
+        match on {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error(
+                "foreign keys could not be turned back on (a transaction is still open)".into(),
+            )),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Closes an evaluation whose jobs are all registered and moves the
@@ -1156,7 +1185,7 @@ impl Db {
         tx.commit()?;
         // Its superseding starts from the registration's set, unless
         // that of an older evaluation is in use.
-        if let Some(known) = self.registering.take_if(|k| k.evaluation == eval)
+        if let Some(known) = self.registering.remove(&eval)
             && self.superseding_derivations.is_none()
         {
             self.superseding_derivations = Some(known.into_derivation_set());
@@ -1179,7 +1208,7 @@ impl Db {
         now: i64,
     ) -> Result<()> {
         let notifying = self.notifying;
-        self.registering = None;
+        self.registering.remove(&eval);
         let tx = self.write()?;
         tx.prepare_cached(
             "UPDATE Evaluations SET status = ?2, error = ?3, evaltime = ?4 WHERE id = ?1",
@@ -1232,7 +1261,7 @@ impl Db {
     /// Rolls back an evaluation whose jobs could not all be registered;
     /// the stamp stays, so its commit is evaluated again.
     pub fn abandon_evaluation(&mut self, eval: EvalId) -> Result<()> {
-        self.registering = None;
+        self.registering.remove(&eval);
         let tx = self.write()?;
         Db::delete_evaluation(&tx, eval)?;
         tx.commit()?;

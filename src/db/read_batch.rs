@@ -49,6 +49,9 @@ impl Db {
     /// A write transaction, after the read transaction if one is open.
     pub(super) fn write(&mut self) -> Result<Transaction<'_>> {
         self.end_reads();
+        if self.foreign_keys_off {
+            self.foreign_keys_on()?;
+        }
         Ok(self.conn.transaction()?)
     }
 }

@@ -99,15 +99,7 @@ fn superseding_from_the_registrations_set_cancels_what_it_should() {
         .unwrap();
     db.complete_evaluation("a", new, "c2", 20).unwrap();
     assert_eq!(db.supersede_all(&Default::default(), 20).unwrap(), 1);
-    let canceled: Vec<String> = db
-        .connection()
-        .prepare("SELECT d.job_name FROM Builds b JOIN Derivations d ON d.rowid = b.id WHERE b.status = ?1")
-        .unwrap()
-        .query_map([status::CANCELED], |r| r.get(0))
-        .unwrap()
-        .collect::<std::result::Result<_, _>>()
-        .unwrap();
-    assert_eq!(canceled, vec!["x".to_string()]);
+    assert_eq!(canceled_jobs(&db), vec![("a".into(), "x".into())]);
 }
 
 /// A batch is registered with foreign keys unchecked, so it refuses an
@@ -140,4 +132,86 @@ fn a_batch_needs_an_open_evaluation_and_leaves_foreign_keys_checked() {
         .unwrap()
         .count();
     assert_eq!(violations, 0, "every row a batch wrote has its parent");
+}
+
+fn canceled_jobs(db: &Db) -> Vec<(String, String)> {
+    db.connection()
+        .prepare(
+            "SELECT e.specification, d.job_name FROM Builds b
+             JOIN Derivations d ON d.rowid = b.id JOIN Evaluations e ON e.id = b.evaluation
+             WHERE b.status = ?1 ORDER BY b.id",
+        )
+        .unwrap()
+        .query_map([status::CANCELED], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<std::result::Result<_, _>>()
+        .unwrap()
+}
+
+/// Two specifications registering side by side, batch after batch, as
+/// the loop runs their evaluators: each finds its aliases in its own
+/// earlier batches, and superseding cancels each one's changed job,
+/// though the second closes while the first's superseding waits.
+#[test]
+fn evaluations_registered_side_by_side_keep_their_own_derivations() {
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("a"), spec("b")]).unwrap();
+    for s in ["a", "b"] {
+        let old = db.begin_evaluation(s, "c1", 10).unwrap();
+        db.add_jobs(
+            s,
+            old,
+            &[job("x", &format!("{s}x1")), job("y", &format!("{s}y1"))],
+            10,
+        )
+        .unwrap();
+        db.complete_evaluation(s, old, "c1", 10).unwrap();
+    }
+    db.supersede_all(&Default::default(), 10).unwrap();
+    let ea = db.begin_evaluation("a", "c2", 20).unwrap();
+    let eb = db.begin_evaluation("b", "c2", 20).unwrap();
+    let mut new_builds = 0;
+    new_builds += db.add_jobs("a", ea, &[job("x", "ax2")], 20).unwrap().len();
+    new_builds += db.add_jobs("b", eb, &[job("x", "bx2")], 20).unwrap().len();
+    new_builds += db
+        .add_jobs("a", ea, &[job("x-too", "ax2"), job("y", "ay1")], 20)
+        .unwrap()
+        .len();
+    new_builds += db
+        .add_jobs("b", eb, &[job("x-too", "bx2"), job("y", "by1")], 20)
+        .unwrap()
+        .len();
+    assert_eq!(new_builds, 4, "x-too is x's build in each");
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM JobAliases"), 2);
+    db.complete_evaluation("a", ea, "c2", 20).unwrap();
+    db.complete_evaluation("b", eb, "c2", 20).unwrap();
+    assert_eq!(db.supersede_all(&Default::default(), 20).unwrap(), 2);
+    assert_eq!(
+        canceled_jobs(&db),
+        vec![("a".into(), "x".into()), ("b".into(), "x".into())]
+    );
+}
+
+/// A derivation of a batch that failed is not the evaluation's: the
+/// older build of it is superseded when its job changed.
+#[test]
+fn a_failed_batchs_derivations_do_not_keep_older_builds_from_being_superseded() {
+    let mut db = Db::open_in_memory().unwrap();
+    db.add_specifications(&[spec("a")]).unwrap();
+    let old = db.begin_evaluation("a", "c1", 10).unwrap();
+    db.add_jobs("a", old, &[job("q", "fresh"), job("r", "r1")], 10)
+        .unwrap();
+    db.complete_evaluation("a", old, "c1", 10).unwrap();
+    db.supersede_all(&Default::default(), 10).unwrap();
+    let new = db.begin_evaluation("a", "c2", 20).unwrap();
+    db.add_jobs("a", new, &[job("s", "s1"), job("s-too", "s1")], 20)
+        .unwrap();
+    // "s-too" again: the batch fails, "fresh" with it.
+    let failed = db.add_jobs("a", new, &[job("p", "fresh"), job("s-too", "s1")], 20);
+    assert!(failed.is_err(), "{failed:?}");
+    db.add_jobs("a", new, &[job("q", "q2"), job("r", "r1")], 20)
+        .unwrap();
+    db.complete_evaluation("a", new, "c2", 20).unwrap();
+    assert_eq!(db.supersede_all(&Default::default(), 20).unwrap(), 1);
+    assert_eq!(canceled_jobs(&db), vec![("a".into(), "q".into())]);
 }
