@@ -619,6 +619,11 @@ pub struct JobRecord {
     pub priority: i64,
 }
 
+/// Cancels the scheduled builds of ids ?1 (a JSON array) at time ?3
+/// (?2 the canceled status, ?4 the scheduled one).
+pub(crate) const CANCEL_SQL: &str = "UPDATE Builds SET status = ?2, stoptime = ?3
+     WHERE id IN (SELECT value FROM json_each(?1)) AND status = ?4";
+
 pub struct Db {
     conn: Connection,
     /// Whether new events are queued for the notification command
@@ -1238,24 +1243,31 @@ impl Db {
     }
 
     /// Cancels `builds` (id, derivation) but those of `in_flight`
-    /// derivations; returns how many.
+    /// derivations; returns how many.  One statement for them all: a
+    /// statement a build copied each page it changed to SQLite's
+    /// statement journal (the counting trigger needs one) again for
+    /// every build, some 5 pages a cancel.
     fn cancel_scheduled(
         tx: &Transaction,
         builds: &[(BuildId, String)],
         in_flight: &HashSet<String>,
         now: i64,
     ) -> Result<usize> {
-        let mut cancel = tx.prepare_cached(
-            "UPDATE Builds SET status = ?2, stoptime = ?3 WHERE id = ?1 AND status = ?4",
-        )?;
-        let mut canceled = 0;
-        for (id, drv) in builds {
-            if !in_flight.contains(drv) {
-                canceled +=
-                    cancel.execute(params![id, status::CANCELED, now, status::SCHEDULED])?;
-            }
+        let ids: Vec<i64> = builds
+            .iter()
+            .filter(|(_, drv)| !in_flight.contains(drv))
+            .map(|(id, _)| id.0)
+            .collect();
+        if ids.is_empty() {
+            return Ok(0);
         }
-        Ok(canceled)
+        let ids = serde_json::to_string(&ids).map_err(|e| Error(e.to_string()))?;
+        Ok(tx.prepare_cached(CANCEL_SQL)?.execute(params![
+            ids,
+            status::CANCELED,
+            now,
+            status::SCHEDULED
+        ])?)
     }
 
     /// Rolls back an evaluation whose jobs could not all be registered;

@@ -159,6 +159,17 @@ fn the_page_query_seeks_by_evaluation_and_looks_up_names() {
             && plan.contains("Derivations_job_name_fresh (job_name=? AND evaluation=?)"),
         "{plan}"
     );
+    // Each build canceled by its id.
+    let plan = query_plan(
+        db.connection(),
+        crate::db::CANCEL_SQL,
+        params!["[1, 2]", 4, 9, -2],
+    );
+    assert!(
+        plan.contains("SEARCH Builds USING INTEGER PRIMARY KEY (rowid=?)")
+            && !plan.contains("SCAN Builds"),
+        "{plan}"
+    );
 }
 
 #[test]
