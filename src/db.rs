@@ -950,14 +950,14 @@ impl Db {
             // Two jobs of one evaluation may share a derivation; the 2018
             // key allowed one row, and one build of it, which the later
             // name joins.  Looked up only if the set says it may be.
-            let same = if known.may_have(&job.derivation) {
+            let same = if known.add(&job.derivation) {
+                None
+            } else {
                 same_stmt
                     .query_row(params![job.derivation, eval, merged], |r| {
                         r.get::<_, BuildId>(0)
                     })
                     .optional()?
-            } else {
-                None
             };
             if let Some(build) = same {
                 Db::insert_alias(tx, eval, job, build)?;
@@ -975,7 +975,6 @@ impl Db {
                 spec_rank + job.priority
             ])?;
             let build = BuildId(tx.last_insert_rowid());
-            known.add(&job.derivation);
             drv_stmt.execute(params![
                 build,
                 job.derivation,

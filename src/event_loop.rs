@@ -261,6 +261,17 @@ const RELEASE_AFTER: Duration = Duration::from_secs(5);
 /// a turn's (or a few turns') changes go in one transaction; a request's
 /// end, a lost connection and an HTTP request write them at once.
 const WRITE_DELAY: Duration = Duration::from_millis(50);
+/// How long status changes that could not be written wait before the
+/// next try: long enough not to fill the log with the same error.
+const WRITE_RETRY: Duration = Duration::from_secs(1);
+
+impl Unwritten {
+    /// When the gathered status changes are to be written, if any are.
+    fn due(&self) -> Option<Instant> {
+        let since = self.since?;
+        Some((since + WRITE_DELAY).max(self.retry_at.unwrap_or(since)))
+    }
+}
 
 /// Status changes not yet written: see [`WRITE_DELAY`].
 #[derive(Default)]
@@ -271,6 +282,9 @@ struct Unwritten {
     /// When each of `updates` was read (Unix seconds): the times written.
     read_at: Vec<i64>,
     since: Option<Instant>,
+    /// After a write that failed (a full disk), not again before this:
+    /// the changes are kept, and retried, rather than lost.
+    retry_at: Option<Instant>,
     /// Logs of finished builds, copied once their request has ended:
     /// guix-daemon reports a build killed at its timeout before it has
     /// finished writing (and compressing) its log.
@@ -577,8 +591,8 @@ impl EventLoop {
         for since in self.conns.iter().flatten().filter_map(|c| c.idle_since) {
             next = next.min(since + IDLE_CONNECTION);
         }
-        if let Some(since) = self.unwritten.since {
-            next = next.min(since + WRITE_DELAY);
+        if let Some(due) = self.unwritten.due() {
+            next = next.min(due);
         }
         if !self.released {
             next = next.min(self.last_event + RELEASE_AFTER);
@@ -805,7 +819,7 @@ impl EventLoop {
             self.feed_dispatcher(queue::Input::Tick, now);
             self.notify_advance(now);
         }
-        if self.unwritten.since.is_some_and(|t| now >= t + WRITE_DELAY) {
+        if self.unwritten.due().is_some_and(|t| now >= t) {
             self.write_statuses();
         }
         if now >= self.next_status_log {

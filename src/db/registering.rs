@@ -1,5 +1,5 @@
 //! The derivations of the evaluation being registered, kept in memory
-//! between its batches ([`Db::add_jobs`]) as 64-bit hashes (some 1.2 MB
+//! between its batches ([`Db::add_jobs`]) as 64-bit hashes (some 1.3 MiB
 //! for a 75,000-job evaluation).  Registration asks, for every job,
 //! whether another job of the evaluation has its derivation already (an
 //! alias, recorded as another name of that build).  Almost never: a seek
@@ -16,8 +16,8 @@ use super::*;
 
 /// Every derivation of `evaluation`'s builds, hashed: a derivation not
 /// in it is certainly not among them.  Only true while each new build's
-/// derivation is [`added`](Registering::add) and the set is dropped
-/// when a batch fails (its transaction rolls back, the hashes stay).
+/// derivation is [added](Registering::add) and the set is dropped when
+/// a batch fails (its transaction rolls back, the hashes stay).
 #[derive(Debug)]
 pub(crate) struct Registering {
     pub(crate) evaluation: EvalId,
@@ -42,15 +42,11 @@ impl Registering {
         }
     }
 
-    /// Whether the evaluation may have `derivation` already: false means
-    /// it has not.
-    pub(crate) fn may_have(&self, derivation: &str) -> bool {
-        self.hashes.contains(&DerivationSet::hash(derivation))
-    }
-
-    /// Records a new build's derivation.
-    pub(crate) fn add(&mut self, derivation: &str) {
-        self.hashes.insert(DerivationSet::hash(derivation));
+    /// Records `derivation` as one of the evaluation's builds' (the
+    /// build is inserted next); true if it certainly was not before,
+    /// false if it may have been.
+    pub(crate) fn add(&mut self, derivation: &str) -> bool {
+        self.hashes.insert(DerivationSet::hash(derivation))
     }
 
     /// The set superseding looks derivations up in, sorted.

@@ -291,9 +291,12 @@ impl EventLoop {
     /// daemon's log is rewritten when a derivation is built again: each
     /// finished build keeps a copy of its own, made once its request ends.
     pub(super) fn write_statuses(&mut self) {
-        if self.unwritten.since.take().is_none() {
+        if self.unwritten.retry_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
+        let Some(since) = self.unwritten.since.take() else {
+            return;
+        };
         let dispatched = std::mem::take(&mut self.unwritten.dispatched);
         let updates = std::mem::take(&mut self.unwritten.updates);
         let read_at = std::mem::take(&mut self.unwritten.read_at);
@@ -302,23 +305,38 @@ impl EventLoop {
             .db
             .record_statuses_at(&dispatched, &updates, &time_of, unix_now())
         {
-            Ok(logged) => self.unwritten.copies.extend(logged),
-            Err(e) => log::error!(
-                target: logging::BUILDING,
-                "cannot record {} build(s) dispatched and {} status change(s): {e}",
-                dispatched.len(),
-                updates.len()
-            ),
-        }
-        // Once written: a succeeded build's outputs get their roots, a
-        // finished build's `.drv` may lose its.
-        for u in &updates {
-            if let Update::Finished {
-                derivation, status, ..
-            } = u
-            {
-                let succeeded = *status == crate::db::status::SUCCEEDED;
-                self.roots.planner.finished(derivation, succeeded);
+            Ok(logged) => {
+                self.unwritten.retry_at = None;
+                self.unwritten.copies.extend(logged);
+                // Once written: a succeeded build's outputs get their
+                // roots, a finished build's `.drv` may lose its.
+                for u in &updates {
+                    if let Update::Finished {
+                        derivation, status, ..
+                    } = u
+                    {
+                        let succeeded = *status == crate::db::status::SUCCEEDED;
+                        self.roots.planner.finished(derivation, succeeded);
+                    }
+                }
+            }
+            Err(e) => {
+                log::error!(
+                    target: logging::BUILDING,
+                    "cannot record {} build(s) dispatched and {} status change(s): {e}; \
+                     kept, to be written again in {} s",
+                    dispatched.len(),
+                    updates.len(),
+                    WRITE_RETRY.as_secs()
+                );
+                // Nothing was gathered meanwhile: the loop is this turn.
+                // Lost, these builds would stay pending in the database
+                // for ever (a full disk that frees up again).
+                self.unwritten.dispatched = dispatched;
+                self.unwritten.updates = updates;
+                self.unwritten.read_at = read_at;
+                self.unwritten.since = Some(since);
+                self.unwritten.retry_at = Some(Instant::now() + WRITE_RETRY);
             }
         }
     }

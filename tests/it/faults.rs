@@ -200,6 +200,52 @@ fn a_full_disk_is_logged_and_the_commit_is_evaluated_once_there_is_room() {
     assert_eq!(count(&conn, "SELECT COUNT(*) FROM Builds"), 150);
 }
 
+/// Builds that finish while another process holds the database's write
+/// lock past the busy timeout (as a full disk also refuses writes):
+/// their status changes are kept and written once the lock is gone;
+/// none stays pending.
+#[test]
+fn status_changes_that_cannot_be_written_are_kept_and_written_later() {
+    require_daemon();
+    let setup = Setup::new("locked-status");
+    let repo = Repo::new(setup.tmp.path(), &[("ci.scm", "jobs/sleepy-jobs.scm")]);
+    let nonce = nonce();
+    let spec = setup.write_spec(&format!(
+        "(list {})\n",
+        spec_entry(
+            "locked",
+            &repo.url(),
+            "ci.scm",
+            "sleepy-jobs",
+            &format!("(nonce . \"{nonce}\") (seconds . \"2\") (count . 4)")
+        )
+    ));
+    let mut cuirass = Running::start(
+        &setup,
+        &["-S", spec.to_str().unwrap(), "--interval", "60"],
+        &[],
+    );
+    wait_until(Duration::from_secs(60), "a build started", || {
+        cuirass.log_text().contains("builds: started")
+    });
+    let lock = setup.db();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    wait_until(Duration::from_secs(60), "a status change kept", || {
+        cuirass.log_text().contains("kept, to be written again")
+    });
+    lock.execute_batch("COMMIT").unwrap();
+    drop(lock);
+    assert!(cuirass.child.try_wait().unwrap().is_none(), "cuirass died");
+    let commit = head(&repo);
+    wait_until(Duration::from_secs(60), "the builds recorded", || {
+        finished_builds_at(&setup, &commit) == 4
+    });
+    cuirass.signal(libc::SIGTERM);
+    assert!(cuirass.wait_for_exit(Duration::from_secs(5)).is_some());
+    assert_sound(&setup.db);
+    assert_eq!(count(&setup.db(), "SELECT COUNT(*) FROM Builds"), 4);
+}
+
 #[test]
 fn an_unusable_cache_directory_fails_that_spec_only() {
     require_daemon();
